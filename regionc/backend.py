@@ -1,0 +1,43 @@
+"""The Dynamo backend: ``torch.compile(model, backend="regionc", mode=..., options=...)``.
+
+Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), so no
+import is needed; it is deliberately not also ``@register_backend``-ed here, since the
+entry-point lookup registers it and a second registration fails as a duplicate.
+Dynamo calls :func:`backend` once per graph it captures (a graph break gives several).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.fx
+
+from regionc.compiler.manager import GraphCompiler
+from regionc.config import Config
+from regionc.report import new_report
+
+log = logging.getLogger("regionc")
+
+
+def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str | None = None,
+            options: dict[str, Any] | None = None) -> Callable[..., Any]:
+    config = Config.build(options, mode)
+    report = new_report()
+    compiler = GraphCompiler(config, store=_open_store(config))
+    with report.phase("total"):
+        compiled = compiler.compile(gm, example_inputs, report)
+    compiled.regionc_report = report
+    log.info(report.summary())
+    return compiled
+
+
+def _open_store(config: Config):
+    if not config.cache:
+        return None
+    from regionc.cache.key import configure_compiler_caches
+    from regionc.cache.store import ArtifactStore
+
+    configure_compiler_caches(config.cache_root)
+    return ArtifactStore(config.cache_root, config.cache_max_bytes, config.lock_timeout_s)

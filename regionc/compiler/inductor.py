@@ -1,0 +1,60 @@
+"""Compile one piece through Inductor, and turn the result into bytes and back.
+
+``torch._inductor.standalone_compile`` runs the full ``compile_fx`` path
+(AOTAutograd included, so backward works) and returns an artifact that can be
+serialized; a serialized artifact is what regionc's disk cache stores. The bytes are
+only valid for the exact torch build that wrote them (the cache key holds it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx
+
+
+@dataclasses.dataclass
+class CompiledPiece:
+    fn: Callable[..., Any]
+    payload: bytes | None  # None when the artifact cannot be serialized (then it is not cached)
+
+
+def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                  config_patches: dict[str, Any]) -> CompiledPiece:
+    """Compile ``gm`` for inputs like ``example_inputs`` (fake tensors / SymInts of Dynamo's trace).
+
+    Symbolic dims come from the ambient Dynamo tracing context, so one artifact serves
+    every size the guards admit.
+    """
+    artifact = torch._inductor.standalone_compile(
+        gm, list(example_inputs), dynamic_shapes="from_tracing_context",
+        options={"config_patches": config_patches})
+    return CompiledPiece(artifact, _serialize(artifact))
+
+
+def load_piece(payload: bytes) -> Callable[..., Any]:
+    """Rebuild a compiled piece from :func:`compile_piece`'s payload (raises if it is unusable)."""
+    with tempfile.TemporaryDirectory(prefix="regionc-load-") as tmp:
+        path = os.path.join(tmp, "artifact.bin")
+        with open(path, "wb") as f:
+            f.write(payload)
+        return torch._inductor.CompiledArtifact.load(path=path, format="binary")
+
+
+def _serialize(artifact: Any) -> bytes | None:
+    saveable = getattr(artifact, "is_saveable", None)
+    if saveable is not None and not saveable():
+        return None
+    with tempfile.TemporaryDirectory(prefix="regionc-save-") as tmp:
+        path = os.path.join(tmp, "artifact.bin")
+        try:
+            artifact.save(path=path, format="binary")
+        except RuntimeError:  # nothing serializable was produced; the caller keeps it in memory
+            return None
+        with open(path, "rb") as f:
+            return f.read()

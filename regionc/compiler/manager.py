@@ -1,0 +1,151 @@
+"""Turn one Dynamo graph into pieces, compile each unique piece once, wire every instance.
+
+The flow is one pass: detect repeated blocks → split → fingerprint every piece →
+for each fingerprint, get a compiled artifact once (disk cache, else Inductor) →
+install that artifact as the forward of every piece with the fingerprint. Instances
+differ only in the inputs the split module passes them (their own weights), so one
+artifact serves them all. A piece that fails to compile runs eagerly, with one
+warning naming it and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx
+
+from regionc.compiler.inductor import compile_piece, load_piece
+from regionc.config import Config
+from regionc.regions.detect import detect_blocks, pretty_path
+from regionc.regions.fingerprint import Fingerprint, describe_value, first_difference, fingerprint_piece
+from regionc.regions.split import Piece, split_into_pieces
+from regionc.report import PieceRecord, Report
+
+log = logging.getLogger("regionc")
+
+
+def piece_example_inputs(submodule: torch.fx.GraphModule) -> list[Any]:
+    """The fake tensors / SymInts Dynamo traced for the piece's inputs (split_module keeps node meta)."""
+    return [node.meta["example_value"] for node in submodule.graph.find_nodes(op="placeholder")]
+
+
+class GraphCompiler:
+    """Compiles the graphs of one ``torch.compile`` call; holds what they share (config, cache)."""
+
+    def __init__(self, config: Config, store=None, inductor_patches: Callable[[Report], dict] | None = None):
+        self.config = config
+        self.store = store
+        self._inductor_patches = inductor_patches or (lambda report: {})
+
+    def compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], report: Report) -> torch.fx.GraphModule:
+        with report.phase("detect"):
+            owners = detect_blocks(gm.graph, self.config.min_instances)
+        with report.phase("split"):
+            split, pieces = split_into_pieces(gm, owners)
+        report.containers = dict(Counter(pretty_path(p.block.container) for p in pieces if p.block))
+        with report.phase("fingerprint"):
+            inputs = {p.name: piece_example_inputs(split.get_submodule(p.name)) for p in pieces}
+            prints = {p.name: fingerprint_piece(split.get_submodule(p.name), inputs[p.name]) for p in pieces}
+        self._report_reuse_breakers(pieces, prints, report)
+
+        patches = {**self.config.inductor_config, **self._inductor_patches(report)}
+        device = _device_of(example_inputs)
+        done: dict[str, Callable[..., Any] | None] = {}
+        for piece in pieces:
+            fingerprint = prints[piece.name]
+            record = PieceRecord(piece.name, piece.kind, piece.label if piece.block else None, fingerprint.short)
+            if fingerprint.digest in done:
+                fn, record.source = done[fingerprint.digest], "reused"
+                if fn is None:
+                    record.source, record.reason = "eager", "its fingerprint failed to compile"
+            else:
+                fn = self._obtain(piece, split.get_submodule(piece.name), inputs[piece.name], fingerprint,
+                                  patches, device, record, report)
+                done[fingerprint.digest] = fn
+            if fn is not None:
+                split.__dict__[piece.name] = fn  # shadows the submodule: the FX code calls self.<name>(...)
+            report.pieces.append(record)
+        return split
+
+    # ------------------------------------------------------------------ one unique piece
+    def _obtain(self, piece: Piece, submodule: torch.fx.GraphModule, inputs: list[Any], fingerprint: Fingerprint,
+                patches: dict, device: torch.device, record: PieceRecord, report: Report):
+        """Compiled callable for a new fingerprint: from the disk cache, else Inductor; None → eager."""
+        if self.store is None or not self.store.writable:
+            return self._compile(piece, submodule, inputs, patches, record, report)[0]
+        from regionc.cache.key import environment_factors, piece_key
+
+        key, factors = piece_key(fingerprint.digest, [describe_value(v) for v in inputs],
+                                 self.config.codegen_options(), environment_factors(device))
+        with self.store.lock(key) as waited:
+            report.add_cache(waited_s=waited)
+            start = time.perf_counter()
+            payload = self.store.load(key)
+            if payload is not None:
+                try:
+                    fn = load_piece(payload)
+                except Exception as exc:  # a verified entry that still fails: drop it, recompile
+                    log.warning("regionc: cache entry %s for %s (%s) failed to load (%s); recompiling",
+                                key[:12], piece.name, piece.label, exc)
+                    self.store.remove(key)
+                else:
+                    elapsed = time.perf_counter() - start
+                    report.add_cache(hits=1, load_s=elapsed, bytes_loaded=len(payload))
+                    report.phases["load"] += elapsed
+                    record.source = "cache"
+                    return fn
+            self.store.record_miss(key)
+            report.add_cache(misses=1)
+            fn, payload = self._compile(piece, submodule, inputs, patches, record, report)
+            if payload is not None and self.store.save(key, payload, factors):
+                report.add_cache(bytes_written=len(payload))
+            return fn
+
+    def _compile(self, piece, submodule, inputs, patches, record, report):
+        """(callable, serialized payload); (None, None) when the piece falls back to eager."""
+        start = time.perf_counter()
+        try:
+            compiled = compile_piece(submodule, inputs, patches)
+        except Exception as exc:
+            if self.config.strict:
+                raise
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("regionc: %s (%s) falls back to eager: %s", piece.name, piece.label, reason)
+            record.source, record.reason = "eager", reason
+            report.fallbacks.append(f"{piece.name} ({piece.label}): {reason}")
+            return None, None
+        finally:
+            report.phases["compile"] += time.perf_counter() - start
+        record.source = "compiled"
+        return compiled.fn, compiled.payload
+
+    # ------------------------------------------------------------------ diagnostics
+    @staticmethod
+    def _report_reuse_breakers(pieces: list[Piece], prints: dict[str, Fingerprint], report: Report) -> None:
+        """Name the per-layer constants that make instances of one container compile separately."""
+        first: dict[str, Piece] = {}
+        seen: dict[str, set[str]] = defaultdict(set)
+        for piece in pieces:
+            if piece.block is None:
+                continue
+            container = piece.block.container
+            reference = first.setdefault(container, piece)
+            digest = prints[piece.name].digest
+            if digest != prints[reference.name].digest and digest not in seen[container]:
+                message = (f"{piece.label} cannot reuse {reference.label}'s compiled code: "
+                           f"{first_difference(prints[reference.name], prints[piece.name])}")
+                log.warning("regionc: %s (a per-layer constant in the block breaks reuse)", message)
+                report.reuse_breakers.append(message)
+            seen[container].add(digest)
+
+
+def _device_of(example_inputs: Sequence[Any]) -> torch.device:
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")

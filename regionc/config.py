@@ -1,0 +1,177 @@
+"""regionc's options: one dataclass, filled from ``options={...}`` and ``REGIONC_*`` env vars.
+
+Precedence is ``options`` > environment > default, so a serving launcher can set
+defaults for a fleet and a model can still override them. Every field is checked
+when the config is built: an unknown name or a bad value raises
+:class:`RegioncConfigError` naming it and listing what is valid, instead of being
+ignored (a silently ignored typo in a compiler option is a production incident).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "REGIONC_"
+
+#: Fusion passes regionc knows; ``options={"passes": {...}}`` toggles them one by one.
+PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention")
+
+DEFAULT_CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+class RegioncConfigError(ValueError):
+    """A bad option: the message names it and lists the valid choices."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a user can set. Field docs are the option reference (README lists them)."""
+
+    #: Root of the on-disk cache (regionc artifacts, and Inductor's/Triton's caches under it).
+    cache_dir: str = ""
+    #: Read and write the persistent artifact cache. Off: compile in memory only.
+    cache: bool = True
+    #: Size cap of the artifact store; least recently used entries are evicted past it.
+    cache_max_bytes: int = 10 * 1024**3
+    #: Seconds a process waits for another one compiling the same piece before compiling itself.
+    lock_timeout_s: float = 600.0
+    #: Fewest identical instances in a container that make it a repeated region.
+    min_instances: int = 2
+    #: Piecewise CUDA graphs: None = on when inputs are on CUDA, True/False forces it.
+    cudagraphs: bool | None = None
+    #: Token/batch sizes captured as CUDA graphs; runtime sizes are padded up to the next one.
+    capture_sizes: tuple[int, ...] = DEFAULT_CAPTURE_SIZES
+    #: Check on every replay that static inputs (weights) kept their addresses.
+    cudagraph_check_addresses: bool = False
+    #: Fusion passes on/off by name (see PASS_NAMES); missing names keep their default (on).
+    passes: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+    #: Extra Inductor config patches for every piece (they change generated code: part of the cache key).
+    inductor_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Compile unique pieces in this many threads (1 = one after another).
+    compile_workers: int = 4
+    #: Raise instead of falling back to eager when a piece fails to compile (tests, CI).
+    strict: bool = False
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def cache_root(self) -> Path:
+        root = self.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "regionc")
+        return Path(root)
+
+    def pass_enabled(self, name: str) -> bool:
+        return bool(self.passes.get(name, True))
+
+    def codegen_options(self) -> dict[str, Any]:
+        """Options that change generated code; they go into the cache key (others must not)."""
+        return {
+            "passes": {name: self.pass_enabled(name) for name in PASS_NAMES},
+            "inductor_config": {k: repr(v) for k, v in sorted(self.inductor_config.items())},
+        }
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, options: Mapping[str, Any] | None = None, mode: str | None = None,
+              environ: Mapping[str, str] | None = None) -> Config:
+        """Merge defaults, ``REGIONC_*`` environment variables, ``mode`` and ``options``."""
+        environ = os.environ if environ is None else environ
+        valid = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, field in valid.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _parse_env(name, field, raw)
+        if mode not in (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs"):
+            raise RegioncConfigError(
+                f"regionc: unsupported mode {mode!r}; valid modes: 'default', 'reduce-overhead', "
+                "'max-autotune-no-cudagraphs'")
+        if mode == "reduce-overhead":
+            values["cudagraphs"] = True
+        for name, value in (options or {}).items():
+            if name not in valid:
+                raise RegioncConfigError(
+                    f"regionc: unknown option {name!r}; valid options: {', '.join(sorted(valid))}")
+            values[name] = value
+        for name, value in values.items():
+            values[name] = _check(name, valid[name], value)
+        return cls(**values)
+
+
+def _parse_env(name: str, field: dataclasses.Field, raw: str) -> Any:
+    kind = str(field.type)
+    if kind.startswith("bool"):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        if lowered in ("auto", "none") and "None" in kind:
+            return None
+        raise RegioncConfigError(f"regionc: {ENV_PREFIX}{name.upper()}={raw!r} is not a boolean (1/0/true/false)")
+    if kind.startswith(("Mapping", "tuple")):
+        try:
+            return json.loads(raw) if raw.lstrip().startswith(("{", "[")) else [int(s) for s in raw.split(",")]
+        except ValueError as exc:
+            raise RegioncConfigError(f"regionc: {ENV_PREFIX}{name.upper()}={raw!r} is not valid: {exc}") from None
+    return raw  # str/int/float: converted and range-checked in _check
+
+
+def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
+    """Convert ``value`` to the field's type or raise naming the option."""
+    kind = str(field.type)
+
+    def bad(expected: str) -> RegioncConfigError:
+        return RegioncConfigError(f"regionc: option {name!r} must be {expected}, got {value!r}")
+
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("True or False")
+        return value
+    if kind == "bool | None":
+        if value is not None and not isinstance(value, bool):
+            raise bad("True, False or None")
+        return value
+    if kind in ("int", "float"):
+        try:
+            number = int(value) if kind == "int" else float(value)
+        except (TypeError, ValueError):
+            raise bad(f"a positive {kind}") from None
+        if isinstance(value, bool) or number <= 0:
+            raise bad(f"a positive {kind}")
+        return number
+    if kind == "str":
+        if not isinstance(value, (str, os.PathLike)):
+            raise bad("a path string")
+        return os.fspath(value)
+    if kind.startswith("tuple"):
+        try:
+            sizes = tuple(sorted({int(v) for v in value}))
+        except (TypeError, ValueError):
+            raise bad("a list of positive integers") from None
+        if not sizes or sizes[0] <= 0:
+            raise bad("a non-empty list of positive integers")
+        return sizes
+    if name == "passes":
+        if not isinstance(value, Mapping):
+            raise bad(f"a dict of pass name -> bool (passes: {', '.join(PASS_NAMES)})")
+        for pass_name, enabled in value.items():
+            if pass_name not in PASS_NAMES:
+                raise RegioncConfigError(
+                    f"regionc: unknown pass {pass_name!r} in option 'passes'; valid passes: {', '.join(PASS_NAMES)}")
+            if not isinstance(enabled, bool):
+                raise RegioncConfigError(f"regionc: pass {pass_name!r} must be True or False, got {enabled!r}")
+        return dict(value)
+    if name == "inductor_config":
+        if not isinstance(value, Mapping):
+            raise bad("a dict of Inductor config names to values")
+        from torch._inductor import config as inductor_config
+
+        for key in value:
+            if not hasattr(inductor_config, key.split(".")[0]):
+                raise RegioncConfigError(f"regionc: unknown Inductor config {key!r} in option 'inductor_config'")
+        return dict(value)
+    raise AssertionError(f"no check for option {name}")  # a new field needs a check

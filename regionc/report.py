@@ -1,0 +1,142 @@
+"""What regionc did for one graph: regions, compiles, reuse, cache, passes, timings.
+
+One :class:`Report` is built per graph Dynamo hands to the backend; ``regionc.last_report()``
+returns the latest, ``regionc.reports()`` all of them in this process. ``summary()`` is the
+compact line logged at INFO through ``logging.getLogger("regionc")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from typing import Any
+
+
+@dataclasses.dataclass
+class PieceRecord:
+    """One piece of the split graph and how it got its compiled code."""
+
+    name: str  # submodule name in the split graph, e.g. "submod_3"
+    kind: str  # "block" or "glue"
+    region: str | None  # block instance path ("layers.3") or None for glue
+    fingerprint: str
+    source: str = ""  # "compiled" | "reused" | "cache" | "eager"
+    reason: str = ""  # why it fell back, when source == "eager"
+
+
+@dataclasses.dataclass
+class Report:
+    graph_index: int = 0
+    containers: dict[str, int] = dataclasses.field(default_factory=dict)  # container path -> blocks
+    pieces: list[PieceRecord] = dataclasses.field(default_factory=list)
+    fallbacks: list[str] = dataclasses.field(default_factory=list)
+    reuse_breakers: list[str] = dataclasses.field(default_factory=list)
+    phases: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    cache: dict[str, Any] = dataclasses.field(default_factory=lambda: {
+        "hits": 0, "misses": 0, "load_s": 0.0, "bytes_loaded": 0, "bytes_written": 0, "waited_s": 0.0})
+    pass_matches: dict[str, int] = dataclasses.field(default_factory=Counter)
+    pass_skips: list[str] = dataclasses.field(default_factory=list)
+    cudagraphs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ counts
+    @property
+    def compiled(self) -> list[PieceRecord]:
+        return [p for p in self.pieces if p.source == "compiled"]
+
+    @property
+    def unique_block_compiles(self) -> int:
+        return sum(1 for p in self.pieces if p.kind == "block" and p.source == "compiled")
+
+    @property
+    def unique_block_fingerprints(self) -> int:
+        return len({p.fingerprint for p in self.pieces if p.kind == "block"})
+
+    def instances_per_fingerprint(self) -> dict[str, int]:
+        return dict(Counter(p.fingerprint for p in self.pieces if p.kind == "block"))
+
+    def count(self, source: str, kind: str | None = None) -> int:
+        return sum(1 for p in self.pieces if p.source == source and (kind is None or p.kind == kind))
+
+    # ------------------------------------------------------------------ recording
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.phases[name] += time.perf_counter() - start
+
+    def add_cache(self, **deltas: float) -> None:
+        with self._lock:
+            for key, delta in deltas.items():
+                self.cache[key] = self.cache.get(key, 0) + delta
+
+    def summary(self) -> str:
+        blocks = ", ".join(f"{path}×{n}" for path, n in self.containers.items()) or "none"
+        glue = sum(1 for p in self.pieces if p.kind == "glue")
+        phases = " ".join(f"{k}={v:.2f}s" for k, v in self.phases.items())
+        parts = [
+            f"graph {self.graph_index}: blocks [{blocks}]",
+            f"{self.unique_block_fingerprints} unique block(s) compiled {self.unique_block_compiles}×, "
+            f"{self.count('reused', 'block')} reused",
+            f"{glue} glue piece(s)",
+            f"cache {self.cache['hits']} hit / {self.cache['misses']} miss",
+        ]
+        if self.pass_matches:
+            parts.append("passes " + " ".join(f"{k}={v}" for k, v in sorted(self.pass_matches.items())))
+        if self.cudagraphs:
+            parts.append(f"cudagraphs {self.cudagraphs.get('graphs', 0)} graph(s)")
+        if self.fallbacks:
+            parts.append(f"{len(self.fallbacks)} fallback(s)")
+        parts.append(phases)
+        return "regionc: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph_index": self.graph_index,
+            "containers": dict(self.containers),
+            "unique_block_fingerprints": self.unique_block_fingerprints,
+            "unique_block_compiles": self.unique_block_compiles,
+            "instances_per_fingerprint": self.instances_per_fingerprint(),
+            "pieces": [dataclasses.asdict(p) for p in self.pieces],
+            "fallbacks": list(self.fallbacks),
+            "reuse_breakers": list(self.reuse_breakers),
+            "phases_s": dict(self.phases),
+            "cache": dict(self.cache),
+            "pass_matches": dict(self.pass_matches),
+            "pass_skips": list(self.pass_skips),
+            "cudagraphs": dict(self.cudagraphs),
+        }
+
+
+_reports: list[Report] = []
+_reports_lock = threading.Lock()
+
+
+def new_report() -> Report:
+    with _reports_lock:
+        report = Report(graph_index=len(_reports))
+        _reports.append(report)
+        return report
+
+
+def last_report() -> Report | None:
+    """The report of the latest graph regionc compiled in this process (None before any)."""
+    with _reports_lock:
+        return _reports[-1] if _reports else None
+
+
+def reports() -> list[Report]:
+    """All reports in this process, oldest first (one per graph Dynamo handed over)."""
+    with _reports_lock:
+        return list(_reports)
+
+
+def clear_reports() -> None:
+    with _reports_lock:
+        _reports.clear()
