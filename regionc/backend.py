@@ -16,6 +16,8 @@ import torch.fx
 
 from regionc.compiler.manager import GraphCompiler
 from regionc.config import Config
+from regionc.cudagraph.piecewise import wrap_pieces_in_cudagraphs
+from regionc.cudagraph.runner import should_use_cudagraphs
 from regionc.report import new_report
 
 log = logging.getLogger("regionc")
@@ -27,7 +29,10 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
     report = new_report()
     compiler = GraphCompiler(config, store=_open_store(config))
     with report.phase("total"):
-        compiled = compiler.compile(gm, example_inputs, report)
+        split, pieces = compiler.compile(gm, example_inputs, report)
+    compiled = split
+    if should_use_cudagraphs(config, example_inputs):
+        compiled = wrap_pieces_in_cudagraphs(split, pieces, example_inputs, config, report)
     compiled.regionc_report = report
     log.info(report.summary())
     return compiled

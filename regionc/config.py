@@ -21,6 +21,8 @@ ENV_PREFIX = "REGIONC_"
 #: Fusion passes regionc knows; ``options={"passes": {...}}`` toggles them one by one.
 PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention")
 
+KERNEL_CHOICES = ("auto", "always")
+
 DEFAULT_CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
@@ -50,6 +52,9 @@ class Config:
     cudagraph_check_addresses: bool = False
     #: Fusion passes on/off by name (see PASS_NAMES); missing names keep their default (on).
     passes: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+    #: Where passes swap in regionc kernels: "auto" only where the kernel beats what Inductor
+    #: emits on that device and shape (decision table); "always" at every match (tests, experiments).
+    kernel_choice: str = "auto"
     #: Extra Inductor config patches for every piece (they change generated code: part of the cache key).
     inductor_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Compile unique pieces in this many threads (1 = one after another).
@@ -70,6 +75,7 @@ class Config:
         """Options that change generated code; they go into the cache key (others must not)."""
         return {
             "passes": {name: self.pass_enabled(name) for name in PASS_NAMES},
+            "kernel_choice": self.kernel_choice,
             "inductor_config": {k: repr(v) for k, v in sorted(self.inductor_config.items())},
         }
 
@@ -143,6 +149,11 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or number <= 0:
             raise bad(f"a positive {kind}")
         return number
+    if name == "kernel_choice":
+        if value not in KERNEL_CHOICES:
+            raise RegioncConfigError(
+                f"regionc: option 'kernel_choice' must be one of {', '.join(KERNEL_CHOICES)}, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, (str, os.PathLike)):
             raise bad("a path string")

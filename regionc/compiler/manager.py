@@ -42,7 +42,9 @@ class GraphCompiler:
         self.store = store
         self._inductor_patches = inductor_patches or (lambda report: {})
 
-    def compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], report: Report) -> torch.fx.GraphModule:
+    def compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                report: Report) -> tuple[torch.fx.GraphModule, list[Piece]]:
+        """The split module, each piece's forward replaced by its compiled code, and the pieces in order."""
         with report.phase("detect"):
             owners = detect_blocks(gm.graph, self.config.min_instances)
         with report.phase("split"):
@@ -70,7 +72,7 @@ class GraphCompiler:
             if fn is not None:
                 split.__dict__[piece.name] = fn  # shadows the submodule: the FX code calls self.<name>(...)
             report.pieces.append(record)
-        return split
+        return split, pieces
 
     # ------------------------------------------------------------------ one unique piece
     def _obtain(self, piece: Piece, submodule: torch.fx.GraphModule, inputs: list[Any], fingerprint: Fingerprint,

@@ -32,8 +32,8 @@ class BlockInstance:
 
 
 def pretty_path(path: str) -> str:
-    """``L['self'].layers.3`` → ``layers.3`` (the user's attribute path)."""
-    return re.sub(r"^L\['[^']+'\]\.?", "", path) or path
+    """``L['self'].layers.3`` or ``L['args'][0].layers.3`` → ``layers.3`` (the user's attribute path)."""
+    return re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", path) or path
 
 
 def block_of(node: torch.fx.Node) -> BlockInstance | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 
 import torch.fx
 from torch.fx.passes.split_module import split_module
@@ -50,8 +51,35 @@ def split_into_pieces(gm: torch.fx.GraphModule,
 
     extra = {"tuple_return": True} if _SPLIT_SUPPORTS_TUPLE_RETURN else {}
     split = split_module(gm, None, lambda node: segment_of[node], keep_original_order=True, **extra)
+    _canonicalize_outputs(split)
     pieces = [
         Piece(node.target, owner_of_segment[int(node.target.rsplit("_", 1)[1])])
         for node in split.graph.nodes if node.op == "call_module"
     ]
     return split, pieces
+
+
+def _canonicalize_outputs(split: torch.fx.GraphModule) -> None:
+    """Order every piece's outputs by where they are produced inside the piece.
+
+    ``split_module`` orders a partition's outputs by where they are first consumed
+    downstream, which differs between the last block and the others (the consumer is
+    glue, not the next block). Two identical blocks would then differ in output order
+    only, and could not share compiled code.
+    """
+    for call in split.graph.find_nodes(op="call_module"):
+        submodule = split.get_submodule(call.target)
+        output = next(iter(submodule.graph.find_nodes(op="output")))
+        values = output.args[0]
+        if not isinstance(values, (tuple, list)) or len(values) < 2:
+            continue
+        position = {node: i for i, node in enumerate(submodule.graph.nodes)}
+        order = sorted(range(len(values)), key=lambda i: position[values[i]])
+        if order == list(range(len(values))) or any(u.target is not operator.getitem for u in call.users):
+            continue
+        output.args = (type(values)(values[i] for i in order),)
+        new_index = {old: new for new, old in enumerate(order)}
+        for user in list(call.users):
+            user.args = (call, new_index[user.args[1]])
+        submodule.recompile()
+    split.recompile()

@@ -1,0 +1,40 @@
+"""regionc's persistent artifact cache: keys (:mod:`.key`) and the on-disk store (:mod:`.store`).
+
+Typical use (the compiler does this for every unique piece)::
+
+    env = environment_factors(device)
+    key, factors = piece_key(fingerprint, input_meta, config.codegen_options(), env)
+    with store.lock(key) as waited_s:
+        payload = store.load(key)
+        if payload is None:
+            store.record_miss(key)
+            payload = compile_piece()
+            store.save(key, payload, factors)
+
+Importing this package does not import torch (the CLI stays fast).
+"""
+
+from regionc.cache.key import (
+    canonical,
+    canonical_json,
+    configure_compiler_caches,
+    environment_factors,
+    inductor_config_hash,
+    piece_key,
+    sources_hash,
+)
+from regionc.cache.store import ArtifactStore, CacheError, CorruptEntry, EntryInfo
+
+__all__ = [
+    "ArtifactStore",
+    "CacheError",
+    "CorruptEntry",
+    "EntryInfo",
+    "canonical",
+    "canonical_json",
+    "configure_compiler_caches",
+    "environment_factors",
+    "inductor_config_hash",
+    "piece_key",
+    "sources_hash",
+]

@@ -1,0 +1,267 @@
+"""Cache key of one compiled piece: every factor that changes the generated code, nothing else.
+
+A key is the sha256 of the canonical JSON of a *factors* dict. The factors are stored next to the
+entry (readable), so ``regionc cache ls --diff A B`` can say why two entries differ.
+
+What goes in (see :func:`environment_factors`): torch version and build key, triton version, Python
+version, machine architecture, device type; on CUDA the GPU name, compute capability and CUDA
+version; on the CPU the vector ISA Inductor picks; regionc's version and a hash of the *contents*
+of regionc's code-generating sources; a hash of the portable Inductor config. Plus the piece's
+structural fingerprint, its input metadata and regionc's code-generating options.
+
+What never goes in: hostnames, ports, pids, absolute paths, times, cache directories — anything
+that differs between two hosts (or two restarts) running the same code would defeat reuse.
+
+``torch`` is imported lazily so ``regionc cache ...`` (the CLI) starts fast.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger("regionc.cache")
+
+#: Bump when the meaning of the factors (or the artifact format regionc writes) changes.
+KEY_SCHEMA = 1
+
+#: The regionc package directory whose sources are hashed (tests point it elsewhere).
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+#: Sub-packages whose sources change generated code: fusion passes, custom ops (schemas, kernels
+#: Inductor calls) and the piece compiler (how standalone_compile is driven).
+SOURCE_DIRS = ("passes", "ops", "compiler")
+
+#: Inductor config entries that never change generated code but may differ per host/process.
+_INDUCTOR_IGNORE = re.compile(r"(dir|path|remote_cache\w*|compile_threads|worker_start_method)$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+# ---------------------------------------------------------------------------- canonical JSON
+def canonical(value: Any) -> Any:
+    """``value`` as plain JSON data (dict/list/str/int/float/bool/None), deterministic across runs.
+
+    Knows torch dtypes/devices/sizes, symbolic sizes (``str``), enums, tuples and sets. Anything
+    else raises ``TypeError``: a ``repr`` with a memory address in a key would make every process
+    miss the cache silently.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    module = type(value).__module__ or ""
+    if module.startswith(("torch", "sympy")):
+        # torch.dtype, torch.device, torch.Size (tuple, handled above), torch.SymInt, sympy.Expr
+        text = str(value)
+        if _ADDRESS.search(text):
+            raise TypeError(f"regionc: {type(value).__name__} has no stable text form for a cache key: {text!r}")
+        return text
+    raise TypeError(f"regionc: cannot put a {type(value).__qualname__} into a cache key: {value!r}")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _sha256(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+# ---------------------------------------------------------------------------- environment
+def sources_hash(package_dir: Path | None = None, dirs: tuple[str, ...] = SOURCE_DIRS) -> str:
+    """sha256 over every ``*.py`` under ``package_dir/<dir>`` for ``dir`` in ``dirs``.
+
+    Hashes relative posix names and file *contents*, sorted by name: the same checkout at two
+    different paths (or on two hosts) hashes the same; editing any pass changes it.
+    """
+    package_dir = Path(package_dir or _PACKAGE_DIR)
+    digest = hashlib.sha256()
+    files = []
+    for sub in dirs:
+        base = package_dir / sub
+        if base.is_dir():
+            files.extend(p for p in base.rglob("*.py") if "__pycache__" not in p.parts and p.is_file())
+    for path in sorted(files, key=lambda p: p.relative_to(package_dir).as_posix()):
+        rel = path.relative_to(package_dir).as_posix()
+        digest.update(rel.encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_sources_hash(package_dir: str, dirs: tuple[str, ...]) -> str:
+    return sources_hash(Path(package_dir), dirs)
+
+
+def _jsonable_config_value(value: Any) -> Any:
+    if callable(value) and not isinstance(value, type):
+        uuid = getattr(value, "uuid", None)
+        if callable(uuid):
+            try:
+                return f"uuid:{uuid()}"
+            except Exception:  # noqa: BLE001 - a broken uuid() must not break the key
+                pass
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    try:
+        return canonical(value)
+    except TypeError:
+        return _ADDRESS.sub("", repr(value))
+
+
+def inductor_config_hash() -> str:
+    """Hash of Inductor's portable config, minus entries that are paths/dirs/logs/threads."""
+    from torch._inductor import config as inductor_config
+
+    try:
+        portable = inductor_config.save_config_portable()
+    except Exception:  # noqa: BLE001 - older torch or a config without uuid(): fall back
+        get_copy = getattr(inductor_config, "get_config_copy", None)
+        portable = {k: v for k, v in (get_copy() if get_copy else {}).items() if not k.startswith("_")}
+    relevant = {
+        key: _jsonable_config_value(value)
+        for key, value in portable.items()
+        if not _INDUCTOR_IGNORE.search(key)
+    }
+    # an absolute path as a value is per-host by nature
+    relevant = {k: v for k, v in relevant.items() if not (isinstance(v, str) and os.path.isabs(v))}
+    return _sha256(canonical_json(relevant))
+
+
+def _torch_build_key() -> str:
+    try:
+        from torch._inductor.codecache import torch_key
+    except ImportError:
+        torch_key = None
+    if torch_key is not None:
+        try:
+            return torch_key().hex()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("regionc: torch_key() failed (%s); using the torch version and git hash", exc)
+    import torch
+
+    return _sha256(f"{torch.__version__}|{getattr(torch.version, 'git_version', '')}")
+
+
+def _triton_version() -> str:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent or broken: not used for codegen then
+        return "none"
+    return str(getattr(sys.modules["triton"], "__version__", "unknown"))
+
+
+def _cpu_isa() -> str:
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        return str(pick_vec_isa()) or "none"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def environment_factors(device: torch.device | str) -> dict[str, str]:
+    """Everything outside the piece itself that changes the code Inductor generates for it."""
+    import torch
+
+    import regionc
+
+    device = torch.device(device)
+    factors = {
+        "key_schema": str(KEY_SCHEMA),
+        "torch_version": torch.__version__,
+        "torch_key": _torch_build_key(),
+        "triton_version": _triton_version(),
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "machine": platform.machine(),
+        "device_type": device.type,
+        "regionc_version": regionc.__version__,
+        "regionc_sources": _cached_sources_hash(str(_PACKAGE_DIR), SOURCE_DIRS),
+        "inductor_config": inductor_config_hash(),
+    }
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        factors["gpu_name"] = torch.cuda.get_device_name(index)
+        factors["gpu_capability"] = f"{major}.{minor}"
+        factors["cuda_version"] = str(torch.version.cuda)
+        if getattr(torch.version, "hip", None):
+            factors["hip_version"] = str(torch.version.hip)
+    elif device.type == "cpu":
+        factors["cpu_isa"] = _cpu_isa()
+    return factors
+
+
+def piece_key(fingerprint: str, input_meta: list, codegen_options: dict, env: dict) -> tuple[str, dict]:
+    """``(hex key, factors)``; the key is the sha256 of the canonical JSON of ``factors``."""
+    factors = canonical({
+        "fingerprint": fingerprint,
+        "input_meta": list(input_meta),
+        "codegen_options": dict(codegen_options),
+        "env": dict(env),
+    })
+    return _sha256(canonical_json(factors)), factors
+
+
+#: Values this process put into the cache env vars (a later compile with another root may move them).
+_SET_BY_REGIONC: dict[str, str] = {}
+
+
+def configure_compiler_caches(root: Path | str) -> None:
+    """Put Inductor's and Triton's caches under ``root`` (``root/inductor``, ``root/triton``).
+
+    Leaves a variable alone when the user set it. Inductor writes its *default* into
+    ``TORCHINDUCTOR_CACHE_DIR`` on first use, so a value equal to that default counts as unset.
+    A root that cannot be created leaves everything as it was (Inductor keeps its default).
+    """
+    root = Path(root).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)  # private before anything is written under it
+    except OSError as exc:
+        log.debug("regionc: cannot create cache root %s: %s", root, exc)
+        return
+    inductor_default = None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        inductor_default = os.path.abspath(default_cache_dir())
+    except Exception:  # noqa: BLE001 - moved in another torch version: treat any value as user-set
+        pass
+    def unset(var: str, default: str | None = None) -> bool:
+        current = os.environ.get(var)
+        return current is None or current == _SET_BY_REGIONC.get(var) or (
+            default is not None and os.path.abspath(current) == default)
+
+    targets = []
+    if unset("TORCHINDUCTOR_CACHE_DIR", inductor_default):
+        targets.append(("TORCHINDUCTOR_CACHE_DIR", root / "inductor"))
+    if unset("TRITON_CACHE_DIR"):
+        targets.append(("TRITON_CACHE_DIR", root / "triton"))
+    for var, path in targets:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            log.debug("regionc: not moving %s to %s: %s", var, path, exc)
+            continue
+        os.environ[var] = _SET_BY_REGIONC[var] = str(path)
+        log.debug("regionc: %s=%s", var, path)

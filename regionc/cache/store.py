@@ -1,0 +1,594 @@
+"""The persistent artifact store: atomic, locked, checked, private, size-capped.
+
+Layout under ``root`` (root and every directory regionc creates are mode 0700)::
+
+    root/artifacts/<key[:2]>/<key>.entry   one file per entry = the commit unit (see below)
+    root/artifacts/<key[:2]>/<key>.hits    one byte appended per load: size = hit count, mtime = last use
+    root/artifacts/<key[:2]>/.<key>.*.tmp  an entry being written (removed when older than an hour)
+    root/locks/<key>.lock                  per-key inter-process lock (filelock / flock)
+    root/misses                            one byte appended per recorded miss
+    root/inductor, root/triton             Inductor's and Triton's own caches (see key.configure_compiler_caches)
+
+Entry file (format 1), little endian::
+
+    b"RGNCART1" | u64 header length | header JSON | payload | sha256 of everything before it (32 bytes)
+
+    header = {"format": 1, "key", "size", "sha256" (of the payload), "factors", "created", "regionc_version"}
+
+An entry is written to a temp file in its final directory, fsynced, and renamed into place with
+``os.replace``: a reader sees the old file, the new file, or none, never a mix (payload and
+metadata live in the one file, so they cannot come from different writes). A writer killed
+mid-write leaves only a temp file, which no reader ever opens. On load the whole file is checked
+(magic, lengths, key, trailer and payload digests); anything wrong is logged with the key,
+removed, and reported as a miss. Appending one byte per hit/miss keeps the counters exact
+under concurrency without a lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import stat
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+log = logging.getLogger("regionc.cache")
+
+MAGIC = b"RGNCART1"
+FORMAT = 1
+_PREFIX = struct.Struct("<8sQ")
+_DIGEST_LEN = 32
+_MAX_HEADER = 16 * 1024 * 1024
+_CHUNK = 1 << 20
+ENTRY_SUFFIX = ".entry"
+HITS_SUFFIX = ".hits"
+TMP_SUFFIX = ".tmp"
+#: A temp file older than this belongs to a dead writer and may be removed.
+STALE_TMP_S = 3600.0
+_KEY_RE = re.compile(r"^[0-9a-f]{16,128}$")
+_DEFAULT_MAX_BYTES = 10 * 1024**3
+
+#: Test hook: called after the first chunk of a payload is written (tests stall/kill a writer there).
+_after_partial_write: Callable[[], None] | None = None
+
+
+class CorruptEntry(Exception):
+    """An entry file that fails a check; the message says which."""
+
+
+class CacheError(OSError):
+    """The store cannot do what was asked (root untrusted, not writable); the message says why."""
+
+
+@dataclasses.dataclass
+class EntryInfo:
+    key: str
+    path: str
+    size: int  # bytes on disk
+    payload_size: int
+    created: float
+    last_used: float
+    hits: int
+    factors: dict[str, Any]
+    regionc_version: str = ""
+    error: str = ""  # non-empty: header unreadable or entry not trusted (load would refuse it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(f"regionc: invalid cache key {key!r} (expected 16-128 lowercase hex digits)")
+    return key
+
+
+def _untrusted_reason(st: os.stat_result) -> str | None:
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        return f"owned by uid {st.st_uid}, not the current user (uid {euid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"group/world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _unlink(path: Path | str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _filelock_kwargs() -> dict[str, Any]:
+    params = inspect.signature(filelock.FileLock.__init__).parameters
+    kwargs: dict[str, Any] = {"mode": 0o600}
+    if "preserve_lock_file" in params:  # filelock >= 4: native flock only, never a stale soft-lock marker
+        kwargs["preserve_lock_file"] = True
+    if "is_singleton" in params:
+        kwargs["is_singleton"] = False
+    return kwargs
+
+
+_FILELOCK_KWARGS = _filelock_kwargs()
+
+
+def encode_entry(key: str, payload: bytes, factors: dict, created: float | None = None) -> list[bytes | memoryview]:
+    """The parts of an entry file, in order (joined, they are the file)."""
+    from regionc import __version__
+
+    header = json.dumps({
+        "format": FORMAT,
+        "key": key,
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "factors": factors,
+        "created": time.time() if created is None else created,
+        "regionc_version": __version__,
+    }, sort_keys=True, separators=(",", ":")).encode()
+    return [_PREFIX.pack(MAGIC, len(header)) + header, memoryview(payload)]
+
+
+def decode_entry(data: bytes | memoryview, key: str) -> tuple[dict, memoryview]:
+    """``(header, payload)`` of a complete entry file, or :class:`CorruptEntry` saying what is wrong."""
+    view = memoryview(data)
+    if len(view) < _PREFIX.size + _DIGEST_LEN:
+        raise CorruptEntry(f"truncated ({len(view)} bytes)")
+    magic, header_len = _PREFIX.unpack_from(view)
+    if magic != MAGIC:
+        raise CorruptEntry(f"bad magic {bytes(magic)!r}")
+    if header_len > _MAX_HEADER or _PREFIX.size + header_len + _DIGEST_LEN > len(view):
+        raise CorruptEntry(f"truncated or bad header length {header_len}")
+    body_end = len(view) - _DIGEST_LEN
+    if hashlib.sha256(view[:body_end]).digest() != view[body_end:]:
+        raise CorruptEntry("checksum mismatch")
+    try:
+        header = json.loads(bytes(view[_PREFIX.size:_PREFIX.size + header_len]))
+    except ValueError as exc:
+        raise CorruptEntry(f"unreadable header: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CorruptEntry(f"unknown format {header.get('format') if isinstance(header, dict) else header!r}")
+    if header.get("key") != key:
+        raise CorruptEntry(f"entry is for key {header.get('key')!r}")
+    payload = view[_PREFIX.size + header_len:body_end]
+    if header.get("size") != len(payload):
+        raise CorruptEntry(f"payload is {len(payload)} bytes, header says {header.get('size')}")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise CorruptEntry("payload sha256 mismatch")
+    return header, payload
+
+
+def read_header(path: Path | str) -> dict:
+    """The header of an entry file without reading its payload (for listing)."""
+    with open(path, "rb", buffering=0) as f:
+        prefix = f.read(_PREFIX.size)
+        if len(prefix) < _PREFIX.size:
+            raise CorruptEntry("truncated")
+        magic, header_len = _PREFIX.unpack(prefix)
+        if magic != MAGIC or header_len > _MAX_HEADER:
+            raise CorruptEntry("bad magic or header length")
+        raw = f.read(header_len)
+    if len(raw) < header_len:
+        raise CorruptEntry("truncated header")
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptEntry(f"unreadable header: {exc}") from None
+    if not isinstance(header, dict):
+        raise CorruptEntry("header is not an object")
+    return header
+
+
+class ArtifactStore:
+    """Compiled-piece payloads on disk, keyed by :func:`regionc.cache.key.piece_key`.
+
+    ``readable``: loads may return entries (root exists, is ours and private).
+    ``writable``: saves and locks work; False (after one warning) when the root is read-only,
+    cannot be created, or is not trusted; callers then compile in memory.
+    """
+
+    def __init__(self, root: Path | str, max_bytes: int = _DEFAULT_MAX_BYTES, lock_timeout_s: float = 600.0):
+        self.root = Path(root).expanduser()
+        self.max_bytes = int(max_bytes)
+        self.lock_timeout_s = float(lock_timeout_s)
+        self.artifacts = self.root / "artifacts"
+        self.locks = self.root / "locks"
+        self.readable = False
+        self.writable = False
+        self.problem = ""  # why the store is not readable/writable, for messages
+        self._warned: set[str] = set()
+        self._open()
+
+    # ------------------------------------------------------------------ setup
+    def _warn_once(self, topic: str, msg: str, *args: Any) -> None:
+        if topic in self._warned:
+            log.debug(msg, *args)
+        else:
+            self._warned.add(topic)
+            log.warning(msg, *args)
+
+    def _make_private_dir(self, path: Path) -> None:
+        if path.is_dir():
+            return
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+
+    def _open(self) -> None:
+        try:
+            self._make_private_dir(self.root)
+        except OSError as exc:
+            self.problem = f"cannot create {self.root}: {exc.strerror or exc}"
+            if not self.root.is_dir():
+                self._warn_once("open", "regionc: cache disabled: %s; compiling in memory", self.problem)
+                return
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            self.problem = f"cannot use {self.root}: {exc.strerror or exc}"
+            self._warn_once("open", "regionc: cache disabled: %s; compiling in memory", self.problem)
+            return
+        reason = _untrusted_reason(st) if stat.S_ISDIR(st.st_mode) else "not a directory"
+        if reason:
+            self.problem = f"cache root {self.root} is {reason}"
+            self._warn_once("open", "regionc: refusing the cache: %s; compiling in memory", self.problem)
+            return
+        try:
+            for sub in (self.artifacts, self.locks):
+                self._make_private_dir(sub)
+            fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=TMP_SUFFIX, dir=self.artifacts)
+            os.close(fd)
+            os.unlink(probe)
+            self.writable = True
+        except OSError as exc:
+            self.problem = f"cache root {self.root} is not writable: {exc.strerror or exc}"
+            self._warn_once("open", "regionc: %s; compiling in memory (existing entries still load)", self.problem)
+        if self.artifacts.is_dir():
+            reason = _untrusted_reason(os.stat(self.artifacts))
+            if reason:
+                self.writable = False
+                self.problem = f"{self.artifacts} is {reason}"
+                self._warn_once("open", "regionc: refusing the cache: %s; compiling in memory", self.problem)
+                return
+            self.readable = True
+
+    # ------------------------------------------------------------------ paths
+    def _shard(self, key: str) -> Path:
+        return self.artifacts / key[:2]
+
+    def entry_path(self, key: str) -> Path:
+        return self._shard(_check_key(key)) / (key + ENTRY_SUFFIX)
+
+    def _hits_path(self, key: str) -> Path:
+        return self._shard(key) / (key + HITS_SUFFIX)
+
+    # ------------------------------------------------------------------ load
+    def load(self, key: str) -> bytes | None:
+        """The verified payload of ``key``, or None (missing, refused, or corrupt → removed)."""
+        _check_key(key)
+        if not self.readable:
+            return None
+        path = self.entry_path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn_once(f"refuse:{key}", "regionc: cache entry %s not loaded: %s", key[:16], exc.strerror or exc)
+            return None
+        try:
+            st = os.fstat(fd)
+            reason = _untrusted_reason(st) or _untrusted_reason(os.stat(path.parent))
+            if reason:
+                self._warn_once(f"refuse:{key}", "regionc: refusing cache entry %s (%s): %s", key[:16], path, reason)
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptEntry("not a regular file")
+            buf = bytearray(st.st_size)
+            view = memoryview(buf)
+            got = 0
+            while got < st.st_size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:
+                    break
+                got += n
+            _, payload = decode_entry(view[:got], key)
+            result = bytes(payload)
+        except CorruptEntry as exc:
+            log.warning("regionc: cache entry %s is corrupt (%s): removed, will recompile", key, exc)
+            self._remove_if_same(path, st)
+            return None
+        except OSError as exc:
+            self._warn_once(f"refuse:{key}", "regionc: cache entry %s not loaded: %s", key[:16], exc)
+            return None
+        finally:
+            os.close(fd)
+        self._touch_hits(key)
+        return result
+
+    def _remove_if_same(self, path: Path, st: os.stat_result) -> None:
+        """Remove the bad file unless a writer has replaced it since we opened it."""
+        try:
+            now = os.stat(path, follow_symlinks=False)
+            if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                os.unlink(path)
+        except OSError as exc:
+            log.debug("regionc: could not remove bad cache entry %s: %s", path, exc)
+
+    def _touch_hits(self, key: str) -> None:
+        """Best effort: one byte appended = one hit; the append updates the last-used time."""
+        if not self.writable:
+            return
+        try:
+            fd = os.open(self._hits_path(key),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                os.write(fd, b"+")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("regionc: could not record a hit for %s: %s", key[:16], exc)
+
+    def record_miss(self, key: str) -> None:
+        """Count a miss (best effort) so ``regionc cache stats`` can show a hit rate."""
+        if not self.writable:
+            return
+        try:
+            fd = os.open(self.root / "misses", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"-")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("regionc: could not record a miss for %s: %s", key[:16], exc)
+
+    # ------------------------------------------------------------------ save
+    def save(self, key: str, payload: bytes, factors: dict) -> bool:
+        """Write ``key`` atomically; evict least recently used entries past ``max_bytes``."""
+        _check_key(key)
+        if not self.writable:
+            return False
+        parts = encode_entry(key, payload, factors)
+        size = sum(len(p) for p in parts) + _DIGEST_LEN
+        if size > self.max_bytes:
+            self._warn_once("too-big", "regionc: cache entry %s (%d bytes) exceeds cache_max_bytes=%d: not stored",
+                            key[:16], size, self.max_bytes)
+            return False
+        shard = self._shard(key)
+        tmp = None
+        try:
+            self._make_private_dir(shard)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=TMP_SUFFIX, dir=shard)
+            try:
+                digest = hashlib.sha256()
+                head, body = parts
+                digest.update(head)
+                _write_all(fd, head)
+                for offset in range(0, len(body), _CHUNK):
+                    chunk = body[offset:offset + _CHUNK]
+                    digest.update(chunk)
+                    _write_all(fd, chunk)
+                    if _after_partial_write is not None:
+                        _after_partial_write()
+                _write_all(fd, digest.digest())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, shard / (key + ENTRY_SUFFIX))
+            tmp = None
+        except OSError as exc:
+            self._warn_once("save", "regionc: could not write cache entry %s under %s: %s (compiled code stays "
+                            "in memory)", key[:16], self.root, exc.strerror or exc)
+            return False
+        finally:
+            if tmp is not None:
+                try:
+                    _unlink(tmp)
+                except OSError:
+                    pass
+        try:  # a fresh entry counts as just used (the hits file's mtime is the last-use time)
+            os.close(os.open(self._hits_path(key), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.utime(self._hits_path(key))
+        except OSError:
+            pass
+        try:
+            self.evict(protect=key)
+        except OSError as exc:
+            log.debug("regionc: eviction failed: %s", exc)
+        return True
+
+    # ------------------------------------------------------------------ lock
+    @contextmanager
+    def lock(self, key: str) -> Iterator[float]:
+        """Per-key inter-process lock; yields the seconds spent waiting.
+
+        Past ``lock_timeout_s`` it logs a warning and yields unlocked (the holder may be stuck;
+        a dead holder's flock is released by the kernel, so this is for live but stuck ones).
+        """
+        _check_key(key)
+        if not self.writable:
+            yield 0.0
+            return
+        lock = filelock.FileLock(str(self.locks / f"{key}.lock"), timeout=self.lock_timeout_s, **_FILELOCK_KWARGS)
+        start = time.monotonic()
+        acquired = False
+        try:
+            lock.acquire()
+            acquired = True
+        except filelock.Timeout:
+            log.warning("regionc: waited %.0fs for another process compiling cache entry %s; compiling without "
+                        "the lock", time.monotonic() - start, key[:16])
+        except OSError as exc:
+            self._warn_once("lock", "regionc: cache lock for %s failed (%s); compiling without it", key[:16], exc)
+        waited = time.monotonic() - start
+        try:
+            yield waited
+        finally:
+            if acquired:
+                lock.release()
+
+    # ------------------------------------------------------------------ listing, eviction, clearing
+    def _scan(self) -> Iterator[tuple[str, Path, os.stat_result, float]]:
+        """``(key, path, stat, last_used)`` of every entry file; removes stale temp files on the way."""
+        if not self.readable or not self.artifacts.is_dir():
+            return
+        now = time.time()
+        for shard in sorted(self.artifacts.iterdir()):
+            if not shard.is_dir() or shard.is_symlink():
+                continue
+            for path in sorted(shard.iterdir()):
+                name = path.name
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if name.endswith(TMP_SUFFIX):
+                    if now - st.st_mtime > STALE_TMP_S and self.writable:
+                        log.debug("regionc: removing stale temp file %s", path)
+                        _unlink(path)
+                    continue
+                if not name.endswith(ENTRY_SUFFIX) or not _KEY_RE.match(name[:-len(ENTRY_SUFFIX)]):
+                    continue
+                key = name[:-len(ENTRY_SUFFIX)]
+                last_used = st.st_mtime
+                try:
+                    last_used = max(last_used, os.stat(self._hits_path(key)).st_mtime)
+                except OSError:
+                    pass
+                yield key, path, st, last_used
+
+    def entries(self) -> list[EntryInfo]:
+        """Every entry, most recently used first (headers only; payloads are not read)."""
+        result = []
+        for key, path, st, last_used in self._scan():
+            try:
+                hits = os.stat(self._hits_path(key)).st_size
+            except OSError:
+                hits = 0
+            info = EntryInfo(key=key, path=str(path), size=st.st_size, payload_size=0, created=st.st_mtime,
+                             last_used=last_used, hits=hits, factors={})
+            reason = _untrusted_reason(st)
+            if reason:
+                info.error = reason
+            else:
+                try:
+                    header = read_header(path)
+                    info.payload_size = int(header.get("size", 0))
+                    info.created = float(header.get("created", st.st_mtime))
+                    info.factors = header.get("factors") or {}
+                    info.regionc_version = str(header.get("regionc_version", ""))
+                    if header.get("key") != key:
+                        info.error = "header names another key"
+                except (OSError, CorruptEntry, ValueError, TypeError) as exc:
+                    info.error = f"corrupt: {exc}"
+            result.append(info)
+        result.sort(key=lambda e: e.last_used, reverse=True)
+        return result
+
+    def _misses(self) -> int:
+        try:
+            return os.stat(self.root / "misses").st_size
+        except OSError:
+            return 0
+
+    def stats(self) -> dict[str, Any]:
+        entries = self.entries()
+        hits = sum(e.hits for e in entries)
+        misses = self._misses()
+        return {
+            "root": str(self.root),
+            "readable": self.readable,
+            "writable": self.writable,
+            "problem": self.problem,
+            "entries": len(entries),
+            "bad_entries": sum(1 for e in entries if e.error),
+            "bytes": sum(e.size for e in entries),
+            "max_bytes": self.max_bytes,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": hits / (hits + misses) if hits + misses else None,
+            "oldest_created": min((e.created for e in entries), default=None),
+            "last_used": max((e.last_used for e in entries), default=None),
+        }
+
+    def remove(self, key: str) -> bool:
+        """Drop one entry (e.g. one that verified but its artifact failed to load)."""
+        return self.writable and self._remove_entry(key, self.entry_path(_check_key(key)))
+
+    def _remove_entry(self, key: str, path: Path) -> bool:
+        removed = _unlink(path)  # the entry file first: from here on no reader can load it
+        _unlink(self._hits_path(key))
+        lock_path = self.locks / f"{key}.lock"
+        if lock_path.exists():
+            # Only if nobody holds it. A racing process may still end up with a lock on the
+            # unlinked inode: the worst case is one duplicate compile, never a bad entry.
+            lock = filelock.FileLock(str(lock_path), timeout=0, **_FILELOCK_KWARGS)
+            try:
+                with lock:
+                    _unlink(lock_path)
+            except (filelock.Timeout, OSError):
+                pass
+        return removed
+
+    def evict(self, protect: str | None = None) -> int:
+        """Remove least recently used entries until the total is at most ``max_bytes``."""
+        if not self.writable:
+            return 0
+        scanned = list(self._scan())
+        total = sum(st.st_size for _, _, st, _ in scanned)
+        evicted = 0
+        for key, path, st, _ in sorted(scanned, key=lambda item: item[3]):
+            if total <= self.max_bytes:
+                break
+            if key == protect:
+                continue
+            if self._remove_entry(key, path):
+                evicted += 1
+                log.info("regionc: evicted cache entry %s (%d bytes, least recently used)", key[:16], st.st_size)
+            total -= st.st_size
+        return evicted
+
+    def clear(self, older_than_days: float | None = None) -> int:
+        """Remove entries not used for ``older_than_days`` days (all when None); returns how many.
+
+        Also removes stale temp files and orphan hit counters; clearing everything resets the
+        miss counter. Raises :class:`CacheError` when the store is not writable.
+        """
+        if not self.writable:
+            raise CacheError(errno.EACCES, f"regionc: cannot clear the cache: {self.problem or 'not writable'}")
+        cutoff = None if older_than_days is None else time.time() - float(older_than_days) * 86400.0
+        removed = 0
+        live = set()
+        for key, path, _st, last_used in list(self._scan()):
+            if cutoff is None or last_used < cutoff:
+                removed += self._remove_entry(key, path)
+            else:
+                live.add(key)
+        for shard in self.artifacts.iterdir():  # hit counters whose entry is gone
+            if shard.is_dir() and not shard.is_symlink():
+                for path in shard.glob("*" + HITS_SUFFIX):
+                    if path.name[:-len(HITS_SUFFIX)] not in live and not (
+                            shard / (path.name[:-len(HITS_SUFFIX)] + ENTRY_SUFFIX)).exists():
+                        _unlink(path)
+        if cutoff is None:
+            _unlink(self.root / "misses")
+        return removed

@@ -1,0 +1,532 @@
+"""Piecewise CUDA graphs: capture each piece per shape into one shared pool, replay afterwards.
+
+Usage (one :class:`GraphPool` per compiled Dynamo graph, one :class:`PieceGraphRunner` per piece
+*instance* — instances sharing compiled code still get their own runner, since their weights differ)::
+
+    pool = GraphPool(config, report)
+    runners = [PieceGraphRunner(fn, name=..., static_input_indices=..., pool=pool, config=config,
+                                report=report, dynamic_inputs=DynamicSpec.make(...), is_last=...)]
+    def run(*graph_args):
+        with pool.forward(size=n):         # n = runtime token/batch size, None without dynamic dims
+            ... call the runners in order ...
+
+Lifecycle per forward *bucket* (the padded size N of the forward; one bucket when nothing is dynamic):
+the first forward in a bucket runs every piece eagerly (warm-up, padded to N); the second captures
+every piece, in execution order, into the pool's shared memory pool and replays it once; later
+forwards replay. Capturing all graphs of a bucket in one forward, in the order they run, is what
+makes sharing one pool safe: a graph's temporaries may reuse memory of earlier graphs' temporaries
+or dead outputs, but never memory that a graph running later in the same forward still reads.
+Sizes are captured in the order they first occur (lazily), not largest first: a later, larger
+bucket may need new pool segments. A key first seen after its bucket's capture forward (a late
+shape) is warmed up, then captured into a *private* pool of its own (safe, no memory sharing).
+
+Inputs: static inputs (weights, KV caches registered as buffers; indices given by the caller) are
+read and written in place — the graph holds their addresses, so in-place updates persist and an
+address change would be silently stale: ``config.cudagraph_check_addresses`` checks them on every
+replay and raises :class:`CudaGraphAddressError`. Other tensor args are copied into static buffers
+(padded with ``pad_value``) unless the arg already *is* that buffer: an output of another graph in
+this pool (the previous piece), in which case the graph was captured reading it in place and no
+copy happens. A piece that writes in place to a non-static input is not graphed.
+
+Outputs contract: a replay overwrites the same output memory every time. Outputs of intermediate
+pieces are returned as the graph's own tensors (views, sliced back to n) and are valid until the
+same piece replays again — the next forward. The last piece (``is_last=True``, or the indices in
+``user_output_indices``) clones its outputs, so what the user gets is never overwritten — except
+outputs that alias a *static* input (e.g. an in-place KV-cache update returning the cache): those
+are the user's own tensor and are returned as is, like eager. If the graph's final outputs
+include values produced by a non-last piece, that piece must list them in ``user_output_indices``.
+Output memory of every captured graph stays allocated (strong references) for the pool's lifetime.
+
+Fallbacks (one log line each, never a crash): sizes above the largest capture size run eagerly;
+a capture that raises (host sync such as ``.item()``, data-dependent shapes), CPU tensors in or
+out, or non-tensor outputs that padding would change turn graphs off for that piece from then on
+(graphs already captured for it stay in use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from regionc.cudagraph.sizes import (
+    ABOVE_MAX,
+    DynamicSpec,
+    as_output_list,
+    bucket_for,
+    copy_padded,
+    empty_padded_like,
+    pad_args,
+    padded_int_args,
+    padded_shape,
+    rebuild_outputs,
+    runtime_size,
+    shape_key,
+    slice_outputs,
+)
+
+log = logging.getLogger("regionc")
+
+_logged_once: set[str] = set()
+
+
+def _log_once(key: str, level: int, message: str, *args: Any) -> None:
+    if key not in _logged_once:
+        _logged_once.add(key)
+        log.log(level, message, *args)
+
+
+class CudaGraphAddressError(RuntimeError):
+    """A static input (weight/buffer) moved since its graph was captured."""
+
+
+# ====================================================================== option handling
+def should_use_cudagraphs(config, example_inputs: Iterable[Any]) -> bool:
+    """None → on iff any input tensor is on CUDA; True without CUDA inputs → one log line, off."""
+    setting = getattr(config, "cudagraphs", None)
+    if setting is False:
+        return False
+    on_cuda = any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs)
+    if setting is None:
+        return on_cuda
+    if not on_cuda:
+        _log_once("cudagraphs-no-cuda", logging.WARNING,
+                  "regionc: cudagraphs=True but no input is on a CUDA device; running without CUDA graphs")
+        return False
+    return True
+
+
+# ====================================================================== device side (injectable)
+class CudaGraphBackend:
+    """The CUDA calls the runner makes; tests swap in a fake with the same methods."""
+
+    def __init__(self, device: torch.device | int | None = None):
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self._shared = None
+        self._stream = None
+
+    def accepts(self, t: torch.Tensor) -> bool:
+        return t.device == self.device
+
+    def pool_handle(self, private: bool):
+        if private:
+            return torch.cuda.graph_pool_handle()
+        if self._shared is None:
+            self._shared = torch.cuda.graph_pool_handle()
+        return self._shared
+
+    @property
+    def stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.device)
+        return self._stream
+
+    @contextlib.contextmanager
+    def warmup(self):
+        """Warm-up runs on the capture stream (per-stream lazy state, e.g. cuBLAS workspaces, is set up there)."""
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            current.wait_stream(self.stream)
+
+    def capture(self, fn: Callable[..., Any], args: Sequence[Any], pool) -> tuple[Any, Any]:
+        """Capture ``fn(*args)`` into a new graph in ``pool``; (graph, outputs). Kernels are not run."""
+        with torch.cuda.device(self.device):
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            current = torch.cuda.current_stream()
+            self.stream.wait_stream(current)
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin(pool, capture_error_mode="thread_local")
+                try:
+                    out = fn(*args)
+                except BaseException:
+                    try:
+                        graph.capture_end()  # ends the (invalidated) capture; its own error is expected
+                    except Exception:
+                        # some torch versions raise before telling the allocator the capture is over
+                        end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+                        if end is not None:
+                            with contextlib.suppress(Exception):
+                                end(self.device.index, pool)
+                    with contextlib.suppress(Exception):
+                        torch.cuda.synchronize()
+                    raise
+                graph.capture_end()
+            current.wait_stream(self.stream)
+        return graph, out
+
+    def memory_reserved(self) -> int:
+        return torch.cuda.memory_reserved(self.device)
+
+
+# ====================================================================== the pool
+@dataclasses.dataclass
+class _Forward:
+    size: int | None
+    bucket: Any  # padded size N, ABOVE_MAX, or None (nothing dynamic)
+    phase: str  # "warmup" | "capture" | "replay" | "eager"
+
+
+class GraphPool:
+    """One per compiled graph: the shared memory pool, the forward/bucket state, graph outputs others may read.
+
+    ``backend`` defaults to :class:`CudaGraphBackend` (created lazily on the first capture/warm-up);
+    tests pass a fake.
+    """
+
+    def __init__(self, config, report=None, *, device: torch.device | int | None = None, backend=None,
+                 name: str = "graph"):
+        self.config = config
+        self.report = report
+        self.name = name
+        self.capture_sizes = tuple(sorted(config.capture_sizes))
+        self._device = device
+        self._backend = backend
+        self._lock = threading.RLock()
+        self._bucket_state: dict[Any, str] = {}  # bucket -> "warmed" | "captured"
+        self._current: _Forward | None = None
+        self._outputs: dict[int, list[torch.Tensor]] = {}  # data_ptr -> graph outputs (full size)
+        if report is not None:
+            with report._lock:
+                stats = report.cudagraphs
+                stats.setdefault("graphs", 0)
+                stats.setdefault("private_pool_graphs", 0)
+                stats.setdefault("captured", {})  # piece -> {"N=8": count}
+                stats.setdefault("capture_s", 0.0)
+                stats.setdefault("pool_bytes", 0)
+                stats.setdefault("eager_calls", {})  # piece -> calls run without graph (above max, mismatch)
+                stats.setdefault("fallbacks", [])
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = CudaGraphBackend(self._device)
+        return self._backend
+
+    @property
+    def handle(self):
+        """The shared ``torch.cuda.graph_pool_handle()`` every graph of this pool (not private ones) uses."""
+        return self.backend.pool_handle(private=False)
+
+    @contextlib.contextmanager
+    def forward(self, size: int | None = None):
+        """Wrap one run of all pieces. ``size``: the runtime token/batch size (None if nothing is dynamic)."""
+        with self._lock:
+            if self._current is not None:  # nested (re-entrant) call: same forward
+                yield self._current
+                return
+            if size is None:
+                bucket = None
+            else:
+                bucket = bucket_for(int(size), self.capture_sizes)
+            state = self._bucket_state.get(bucket)
+            if bucket == ABOVE_MAX:
+                phase = "eager"
+            elif state is None:
+                phase = "warmup"
+            elif state == "warmed":
+                phase = "capture"
+            else:
+                phase = "replay"
+            self._current = _Forward(None if size is None else int(size), bucket, phase)
+            try:
+                yield self._current
+            finally:
+                self._current = None
+                if phase == "warmup":
+                    self._bucket_state[bucket] = "warmed"
+                elif phase == "capture":
+                    self._bucket_state[bucket] = "captured"
+
+    # ------------------------------------------------------------------ graph outputs others read in place
+    def _register_output(self, t: torch.Tensor) -> None:
+        self._outputs.setdefault(t.data_ptr(), []).append(t)
+
+    def _borrow(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The graph output ``a`` lives in (same start, dtype, strides, padded shape), if any."""
+        for t in self._outputs.get(a.data_ptr(), ()):
+            if t.dtype == a.dtype and t.device == a.device and tuple(t.shape) == shape and t.stride() == a.stride():
+                return t
+        return None
+
+    def _record(self, **deltas: Any) -> None:
+        if self.report is None:
+            return
+        with self.report._lock:
+            stats = self.report.cudagraphs
+            for key, value in deltas.items():
+                stats[key] = stats.get(key, 0) + value
+
+    def _record_fallback(self, message: str) -> None:
+        if self.report is not None:
+            with self.report._lock:
+                self.report.cudagraphs.setdefault("fallbacks", []).append(message)
+
+
+# ====================================================================== one piece
+@dataclasses.dataclass
+class _Copy:
+    index: int
+    buffer: torch.Tensor
+    dims: tuple[int, ...]
+    owned: bool  # False: the buffer is another graph's output, never written by us
+    pad_value: float | int
+
+
+@dataclasses.dataclass
+class _Entry:
+    key: tuple
+    late: bool
+    graph: Any = None
+    copies: list[_Copy] = dataclasses.field(default_factory=list)
+    static_inputs: list[tuple[int, int, tuple[int, ...]]] = dataclasses.field(default_factory=list)
+    outputs: list[Any] = dataclasses.field(default_factory=list)
+    structure: str = "tuple"
+    aliases_static: list[bool] = dataclasses.field(default_factory=list)
+    size: int | None = None
+
+
+class PieceGraphRunner:
+    """Wraps one piece's compiled callable: warm-up, capture per shape key, replay (see module doc).
+
+    - ``fn(*args)`` returns a tensor or a tuple/list of tensors (ints allowed, see DynamicSpec).
+    - ``static_input_indices``: args used in place (params, buffers incl. KV caches).
+    - ``dynamic_inputs``: a :class:`DynamicSpec` (or a mapping of its fields) naming where the
+      token/batch size appears; None/empty → one graph per concrete shape, no padding.
+    - ``is_last``: clone all outputs for the user; ``user_output_indices``: clone only these.
+    - ``mutated_inputs``: arg indices written in place (see ``mutation.mutated_placeholders``);
+      any that is not static turns graphs off for this piece.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, name: str, static_input_indices: Collection[int], pool: GraphPool,
+                 config=None, report=None, dynamic_inputs: DynamicSpec | Mapping[str, Any] | None = None,
+                 is_last: bool = False, user_output_indices: Collection[int] | None = None,
+                 mutated_inputs: Collection[int] | None = None):
+        self.fn = fn
+        self.name = name
+        self.pool = pool
+        self.config = config if config is not None else pool.config
+        self.report = report if report is not None else pool.report
+        self.static = frozenset(int(i) for i in static_input_indices)
+        if dynamic_inputs is None:
+            dynamic_inputs = DynamicSpec()
+        elif not isinstance(dynamic_inputs, DynamicSpec):
+            dynamic_inputs = DynamicSpec.make(**dynamic_inputs)
+        self.spec = dynamic_inputs
+        self.is_last = is_last
+        self.user_outputs = None if user_output_indices is None else frozenset(user_output_indices)
+        self.check_addresses = bool(getattr(self.config, "cudagraph_check_addresses", False))
+        self._entries: dict[tuple, _Entry] = {}
+        self._no_capture: str | None = None
+        # A piece known to write nothing in place may warm up padded (and re-run on the real args if
+        # that fails); one that may write (unknown counts as may) warms up once, exactly, unpadded.
+        self._pure = mutated_inputs is not None and not mutated_inputs
+        bad = sorted(set(mutated_inputs or ()) - self.static)
+        if bad:
+            self._disable(f"it writes in place to non-static input(s) {bad}")
+        bad = sorted(i for i, _ in self.spec.inputs if i in self.static)
+        if bad:
+            self._disable(f"static input(s) {bad} are declared dynamic")
+
+    # ------------------------------------------------------------------ entry point
+    def __call__(self, *args: Any) -> Any:
+        fwd = self.pool._current
+        if fwd is None:
+            _log_once(f"outside:{id(self.pool)}", logging.WARNING,
+                      "regionc: %s called outside GraphPool.forward(); running without CUDA graphs", self.name)
+            return self.fn(*args)
+        if fwd.bucket == ABOVE_MAX:
+            return self._eager("above-max", args,
+                               f"size {fwd.size} is above the largest capture size {self.pool.capture_sizes[-1]}")
+        n = size = None
+        if self.spec.active:
+            try:
+                n = runtime_size(args, self.spec)
+            except ValueError as exc:
+                return self._eager("spec", args, f"dynamic dims: {exc}")
+            if fwd.size is None or n != fwd.size:
+                return self._eager("size", args, f"its size {n} differs from the forward's size {fwd.size}")
+            size = fwd.bucket
+        try:
+            key = shape_key(args, self.spec, size, self.static, fwd.bucket)
+        except TypeError as exc:
+            return self._eager("key", args, f"an argument cannot key a graph ({exc})")
+        entry = self._entries.get(key)
+        if entry is not None and entry.graph is not None:
+            return self._replay(entry, args, n)
+        if self._no_capture is not None:
+            return self.fn(*args)
+        if entry is None:
+            self._entries[key] = _Entry(key, late=fwd.phase != "warmup", size=size)
+            return self._warmup(args, n, size)
+        return self._capture(entry, args, n, size, private=entry.late or fwd.phase != "capture")
+
+    # ------------------------------------------------------------------ paths
+    def _eager(self, why: str, args: Sequence[Any], reason: str) -> Any:
+        _log_once(f"{why}:{id(self)}", logging.INFO, "regionc: %s runs without a CUDA graph: %s", self.name, reason)
+        if self.report is not None:
+            with self.report._lock:
+                calls = self.report.cudagraphs.setdefault("eager_calls", {})
+                calls[self.name] = calls.get(self.name, 0) + 1
+        return self.fn(*args)
+
+    def _disable(self, reason: str) -> None:
+        if self._no_capture is None:
+            self._no_capture = reason
+            log.warning("regionc: no CUDA graphs for %s from now on: %s", self.name, reason)
+            self.pool._record_fallback(f"{self.name}: {reason}")
+
+    def _warmup(self, args: Sequence[Any], n: int | None, size: int | None) -> Any:
+        """One eager run. Pure pieces run padded to ``size`` (the shape that will be captured)."""
+        padded = self._pure and n is not None and n != size
+        if not padded:
+            with self.pool.backend.warmup():
+                return self.fn(*args)  # an error here is the piece's own: not ours to hide
+        try:
+            with self.pool.backend.warmup():
+                out = self.fn(*pad_args(args, self.spec, n, size))
+            values, structure = as_output_list(out)
+            problem = self._check_outputs(values, size)
+            if problem is None:
+                return rebuild_outputs(slice_outputs(values, self.spec, n, size), structure)
+        except Exception as exc:
+            problem = f"the padded warm-up failed ({type(exc).__name__}: {_first_line(exc)})"
+        self._disable(problem)
+        return self.fn(*args)  # the piece writes nothing in place: running it again is harmless
+
+    def _capture(self, entry: _Entry, args: Sequence[Any], n: int | None, size: int | None, private: bool) -> Any:
+        pool, backend = self.pool, self.pool.backend
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor) and not backend.accepts(a):
+                self._disable(f"input {i} is on {a.device}, not on the graph's device")
+                return self.fn(*args)
+        static_args = padded_int_args(args, self.spec, size) if n is not None else list(args)
+        copies: list[_Copy] = []
+        for i, a in enumerate(args):
+            if i in self.static or not isinstance(a, torch.Tensor):
+                continue
+            dims = self.spec.dims_of(i) if n is not None else ()
+            shape = padded_shape(a.shape, dims, size) if dims else tuple(a.shape)
+            buffer = pool._borrow(a, shape)
+            owned = buffer is None
+            pad_value = self.spec.pad_values.get(i, 0)
+            if owned:
+                buffer = empty_padded_like(a, dims, size if dims else 0)
+                copy_padded(buffer, a, dims, n if dims else 0, pad_value)
+            static_args[i] = buffer
+            copies.append(_Copy(i, buffer, dims, owned, pad_value))
+        statics = [(i, args[i].data_ptr(), tuple(args[i].shape)) for i in sorted(self.static)
+                   if i < len(args) and isinstance(args[i], torch.Tensor)]
+
+        reserved = backend.memory_reserved()
+        start = time.perf_counter()
+        try:
+            graph, out = backend.capture(self.fn, static_args, backend.pool_handle(private))
+        except Exception as exc:
+            self._disable(f"capture failed ({type(exc).__name__}: {_first_line(exc)})")
+            return self.fn(*args)
+        elapsed = time.perf_counter() - start
+        grown = max(0, backend.memory_reserved() - reserved)
+
+        values, structure = as_output_list(out)
+        problem = self._check_outputs(values, size if n is not None else None)
+        if problem:
+            self._disable(problem)
+            return self.fn(*args)
+        static_storages = {args[i].untyped_storage().data_ptr() for i, _, _ in statics}
+        input_storages = {c.buffer.untyped_storage().data_ptr() for c in copies}
+        entry.aliases_static = []
+        for value in values:
+            if not isinstance(value, torch.Tensor):
+                entry.aliases_static.append(False)
+                continue
+            storage = value.untyped_storage().data_ptr()
+            entry.aliases_static.append(storage in static_storages)
+            if storage not in static_storages and storage not in input_storages:
+                pool._register_output(value)  # lives in graph memory: later pieces may read it in place
+        entry.graph, entry.copies, entry.static_inputs = graph, copies, statics
+        entry.outputs, entry.structure = values, structure
+
+        label = f"N={size}" if size is not None else ("static" if entry.key[0] is None else f"bucket={entry.key[0]}")
+        pool._record(graphs=1, capture_s=elapsed, pool_bytes=grown, private_pool_graphs=int(private))
+        if self.report is not None:
+            with self.report._lock:
+                per_piece = self.report.cudagraphs.setdefault("captured", {}).setdefault(self.name, {})
+                per_piece[label] = per_piece.get(label, 0) + 1
+        log.debug("regionc: captured %s (%s%s) in %.3fs", self.name, label, ", private pool" if private else "", elapsed)
+        graph.replay()  # capture records, it does not run: this call's results come from a replay
+        return self._results(entry, n)
+
+    def _check_outputs(self, values: list[Any], size: int | None) -> str | None:
+        declared = {i for i, d in self.spec.outputs if d is None}
+        for i, value in enumerate(values):
+            if isinstance(value, torch.Tensor):
+                if not self.pool.backend.accepts(value):
+                    return f"output {i} is on {value.device}, not on the graph's device"
+            elif value is not None and size is not None and i not in declared:
+                return f"output {i} is a {type(value).__name__} that padding could change; declare it or it cannot be graphed"
+        for i, d in self.spec.outputs:
+            if size is None:
+                break
+            value = values[i] if i < len(values) else None
+            if d is None:
+                if value != size:
+                    return f"output {i} is declared the size int but is {value!r}"
+            elif not isinstance(value, torch.Tensor) or value.dim() <= d or value.shape[d] != size:
+                return f"output {i} dim {d} is declared dynamic but its shape is {getattr(value, 'shape', value)}"
+        return None
+
+    def _replay(self, entry: _Entry, args: Sequence[Any], n: int | None) -> Any:
+        for c in entry.copies:
+            a = args[c.index]
+            buffer = c.buffer
+            if a is buffer:
+                continue
+            if a.data_ptr() == buffer.data_ptr() and a.dtype == buffer.dtype and a.stride() == buffer.stride() \
+                    and (padded_shape(a.shape, c.dims, entry.size) if c.dims else tuple(a.shape)) == tuple(buffer.shape):
+                continue  # already in place (the previous graph's output)
+            if not c.owned:
+                return self._eager("moved", args, f"input {c.index} is not the graph output it was captured "
+                                                  "reading, and that memory is not ours to write")
+            copy_padded(buffer, a, c.dims, n if c.dims else 0, c.pad_value)
+        if self.check_addresses:
+            for i, ptr, shape in entry.static_inputs:
+                a = args[i]
+                if not isinstance(a, torch.Tensor) or a.data_ptr() != ptr or tuple(a.shape) != shape:
+                    raise CudaGraphAddressError(
+                        f"regionc: static input {i} of piece {self.name} changed since its CUDA graph was "
+                        f"captured (address {ptr:#x} shape {shape} -> "
+                        f"{a.data_ptr() if isinstance(a, torch.Tensor) else a!r:} "
+                        f"{tuple(a.shape) if isinstance(a, torch.Tensor) else ''}); weights and buffers must "
+                        "stay in place (update them with copy_(), do not reassign them)")
+        entry.graph.replay()
+        return self._results(entry, n)
+
+    def _results(self, entry: _Entry, n: int | None) -> Any:
+        values = entry.outputs
+        if n is not None and n != entry.size:
+            values = slice_outputs(values, self.spec, n, entry.size)
+        if self.is_last or self.user_outputs:
+            values = list(values)
+            for i, value in enumerate(values):
+                if isinstance(value, torch.Tensor) and not entry.aliases_static[i] and \
+                        (self.is_last or i in self.user_outputs):
+                    values[i] = value.clone()
+        return rebuild_outputs(list(values), entry.structure)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

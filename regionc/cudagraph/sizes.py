@@ -1,0 +1,210 @@
+"""Capture-size bucketing, padding and slicing: pure functions on tensors (CPU-testable).
+
+A piece's *dynamic* dim is the token/batch dim Dynamo made symbolic. A runtime size ``n`` is
+padded up to the next configured capture size ``N >= n`` so one CUDA graph serves every ``n``
+in ``(previous size, N]``. The caller declares, explicitly, where that size appears:
+
+- ``inputs``: ``(arg_index, dim)`` pairs — tensor args whose ``dim`` has size ``n``;
+- ``int_args``: indices of int args equal to ``n`` (replaced by ``N``);
+- ``outputs``: ``(out_index, dim)`` pairs — output tensors sliced back to ``n`` along ``dim``;
+  ``(out_index, None)`` marks an int output equal to ``n`` (returned as ``n``).
+
+Nothing is inferred by matching sizes: a weight with a dim that happens to equal ``N`` must not
+be sliced. Padding is only correct when rows along the dynamic dim are independent (per-token
+ops, causal attention with pads at the end). Padded rows are filled with ``pad_value`` (0 by
+default, or per arg in ``pad_values``); an index tensor that drives a scatter (KV-cache slot
+mapping) must be given a pad value its op ignores, or padded rows write to that slot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+#: bucket_for's answer for a size above the largest capture size (run without graphs).
+ABOVE_MAX = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicSpec:
+    """Where the dynamic token/batch size appears in a piece's args and outputs (see module doc)."""
+
+    inputs: tuple[tuple[int, int], ...] = ()
+    int_args: tuple[int, ...] = ()
+    outputs: tuple[tuple[int, int | None], ...] = ()
+    pad_values: Mapping[int, float | int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def make(cls, inputs: Sequence[tuple[int, int]] = (), int_args: Sequence[int] = (),
+             outputs: Sequence[tuple[int, int | None]] = (),
+             pad_values: Mapping[int, float | int] | None = None) -> DynamicSpec:
+        return cls(tuple((int(i), int(d)) for i, d in inputs), tuple(int(i) for i in int_args),
+                   tuple((int(i), None if d is None else int(d)) for i, d in outputs), dict(pad_values or {}))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.inputs or self.int_args)
+
+    def dims_of(self, arg_index: int) -> tuple[int, ...]:
+        return tuple(d for i, d in self.inputs if i == arg_index)
+
+    def __hash__(self) -> int:  # pad_values is a dict
+        return hash((self.inputs, self.int_args, self.outputs, tuple(sorted(self.pad_values.items()))))
+
+
+def bucket_for(n: int, capture_sizes: Sequence[int]) -> int:
+    """The smallest capture size >= n, or ABOVE_MAX. ``capture_sizes`` must be sorted ascending."""
+    if n < 0:
+        raise ValueError(f"negative size {n}")
+    pos = bisect.bisect_left(capture_sizes, n)
+    return capture_sizes[pos] if pos < len(capture_sizes) else ABOVE_MAX
+
+
+def runtime_size(args: Sequence[Any], spec: DynamicSpec) -> int | None:
+    """The dynamic size ``n`` of this call (None without dynamic dims); ValueError if they disagree."""
+    sizes = set()
+    for i, d in spec.inputs:
+        value = args[i]
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"arg {i} is declared dynamic (dim {d}) but is {type(value).__name__}")
+        sizes.add(int(value.shape[d]))
+    for i in spec.int_args:
+        value = args[i]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"arg {i} is declared a size int but is {type(value).__name__}")
+        sizes.add(int(value))
+    if not sizes:
+        return None
+    if len(sizes) > 1:
+        raise ValueError(f"declared dynamic dims disagree: sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def padded_shape(shape: Sequence[int], dims: Sequence[int], size: int) -> tuple[int, ...]:
+    out = list(shape)
+    for d in dims:
+        out[d] = size
+    return tuple(out)
+
+
+def empty_padded_like(t: torch.Tensor, dims: Sequence[int], size: int) -> torch.Tensor:
+    """A new dense tensor like ``t`` with ``dims`` resized to ``size``, keeping ``t``'s dim order.
+
+    Compiled code asserts input strides; keeping the stride order (e.g. a transposed input stays
+    transposed) keeps a padded buffer acceptable to it.
+    """
+    shape = padded_shape(t.shape, dims, size)
+    if t.dim() == 0:
+        return torch.empty((), dtype=t.dtype, device=t.device)
+    # dims ordered outermost (largest stride) first; ties keep the logical order
+    order = sorted(range(t.dim()), key=lambda k: (-t.stride(k), k))
+    base = torch.empty([shape[k] for k in order], dtype=t.dtype, device=t.device)
+    inverse = [0] * t.dim()
+    for pos, k in enumerate(order):
+        inverse[k] = pos
+    return base.permute(inverse)
+
+
+def copy_padded(dst: torch.Tensor, src: torch.Tensor, dims: Sequence[int], n: int, pad_value: float | int = 0) -> None:
+    """dst[..n..] = src along ``dims``; the rest of each padded dim is filled with ``pad_value``."""
+    if not dims or all(dst.shape[d] == n for d in dims):
+        dst.copy_(src)
+        return
+    head = dst
+    for d in dims:
+        head = head.narrow(d, 0, n)
+    head.copy_(src)
+    for d in dims:
+        full = dst.shape[d]
+        if full > n:
+            dst.narrow(d, n, full - n).fill_(pad_value)
+
+
+def pad_args(args: Sequence[Any], spec: DynamicSpec, n: int, size: int) -> list[Any]:
+    """A copy of ``args`` padded from ``n`` to ``size``: new tensors for dynamic args, ints replaced."""
+    out = list(args)
+    if n == size:
+        return out
+    for i in {i for i, _ in spec.inputs}:
+        dims = spec.dims_of(i)
+        buf = empty_padded_like(args[i], dims, size)
+        copy_padded(buf, args[i], dims, n, spec.pad_values.get(i, 0))
+        out[i] = buf
+    for i in spec.int_args:
+        out[i] = size
+    return out
+
+
+def padded_int_args(args: Sequence[Any], spec: DynamicSpec, size: int) -> list[Any]:
+    out = list(args)
+    for i in spec.int_args:
+        out[i] = size
+    return out
+
+
+def as_output_list(out: Any) -> tuple[list[Any], str]:
+    """(list of outputs, structure tag) so results can be rebuilt with the same container type."""
+    if isinstance(out, tuple):
+        return list(out), "tuple"
+    if isinstance(out, list):
+        return list(out), "list"
+    return [out], "single"
+
+
+def rebuild_outputs(values: list[Any], structure: str) -> Any:
+    if structure == "tuple":
+        return tuple(values)
+    if structure == "list":
+        return values
+    return values[0]
+
+
+def slice_outputs(outs: list[Any], spec: DynamicSpec, n: int, size: int) -> list[Any]:
+    """Outputs of a padded run, cut back to ``n`` on the declared output dims (ints → n)."""
+    if n == size:
+        return list(outs)
+    result = list(outs)
+    for i, d in spec.outputs:
+        value = result[i]
+        if d is None:
+            if value != size:
+                raise ValueError(f"output {i} is declared the size int but is {value!r}, not {size}")
+            result[i] = n
+        else:
+            if not isinstance(value, torch.Tensor) or value.shape[d] != size:
+                raise ValueError(f"output {i} dim {d} is declared dynamic but has size "
+                                 f"{getattr(value, 'shape', None)}, not the padded size {size}")
+            result[i] = value.narrow(d, 0, n)
+    return result
+
+
+def shape_key(args: Sequence[Any], spec: DynamicSpec, size: int | None, static_indices: frozenset[int] | set[int],
+              bucket: Any = None) -> tuple:
+    """Hashable key of a call's concrete shapes after padding to ``size``: one graph per key.
+
+    Activations contribute (padded shape, dtype, device); static inputs (weights) contribute
+    nothing (their shapes/addresses are fixed per piece instance and checked separately); ints are
+    replaced by ``size`` where declared; other scalars contribute their value. ``bucket`` is the
+    forward's bucket (so pieces without dynamic dims still get one graph per bucket).
+    """
+    parts: list[Any] = [bucket]
+    size_ints = set(spec.int_args)
+    for i, value in enumerate(args):
+        if i in static_indices:
+            continue
+        if isinstance(value, torch.Tensor):
+            dims = spec.dims_of(i) if size is not None else ()
+            shape = padded_shape(value.shape, dims, size) if dims else tuple(value.shape)
+            parts.append((shape, value.dtype, value.device))
+        elif i in size_ints and size is not None:
+            parts.append(("n", size))
+        elif isinstance(value, (int, float, bool, str, type(None), torch.dtype, torch.device)):
+            parts.append((type(value).__name__, value))
+        else:
+            hash(value)  # raises TypeError for values that cannot key a graph
+            parts.append((type(value).__name__, value))
+    return tuple(parts)

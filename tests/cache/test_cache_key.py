@@ -1,0 +1,163 @@
+"""Cache keys: every code-changing factor changes the key; host/process/path details never do."""
+
+import os
+import platform
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from regionc.cache import key as key_mod
+from regionc.cache.key import (canonical, configure_compiler_caches, environment_factors, inductor_config_hash,
+                               piece_key, sources_hash)
+from regionc.config import Config
+
+META = [{"shape": [2, "s0", 64], "dtype": torch.float16, "stride": [4096, 64, 1], "dynamic_dims": [1]},
+        {"shape": [64, 64], "dtype": torch.float16, "stride": [64, 1], "dynamic_dims": []}]
+
+
+@pytest.fixture(scope="module")
+def env():
+    return environment_factors(torch.device("cpu"))
+
+
+def _key(env, meta=META, options=None, fingerprint="fp0"):
+    return piece_key(fingerprint, meta, options if options is not None else Config.build().codegen_options(), env)[0]
+
+
+def test_environment_factors_content(env):
+    assert env["torch_version"] == torch.__version__ and len(env["torch_key"]) >= 32
+    assert env["device_type"] == "cpu" and env["triton_version"] and env["regionc_version"]
+    assert len(env["regionc_sources"]) == 64 and len(env["inductor_config"]) == 64
+    assert all(isinstance(v, str) for v in env.values())
+    text = repr(env)
+    for local in (socket.gethostname(), str(os.getpid()), str(Path.home()), str(Path.cwd()), "/tmp"):
+        assert local not in text or local in ("", "/"), local
+
+
+def test_key_is_sha256_of_readable_factors(env):
+    key, factors = piece_key("fp0", META, Config.build().codegen_options(), env)
+    assert len(key) == 64 and int(key, 16) >= 0
+    assert factors["input_meta"][0]["dtype"] == "torch.float16"
+    assert factors["env"] == env and factors["fingerprint"] == "fp0"
+    assert piece_key("fp0", META, Config.build().codegen_options(), env)[0] == key  # deterministic
+
+
+def _with(meta, index, **changes):
+    meta = [dict(m) for m in meta]
+    meta[index].update(changes)
+    return meta
+
+
+@pytest.mark.parametrize("change", [
+    "fingerprint", "dtype", "shape", "dynamic_dim", "stride", "codegen_pass", "codegen_inductor",
+    "torch_key", "pass_sources", "triton", "gpu_name"])
+def test_key_changes_with_each_factor(env, change):
+    base = _key(env)
+    if change == "fingerprint":
+        other = _key(env, fingerprint="fp1")
+    elif change == "dtype":
+        other = _key(env, meta=_with(META, 0, dtype=torch.bfloat16))
+    elif change == "shape":
+        other = _key(env, meta=_with(META, 1, shape=[64, 128]))
+    elif change == "dynamic_dim":
+        other = _key(env, meta=_with(META, 0, shape=[2, 7, 64], dynamic_dims=[]))
+    elif change == "stride":
+        other = _key(env, meta=_with(META, 1, stride=[1, 64]))
+    elif change == "codegen_pass":
+        other = _key(env, options=Config.build({"passes": {"rope": False}}).codegen_options())
+    elif change == "codegen_inductor":
+        other = _key(env, options=Config.build({"inductor_config": {"max_autotune": True}}).codegen_options())
+    elif change == "torch_key":
+        other = _key({**env, "torch_key": "0" * 64})
+    elif change == "pass_sources":
+        other = _key({**env, "regionc_sources": "1" * 64})
+    elif change == "triton":
+        other = _key({**env, "triton_version": "9.9.9"})
+    else:
+        other = _key({**env, "gpu_name": "NVIDIA H100", "gpu_capability": "9.0"})
+    assert other != base
+
+
+def test_key_ignores_unrelated_options(env):
+    base = _key(env)
+    for options in ({"compile_workers": 1}, {"cache_dir": "/somewhere/else"}, {"lock_timeout_s": 5},
+                    {"cudagraph_check_addresses": True}, {"strict": True}, {"cache_max_bytes": 1000},
+                    {"passes": {"rope": True}}):  # explicitly on == default
+        assert _key(env, options=Config.build(options).codegen_options()) == base, options
+
+
+def test_key_identical_across_hosts_processes_and_paths(env, monkeypatch, tmp_path):
+    base = _key(env)
+    monkeypatch.setattr(socket, "gethostname", lambda: "some-other-host")
+    monkeypatch.setattr(platform, "node", lambda: "some-other-host")
+    monkeypatch.setattr(os, "getpid", lambda: 424242)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setenv("REGIONC_CACHE_DIR", str(tmp_path / "regionc"))
+    monkeypatch.chdir(tmp_path)
+    with torch._inductor.config.patch(compile_threads=1, worker_start_method="fork"):
+        other_env = environment_factors(torch.device("cpu"))
+    assert other_env == env
+    assert _key(other_env) == base
+
+
+def test_inductor_config_hash_tracks_codegen_options_only():
+    base = inductor_config_hash()
+    with torch._inductor.config.patch(max_autotune=not torch._inductor.config.max_autotune):
+        assert inductor_config_hash() != base
+    with torch._inductor.config.patch(compile_threads=3):
+        assert inductor_config_hash() == base
+    with torch._inductor.config.patch(global_cache_dir="/x/y"):
+        assert inductor_config_hash() == base
+
+
+def test_sources_hash_is_content_based_and_path_independent(tmp_path):
+    package = Path(key_mod.__file__).resolve().parent.parent
+    a, b = tmp_path / "a" / "regionc", tmp_path / "elsewhere" / "deeper" / "regionc"
+    for dst in (a, b):
+        for sub in key_mod.SOURCE_DIRS:
+            if (package / sub).is_dir():
+                shutil.copytree(package / sub, dst / sub, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                (dst / sub).mkdir(parents=True)
+    assert sources_hash(a) == sources_hash(b) == sources_hash(package)
+    (a / "passes" / "new_pass.py").write_text("X = 1\n")  # a new pass file
+    assert sources_hash(a) != sources_hash(b)
+    (b / "passes" / "new_pass.py").write_text("X = 1\n")
+    assert sources_hash(a) == sources_hash(b)
+    (a / "passes" / "new_pass.py").write_text("X = 2\n")  # an edited one
+    assert sources_hash(a) != sources_hash(b)
+    (b / "passes" / "new_pass.py").unlink()
+    (b / "ops" / "__pycache__").mkdir(exist_ok=True)
+    (b / "ops" / "__pycache__" / "junk.py").write_text("ignored")
+    assert sources_hash(b) == sources_hash(package)
+
+
+def test_canonical_rejects_unstable_values():
+    assert canonical({"b": (1, 2), "a": {torch.float32}}) == {"a": ["torch.float32"], "b": [1, 2]}
+    with pytest.raises(TypeError):
+        canonical({"x": object()})
+
+
+def test_configure_compiler_caches(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    configure_compiler_caches(tmp_path / "root")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "root" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "root" / "triton")
+    assert (tmp_path / "root" / "inductor").stat().st_mode & 0o777 == 0o700
+    # user-set values are kept
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/user/inductor")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/user/triton")
+    configure_compiler_caches(tmp_path / "other")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/user/inductor"
+    assert os.environ["TRITON_CACHE_DIR"] == "/user/triton"
+    # Inductor's own default (written into the env on first use) does not count as user-set
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    configure_compiler_caches(tmp_path / "third")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "third" / "inductor")

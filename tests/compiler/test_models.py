@@ -1,0 +1,174 @@
+"""End to end on the CPU: real model families compiled with backend="regionc" match eager,
+and each unique block is compiled once however deep the model is."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import regionc
+from regionc.models.llama import LlamaConfig, build_demo_model
+from tests.helpers import assert_close, block_compiles, compile_regionc
+from tests.models import GraphBreakStack, NoRepeats, PerLayerConstant, TinyDiT
+
+
+@pytest.mark.parametrize("n_layers", [2, 6])
+def test_demo_decoder_compiles_one_block_whatever_the_depth(n_layers):
+    model = build_demo_model(LlamaConfig.tiny(n_layers))
+    tokens = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        out = compile_regionc(model)(tokens)
+        assert_close(out, model(tokens))
+    report = regionc.last_report()
+    assert report.containers == {"layers": n_layers}
+    assert block_compiles(report) == 1
+    assert report.count("reused", "block") == n_layers - 1
+    assert report.fallbacks == []
+
+
+def _hf_model(family: str):
+    transformers = pytest.importorskip("transformers")
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if family == "llama":
+        config = transformers.LlamaConfig(**common)
+        model = transformers.LlamaModel(config)
+    else:
+        config = transformers.Qwen3Config(**common, head_dim=16)
+        model = transformers.Qwen3Model(config)
+    torch.manual_seed(0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_hugging_face_decoders_match_eager(family):
+    model = _hf_model(family)
+    tokens = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        expected = model(input_ids=tokens, use_cache=False).last_hidden_state
+        out = compile_regionc(model)(input_ids=tokens, use_cache=False).last_hidden_state
+    assert_close(out, expected)
+    report = regionc.last_report()
+    assert report.containers == {"layers": 3}
+    assert block_compiles(report) == 1
+
+
+def test_diffusion_transformer_compiles_one_block_per_kind():
+    torch.manual_seed(0)
+    model = TinyDiT().eval()
+    img, txt, t = torch.randn(2, 12, 16), torch.randn(2, 5, 32), torch.tensor([3.0, 700.0])
+    with torch.no_grad():
+        out = compile_regionc(model)(img, txt, t)
+        assert_close(out, model(img, txt, t))
+    report = regionc.last_report()
+    assert report.containers == {"double_blocks": 2, "single_blocks": 3}
+    assert block_compiles(report) == 2
+    assert report.unique_block_fingerprints == 2
+
+
+def test_static_kv_cache_decoder_over_decode_steps():
+    cfg = LlamaConfig.tiny(3)
+    eager, compiled_model = build_demo_model(cfg), build_demo_model(cfg)
+    for m in (eager, compiled_model):
+        m.setup_kv_cache(max_batch=2, dtype=torch.float32)
+    compiled = compile_regionc(compiled_model)
+    prompt = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        pos = torch.arange(6)
+        assert_close(compiled(prompt, pos), eager(prompt, pos))
+        token = prompt[:, -1:]
+        for step in range(6, 10):
+            pos = torch.tensor([step])
+            out, expected = compiled(token, pos), eager(token, pos)
+            assert_close(out, expected)
+            token = expected[:, -1:].argmax(-1)
+    for layer_c, layer_e in zip(compiled_model.layers, eager.layers):
+        assert_close(layer_c.attn.kv_cache.k, layer_e.attn.kv_cache.k)
+        assert_close(layer_c.attn.kv_cache.v, layer_e.attn.kv_cache.v)
+    for report in regionc.reports()[-2:]:  # prefill graph, then the decode graph
+        assert block_compiles(report) == 1, report.summary()
+
+
+def test_model_without_repeated_blocks_is_one_piece():
+    torch.manual_seed(0)
+    model, x = NoRepeats(), torch.randn(4, 32)
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x), model(x))
+    report = regionc.last_report()
+    assert report.containers == {}
+    assert [(p.kind, p.source) for p in report.pieces] == [("glue", "compiled")]
+
+
+def test_graph_break_gives_two_graphs_each_split():
+    torch.manual_seed(0)
+    model, x = GraphBreakStack(), torch.randn(3, 32)
+    before = len(regionc.reports())
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x), model(x))
+    new = regionc.reports()[before:]
+    assert len(new) == 2
+    for report in new:
+        assert report.containers == {"layers": 2}
+        assert block_compiles(report) == 1
+
+
+def test_per_layer_constant_is_named_and_output_still_correct(caplog):
+    torch.manual_seed(0)
+    model, x = PerLayerConstant(), torch.randn(3, 32)
+    with caplog.at_level(logging.WARNING, logger="regionc"), torch.no_grad():
+        assert_close(compile_regionc(model)(x), model(x))
+    report = regionc.last_report()
+    assert block_compiles(report) == 3  # each layer differs: no reuse possible
+    assert len(report.reuse_breakers) == 2
+    assert "0.5" in report.reuse_breakers[0] and "1.0" in report.reuse_breakers[0]
+    assert "layers.1 cannot reuse layers.0" in caplog.text
+
+
+def test_dynamic_sizes_share_one_compile():
+    model = build_demo_model(LlamaConfig.tiny(3))
+    compiled = compile_regionc(model)
+    before = len(regionc.reports())
+    with torch.no_grad():
+        for seq in (8, 11, 5, 16):
+            tokens = torch.randint(0, 128, (2, seq))
+            torch._dynamo.mark_dynamic(tokens, 1)
+            assert_close(compiled(tokens), model(tokens))
+    new = regionc.reports()[before:]
+    assert len(new) == 1  # one symbolic graph served every size
+    assert block_compiles(new[0]) == 1
+
+
+def test_training_gradients_match_eager():
+    model = build_demo_model(LlamaConfig.tiny(2)).train()
+    tokens = torch.randint(0, 128, (2, 8))
+    compile_regionc(model)(tokens).square().mean().backward()
+    compiled_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model(tokens).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(compiled_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert block_compiles(regionc.last_report()) == 1
+
+
+def test_piece_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
+    from regionc.compiler import manager
+
+    real = manager.compile_piece
+
+    def fail_on_blocks(gm, inputs, patches):
+        if any("linear" in str(n.target) for n in gm.graph.nodes) and len(list(gm.graph.nodes)) > 20:
+            raise RuntimeError("injected lowering failure")
+        return real(gm, inputs, patches)
+
+    monkeypatch.setattr(manager, "compile_piece", fail_on_blocks)
+    model = build_demo_model(LlamaConfig.tiny(2))
+    tokens = torch.randint(0, 128, (2, 8))
+    with caplog.at_level(logging.WARNING, logger="regionc"), torch.no_grad():
+        out = torch.compile(model, backend="regionc", options={"cache": False})(tokens)
+        assert_close(out, model(tokens))
+    report = regionc.last_report()
+    assert [p.source for p in report.pieces if p.kind == "block"] == ["eager", "eager"]
+    assert "falls back to eager: RuntimeError: injected lowering failure" in caplog.text
+    assert report.count("compiled", "glue") == 2

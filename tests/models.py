@@ -1,0 +1,160 @@
+"""Tiny models for the tests: shapes of real architectures, sizes a 2-core CPU compiles quickly."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ---------------------------------------------------------------- diffusion transformer (Flux-like)
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Modulation(nn.Module):
+    def __init__(self, dim: int, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+        self.lin = nn.Linear(dim, chunks * dim)
+
+    def forward(self, vec):
+        return self.lin(F.silu(vec))[:, None, :].chunk(self.chunks, dim=-1)
+
+
+class DoubleStreamBlock(nn.Module):
+    """Image and text streams with their own weights, joint attention (Flux's double block)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.img_mod, self.txt_mod = Modulation(dim, 6), Modulation(dim, 6)
+        self.img_qkv, self.txt_qkv = nn.Linear(dim, 3 * dim), nn.Linear(dim, 3 * dim)
+        self.img_proj, self.txt_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.img_mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(approximate="tanh"), nn.Linear(2 * dim, dim))
+        self.txt_mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(approximate="tanh"), nn.Linear(2 * dim, dim))
+
+    def _heads(self, x):
+        b, s, _ = x.shape
+        return x.view(b, s, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+
+    def forward(self, img, txt, vec):
+        i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2 = self.img_mod(vec)
+        t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(vec)
+        img_n = F.layer_norm(img, img.shape[-1:]) * (1 + i_scale1) + i_shift1
+        txt_n = F.layer_norm(txt, txt.shape[-1:]) * (1 + t_scale1) + t_shift1
+        iq, ik, iv = self._heads(self.img_qkv(img_n))
+        tq, tk, tv = self._heads(self.txt_qkv(txt_n))
+        q, k, v = torch.cat([tq, iq], 2), torch.cat([tk, ik], 2), torch.cat([tv, iv], 2)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
+        img = img + i_gate1 * self.img_proj(img_a)
+        img = img + i_gate2 * self.img_mlp(F.layer_norm(img, img.shape[-1:]) * (1 + i_scale2) + i_shift2)
+        txt = txt + t_gate1 * self.txt_proj(txt_a)
+        txt = txt + t_gate2 * self.txt_mlp(F.layer_norm(txt, txt.shape[-1:]) * (1 + t_scale2) + t_shift2)
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """One stream over the concatenated tokens, parallel attention + MLP (Flux's single block)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.mod = Modulation(dim, 3)
+        self.lin1 = nn.Linear(dim, 3 * dim + 2 * dim)
+        self.lin2 = nn.Linear(dim + 2 * dim, dim)
+
+    def forward(self, x, vec):
+        shift, scale, gate = self.mod(vec)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
+        qkv, mlp = self.lin1(h).split([3 * self.dim, 2 * self.dim], dim=-1)
+        b, s, _ = x.shape
+        q, k, v = qkv.view(b, s, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return x + gate * self.lin2(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))
+
+
+class TinyDiT(nn.Module):
+    def __init__(self, dim: int = 64, heads: int = 4, n_double: int = 2, n_single: int = 3):
+        super().__init__()
+        self.dim = dim
+        self.img_in, self.txt_in = nn.Linear(16, dim), nn.Linear(32, dim)
+        self.time_in = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(dim, heads) for _ in range(n_double))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(dim, heads) for _ in range(n_single))
+        self.final = nn.Linear(dim, 16)
+
+    def forward(self, img, txt, t):
+        vec = self.time_in(timestep_embedding(t, self.dim))
+        img, txt = self.img_in(img), self.txt_in(txt)
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec)
+        x = torch.cat([txt, img], dim=1)
+        for block in self.single_blocks:
+            x = block(x, vec)
+        return self.final(x[:, txt.shape[1]:])
+
+
+# ---------------------------------------------------------------- models without reuse
+class NoRepeats(nn.Module):
+    """Layers of different widths held as plain attributes: nothing to share."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(32, 64), nn.Linear(64, 48), nn.Linear(48, 8)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.b(F.relu(self.a(x)))))
+
+
+class ScaledLayer(nn.Module):
+    """A layer whose forward bakes its own index in: reuse across layers is impossible."""
+
+    def __init__(self, dim: int, index: int):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.scale = 1.0 / (index + 1)
+
+    def forward(self, x):
+        return x + self.scale * torch.tanh(self.lin(x))
+
+
+class PerLayerConstant(nn.Module):
+    def __init__(self, dim: int = 32, n_layers: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList(ScaledLayer(dim, i) for i in range(n_layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        return x + self.down(F.gelu(self.up(x)))
+
+
+class GraphBreakStack(nn.Module):
+    """Four identical blocks with a graph break after the second: Dynamo hands over two graphs."""
+
+    def __init__(self, dim: int = 32, n_layers: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(ResidualMLP(dim) for _ in range(n_layers))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i == 1:
+                torch._dynamo.graph_break()
+        return x
