@@ -15,7 +15,8 @@ from setuptools import setup
 
 
 def cpu_extension():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
     if not sources or os.environ.get("REGIONC_NO_EXTENSION") == "1":
         return [], {}
     try:
@@ -27,7 +28,7 @@ def cpu_extension():
     ext = CppExtension(
         "regionc._C",
         sources,
-        extra_compile_args=["-O3", "-march=native" if os.environ.get("REGIONC_NATIVE") == "1" else "-O3", *openmp],
+        extra_compile_args=["-O3", *(["-march=native"] if os.environ.get("REGIONC_NATIVE") == "1" else []), *openmp],
         extra_link_args=openmp,
     )
 

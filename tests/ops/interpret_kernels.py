@@ -1,0 +1,118 @@
+"""Runs regionc's Triton launchers on CPU tensors under TRITON_INTERPRET=1 (tiny shapes) and checks
+them against float64 references. Executed in a subprocess by test_triton_interpret.py because the
+env var must be set before triton is imported. Prints one line per case; exits non-zero on failure.
+
+Known interpreter limitation (triton 3.9): tl.dot on bfloat16 inputs returns garbage on the CPU, so
+attention is checked in fp16/fp32 here; bf16 attention is covered by the GPU tests. The interpreter
+also truncates fp32->bf16 casts (the GPU rounds to nearest even), so bf16 results are compared with
+a tolerance, never bit-exactly.
+"""
+
+import math
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+import torch  # noqa: E402
+
+from regionc.ops.attention import attention_triton  # noqa: E402
+from regionc.ops.rms_norm import rms_norm_triton  # noqa: E402
+from regionc.ops.rope import rope_triton  # noqa: E402
+
+TOL = {torch.float32: 2e-5, torch.float16: 1.5e-3, torch.bfloat16: 1e-2}
+gen = torch.Generator().manual_seed(0)
+failures = []
+
+
+def rel(out, ref):
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def expect(name, out, ref, tol):
+    err = rel(out, ref)
+    ok = err <= tol and out.shape == ref.shape
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: rel err {err:.2e} (tol {tol:g})")
+    if not ok:
+        failures.append(name)
+
+
+def rms64(x, w, eps):
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+# ---------------------------------------------------------------- rms_norm
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for shape, kw in (((5, 40), {}), ((9, 24), {"rows": 4}), ((3, 50), {"loop": True, "block_n": 16}),
+                      ((2, 3, 33), {})):
+        x = torch.randn(shape, generator=gen).to(dtype)
+        r = torch.randn(shape, generator=gen).to(dtype)
+        w = (1 + 0.1 * torch.randn(shape[-1], generator=gen))  # fp32 weight with any x dtype
+        expect(f"rms_norm {dtype} {shape} {kw}", rms_norm_triton(x, w, 1e-6, **kw), rms64(x, w, 1e-6), TOL[dtype])
+        y, nr = rms_norm_triton(x, w, 1e-6, residual=r, **kw)
+        if dtype == torch.bfloat16:  # the interpreter truncates fp32->bf16 casts (GPU rounds to nearest)
+            expect(f"fused_add new_residual {dtype} {shape} {kw}", nr, (x.double() + r.double()), TOL[dtype])
+        elif not torch.equal(nr, x + r):
+            failures.append(f"fused_add new_residual {dtype} {shape} {kw}")
+        expect(f"fused_add_rms_norm {dtype} {shape} {kw}", y, rms64(x + r, w, 1e-6), TOL[dtype])
+
+
+# ---------------------------------------------------------------- rope
+def rot64(x, style):
+    if style == "rotate_half":
+        a, b = x.chunk(2, -1)
+        return torch.cat((-b, a), -1)
+    o = torch.empty_like(x)
+    o[..., 0::2], o[..., 1::2] = -x[..., 1::2], x[..., 0::2]
+    return o
+
+
+for dtype in (torch.float32, torch.bfloat16):
+    for style in ("rotate_half", "interleaved"):
+        for layout in ("bhsd", "bshd"):
+            for (B, S, Hq, Hk, D), hpb in (((2, 3, 4, 2, 16), None), ((1, 2, 5, 1, 12), 2)):
+                shp = (lambda h: (B, h, S, D)) if layout == "bhsd" else (lambda h: (B, S, h, D))
+                q = torch.randn(shp(Hq), generator=gen).to(dtype)
+                k = torch.randn(shp(Hk), generator=gen).to(dtype)
+                cos = torch.randn(B, S, D, generator=gen)
+                sin = torch.randn(B, S, D, generator=gen)
+                qo, ko = rope_triton(q, k, cos, sin, style, layout, heads_per_block=hpb)
+                ax = 1 if layout == "bhsd" else 2
+                c, s = cos.double().unsqueeze(ax), sin.double().unsqueeze(ax)
+                for name, x, o in (("q", q, qo), ("k", k, ko)):
+                    ref = x.double() * c + rot64(x.double(), style) * s
+                    expect(f"rope {name} {dtype} {style} {layout} {(B, S, Hq, Hk, D)} hpb={hpb}", o, ref, TOL[dtype])
+
+
+# ---------------------------------------------------------------- attention
+def attn64(q, k, v, causal, scale):
+    q, k, v = q.double(), k.double(), v.double()
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = q @ k.transpose(-1, -2) * (scale or 1 / math.sqrt(q.shape[-1]))
+    if causal:
+        s = s.masked_fill(~torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril(), float("-inf"))
+    return s.softmax(-1) @ v
+
+
+ATOL = {torch.float32: 1e-4, torch.float16: 3e-3}
+for dtype in (torch.float16, torch.float32):
+    for (B, Hq, Hkv, Sq, Skv, D), cfg in (
+        ((1, 4, 2, 37, 29, 64), {"BLOCK_M": 16, "BLOCK_N": 16}),
+        ((1, 2, 1, 20, 45, 64), {"BLOCK_M": 32, "BLOCK_N": 16}),
+        ((2, 2, 2, 33, 33, 128), {"BLOCK_M": 16, "BLOCK_N": 32}),  # BLOCK_N > BLOCK_M
+    ):
+        q = torch.randn(B, Hq, Sq, D, generator=gen).to(dtype)
+        k = torch.randn(B, Hkv, Skv, D, generator=gen).to(dtype)
+        v = torch.randn(B, Hkv, Skv, D, generator=gen).to(dtype)
+        for causal in (False, True):
+            out = attention_triton(q, k, v, causal, None, config=cfg)
+            expect(f"attention {dtype} {(B, Hq, Hkv, Sq, Skv, D)} causal={causal} {cfg}", out,
+                   attn64(q, k, v, causal, None), ATOL[dtype])
+
+if failures:
+    print(f"{len(failures)} FAILED: {failures}")
+    sys.exit(1)
+print("all interpreter checks passed")
