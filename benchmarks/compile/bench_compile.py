@@ -1,0 +1,145 @@
+"""Cold and warm time to first output vs depth: regionc against full graph and per-block compile.
+
+Every measurement is a new process (a server restart). Cold: empty cache dirs; warm:
+a second process on the same dirs. Time runs from the ``torch.compile`` call (or the
+per-block ``.compile()`` calls) to the first output, synchronized. The warm process
+then times the steady-state forward (CUDA events, median), so runtime sits next to
+compile time. Model: the demo decoder (d=2048, 32/8 heads, FFN 8192), bf16, prefill 1×2048.
+
+    python benchmarks/compile/bench_compile.py --out DIR [--layers 2 8 32] [--variants ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+VARIANTS = ("regionc", "full_graph", "per_block", "nested_region")
+
+
+def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool) -> dict:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
+    import torch
+
+    import regionc
+    from benchmarks.common import cuda_median_ms
+    from regionc.models.llama import LlamaConfig, build_demo_model
+
+    model = build_demo_model(LlamaConfig(n_layers=layers), dtype=torch.bfloat16, device="cuda")
+    tokens = torch.randint(0, 32000, (1, seq), device="cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    if variant == "regionc":
+        run = torch.compile(model, backend="regionc", options={"cache_dir": cache_dir, "cudagraphs": False})
+    elif variant == "full_graph":
+        run = torch.compile(model)
+    elif variant == "per_block":
+        for layer in model.layers:
+            layer.compile()
+        run = model
+    elif variant == "nested_region":
+        mark = getattr(torch.compiler, "nested_compile_region", None)
+        if mark is None:
+            return {"skipped": "torch.compiler.nested_compile_region not in this torch"}
+        for layer in model.layers:
+            layer.forward = mark(layer.forward)
+        run = torch.compile(model)
+    with torch.no_grad():
+        out = run(tokens)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        result = {"first_call_s": first}
+        if time_runtime:
+            result["prefill_ms"] = cuda_median_ms(lambda: run(tokens), warmup=3, iters=20)
+        if variant == "regionc":
+            report = regionc.last_report()
+            result["phases_s"] = dict(report.phases)
+            result["cache"] = dict(report.cache)
+            result["unique_block_compiles"] = report.unique_block_compiles
+    return result
+
+
+def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--layers", str(layers), "--cache-dir", cache_dir,
+           "--seq", str(seq)] + (["--time-runtime"] if time_runtime else [])
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-1500:], "process_s": wall}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = wall
+    return result
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, phase in zip(axes, ("cold", "warm")):
+        for variant, by_depth in results.items():
+            depths = sorted(int(d) for d, r in by_depth.items() if "first_call_s" in r.get(phase, {}))
+            if depths:
+                ax.plot(depths, [by_depth[str(d)][phase]["first_call_s"] for d in depths], marker="o", label=variant)
+        ax.set_title(f"{phase} start: time to first output")
+        ax.set_xlabel("layers")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("seconds")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--child", choices=VARIANTS)
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--time-runtime", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.layers[0], args.cache_dir, args.seq, args.time_runtime)))
+        return 0
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_compile: no CUDA device; nothing measured")
+        return 0
+    from benchmarks.common import write_results
+
+    results: dict = {v: {} for v in args.variants}
+    for layers in args.layers:
+        for variant in args.variants:
+            with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
+                cold = measure(variant, layers, cache_dir, args.seq, time_runtime=False)
+                warm = measure(variant, layers, cache_dir, args.seq, time_runtime=True)
+            results[variant][str(layers)] = {"cold": cold, "warm": warm}
+            print(f"{variant:>14} L={layers:<3} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
+                  f"warm {warm.get('first_call_s', float('nan')):7.2f}s  "
+                  f"prefill {warm.get('prefill_ms', float('nan')):7.2f} ms  "
+                  f"{cold.get('error', '')[-200:]}{cold.get('skipped', '')}", flush=True)
+    path = write_results(args.out, "compile_time", {
+        "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq, "results": results})
+    plot(results, Path(args.out) / "compile_time.png")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
