@@ -37,7 +37,7 @@ def wrap_pieces_in_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piec
             static_input_indices={i for i, arg in enumerate(call.args) if arg in static_graph_inputs},
             is_last=position == len(pieces) - 1,
             user_output_indices=returned.get(call, None),
-            mutated_inputs=mutated_placeholders(split.get_submodule(piece.name)),
+            mutated_inputs=mutated_placeholders(split._modules[piece.name]),
         )
 
     def run_with_graphs(*args):

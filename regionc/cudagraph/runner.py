@@ -50,6 +50,7 @@ import dataclasses
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -162,10 +163,22 @@ class CudaGraphBackend:
                                 end(self.device.index, pool)
                     with contextlib.suppress(Exception):
                         torch.cuda.synchronize()
+                    self._reset_generator_capture_state(pool)
                     raise
                 graph.capture_end()
             current.wait_stream(self.stream)
         return graph, out
+
+    @staticmethod
+    def _reset_generator_capture_state(pool) -> None:
+        """A capture that failed before its epilogue leaves the CUDA RNG believing it is still capturing
+        ("Offset increment outside graph capture" on the next random op); one empty capture that ends
+        cleanly runs the epilogue and clears that state."""
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "the CUDA graph is empty"
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin(pool, capture_error_mode="thread_local")
+            graph.capture_end()
 
     def memory_reserved(self) -> int:
         return torch.cuda.memory_reserved(self.device)

@@ -1,0 +1,68 @@
+"""Options: unknown names and bad values fail loudly; env vars and mode feed the same dataclass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from regionc.config import Config, RegioncConfigError
+
+
+def test_defaults_and_precedence():
+    config = Config.build({"cache_dir": "/srv/cc"}, environ={"REGIONC_CACHE_DIR": "/env", "REGIONC_CACHE": "0"})
+    assert str(config.cache_root) == "/srv/cc"  # options beat the environment
+    assert config.cache is False                 # the environment beats defaults
+    assert Config.build(environ={}).cudagraphs is None
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(RegioncConfigError, match=r"unknown option 'cache_size'.*valid options: .*cache_max_bytes"):
+        Config.build({"cache_size": 1}, environ={})
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"cudagraphs": "yes"}, "'cudagraphs' must be True, False or None"),
+    ({"min_instances": 0}, "'min_instances' must be a positive int"),
+    ({"capture_sizes": []}, "'capture_sizes' must be a non-empty list"),
+    ({"passes": {"rmsnorm": False}}, "unknown pass 'rmsnorm'.*valid passes: rms_norm"),
+    ({"kernel_choice": "fast"}, "'kernel_choice' must be one of auto, always"),
+    ({"inductor_config": {"not_a_setting": 1}}, "unknown Inductor config 'not_a_setting'"),
+])
+def test_bad_values_name_the_option(options, match):
+    with pytest.raises(RegioncConfigError, match=match):
+        Config.build(options, environ={})
+
+
+def test_environment_parsing():
+    config = Config.build(environ={"REGIONC_CUDAGRAPHS": "auto", "REGIONC_CAPTURE_SIZES": "8,1,4",
+                                   "REGIONC_PASSES": '{"rope": false}', "REGIONC_LOCK_TIMEOUT_S": "2.5"})
+    assert config.cudagraphs is None and config.capture_sizes == (1, 4, 8)
+    assert not config.pass_enabled("rope") and config.pass_enabled("attention")
+    assert config.lock_timeout_s == 2.5
+    with pytest.raises(RegioncConfigError, match="REGIONC_STRICT='maybe' is not a boolean"):
+        Config.build(environ={"REGIONC_STRICT": "maybe"})
+
+
+def test_mode_reduce_overhead_turns_graphs_on_and_bad_mode_fails():
+    assert Config.build(mode="reduce-overhead", environ={}).cudagraphs is True
+    with pytest.raises(RegioncConfigError, match="unsupported mode 'max-speed'"):
+        Config.build(mode="max-speed", environ={})
+
+
+def test_codegen_options_exclude_runtime_only_settings():
+    a = Config.build({"lock_timeout_s": 1.0, "cache_dir": "/a"}, environ={}).codegen_options()
+    b = Config.build({"lock_timeout_s": 9.0, "cache_dir": "/b"}, environ={}).codegen_options()
+    assert a == b
+    assert a != Config.build({"passes": {"rope": False}}, environ={}).codegen_options()
+
+
+def test_backend_is_found_through_the_entry_point_and_rejects_bad_options():
+    assert "regionc" in torch.compiler.list_backends()
+    from torch._dynamo.backends.registry import lookup_backend
+
+    from regionc.backend import backend
+
+    assert lookup_backend("regionc") is backend
+    compiled = torch.compile(torch.nn.Linear(4, 4), backend="regionc", options={"bogus": 1})
+    with pytest.raises(Exception, match="unknown option 'bogus'"):
+        compiled(torch.randn(2, 4))
