@@ -14,10 +14,11 @@ from typing import Any
 
 import torch.fx
 
-from regionc.compiler.manager import GraphCompiler
+from regionc.compiler.manager import GraphCompiler, device_of
 from regionc.config import Config
 from regionc.cudagraph.piecewise import wrap_pieces_in_cudagraphs
 from regionc.cudagraph.runner import should_use_cudagraphs
+from regionc.passes import PassManager
 from regionc.report import new_report
 
 log = logging.getLogger("regionc")
@@ -27,7 +28,8 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
             options: dict[str, Any] | None = None) -> Callable[..., Any]:
     config = Config.build(options, mode)
     report = new_report()
-    compiler = GraphCompiler(config, store=_open_store(config))
+    passes = PassManager(config, device_of(example_inputs))
+    compiler = GraphCompiler(config, store=_open_store(config), passes=passes)
     with report.phase("total"):
         split, pieces = compiler.compile(gm, example_inputs, report)
     compiled = split

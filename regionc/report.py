@@ -25,6 +25,7 @@ class PieceRecord:
     fingerprint: str
     source: str = ""  # "compiled" | "reused" | "cache" | "eager"
     reason: str = ""  # why it fell back, when source == "eager"
+    pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # fusions in this compile
 
 
 @dataclasses.dataclass

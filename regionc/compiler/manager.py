@@ -37,10 +37,10 @@ def piece_example_inputs(submodule: torch.fx.GraphModule) -> list[Any]:
 class GraphCompiler:
     """Compiles the graphs of one ``torch.compile`` call; holds what they share (config, cache)."""
 
-    def __init__(self, config: Config, store=None, inductor_patches: Callable[[Report], dict] | None = None):
+    def __init__(self, config: Config, store=None, passes=None):
         self.config = config
         self.store = store
-        self._inductor_patches = inductor_patches or (lambda report: {})
+        self.passes = passes  # regionc.passes.PassManager, installed into every piece's Inductor compile
 
     def compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                 report: Report) -> tuple[torch.fx.GraphModule, list[Piece]]:
@@ -55,8 +55,9 @@ class GraphCompiler:
             prints = {p.name: fingerprint_piece(split.get_submodule(p.name), inputs[p.name]) for p in pieces}
         self._report_reuse_breakers(pieces, prints, report)
 
-        patches = {**self.config.inductor_config, **self._inductor_patches(report)}
-        device = _device_of(example_inputs)
+        patches = {**self.config.inductor_config,
+                   **(self.passes.inductor_config_patches() if self.passes is not None else {})}
+        device = device_of(example_inputs)
         done: dict[str, Callable[..., Any] | None] = {}
         for piece in pieces:
             fingerprint = prints[piece.name]
@@ -69,6 +70,10 @@ class GraphCompiler:
                 fn = self._obtain(piece, split.get_submodule(piece.name), inputs[piece.name], fingerprint,
                                   patches, device, record, report)
                 done[fingerprint.digest] = fn
+                if self.passes is not None:
+                    record.pass_matches = self.passes.take_matches()
+                    report.pass_matches.update(record.pass_matches)
+                    report.pass_skips.extend(f"{piece.label}: {skip}" for skip in self.passes.take_skips())
             if fn is not None:
                 split.__dict__[piece.name] = fn  # shadows the submodule: the FX code calls self.<name>(...)
             report.pieces.append(record)
@@ -146,7 +151,7 @@ class GraphCompiler:
             seen[container].add(digest)
 
 
-def _device_of(example_inputs: Sequence[Any]) -> torch.device:
+def device_of(example_inputs: Sequence[Any]) -> torch.device:
     for value in example_inputs:
         if isinstance(value, torch.Tensor):
             return value.device
