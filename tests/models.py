@@ -153,8 +153,9 @@ class GraphBreakStack(nn.Module):
         self.layers = nn.ModuleList(ResidualMLP(dim) for _ in range(n_layers))
 
     def forward(self, x):
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers[:2]:
             x = layer(x)
-            if i == 1:
-                torch._dynamo.graph_break()
+        torch._dynamo.graph_break()
+        for layer in self.layers[2:]:
+            x = layer(x)
         return x

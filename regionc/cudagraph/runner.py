@@ -50,7 +50,6 @@ import dataclasses
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -163,22 +162,19 @@ class CudaGraphBackend:
                                 end(self.device.index, pool)
                     with contextlib.suppress(Exception):
                         torch.cuda.synchronize()
-                    self._reset_generator_capture_state(pool)
+                    self._reset_generator_capture_state()
                     raise
                 graph.capture_end()
             current.wait_stream(self.stream)
         return graph, out
 
-    @staticmethod
-    def _reset_generator_capture_state(pool) -> None:
-        """A capture that failed before its epilogue leaves the CUDA RNG believing it is still capturing
-        ("Offset increment outside graph capture" on the next random op); one empty capture that ends
-        cleanly runs the epilogue and clears that state."""
-        with contextlib.suppress(Exception), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "the CUDA graph is empty"
-            graph = torch.cuda.CUDAGraph()
-            graph.capture_begin(pool, capture_error_mode="thread_local")
-            graph.capture_end()
+    def _reset_generator_capture_state(self) -> None:
+        """A capture that fails in ``cudaStreamEndCapture`` never runs the RNG's capture epilogue, so
+        the device's generator keeps believing it is capturing ("Offset increment outside graph
+        capture" on the next random op). Swap in a clone of its state, which starts out idle."""
+        generator = torch.cuda.default_generators[self.device.index]
+        with contextlib.suppress(AttributeError, RuntimeError):  # torch without graph-safe RNG states
+            generator.graphsafe_set_state(generator.clone_state())
 
     def memory_reserved(self) -> int:
         return torch.cuda.memory_reserved(self.device)

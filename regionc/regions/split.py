@@ -9,16 +9,12 @@ cycle ``split_module`` cannot order.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import operator
 
 import torch.fx
 from torch.fx.passes.split_module import split_module
 
 from regionc.regions.detect import BlockInstance, pretty_path
-
-_SPLIT_SUPPORTS_TUPLE_RETURN = "tuple_return" in inspect.signature(split_module).parameters
-
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
@@ -49,14 +45,31 @@ def split_into_pieces(gm: torch.fx.GraphModule,
             owner_of_segment[segment] = owner
         segment_of[node] = segment
 
-    extra = {"tuple_return": True} if _SPLIT_SUPPORTS_TUPLE_RETURN else {}
-    split = split_module(gm, None, lambda node: segment_of[node], keep_original_order=True, **extra)
+    split = split_module(gm, None, lambda node: segment_of[node], keep_original_order=True)
+    _return_tuples(split)
     _canonicalize_outputs(split)
     pieces = [
         Piece(node.target, owner_of_segment[int(node.target.rsplit("_", 1)[1])])
         for node in split.graph.nodes if node.op == "call_module"
     ]
     return split, pieces
+
+
+def _return_tuples(split: torch.fx.GraphModule) -> None:
+    """Make every piece return a tuple, as compiled pieces do (``split_module`` returns a lone
+    value bare, and only newer torch has its ``tuple_return`` flag)."""
+    for call in list(split.graph.find_nodes(op="call_module")):
+        submodule = split.get_submodule(call.target)
+        output = next(iter(submodule.graph.find_nodes(op="output")))
+        if isinstance(output.args[0], (tuple, list)):
+            continue
+        output.args = ((output.args[0],),)
+        submodule.recompile()
+        with split.graph.inserting_after(call):
+            first = split.graph.call_function(operator.getitem, (call, 0))
+        call.replace_all_uses_with(first, delete_user_cb=lambda user: user is not first)
+        first.meta = dict(call.meta)
+    split.recompile()
 
 
 def _canonicalize_outputs(split: torch.fx.GraphModule) -> None:
