@@ -1,0 +1,72 @@
+"""On a CUDA device: regionc with piecewise CUDA graphs and fusion passes matches eager.
+
+These run on the GPU machine only (scripts/gpu-check tests); CI skips them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import regionc
+from regionc.models.llama import LlamaConfig, build_demo_model
+from tests.helpers import block_compiles
+
+pytestmark = pytest.mark.gpu
+
+#: head_dim 64, so the attention kernel (head dims 64/128) applies.
+CFG = LlamaConfig(vocab_size=512, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, max_seq=128)
+
+
+def relative_error(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("kernel_choice", ["auto", "always"])
+def test_graphs_and_passes_match_eager_over_replays_and_batch_sizes(kernel_choice):
+    model = build_demo_model(CFG, dtype=torch.bfloat16, device="cuda")
+    compiled = torch.compile(model, backend="regionc", options={
+        "cache": False, "strict": True, "cudagraphs": True, "kernel_choice": kernel_choice})
+    with torch.no_grad():
+        for _ in range(3):
+            for batch in (1, 3, 8):
+                tokens = torch.randint(0, CFG.vocab_size, (batch, 16), device="cuda")
+                out = compiled(tokens)
+                assert relative_error(out, model(tokens)) < 2e-2
+    report = regionc.last_report()
+    assert block_compiles(report) == 1
+    assert report.cudagraphs.get("graphs", 0) > 0, report.cudagraphs
+    if kernel_choice == "always":
+        assert {"rms_norm", "rope", "attention"} <= set(report.pass_matches), report.pass_matches
+
+
+def test_outputs_are_not_overwritten_by_the_next_replay():
+    model = build_demo_model(CFG, dtype=torch.bfloat16, device="cuda")
+    compiled = torch.compile(model, backend="regionc", options={"cache": False, "cudagraphs": True})
+    a, b = (torch.randint(0, CFG.vocab_size, (2, 8), device="cuda") for _ in range(2))
+    with torch.no_grad():
+        outs = [compiled(a) for _ in range(3)]  # warm-up, capture, replay
+        kept = outs[-1].clone()
+        compiled(b)
+        torch.testing.assert_close(outs[-1], kept, atol=0, rtol=0)
+
+
+def test_static_kv_cache_decoder_with_graphs_over_32_steps():
+    cfg = LlamaConfig(**{**CFG.__dict__, "max_seq": 64})
+    eager, graphed = (build_demo_model(cfg, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    for m in (eager, graphed):
+        m.setup_kv_cache(max_batch=2, dtype=torch.bfloat16)
+    compiled = torch.compile(graphed, backend="regionc", options={"cache": False, "cudagraphs": True})
+    prompt = torch.randint(0, cfg.vocab_size, (2, 8), device="cuda")
+    with torch.no_grad():
+        pos = torch.arange(8, device="cuda")
+        compiled(prompt, pos), eager(prompt, pos)
+        token = prompt[:, -1:]
+        for step in range(8, 40):
+            pos = torch.tensor([step], device="cuda")
+            out, expected = compiled(token, pos), eager(token, pos)
+            assert relative_error(out, expected) < 2e-2, step
+            token = expected[:, -1].argmax(-1, keepdim=True)
+    for layer_g, layer_e in zip(graphed.layers, eager.layers):
+        assert relative_error(layer_g.attn.kv_cache.k, layer_e.attn.kv_cache.k) < 2e-2
+    assert regionc.last_report().cudagraphs.get("graphs", 0) > 0
