@@ -100,7 +100,9 @@ def main(argv=None) -> int:
         run_child(args)
         return 0
 
-    tolerance = 1e-4 if args.dtype == "float32" else 2e-2
+    # bf16 through 32 random layers drifts ~5e-2 from bf16 eager for any compiler (full-graph
+    # Inductor measured 5.1e-2 on an H100): the check is against that scale, not fp32's.
+    tolerance = 1e-4 if args.dtype == "float32" else 1e-1
     with tempfile.TemporaryDirectory(prefix="regionc-demo-") as tmp:
         cache_dir = args.cache_dir or os.path.join(tmp, "regionc")
         print(f"regionc demo: {args.layers}-layer Llama-style decoder, batch {args.batch} × {args.seq} tokens, "
