@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import regionc.ops  # noqa: E402
+from regionc.models.llama import apply_rope as rope_ref  # noqa: E402
 
 
 def rms_ref(x, w, eps: float = 1e-5):
@@ -36,16 +37,6 @@ def rms_ref(x, w, eps: float = 1e-5):
 def add_rms_ref(x, r, w, eps: float = 1e-5):
     s = x + r
     return rms_ref(s, w, eps), s
-
-
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def rope_ref(q, k, cos, sin):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 def attn_ref(q, k, v):

@@ -3,6 +3,7 @@ rotated inputs (so small shapes are not measured out of L2), result JSON and bar
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -14,6 +15,7 @@ import torch
 
 L2_FLUSH_BYTES = 256 << 20  # rotate through >= 256 MiB of inputs (H100 L2 is 50 MB)
 MAX_COPIES = 64
+DEFAULT_OUT = "benchmarks/results/kernels"
 
 
 def require_cuda(script: str) -> None:
@@ -86,6 +88,51 @@ def try_bench(name: str, fn: Callable[[], object]) -> float | None:
     except Exception as exc:  # a backend unavailable on this GPU/shape: skip it, say so
         print(f"  {name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
         return None
+
+
+def eager_providers(regionc_fn: Callable, eager_fn: Callable, liger: Callable[[], Callable]) -> dict[str, Callable]:
+    """Providers regionc, eager, inductor (``torch.compile(eager_fn)``) and liger (``liger()``, skipped if it raises)."""
+    import regionc.ops  # noqa: F401
+
+    ps = {
+        "regionc": regionc_fn,
+        "eager": eager_fn,
+        "inductor": torch.compile(eager_fn, dynamic=False),
+    }
+    try:
+        ps["liger"] = liger()
+    except Exception:
+        print("  liger_kernel not importable: skipped")
+    return ps
+
+
+def bandwidth_rows(shape: str, providers: dict[str, Callable], next_args, nbytes: int, copy_bw: float) -> list[dict]:
+    """Times each provider on ``next_args()`` (see ``rotating``): one row each with ms, GB/s, % of copy bandwidth."""
+    rows = []
+    for name, fn in providers.items():
+        ms = try_bench(name, lambda fn=fn: fn(*next_args()))
+        gbps = None if ms is None else nbytes / (ms * 1e-3) / 1e9
+        rows.append({"shape": shape, "provider": name, "ms": ms, "GBps": gbps,
+                     "pct_copy_bw": None if gbps is None else 100 * gbps / copy_bw,
+                     "input_copies": next_args.copies})
+    return rows
+
+
+def report(out_dir: str, op: str, rows: list[dict], metric: str, unit: str, **fields) -> dict:
+    """Builds the payload ``{op, env, **fields, results}``, prints the table, writes JSON + plot."""
+    payload = {"op": op, "env": env_info(), **fields, "results": rows}
+    print_table(rows, metric)
+    write_results(out_dir, op, payload, metric, unit)
+    return payload
+
+
+def bench_main(script: str, run: Callable[[str], object], doc: str | None) -> None:
+    """Command line of one bench script: ``--out DIR``, then ``run(DIR)``; exits 0 without CUDA."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    args = ap.parse_args()
+    require_cuda(script)
+    run(args.out)
 
 
 def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) -> str:

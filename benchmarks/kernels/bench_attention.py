@@ -8,7 +8,6 @@ causal. The first regionc call per shape runs the autotuner (not timed).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -68,19 +67,12 @@ def run(out_dir: str, dtype=torch.bfloat16) -> dict:
                              "TFLOPs": None if ms is None else flops / (ms * 1e-3) / 1e12})
             del q, k, v, kr, vr
             torch.cuda.empty_cache()
-    payload = {"op": "attention", "env": C.env_info(), "dtype": str(dtype),
-               "flops": "4*B*Hq*Sq*Skv*D, halved for causal", "results": rows}
-    C.print_table(rows, "TFLOPs")
-    C.write_results(out_dir, "attention", payload, "TFLOPs", "TFLOP/s")
-    return payload
+    return C.report(out_dir, "attention", rows, "TFLOPs", "TFLOP/s", dtype=str(dtype),
+                    flops="4*B*Hq*Sq*Skv*D, halved for causal")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="benchmarks/results/kernels")
-    args = ap.parse_args()
-    C.require_cuda("bench_attention")
-    run(args.out)
+    C.bench_main("bench_attention", run, __doc__)
 
 
 if __name__ == "__main__":

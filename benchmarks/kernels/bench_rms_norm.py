@@ -7,7 +7,6 @@ written once; % of the measured device copy bandwidth. Inputs rotate through >= 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -26,21 +25,14 @@ def eager_rms_norm(x, w):
     return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(x.dtype)
 
 
+def liger_rms_norm():
+    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+    return lambda x, w: LigerRMSNormFunction.apply(x, w, EPS)
+
+
 def providers():
-    import regionc.ops  # noqa: F401
-
-    ps = {
-        "regionc": lambda x, w: torch.ops.regionc.rms_norm(x, w, EPS),
-        "eager": eager_rms_norm,
-        "inductor": torch.compile(eager_rms_norm, dynamic=False),
-    }
-    try:
-        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
-
-        ps["liger"] = lambda x, w: LigerRMSNormFunction.apply(x, w, EPS)
-    except Exception:
-        print("  liger_kernel not importable: skipped")
-    return ps
+    return C.eager_providers(lambda x, w: torch.ops.regionc.rms_norm(x, w, EPS), eager_rms_norm, liger_rms_norm)
 
 
 def run(out_dir: str, dtype=torch.bfloat16) -> dict:
@@ -52,25 +44,13 @@ def run(out_dir: str, dtype=torch.bfloat16) -> dict:
             nbytes = (2 * M * N + N) * torch.finfo(dtype).bits // 8
             nxt = C.rotating(lambda: (torch.randn(M, N, device="cuda", dtype=dtype),
                                       torch.randn(N, device="cuda", dtype=dtype)), nbytes)
-            for name, fn in ps.items():
-                ms = C.try_bench(name, lambda fn=fn: fn(*nxt()))
-                gbps = None if ms is None else nbytes / (ms * 1e-3) / 1e9
-                rows.append({"shape": f"{M}x{N}", "provider": name, "ms": ms, "GBps": gbps,
-                             "pct_copy_bw": None if gbps is None else 100 * gbps / bw,
-                             "input_copies": nxt.copies})
-    payload = {"op": "rms_norm", "env": C.env_info(), "dtype": str(dtype), "copy_bandwidth_GBps": bw,
-               "bytes": "x read + weight read + y written, once", "results": rows}
-    C.print_table(rows, "GBps")
-    C.write_results(out_dir, "rms_norm", payload, "GBps", "GB/s")
-    return payload
+            rows += C.bandwidth_rows(f"{M}x{N}", ps, nxt, nbytes, bw)
+    return C.report(out_dir, "rms_norm", rows, "GBps", "GB/s", dtype=str(dtype), copy_bandwidth_GBps=bw,
+                    bytes="x read + weight read + y written, once")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="benchmarks/results/kernels")
-    args = ap.parse_args()
-    C.require_cuda("bench_rms_norm")
-    run(args.out)
+    C.bench_main("bench_rms_norm", run, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ k_out written once. Inputs rotate through >= 256 MiB.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -16,35 +15,21 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
+from regionc.models.llama import apply_rope as eager_rope  # noqa: E402  (HF apply_rotary_pos_emb)
+
 # (batch, seq, q heads, kv heads, head_dim)
 SHAPES = [(1, 4096, 32, 8, 128), (16, 1024, 32, 8, 128)]
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def liger_rope():
+    from liger_kernel.ops.rope import LigerRopeFunction
 
-
-def eager_rope(q, k, cos, sin):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    return lambda q, k, c, s: LigerRopeFunction.apply(q, k, c, s)
 
 
 def providers():
-    import regionc.ops  # noqa: F401
-
-    ps = {
-        "regionc": lambda q, k, c, s: torch.ops.regionc.rope(q, k, c, s, "rotate_half", "bhsd"),
-        "eager": eager_rope,
-        "inductor": torch.compile(eager_rope, dynamic=False),
-    }
-    try:
-        from liger_kernel.ops.rope import LigerRopeFunction
-
-        ps["liger"] = lambda q, k, c, s: LigerRopeFunction.apply(q, k, c, s)
-    except Exception:
-        print("  liger_kernel not importable: skipped")
-    return ps
+    return C.eager_providers(lambda q, k, c, s: torch.ops.regionc.rope(q, k, c, s, "rotate_half", "bhsd"),
+                             eager_rope, liger_rope)
 
 
 def run(out_dir: str, dtype=torch.bfloat16) -> dict:
@@ -63,25 +48,13 @@ def run(out_dir: str, dtype=torch.bfloat16) -> dict:
                         ang.cos().to(dtype), ang.sin().to(dtype))
 
             nxt = C.rotating(make, nbytes)
-            for name, fn in ps.items():
-                ms = C.try_bench(name, lambda fn=fn: fn(*nxt()))
-                gbps = None if ms is None else nbytes / (ms * 1e-3) / 1e9
-                rows.append({"shape": f"{B}x{S} tok, {Hq}/{Hk}h d{D}", "provider": name, "ms": ms, "GBps": gbps,
-                             "pct_copy_bw": None if gbps is None else 100 * gbps / bw,
-                             "input_copies": nxt.copies})
-    payload = {"op": "rope", "env": C.env_info(), "dtype": str(dtype), "copy_bandwidth_GBps": bw,
-               "bytes": "q, k, cos, sin read + q_out, k_out written, once", "results": rows}
-    C.print_table(rows, "GBps")
-    C.write_results(out_dir, "rope", payload, "GBps", "GB/s")
-    return payload
+            rows += C.bandwidth_rows(f"{B}x{S} tok, {Hq}/{Hk}h d{D}", ps, nxt, nbytes, bw)
+    return C.report(out_dir, "rope", rows, "GBps", "GB/s", dtype=str(dtype), copy_bandwidth_GBps=bw,
+                    bytes="q, k, cos, sin read + q_out, k_out written, once")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="benchmarks/results/kernels")
-    args = ap.parse_args()
-    C.require_cuda("bench_rope")
-    run(args.out)
+    C.bench_main("bench_rope", run, __doc__)
 
 
 if __name__ == "__main__":

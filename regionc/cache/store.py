@@ -112,6 +112,15 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def _append_byte(path: Path | str, byte: bytes, extra_flags: int = 0) -> None:
+    """Appends ``byte`` to ``path`` (created 0o600 if missing); ``extra_flags`` are OR-ed into the open."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | extra_flags, 0o600)
+    try:
+        os.write(fd, byte)
+    finally:
+        os.close(fd)
+
+
 def _unlink(path: Path | str) -> bool:
     try:
         os.unlink(path)
@@ -339,12 +348,7 @@ class ArtifactStore:
         if not self.writable:
             return
         try:
-            fd = os.open(self._hits_path(key),
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                os.write(fd, b"+")
-            finally:
-                os.close(fd)
+            _append_byte(self._hits_path(key), b"+", getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
             log.debug("regionc: could not record a hit for %s: %s", key[:16], exc)
 
@@ -353,11 +357,7 @@ class ArtifactStore:
         if not self.writable:
             return
         try:
-            fd = os.open(self.root / "misses", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, b"-")
-            finally:
-                os.close(fd)
+            _append_byte(self.root / "misses", b"-")
         except OSError as exc:
             log.debug("regionc: could not record a miss for %s: %s", key[:16], exc)
 

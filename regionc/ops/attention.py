@@ -128,24 +128,19 @@ if HAS_TRITON:
             # the diagonal tile(s) (and a ragged last key block) take the masked loop.
             hi = tl.minimum((start_m + 1) * BLOCK_M, SEQ_K)
             full_end = (tl.minimum(start_m * BLOCK_M, SEQ_K) // BLOCK_N) * BLOCK_N
-            acc, l_i, m_i = _attn_fwd_inner(
-                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-                0, full_end, SEQ_K, qk_scale, BLOCK_N, False, False,
-            )
-            acc, l_i, m_i = _attn_fwd_inner(
-                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-                full_end, hi, SEQ_K, qk_scale, BLOCK_N, True, True,
-            )
         else:
+            hi = SEQ_K
             full_end = (SEQ_K // BLOCK_N) * BLOCK_N
-            acc, l_i, m_i = _attn_fwd_inner(
-                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-                0, full_end, SEQ_K, qk_scale, BLOCK_N, False, False,
-            )
-            acc, l_i, m_i = _attn_fwd_inner(
-                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-                full_end, SEQ_K, SEQ_K, qk_scale, BLOCK_N, False, True,
-            )
+        # whole key blocks [0, full_end) unmasked, then [full_end, hi) with the key-bound mask
+        # (and the causal mask when CAUSAL)
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+            0, full_end, SEQ_K, qk_scale, BLOCK_N, False, False,
+        )
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+            full_end, hi, SEQ_K, qk_scale, BLOCK_N, CAUSAL, True,
+        )
         acc = acc / l_i[:, None]
         o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :]
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m < SEQ_Q)[:, None])

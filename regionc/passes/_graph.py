@@ -11,7 +11,7 @@ dtype. Every size comparison is ``statically_known_true`` so nothing here adds a
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -107,12 +107,7 @@ def is_full_slice(node: torch.fx.Node) -> bool:
     """``aten.slice`` that keeps every element (a no-op ``x[:, :]`` left in the graph)."""
     if not is_call(node, aten.slice.Tensor):
         return False
-    args = list(node.args) + [None] * (5 - len(node.args))
-    src, dim, start, end, step = args[:5]
-    dim = node.kwargs.get("dim", dim if dim is not None else 0)
-    start = node.kwargs.get("start", start) or 0
-    end = node.kwargs.get("end", end)
-    step = node.kwargs.get("step", step) or 1
+    src, dim, start, end, step = slice_args(node)
     t = tensor_val(src)
     if t is None or start != 0 or step != 1:
         return False
@@ -128,6 +123,17 @@ def slice_args(node: torch.fx.Node):
     end = node.kwargs.get("end", end)
     step = node.kwargs.get("step", step) or 1
     return src, dim, start, end, step
+
+
+def split_matches(results: Iterable[tuple[Any, str | None]]) -> tuple[list, list[str]]:
+    """Splits ``(match, skip)`` pairs from a pass's ``match_at`` into matches and skip reasons."""
+    matches, skips = [], []
+    for match, skip in results:
+        if match is not None:
+            matches.append(match)
+        elif skip is not None:
+            skips.append(skip)
+    return matches, skips
 
 
 def fake_mode_of(nodes: Sequence[torch.fx.Node]):

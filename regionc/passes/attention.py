@@ -40,6 +40,7 @@ from regionc.passes._graph import (
     normalize_dim,
     same,
     shape_str,
+    split_matches,
     tensor_val,
 )
 
@@ -174,14 +175,7 @@ def match_at(node: torch.fx.Node):
 
 
 def find(graph: torch.fx.Graph):
-    matches, skips = [], []
-    for node in list(graph.nodes):
-        spec, skip = match_at(node)
-        if spec is not None:
-            matches.append(spec)
-        elif skip is not None:
-            skips.append(skip)
-    return matches, skips
+    return split_matches(match_at(node) for node in list(graph.nodes))
 
 
 def rewrite(graph: torch.fx.Graph, spec) -> None:

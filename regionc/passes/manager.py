@@ -133,26 +133,16 @@ class PassManager:
         ctx = _Context(self)
         try:
             if on["rms_norm"] or on["fused_add_rms_norm"]:
-                norms, skips = rms_norm.find(graph)
-                for s in skips:
-                    self._record_skip(s)
+                norms = self._find(rms_norm, graph)
                 if on["fused_add_rms_norm"]:
                     norms = fused_add_rms_norm.run(graph, ctx, norms)
                 if on["rms_norm"]:
                     rms_norm.run(graph, ctx, norms)
                 finish(graph)
-            if on["rope"]:
-                found, skips = rope.find(graph)
-                for s in skips:
-                    self._record_skip(s)
-                rope.run(graph, ctx, found)
-                finish(graph)
-            if on["attention"]:
-                found, skips = attention.find(graph)
-                for s in skips:
-                    self._record_skip(s)
-                attention.run(graph, ctx, found)
-                finish(graph)
+            for name, module in (("rope", rope), ("attention", attention)):
+                if on[name]:
+                    module.run(graph, ctx, self._find(module, graph))
+                    finish(graph)
         except Exception:
             if self.config.strict:
                 raise
@@ -163,6 +153,13 @@ class PassManager:
                 finish(graph)
         for hook in list(_graph_hooks):
             hook(graph)
+
+    def _find(self, module, graph: torch.fx.Graph) -> list:
+        """``module.find(graph)``'s matches, with its skip reasons recorded in the report."""
+        found, skips = module.find(graph)
+        for s in skips:
+            self._record_skip(s)
+        return found
 
     # ------------------------------------------------------------------ report side
     def _record_match(self, op: str) -> None:

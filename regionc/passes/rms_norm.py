@@ -37,6 +37,7 @@ from regionc.passes._graph import (
     same,
     shape_str,
     single_user,
+    split_matches,
     strip_converts,
     tensor_val,
 )
@@ -158,15 +159,8 @@ def match_at(rsqrt: torch.fx.Node) -> tuple[RmsNormMatch | None, str | None]:
 
 
 def find(graph: torch.fx.Graph) -> tuple[list[RmsNormMatch], list[str]]:
-    matches, skips = [], []
-    for node in list(graph.nodes):
-        if is_call(node, aten.rsqrt.default, aten.sqrt.default):
-            match, skip = match_at(node)
-            if match is not None:
-                matches.append(match)
-            elif skip is not None:
-                skips.append(skip)
-    return matches, skips
+    return split_matches(match_at(node) for node in list(graph.nodes)
+                         if is_call(node, aten.rsqrt.default, aten.sqrt.default))
 
 
 def rewrite(graph: torch.fx.Graph, match: RmsNormMatch) -> torch.fx.Node:

@@ -38,6 +38,7 @@ from regionc.passes._graph import (
     same,
     shape_str,
     slice_args,
+    split_matches,
     strip_converts,
     tensor_val,
     VIEW_TARGETS,
@@ -216,15 +217,8 @@ def _finish(add, x, cos, sin, style, order, inner):
 
 
 def find(graph: torch.fx.Graph) -> tuple[list[RopeMatch], list[str]]:
-    matches, skips = [], []
-    for i, node in enumerate(graph.nodes):
-        if is_call(node, aten.add.Tensor):
-            match, skip = match_at(node, i)
-            if match is not None:
-                matches.append(match)
-            elif skip is not None:
-                skips.append(skip)
-    return matches, skips
+    return split_matches(match_at(node, i) for i, node in enumerate(graph.nodes)
+                         if is_call(node, aten.add.Tensor))
 
 
 def pair(matches: list[RopeMatch]) -> tuple[list[tuple[RopeMatch, RopeMatch]], list[str]]:

@@ -189,14 +189,20 @@ def test_inplace_static_buffer_update_persists_over_replays():
     assert pool.backend.replays >= 30
 
 
-def test_address_check_raises_when_a_static_input_moves():
-    pool = make_pool(cudagraph_check_addresses=True)
+def captured_linear_relu(pool, name):
+    """A ``linear_relu`` piece with static weight (input 1), called 3 times (warmed up, captured): (runner, x, w)."""
     w = torch.randn(8, 8)
-    runner = PieceGraphRunner(linear_relu, name="blk3", static_input_indices={1}, pool=pool)
+    runner = PieceGraphRunner(linear_relu, name=name, static_input_indices={1}, pool=pool)
     x = torch.randn(2, 8)
     for _ in range(3):
         with pool.forward():
             runner(x, w)
+    return runner, x, w
+
+
+def test_address_check_raises_when_a_static_input_moves():
+    pool = make_pool(cudagraph_check_addresses=True)
+    runner, x, w = captured_linear_relu(pool, "blk3")
     with pytest.raises(CudaGraphAddressError, match="static input 1 of piece blk3"):
         with pool.forward():
             runner(x, w.clone())
@@ -204,12 +210,7 @@ def test_address_check_raises_when_a_static_input_moves():
 
 def test_moved_static_input_without_check_replays_captured_address():
     pool = make_pool()  # check off: the contract says weights must stay in place
-    w = torch.randn(8, 8)
-    runner = PieceGraphRunner(linear_relu, name="blk", static_input_indices={1}, pool=pool)
-    x = torch.randn(2, 8)
-    for _ in range(3):
-        with pool.forward():
-            runner(x, w)
+    runner, x, w = captured_linear_relu(pool, "blk")
     with pool.forward():
         (out,) = runner(x, w * 2)
     torch.testing.assert_close(out, torch.relu(x @ w))  # documented: the graph reads the captured weight
