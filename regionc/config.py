@@ -57,8 +57,6 @@ class Config:
     kernel_choice: str = "auto"
     #: Extra Inductor config patches for every piece (they change generated code: part of the cache key).
     inductor_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    #: Compile unique pieces in this many threads (1 = one after another).
-    compile_workers: int = 4
     #: Raise instead of falling back to eager when a piece fails to compile (tests, CI).
     strict: bool = False
 

@@ -83,7 +83,7 @@ def test_key_changes_with_each_factor(env, change):
 
 def test_key_ignores_unrelated_options(env):
     base = _key(env)
-    for options in ({"compile_workers": 1}, {"cache_dir": "/somewhere/else"}, {"lock_timeout_s": 5},
+    for options in ({"min_instances": 3}, {"cache_dir": "/somewhere/else"}, {"lock_timeout_s": 5},
                     {"cudagraph_check_addresses": True}, {"strict": True}, {"cache_max_bytes": 1000},
                     {"passes": {"rope": True}}):  # explicitly on == default
         assert _key(env, options=Config.build(options).codegen_options()) == base, options
