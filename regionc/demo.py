@@ -66,6 +66,45 @@ def run_child(args) -> dict:
     return result
 
 
+def run_tp(args) -> int:
+    """One rank of ``torchrun --nproc-per-node N -m regionc.demo --tp``: shard, compile, compare.
+
+    All ranks share one cache dir (``--cache-dir``, else regionc's default root), so each piece
+    is compiled by one rank and loaded by the others; run the command again for a warm start.
+    """
+    import torch
+    import torch.distributed as dist
+
+    import regionc
+    from regionc.models.llama_tp import shard_llama
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    use_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        args.device = f"cuda:{torch.cuda.current_device()}"
+    dist.init_process_group("nccl" if use_cuda else "gloo")  # env:// from torchrun
+    try:
+        rank = dist.get_rank()
+        model, tokens = _build(args)
+        options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+        compiled = torch.compile(shard_llama(model), backend="regionc", options=options)
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = compiled(tokens)
+            first_call_s = time.perf_counter() - start
+            expected = model(tokens)
+        error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
+        pieces = regionc.last_report().pieces
+        counts = {s: sum(1 for p in pieces if p.source == s) for s in ("compiled", "cache", "reused", "eager")}
+        print(f"[rank {rank}/{dist.get_world_size()}] first call {first_call_s:.2f}s, rel. error vs unsharded "
+              f"eager {error:.2e}, pieces {counts}")
+        tolerance = 1e-4 if args.dtype == "float32" else 1e-1
+        return 0 if error < tolerance else 1
+    finally:
+        dist.destroy_process_group()
+
+
 def _spawn(args, backend: str, cache_dir: str) -> dict:
     cmd = [sys.executable, "-m", "regionc.demo", "--child", "--backend", backend, "--cache-dir", cache_dir,
            "--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq), "--dtype", args.dtype]
@@ -93,9 +132,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--cache-dir", default=None, help="cache root (default: a new temporary directory)")
     parser.add_argument("--skip-full-graph", action="store_true", help="do not time torch.compile(model)")
+    parser.add_argument("--tp", action="store_true",
+                        help="tensor parallel over torchrun's ranks: torchrun --nproc-per-node 2 -m regionc.demo --tp")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="regionc", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.tp:
+        return run_tp(args)
     if args.child:
         run_child(args)
         return 0

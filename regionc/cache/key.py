@@ -209,7 +209,19 @@ def environment_factors(device: torch.device | str) -> dict[str, str]:
             factors["hip_version"] = str(torch.version.hip)
     elif device.type == "cpu":
         factors["cpu_isa"] = _cpu_isa()
+    world_size = _world_size()
+    if world_size is not None:  # collectives in a piece compile per world size; never the rank
+        factors["world_size"] = str(world_size)
     return factors
+
+
+def _world_size() -> int | None:
+    """The default process group's world size when ``torch.distributed`` is initialized, else None."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return dist.get_world_size()
 
 
 def piece_key(fingerprint: str, input_meta: list, codegen_options: dict, env: dict) -> tuple[str, dict]:

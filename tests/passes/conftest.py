@@ -7,6 +7,9 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def passes_always_run(monkeypatch):
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+def passes_always_run():
+    # Config modules' own patch(): pytest's monkeypatch can delete a config entry on undo
+    # (pytest 9.2 reads the old value from the module __dict__, where config entries do not live).
+    with torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        yield
