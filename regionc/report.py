@@ -26,6 +26,7 @@ class PieceRecord:
     source: str = ""  # "compiled" | "reused" | "cache" | "eager"
     reason: str = ""  # why it fell back, when source == "eager"
     pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # fusions in this compile
+    seconds: float = 0.0  # compiling it, or loading it from the cache (0 for reused instances)
 
 
 @dataclasses.dataclass

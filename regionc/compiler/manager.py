@@ -104,6 +104,7 @@ class GraphCompiler:
                     elapsed = time.perf_counter() - start
                     report.add_cache(hits=1, load_s=elapsed, bytes_loaded=len(payload))
                     report.phases["load"] += elapsed
+                    record.seconds = elapsed
                     record.source = "cache"
                     return fn
             self.store.record_miss(key)
@@ -127,7 +128,8 @@ class GraphCompiler:
             report.fallbacks.append(f"{piece.name} ({piece.label}): {reason}")
             return None, None
         finally:
-            report.phases["compile"] += time.perf_counter() - start
+            record.seconds = time.perf_counter() - start
+            report.phases["compile"] += record.seconds
         record.source = "compiled"
         return compiled.fn, compiled.payload
 

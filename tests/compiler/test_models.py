@@ -26,6 +26,7 @@ def test_demo_decoder_compiles_one_block_whatever_the_depth(n_layers):
     assert block_compiles(report) == 1
     assert report.count("reused", "block") == n_layers - 1
     assert report.fallbacks == []
+    assert all(p.seconds > 0 for p in report.pieces if p.source == "compiled")
 
 
 def _hf_model(family: str):
