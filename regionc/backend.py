@@ -34,7 +34,7 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
         split, pieces = compiler.compile(gm, example_inputs, report)
     compiled = split
     if should_use_cudagraphs(config, example_inputs):
-        compiled = wrap_pieces_in_cudagraphs(split, pieces, example_inputs, config, report)
+        compiled = wrap_pieces_in_cudagraphs(gm, split, pieces, example_inputs, config, report)
     compiled.regionc_report = report
     log.info(report.summary())
     return compiled

@@ -3,10 +3,13 @@
 Static inputs are the graph inputs Dynamo marked as static addresses (parameters and
 buffers of inlined modules, a KV cache among them); everything else is an activation.
 Values a non-last piece hands straight to the user are declared, so the runner clones them.
+A dynamic batch dim is padded to the capture sizes when :func:`plan_padding` finds it safe;
+otherwise every batch size gets graphs of its own exact shape.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,33 +18,50 @@ import torch
 import torch.fx
 
 from regionc.cudagraph.mutation import mutated_placeholders
+from regionc.cudagraph.padding import NotPaddable, flatten, plan_padding
 from regionc.cudagraph.runner import GraphPool, PieceGraphRunner
 from regionc.regions.split import Piece
 
+log = logging.getLogger("regionc")
 
-def wrap_pieces_in_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piece], example_inputs: Sequence[Any],
-                              config, report) -> Callable[..., Any]:
+
+def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
+                              example_inputs: Sequence[Any], config, report, backend=None) -> Callable[..., Any]:
+    """``gm``: the Dynamo graph ``split`` was made from (it carries the shapes padding is decided on).
+    ``backend``: the pool's CUDA calls (tests pass a fake)."""
     graph_inputs = list(split.graph.find_nodes(op="placeholder"))
-    static_graph_inputs = {
-        node for node, value in zip(graph_inputs, example_inputs)
+    static_indices = [
+        i for i, value in enumerate(example_inputs)
         if isinstance(value, torch.Tensor) and torch._dynamo.utils.get_static_address_type(value) is not None
-    }
+    ]
+    static_graph_inputs = {graph_inputs[i] for i in static_indices}
+    plan = None
+    if config.capture_sizes:
+        try:
+            plan = plan_padding(gm, split, pieces, static_indices)
+        except NotPaddable as exc:
+            log.info("regionc: CUDA graphs are captured per exact batch size, without padding: %s", exc)
+            report.cudagraphs["padding"] = f"off: {exc}"
+    if plan is not None:
+        report.cudagraphs["padding"] = f"batch size {plan.symbol} padded to {list(config.capture_sizes)}"
     returned = _values_returned_to_user(split)
     calls = {node.target: node for node in split.graph.find_nodes(op="call_module")}
-    pool = GraphPool(config, report, device=_cuda_device(example_inputs))
+    pool = GraphPool(config, report, device=_cuda_device(example_inputs), backend=backend)
     for position, piece in enumerate(pieces):
         call = calls[piece.name]
         fn = split.__dict__.get(piece.name) or split.get_submodule(piece.name)
         split.__dict__[piece.name] = PieceGraphRunner(
             fn, name=f"{piece.name} ({piece.label})", pool=pool, config=config, report=report,
             static_input_indices={i for i, arg in enumerate(call.args) if arg in static_graph_inputs},
+            dynamic_inputs=plan.specs[piece.name] if plan else None,
             is_last=position == len(pieces) - 1,
             user_output_indices=returned.get(call, None),
             mutated_inputs=mutated_placeholders(split._modules[piece.name]),
         )
 
     def run_with_graphs(*args):
-        with pool.forward(size=None):
+        size = plan.runtime_size(args) if plan else None
+        with pool.forward(size=size, statics=[args[i] for i in static_indices]):
             return split(*args)
 
     run_with_graphs.regionc_pool = pool
@@ -52,20 +72,12 @@ def _values_returned_to_user(split: torch.fx.GraphModule) -> dict[torch.fx.Node,
     """For each piece call, the output indices that flow directly into the graph's outputs."""
     output = next(iter(split.graph.find_nodes(op="output")))
     returned: dict[torch.fx.Node, set[int]] = {}
-    for value in _flatten(output.args):
+    for value in flatten(output.args):
         if isinstance(value, torch.fx.Node) and value.target is operator.getitem:
             call, index = value.args
             if isinstance(call, torch.fx.Node) and call.op == "call_module":
                 returned.setdefault(call, set()).add(index)
     return returned
-
-
-def _flatten(value) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return [leaf for v in value for leaf in _flatten(v)]
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _flatten(v)]
-    return [value]
 
 
 def _cuda_device(example_inputs: Sequence[Any]) -> torch.device | None:

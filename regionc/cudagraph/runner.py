@@ -186,6 +186,7 @@ class _Forward:
     size: int | None
     bucket: Any  # padded size N, ABOVE_MAX, or None (nothing dynamic)
     phase: str  # "warmup" | "capture" | "replay" | "eager"
+    instance: Any = None  # which weights this forward runs with (see GraphPool.forward)
 
 
 class GraphPool:
@@ -204,7 +205,8 @@ class GraphPool:
         self._device = device
         self._backend = backend
         self._lock = threading.RLock()
-        self._bucket_state: dict[Any, str] = {}  # bucket -> "warmed" | "captured"
+        self._bucket_state: dict[Any, str] = {}  # (bucket, instance) -> "warmed" | "captured"
+        self._instances: dict[Any, tuple[torch.Tensor, ...]] = {}  # instance -> its static tensors, kept alive
         self._current: _Forward | None = None
         self._outputs: dict[int, list[torch.Tensor]] = {}  # data_ptr -> graph outputs (full size)
         if report is not None:
@@ -230,8 +232,15 @@ class GraphPool:
         return self.backend.pool_handle(private=False)
 
     @contextlib.contextmanager
-    def forward(self, size: int | None = None):
-        """Wrap one run of all pieces. ``size``: the runtime token/batch size (None if nothing is dynamic)."""
+    def forward(self, size: int | None = None, statics: Sequence[torch.Tensor] = ()):
+        """Wrap one run of all pieces. ``size``: the runtime token/batch size (None if nothing is dynamic).
+
+        ``statics``: the forward's static tensors (weights, buffers). One compiled graph can serve
+        several sets of weights (two instances of a model class share Dynamo's compiled code, so do
+        the blocks of a model compiled block by block); graphs hold the addresses they captured, so
+        each set gets its own warm-up, capture and graphs. Sets are told apart by tensor identity,
+        and the pool keeps them alive so an identity is never reused.
+        """
         with self._lock:
             if self._current is not None:  # nested (re-entrant) call: same forward
                 yield self._current
@@ -240,7 +249,10 @@ class GraphPool:
                 bucket = None
             else:
                 bucket = bucket_for(int(size), self.capture_sizes)
-            state = self._bucket_state.get(bucket)
+            instance = tuple(map(id, statics)) or None
+            if instance is not None and instance not in self._instances:
+                self._instances[instance] = tuple(statics)
+            state = self._bucket_state.get((bucket, instance))
             if bucket == ABOVE_MAX:
                 phase = "eager"
             elif state is None:
@@ -249,15 +261,15 @@ class GraphPool:
                 phase = "capture"
             else:
                 phase = "replay"
-            self._current = _Forward(None if size is None else int(size), bucket, phase)
+            self._current = _Forward(None if size is None else int(size), bucket, phase, instance)
             try:
                 yield self._current
             finally:
                 self._current = None
                 if phase == "warmup":
-                    self._bucket_state[bucket] = "warmed"
+                    self._bucket_state[bucket, instance] = "warmed"
                 elif phase == "capture":
-                    self._bucket_state[bucket] = "captured"
+                    self._bucket_state[bucket, instance] = "captured"
 
     # ------------------------------------------------------------------ graph outputs others read in place
     def _register_output(self, t: torch.Tensor) -> None:
@@ -369,7 +381,7 @@ class PieceGraphRunner:
                 return self._eager("size", args, f"its size {n} differs from the forward's size {fwd.size}")
             size = fwd.bucket
         try:
-            key = shape_key(args, self.spec, size, self.static, fwd.bucket)
+            key = (shape_key(args, self.spec, size, self.static, fwd.bucket), fwd.instance)
         except TypeError as exc:
             return self._eager("key", args, f"an argument cannot key a graph ({exc})")
         entry = self._entries.get(key)
@@ -468,7 +480,8 @@ class PieceGraphRunner:
         entry.graph, entry.copies, entry.static_inputs = graph, copies, statics
         entry.outputs, entry.structure = values, structure
 
-        label = f"N={size}" if size is not None else ("static" if entry.key[0] is None else f"bucket={entry.key[0]}")
+        bucket = entry.key[0][0]
+        label = f"N={size}" if size is not None else ("static" if bucket is None else f"bucket={bucket}")
         pool._record(graphs=1, capture_s=elapsed, pool_bytes=grown, private_pool_graphs=int(private))
         if self.report is not None:
             with self.report._lock:

@@ -1,14 +1,7 @@
-"""The runner's logic on the CPU, through a fake backend that behaves like a CUDA graph.
-
-``FakeBackend.capture`` records fn and its static args and, like a real capture, leaves no effect
-on data (it undoes in-place writes); ``FakeGraph.replay`` re-runs fn on the *captured* args and
-writes the results into the *captured* output tensors — so stale inputs, skipped copies, lost
-in-place updates and overwritten outputs show up exactly as they would on a GPU.
-"""
+"""The runner's logic on the CPU, through a fake backend that behaves like a CUDA graph (tests/cudagraph/fakes.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import operator
 
@@ -27,52 +20,7 @@ from regionc.cudagraph.runner import (
 )
 from regionc.cudagraph.sizes import DynamicSpec
 from regionc.report import Report
-
-
-class FakeGraph:
-    def __init__(self, backend, fn, args, outputs):
-        self.backend, self.fn, self.args, self.outputs = backend, fn, args, outputs
-
-    def replay(self):
-        self.backend.replays += 1
-        fresh = self.fn(*self.args)
-        fresh = list(fresh) if isinstance(fresh, (tuple, list)) else [fresh]
-        for kept, new in zip(self.outputs, fresh):
-            if isinstance(kept, torch.Tensor) and kept.data_ptr() != new.data_ptr():
-                kept.copy_(new)
-
-
-class FakeBackend:
-    def __init__(self, fail: Exception | None = None, accepts=lambda t: True):
-        self.fail, self._accepts = fail, accepts
-        self.captures, self.replays, self.handles = 0, 0, []
-        self._shared = object()
-
-    def accepts(self, t):
-        return self._accepts(t)
-
-    def pool_handle(self, private):
-        return object() if private else self._shared
-
-    @contextlib.contextmanager
-    def warmup(self):
-        yield
-
-    def capture(self, fn, args, pool):
-        self.handles.append(pool)
-        if self.fail is not None:
-            raise self.fail
-        snapshot = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
-        out = fn(*args)
-        for a, saved in zip(args, snapshot):
-            if saved is not None:
-                a.copy_(saved)  # a capture records work, it does not do it
-        self.captures += 1
-        outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-        return FakeGraph(self, fn, list(args), outputs), out
-
-    def memory_reserved(self):
-        return 1000 * self.captures
+from tests.cudagraph.fakes import FakeBackend
 
 
 SIZES = (1, 2, 4, 8)
@@ -377,3 +325,17 @@ def test_warmup_is_padded_only_for_pure_pieces():
                 (out,) = runner(x)
             torch.testing.assert_close(out, x + 1)
         assert seen[:2] == expected  # warm-up, capture (the replay re-runs spy on the fake: 4)
+
+
+def test_each_set_of_weights_gets_its_own_graphs():
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    runner = PieceGraphRunner(linear_relu, name="shared", static_input_indices={1}, pool=pool)
+    x = torch.randn(2, 8)
+    weights = [torch.randn(8, 8) for _ in range(3)]
+    for _ in range(4):
+        for w in weights:  # one compiled piece run with three sets of weights, as blocks compiled one by one are
+            with pool.forward(statics=[w]):
+                torch.testing.assert_close(runner(x, w)[0], torch.relu(x @ w))
+    assert backend.captures == 3
+    assert all(handle is backend._shared for handle in backend.handles)  # each captured in its own capture forward

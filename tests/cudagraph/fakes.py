@@ -1,0 +1,59 @@
+"""A fake CUDA-graph backend that behaves like the real one, so the runner's logic is testable on the CPU.
+
+``FakeBackend.capture`` records fn and its static args and, like a real capture, leaves no effect
+on data (it undoes in-place writes); ``FakeGraph.replay`` re-runs fn on the *captured* args and
+writes the results into the *captured* output tensors — so stale inputs, skipped copies, lost
+in-place updates and overwritten outputs show up exactly as they would on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+class FakeGraph:
+    def __init__(self, backend, fn, args, outputs):
+        self.backend, self.fn, self.args, self.outputs = backend, fn, args, outputs
+
+    def replay(self):
+        self.backend.replays += 1
+        fresh = self.fn(*self.args)
+        fresh = list(fresh) if isinstance(fresh, (tuple, list)) else [fresh]
+        for kept, new in zip(self.outputs, fresh):
+            if isinstance(kept, torch.Tensor) and kept.data_ptr() != new.data_ptr():
+                kept.copy_(new)
+
+
+class FakeBackend:
+    def __init__(self, fail: Exception | None = None, accepts=lambda t: True):
+        self.fail, self._accepts = fail, accepts
+        self.captures, self.replays, self.handles = 0, 0, []
+        self._shared = object()
+
+    def accepts(self, t):
+        return self._accepts(t)
+
+    def pool_handle(self, private):
+        return object() if private else self._shared
+
+    @contextlib.contextmanager
+    def warmup(self):
+        yield
+
+    def capture(self, fn, args, pool):
+        self.handles.append(pool)
+        if self.fail is not None:
+            raise self.fail
+        snapshot = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+        out = fn(*args)
+        for a, saved in zip(args, snapshot):
+            if saved is not None:
+                a.copy_(saved)  # a capture records work, it does not do it
+        self.captures += 1
+        outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+        return FakeGraph(self, fn, list(args), outputs), out
+
+    def memory_reserved(self):
+        return 1000 * self.captures
