@@ -70,3 +70,19 @@ def test_static_kv_cache_decoder_with_graphs_over_32_steps():
     for layer_g, layer_e in zip(graphed.layers, eager.layers):
         assert relative_error(layer_g.attn.kv_cache.k, layer_e.attn.kv_cache.k) < 2e-2
     assert regionc.last_report().cudagraphs.get("graphs", 0) > 0
+
+
+def test_dynamic_batch_is_padded_to_capture_sizes():
+    model = build_demo_model(CFG, dtype=torch.bfloat16, device="cuda")
+    compiled = torch.compile(model, backend="regionc", options={
+        "cache": False, "cudagraphs": True, "capture_sizes": (2, 4, 8)})
+    with torch.no_grad():
+        for batch in (3, 3, 3, 4, 2, 2, 2, 7, 5, 8, 6, 3):
+            tokens = torch.randint(0, CFG.vocab_size, (batch, 1), device="cuda")
+            torch._dynamo.mark_dynamic(tokens, 0)
+            assert relative_error(compiled(tokens), model(tokens)) < 2e-2, batch
+    stats = regionc.last_report().cudagraphs
+    assert stats["padding"].startswith("batch size"), stats
+    assert stats["private_pool_graphs"] == 0
+    for sizes in stats["captured"].values():
+        assert sizes == {"N=4": 1, "N=2": 1, "N=8": 1}, stats["captured"]
