@@ -9,6 +9,7 @@ Dynamo calls :func:`backend` once per graph it captures (a graph break gives sev
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
             options: dict[str, Any] | None = None) -> Callable[..., Any]:
     config = Config.build(options, mode)
     report = new_report()
+    trace_s = _dynamo_seconds_so_far()
+    if trace_s is not None:
+        report.phases["trace"] = trace_s
     passes = PassManager(config, device_of(example_inputs))
     compiler = GraphCompiler(config, store=_open_store(config), passes=passes)
     with report.phase("total"):
@@ -38,6 +42,24 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
     compiled.regionc_report = report
     log.info(report.summary())
     return compiled
+
+
+def _dynamo_seconds_so_far() -> float | None:
+    """Seconds since Dynamo started on this frame: its trace, up to handing us the graph.
+
+    Read from Dynamo's metrics context (a private attribute, so feature-detected): None when
+    this torch does not have it.
+    """
+    try:
+        from torch._dynamo.utils import get_metrics_context
+
+        context = get_metrics_context()
+        start_ns = getattr(context, "_start_time_ns", 0)
+        if context.in_progress() and start_ns:
+            return (time.time_ns() - start_ns) / 1e9
+    except (ImportError, AttributeError):
+        pass
+    return None
 
 
 def _open_store(config: Config):

@@ -23,6 +23,11 @@ PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention")
 
 KERNEL_CHOICES = ("auto", "always")
 
+#: How ``regionc.compile`` keeps Dynamo from tracing every block (see regionc/tracing/compile.py).
+BLOCK_TRACING_CHOICES = ("auto", "nested_region", "per_block", "full")
+
+_CHOICES = {"kernel_choice": KERNEL_CHOICES, "block_tracing": BLOCK_TRACING_CHOICES}
+
 DEFAULT_CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
@@ -57,6 +62,10 @@ class Config:
     kernel_choice: str = "auto"
     #: Extra Inductor config patches for every piece (they change generated code: part of the cache key).
     inductor_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: ``regionc.compile`` only: "nested_region" traces one block and stamps out the rest (torch
+    #: >= 2.12), "per_block" compiles each block as its own Dynamo frame (the glue runs eagerly),
+    #: "full" traces everything; "auto" takes the first of these the installed torch does well.
+    block_tracing: str = "auto"
     #: Raise instead of falling back to eager when a piece fails to compile (tests, CI).
     strict: bool = False
 
@@ -147,10 +156,10 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or number <= 0:
             raise bad(f"a positive {kind}")
         return number
-    if name == "kernel_choice":
-        if value not in KERNEL_CHOICES:
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
             raise RegioncConfigError(
-                f"regionc: option 'kernel_choice' must be one of {', '.join(KERNEL_CHOICES)}, got {value!r}")
+                f"regionc: option {name!r} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
         return value
     if kind == "str":
         if not isinstance(value, (str, os.PathLike)):

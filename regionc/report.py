@@ -33,6 +33,7 @@ class PieceRecord:
 class Report:
     graph_index: int = 0
     containers: dict[str, int] = dataclasses.field(default_factory=dict)  # container path -> blocks
+    inlined_regions: int = 0  # nested_compile_region calls expanded (blocks Dynamo traced once)
     pieces: list[PieceRecord] = dataclasses.field(default_factory=list)
     fallbacks: list[str] = dataclasses.field(default_factory=list)
     reuse_breakers: list[str] = dataclasses.field(default_factory=list)
@@ -102,6 +103,7 @@ class Report:
         return {
             "graph_index": self.graph_index,
             "containers": dict(self.containers),
+            "inlined_regions": self.inlined_regions,
             "unique_block_fingerprints": self.unique_block_fingerprints,
             "unique_block_compiles": self.unique_block_compiles,
             "instances_per_fingerprint": self.instances_per_fingerprint(),

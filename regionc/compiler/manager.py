@@ -23,6 +23,7 @@ from regionc.compiler.inductor import compile_piece, load_piece
 from regionc.config import Config
 from regionc.regions.detect import detect_blocks, pretty_path
 from regionc.regions.fingerprint import Fingerprint, describe_value, first_difference, fingerprint_piece
+from regionc.regions.inline import inline_nested_regions
 from regionc.regions.split import Piece, split_into_pieces
 from regionc.report import PieceRecord, Report
 
@@ -46,6 +47,7 @@ class GraphCompiler:
                 report: Report) -> tuple[torch.fx.GraphModule, list[Piece]]:
         """The split module, each piece's forward replaced by its compiled code, and the pieces in order."""
         with report.phase("detect"):
+            self._inline_nested_regions(gm, report)
             owners = detect_blocks(gm.graph, self.config.min_instances)
         with report.phase("split"):
             split, pieces = split_into_pieces(gm, owners)
@@ -132,6 +134,14 @@ class GraphCompiler:
             report.phases["compile"] += record.seconds
         record.source = "compiled"
         return compiled.fn, compiled.payload
+
+    @staticmethod
+    def _inline_nested_regions(gm: torch.fx.GraphModule, report: Report) -> None:
+        try:
+            report.inlined_regions = inline_nested_regions(gm)
+        except NotImplementedError as exc:
+            log.warning("regionc: nested compile regions stay as calls (their blocks are not split out): %s", exc)
+            report.fallbacks.append(f"nested regions not inlined: {exc}")
 
     # ------------------------------------------------------------------ diagnostics
     @staticmethod

@@ -485,6 +485,7 @@ class PieceGraphRunner:
         pool._record(graphs=1, capture_s=elapsed, pool_bytes=grown, private_pool_graphs=int(private))
         if self.report is not None:
             with self.report._lock:
+                self.report.phases["capture"] += elapsed
                 per_piece = self.report.cudagraphs.setdefault("captured", {}).setdefault(self.name, {})
                 per_piece[label] = per_piece.get(label, 0) + 1
         log.debug("regionc: captured %s (%s%s) in %.3fs", self.name, label, ", private pool" if private else "", elapsed)

@@ -21,9 +21,13 @@ def main(out_prefix: str, cache_dir: str, options_json: str, go_file: str | None
     options = {"cache_dir": cache_dir, "strict": True, **json.loads(options_json)}
     dtype = getattr(torch, options.pop("dtype", "float32"))
     seq = options.pop("seq", 8)
+    entry = options.pop("entry", "torch.compile")  # or "regionc.compile"
     model = build_demo_model(LlamaConfig.tiny(3), dtype=dtype)
     tokens = torch.randint(0, 128, (2, seq), generator=torch.Generator().manual_seed(0))
-    compiled = torch.compile(model, backend="regionc", options=options, dynamic=False)
+    if entry == "regionc.compile":
+        compiled = regionc.compile(model, options=options, dynamic=False)
+    else:
+        compiled = torch.compile(model, backend="regionc", options=options, dynamic=False)
     if go_file:
         while not os.path.exists(go_file):
             time.sleep(0.01)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from regionc.cache.store import ArtifactStore
+from regionc.tracing.compile import nested_regions_reuse_traces
 
 WORKER = Path(__file__).with_name("model_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +101,14 @@ def test_four_processes_starting_together_compile_each_piece_once(tmp_path):
         torch.testing.assert_close(r["output"], results[0]["output"], atol=0, rtol=0)
     entries = ArtifactStore(cache_dir).entries()
     assert len(entries) == 3 and all(not entry.error for entry in entries)
+
+
+def test_block_traced_once_loads_the_entries_of_a_full_trace(cold):
+    """regionc.compile's nested regions, expanded, give the graph a full trace gives: same cache entries."""
+    if not nested_regions_reuse_traces():
+        pytest.skip(f"torch {torch.__version__} re-traces nested compile regions")
+    tmp, cache_dir, first = cold
+    report = run_worker(tmp, "nested-region", cache_dir, entry="regionc.compile", block_tracing="nested_region")
+    assert report["inlined_regions"] == 3
+    assert report["sources"] == ["cache", "cache", "reused", "reused", "cache"]
+    torch.testing.assert_close(report["output"], first["output"], atol=0, rtol=0)

@@ -1,0 +1,74 @@
+"""Expand ``nested_compile_region`` calls into ordinary nodes, so every block looks the same downstream.
+
+When a block's forward is a nested compile region, Dynamo traces it once and emits one
+``invoke_subgraph(subgraph, name, *operands)`` call per instance, each with that instance's
+weights as operands. Copying the subgraph's nodes in place of each call gives the graph a full
+trace would have produced — at the tracing cost of one block — and the rest of the pipeline
+(detect, split, fingerprint, compile once) runs unchanged. Inlined nodes keep the call's
+``nn_module_stack`` in front of their own, so they are attributed to the right block instance.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+
+
+def _invoke_subgraph():
+    return getattr(torch.ops.higher_order, "invoke_subgraph", None)
+
+
+def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
+    """Replace every ``invoke_subgraph`` call in ``gm`` with a copy of its subgraph; the number replaced.
+
+    Raises NotImplementedError, with ``gm`` unchanged, for a shape of call it does not handle.
+    """
+    invoke = _invoke_subgraph()
+    if invoke is None:
+        return 0
+    calls = list(gm.graph.find_nodes(op="call_function", target=invoke))
+    for call in calls:  # check all before changing anything: a refusal leaves gm as it was
+        subgraph = getattr(gm, call.args[0].target)
+        if any(node.op == "get_attr" for node in subgraph.graph.nodes):
+            raise NotImplementedError(f"nested region {call.args[0].target} reads module attributes")
+        if any(user.target is not operator.getitem for user in call.users):
+            raise NotImplementedError(f"the whole result of {call.name} is used, not its items")
+    subgraphs = {call.args[0].target for call in calls}
+    for call in calls:
+        _inline(gm, call)
+    if calls:
+        for node in list(gm.graph.find_nodes(op="get_attr")):
+            if node.target in subgraphs and not node.users:
+                gm.graph.erase_node(node)
+        for target in subgraphs:
+            if not any(node.target == target for node in gm.graph.find_nodes(op="get_attr")):
+                delattr(gm, target)
+        gm.graph.lint()
+        gm.recompile()
+    return len(calls)
+
+
+def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
+    subgraph_node, _identifier, *operands = call.args
+    subgraph: torch.fx.GraphModule = getattr(gm, subgraph_node.target)
+    env: dict[torch.fx.Node, Any] = dict(zip(subgraph.graph.find_nodes(op="placeholder"), operands))
+    outer_stack = call.meta.get("nn_module_stack", {})
+    results: Any = None
+    with gm.graph.inserting_before(call):
+        for node in subgraph.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "output":
+                results = node.args[0]
+                break
+            copy = gm.graph.node_copy(node, lambda n: env[n])
+            copy.meta = {**node.meta, "nn_module_stack": {**outer_stack, **node.meta.get("nn_module_stack", {})}}
+            env[node] = copy
+    values = [env[v] if isinstance(v, torch.fx.Node) else v for v in results]
+    for user in list(call.users):
+        user.replace_all_uses_with(values[user.args[1]])
+        gm.graph.erase_node(user)
+    gm.graph.erase_node(call)

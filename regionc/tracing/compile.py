@@ -1,0 +1,92 @@
+"""``regionc.compile(model)``: ``torch.compile(model, backend="regionc")`` that traces each block once.
+
+Dynamo traces every layer of a 32-layer model before regionc sees the graph (about 5 s on an
+H100 host for the demo decoder), so even a compile-once backend pays for depth, cold and warm.
+Keeping Dynamo from re-tracing identical blocks needs the model before tracing starts, hence
+this helper; the backend underneath is the same. How (option ``block_tracing``):
+
+- ``nested_region``: the blocks' forward becomes a ``torch.compiler.nested_compile_region``.
+  On torch >= 2.12 Dynamo traces it once and stamps out one ``invoke_subgraph`` call per
+  instance; regionc's backend expands those calls again (regions/inline.py), so it gets the
+  graph of a full trace for the cost of one block, and the model stays one compiled graph.
+  The wrapped forward is installed on a subclass that only these instances are switched to:
+  the user's class is left alone, and (torch 2.13) a forward bound per instance would make
+  Dynamo reuse the first instance's weights for all of them.
+- ``per_block``: each block instance is compiled as its own Dynamo frame (``block.compile``).
+  Instances share Dynamo's code cache entry, so one block is traced and compiled; the code
+  between blocks (embedding, final norm, head) runs eagerly. Torch 2.11's nested regions re-trace
+  every call, so this is the best it offers.
+- ``full``: plain ``torch.compile(model, backend="regionc")``.
+
+``auto`` picks ``nested_region`` where Dynamo can reuse a traced region, else ``per_block``;
+a model without repeated blocks is compiled whole. The choice is logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from regionc.config import Config
+from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
+
+log = logging.getLogger("regionc")
+
+_REGION_CLASSES: dict[type, type] = {}
+
+
+def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any] | None = None,
+            dynamic: bool | None = None) -> nn.Module:
+    """Compile ``model`` with regionc, tracing each repeated block once; returns what to call.
+
+    ``mode`` and ``options`` are those of ``torch.compile(backend="regionc")``. The model's
+    block instances are changed in place (their class, or their compiled call).
+    """
+    config = Config.build(options, mode)
+    groups = find_repeated_blocks(model, config.min_instances)
+    strategy = config.block_tracing
+    if strategy == "auto":
+        strategy = "nested_region" if nested_regions_reuse_traces() else "per_block"
+    described = ", ".join(f"{g.path}×{len(g.instances)}" for g in groups) or "none"
+    if not groups:
+        strategy = "full"
+    log.info("regionc: compile with block_tracing=%s (repeated blocks: %s; torch %s)",
+             strategy, described, torch.__version__)
+    compile_args = {"backend": "regionc", "mode": mode, "options": options, "dynamic": dynamic}
+    if strategy == "per_block":
+        for group in groups:
+            for block in group.instances:
+                block.compile(**compile_args)
+        return model
+    if strategy == "nested_region":
+        for group in groups:
+            _mark_nested_region(group)
+    return torch.compile(model, **compile_args)
+
+
+def nested_regions_reuse_traces() -> bool:
+    """Whether Dynamo stamps out a traced nested region instead of re-tracing it (torch >= 2.12).
+
+    The reuse cache arrived with ``nested_compile_region``'s ``max_reuse_entries`` parameter.
+    """
+    region = getattr(torch.compiler, "nested_compile_region", None)
+    return region is not None and "max_reuse_entries" in inspect.signature(region).parameters
+
+
+def _mark_nested_region(group: BlockGroup) -> None:
+    region_class = _REGION_CLASSES.get(group.cls)
+    if region_class is None:
+        region_class = type(group.cls.__name__, (group.cls,), {
+            "forward": torch.compiler.nested_compile_region(group.cls.forward),
+            "__module__": group.cls.__module__,
+            "__qualname__": group.cls.__qualname__,
+            "__doc__": group.cls.__doc__,
+        })
+        _REGION_CLASSES[group.cls] = region_class
+    for block in group.instances:
+        if type(block) is group.cls:
+            block.__class__ = region_class

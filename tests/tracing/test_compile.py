@@ -1,0 +1,78 @@
+"""regionc.compile: repeated blocks found before tracing, traced once, outputs equal eager."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import regionc
+from regionc.models.llama import DecoderLayer, LlamaConfig, build_demo_model
+from regionc.tracing.blocks import find_repeated_blocks
+from regionc.tracing.compile import nested_regions_reuse_traces
+from tests.helpers import NO_CACHE, assert_close, block_compiles
+from tests.models import NoRepeats, TinyDiT
+
+needs_region_reuse = pytest.mark.skipif(not nested_regions_reuse_traces(),
+                                        reason=f"torch {torch.__version__} re-traces nested compile regions")
+
+
+def tokens(batch=2, seq=8):
+    return torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+
+def test_find_repeated_blocks_takes_outermost_containers_of_one_class():
+    (layers,) = find_repeated_blocks(build_demo_model(LlamaConfig.tiny(n_layers=3)))
+    assert layers.path == "layers" and layers.cls is DecoderLayer and len(layers.instances) == 3
+    dit = {g.path: len(g.instances) for g in find_repeated_blocks(TinyDiT())}
+    assert dit == {"double_blocks": 2, "single_blocks": 3}  # the MLP Sequentials inside blocks do not count
+    assert find_repeated_blocks(NoRepeats()) == []
+
+
+@needs_region_reuse
+def test_nested_region_traces_one_block_and_matches_eager(caplog):
+    model = build_demo_model(LlamaConfig.tiny(n_layers=4))
+    x = tokens()
+    expected = model(x)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": "nested_region"})
+        with torch.no_grad():
+            assert_close(compiled(x), expected)
+    report = regionc.last_report()
+    assert report.inlined_regions == 4  # Dynamo emitted one region call per layer, traced once
+    assert block_compiles(report) == 1 and report.count("reused", "block") == 3
+    assert "trace" in report.phases
+    assert any("block_tracing=nested_region" in r.getMessage() for r in caplog.records)
+    # only these instances changed class; the user's class keeps its forward
+    assert all(isinstance(layer, DecoderLayer) and type(layer) is not DecoderLayer for layer in model.layers)
+    assert DecoderLayer.forward is DecoderLayer.__dict__["forward"]
+    assert not hasattr(DecoderLayer.forward, "__marked_compile_region_fn__")
+    assert_close(build_demo_model(LlamaConfig.tiny(n_layers=4))(x), expected)
+
+
+def test_per_block_compiles_the_block_frame_once_and_matches_eager():
+    model = build_demo_model(LlamaConfig.tiny(n_layers=4))
+    x = tokens()
+    expected = model(x)
+    before = len(regionc.reports())
+    compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": "per_block"})
+    assert compiled is model
+    with torch.no_grad():
+        assert_close(compiled(x), expected)
+        assert_close(compiled(x), expected)
+    assert len(regionc.reports()) - before == 1  # one Dynamo frame, one backend call, for all four blocks
+
+
+def test_auto_and_models_without_repeats(caplog):
+    model = NoRepeats()
+    x = torch.randn(2, 32)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        compiled = regionc.compile(model, options=NO_CACHE)
+        assert_close(compiled(x), model(x))
+    assert any("block_tracing=full" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_block_tracing_option_is_named():
+    with pytest.raises(regionc.RegioncConfigError, match="'block_tracing' must be one of auto, nested_region"):
+        regionc.compile(NoRepeats(), options={"block_tracing": "magic"})
