@@ -1,12 +1,17 @@
 """Cold and warm time to first output vs depth: regionc against full graph and per-block compile.
 
-Every measurement is a new process (a server restart). Cold: empty cache dirs; warm:
+Variants: ``torch.compile(backend="regionc")``, ``regionc.compile`` (each block traced once),
+full-graph ``torch.compile``, per-block ``.compile()`` and ``nested_compile_region`` on the block
+class under full-graph Inductor. Every measurement is a new process (a server restart). Cold: empty cache dirs; warm:
 a second process on the same dirs. Time runs from the ``torch.compile`` call (or the
 per-block ``.compile()`` calls) to the first output, synchronized. The warm process
 then times the steady-state forward (CUDA events, median), so runtime sits next to
 compile time. Model: the demo decoder (d=2048, 32/8 heads, FFN 8192), bf16, prefill 1×2048.
 
     python benchmarks/compile/bench_compile.py --out DIR [--layers 2 8 32] [--variants ...]
+
+Results are merged into DIR/compile_time.json (rewritten after every measurement), so runs
+split over several invocations, or cut short, add up to one file.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-VARIANTS = ("regionc", "full_graph", "per_block", "nested_region")
+VARIANTS = ("regionc", "regionc_compile", "full_graph", "per_block", "nested_region")
 
 
 def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool) -> dict:
@@ -38,8 +43,11 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
     tokens = torch.randint(0, 32000, (1, seq), device="cuda")
     torch.cuda.synchronize()
     start = time.perf_counter()
+    options = {"cache_dir": cache_dir, "cudagraphs": False}
     if variant == "regionc":
-        run = torch.compile(model, backend="regionc", options={"cache_dir": cache_dir, "cudagraphs": False})
+        run = torch.compile(model, backend="regionc", options=options)
+    elif variant == "regionc_compile":
+        run = regionc.compile(model, options=options)
     elif variant == "full_graph":
         run = torch.compile(model)
     elif variant == "per_block":
@@ -47,11 +55,8 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
             layer.compile()
         run = model
     elif variant == "nested_region":
-        mark = getattr(torch.compiler, "nested_compile_region", None)
-        if mark is None:
-            return {"skipped": "torch.compiler.nested_compile_region not in this torch"}
-        for layer in model.layers:
-            layer.forward = mark(layer.forward)
+        block = type(model.layers[0])  # on the class, as documented (a per-instance mark is not reused)
+        block.forward = torch.compiler.nested_compile_region(block.forward)
         run = torch.compile(model)
     with torch.no_grad():
         out = run(tokens)
@@ -60,11 +65,16 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
         result = {"first_call_s": first}
         if time_runtime:
             result["prefill_ms"] = cuda_median_ms(lambda: run(tokens), warmup=3, iters=20)
-        if variant == "regionc":
-            report = regionc.last_report()
-            result["phases_s"] = dict(report.phases)
-            result["cache"] = dict(report.cache)
-            result["unique_block_compiles"] = report.unique_block_compiles
+        if variant.startswith("regionc"):
+            reports = regionc.reports()
+            result["phases_s"] = {}
+            for report in reports:
+                for phase, seconds in report.phases.items():
+                    result["phases_s"][phase] = result["phases_s"].get(phase, 0.0) + seconds
+            result["cache_hits"] = sum(r.cache["hits"] for r in reports)
+            result["compiled_pieces"] = sum(len(r.compiled) for r in reports)
+            result["inlined_regions"] = sum(r.inlined_regions for r in reports)
+            result["graphs"] = len(reports)
     return result
 
 
@@ -123,19 +133,21 @@ def main() -> int:
         return 0
     from benchmarks.common import write_results
 
-    results: dict = {v: {} for v in args.variants}
+    path = Path(args.out) / "compile_time.json"
+    results: dict = json.loads(path.read_text())["results"] if path.exists() else {}
     for layers in args.layers:
         for variant in args.variants:
             with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
                 cold = measure(variant, layers, cache_dir, args.seq, time_runtime=False)
                 warm = measure(variant, layers, cache_dir, args.seq, time_runtime=True)
-            results[variant][str(layers)] = {"cold": cold, "warm": warm}
+            results.setdefault(variant, {})[str(layers)] = {"cold": cold, "warm": warm}
+            write_results(args.out, "compile_time", {
+                "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq,
+                "results": results})
             print(f"{variant:>14} L={layers:<3} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
                   f"warm {warm.get('first_call_s', float('nan')):7.2f}s  "
                   f"prefill {warm.get('prefill_ms', float('nan')):7.2f} ms  "
                   f"{cold.get('error', '')[-200:]}{cold.get('skipped', '')}", flush=True)
-    path = write_results(args.out, "compile_time", {
-        "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq, "results": results})
     plot(results, Path(args.out) / "compile_time.png")
     print(f"wrote {path}")
     return 0

@@ -3,7 +3,9 @@
 Batch 1, 8 and 32 with one token each, without a KV cache (the TARGETS.md "decode 8×1"
 shape) and, at batch 8, one decode step on the static per-layer KV cache. Compared in one
 process: eager, full-graph ``torch.compile``, full graph ``mode="reduce-overhead"``,
-per-block ``.compile()``, regionc without graphs and regionc with piecewise graphs.
+per-block ``.compile()``, regionc without graphs, regionc with piecewise graphs, and
+``regionc.compile`` with graphs. Regionc rows carry the graphs captured, capture seconds and
+pool bytes. The result file is rewritten after every row, so a run cut short keeps its rows.
 
     python benchmarks/e2e/bench_decode.py --out DIR [--layers 32]
 """
@@ -17,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-VARIANTS = ("eager", "full_graph", "reduce_overhead", "per_block", "regionc", "regionc_graphs")
+VARIANTS = ("eager", "full_graph", "reduce_overhead", "per_block", "regionc", "regionc_graphs",
+            "regionc_compile_graphs")
 
 
 def make_runner(variant: str, model, cache_dir: str):
@@ -33,9 +36,12 @@ def make_runner(variant: str, model, cache_dir: str):
         for layer in model.layers:
             layer.compile(dynamic=False)
         return model
-    graphs = variant == "regionc_graphs"
-    return torch.compile(model, backend="regionc", dynamic=False,
-                         options={"cache_dir": cache_dir, "cudagraphs": graphs})
+    options = {"cache_dir": cache_dir, "cudagraphs": variant.endswith("_graphs")}
+    if variant == "regionc_compile_graphs":
+        import regionc
+
+        return regionc.compile(model, dynamic=False, options=options)
+    return torch.compile(model, backend="regionc", dynamic=False, options=options)
 
 
 def main() -> int:
@@ -76,12 +82,12 @@ def main() -> int:
                 row = {"variant": variant, "case": case, "batch": batch, "ms": ms, "rel_error": error}
                 if variant.startswith("regionc"):
                     row["cudagraphs"] = {k: v for k, v in regionc.last_report().cudagraphs.items()
-                                         if k in ("graphs", "capture_s", "pool_bytes", "fallbacks")}
+                                         if k in ("graphs", "capture_s", "pool_bytes", "padding", "fallbacks")}
                 rows.append(row)
                 print(f"{variant:>16} {case:>8} b={batch:<3} {ms:8.3f} ms  err {error:.1e}", flush=True)
                 del run, model
-    path = write_results(args.out, "decode_latency", {
-        "model": f"demo decoder {args.layers} layers d=2048 heads 32/8 ffn 8192 bf16", "rows": rows})
+                path = write_results(args.out, "decode_latency", {
+                    "model": f"demo decoder {args.layers} layers d=2048 heads 32/8 ffn 8192 bf16", "rows": rows})
     _plot(rows, Path(args.out) / "decode_latency.png")
     print(f"wrote {path}")
     return 0

@@ -167,9 +167,14 @@ class LlamaDecoder(nn.Module):
 
 def build_demo_model(cfg: LlamaConfig, dtype: torch.dtype = torch.float32, device: str = "cpu",
                      seed: int = 0) -> LlamaDecoder:
-    """Random weights scaled so activations stay O(1) through many layers."""
+    """Random weights scaled so activations stay O(1) through many layers.
+
+    Built directly on ``device``: initializing a 1B-parameter model on the host first takes
+    longer than compiling it.
+    """
     torch.manual_seed(seed)
-    model = LlamaDecoder(cfg)
+    with torch.device(device):
+        model = LlamaDecoder(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or ".input_norm." in name or ".post_attn_norm." in name:
