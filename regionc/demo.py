@@ -1,9 +1,10 @@
 """``python -m regionc.demo``: compile the built-in Llama-style decoder with regionc, cold then warm.
 
 Each run is a fresh Python process (the way a server restarts): the first on an empty
-cache directory (cold), the second on the same directory (warm). Each prints the
-report, checks the output against eager and times the first call; the parent then
-measures full-graph ``torch.compile(model)`` in a process of its own for comparison.
+cache directory (cold), the second on the same directory (warm), the third warm again
+through ``regionc.compile`` (each repeated block traced once). Each prints the report,
+checks the output against eager and times the first call; the parent then measures
+full-graph ``torch.compile(model)`` in a process of its own for comparison.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def run_child(args) -> dict:
     model, tokens = _build(args)
     if args.backend == "regionc":
         compiled = torch.compile(model, backend="regionc", options={"cache_dir": args.cache_dir})
+    elif args.backend == "regionc.compile":
+        compiled = regionc.compile(model, options={"cache_dir": args.cache_dir})
     else:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(args.cache_dir, "inductor"))
         os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(args.cache_dir, "triton"))
@@ -58,7 +61,7 @@ def run_child(args) -> dict:
         expected = model(tokens)
     error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
     result = {"backend": args.backend, "first_call_s": round(first_call_s, 3), "rel_error": error}
-    report = regionc.last_report() if args.backend == "regionc" else None
+    report = regionc.last_report() if args.backend.startswith("regionc") else None
     if report is not None:
         result["report"] = report.to_dict()
         print(report.summary())
@@ -151,21 +154,27 @@ def main(argv=None) -> int:
         print(f"regionc demo: {args.layers}-layer Llama-style decoder, batch {args.batch} × {args.seq} tokens, "
               f"{args.dtype}, cache {cache_dir}")
         results = {}
-        for phase in ("cold", "warm"):
-            print(f"[{phase}] new process, backend='regionc'")
-            results[phase] = _spawn(args, "regionc", cache_dir)
+        for phase, backend in (("cold", "regionc"), ("warm", "regionc"), ("warm, traced once", "regionc.compile")):
+            how = "regionc.compile(model)" if backend == "regionc.compile" else "backend='regionc'"
+            print(f"[{phase}] new process, {how}")
+            results[phase] = _spawn(args, backend, cache_dir)
         if not args.skip_full_graph:
             print("[full graph] new process, torch.compile(model), empty caches")
             results["full_graph"] = _spawn(args, "inductor", os.path.join(tmp, "full-graph"))
     print()
-    print(f"{'run':<12} {'first call (s)':>15} {'rel. error vs eager':>20}")
+    print(f"{'run':<18} {'first call (s)':>15} {'Dynamo trace (s)':>17} {'rel. error vs eager':>20}")
     ok = True
     for name, result in results.items():
         ok &= result["rel_error"] < tolerance
-        print(f"{name:<12} {result['first_call_s']:>15.2f} {result['rel_error']:>20.2e}")
-    warm = results["warm"]["report"]
-    compiled_warm = sum(1 for p in warm["pieces"] if p["source"] == "compiled")
-    print(f"warm start compiled {compiled_warm} piece(s), loaded {warm['cache']['hits']} from the cache")
+        trace = result.get("report", {}).get("phases_s", {}).get("trace")
+        trace_text = f"{trace:.2f}" if trace is not None else "-"
+        print(f"{name:<18} {result['first_call_s']:>15.2f} {trace_text:>17} {result['rel_error']:>20.2e}")
+    compiled_warm = 0
+    for name in ("warm", "warm, traced once"):
+        warm = results[name]["report"]
+        compiled = sum(1 for p in warm["pieces"] if p["source"] == "compiled")
+        compiled_warm += compiled
+        print(f"{name}: compiled {compiled} piece(s), loaded {warm['cache']['hits']} from the cache")
     print("output matches eager" if ok else f"MISMATCH: relative error above {tolerance}")
     return 0 if ok and compiled_warm == 0 else 1
 
