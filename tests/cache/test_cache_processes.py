@@ -46,7 +46,6 @@ def test_four_processes_compile_each_key_once(tmp_path):
         assert len(digests) == 1  # all four hold the bytes of the one compile
         assert sorted(r[key]["source"] for r in results) == ["cache"] * 3 + ["compiled"]
         assert store.load(key) is not None  # verifies checksums
-        assert max(r[key]["waited"] for r in results) > 0.3  # the others waited for the compiler
     stats = store.stats()
     assert stats["misses"] == 2 and stats["entries"] == 2 and stats["bad_entries"] == 0
     assert not list(root.rglob("*.tmp"))
