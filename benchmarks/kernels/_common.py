@@ -42,6 +42,75 @@ def env_info() -> dict:
     }
 
 
+def bench_graph(fn: Callable[[], object], calls: int = 50, replays: int = 20) -> float:
+    """Median device milliseconds per ``fn()`` with the host out of the picture: ``calls`` calls
+    captured in one CUDA graph, replayed ``replays`` times (inputs fixed, so L2-warm). This is
+    what a call costs inside regionc's piecewise CUDA graphs (decode)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1) / calls)
+    del g
+    times.sort()
+    return times[len(times) // 2]
+
+
+def graph_rows(shape: str, providers: dict[str, Callable], args: tuple, nbytes: int, copy_bw: float) -> list[dict]:
+    """One row per provider, named ``<provider>+graph``: device time per call from ``bench_graph``
+    (latency shapes: the eager rows there measure host overhead, these measure the kernels)."""
+    rows = []
+    for name, fn in providers.items():
+        try:
+            ms = bench_graph(lambda fn=fn: fn(*args))
+        except Exception as exc:  # not capturable (or unavailable): say so, keep going
+            print(f"  {name}+graph: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+            ms = None
+        gbps = None if ms is None else nbytes / (ms * 1e-3) / 1e9
+        rows.append({"shape": shape, "provider": f"{name}+graph", "ms": ms, "GBps": gbps,
+                     "pct_copy_bw": None if gbps is None else 100 * gbps / copy_bw, "input_copies": 1})
+    return rows
+
+
+def sweep(label: str, configs: list[dict], make_fn: Callable[[dict], Callable[[], object]], nbytes: int = 0,
+          flops: float = 0.0) -> list[dict]:
+    """Times ``make_fn(cfg)()`` for every cfg (do_bench median); returns rows (GB/s from
+    ``nbytes`` or TFLOP/s from ``flops``) sorted fastest first and prints the best three. Used to
+    record what the launch heuristics should pick."""
+    out = []
+    for cfg in configs:
+        ms = try_bench(f"{label} {cfg}", make_fn(cfg))
+        if ms is None:
+            continue
+        row = {"shape": label, "config": cfg, "ms": ms}
+        if nbytes:
+            row["GBps"] = nbytes / (ms * 1e-3) / 1e9
+        if flops:
+            row["TFLOPs"] = flops / (ms * 1e-3) / 1e12
+        out.append(row)
+    out.sort(key=lambda r: r["ms"])
+    for r in out[:3]:
+        rate = f"{r['GBps']:.0f} GB/s" if "GBps" in r else f"{r.get('TFLOPs', 0):.0f} TFLOP/s"
+        print(f"  sweep {label}: {r['config']} {r['ms'] * 1e3:.1f} us {rate}")
+    return out
+
+
 def bench(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
     """Median milliseconds of ``fn()`` (triton.testing.do_bench)."""
     import triton.testing
@@ -126,13 +195,15 @@ def report(out_dir: str, op: str, rows: list[dict], metric: str, unit: str, **fi
     return payload
 
 
-def bench_main(script: str, run: Callable[[str], object], doc: str | None) -> None:
-    """Command line of one bench script: ``--out DIR``, then ``run(DIR)``; exits 0 without CUDA."""
+def bench_main(script: str, run: Callable[..., object], doc: str | None) -> None:
+    """Command line of one bench script: ``--out DIR [--no-sweep]``, then ``run(DIR, sweep=...)``;
+    exits 0 without CUDA."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--no-sweep", action="store_true", help="skip the launch-parameter sweeps")
     args = ap.parse_args()
     require_cuda(script)
-    run(args.out)
+    run(args.out, sweep=not args.no_sweep)
 
 
 def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) -> str:

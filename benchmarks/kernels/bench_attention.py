@@ -1,7 +1,9 @@
 """Attention forward microbenchmark (bf16): regionc (Triton, native GQA) vs SDPA with the flash,
 cuDNN and efficient backends (a backend that errors on a shape is skipped) and, for GQA shapes, the
 eager model path (repeat_interleave + SDPA default). TFLOP/s = 4*B*Hq*Sq*Skv*D / t, halved when
-causal. The first regionc call per shape runs the autotuner (not timed).
+causal. The first regionc call per shape runs the autotuner (not timed). Unless ``--no-sweep``,
+every fixed config in ``SWEEP`` is timed too (``attention_triton(config=...)``, no autotuner),
+and the JSON records which one wins per shape.
 
     python benchmarks/kernels/bench_attention.py --out benchmarks/results/kernels
 """
@@ -38,11 +40,21 @@ def sdpa_backends():
     return out, sdpa_kernel
 
 
-def run(out_dir: str, dtype=torch.bfloat16) -> dict:
+SWEEP = [
+    {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": st}
+    for bm, bn, w, st in (
+        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+        (64, 64, 4, 4), (128, 64, 4, 4), (64, 128, 4, 3), (128, 32, 4, 4),
+    )
+]
+
+
+def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
     import regionc.ops  # noqa: F401
+    from regionc.ops.attention import attention_triton
 
     backends, sdpa_kernel = sdpa_backends()
-    rows = []
+    rows, sweeps = [], []
     with torch.inference_mode():
         for B, Hq, Hkv, S, D, causal, label in SHAPES:
             q = torch.randn(B, Hq, S, D, device="cuda", dtype=dtype)
@@ -65,10 +77,13 @@ def run(out_dir: str, dtype=torch.bfloat16) -> dict:
                 ms = C.try_bench(name, fn)
                 rows.append({"shape": label, "provider": name, "ms": ms,
                              "TFLOPs": None if ms is None else flops / (ms * 1e-3) / 1e12})
+            if sweep:
+                sweeps += C.sweep(label, SWEEP, lambda cfg: (
+                    lambda: attention_triton(q, k, v, causal, None, config=cfg)), flops=flops)
             del q, k, v, kr, vr
             torch.cuda.empty_cache()
     return C.report(out_dir, "attention", rows, "TFLOPs", "TFLOP/s", dtype=str(dtype),
-                    flops="4*B*Hq*Sq*Skv*D, halved for causal")
+                    flops="4*B*Hq*Sq*Skv*D, halved for causal", sweep=sweeps)
 
 
 def main():

@@ -20,6 +20,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="benchmarks/results/kernels")
     ap.add_argument("--only", nargs="*", choices=["rms_norm", "rope", "attention"], default=None)
+    ap.add_argument("--no-sweep", action="store_true", help="skip the launch-parameter sweeps")
     args = ap.parse_args()
     C.require_cuda("run_all")
     import bench_attention
@@ -34,7 +35,7 @@ def main():
             continue
         t0 = time.perf_counter()
         print(f"== {name}")
-        fn(args.out)
+        fn(args.out, sweep=not args.no_sweep)
         summary["seconds"][name] = round(time.perf_counter() - t0, 1)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

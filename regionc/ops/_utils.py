@@ -1,9 +1,9 @@
-"""Small helpers shared by the op modules: argument checks that also work on
-symbolic sizes (inside torch.compile's fake kernels), and Triton availability."""
+"""Small helpers shared by the op modules: op registration with the least per-call host cost,
+argument checks that also work on symbolic sizes (inside torch.compile's fake kernels), and
+Triton availability."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -62,28 +62,86 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
             raise ValueError(f"regionc.{op}: all inputs must be on one device, got {devs} ({n})")
 
 
-def cuda_guard(t: torch.Tensor):
-    """Make ``t``'s device current for the Triton launch (no-op when it already is)."""
-    if t.device.index is None or t.device.index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(t.device)
+_gpu_count: list[int] = []
+
+
+def needs_device_switch(t: torch.Tensor) -> bool:
+    """True when ``t`` is on a CUDA device other than the current one (only possible with 2+ GPUs):
+    the launcher then re-enters itself under ``torch.cuda.device(t.device)``. One cached int
+    comparison on single-GPU machines."""
+    if not _gpu_count:
+        _gpu_count.append(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return _gpu_count[0] > 1 and t.get_device() != torch.cuda.current_device()
+
+
+_sm_counts: dict[int, int] = {}
+
+
+def sm_count(t: torch.Tensor) -> int:
+    """Streaming multiprocessors of ``t``'s GPU (cached); 132 (an H100) for CPU tensors (interpreter)."""
+    idx = t.get_device()
+    n = _sm_counts.get(idx)
+    if n is None:
+        n = torch.cuda.get_device_properties(idx).multi_processor_count if idx >= 0 else 132
+        _sm_counts[idx] = n
+    return n
 
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def forbid_autograd(custom_op, op: str) -> None:
-    """Register a ``setup_context``/``backward`` pair that raises a clear error in the forward
-    as soon as an input requires grad under grad mode (these ops are forward-only)."""
+# --------------------------------------------------------------------------------------
+# registration (see regionc/ops/__init__.py for why this is not torch.library.custom_op)
+# --------------------------------------------------------------------------------------
 
-    def setup_context(ctx, inputs, output):
-        raise RuntimeError(
-            f"regionc.{op} is forward-only (inference): an input requires grad and grad mode is on. "
-            f"Run under torch.no_grad()/torch.inference_mode(), or do not use regionc ops for training."
-        )
+#: the one library fragment every regionc op is defined and implemented in (kept alive here)
+LIB = torch.library.Library("regionc", "FRAGMENT")
 
-    def backward(ctx, *grads):  # never reached: setup_context raised
-        raise RuntimeError(f"regionc.{op} has no backward")
+_after_autograd = torch._C._after_autograd_keyset
+_grad_enabled = torch.is_grad_enabled
 
-    custom_op.register_autograd(backward, setup_context=setup_context)
+
+def forward_only_error(op: str) -> RuntimeError:
+    return RuntimeError(
+        f"regionc.{op} is forward-only (inference): an input requires grad and grad mode is on. "
+        f"Run under torch.no_grad()/torch.inference_mode(), or do not use regionc ops for training."
+    )
+
+
+def check_no_grad(op: str, *tensors) -> None:
+    """Raise the forward-only error when grad mode is on and a tensor input requires grad."""
+    if _grad_enabled():
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise forward_only_error(op)
+
+
+def define_op(name: str, schema: str, *, cuda, fake) -> None:
+    """Define ``regionc::<name><schema>`` and register its kernels directly with the dispatcher.
+
+    * ``cuda``: the CUDA kernel (a plain Python function of the schema's arguments). The
+      ``AutogradCUDA`` key is a fallthrough, so a CUDA call is dispatcher → this function, nothing
+      else; the function itself raises the forward-only error (``check_no_grad``) when needed.
+    * ``fake``: the fake (meta) kernel for torch.compile.
+    * the CPU kernel comes from ``regionc._C`` (C++) or from ``register_cpu`` (torch reference).
+    * every other device (CPU included) passes a small Python ``Autograd`` kernel that raises the
+      forward-only error when grad mode is on and an input requires grad, then redispatches.
+    """
+    LIB.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
+    overload = getattr(getattr(torch.ops.regionc, name), "default")
+
+    def autograd_kernel(keyset, *args):
+        check_no_grad(name, *args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return overload.redispatch(keyset & _after_autograd, *args)
+
+    LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    LIB.impl(name, torch.library.fallthrough_kernel, "AutogradCUDA")
+    LIB.impl(name, cuda, "CUDA")
+    torch.library.register_fake("regionc::" + name, fake, lib=LIB)
+
+
+def register_cpu(name: str, fn) -> None:
+    """Register ``fn`` as the CPU kernel of ``regionc::<name>`` (the torch reference)."""
+    LIB.impl(name, fn, "CPU")

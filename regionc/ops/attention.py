@@ -28,15 +28,18 @@ import torch
 import torch.nn.functional as F
 
 from regionc.ops._utils import (
+    FLOAT_DTYPES,
     HAS_TRITON,
     check,
     check_float_dtype,
+    check_no_grad,
     check_same_device,
     check_tensor,
-    cuda_guard,
-    forbid_autograd,
+    define_op,
     log_once,
+    needs_device_switch,
     next_power_of_2,
+    register_cpu,
     tl,
     triton,
 )
@@ -166,6 +169,9 @@ def _seq_bucket(n: int) -> int:
 def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict | None = None):
     """Launch the Triton kernel. ``config`` (keys BLOCK_M, BLOCK_N, optional num_warps,
     num_stages) bypasses the autotuner: tests use it under TRITON_INTERPRET=1."""
+    if needs_device_switch(q):
+        with torch.cuda.device(q.device):
+            return attention_triton(q, k, v, causal, scale, config=config)
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1:
@@ -178,24 +184,24 @@ def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict
     if B * HQ * SQ == 0:
         return o
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), o.stride()
     args = (
         q, k, v, o, sm_scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(1), o.stride(2),
+        qs[0], qs[1], qs[2],
+        ks[0], ks[1], ks[2],
+        vs[0], vs[1], vs[2],
+        os_[0], os_[1], os_[2],
         HQ, HQ // HKV, SQ, SK, _seq_bucket(SQ), _seq_bucket(SK),
     )
-    with cuda_guard(q):
-        if config is None:
-            grid = lambda meta: (triton.cdiv(SQ, meta["BLOCK_M"]), B * HQ)  # noqa: E731
-            _attn_fwd_tuned[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal))
-        else:
-            cfg = dict(config)
-            warps = cfg.pop("num_warps", 4)
-            stages = cfg.pop("num_stages", 2)
-            grid = (triton.cdiv(SQ, cfg["BLOCK_M"]), B * HQ)
-            _attn_fwd_kernel[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal), num_warps=warps, num_stages=stages, **cfg)
+    if config is None:
+        grid = lambda meta: (triton.cdiv(SQ, meta["BLOCK_M"]), B * HQ)  # noqa: E731
+        _attn_fwd_tuned[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal))
+    else:
+        cfg = dict(config)
+        warps = cfg.pop("num_warps", 4)
+        stages = cfg.pop("num_stages", 2)
+        grid = (triton.cdiv(SQ, cfg["BLOCK_M"]), B * HQ)
+        _attn_fwd_kernel[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal), num_warps=warps, num_stages=stages, **cfg)
     return o
 
 
@@ -257,16 +263,36 @@ def _check_attention(q, k, v, causal, scale) -> None:
     check_same_device(op, q=q, k=k, v=v)
 
 
+def _attention_ok(q, k, v, causal, scale) -> bool:
+    """Cheap happy-path validation for real tensors: plain attribute comparisons, no formatting."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False
+    qs, ks = q.shape, k.shape
+    return (
+        q.dtype in FLOAT_DTYPES
+        and k.dtype == q.dtype
+        and v.dtype == q.dtype
+        and v.shape == ks
+        and ks[0] == qs[0]
+        and ks[3] == qs[3]
+        and ks[1] > 0
+        and qs[1] % ks[1] == 0
+        and k.get_device() == q.get_device()
+        and v.get_device() == q.get_device()
+    )
+
+
 # --------------------------------------------------------------------------------------
-# op registration
+# op registration (torch.library directly; see regionc/ops/__init__.py for why)
 # --------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("regionc::attention", mutates_args=(), device_types="cuda")
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+def _attention_cuda(q, k, v, causal, scale):
     """CUDA kernel (Triton), SDPA fallback for unsupported dtypes/head dims."""
-    _check_attention(q, k, v, causal, scale)
-    if triton_supported(q):
+    if not _attention_ok(q, k, v, causal, scale):
+        _check_attention(q, k, v, causal, scale)
+    check_no_grad("attention", q, k, v)
+    if HAS_TRITON and (q.dtype == torch.float16 or q.dtype == torch.bfloat16) and q.shape[3] in TRITON_HEAD_DIMS:
         return attention_triton(q, k, v, causal, scale)
     log_once(
         f"attn-fallback-{q.dtype}-{q.shape[-1]}",
@@ -276,16 +302,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, s
     return _sdpa_fallback(q, k, v, causal, scale)
 
 
-@attention.register_fake
-def _(q, k, v, causal, scale):
+def _attention_fake(q, k, v, causal, scale):
     _check_attention(q, k, v, causal, scale)
+    check_no_grad("attention", q, k, v)
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], q.shape[3]))
 
 
-@attention.register_kernel("cpu")
-def _(q, k, v, causal, scale):
+def _attention_cpu(q, k, v, causal, scale):
     _check_attention(q, k, v, causal, scale)
     return attention_reference(q, k, v, causal, scale)
 
 
-forbid_autograd(attention, "attention")
+define_op(
+    "attention", "(Tensor q, Tensor k, Tensor v, bool causal, float? scale) -> Tensor",
+    cuda=_attention_cuda, fake=_attention_fake,
+)
+register_cpu("attention", _attention_cpu)

@@ -21,6 +21,12 @@ in place, so it is safe inside Inductor graphs. ``residual`` must have x's shape
 
 Inputs whose last dim is not unit-stride (or whose rows cannot be viewed as a 2-D matrix) are
 made contiguous by the launcher (one copy); outputs are always contiguous.
+
+CUDA launch heuristic (``_compute_params``, cached per power-of-two bucket of the row count):
+rows up to 32768 wide live in registers, one row per program, ``num_warps`` by width as in
+Liger-Kernel / Inductor's persistent reductions (4 up to 1024, 8 up to 4096, 16 up to 32768);
+rows narrower than 1024 take several rows per program (up to 16, about 4096 elements) as long
+as the grid keeps two programs per SM; wider rows loop over 4096-element chunks (two passes).
 """
 
 from __future__ import annotations
@@ -29,14 +35,18 @@ import torch
 
 from regionc.ops import _extension
 from regionc.ops._utils import (
+    FLOAT_DTYPES,
     HAS_TRITON,
     check,
     check_float_dtype,
+    check_no_grad,
     check_same_device,
     check_tensor,
-    cuda_guard,
+    define_op,
+    needs_device_switch,
     next_power_of_2,
-    forbid_autograd,
+    register_cpu,
+    sm_count,
     tl,
     triton,
 )
@@ -59,8 +69,6 @@ if HAS_TRITON:
         RES_OUT,
         stride_x,
         stride_r,
-        stride_y,
-        stride_ro,
         n_rows,
         N,
         eps,
@@ -71,12 +79,12 @@ if HAS_TRITON:
     ):
         """ROWS rows per program. LOOP=False: the whole row (BLOCK_N >= N) lives in registers.
         LOOP=True: one row per program, chunks of BLOCK_N: pass 1 sums squares (and writes
-        x + residual), pass 2 normalises."""
+        x + residual), pass 2 normalises. Y and RES_OUT are contiguous [n_rows, N]."""
         pid = tl.program_id(0)
-        rows = pid * ROWS + tl.arange(0, ROWS)
-        row_mask = rows < n_rows
-        rows64 = rows.to(tl.int64)
         if not LOOP:
+            rows = pid * ROWS + tl.arange(0, ROWS)
+            row_mask = rows < n_rows
+            rows64 = rows.to(tl.int64)
             cols = tl.arange(0, BLOCK_N)
             col_mask = cols < N
             mask = row_mask[:, None] & col_mask[None, :]
@@ -84,12 +92,12 @@ if HAS_TRITON:
             if HAS_RES:
                 r = tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
                 x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
-                tl.store(RES_OUT + rows64[:, None] * stride_ro + cols[None, :], x, mask=mask)
+                tl.store(RES_OUT + rows64[:, None] * N + cols[None, :], x, mask=mask)
             xf = x.to(tl.float32)
             rstd = tl.rsqrt(tl.sum(xf * xf, axis=1) / N + eps)
             w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
             y = xf * rstd[:, None] * w[None, :]
-            tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+            tl.store(Y + rows64[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
         else:
             # one row per program (ROWS == 1)
             row = pid.to(tl.int64)
@@ -101,7 +109,7 @@ if HAS_TRITON:
                 if HAS_RES:
                     r = tl.load(R + row * stride_r + cols, mask=m, other=0.0)
                     x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
-                    tl.store(RES_OUT + row * stride_ro + cols, x, mask=m)
+                    tl.store(RES_OUT + row * N + cols, x, mask=m)
                 xf = x.to(tl.float32)
                 acc += xf * xf
             rstd = tl.rsqrt(tl.sum(acc, axis=0) / N + eps)
@@ -109,36 +117,52 @@ if HAS_TRITON:
                 cols = start + tl.arange(0, BLOCK_N)
                 m = cols < N
                 if HAS_RES:
-                    x = tl.load(RES_OUT + row * stride_ro + cols, mask=m, other=0.0)
+                    x = tl.load(RES_OUT + row * N + cols, mask=m, other=0.0)
                 else:
                     x = tl.load(X + row * stride_x + cols, mask=m, other=0.0)
                 w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
                 y = x.to(tl.float32) * rstd * w
-                tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=m)
+                tl.store(Y + row * N + cols, y.to(Y.dtype.element_ty), mask=m)
 
 
-def _launch_params(n_rows: int, n: int) -> tuple[int, int, int, bool]:
-    """(BLOCK_N, ROWS, num_warps, LOOP) for a [n_rows, n] problem."""
+def _warps_for(elems: int) -> int:
+    """num_warps for a tile of ``elems`` elements held in registers (Liger / Inductor-like:
+    ~8-16 elements per thread, at most 32 warps)."""
+    if elems >= 65536:
+        return 32
+    if elems >= 8192:
+        return 16
+    if elems >= 2048:
+        return 8
+    return max(1, min(4, elems // 256))
+
+
+def _compute_params(n_rows: int, n: int, sms: int) -> tuple[int, int, int, bool]:
     block = next_power_of_2(n)
     if block > MAX_FUSED_BLOCK:
         return 4096, 1, 8, True
-    # narrow rows: several rows per program, about 4096 elements per program
     rows = 1
-    if block <= 1024:
+    if block < 1024:
+        # narrow rows: several rows per program (about 2048-4096 elements per program), but
+        # keep at least two programs per SM so small batches still spread over the GPU
         rows = max(1, min(16, 4096 // block))
-        # keep at least ~ 2 programs per SM-ish when the batch is small
-        while rows > 1 and (n_rows + rows - 1) // rows < 128:
+        while rows > 1 and (n_rows + rows - 1) // rows < 2 * sms:
             rows //= 2
-    elems = block * rows
-    if elems >= 32768:
-        warps = 32 if elems >= 65536 else 16
-    elif elems >= 8192:
-        warps = 16
-    elif elems >= 2048:
-        warps = 8
-    else:
-        warps = 4
-    return block, rows, warps, False
+    return block, rows, _warps_for(block * rows), False
+
+
+#: (row-count bucket, hidden size, SM count) -> (BLOCK_N, ROWS, num_warps, LOOP)
+_PARAMS: dict[tuple[int, int, int], tuple[int, int, int, bool]] = {}
+
+
+def _launch_params(n_rows: int, n: int, sms: int = 132) -> tuple[int, int, int, bool]:
+    """(BLOCK_N, ROWS, num_warps, LOOP) for a [n_rows, n] problem, cached per power-of-two bucket
+    of n_rows (the heuristic runs on the bucket's lower bound, so it never under-fills the GPU)."""
+    key = (n_rows.bit_length(), n, sms)
+    p = _PARAMS.get(key)
+    if p is None:
+        p = _PARAMS[key] = _compute_params(1 << max(key[0] - 1, 0), n, sms)
+    return p
 
 
 def _as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -157,43 +181,55 @@ def rms_norm_triton(
     block_n: int | None = None,
     rows: int | None = None,
     loop: bool | None = None,
+    num_warps: int | None = None,
 ):
     """Launch the Triton kernel. Returns ``y`` or ``(y, x + residual)`` when residual is given.
 
-    ``block_n``/``rows``/``loop`` override the heuristics (tests use them to exercise the
-    multi-row and chunked paths on tiny shapes under TRITON_INTERPRET=1)."""
+    ``block_n``/``rows``/``loop``/``num_warps`` override the heuristics (tests use them to
+    exercise the multi-row and chunked paths on tiny shapes under TRITON_INTERPRET=1; the
+    benchmark sweeps them).
+
+    The common case (contiguous x, residual and weight) costs a few attribute reads, one or
+    two ``empty_like`` and the launch; other strides go through one reshape (and a copy only
+    when the last dim is not unit-stride)."""
+    if needs_device_switch(x):
+        with torch.cuda.device(x.device):
+            return rms_norm_triton(x, weight, eps, residual, block_n=block_n, rows=rows, loop=loop,
+                                   num_warps=num_warps)
     n = x.shape[-1]
-    x2 = _as_rows(x, n)
-    m = x2.shape[0]
-    w = weight if weight.stride(0) == 1 else weight.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if residual is not None:
-        r2 = _as_rows(residual, n)
-        res_out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if x.is_contiguous():
+        x2, sx = x, n
+        m = x.numel() // n if n else 0
+        y = torch.empty_like(x)
     else:
-        r2, res_out = x2, y  # unused (HAS_RES=False)
-    block, rws, warps, lp = _launch_params(m, n)
-    if block_n is not None:
-        block = block_n
-    if rows is not None:
-        rws = rows
-    if loop is not None:
-        lp = loop
-    if lp:
-        rws = 1
-    if m > 0 and n > 0:
-        with cuda_guard(x):
-            _rms_norm_fwd_kernel[(triton.cdiv(m, rws),)](
-                x2, r2, w, y, res_out,
-                x2.stride(0), r2.stride(0), y.stride(0), res_out.stride(0),
-                m, n, eps,
-                HAS_RES=residual is not None, ROWS=rws, BLOCK_N=block, LOOP=lp,
-                num_warps=warps,
-            )
-    y = y.view(x.shape)
-    if residual is None:
-        return y
-    return y, res_out.view(x.shape)
+        x2 = _as_rows(x, n)
+        sx, m = x2.stride(0), x2.shape[0]
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    if residual is not None:
+        if residual.is_contiguous():
+            r2, sr = residual, n
+        else:
+            r2 = _as_rows(residual, n)
+            sr = r2.stride(0)
+        res_out = torch.empty_like(y)
+    else:
+        r2, sr, res_out = x2, sx, y  # unused (HAS_RES=False)
+    if m == 0 or n == 0:
+        return y if residual is None else (y, res_out)
+    block, rws, warps, lp = _launch_params(m, n, sm_count(x))
+    if block_n is not None or rows is not None or loop is not None or num_warps is not None:
+        block = block_n or block
+        rws = rows or rws
+        lp = lp if loop is None else loop
+        if lp:
+            rws = 1
+        warps = num_warps or warps
+    _rms_norm_fwd_kernel[((m + rws - 1) // rws,)](
+        x2, r2, w, y, res_out, sx, sr, m, n, eps,
+        HAS_RES=residual is not None, ROWS=rws, BLOCK_N=block, LOOP=lp, num_warps=warps,
+    )
+    return y if residual is None else (y, res_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -213,11 +249,13 @@ def fused_add_rms_norm_reference(x, residual, weight, eps):
 
 
 # --------------------------------------------------------------------------------------
-# validation (shared by fake and real kernels; works on symbolic sizes)
+# validation
 # --------------------------------------------------------------------------------------
 
 
 def _check_rms(op: str, x, weight, eps, residual=None) -> None:
+    """Full validation with messages naming the bad argument; works on symbolic sizes (fake
+    kernels). The real kernels run ``_rms_ok`` first and call this only when it fails."""
     check_tensor(x, "x", op)
     check_tensor(weight, "weight", op)
     check_float_dtype(x, "x", op)
@@ -245,36 +283,51 @@ def _check_rms(op: str, x, weight, eps, residual=None) -> None:
         check_same_device(op, x=x, weight=weight)
 
 
+def _rms_ok(x, weight, residual) -> bool:
+    """Cheap happy-path validation for real (non-symbolic) tensors: plain attribute comparisons,
+    no string formatting. False means "run _check_rms", which raises the named error."""
+    return (
+        x.dtype in FLOAT_DTYPES
+        and weight.dtype in FLOAT_DTYPES
+        and weight.dim() == 1
+        and x.dim() >= 1
+        and weight.shape[0] == x.shape[-1]
+        and weight.get_device() == x.get_device()
+        and (
+            residual is None
+            or (residual.dtype == x.dtype and residual.shape == x.shape and residual.get_device() == x.get_device())
+        )
+    )
+
+
 # --------------------------------------------------------------------------------------
-# op registration
+# op registration (torch.library directly; see regionc/ops/__init__.py for why)
 # --------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("regionc::rms_norm", mutates_args=(), device_types="cuda")
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """CUDA kernel (Triton)."""
-    _check_rms("rms_norm", x, weight, eps)
+def _rms_norm_cuda(x, weight, eps):
+    if not _rms_ok(x, weight, None):
+        _check_rms("rms_norm", x, weight, eps)
+    check_no_grad("rms_norm", x, weight)
     return rms_norm_triton(x, weight, eps)
 
 
-@rms_norm.register_fake
-def _(x, weight, eps):
-    _check_rms("rms_norm", x, weight, eps)
-    return x.new_empty(x.shape)
-
-
-@torch.library.custom_op("regionc::fused_add_rms_norm", mutates_args=(), device_types="cuda")
-def fused_add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CUDA kernel (Triton)."""
-    _check_rms("fused_add_rms_norm", x, weight, eps, residual)
+def _fused_add_rms_norm_cuda(x, residual, weight, eps):
+    if not _rms_ok(x, weight, residual):
+        _check_rms("fused_add_rms_norm", x, weight, eps, residual)
+    check_no_grad("fused_add_rms_norm", x, residual, weight)
     return rms_norm_triton(x, weight, eps, residual)
 
 
-@fused_add_rms_norm.register_fake
-def _(x, residual, weight, eps):
+def _rms_norm_fake(x, weight, eps):
+    _check_rms("rms_norm", x, weight, eps)
+    check_no_grad("rms_norm", x, weight)
+    return x.new_empty(x.shape)
+
+
+def _fused_add_rms_norm_fake(x, residual, weight, eps):
     _check_rms("fused_add_rms_norm", x, weight, eps, residual)
+    check_no_grad("fused_add_rms_norm", x, residual, weight)
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
@@ -288,10 +341,14 @@ def _fused_add_rms_norm_cpu(x, residual, weight, eps):
     return fused_add_rms_norm_reference(x, residual, weight, eps)
 
 
+define_op(
+    "rms_norm", "(Tensor x, Tensor weight, float eps) -> Tensor", cuda=_rms_norm_cuda, fake=_rms_norm_fake
+)
+define_op(
+    "fused_add_rms_norm", "(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)",
+    cuda=_fused_add_rms_norm_cuda, fake=_fused_add_rms_norm_fake,
+)
 if not _extension.available():
     # regionc._C registers C++ CPU kernels for these ops; register the references only without it
-    rms_norm.register_kernel("cpu")(_rms_norm_cpu)
-    fused_add_rms_norm.register_kernel("cpu")(_fused_add_rms_norm_cpu)
-
-forbid_autograd(rms_norm, "rms_norm")
-forbid_autograd(fused_add_rms_norm, "fused_add_rms_norm")
+    register_cpu("rms_norm", _rms_norm_cpu)
+    register_cpu("fused_add_rms_norm", _fused_add_rms_norm_cpu)

@@ -14,6 +14,16 @@ Op (namespace ``regionc``)::
   ``out[2i] = x[2i]*cos[2i] - x[2i+1]*sin[2i]``, ``out[2i+1] = x[2i+1]*cos[2i+1] + x[2i]*sin[2i+1]``.
 * Computed in fp32, outputs in q's dtype (k must share it), contiguous in the given layout.
   Functional: q and k are not modified.
+
+CUDA kernel (memory-bound; the goal is the device copy bandwidth): a program owns a block of
+``BLOCK_S`` tokens of one batch row and a group of heads (``BLOCK_HQ`` q heads and ``BLOCK_HK``
+k heads; one group = all heads unless that tile would be too large, or the grid too small).
+It loads its cos/sin rows once, as ``[BLOCK_S, 1, D]``, and applies them to 3-D tiles
+``[BLOCK_S, heads, D/2]`` of q and of k (both halves for rotate-half; the whole head dim plus its
+pair partner, which hits the same cache lines, for interleaved). Tiles are contiguous runs of
+memory in both layouts (``bshd``: all heads of a token are adjacent; ``bhsd``: the tokens of a
+head are adjacent). The group index varies fastest over the grid, so the programs that share a
+token block's cos/sin run together. Offsets are 64-bit.
 """
 
 from __future__ import annotations
@@ -22,14 +32,18 @@ import torch
 
 from regionc.ops import _extension
 from regionc.ops._utils import (
+    FLOAT_DTYPES,
     HAS_TRITON,
     check,
     check_float_dtype,
+    check_no_grad,
     check_same_device,
     check_tensor,
-    cuda_guard,
-    forbid_autograd,
+    define_op,
+    needs_device_switch,
     next_power_of_2,
+    register_cpu,
+    sm_count,
     tl,
     triton,
 )
@@ -44,79 +58,207 @@ LAYOUTS = ("bhsd", "bshd")
 if HAS_TRITON:
 
     @triton.jit
-    def _rope_heads(
-        X, XO, base_in, base_out, stride_h_in, stride_h_out, H, h_start,
-        c1, s1, c2, s2, offs_d, d_mask,
-        HALF: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
+    def _rope_tile(
+        X, XO, b, offs_s, s_mask, s64, offs_h, H, S, sx_b, sx_s, sx_h,
+        offs_d, d_mask, c1, s1, c2, s2,
+        D: tl.constexpr, BHSD: tl.constexpr, INTERLEAVED: tl.constexpr,
     ):
-        offs_h = h_start + tl.arange(0, BLOCK_H)
-        mask = (offs_h < H)[:, None] & d_mask[None, :]
-        p_in = X + base_in + offs_h[:, None].to(tl.int64) * stride_h_in
-        p_out = XO + base_out + offs_h[:, None].to(tl.int64) * stride_h_out
-        if INTERLEAVED:
-            # offs_d covers the full head dim; partner of d is d ^ 1
-            x = tl.load(p_in + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-            xp = tl.load(p_in + (offs_d ^ 1)[None, :], mask=mask, other=0.0).to(tl.float32)
-            even = (offs_d % 2) == 0
-            rot = tl.where(even[None, :], -xp, xp)
-            out = x * c1[None, :] + rot * s1[None, :]
-            tl.store(p_out + offs_d[None, :], out.to(XO.dtype.element_ty), mask=mask)
+        """Rotate the [BLOCK_S, BLOCK_H, BLOCK_D] tile of X (heads offs_h) into XO (contiguous)."""
+        h_mask = offs_h < H
+        h64 = offs_h.to(tl.int64)
+        mask = s_mask[:, None, None] & h_mask[None, :, None] & d_mask[None, None, :]
+        in_off = b * sx_b + (s64 * sx_s)[:, None, None] + (h64 * sx_h)[None, :, None]
+        if BHSD:
+            out_off = ((b * H + h64)[None, :, None] * S + s64[:, None, None]) * D
         else:
-            # offs_d covers one half; load both halves separately (no gather)
-            x1 = tl.load(p_in + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-            x2 = tl.load(p_in + HALF + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-            o1 = x1 * c1[None, :] - x2 * s1[None, :]
-            o2 = x2 * c2[None, :] + x1 * s2[None, :]
-            tl.store(p_out + offs_d[None, :], o1.to(XO.dtype.element_ty), mask=mask)
-            tl.store(p_out + HALF + offs_d[None, :], o2.to(XO.dtype.element_ty), mask=mask)
+            out_off = ((b * S + s64)[:, None, None] * H + h64[None, :, None]) * D
+        d3 = offs_d[None, None, :]
+        if INTERLEAVED:
+            # the tile covers the whole head dim; the partner of d is d ^ 1 (same cache lines)
+            x = tl.load(X + in_off + d3, mask=mask, other=0.0).to(tl.float32)
+            xp = tl.load(X + in_off + (offs_d ^ 1)[None, None, :], mask=mask, other=0.0).to(tl.float32)
+            even = ((offs_d % 2) == 0)[None, None, :]
+            out = x * c1 + tl.where(even, -xp, xp) * s1
+            tl.store(XO + out_off + d3, out.to(XO.dtype.element_ty), mask=mask)
+        else:
+            # the tile covers one half; both halves are loaded (each element read once)
+            x1 = tl.load(X + in_off + d3, mask=mask, other=0.0).to(tl.float32)
+            x2 = tl.load(X + in_off + D // 2 + d3, mask=mask, other=0.0).to(tl.float32)
+            o1 = x1 * c1 - x2 * s1
+            o2 = x2 * c2 + x1 * s2
+            tl.store(XO + out_off + d3, o1.to(XO.dtype.element_ty), mask=mask)
+            tl.store(XO + out_off + D // 2 + d3, o2.to(XO.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _rope_fwd_kernel(
         Q, K, COS, SIN, QO, KO,
         sq_b, sq_s, sq_h,
         sk_b, sk_s, sk_h,
-        sqo_b, sqo_s, sqo_h,
-        sko_b, sko_s, sko_h,
-        sc_b, sc_s, ss_b, ss_s,
-        S, HQ, HK,
+        sc_b, sc_s,
+        S, HQ, HK, n_sblocks, n_groups,
         D: tl.constexpr,
-        HALF: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        BLOCK_S: tl.constexpr,
         BLOCK_HQ: tl.constexpr,
         BLOCK_HK: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        BHSD: tl.constexpr,
     ):
-        """One program per (token, block of heads): cos/sin loaded once, then the q heads
-        [pid_h*BLOCK_HQ, ...) and the k heads [pid_h*BLOCK_HK, ...)."""
-        tok = tl.program_id(0)
-        pid_h = tl.program_id(1)
-        b = (tok // S).to(tl.int64)
-        s = (tok % S).to(tl.int64)
+        """Program = (batch b, token block, head group g), g fastest. cos/sin [BLOCK_S, 1, BLOCK_D]
+        loaded once and reused for every q and k head of the group. cos and sin share strides."""
+        pid = tl.program_id(0)
+        g = pid % n_groups
+        rest = pid // n_groups
+        sblk = rest % n_sblocks
+        b = (rest // n_sblocks).to(tl.int64)
+        offs_s = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
+        s_mask = offs_s < S
+        s64 = offs_s.to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
-        cbase = COS + b * sc_b + s * sc_s
-        sbase = SIN + b * ss_b + s * ss_s
         if INTERLEAVED:
             d_mask = offs_d < D
-            c1 = tl.load(cbase + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-            s1 = tl.load(sbase + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        else:
+            d_mask = offs_d < D // 2
+        t_off = b * sc_b + (s64 * sc_s)[:, None, None] + offs_d[None, None, :]
+        t_mask = s_mask[:, None, None] & d_mask[None, None, :]
+        c1 = tl.load(COS + t_off, mask=t_mask, other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + t_off, mask=t_mask, other=0.0).to(tl.float32)
+        if INTERLEAVED:
             c2 = c1
             s2 = s1
         else:
-            d_mask = offs_d < HALF
-            c1 = tl.load(cbase + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-            s1 = tl.load(sbase + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-            c2 = tl.load(cbase + HALF + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-            s2 = tl.load(sbase + HALF + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-        _rope_heads(Q, QO, b * sq_b + s * sq_s, b * sqo_b + s * sqo_s, sq_h, sqo_h, HQ, pid_h * BLOCK_HQ,
-                    c1, s1, c2, s2, offs_d, d_mask, HALF, BLOCK_HQ, INTERLEAVED)
-        _rope_heads(K, KO, b * sk_b + s * sk_s, b * sko_b + s * sko_s, sk_h, sko_h, HK, pid_h * BLOCK_HK,
-                    c1, s1, c2, s2, offs_d, d_mask, HALF, BLOCK_HK, INTERLEAVED)
+            c2 = tl.load(COS + t_off + D // 2, mask=t_mask, other=0.0).to(tl.float32)
+            s2 = tl.load(SIN + t_off + D // 2, mask=t_mask, other=0.0).to(tl.float32)
+        offs_hq = g * BLOCK_HQ + tl.arange(0, BLOCK_HQ)
+        _rope_tile(Q, QO, b, offs_s, s_mask, s64, offs_hq, HQ, S, sq_b, sq_s, sq_h,
+                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED)
+        offs_hk = g * BLOCK_HK + tl.arange(0, BLOCK_HK)
+        _rope_tile(K, KO, b, offs_s, s_mask, s64, offs_hk, HK, S, sk_b, sk_s, sk_h,
+                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED)
 
 
-def _bsh_strides(t: torch.Tensor, layout: str) -> tuple[int, int, int]:
-    if layout == "bhsd":
-        return t.stride(0), t.stride(2), t.stride(1)
-    return t.stride(0), t.stride(1), t.stride(2)
+#: elements (q + k, whole head dims) one program's tiles may hold
+TILE_ELEMS = 4096
+#: programs per SM the grid should reach before tiles are made larger
+MIN_PROGRAMS_PER_SM = 4
+
+
+def _warps_for(elems: int) -> int:
+    """~8-16 elements per thread: memory-bound, keep registers low and occupancy high."""
+    if elems >= 4096:
+        return 8
+    if elems >= 2048:
+        return 4
+    if elems >= 1024:
+        return 2
+    return 1
+
+
+def _compute_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, sms: int):
+    """(BLOCK_S, BLOCK_HQ, BLOCK_HK, n_groups, num_warps) for a problem."""
+    dpad = next_power_of_2(D)
+    bhq, bhk = next_power_of_2(HQ), next_power_of_2(HK)
+
+    def split(groups):
+        return next_power_of_2(-(-HQ // groups)), next_power_of_2(-(-HK // groups))
+
+    groups = 1
+    # 1) one token's heads must fit the tile budget: split heads into groups
+    while (bhq + bhk) * dpad > TILE_ELEMS and (bhq > 1 or bhk > 1):
+        groups *= 2
+        bhq, bhk = split(groups)
+    # 2) fill the tile with several tokens when heads are few / narrow
+    block_s = 1
+    while block_s * 2 * (bhq + bhk) * dpad <= TILE_ELEMS and block_s * 2 <= next_power_of_2(S):
+        block_s *= 2
+
+    def n_programs(bs, bq, bk):
+        return B * (-(-S // bs)) * max(-(-HQ // bq), -(-HK // bk))
+
+    # 3) small problems: fewer tokens per program, then fewer heads per program, until the grid
+    #    has MIN_PROGRAMS_PER_SM programs per SM (or the tile is one token, one head)
+    target = MIN_PROGRAMS_PER_SM * sms
+    while n_programs(block_s, bhq, bhk) < target and block_s > 1:
+        block_s //= 2
+    while n_programs(block_s, bhq, bhk) < target and (bhq > 1 or bhk > 1):
+        groups *= 2
+        bhq, bhk = split(groups)
+    n_groups = max(-(-HQ // bhq), -(-HK // bhk))
+    return block_s, bhq, bhk, n_groups, _warps_for(block_s * (bhq + bhk) * dpad)
+
+
+_PARAMS: dict[tuple, tuple[int, int, int, int, int]] = {}
+
+
+def _launch_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, sms: int):
+    """``_compute_params`` cached per power-of-two buckets of the token count and of S (the
+    heuristic runs on the buckets' lower bounds)."""
+    key = ((B * S).bit_length(), S.bit_length(), HQ, HK, D, interleaved, sms)
+    p = _PARAMS.get(key)
+    if p is None:
+        s_rep = 1 << (key[1] - 1)
+        b_rep = max(1, (1 << (key[0] - 1)) // s_rep)
+        p = _PARAMS[key] = _compute_params(b_rep, s_rep, HQ, HK, D, interleaved, sms)
+    return p
+
+
+def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None = None,
+                heads_per_block: int | None = None, num_warps: int | None = None):
+    """Launch the Triton kernel. ``block_s`` (tokens per program), ``heads_per_block`` (q heads
+    per program; k heads scale by Hk/Hq) and ``num_warps`` override the heuristics (tests,
+    benchmark sweeps)."""
+    if needs_device_switch(q):
+        with torch.cuda.device(q.device):
+            return rope_triton(q, k, cos, sin, style, layout, block_s=block_s,
+                               heads_per_block=heads_per_block, num_warps=num_warps)
+    qst, kst, cst = q.stride(), k.stride(), cos.stride()
+    if qst[3] != 1:
+        q = q.contiguous()
+        qst = q.stride()
+    if kst[3] != 1:
+        k = k.contiguous()
+        kst = k.stride()
+    if cst[-1] != 1 or sin.stride() != cst:
+        cos, sin = cos.contiguous(), sin.contiguous()
+        cst = cos.stride()
+    qo = torch.empty_like(q) if q.is_contiguous() else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    ko = torch.empty_like(k) if k.is_contiguous() else torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    bhsd = layout == "bhsd"
+    if bhsd:
+        B, HQ, S, D = q.shape
+        HK = k.shape[1]
+        sq_b, sq_h, sq_s = qst[0], qst[1], qst[2]
+        sk_b, sk_h, sk_s = kst[0], kst[1], kst[2]
+    else:
+        B, S, HQ, D = q.shape
+        HK = k.shape[2]
+        sq_b, sq_s, sq_h = qst[0], qst[1], qst[2]
+        sk_b, sk_s, sk_h = kst[0], kst[1], kst[2]
+    if B * S == 0 or D == 0 or HQ + HK == 0:
+        return qo, ko
+    if cos.dim() == 2:
+        sc_b, sc_s = 0, cst[0]
+    else:
+        sc_b, sc_s = (0 if cos.shape[0] == 1 else cst[0]), cst[1]
+    interleaved = style == "interleaved"
+    bs, bhq, bhk, groups, warps = _launch_params(B, S, HQ, HK, D, interleaved, sm_count(q))
+    if block_s is not None or heads_per_block is not None or num_warps is not None:
+        bs = block_s or bs
+        if heads_per_block is not None:
+            g = -(-HQ // heads_per_block)
+            bhq = next_power_of_2(heads_per_block)
+            bhk = next_power_of_2(-(-HK // g))
+            groups = max(-(-HQ // bhq), -(-HK // bhk))
+        warps = num_warps or warps
+    n_sblocks = -(-S // bs)
+    _rope_fwd_kernel[(B * n_sblocks * groups,)](
+        q, k, cos, sin, qo, ko,
+        sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
+        S, HQ, HK, n_sblocks, groups,
+        D=D, BLOCK_D=next_power_of_2(D if interleaved else D // 2), BLOCK_S=bs,
+        BLOCK_HQ=bhq, BLOCK_HK=bhk, INTERLEAVED=interleaved, BHSD=bhsd, num_warps=warps,
+    )
+    return qo, ko
 
 
 def _dims(t: torch.Tensor, layout: str):
@@ -124,50 +266,6 @@ def _dims(t: torch.Tensor, layout: str):
     if layout == "bhsd":
         return t.shape[0], t.shape[2], t.shape[1], t.shape[3]
     return t.shape[0], t.shape[1], t.shape[2], t.shape[3]
-
-
-def _table_strides(c: torch.Tensor) -> tuple[int, int]:
-    """(batch stride, seq stride) of a cos/sin table, batch stride 0 when broadcast."""
-    if c.dim() == 2:
-        return 0, c.stride(0)
-    return (0 if c.shape[0] == 1 else c.stride(0)), c.stride(1)
-
-
-def rope_triton(q, k, cos, sin, style: str, layout: str, *, heads_per_block: int | None = None):
-    """Launch the Triton kernel; ``heads_per_block`` overrides the head-block size (tests)."""
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if cos.stride(-1) != 1:
-        cos = cos.contiguous()
-    if sin.stride(-1) != 1:
-        sin = sin.contiguous()
-    B, S, HQ, D = _dims(q, layout)
-    HK = k.shape[1] if layout == "bhsd" else k.shape[2]
-    qo = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    ko = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    if B * S == 0 or D == 0:
-        return qo, ko
-    interleaved = style == "interleaved"
-    block_d = next_power_of_2(D if interleaved else D // 2)
-    cap = heads_per_block or max(1, 4096 // next_power_of_2(D))
-    bhq = min(next_power_of_2(HQ), next_power_of_2(cap))
-    bhk = min(next_power_of_2(HK), next_power_of_2(cap))
-    n_hblocks = max(triton.cdiv(HQ, bhq), triton.cdiv(HK, bhk))
-    elems = (bhq + bhk) * next_power_of_2(D)
-    warps = 8 if elems >= 4096 else (4 if elems >= 1024 else 2)
-    with cuda_guard(q):
-        _rope_fwd_kernel[(B * S, n_hblocks)](
-            q, k, cos, sin, qo, ko,
-            *_bsh_strides(q, layout), *_bsh_strides(k, layout),
-            *_bsh_strides(qo, layout), *_bsh_strides(ko, layout),
-            *_table_strides(cos), *_table_strides(sin),
-            S, HQ, HK,
-            D=D, HALF=D // 2, BLOCK_D=block_d, BLOCK_HQ=bhq, BLOCK_HK=bhk, INTERLEAVED=interleaved,
-            num_warps=warps,
-        )
-    return qo, ko
 
 
 # --------------------------------------------------------------------------------------
@@ -203,6 +301,8 @@ def rope_reference(q, k, cos, sin, style: str, layout: str, compute_dtype=torch.
 
 
 def _check_rope(q, k, cos, sin, style, layout) -> None:
+    """Full validation with messages naming the bad argument; works on symbolic sizes (fake
+    kernels). The real kernels run ``_rope_ok`` first and call this only when it fails."""
     op = "rope"
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
         check_tensor(t, name, op)
@@ -232,23 +332,55 @@ def _check_rope(q, k, cos, sin, style, layout) -> None:
     check_same_device(op, q=q, k=k, cos=cos, sin=sin)
 
 
+def _rope_ok(q, k, cos, sin, style, layout) -> bool:
+    """Cheap happy-path validation for real tensors: plain attribute comparisons, no formatting."""
+    if q.dim() != 4 or k.dim() != 4:
+        return False
+    qs, ks, cs = q.shape, k.shape, cos.shape
+    if layout == "bhsd":
+        S, kS = qs[2], ks[2]
+    elif layout == "bshd":
+        S, kS = qs[1], ks[1]
+    else:
+        return False
+    D = qs[3]
+    nc = len(cs)
+    return (
+        (style == "rotate_half" or style == "interleaved")
+        and q.dtype in FLOAT_DTYPES
+        and k.dtype == q.dtype
+        and cos.dtype in FLOAT_DTYPES
+        and sin.dtype in FLOAT_DTYPES
+        and ks[0] == qs[0]
+        and kS == S
+        and ks[3] == D
+        and D % 2 == 0
+        and (nc == 2 or nc == 3)
+        and sin.shape == cs
+        and cs[-1] == D
+        and cs[-2] == S
+        and (nc == 2 or cs[0] == 1 or cs[0] == qs[0])
+        and k.get_device() == q.get_device()
+        and cos.get_device() == q.get_device()
+        and sin.get_device() == q.get_device()
+    )
+
+
 # --------------------------------------------------------------------------------------
-# op registration
+# op registration (torch.library directly; see regionc/ops/__init__.py for why)
 # --------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("regionc::rope", mutates_args=(), device_types="cuda")
-def rope(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str, layout: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CUDA kernel (Triton)."""
-    _check_rope(q, k, cos, sin, style, layout)
+def _rope_cuda(q, k, cos, sin, style, layout):
+    if not _rope_ok(q, k, cos, sin, style, layout):
+        _check_rope(q, k, cos, sin, style, layout)
+    check_no_grad("rope", q, k, cos, sin)
     return rope_triton(q, k, cos, sin, style, layout)
 
 
-@rope.register_fake
-def _(q, k, cos, sin, style, layout):
+def _rope_fake(q, k, cos, sin, style, layout):
     _check_rope(q, k, cos, sin, style, layout)
+    check_no_grad("rope", q, k, cos, sin)
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
@@ -257,7 +389,9 @@ def _rope_cpu(q, k, cos, sin, style, layout):
     return rope_reference(q, k, cos, sin, style, layout)
 
 
+define_op(
+    "rope", "(Tensor q, Tensor k, Tensor cos, Tensor sin, str style, str layout) -> (Tensor, Tensor)",
+    cuda=_rope_cuda, fake=_rope_fake,
+)
 if not _extension.available():
-    rope.register_kernel("cpu")(_rope_cpu)
-
-forbid_autograd(rope, "rope")
+    register_cpu("rope", _rope_cpu)

@@ -45,10 +45,15 @@ def rms64(x, w, eps):
 
 # ---------------------------------------------------------------- rms_norm
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    for shape, kw in (((5, 40), {}), ((9, 24), {"rows": 4}), ((3, 50), {"loop": True, "block_n": 16}),
-                      ((2, 3, 33), {})):
-        x = torch.randn(shape, generator=gen).to(dtype)
-        r = torch.randn(shape, generator=gen).to(dtype)
+    for shape, kw, strided in (((5, 40), {}, False), ((9, 24), {"rows": 4}, False),
+                               ((3, 50), {"loop": True, "block_n": 16}, False), ((2, 3, 33), {}, False),
+                               ((7, 20), {"rows": 2}, True), ((4, 3, 20), {"loop": True, "block_n": 8}, True)):
+        if strided:  # x: row stride 2*hidden, unit last stride (read in place); r: last dim not unit-stride (copied)
+            x = torch.randn(shape[:-1] + (2 * shape[-1],), generator=gen).to(dtype)[..., :shape[-1]]
+            r = torch.randn(shape[::-1], generator=gen).to(dtype).permute(*range(len(shape) - 1, -1, -1))
+        else:
+            x = torch.randn(shape, generator=gen).to(dtype)
+            r = torch.randn(shape, generator=gen).to(dtype)
         w = (1 + 0.1 * torch.randn(shape[-1], generator=gen))  # fp32 weight with any x dtype
         expect(f"rms_norm {dtype} {shape} {kw}", rms_norm_triton(x, w, 1e-6, **kw), rms64(x, w, 1e-6), TOL[dtype])
         y, nr = rms_norm_triton(x, w, 1e-6, residual=r, **kw)
@@ -69,21 +74,40 @@ def rot64(x, style):
     return o
 
 
+# (B, S, Hq, Hk, D), launcher overrides, table form ("b": [B, S, D], "1": [1, S, D], "2": [S, D]),
+# q/k given as transpose views of the other layout
+ROPE_CASES = [
+    ((2, 3, 4, 2, 16), {}, "b", False),                                   # heuristics
+    ((1, 2, 5, 1, 12), {"heads_per_block": 2}, "1", False),               # D/2 = 6 (masked), k groups empty
+    ((2, 7, 3, 2, 12), {"block_s": 4}, "2", False),                       # ragged token blocks
+    ((1, 5, 6, 3, 16), {"block_s": 2, "heads_per_block": 4, "num_warps": 2}, "b", True),
+    ((3, 4, 2, 2, 8), {"block_s": 8, "heads_per_block": 8}, "1", True),   # tile larger than the problem
+]
 for dtype in (torch.float32, torch.bfloat16):
     for style in ("rotate_half", "interleaved"):
         for layout in ("bhsd", "bshd"):
-            for (B, S, Hq, Hk, D), hpb in (((2, 3, 4, 2, 16), None), ((1, 2, 5, 1, 12), 2)):
-                shp = (lambda h: (B, h, S, D)) if layout == "bhsd" else (lambda h: (B, S, h, D))
-                q = torch.randn(shp(Hq), generator=gen).to(dtype)
-                k = torch.randn(shp(Hk), generator=gen).to(dtype)
-                cos = torch.randn(B, S, D, generator=gen)
-                sin = torch.randn(B, S, D, generator=gen)
-                qo, ko = rope_triton(q, k, cos, sin, style, layout, heads_per_block=hpb)
+            for (B, S, Hq, Hk, D), kw, table, view in ROPE_CASES:
+                if view:  # build the other layout, then transpose it into this one
+                    shp = (lambda h: (B, S, h, D)) if layout == "bhsd" else (lambda h: (B, h, S, D))
+                    q = torch.randn(shp(Hq), generator=gen).to(dtype).transpose(1, 2)
+                    k = torch.randn(shp(Hk), generator=gen).to(dtype).transpose(1, 2)
+                else:
+                    shp = (lambda h: (B, h, S, D)) if layout == "bhsd" else (lambda h: (B, S, h, D))
+                    q = torch.randn(shp(Hq), generator=gen).to(dtype)
+                    k = torch.randn(shp(Hk), generator=gen).to(dtype)
+                tb = {"b": (B, S, D), "1": (1, S, D), "2": (S, D)}[table]
+                cos = torch.randn(tb, generator=gen)
+                sin = torch.randn(tb, generator=gen)
+                qo, ko = rope_triton(q, k, cos, sin, style, layout, **kw)
                 ax = 1 if layout == "bhsd" else 2
-                c, s = cos.double().unsqueeze(ax), sin.double().unsqueeze(ax)
+                c3, s3 = (cos, sin) if cos.dim() == 3 else (cos[None], sin[None])
+                c, s = c3.double().unsqueeze(ax), s3.double().unsqueeze(ax)
                 for name, x, o in (("q", q, qo), ("k", k, ko)):
                     ref = x.double() * c + rot64(x.double(), style) * s
-                    expect(f"rope {name} {dtype} {style} {layout} {(B, S, Hq, Hk, D)} hpb={hpb}", o, ref, TOL[dtype])
+                    if not o.is_contiguous():
+                        failures.append(f"rope {name} output not contiguous")
+                    expect(f"rope {name} {dtype} {style} {layout} {(B, S, Hq, Hk, D)} {kw} table={table} view={view}",
+                           o, ref, TOL[dtype])
 
 
 # ---------------------------------------------------------------- attention

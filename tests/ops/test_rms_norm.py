@@ -110,7 +110,7 @@ def test_fake_kernel_validates_under_compile():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES + [(8, 4096), (3, 40000), (5, 128)])
+@pytest.mark.parametrize("shape", SHAPES + [(8, 4096), (3, 40000), (5, 128), (20000, 64), (4096, 200)])
 def test_rms_norm_cuda(shape, dtype, gen, cuda, assert_rel):
     x, w = make(shape, dtype, gen, device=cuda)
     assert_rel(torch.ops.regionc.rms_norm(x, w, EPS), ref64(x, w, EPS), dtype)
@@ -158,3 +158,47 @@ def test_rms_norm_cuda_compile(gen, cuda):
     f = lambda x, w: torch.ops.regionc.rms_norm(x, w, EPS) + 1  # noqa: E731
     with torch.inference_mode():
         torch.testing.assert_close(torch.compile(f, fullgraph=True)(x, w), f(x, w), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64, 1000, 4096, 32768])
+@pytest.mark.parametrize("n", [8, 17, 128, 1000, 4096, 8192, 16384, 40000])
+def test_rms_launch_params(rows, n):
+    """Heuristic sanity: the fused tile covers the row (else the chunked loop), powers of two,
+    several rows per program only for narrow rows, cached per row-count bucket."""
+    from regionc.ops.rms_norm import MAX_FUSED_BLOCK, _launch_params
+
+    block, rws, warps, loop = _launch_params(rows, n, 132)
+    for v in (block, rws, warps):
+        assert v & (v - 1) == 0
+    assert 1 <= warps <= 32
+    if loop:
+        assert n > MAX_FUSED_BLOCK and rws == 1
+    else:
+        assert block >= n
+        assert rws == 1 or block < 1024
+    assert _launch_params(rows, n, 132) is _launch_params(rows, n, 132)
+
+
+@pytest.mark.gpu
+def test_rms_norm_cuda_requires_grad_raises(gen, cuda):
+    x, w = make((4, 64), torch.float32, gen, device=cuda)
+    w.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        torch.ops.regionc.rms_norm(x, w, EPS)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        torch.ops.regionc.fused_add_rms_norm(x, x, w, EPS)
+    with torch.inference_mode():
+        torch.ops.regionc.rms_norm(x, w, EPS)
+
+
+@pytest.mark.gpu
+def test_rms_norm_cuda_strided(gen, cuda, assert_rel):
+    """Row stride != hidden (read in place) and a non-unit last stride (copied)."""
+    big = torch.randn(33, 2 * 256, generator=gen).bfloat16().to(cuda)
+    x = big[:, :256]
+    r = big[:, ::2]
+    w = torch.randn(256, generator=gen).bfloat16().to(cuda)
+    assert_rel(torch.ops.regionc.rms_norm(x, w, EPS), ref64(x, w, EPS), torch.bfloat16)
+    out, res = torch.ops.regionc.fused_add_rms_norm(x, r, w, EPS)
+    torch.testing.assert_close(res, x + r, rtol=0, atol=0)
+    assert_rel(out, ref64(x + r, w, EPS), torch.bfloat16)

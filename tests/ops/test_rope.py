@@ -179,3 +179,54 @@ def test_rope_cuda_graph(gen, cuda, assert_rel):
         rq, rk = ref64(q, k, cos, sin, "rotate_half", "bshd")
         assert_rel(qo, rq, torch.bfloat16)
         assert_rel(ko, rk, torch.bfloat16)
+
+
+@pytest.mark.parametrize("B, S, Hq, Hk, D", [(1, 4096, 32, 8, 128), (16, 1024, 32, 8, 128), (8, 1, 32, 8, 128),
+                                             (2, 17, 80, 8, 64), (1, 5, 3, 1, 96), (4, 4680, 24, 24, 128),
+                                             (3, 7, 1, 1, 2), (1, 100000, 8, 8, 256)])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rope_launch_params(B, S, Hq, Hk, D, interleaved):
+    """The heuristic's tiles are powers of two, cover every head, stay within the tile budget (or
+    are one token x one head), and the grid is not starved when the problem allows it."""
+    from regionc.ops.rope import MIN_PROGRAMS_PER_SM, TILE_ELEMS, _compute_params, _launch_params
+
+    bs, bhq, bhk, groups, warps = _compute_params(B, S, Hq, Hk, D, interleaved, 132)
+    for v in (bs, bhq, bhk, warps):
+        assert v & (v - 1) == 0, (bs, bhq, bhk, warps)
+    assert groups * bhq >= Hq and groups * bhk >= Hk
+    assert (groups - 1) * bhq < Hq or (groups - 1) * bhk < Hk, "a group with no heads at all"
+    dpad = 1 << (D - 1).bit_length()
+    assert bs * (bhq + bhk) * dpad <= TILE_ELEMS or (bs == 1 and bhq == 1 and bhk == 1)
+    programs = B * -(-S // bs) * groups
+    assert programs >= min(MIN_PROGRAMS_PER_SM * 132, B * S * max(Hq, Hk)) or (bs == 1 and bhq == 1 and bhk == 1)
+    assert _launch_params(B, S, Hq, Hk, D, interleaved, 132) is _launch_params(B, S, Hq, Hk, D, interleaved, 132)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("cfg", [{}, {"block_s": 4, "heads_per_block": 32, "num_warps": 8},
+                                 {"block_s": 2, "heads_per_block": 8, "num_warps": 4},
+                                 {"block_s": 1, "heads_per_block": 16, "num_warps": 2}])
+def test_rope_cuda_launch_configs(cfg, style, layout, gen, cuda, assert_rel):
+    """The configurations the benchmark sweeps give the right answer too (ragged token blocks)."""
+    from regionc.ops.rope import rope_triton
+
+    B, S, Hq, Hk, D = 2, 37, 32, 8, 128
+    q, k = make(B, S, Hq, Hk, D, layout, torch.bfloat16, gen, device=cuda)
+    cos, sin = (t.to(cuda) for t in tables(B, S, D, style, gen))
+    qo, ko = rope_triton(q, k, cos, sin, style, layout, **cfg)
+    rq, rk = ref64(q, k, cos, sin, style, layout)
+    assert_rel(qo, rq, torch.bfloat16)
+    assert_rel(ko, rk, torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_rope_cuda_requires_grad_raises(gen, cuda):
+    q, k = make(1, 3, 2, 2, 8, "bhsd", torch.float32, gen, device=cuda)
+    cos, sin = (t.to(cuda) for t in tables(1, 3, 8, "rotate_half", gen))
+    q.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        torch.ops.regionc.rope(q, k, cos, sin, "rotate_half", "bhsd")
+    with torch.no_grad():
+        torch.ops.regionc.rope(q, k, cos, sin, "rotate_half", "bhsd")
