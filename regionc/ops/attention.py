@@ -18,6 +18,9 @@ Op (namespace ``regionc``)::
 * Forward only: with grad mode on and an input requiring grad the op raises (RuntimeError).
 * The kernel is autotuned (key: head dim, causal, power-of-two buckets of Sq and Skv, dtype). Run
   each new shape bucket once before CUDA-graph capture (the autotuner benchmarks on first use).
+  Causal grids run the query blocks longest-first (FlashAttention-2's order) so the grid's last
+  wave is the cheap blocks. ``benchmarks/kernels/bench_attention.py`` sweeps fixed configs per
+  shape (no autotuner) to pick autotune-free per-head-dim choices from measurements.
 """
 
 from __future__ import annotations
@@ -108,7 +111,12 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        start_m = tl.program_id(0)
+        if CAUSAL:
+            # longest rows first (FlashAttention-2's order): the last wave of the grid then holds
+            # the cheapest query blocks instead of the most expensive ones
+            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        else:
+            start_m = tl.program_id(0)
         off_bh = tl.program_id(1)
         b = (off_bh // HQ).to(tl.int64)
         h = off_bh % HQ
