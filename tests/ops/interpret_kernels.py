@@ -82,6 +82,7 @@ ROPE_CASES = [
     ((2, 7, 3, 2, 12), {"block_s": 4}, "2", False),                       # ragged token blocks
     ((1, 5, 6, 3, 16), {"block_s": 2, "heads_per_block": 4, "num_warps": 2}, "b", True),
     ((3, 4, 2, 2, 8), {"block_s": 8, "heads_per_block": 8}, "1", True),   # tile larger than the problem
+    ((1, 1, 1, 1, 2), {}, "b", False),                                    # D = 2: one pair, BLOCK_D 1 / 2
 ]
 for dtype in (torch.float32, torch.bfloat16):
     for style in ("rotate_half", "interleaved"):
