@@ -206,7 +206,8 @@ class GraphPool:
         self._backend = backend
         self._lock = threading.RLock()
         self._bucket_state: dict[Any, str] = {}  # (bucket, instance) -> "warmed" | "captured"
-        self._instances: dict[Any, tuple[torch.Tensor, ...]] = {}  # instance -> its static tensors, kept alive
+        self._instances: dict[tuple[int, ...], int] = {}  # static tensor ids -> small instance number
+        self._instance_tensors: list[tuple[torch.Tensor, ...]] = []  # kept alive: an id is never reused
         self._current: _Forward | None = None
         self._outputs: dict[int, list[torch.Tensor]] = {}  # data_ptr -> graph outputs (full size)
         if report is not None:
@@ -249,9 +250,7 @@ class GraphPool:
                 bucket = None
             else:
                 bucket = bucket_for(int(size), self.capture_sizes)
-            instance = tuple(map(id, statics)) or None
-            if instance is not None and instance not in self._instances:
-                self._instances[instance] = tuple(statics)
+            instance = self._instance_of(statics)
             state = self._bucket_state.get((bucket, instance))
             if bucket == ABOVE_MAX:
                 phase = "eager"
@@ -270,6 +269,18 @@ class GraphPool:
                     self._bucket_state[bucket, instance] = "warmed"
                 elif phase == "capture":
                     self._bucket_state[bucket, instance] = "captured"
+
+    def _instance_of(self, statics: Sequence[torch.Tensor]) -> int | None:
+        """A small number per set of static tensors: it goes into every piece's graph key, so it must
+        hash fast (a tuple of hundreds of ids, hashed once per piece, cost more than the replays)."""
+        if not statics:
+            return None
+        ids = tuple(map(id, statics))
+        instance = self._instances.get(ids)
+        if instance is None:
+            instance = self._instances[ids] = len(self._instance_tensors)
+            self._instance_tensors.append(tuple(statics))
+        return instance
 
     # ------------------------------------------------------------------ graph outputs others read in place
     def _register_output(self, t: torch.Tensor) -> None:
