@@ -26,7 +26,11 @@ KERNEL_CHOICES = ("auto", "always")
 #: How ``regionc.compile`` keeps Dynamo from tracing every block (see regionc/tracing/compile.py).
 BLOCK_TRACING_CHOICES = ("auto", "nested_region", "per_block", "full")
 
-_CHOICES = {"kernel_choice": KERNEL_CHOICES, "block_tracing": BLOCK_TRACING_CHOICES}
+#: How the pieces of a graph are captured (see regionc/cudagraph/piecewise.py).
+CUDAGRAPH_MODES = ("full", "piecewise")
+
+_CHOICES = {"kernel_choice": KERNEL_CHOICES, "block_tracing": BLOCK_TRACING_CHOICES,
+            "cudagraph_mode": CUDAGRAPH_MODES}
 
 DEFAULT_CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
@@ -53,6 +57,9 @@ class Config:
     cudagraphs: bool | None = None
     #: Token/batch sizes captured as CUDA graphs; runtime sizes are padded up to the next one.
     capture_sizes: tuple[int, ...] = DEFAULT_CAPTURE_SIZES
+    #: "full": one CUDA graph per shape over all pieces in a row (one launch per forward), each
+    #: piece its own graph if that capture fails; "piecewise": a graph per piece from the start.
+    cudagraph_mode: str = "full"
     #: Check on every replay that static inputs (weights) kept their addresses.
     cudagraph_check_addresses: bool = False
     #: Fusion passes on/off by name (see PASS_NAMES); missing names keep their default (on).

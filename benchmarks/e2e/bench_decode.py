@@ -3,8 +3,9 @@
 Batch 1, 8 and 32 with one token each, without a KV cache (the TARGETS.md "decode 8×1"
 shape) and, at batch 8, one decode step on the static per-layer KV cache. Compared in one
 process: eager, full-graph ``torch.compile``, full graph ``mode="reduce-overhead"``,
-per-block ``.compile()``, regionc without graphs, regionc with piecewise graphs, and
-``regionc.compile`` with graphs. Regionc rows carry the graphs captured, capture seconds and
+per-block ``.compile()``, regionc without graphs, regionc with one graph over all pieces
+(``cudagraph_mode="full"``, the default) and with a graph per piece, and ``regionc.compile``
+with graphs. Regionc rows carry the graphs captured, capture seconds and
 pool bytes. The result file is rewritten after every row, so a run cut short keeps its rows.
 
     python benchmarks/e2e/bench_decode.py --out DIR [--layers 32]
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = ("eager", "full_graph", "reduce_overhead", "per_block", "regionc", "regionc_graphs",
-            "regionc_compile_graphs")
+            "regionc_piecewise_graphs", "regionc_compile_graphs")
 
 
 def make_runner(variant: str, model, cache_dir: str):
@@ -36,7 +37,8 @@ def make_runner(variant: str, model, cache_dir: str):
         for layer in model.layers:
             layer.compile(dynamic=False)
         return model
-    options = {"cache_dir": cache_dir, "cudagraphs": variant.endswith("_graphs")}
+    options = {"cache_dir": cache_dir, "cudagraphs": variant.endswith("_graphs"),
+               "cudagraph_mode": "piecewise" if "piecewise" in variant else "full"}
     if variant == "regionc_compile_graphs":
         import regionc
 
@@ -82,7 +84,8 @@ def main() -> int:
                 row = {"variant": variant, "case": case, "batch": batch, "ms": ms, "rel_error": error}
                 if variant.startswith("regionc"):
                     row["cudagraphs"] = {k: v for k, v in regionc.last_report().cudagraphs.items()
-                                         if k in ("graphs", "capture_s", "pool_bytes", "padding", "fallbacks")}
+                                         if k in ("mode", "graphs", "capture_s", "pool_bytes", "padding",
+                                                  "fallbacks")}
                 rows.append(row)
                 print(f"{variant:>16} {case:>8} b={batch:<3} {ms:8.3f} ms  err {error:.1e}", flush=True)
                 del run, model

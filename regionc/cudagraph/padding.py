@@ -33,11 +33,13 @@ from regionc.regions.split import Piece
 
 @dataclasses.dataclass(frozen=True)
 class PaddingPlan:
-    """``size_arg``: the graph input whose dim 0 is the runtime size; ``specs``: per piece name."""
+    """``size_arg``: the graph input whose dim 0 is the runtime size; ``specs``: per piece name;
+    ``graph_spec``: the whole graph's (for one graph over all pieces)."""
 
     symbol: Any
     size_arg: int
     specs: dict[str, DynamicSpec]
+    graph_spec: DynamicSpec
 
     def runtime_size(self, args: Sequence[Any]) -> int:
         return int(args[self.size_arg].shape[0])
@@ -63,8 +65,9 @@ def plan_padding(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
         raise NotPaddable(f"the graph writes static input(s) {[placeholders[i].name for i in written]} in place")
     for node in gm.graph.nodes:
         _check_rows_stay_independent(node, symbol)
-    specs = {piece.name: _piece_spec(piece, split._modules[piece.name], symbol) for piece in pieces}
-    return PaddingPlan(symbol, size_arg, specs)
+    specs = {piece.name: _spec(split._modules[piece.name], symbol, f"{piece.name} ({piece.label})")
+             for piece in pieces}
+    return PaddingPlan(symbol, size_arg, specs, _spec(gm, symbol, "the graph"))
 
 
 def _batch_symbol(placeholders: list[torch.fx.Node], static_inputs: Collection[int]) -> tuple[Any, int]:
@@ -94,10 +97,10 @@ def _check_rows_stay_independent(node: torch.fx.Node, symbol) -> None:
         raise NotPaddable(f"{node.name} ({_target(node)}) reduces over or drops the batch dim")
 
 
-def _piece_spec(piece: Piece, module: torch.fx.GraphModule, symbol) -> DynamicSpec:
+def _spec(module: torch.fx.GraphModule, symbol, name: str) -> DynamicSpec:
     inputs, int_args, outputs = [], [], []
     for i, node in enumerate(module.graph.find_nodes(op="placeholder")):
-        kind = _kind(_value(node), symbol, f"input {node.name} of {piece.name} ({piece.label})")
+        kind = _kind(_value(node), symbol, f"input {node.name} of {name}")
         if kind == "tensor":
             inputs.append((i, 0))
         elif kind == "int":
@@ -105,7 +108,7 @@ def _piece_spec(piece: Piece, module: torch.fx.GraphModule, symbol) -> DynamicSp
     output = next(iter(module.graph.find_nodes(op="output")))
     for j, node in enumerate(flatten(output.args[0])):
         value = _value(node) if isinstance(node, torch.fx.Node) else node
-        kind = _kind(value, symbol, f"output {j} of {piece.name} ({piece.label})")
+        kind = _kind(value, symbol, f"output {j} of {name}")
         if kind == "tensor":
             outputs.append((j, 0))
         elif kind == "int":

@@ -1,4 +1,11 @@
-"""Wrap every piece of a split graph in a :class:`PieceGraphRunner` sharing one pool.
+"""CUDA graphs over a split graph: one graph over all pieces, or one per piece, sharing one pool.
+
+``cudagraph_mode="full"`` (default) captures the whole split module — every piece's compiled code
+in a row — as one graph per shape: one launch per forward, as full-graph ``reduce-overhead``
+does, while the pieces stay separately compiled and cached. If that capture fails (a piece
+syncs with the host, reads CPU tensors, ...), regionc logs it and switches to
+``"piecewise"``: each piece in a :class:`PieceGraphRunner` of its own, so only the pieces that
+cannot be captured run without a graph (vLLM's FULL_AND_PIECEWISE makes the same trade).
 
 Static inputs are the graph inputs Dynamo marked as static addresses (parameters and
 buffers of inlined modules, a KV cache among them); everything else is an activation.
@@ -18,7 +25,7 @@ import torch
 import torch.fx
 
 from regionc.cudagraph.mutation import mutated_placeholders
-from regionc.cudagraph.padding import NotPaddable, flatten, plan_padding
+from regionc.cudagraph.padding import NotPaddable, PaddingPlan, flatten, plan_padding
 from regionc.cudagraph.runner import GraphPool, PieceGraphRunner
 from regionc.regions.split import Piece
 
@@ -29,12 +36,10 @@ def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphMod
                               example_inputs: Sequence[Any], config, report, backend=None) -> Callable[..., Any]:
     """``gm``: the Dynamo graph ``split`` was made from (it carries the shapes padding is decided on).
     ``backend``: the pool's CUDA calls (tests pass a fake)."""
-    graph_inputs = list(split.graph.find_nodes(op="placeholder"))
     static_indices = [
         i for i, value in enumerate(example_inputs)
         if isinstance(value, torch.Tensor) and torch._dynamo.utils.get_static_address_type(value) is not None
     ]
-    static_graph_inputs = {graph_inputs[i] for i in static_indices}
     plan = None
     if config.capture_sizes:
         try:
@@ -44,9 +49,39 @@ def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphMod
             report.cudagraphs["padding"] = f"off: {exc}"
     if plan is not None:
         report.cudagraphs["padding"] = f"batch size {plan.symbol} padded to {list(config.capture_sizes)}"
+    pool = GraphPool(config, report, device=_cuda_device(example_inputs), backend=backend)
+    whole = None
+    if config.cudagraph_mode == "full":
+        whole = PieceGraphRunner(
+            split.forward, name="all pieces", pool=pool, config=config, report=report,
+            static_input_indices=static_indices, dynamic_inputs=plan.graph_spec if plan else None,
+            is_last=True, mutated_inputs=mutated_placeholders(gm))
+    report.cudagraphs["mode"] = "full" if whole is not None else "piecewise"
+    if whole is None or not whole.capturable:
+        _graph_each_piece(split, pieces, static_indices, plan, pool, config, report)
+
+    def run_with_graphs(*args):
+        nonlocal whole
+        if whole is not None and not whole.capturable:
+            log.warning("regionc: one CUDA graph over all pieces could not be captured; graphing each piece instead")
+            report.cudagraphs["mode"] = "piecewise (full capture failed)"
+            whole = None
+            _graph_each_piece(split, pieces, static_indices, plan, pool, config, report)
+            pool.restart()
+        size = plan.runtime_size(args) if plan else None
+        with pool.forward(size=size, statics=[args[i] for i in static_indices]):
+            return whole(*args) if whole is not None else split(*args)
+
+    run_with_graphs.regionc_pool = pool
+    return run_with_graphs
+
+
+def _graph_each_piece(split: torch.fx.GraphModule, pieces: Sequence[Piece], static_indices: list[int],
+                      plan: PaddingPlan | None, pool: GraphPool, config, report) -> None:
+    graph_inputs = list(split.graph.find_nodes(op="placeholder"))
+    static_graph_inputs = {graph_inputs[i] for i in static_indices}
     returned = _values_returned_to_user(split)
     calls = {node.target: node for node in split.graph.find_nodes(op="call_module")}
-    pool = GraphPool(config, report, device=_cuda_device(example_inputs), backend=backend)
     for position, piece in enumerate(pieces):
         call = calls[piece.name]
         fn = split.__dict__.get(piece.name) or split.get_submodule(piece.name)
@@ -58,14 +93,6 @@ def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphMod
             user_output_indices=returned.get(call, None),
             mutated_inputs=mutated_placeholders(split._modules[piece.name]),
         )
-
-    def run_with_graphs(*args):
-        size = plan.runtime_size(args) if plan else None
-        with pool.forward(size=size, statics=[args[i] for i in static_indices]):
-            return split(*args)
-
-    run_with_graphs.regionc_pool = pool
-    return run_with_graphs
 
 
 def _values_returned_to_user(split: torch.fx.GraphModule) -> dict[torch.fx.Node, set[int]]:

@@ -282,6 +282,11 @@ class GraphPool:
             self._instance_tensors.append(tuple(statics))
         return instance
 
+    def restart(self) -> None:
+        """Forget which buckets were warmed up and captured (runners switched: start their lifecycle over)."""
+        with self._lock:
+            self._bucket_state.clear()
+
     # ------------------------------------------------------------------ graph outputs others read in place
     def _register_output(self, t: torch.Tensor) -> None:
         self._outputs.setdefault(t.data_ptr(), []).append(t)
@@ -371,6 +376,11 @@ class PieceGraphRunner:
         bad = sorted(i for i, _ in self.spec.inputs if i in self.static)
         if bad:
             self._disable(f"static input(s) {bad} are declared dynamic")
+
+    @property
+    def capturable(self) -> bool:
+        """False once graphs are off for this piece (a failed capture, a refused input, ...)."""
+        return self._no_capture is None
 
     # ------------------------------------------------------------------ entry point
     def __call__(self, *args: Any) -> Any:

@@ -51,12 +51,14 @@ def test_outputs_are_not_overwritten_by_the_next_replay():
         torch.testing.assert_close(outs[-1], kept, atol=0, rtol=0)
 
 
-def test_static_kv_cache_decoder_with_graphs_over_32_steps():
+@pytest.mark.parametrize("mode", ["full", "piecewise"])
+def test_static_kv_cache_decoder_with_graphs_over_32_steps(mode):
     cfg = LlamaConfig(**{**CFG.__dict__, "max_seq": 64})
     eager, graphed = (build_demo_model(cfg, dtype=torch.bfloat16, device="cuda") for _ in range(2))
     for m in (eager, graphed):
         m.setup_kv_cache(max_batch=2, dtype=torch.bfloat16)
-    compiled = torch.compile(graphed, backend="regionc", options={"cache": False, "cudagraphs": True})
+    compiled = torch.compile(graphed, backend="regionc", options={
+        "cache": False, "cudagraphs": True, "cudagraph_mode": mode})
     prompt = torch.randint(0, cfg.vocab_size, (2, 8), device="cuda")
     with torch.no_grad():
         pos = torch.arange(8, device="cuda")
@@ -72,10 +74,11 @@ def test_static_kv_cache_decoder_with_graphs_over_32_steps():
     assert regionc.last_report().cudagraphs.get("graphs", 0) > 0
 
 
-def test_dynamic_batch_is_padded_to_capture_sizes():
+@pytest.mark.parametrize("mode", ["full", "piecewise"])
+def test_dynamic_batch_is_padded_to_capture_sizes(mode):
     model = build_demo_model(CFG, dtype=torch.bfloat16, device="cuda")
     compiled = torch.compile(model, backend="regionc", options={
-        "cache": False, "cudagraphs": True, "capture_sizes": (2, 4, 8)})
+        "cache": False, "cudagraphs": True, "capture_sizes": (2, 4, 8), "cudagraph_mode": mode})
     with torch.no_grad():
         for batch in (3, 3, 3, 4, 2, 2, 2, 7, 5, 8, 6, 3):
             tokens = torch.randint(0, CFG.vocab_size, (batch, 1), device="cuda")
@@ -83,7 +86,7 @@ def test_dynamic_batch_is_padded_to_capture_sizes():
             assert relative_error(compiled(tokens), model(tokens)) < 2e-2, batch
     stats = regionc.last_report().cudagraphs
     assert stats["padding"].startswith("batch size"), stats
-    assert stats["private_pool_graphs"] == 0
+    assert stats["mode"] == mode and stats["private_pool_graphs"] == 0
     for sizes in stats["captured"].values():
         assert sizes == {"N=4": 1, "N=2": 1, "N=8": 1}, stats["captured"]
 

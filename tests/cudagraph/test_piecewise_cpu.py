@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from torch import nn
 
@@ -22,9 +23,9 @@ from tests.helpers import NO_CACHE, assert_close
 SIZES = (1, 2, 4, 8)
 
 
-def compile_with_fake_graphs(model, fake: FakeBackend, reports: list):
-    """``torch.compile`` with regionc's compile + piecewise wiring, the CUDA calls faked."""
-    config = Config.build({**NO_CACHE, "capture_sizes": SIZES}, environ={})
+def compile_with_fake_graphs(model, fake: FakeBackend, reports: list, mode: str = "full"):
+    """``torch.compile`` with regionc's compile + CUDA-graph wiring, the CUDA calls faked."""
+    config = Config.build({**NO_CACHE, "capture_sizes": SIZES, "cudagraph_mode": mode}, environ={})
 
     def backend(gm, example_inputs):
         report = new_report()
@@ -43,22 +44,51 @@ def run_batches(model, compiled, batches, make_input):
             assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def test_dynamic_batch_is_padded_to_the_next_capture_size():
+BATCHES = [3, 3, 4, 3, 2, 2, 6, 5, 8, 7, 2]
+
+
+def tokens_of(n):
+    return torch.randint(0, 128, (n, 5), generator=torch.Generator().manual_seed(n))
+
+
+@pytest.mark.parametrize("mode", ["full", "piecewise"])
+def test_dynamic_batch_is_padded_to_the_next_capture_size(mode):
     model = build_demo_model(LlamaConfig.tiny(n_layers=2))
     fake, reports = FakeBackend(), []
-    compiled = compile_with_fake_graphs(model, fake, reports)
-    run_batches(model, compiled, [3, 3, 4, 3, 2, 2, 6, 5, 8, 7, 2],
-                lambda n: torch.randint(0, 128, (n, 5), generator=torch.Generator().manual_seed(n)))
+    compiled = compile_with_fake_graphs(model, fake, reports, mode)
+    run_batches(model, compiled, BATCHES, tokens_of)
     (report,) = reports  # one Dynamo graph serves every batch size
     stats = report.cudagraphs
-    assert stats["padding"].startswith("batch size")
-    pieces = len(report.pieces)
-    # buckets 4 (n=3,4), 2 and 8 (n=6,5,8,7) were each seen twice or more: one graph per piece each
-    assert stats["graphs"] == 3 * pieces and fake.captures == 3 * pieces
+    assert stats["padding"].startswith("batch size") and stats["mode"] == mode
+    graphed = 1 if mode == "full" else len(report.pieces)  # one graph over all pieces, or one per piece
+    # buckets 4 (n=3,4), 2 and 8 (n=6,5,8,7) were each seen twice or more: one graph each
+    assert stats["graphs"] == 3 * graphed and fake.captures == 3 * graphed
+    assert len(stats["captured"]) == graphed
     assert stats["private_pool_graphs"] == 0
     for per_size in stats["captured"].values():
         assert per_size == {"N=4": 1, "N=2": 1, "N=8": 1}
-    assert fake.replays > 3 * pieces
+    assert fake.replays > 3 * graphed
+
+
+class FailsFirstCapture(FakeBackend):
+    def capture(self, fn, args, pool):
+        if not self.handles:
+            self.handles.append(pool)
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return super().capture(fn, args, pool)
+
+
+def test_failed_full_capture_falls_back_to_a_graph_per_piece(caplog):
+    model = build_demo_model(LlamaConfig.tiny(n_layers=2))
+    fake, reports = FailsFirstCapture(), []
+    compiled = compile_with_fake_graphs(model, fake, reports, "full")
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        run_batches(model, compiled, BATCHES, tokens_of)
+    stats = reports[0].cudagraphs
+    assert stats["mode"] == "piecewise (full capture failed)"
+    assert sum("graphing each piece instead" in r.getMessage() for r in caplog.records) == 1
+    assert "all pieces" not in stats["captured"] and len(stats["captured"]) == len(reports[0].pieces)
+    assert stats["private_pool_graphs"] == 0  # the pieces start their lifecycle over in the shared pool
 
 
 def test_padding_stays_off_when_the_graph_reduces_over_the_batch(caplog):
