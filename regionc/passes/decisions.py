@@ -33,7 +33,7 @@ class Decision:
 
 
 _CPU_SOURCE = "benchmarks/e2e/cpu_decisions.py on the 2-core CPU dev machine, torch 2.13.0+cpu, 2026-11-24"
-_CUDA_SOURCE = ("benchmarks/results/h100/kernels.log, H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, "
+_CUDA_SOURCE = ("benchmarks/results/h100-s2/kernels.log, H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, "
                 "2026-11-24")
 
 DECISIONS: dict[tuple[str, str, str], Decision] = {
@@ -53,23 +53,27 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
         False, "the cpu kernel is the fp32 torch reference (SDPA on repeated k/v): 211 vs 317 us at 8 tokens, "
                "never faster than the aten flash kernel it replaces (" + _CPU_SOURCE + ")"),
     # ---------------------------------------------------------------- CUDA (measured, see _CUDA_SOURCE)
-    # do_bench medians per call, regionc vs what the pattern becomes without the pass. Per-call host
-    # cost of the custom ops (~65 us) dominates every shape that is not huge; where the kernel ties
-    # on bandwidth (RMSNorm at 16k-32k rows) it still loses the fusion Inductor does around the norm.
+    # do_bench medians per call, regionc vs Inductor's code for the same pattern compiled alone
+    # ("+graph": inside a CUDA graph, host cost removed). Inside a model Inductor also fuses the
+    # pattern with its neighbours, which a swap gives up, so a tie is not a reason to swap.
     ("cuda", "rms_norm", "small"): Decision(
-        False, "Inductor faster: 31.6 vs 66.9 us at 8x4096 (" + _CUDA_SOURCE + ")"),
+        False, "tie inside CUDA graphs: 1.9 vs 2.0 us at 8x4096 (eager calls 6.0 vs 31.5 us); a swap would "
+               "lose Inductor's fusion with the residual add (" + _CUDA_SOURCE + ")"),
     ("cuda", "rms_norm", "large"): Decision(
-        False, "Inductor faster or tied: 29.2 vs 95.0 us at 4096x4096, 95.6 vs 94.9 us at 16384x4096, "
-               "358.6 vs 360.5 us at 32768x8192 (" + _CUDA_SOURCE + ")"),
+        False, "tie: 28.9 vs 28.5 us at 4096x4096, 95.1 vs 95.4 us at 16384x4096, 358.3 vs 357.9 us at "
+               "32768x8192 (" + _CUDA_SOURCE + ")"),
     ("cuda", "fused_add_rms_norm", "*"): Decision(
-        False, "same kernel as rms_norm, which Inductor beats or ties (" + _CUDA_SOURCE + ")"),
-    ("cuda", "rope", "*"): Decision(
-        False, "Inductor faster: 92.4 vs 142.6 us at 4096 tokens, 124.8 vs 215.3 us at 16x1024 tokens "
-               "(" + _CUDA_SOURCE + ")"),
+        False, "same kernel as rms_norm, which ties Inductor (" + _CUDA_SOURCE + ")"),
+    ("cuda", "rope", "small"): Decision(
+        False, "tie inside CUDA graphs: 1.7 vs 2.8 us at 8 tokens, both launch-bound (" + _CUDA_SOURCE + ")"),
+    ("cuda", "rope", "large"): Decision(
+        False, "faster alone (36.4 vs 114.5 us at 1x4096 tokens [B,H,S,D], 120.1 vs 134.1 us at 16x1024 "
+               "[B,S,H,D]) but not measured inside a model, where it costs Inductor's fusion and adds a "
+               "launch per layer; unproven end to end = not swapped (" + _CUDA_SOURCE + ")"),
     ("cuda", "attention", "*"): Decision(
-        False, "SDPA faster: cuDNN 529-607 vs regionc 432-476 TFLOP/s on the TARGETS shapes; on the demo's "
-               "GQA prefill (B1 H32/8 S2048 D64 causal) repeat_interleave+SDPA takes 86.9 us vs 141.6 us "
-               "(" + _CUDA_SOURCE + ")"),
+        False, "SDPA faster: cuDNN 525-601 vs regionc 435-491 TFLOP/s on the TARGETS shapes (0.81-0.85x); "
+               "on the demo's GQA prefill (B1 H32/8 S2048 D64 causal) repeat_interleave+SDPA takes 88.3 us "
+               "vs 99.8 us (" + _CUDA_SOURCE + ")"),
 }
 
 
