@@ -67,7 +67,7 @@ from regionc.cudagraph.sizes import (
     padded_shape,
     rebuild_outputs,
     runtime_size,
-    shape_key,
+    keyed_shape,
     slice_outputs,
 )
 
@@ -366,6 +366,7 @@ class PieceGraphRunner:
         self.user_outputs = None if user_output_indices is None else frozenset(user_output_indices)
         self.check_addresses = bool(getattr(self.config, "cudagraph_check_addresses", False))
         self._entries: dict[tuple, _Entry] = {}
+        self._positions_by_count: dict[int, list[int]] = {}
         self._no_capture: str | None = None
         # A piece known to write nothing in place may warm up padded (and re-run on the real args if
         # that fails); one that may write (unknown counts as may) warms up once, exactly, unpadded.
@@ -376,6 +377,13 @@ class PieceGraphRunner:
         bad = sorted(i for i, _ in self.spec.inputs if i in self.static)
         if bad:
             self._disable(f"static input(s) {bad} are declared dynamic")
+
+    def _positions(self, count: int) -> list[int]:
+        """The non-static arg positions of a call with ``count`` args (cached: asked on every replay)."""
+        positions = self._positions_by_count.get(count)
+        if positions is None:
+            positions = self._positions_by_count[count] = [i for i in range(count) if i not in self.static]
+        return positions
 
     @property
     def capturable(self) -> bool:
@@ -402,7 +410,7 @@ class PieceGraphRunner:
                 return self._eager("size", args, f"its size {n} differs from the forward's size {fwd.size}")
             size = fwd.bucket
         try:
-            key = (shape_key(args, self.spec, size, self.static, fwd.bucket), fwd.instance)
+            key = (keyed_shape(args, self.spec, size, self._positions(len(args)), fwd.bucket), fwd.instance)
         except TypeError as exc:
             return self._eager("key", args, f"an argument cannot key a graph ({exc})")
         entry = self._entries.get(key)

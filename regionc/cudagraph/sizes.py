@@ -191,11 +191,17 @@ def shape_key(args: Sequence[Any], spec: DynamicSpec, size: int | None, static_i
     replaced by ``size`` where declared; other scalars contribute their value. ``bucket`` is the
     forward's bucket (so pieces without dynamic dims still get one graph per bucket).
     """
+    return keyed_shape(args, spec, size, [i for i in range(len(args)) if i not in static_indices], bucket)
+
+
+def keyed_shape(args: Sequence[Any], spec: DynamicSpec, size: int | None, positions: Sequence[int],
+                bucket: Any = None) -> tuple:
+    """:func:`shape_key` over the given non-static ``positions`` (a caller on the replay path
+    computes them once: a whole graph has hundreds of weights to skip)."""
     parts: list[Any] = [bucket]
-    size_ints = set(spec.int_args)
-    for i, value in enumerate(args):
-        if i in static_indices:
-            continue
+    size_ints = spec.int_args
+    for i in positions:
+        value = args[i]
         if isinstance(value, torch.Tensor):
             dims = spec.dims_of(i) if size is not None else ()
             shape = padded_shape(value.shape, dims, size) if dims else tuple(value.shape)
