@@ -16,9 +16,8 @@ from typing import Any
 import torch.fx
 
 from regionc.compiler.manager import GraphCompiler, device_of
+from regionc.compiler.program import make_program
 from regionc.config import Config
-from regionc.cudagraph.piecewise import wrap_pieces_in_cudagraphs
-from regionc.cudagraph.runner import should_use_cudagraphs
 from regionc.passes import PassManager
 from regionc.report import new_report
 
@@ -33,15 +32,12 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
     if trace_s is not None:
         report.phases["trace"] = trace_s
     passes = PassManager(config, device_of(example_inputs))
-    compiler = GraphCompiler(config, store=_open_store(config), passes=passes)
+    compiler = GraphCompiler(config, store=open_store(config), passes=passes)
     with report.phase("total"):
         split, pieces = compiler.compile(gm, example_inputs, report)
-    compiled = split
-    if should_use_cudagraphs(config, example_inputs):
-        compiled = wrap_pieces_in_cudagraphs(gm, split, pieces, example_inputs, config, report)
-    compiled.regionc_report = report
+    program = make_program(gm, split, pieces, example_inputs, config, report)
     log.info(report.summary())
-    return compiled
+    return program
 
 
 def _dynamo_seconds_so_far() -> float | None:
@@ -62,7 +58,8 @@ def _dynamo_seconds_so_far() -> float | None:
     return None
 
 
-def _open_store(config: Config):
+def open_store(config: Config):
+    """The artifact store of ``config`` (None when the cache is off); points Inductor's caches under it."""
     if not config.cache:
         return None
     from regionc.cache.key import configure_compiler_caches

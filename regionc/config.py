@@ -73,6 +73,9 @@ class Config:
     #: >= 2.12), "per_block" compiles each block as its own Dynamo frame (the glue runs eagerly),
     #: "full" traces everything; "auto" takes the first of these the installed torch does well.
     block_tracing: str = "auto"
+    #: ``regionc.compile`` only: save each Dynamo trace (bytecode, guards, the split program) in the
+    #: cache and load it on the next start instead of tracing (torch >= 2.10; needs ``cache``).
+    trace_cache: bool = True
     #: Raise instead of falling back to eager when a piece fails to compile (tests, CI).
     strict: bool = False
 
@@ -92,6 +95,10 @@ class Config:
             "kernel_choice": self.kernel_choice,
             "inductor_config": {k: repr(v) for k, v in sorted(self.inductor_config.items())},
         }
+
+    def trace_options(self) -> dict[str, Any]:
+        """Options that change what a saved trace's program is (its key); the rest apply at load."""
+        return {**self.codegen_options(), "min_instances": self.min_instances, "cudagraphs": self.cudagraphs}
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -27,6 +27,7 @@ class PieceRecord:
     reason: str = ""  # why it fell back, when source == "eager"
     pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # fusions in this compile
     seconds: float = 0.0  # compiling it, or loading it from the cache (0 for reused instances)
+    key: str = ""  # its artifact's key in regionc's store ("" when not cached)
 
 
 @dataclasses.dataclass
@@ -34,6 +35,7 @@ class Report:
     graph_index: int = 0
     containers: dict[str, int] = dataclasses.field(default_factory=dict)  # container path -> blocks
     inlined_regions: int = 0  # nested_compile_region calls expanded (blocks Dynamo traced once)
+    trace_source: str = ""  # regionc.compile's saved traces: "saved trace <key>", "traced, saved as <key>", ...
     pieces: list[PieceRecord] = dataclasses.field(default_factory=list)
     fallbacks: list[str] = dataclasses.field(default_factory=list)
     reuse_breakers: list[str] = dataclasses.field(default_factory=list)
@@ -94,6 +96,8 @@ class Report:
             parts.append("passes " + " ".join(f"{k}={v}" for k, v in sorted(self.pass_matches.items())))
         if self.cudagraphs:
             parts.append(f"cudagraphs {self.cudagraphs.get('graphs', 0)} graph(s)")
+        if self.trace_source:
+            parts.append(self.trace_source)
         if self.fallbacks:
             parts.append(f"{len(self.fallbacks)} fallback(s)")
         parts.append(phases)
@@ -104,6 +108,7 @@ class Report:
             "graph_index": self.graph_index,
             "containers": dict(self.containers),
             "inlined_regions": self.inlined_regions,
+            "trace_source": self.trace_source,
             "unique_block_fingerprints": self.unique_block_fingerprints,
             "unique_block_compiles": self.unique_block_compiles,
             "instances_per_fingerprint": self.instances_per_fingerprint(),

@@ -61,17 +61,20 @@ class GraphCompiler:
                    **(self.passes.inductor_config_patches() if self.passes is not None else {})}
         device = device_of(example_inputs)
         done: dict[str, Callable[..., Any] | None] = {}
+        keys: dict[str, str] = {}  # fingerprint -> store key of its artifact
         for piece in pieces:
             fingerprint = prints[piece.name]
             record = PieceRecord(piece.name, piece.kind, piece.label if piece.block else None, fingerprint.short)
             if fingerprint.digest in done:
                 fn, record.source = done[fingerprint.digest], "reused"
+                record.key = keys.get(fingerprint.digest, "")
                 if fn is None:
                     record.source, record.reason = "eager", "its fingerprint failed to compile"
             else:
                 fn = self._obtain(piece, split.get_submodule(piece.name), inputs[piece.name], fingerprint,
                                   patches, device, record, report)
                 done[fingerprint.digest] = fn
+                keys[fingerprint.digest] = record.key
                 if self.passes is not None:
                     record.pass_matches = self.passes.take_matches()
                     report.pass_matches.update(record.pass_matches)
@@ -91,6 +94,7 @@ class GraphCompiler:
 
         key, factors = piece_key(fingerprint.digest, [describe_value(v) for v in inputs],
                                  self.config.codegen_options(), environment_factors(device))
+        record.key = key
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
             start = time.perf_counter()
@@ -114,6 +118,8 @@ class GraphCompiler:
             fn, payload = self._compile(piece, submodule, inputs, patches, record, report)
             if payload is not None and self.store.save(key, payload, factors):
                 report.add_cache(bytes_written=len(payload))
+            else:
+                record.key = ""
             return fn
 
     def _compile(self, piece, submodule, inputs, patches, record, report):

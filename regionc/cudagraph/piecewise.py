@@ -16,6 +16,7 @@ otherwise every batch size gets graphs of its own exact shape.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 from collections.abc import Callable, Sequence
@@ -32,35 +33,67 @@ from regionc.regions.split import Piece
 log = logging.getLogger("regionc")
 
 
-def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
-                              example_inputs: Sequence[Any], config, report, backend=None) -> Callable[..., Any]:
-    """``gm``: the Dynamo graph ``split`` was made from (it carries the shapes padding is decided on).
-    ``backend``: the pool's CUDA calls (tests pass a fake)."""
-    static_indices = [
+@dataclasses.dataclass(frozen=True)
+class CudagraphPlan:
+    """What the graph runners need to know about a split graph, decided once from Dynamo's graph.
+
+    Plain data (indices, specs, a sympy symbol), so a saved trace can rebuild the runners
+    without the fake tensors the decisions were made on.
+    """
+
+    static_indices: tuple[int, ...]  # graph inputs Dynamo marked as static addresses (weights, buffers)
+    padding: PaddingPlan | None  # None: every batch size gets graphs of its own exact shape
+    padding_note: str  # the report's line on padding
+    mutated_inputs: frozenset[int]  # graph inputs written in place
+    piece_mutated_inputs: dict[str, frozenset[int]]  # the same, per piece (in the piece's arg order)
+    device: torch.device | None
+
+
+def plan_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
+                    example_inputs: Sequence[Any], config) -> CudagraphPlan:
+    """``gm``: the Dynamo graph ``split`` was made from (it carries the shapes padding is decided on)."""
+    static_indices = tuple(
         i for i, value in enumerate(example_inputs)
         if isinstance(value, torch.Tensor) and torch._dynamo.utils.get_static_address_type(value) is not None
-    ]
-    plan = None
+    )
+    padding, note = None, ""
     if config.capture_sizes:
         try:
-            plan = plan_padding(gm, split, pieces, static_indices)
+            padding = plan_padding(gm, split, pieces, static_indices)
         except NotPaddable as exc:
             log.info("regionc: CUDA graphs are captured per exact batch size, without padding: %s", exc)
-            report.cudagraphs["padding"] = f"off: {exc}"
-    if plan is not None:
-        report.cudagraphs["padding"] = f"batch size {plan.symbol} padded to {list(config.capture_sizes)}"
-    pool = GraphPool(config, report, device=_cuda_device(example_inputs), backend=backend)
+            note = f"off: {exc}"
+        else:
+            note = (f"batch size {padding.symbol} padded to {list(config.capture_sizes)}" if padding
+                    else "off: no dynamic batch dim")
+    return CudagraphPlan(
+        static_indices=static_indices, padding=padding, padding_note=note,
+        mutated_inputs=frozenset(mutated_placeholders(gm)),
+        piece_mutated_inputs={p.name: frozenset(mutated_placeholders(split._modules[p.name])) for p in pieces},
+        device=_cuda_device(example_inputs))
+
+
+def install_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piece], plan: CudagraphPlan, config, report,
+                       backend=None) -> Callable[..., Any]:
+    """``split`` with its compiled pieces installed, run under CUDA graphs as ``plan`` says.
+    ``backend``: the pool's CUDA calls (tests pass a fake)."""
+    if plan.padding_note:
+        report.cudagraphs["padding"] = plan.padding_note
+    pool = GraphPool(config, report, device=plan.device, backend=backend)
+    static_indices = list(plan.static_indices)
     whole = None
     if config.cudagraph_mode == "full":
         whole = PieceGraphRunner(
             split.forward, name="all pieces", pool=pool, config=config, report=report,
-            static_input_indices=static_indices, dynamic_inputs=plan.graph_spec if plan else None,
-            is_last=True, mutated_inputs=mutated_placeholders(gm))
+            static_input_indices=static_indices,
+            dynamic_inputs=plan.padding.graph_spec if plan.padding else None,
+            is_last=True, mutated_inputs=set(plan.mutated_inputs))
     report.cudagraphs["mode"] = "full" if whole is not None else "piecewise"
     if whole is None or not whole.capturable:
-        _graph_each_piece(split, pieces, static_indices, plan, pool, config, report)
+        _graph_each_piece(split, pieces, plan, pool, config, report)
 
     statics_of = _picker(static_indices)
+    padding = plan.padding
 
     def run_with_graphs(*args):
         nonlocal whole
@@ -68,9 +101,9 @@ def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphMod
             log.warning("regionc: one CUDA graph over all pieces could not be captured; graphing each piece instead")
             report.cudagraphs["mode"] = "piecewise (full capture failed)"
             whole = None
-            _graph_each_piece(split, pieces, static_indices, plan, pool, config, report)
+            _graph_each_piece(split, pieces, plan, pool, config, report)
             pool.restart()
-        size = plan.runtime_size(args) if plan else None
+        size = padding.runtime_size(args) if padding else None
         with pool.forward(size=size, statics=statics_of(args)):
             return whole(*args) if whole is not None else split(*args)
 
@@ -78,10 +111,17 @@ def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphMod
     return run_with_graphs
 
 
-def _graph_each_piece(split: torch.fx.GraphModule, pieces: Sequence[Piece], static_indices: list[int],
-                      plan: PaddingPlan | None, pool: GraphPool, config, report) -> None:
+def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
+                              example_inputs: Sequence[Any], config, report, backend=None) -> Callable[..., Any]:
+    """:func:`plan_cudagraphs` then :func:`install_cudagraphs`."""
+    plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
+    return install_cudagraphs(split, pieces, plan, config, report, backend=backend)
+
+
+def _graph_each_piece(split: torch.fx.GraphModule, pieces: Sequence[Piece], plan: CudagraphPlan,
+                      pool: GraphPool, config, report) -> None:
     graph_inputs = list(split.graph.find_nodes(op="placeholder"))
-    static_graph_inputs = {graph_inputs[i] for i in static_indices}
+    static_graph_inputs = {graph_inputs[i] for i in plan.static_indices}
     returned = _values_returned_to_user(split)
     calls = {node.target: node for node in split.graph.find_nodes(op="call_module")}
     for position, piece in enumerate(pieces):
@@ -90,10 +130,10 @@ def _graph_each_piece(split: torch.fx.GraphModule, pieces: Sequence[Piece], stat
         split.__dict__[piece.name] = PieceGraphRunner(
             fn, name=f"{piece.name} ({piece.label})", pool=pool, config=config, report=report,
             static_input_indices={i for i, arg in enumerate(call.args) if arg in static_graph_inputs},
-            dynamic_inputs=plan.specs[piece.name] if plan else None,
+            dynamic_inputs=plan.padding.specs[piece.name] if plan.padding else None,
             is_last=position == len(pieces) - 1,
             user_output_indices=returned.get(call, None),
-            mutated_inputs=mutated_placeholders(split._modules[piece.name]),
+            mutated_inputs=set(plan.piece_mutated_inputs[piece.name]),
         )
 
 

@@ -20,12 +20,17 @@ this helper; the backend underneath is the same. How (option ``block_tracing``):
 
 ``auto`` picks ``nested_region`` where Dynamo can reuse a traced region, else ``per_block``;
 a model without repeated blocks is compiled whole. The choice is logged.
+
+With the cache on and ``trace_cache`` (the default), the compiled forward (the model's, or each
+block's under ``per_block``) goes through a :class:`~regionc.tracing.saved.TraceSet`: Dynamo's
+trace is saved next to the pieces and the next process loads it instead of tracing.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 from typing import Any
 
 import torch
@@ -33,6 +38,7 @@ from torch import nn
 
 from regionc.config import Config
 from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
+from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
 log = logging.getLogger("regionc")
 
@@ -57,15 +63,35 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     log.info("regionc: compile with block_tracing=%s (repeated blocks: %s; torch %s)",
              strategy, described, torch.__version__)
     compile_args = {"backend": "regionc", "mode": mode, "options": options, "dynamic": dynamic}
+    save_traces = config.trace_cache and config.cache and traces_can_be_saved()
     if strategy == "per_block":
         for group in groups:
+            traces = TraceSet(group.cls.forward, strategy, config, mode, options, dynamic) if save_traces else None
             for block in group.instances:
-                block.compile(**compile_args)
+                if traces is not None:
+                    block.forward = SavedTraceForward(traces, block)
+                else:
+                    block.compile(**compile_args)
         return model
     if strategy == "nested_region":
         for group in groups:
             _mark_nested_region(group)
+    if save_traces:
+        model.forward = SavedTraceForward(TraceSet(type(model).forward, strategy, config, mode, options, dynamic),
+                                          model)
+        return model
     return torch.compile(model, **compile_args)
+
+
+class SavedTraceForward:
+    """A module's ``forward``, run through the saved traces of its class's forward."""
+
+    def __init__(self, traces: TraceSet, module: nn.Module):
+        self.traces = traces
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.traces(self.module, *args, **kwargs)
 
 
 def nested_regions_reuse_traces() -> bool:
@@ -80,13 +106,16 @@ def nested_regions_reuse_traces() -> bool:
 def _mark_nested_region(group: BlockGroup) -> None:
     region_class = _REGION_CLASSES.get(group.cls)
     if region_class is None:
-        region_class = type(group.cls.__name__, (group.cls,), {
+        # Importable under a name derived from the user's class, so a saved trace's guards (which
+        # name the block's type) pickle here and resolve in the next process once it marks the same class.
+        name = "region_of_" + re.sub(r"\W", "_", f"{group.cls.__module__}.{group.cls.__qualname__}")
+        region_class = type(name, (group.cls,), {
             "forward": torch.compiler.nested_compile_region(group.cls.forward),
-            "__module__": group.cls.__module__,
-            "__qualname__": group.cls.__qualname__,
+            "__module__": __name__,
+            "__qualname__": name,
             "__doc__": group.cls.__doc__,
         })
-        _REGION_CLASSES[group.cls] = region_class
+        globals()[name] = _REGION_CLASSES[group.cls] = region_class
     for block in group.instances:
         if type(block) is group.cls:
             block.__class__ = region_class

@@ -37,7 +37,8 @@ def main(out_prefix: str, cache_dir: str, options_json: str, go_file: str | None
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
     torch.save(out, out_prefix + ".pt")
     with open(out_prefix + ".json", "w") as f:
-        json.dump(regionc.last_report().to_dict(), f)
+        json.dump({**regionc.last_report().to_dict(),
+                   "dynamo_graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]}, f)
 
 
 if __name__ == "__main__":

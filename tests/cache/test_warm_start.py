@@ -13,6 +13,7 @@ import torch
 
 from regionc.cache.store import ArtifactStore
 from regionc.tracing.compile import nested_regions_reuse_traces
+from regionc.tracing.saved import traces_can_be_saved
 
 WORKER = Path(__file__).with_name("model_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -112,3 +113,15 @@ def test_block_traced_once_loads_the_entries_of_a_full_trace(cold):
     assert report["inlined_regions"] == 3
     assert report["sources"] == ["cache", "cache", "reused", "reused", "cache"]
     torch.testing.assert_close(report["output"], first["output"], atol=0, rtol=0)
+
+
+def test_a_regionc_compile_restart_loads_its_saved_trace_and_runs_no_dynamo(cold):
+    if not traces_can_be_saved():
+        pytest.skip(f"torch {torch.__version__} cannot save Dynamo traces")
+    tmp, cache_dir, first = cold
+    traced = run_worker(tmp, "saved-trace-1", cache_dir, entry="regionc.compile")
+    assert traced["trace_source"].startswith("traced, saved as ") and traced["dynamo_graphs"] >= 1
+    loaded = run_worker(tmp, "saved-trace-2", cache_dir, entry="regionc.compile")
+    assert loaded["trace_source"].startswith("saved trace ") and loaded["dynamo_graphs"] == 0
+    assert set(loaded["sources"]) <= {"cache", "reused"} and loaded["cache"]["misses"] == 0
+    torch.testing.assert_close(loaded["output"], traced["output"], atol=0, rtol=0)

@@ -1,0 +1,156 @@
+"""What the backend hands back to Dynamo: the split graph with its compiled pieces, and how to rebuild it.
+
+A :class:`CompiledProgram` runs the split module (under CUDA graphs when they are on). It also
+keeps a :class:`Recipe`: the split module's skeleton (its code, no fake tensors, no weights),
+each piece's store key, and the CUDA-graph plan. That is all a new process needs to rebuild the
+same program from regionc's store, so the program is a Dynamo ``SerializableCallable``: a saved
+Dynamo trace (``regionc.compile``'s trace cache, regionc/tracing/saved.py) carries the recipe
+instead of the compiled code, and loading it loads the pieces like a warm start does.
+
+A program with a piece that is not in the store (it fell back to eager, or the cache is off)
+has no recipe; saving its trace fails with a message naming the piece.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx
+
+from regionc.compiler.inductor import load_piece
+from regionc.config import Config
+from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
+from regionc.regions.split import Piece
+from regionc.report import PieceRecord, Report
+
+log = logging.getLogger("regionc")
+
+try:  # torch >= 2.10: Dynamo can save a trace whose compiled function serializes itself
+    from torch._dynamo.aot_compile_types import SerializableCallable
+except ImportError:  # pragma: no cover - older torch: programs are never saved
+    SerializableCallable = object  # type: ignore[assignment,misc]
+
+#: Bump when the recipe's layout changes (old saved traces then fail to load and are re-traced).
+RECIPE_FORMAT = 1
+
+#: The config and report a program being loaded should use (set by the code that loads a trace).
+_loading: contextvars.ContextVar[tuple[Config, Report] | None] = contextvars.ContextVar("regionc_loading", default=None)
+
+
+@dataclasses.dataclass
+class Recipe:
+    skeleton: bytes  # pickled split module, pieces replaced by empty modules
+    pieces: list[Piece]
+    keys: dict[str, str]  # piece name -> store key of its compiled artifact
+    containers: dict[str, int]  # the report's repeated containers (path -> blocks)
+    cudagraph_plan: CudagraphPlan | None  # None: run without CUDA graphs
+
+
+class CompiledProgram(SerializableCallable):
+    def __init__(self, run: Callable[..., Any], report: Report, recipe: Recipe | None, why_not_saveable: str = ""):
+        self.run = run
+        self.regionc_report = report
+        self.recipe = recipe
+        self.why_not_saveable = why_not_saveable
+
+    def __call__(self, *args: Any) -> Any:
+        return self.run(*args)
+
+    # ------------------------------------------------------------------ SerializableCallable
+    @classmethod
+    def serialize_compile_artifacts(cls, fn: CompiledProgram) -> bytes:
+        if fn.recipe is None:
+            raise RuntimeError(f"regionc: this graph cannot be saved: {fn.why_not_saveable}")
+        return pickle.dumps((RECIPE_FORMAT, fn.recipe))
+
+    @classmethod
+    def deserialize_compile_artifacts(cls, data: bytes) -> CompiledProgram:
+        version, recipe = pickle.loads(data)
+        if version != RECIPE_FORMAT:
+            raise RuntimeError(f"regionc: saved recipe format {version}, this regionc reads {RECIPE_FORMAT}")
+        context = _loading.get()
+        if context is None:
+            raise RuntimeError("regionc: a saved program is loaded through regionc.compile (it needs the options)")
+        config, report = context
+        return rebuild(recipe, config, report)
+
+
+@contextlib.contextmanager
+def loading_programs(config: Config, report: Report):
+    """Programs deserialized inside the block use ``config`` and record into ``report``."""
+    token = _loading.set((config, report))
+    try:
+        yield
+    finally:
+        _loading.reset(token)
+
+
+def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
+                 example_inputs: Sequence[Any], config: Config, report: Report) -> CompiledProgram:
+    """The backend's result for ``split`` (its pieces already installed), with a recipe when possible."""
+    from regionc.cudagraph.piecewise import plan_cudagraphs
+    from regionc.cudagraph.runner import should_use_cudagraphs
+
+    plan = None
+    if should_use_cudagraphs(config, example_inputs):
+        plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
+    keys = {record.name: record.key for record in report.pieces}
+    missing = [f"{p.name} ({p.label})" for p in pieces if not keys.get(p.name)]
+    recipe, why = None, ""
+    if missing:
+        why = f"no cached artifact for {', '.join(missing)} (compiled in memory only, or ran eagerly)"
+    else:
+        recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.containers), plan)
+    run = install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
+    return CompiledProgram(run, report, recipe, why)
+
+
+def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
+    """The program ``recipe`` describes, its pieces loaded from the store (raises if one is missing)."""
+    from regionc.backend import open_store
+
+    store = open_store(config)
+    if store is None:
+        raise RuntimeError("regionc: the cache is off, so a saved program cannot load its pieces")
+    split = pickle.loads(recipe.skeleton)
+    report.containers = dict(recipe.containers)
+    loaded: dict[str, Callable[..., Any]] = {}
+    for piece in recipe.pieces:
+        key = recipe.keys[piece.name]
+        record = PieceRecord(piece.name, piece.kind, piece.label if piece.block else None, "", key=key)
+        if key in loaded:
+            record.source = "reused"
+        else:
+            start = time.perf_counter()
+            payload = store.load(key)
+            if payload is None:
+                raise RuntimeError(f"regionc: the artifact of {piece.name} ({piece.label}) is no longer in the cache")
+            loaded[key] = load_piece(payload)
+            record.seconds = time.perf_counter() - start
+            record.source = "cache"
+            report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
+            report.phases["load"] += record.seconds
+        split.__dict__[piece.name] = loaded[key]
+        report.pieces.append(record)
+    plan = recipe.cudagraph_plan if config.cudagraphs is not False else None
+    run = install_cudagraphs(split, recipe.pieces, plan, config, report) if plan is not None else split
+    return CompiledProgram(run, report, recipe)
+
+
+def _skeleton(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
+    """``split``'s code with each piece an empty module: it pickles without fake tensors or weights."""
+    graph = torch.fx.Graph()
+    values: dict[torch.fx.Node, torch.fx.Node] = {}
+    graph.output(graph.graph_copy(split.graph, values))
+    for node in graph.nodes:
+        node.meta = {}
+    return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, graph))
+

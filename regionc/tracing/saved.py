@@ -1,0 +1,260 @@
+"""Saved Dynamo traces: a warm start that runs no Dynamo at all.
+
+``torch.compile(fn, fullgraph=True).aot_compile(example)`` (torch >= 2.10) returns what Dynamo
+produced for ``fn`` (its transformed bytecode, its guards and the backend's compiled function)
+as an object that can be saved and loaded in another process. regionc's compiled function is a
+:class:`~regionc.compiler.program.CompiledProgram`, whose saved form is a recipe over the artifact
+store, so a saved trace is small and loading it loads the pieces as any warm start does.
+``regionc.compile`` calls a model's (or each block's) forward through a :class:`TraceSet`: the
+first call in a process looks the trace up in the store, and traces (then saves) only when
+nothing usable is there.
+
+A stale trace must never run. An entry is used only if all of these hold:
+
+- its **key** matches: every environment factor of a piece key (torch build, triton, Python, GPU,
+  regionc's sources, Inductor config), regionc's options, the function (module and qualname), the
+  class of the module it runs on, and each argument's type, dtype, device and shape (rank only
+  with ``dynamic=True``);
+- torch's own check of the saved system info passes (torch version, GPU);
+- every source file Dynamo inlined while tracing still has the content it had then (a changed
+  model, block or helper file means a new trace);
+- its **guards** pass on the actual arguments and module (parameter shapes and dtypes, grad
+  mode, module attributes Dynamo read).
+
+Anything else is a miss: regionc traces again, with one log line saying why. Graph breaks cannot
+be saved (the AOT path traces with ``fullgraph=True``); such a model is compiled the ordinary way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from regionc.config import Config
+from regionc.report import Report, last_report, new_report
+
+log = logging.getLogger("regionc")
+
+#: Saved traces per key: a function whose guards depend on more than the key (a per-layer
+#: constant read by the block, say) gets several, tried in order.
+MAX_TRACES_PER_KEY = 8
+
+
+def traces_can_be_saved() -> bool:
+    """Whether this torch can save a Dynamo trace (``aot_compile`` and ``load_compiled_function``)."""
+    try:
+        from torch._dynamo.aot_compile import AOTCompiledFunction  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(torch.compiler, "load_compiled_function")
+
+
+class TraceSet:
+    """The saved traces of one function (a model's, or a block class's, forward), shared by its modules."""
+
+    def __init__(self, fn: Callable[..., Any], strategy: str, config: Config, mode: str | None,
+                 options: dict[str, Any] | None, dynamic: bool | None):
+        self.fn = fn
+        self.strategy = strategy  # regionc.compile's block_tracing: the same function traces differently
+        self.config = config
+        self.compile_args = {"backend": "regionc", "mode": mode, "options": options, "dynamic": dynamic}
+        self.dynamic = dynamic
+        self.entries: list[_Entry] = []
+        self.ordinary: Callable[..., Any] | None = None  # torch.compile(fn), once a trace could not be saved
+
+    def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.ordinary is not None:
+            return self.ordinary(module, *args, **kwargs)
+        for entry in self.entries:
+            if entry.check(module, args, kwargs):
+                return entry.fn(module, *args, **kwargs)
+        try:
+            entry = self._find_or_trace(module, args, kwargs)
+        except _NotSaveable as exc:
+            log.warning("regionc: %s cannot be traced for saving (%s); compiling it the ordinary way, "
+                        "without a saved trace", _name(self.fn), exc)
+            self.ordinary = torch.compile(self.fn, **self.compile_args)
+            return self.ordinary(module, *args, **kwargs)
+        self.entries.append(entry)
+        return entry.fn(module, *args, **kwargs)
+
+    # ------------------------------------------------------------------ lookup
+    def _find_or_trace(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
+        from regionc.backend import open_store
+
+        store = open_store(self.config)
+        base = self._key(module, args, kwargs)
+        for n in range(MAX_TRACES_PER_KEY):
+            key = _variant(base, n)
+            with store.lock(key):
+                payload = store.load(key)
+                entry = self._load(store, key, payload) if payload is not None else None
+                if entry is None:  # nothing (usable) saved under this key: trace into it
+                    return self._trace_and_save(store, key, base, module, args, kwargs)
+            if entry.check(module, args, kwargs):
+                log.info("regionc: %s: loaded saved trace %s instead of tracing; %s",
+                         _name(self.fn), key[:12], entry.report.summary())
+                return entry
+            log.info("regionc: %s: saved trace %s does not fit this call (%s); trying the next",
+                     _name(self.fn), key[:12], entry.why_not(module, args, kwargs))
+        log.warning("regionc: %s: %d saved traces under one key and none fits; tracing without saving",
+                    _name(self.fn), MAX_TRACES_PER_KEY)
+        return self._trace(module, args, kwargs)
+
+    def _load(self, store, key: str, payload: bytes) -> _Entry | None:
+        from regionc.compiler.program import loading_programs
+
+        report = new_report()
+        report.trace_source = "saved trace " + key[:12]
+        try:
+            with report.phase("total"), loading_programs(self.config, report):
+                compiled = torch.compiler.load_compiled_function(io.BytesIO(payload))
+                stale = _changed_sources(compiled)
+        except Exception as exc:  # noqa: BLE001 - any failure to load means: trace again
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("regionc: %s: saved trace %s cannot be used (%s); tracing again", _name(self.fn), key[:12], reason)
+            report.fallbacks.append(f"saved trace {key[:12]} not loaded: {reason}")
+            store.remove(key)
+            return None
+        if stale:
+            log.info("regionc: %s: saved trace %s is stale, %s changed since it was traced; tracing again",
+                     _name(self.fn), key[:12], ", ".join(stale))
+            report.fallbacks.append(f"saved trace {key[:12]} stale: {', '.join(stale)} changed")
+            store.remove(key)
+            return None
+        return _Entry(compiled, report)
+
+    def _trace_and_save(self, store, key: str, base: dict, module, args, kwargs) -> _Entry:
+        from torch._dynamo.aot_compile import AOTCompiledFunction
+
+        entry = self._trace(module, args, kwargs)
+        try:
+            payload = AOTCompiledFunction.serialize(entry.compiled).serialized_data
+        except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
+            entry.report.trace_source = f"traced, not saved: {reason}"
+            return entry
+        if store.save(key, payload, {"saved_trace": base}):
+            log.info("regionc: %s: saved its trace as %s (%d bytes)", _name(self.fn), key[:12], len(payload))
+            entry.report.trace_source = "traced, saved as " + key[:12]
+        return entry
+
+    def _trace(self, module, args, kwargs) -> _Entry:
+        compiled = torch.compile(self.fn, fullgraph=True, **self.compile_args)
+        try:
+            traced = compiled.aot_compile(((module, *args), kwargs))
+        except Exception as exc:  # a graph break, a guard that cannot be saved, ...
+            if self.config.strict:
+                raise
+            raise _NotSaveable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        return _Entry(traced, last_report())
+
+    # ------------------------------------------------------------------ key
+    def _key(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+        from regionc.cache.key import canonical, environment_factors
+
+        device = _device_of(module, args, kwargs)
+        return canonical({
+            "function": f"{self.fn.__module__}.{self.fn.__qualname__}",
+            "block_tracing": self.strategy,
+            "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "args": [_describe(a, self.dynamic) for a in args],
+            "kwargs": {k: _describe(v, self.dynamic) for k, v in sorted(kwargs.items())},
+            "grad_enabled": torch.is_grad_enabled(),
+            "options": self.config.trace_options(),
+            "mode": self.compile_args["mode"],
+            "dynamic": self.dynamic,
+            "env": environment_factors(device),
+        })
+
+
+class _NotSaveable(Exception):
+    """Dynamo could not trace the function in one graph with saveable guards (the message says why)."""
+
+
+class _Entry:
+    """One saved (or just traced) trace; calls it after checking its guards."""
+
+    def __init__(self, compiled, report: Report):
+        self.compiled = compiled
+        self.report = report
+        self.fn = compiled.fn  # Dynamo's bytecode, calling the compiled program
+        artifacts = compiled._artifacts
+        self.guards = artifacts.guard_manager
+        signature = artifacts.signature
+        self.names = list(signature.parameters)
+        self.defaults = {name: p.default for name, p in signature.parameters.items()
+                         if p.default is not inspect.Parameter.empty}
+        simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in signature.parameters.values())
+        self.fast = simple and not artifacts.runtime_env.closure
+
+    def f_locals(self, module, args: tuple, kwargs: dict) -> dict[str, Any]:
+        if not self.fast:
+            return self.compiled.prepare_f_locals(module, *args, **kwargs)
+        values = dict(self.defaults)
+        values.update(zip(self.names, (module, *args)))
+        values.update(kwargs)
+        return values
+
+    def check(self, module, args: tuple, kwargs: dict) -> bool:
+        return self.guards.check(self.f_locals(module, args, kwargs))
+
+    def why_not(self, module, args: tuple, kwargs: dict) -> str:
+        return str(self.guards.check_verbose(self.f_locals(module, args, kwargs))).splitlines()[0]
+
+
+def _changed_sources(compiled) -> list[str]:
+    """Modules whose source differs from the one Dynamo traced (a saved trace of them is stale)."""
+    import importlib
+
+    from torch._dynamo.package import _hash_source
+
+    changed = []
+    for source in compiled.source_info().inlined_sources:
+        try:
+            module = importlib.import_module(source.module)
+            current = inspect.getsource(module)
+        except Exception:  # noqa: BLE001 - gone or unreadable: stale
+            changed.append(source.module)
+            continue
+        if _hash_source(current) != _hash_source(source.content):
+            changed.append(source.module)
+    return sorted(set(changed))
+
+
+def _describe(value: Any, dynamic: bool | None) -> Any:
+    if isinstance(value, torch.Tensor):
+        shape = value.dim() if dynamic else list(value.shape)
+        return {"tensor": str(value.dtype), "device": value.device.type, "shape": shape,
+                "requires_grad": value.requires_grad}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {type(value).__name__: value}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v, dynamic) for v in value]
+    return {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
+
+
+def _device_of(module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.device:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _variant(base: dict, n: int) -> str:
+    from regionc.cache.key import canonical_json
+
+    return hashlib.sha256(canonical_json({"saved_trace": base, "variant": n}).encode()).hexdigest()
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", repr(fn))

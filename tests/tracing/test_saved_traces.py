@@ -1,0 +1,160 @@
+"""regionc.compile's saved Dynamo traces: a second start runs no Dynamo, and a stale trace never runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import regionc
+from regionc.cache.store import ArtifactStore
+from regionc.tracing.saved import traces_can_be_saved
+from tests.helpers import assert_close
+
+pytestmark = pytest.mark.skipif(not traces_can_be_saved(), reason=f"torch {torch.__version__} cannot save traces")
+
+MODEL_SOURCE = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + torch.tanh(self.lin(x)) * 0.5
+
+
+class Net(nn.Module):
+    def __init__(self, dim=32, out=32, layers=3, graph_break=False):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim) for _ in range(layers))
+        self.head = nn.Linear(dim, out)
+        self.graph_break = graph_break
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        if self.graph_break:
+            torch._dynamo.graph_break()
+        return self.head(x)
+'''
+
+
+@pytest.fixture
+def model_module(tmp_path, monkeypatch):
+    """The model above as an importable module file the test may edit."""
+    path = tmp_path / "saved_trace_model.py"
+    path.write_text(MODEL_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("saved_trace_model", None)
+    module = importlib.import_module("saved_trace_model")
+    yield module
+    sys.modules.pop("saved_trace_model", None)
+
+
+def start(module, cache_dir, x, options=None, **model_args):
+    """One 'process start': fresh Dynamo, a new model (seeded weights), compile, first call.
+    Returns the report and how many graphs Dynamo traced."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    model = module.Net(**model_args)
+    expected = model(x)
+    compiled = regionc.compile(model, options={"cache_dir": str(cache_dir), "strict": True, **(options or {})})
+    with torch.no_grad():
+        assert_close(compiled(x), expected)
+    return regionc.last_report(), torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def x_of(rows=4, dim=32):
+    return torch.randn(rows, dim, generator=torch.Generator().manual_seed(1))
+
+
+def test_second_start_loads_the_trace_and_runs_no_dynamo(model_module, tmp_path):
+    first, traced_graphs = start(model_module, tmp_path / "cache", x_of())
+    assert first.trace_source.startswith("traced, saved as ") and traced_graphs == 1
+    second, traced_graphs = start(model_module, tmp_path / "cache", x_of())
+    assert second.trace_source.startswith("saved trace ") and traced_graphs == 0
+    assert [p.source for p in first.pieces] == ["compiled", "reused", "reused", "compiled"]
+    assert [p.source for p in second.pieces] == ["cache", "reused", "reused", "cache"]
+    assert second.containers == {"blocks": 3}
+
+
+def test_a_changed_model_source_is_traced_again(model_module, tmp_path, caplog):
+    start(model_module, tmp_path / "cache", x_of())
+    path = tmp_path / "saved_trace_model.py"
+    path.write_text(MODEL_SOURCE.replace("* 0.5", "* 2.0"))
+    importlib.reload(model_module)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        report, traced_graphs = start(model_module, tmp_path / "cache", x_of())  # compares with the new eager
+    assert report.trace_source.startswith("traced") and traced_graphs == 1
+    assert any("is stale, saved_trace_model changed" in r.getMessage() for r in caplog.records)
+
+
+def test_changed_shapes_and_weights_never_load_a_trace_that_does_not_fit(model_module, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    base, _ = start(model_module, cache, x_of())
+    other_rows, _ = start(model_module, cache, x_of(rows=6))  # another input shape: another key
+    assert other_rows.trace_source.startswith("traced")
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        other_head, traced_graphs = start(model_module, cache, x_of(), out=16)  # same key, other weight shape
+    assert other_head.trace_source.startswith("traced") and traced_graphs == 1
+    assert any("does not fit this call" in r.getMessage() for r in caplog.records)
+    again, traced_graphs = start(model_module, cache, x_of(), out=16)  # now both variants are saved
+    assert again.trace_source.startswith("saved trace ") and traced_graphs == 0
+    assert again.trace_source != base.trace_source
+
+
+def test_a_trace_saved_by_another_torch_build_is_not_loaded(model_module, tmp_path, monkeypatch, caplog):
+    from torch._dynamo import package
+
+    start(model_module, tmp_path / "cache", x_of())
+    real_current, real_load = package.SystemInfo.current, torch.compiler.load_compiled_function
+
+    def load_under_another_build(*args, **kwargs):  # the running torch now differs from the saving one
+        with monkeypatch.context() as patch:
+            patch.setattr(package.SystemInfo, "current",
+                          staticmethod(lambda: dataclasses.replace(real_current(), torch_version="0.0.1")))
+            return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", load_under_another_build)
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        report, traced_graphs = start(model_module, tmp_path / "cache", x_of())
+    assert report.trace_source.startswith("traced") and traced_graphs == 1
+    assert any("cannot be used" in r.getMessage() and "PyTorch version" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_saved_trace_is_replaced(model_module, tmp_path, caplog):
+    first, _ = start(model_module, tmp_path / "cache", x_of())
+    store = ArtifactStore(tmp_path / "cache")
+    (entry,) = [e for e in store.entries() if e.key.startswith(first.trace_source.rsplit(" ", 1)[1])]
+    store.save(entry.key, b"not a trace", {})
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        report, traced_graphs = start(model_module, tmp_path / "cache", x_of())
+    assert report.trace_source.startswith("traced, saved as ") and traced_graphs == 1
+    assert any("cannot be used" in r.getMessage() for r in caplog.records)
+    report, traced_graphs = start(model_module, tmp_path / "cache", x_of())
+    assert report.trace_source.startswith("saved trace ") and traced_graphs == 0
+
+
+def test_a_graph_break_falls_back_to_an_ordinary_compile(model_module, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        report, traced_graphs = start(model_module, tmp_path / "cache", x_of(), {"strict": False}, graph_break=True)
+    assert traced_graphs == 2 and report.trace_source == ""
+    assert any("cannot be traced for saving" in r.getMessage() for r in caplog.records)
+
+
+def test_per_block_tracing_saves_one_trace_for_all_blocks(model_module, tmp_path):
+    options = {"block_tracing": "per_block"}
+    first, traced_graphs = start(model_module, tmp_path / "cache", x_of(), options=options)
+    assert traced_graphs == 1 and first.trace_source.startswith("traced, saved as ")
+    second, traced_graphs = start(model_module, tmp_path / "cache", x_of(), options=options)
+    assert traced_graphs == 0 and second.trace_source.startswith("saved trace ")
