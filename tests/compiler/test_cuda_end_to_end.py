@@ -102,3 +102,27 @@ def test_regionc_compile_with_graphs_matches_eager():
             assert relative_error(compiled(tokens), reference(tokens)) < 2e-2
     stats = regionc.last_report().cudagraphs
     assert stats["graphs"] > 0 and not stats["fallbacks"], stats
+
+
+def test_saved_trace_restores_graphs_and_padding(tmp_path):
+    """A second regionc.compile start loads the saved trace (no Dynamo) and rebuilds the CUDA-graph plan."""
+    from regionc.tracing.saved import traces_can_be_saved
+
+    if not traces_can_be_saved():
+        pytest.skip(f"torch {torch.__version__} cannot save Dynamo traces")
+    options = {"cache_dir": str(tmp_path), "strict": True, "cudagraphs": True, "capture_sizes": (2, 4, 8)}
+    sources = []
+    for _ in range(2):  # two starts on one cache
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        model, reference = (build_demo_model(CFG, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+        compiled = regionc.compile(model, options=options, dynamic=True)
+        with torch.no_grad():
+            for batch in (3, 3, 3, 5, 2, 8):
+                tokens = torch.randint(0, CFG.vocab_size, (batch, 1), device="cuda")
+                assert relative_error(compiled(tokens), reference(tokens)) < 2e-2, batch
+        sources.append((regionc.last_report().trace_source, torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+        stats = regionc.last_report().cudagraphs
+        assert stats["graphs"] > 0 and not stats["fallbacks"], stats
+    assert sources[0][0].startswith("traced, saved as ") and sources[1] == (sources[1][0], 0)
+    assert sources[1][0].startswith("saved trace "), sources
