@@ -1,5 +1,5 @@
-"""Attention forward with native GQA: Triton flash-attention (v2 style) kernel, launcher, torch
-reference, op registration.
+"""Attention forward with native GQA: Triton flash-attention (v2 style) kernel in two variants,
+launcher, torch reference, op registration.
 
 Op (namespace ``regionc``)::
 
@@ -16,16 +16,45 @@ Op (namespace ``regionc``)::
   Triton) falls back to SDPA on ``repeat_interleave``d k/v, logged once on ``logging.getLogger("regionc")``.
   CPU: the torch reference (fp32 SDPA on repeated k/v), no C++ kernel.
 * Forward only: with grad mode on and an input requiring grad the op raises (RuntimeError).
-* The kernel is autotuned (key: head dim, causal, power-of-two buckets of Sq and Skv, dtype). Run
-  each new shape bucket once before CUDA-graph capture (the autotuner benchmarks on first use).
-  Causal grids run the query blocks longest-first (FlashAttention-2's order) so the grid's last
-  wave is the cheap blocks. ``benchmarks/kernels/bench_attention.py`` sweeps fixed configs per
-  shape (no autotuner) to pick autotune-free per-head-dim choices from measurements.
+
+Kernel variants (one Triton kernel, the ``USE_TMA`` constexpr picks how K/V/Q/O move):
+
+* ``"ptr"``: pointer loads (``tl.load`` of a ``[D, BLOCK_N]`` pointer tile, cp.async pipelining).
+  Works on every GPU Triton supports and for any strides. Its configs are the ones measured best
+  per TARGETS shape on the H100 before the TMA variant existed.
+* ``"tma"``: Hopper tensor descriptors (``tl.make_tensor_descriptor``, one per (batch, head) over
+  that head's ``[S, D]`` rows): each tile is one TMA bulk copy straight into shared memory, no
+  per-element address registers, and rows past ``S`` read as zeros / are not written, so ragged
+  lengths and any B/H/S strides work without flattening heads together. Needs compute capability
+  >= 9.0, 16-byte aligned bases and B/H/S strides (else ``"ptr"`` runs), and a Triton allocator
+  (descriptors are built on the device in a small per-launch workspace; see ``_ensure_allocator``).
+* ``"auto"``: one autotuner over both config lists, so it cannot pick anything slower than the
+  ``"ptr"`` configs (up to timing noise); costs the most compiles on a shape bucket's first call.
+
+**The switch** is ``ATTENTION_VARIANT`` below (env ``REGIONC_ATTENTION_VARIANT`` overrides it at
+import; assigning ``regionc.ops.attention.ATTENTION_VARIANT`` at runtime works too, read per call).
+``benchmarks/kernels/bench_attention.py`` times ``"ptr"`` and ``"tma"`` side by side with the SDPA
+backends and records every config's time: set the switch to the winner there (fewer configs = a
+cheaper first call). If the TMA kernel fails to compile (or raises at launch), the op logs one
+warning and uses ``"ptr"`` for the rest of the process instead of failing the user's call.
+
+Autotuning: key = head dim, causal, power-of-two buckets of Sq and Skv, dtype; sequence lengths,
+head counts and the GQA group are not specialised on (a new length recompiles nothing). Run each
+new shape bucket once before CUDA-graph capture (the autotuner benchmarks on first use); after
+that a launch has no host sync and allocates only the output (plus, for ``"tma"``, Triton's
+descriptor workspace: a size fixed by the grid, so capture-safe).
+
+Schedule: causal grids run the query blocks longest-first so the grid's last wave is the cheap
+blocks - per head (FlashAttention-2's order, keeps the heads in flight in L2) or, when all of K/V
+fits in half the L2 (a GQA prefill), over the whole grid. Non-causal key ranges run without masks
+except a ragged last key block; causal ones split into unmasked off-diagonal blocks and the
+masked diagonal. Softmax in exp2 with the scale folded in, fp32 accumulation, 1/l at the end.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +68,7 @@ from regionc.ops._utils import (
     check_same_device,
     check_tensor,
     define_op,
+    log,
     log_once,
     needs_device_switch,
     next_power_of_2,
@@ -51,6 +81,46 @@ TRITON_HEAD_DIMS = (64, 128)
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
 
+VARIANTS = ("auto", "tma", "ptr")
+
+#: Which kernel variant the CUDA op launches: "auto" (autotune over the "ptr" and "tma" configs),
+#: "tma" (tensor-descriptor kernel where usable, else "ptr") or "ptr" (pointer-load kernel). Flip it
+#: after an H100 run of benchmarks/kernels/bench_attention.py (see the module docstring).
+ATTENTION_VARIANT = os.environ.get("REGIONC_ATTENTION_VARIANT", "auto")
+if ATTENTION_VARIANT not in VARIANTS:
+    raise ValueError(f"REGIONC_ATTENTION_VARIANT must be one of {VARIANTS}, got {ATTENTION_VARIANT!r}")
+
+# Autotune candidates per head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg or None).
+#: Pointer-load configs: every config that was the fastest fixed config on a TARGETS shape in the
+#: H100 sweep (benchmarks/results/h100-s2/attention.json): D128 128x128/8w/3s (causal, S4680) and
+#: /2s (full), 128x64/8w/3s runner-up; D64 128x64/8w/3s (B16 S1024) and 64x64/4w/4s (GQA S2048).
+#: 64x64/4w/4s stays for D128's small grids (decode-like Sq); configs that never came close on a
+#: head dim are dropped for it (fewer compiles per first call).
+PTR_CONFIGS = {
+    128: ((128, 128, 8, 3, None), (128, 128, 8, 2, None), (128, 64, 8, 3, None), (64, 64, 4, 4, None)),
+    64: ((128, 64, 8, 3, None), (64, 64, 4, 4, None)),
+}
+#: TMA configs (unmeasured when written; sm90 figures from an offline compile with triton 3.9):
+#: big tiles at one CTA per SM (D128 128x128/8w: ~188 registers, 161 KB / 225 KB of shared memory
+#: at 2 / 3 stages), and tiles sized so that TWO CTAs share an SM (one CTA's softmax overlaps the
+#: other's tensor-core work, what FA3 gets from warp specialisation): D128 128x64/8w/2s capped at
+#: 128 registers (122 used, no spills, 96 KB), 128x64/4w/2s (251 registers x 128 threads), and
+#: 64-row tiles for small grids; D64 128x128/8w/2s capped at 128 registers (no spills), 128x64/8w.
+TMA_CONFIGS = {
+    128: ((128, 128, 8, 3, None), (128, 128, 8, 2, None), (128, 64, 8, 2, 128), (128, 64, 4, 2, None),
+          (64, 64, 4, 3, None)),
+    64: ((128, 128, 8, 2, 128), (128, 64, 8, 3, None), (128, 64, 4, 3, None), (64, 64, 4, 3, None)),
+}
+
+HAS_TMA = False
+if HAS_TRITON:
+    try:
+        from triton.runtime import _allocation as _triton_allocation
+
+        HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+    except ImportError:  # pragma: no cover - older triton
+        _triton_allocation = None
+
 # --------------------------------------------------------------------------------------
 # Triton kernel
 # --------------------------------------------------------------------------------------
@@ -59,19 +129,26 @@ if HAS_TRITON:
 
     @triton.jit
     def _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+        acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
         offs_m, offs_n, offs_d, lo, hi, SEQ_K, qk_scale,
-        BLOCK_N: tl.constexpr, MASK_CAUSAL: tl.constexpr, MASK_K: tl.constexpr,
+        BLOCK_N: tl.constexpr, MASK_CAUSAL: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr,
     ):
+        """Online softmax over the key blocks [lo, hi). ``k_src``/``v_src``: this head's K/V as
+        tensor descriptors (USE_TMA) or pointers to its first row. Masks only where asked (the
+        caller splits the range so the bulk of the blocks runs without them)."""
         for start_n in range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             cols = start_n + offs_n
-            k_ptrs = k_base + cols[None, :].to(tl.int64) * stride_kn + offs_d[:, None]
-            v_ptrs = v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :]
-            if MASK_K:
-                k = tl.load(k_ptrs, mask=(cols < SEQ_K)[None, :], other=0.0)
+            if USE_TMA:
+                # one bulk copy of [BLOCK_N, D] rows; rows >= SEQ_K arrive as zeros; .T is a view
+                k = k_src.load([start_n, 0]).T
             else:
-                k = tl.load(k_ptrs)
+                k_ptrs = k_src + cols[None, :].to(tl.int64) * stride_kn + offs_d[:, None]
+                v_ptrs = v_src + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :]
+                if MASK_K:
+                    k = tl.load(k_ptrs, mask=(cols < SEQ_K)[None, :], other=0.0)
+                else:
+                    k = tl.load(k_ptrs)
             qk = tl.dot(q, k)
             if MASK_CAUSAL or MASK_K:
                 if MASK_CAUSAL:
@@ -82,13 +159,16 @@ if HAS_TRITON:
                 m_ij = tl.maximum(m_i, tl.max(qk, 1))
                 qk = qk - m_ij[:, None]
             else:
+                # scale folded into the exp2 argument (qk_scale = sm_scale * log2(e)): one FMA
                 m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
                 qk = qk * qk_scale - m_ij[:, None]
             p = tl.math.exp2(qk)
             l_ij = tl.sum(p, 1)
             alpha = tl.math.exp2(m_i - m_ij)
             acc = acc * alpha[:, None]
-            if MASK_K:
+            if USE_TMA:
+                v = v_src.load([start_n, 0])
+            elif MASK_K:
                 v = tl.load(v_ptrs, mask=(cols < SEQ_K)[:, None], other=0.0)
             else:
                 v = tl.load(v_ptrs)
@@ -97,7 +177,9 @@ if HAS_TRITON:
             m_i = m_ij
         return acc, l_i, m_i
 
-    @triton.jit
+    # Lengths, head counts and the group size are plain runtime ints: specialising on them (== 1,
+    # % 16) would compile a new kernel for every length class without speeding anything up.
+    @triton.jit(do_not_specialize=["HQ", "GROUP", "SEQ_Q", "SEQ_K", "SQ_BUCKET", "SK_BUCKET", "M_MAJOR"])
     def _attn_fwd_kernel(
         Q, K, V, O, qk_scale,
         stride_qb, stride_qh, stride_qm,
@@ -106,18 +188,31 @@ if HAS_TRITON:
         stride_ob, stride_oh, stride_om,
         HQ, GROUP, SEQ_Q, SEQ_K,
         SQ_BUCKET, SK_BUCKET,  # autotune key only
+        M_MAJOR,  # causal block order, see below (a runtime flag: no extra compile)
         HEAD_DIM: tl.constexpr,
         CAUSAL: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        USE_TMA: tl.constexpr,
     ):
+        # Causal: longest query blocks first, so the grid's last wave holds the cheapest blocks.
+        # CTAs start in linear order (axis 0 fastest). Default: each head's blocks longest-first,
+        # heads one after another (FlashAttention-2's order), which keeps the few heads running
+        # at once in L2. M_MAJOR (set when all of K/V fits in L2, e.g. a GQA prefill): every
+        # head's longest block, then every head's next one - longest-first over the whole grid.
+        num_m = tl.num_programs(0)
         if CAUSAL:
-            # longest rows first (FlashAttention-2's order): the last wave of the grid then holds
-            # the cheapest query blocks instead of the most expensive ones
-            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+            if M_MAJOR:
+                n_bh = tl.num_programs(1)
+                lin = tl.program_id(1) * num_m + tl.program_id(0)
+                start_m = num_m - 1 - lin // n_bh
+                off_bh = lin % n_bh
+            else:
+                start_m = num_m - 1 - tl.program_id(0)
+                off_bh = tl.program_id(1)
         else:
             start_m = tl.program_id(0)
-        off_bh = tl.program_id(1)
+            off_bh = tl.program_id(1)
         b = (off_bh // HQ).to(tl.int64)
         h = off_bh % HQ
         kvh = (h // GROUP).to(tl.int64)
@@ -125,10 +220,24 @@ if HAS_TRITON:
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
-        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :]
-        q = tl.load(q_ptrs, mask=(offs_m < SEQ_Q)[:, None], other=0.0)
-        k_base = K + b * stride_kb + kvh * stride_kh
-        v_base = V + b * stride_vb + kvh * stride_vh
+        if USE_TMA:
+            # one descriptor per (batch, head) over its own [S, D] rows: the bounds are this head's
+            # length, so a ragged last block reads zeros and stores nothing past S (a descriptor over
+            # all heads flattened would read the next head's rows instead)
+            q_desc = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh, shape=[SEQ_Q, HEAD_DIM],
+                                               strides=[stride_qm, 1], block_shape=[BLOCK_M, HEAD_DIM])
+            k_src = tl.make_tensor_descriptor(K + b * stride_kb + kvh * stride_kh, shape=[SEQ_K, HEAD_DIM],
+                                              strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+            v_src = tl.make_tensor_descriptor(V + b * stride_vb + kvh * stride_vh, shape=[SEQ_K, HEAD_DIM],
+                                              strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+            o_desc = tl.make_tensor_descriptor(O + b * stride_ob + h * stride_oh, shape=[SEQ_Q, HEAD_DIM],
+                                               strides=[stride_om, 1], block_shape=[BLOCK_M, HEAD_DIM])
+            q = q_desc.load([start_m * BLOCK_M, 0])
+        else:
+            q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :]
+            q = tl.load(q_ptrs, mask=(offs_m < SEQ_Q)[:, None], other=0.0)
+            k_src = K + b * stride_kb + kvh * stride_kh
+            v_src = V + b * stride_vb + kvh * stride_vh
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -145,41 +254,154 @@ if HAS_TRITON:
         # whole key blocks [0, full_end) unmasked, then [full_end, hi) with the key-bound mask
         # (and the causal mask when CAUSAL)
         acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-            0, full_end, SEQ_K, qk_scale, BLOCK_N, False, False,
+            acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+            0, full_end, SEQ_K, qk_scale, BLOCK_N, False, False, USE_TMA,
         )
         acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-            full_end, hi, SEQ_K, qk_scale, BLOCK_N, CAUSAL, True,
+            acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+            full_end, hi, SEQ_K, qk_scale, BLOCK_N, CAUSAL, True, USE_TMA,
         )
+        # 1/l once per row at the end (not per key block)
         acc = acc / l_i[:, None]
-        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :]
-        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m < SEQ_Q)[:, None])
+        if USE_TMA:
+            o_desc.store([start_m * BLOCK_M, 0], acc.to(O.dtype.element_ty))
+        else:
+            o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :]
+            tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m < SEQ_Q)[:, None])
 
-    # Small, H100-minded list: compile time matters more than the last few percent.
-    _AUTOTUNE_CONFIGS = [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
-    ]
+    def _configs(table, use_tma: bool) -> list:
+        out = []
+        for bm, bn, w, s, maxnreg in table:
+            extra = {} if maxnreg is None else {"maxnreg": maxnreg}
+            out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_TMA": use_tma}, num_warps=w,
+                                     num_stages=s, **extra))
+        return out
 
-    _attn_fwd_tuned = triton.autotune(
-        configs=_AUTOTUNE_CONFIGS, key=["HEAD_DIM", "CAUSAL", "SQ_BUCKET", "SK_BUCKET"]
-    )(_attn_fwd_kernel)
+    def _autotune_bench(fn, quantiles=None):
+        # Triton's default spends 25 ms warming up and 100 ms timing each config; a shape bucket's
+        # first call times every config, which is compile time for regionc: 10 + 40 ms still
+        # gives 10+ timed runs of a slow config on the largest TARGETS shape (2-4 ms per call).
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=10, rep=40, quantiles=quantiles)
+
+    def _tuners() -> dict:
+        import inspect
+
+        key = ["HEAD_DIM", "CAUSAL", "SQ_BUCKET", "SK_BUCKET"]
+        extra = {"do_bench": _autotune_bench} if "do_bench" in inspect.signature(triton.autotune).parameters else {}
+        out = {}
+        for d in TRITON_HEAD_DIMS:
+            ptr, tma = _configs(PTR_CONFIGS[d], False), _configs(TMA_CONFIGS[d], True)
+            for name, cfgs in (("ptr", ptr), ("tma", tma), ("auto", ptr + tma)):
+                out[name, d] = triton.autotune(configs=cfgs, key=key, **extra)(_attn_fwd_kernel)
+        return out
+
+    #: (variant, head dim) -> autotuner. All wrap the same kernel, so a config compiled for one of
+    #: them (say "auto") is reused by the others without compiling again.
+    TUNERS = _tuners()
+
+
+# --------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------
+
+#: why the TMA variant is off for this process (set after it failed once), or None
+_tma_disabled: str | None = None
+_capabilities: dict[int, tuple[int, int]] = {}
 
 
 def _seq_bucket(n: int) -> int:
     return min(next_power_of_2(max(int(n), 16)), 16384)
 
 
-def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict | None = None):
-    """Launch the Triton kernel. ``config`` (keys BLOCK_M, BLOCK_N, optional num_warps,
-    num_stages) bypasses the autotuner: tests use it under TRITON_INTERPRET=1."""
+_l2_sizes: dict[int, int] = {}
+
+
+def _l2_bytes(t: torch.Tensor) -> int:
+    """L2 size of ``t``'s GPU (cached); 50 MB (an H100) for CPU tensors (interpreter)."""
+    idx = t.get_device()
+    n = _l2_sizes.get(idx)
+    if n is None:
+        n = getattr(torch.cuda.get_device_properties(idx), "L2_cache_size", 50 << 20) if idx >= 0 else 50 << 20
+        _l2_sizes[idx] = n
+    return n
+
+
+def _device_workspace(size: int, alignment: int, stream):
+    # the caching allocator's blocks are 512-byte aligned (Triton asks for <= 128); during CUDA
+    # graph capture this comes from the graph's pool like any other allocation
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """Device-side tensor descriptors are written by each program into a global-memory workspace
+    that Triton requests from ``triton.set_allocator``'s allocator at every launch (grid x 128 B
+    per descriptor). Installs a torch one unless the process already has one (left alone). The
+    allocator is a ContextVar, so this runs per call (cheap) and also covers new threads."""
+    if isinstance(_triton_allocation._allocator.get(), _triton_allocation.NullAllocator):
+        triton.set_allocator(_device_workspace)
+
+
+def tma_unusable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """None when the TMA variant can run on these tensors (unit stride on D assumed), else why not.
+    CPU tensors count as usable: that is the Triton interpreter (tests)."""
+    if _tma_disabled is not None:
+        return _tma_disabled
+    if not HAS_TMA:
+        return "this triton has no tl.make_tensor_descriptor / triton.set_allocator"
+    if q.is_cuda:
+        idx = q.get_device()
+        cap = _capabilities.get(idx)
+        if cap is None:
+            cap = _capabilities[idx] = torch.cuda.get_device_capability(idx)
+        if cap[0] < 9:
+            return f"TMA needs compute capability >= 9.0, this GPU has {cap[0]}.{cap[1]}"
+    align = 16 // q.element_size()
+    for t in (q, k, v):
+        st, sh = t.stride(), t.shape
+        if (t.data_ptr() % 16 or st[2] % align or (sh[0] > 1 and st[0] % align)
+                or (sh[1] > 1 and st[1] % align)):
+            return "q/k/v base address or B/H/S strides not 16-byte aligned"
+    return None
+
+
+def _pick_variant(q, k, v, variant: str | None, fixed_config: bool) -> str:
+    """The variant to launch: ``variant`` or the module's ATTENTION_VARIANT; "tma"/"auto" become
+    "ptr" where TMA cannot run (logged once per reason), except an explicit ``variant="tma"``,
+    which raises instead. With a fixed config, "auto" means "tma" where usable."""
+    want = ATTENTION_VARIANT if variant is None else variant
+    if want not in VARIANTS:
+        raise ValueError(f"regionc.attention: variant must be one of {VARIANTS}, got {want!r}")
+    if want == "ptr":
+        return "ptr"
+    why = tma_unusable(q, k, v)
+    if why is None:
+        return "tma" if fixed_config else want
+    if variant == "tma":
+        raise ValueError(f"regionc.attention: the TMA variant cannot run here: {why}")
+    log_once("attn-no-tma-" + why, "regionc.attention: TMA kernel not used (%s); using the pointer-load kernel", why)
+    return "ptr"
+
+
+def _disable_tma(exc: BaseException) -> None:
+    global _tma_disabled
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    _tma_disabled = f"disabled after an error in this process: {type(exc).__name__}: {first}"
+    log.warning("regionc.attention: the TMA kernel failed (%s: %s); using the pointer-load kernel from now on",
+                type(exc).__name__, first)
+
+
+def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict | None = None,
+                     variant: str | None = None):
+    """Launch the Triton kernel. ``variant`` ("auto" | "tma" | "ptr", default the module's
+    ``ATTENTION_VARIANT``) picks the autotuner (see the module docstring). ``config`` (keys
+    BLOCK_M, BLOCK_N, optional num_warps, num_stages, maxnreg) bypasses the autotuner with one
+    fixed launch of the chosen variant: tests use it under TRITON_INTERPRET=1, benchmarks for
+    sweeps; its optional ``M_MAJOR`` forces the causal block order (tests)."""
     if needs_device_switch(q):
         with torch.cuda.device(q.device):
-            return attention_triton(q, k, v, causal, scale, config=config)
+            return attention_triton(q, k, v, causal, scale, config=config, variant=variant)
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1:
@@ -191,7 +413,16 @@ def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict
     o = torch.empty((B, HQ, SQ, D), dtype=q.dtype, device=q.device)
     if B * HQ * SQ == 0:
         return o
+    if SK == 0:  # no keys: SDPA (and the CPU reference) give zeros, the kernel would give 0/0
+        return o.zero_()
+    use = _pick_variant(q, k, v, variant, config is not None)
+    if use != "ptr" and q.is_cuda:
+        _ensure_allocator()
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cfg = dict(config) if config is not None else {}
+    m_major = cfg.pop("M_MAJOR", None)  # test hook: force the causal block order
+    if m_major is None:
+        m_major = causal and 2 * k.numel() * k.element_size() <= _l2_bytes(q) // 2
     qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), o.stride()
     args = (
         q, k, v, o, sm_scale * LOG2E,
@@ -199,17 +430,27 @@ def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict
         ks[0], ks[1], ks[2],
         vs[0], vs[1], vs[2],
         os_[0], os_[1], os_[2],
-        HQ, HQ // HKV, SQ, SK, _seq_bucket(SQ), _seq_bucket(SK),
+        HQ, HQ // HKV, SQ, SK, _seq_bucket(SQ), _seq_bucket(SK), int(bool(m_major)),
     )
     if config is None:
         grid = lambda meta: (triton.cdiv(SQ, meta["BLOCK_M"]), B * HQ)  # noqa: E731
-        _attn_fwd_tuned[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal))
+        if use == "ptr":
+            TUNERS["ptr", D][grid](*args, HEAD_DIM=D, CAUSAL=bool(causal))
+            return o
+        try:
+            TUNERS[use, D][grid](*args, HEAD_DIM=D, CAUSAL=bool(causal))
+        except Exception as exc:  # a TMA compile/launch failure must not take the op down
+            if variant is not None:
+                raise
+            _disable_tma(exc)
+            TUNERS["ptr", D][grid](*args, HEAD_DIM=D, CAUSAL=bool(causal))
     else:
-        cfg = dict(config)
-        warps = cfg.pop("num_warps", 4)
-        stages = cfg.pop("num_stages", 2)
+        opts = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 2)}
+        maxnreg = cfg.pop("maxnreg", None)
+        if maxnreg is not None:
+            opts["maxnreg"] = maxnreg
         grid = (triton.cdiv(SQ, cfg["BLOCK_M"]), B * HQ)
-        _attn_fwd_kernel[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal), num_warps=warps, num_stages=stages, **cfg)
+        _attn_fwd_kernel[grid](*args, HEAD_DIM=D, CAUSAL=bool(causal), USE_TMA=use == "tma", **opts, **cfg)
     return o
 
 

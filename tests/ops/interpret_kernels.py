@@ -123,19 +123,54 @@ def attn64(q, k, v, causal, scale):
 
 
 ATOL = {torch.float32: 1e-4, torch.float16: 3e-3}
-for dtype in (torch.float16, torch.float32):
-    for (B, Hq, Hkv, Sq, Skv, D), cfg in (
-        ((1, 4, 2, 37, 29, 64), {"BLOCK_M": 16, "BLOCK_N": 16}),
-        ((1, 2, 1, 20, 45, 64), {"BLOCK_M": 32, "BLOCK_N": 16}),
-        ((2, 2, 2, 33, 33, 128), {"BLOCK_M": 16, "BLOCK_N": 32}),  # BLOCK_N > BLOCK_M
-    ):
-        q = torch.randn(B, Hq, Sq, D, generator=gen).to(dtype)
-        k = torch.randn(B, Hkv, Skv, D, generator=gen).to(dtype)
-        v = torch.randn(B, Hkv, Skv, D, generator=gen).to(dtype)
-        for causal in (False, True):
-            out = attention_triton(q, k, v, causal, None, config=cfg)
-            expect(f"attention {dtype} {(B, Hq, Hkv, Sq, Skv, D)} causal={causal} {cfg}", out,
-                   attn64(q, k, v, causal, None), ATOL[dtype])
+# (B, Hq, Hkv, Sq, Skv, D), fixed launch config, q/k/v as transpose(1, 2) views of [B, S, H, D].
+# Tiny K/V always fit in L2, so causal runs take the grid-wide longest-first order unless the
+# config forces the per-head one (M_MAJOR=0).
+ATTN_CASES = (
+    ((1, 4, 2, 37, 29, 64), {"BLOCK_M": 16, "BLOCK_N": 16, "M_MAJOR": 0}, False),  # GQA 2, Sq > Skv, ragged
+    ((1, 2, 1, 20, 45, 64), {"BLOCK_M": 32, "BLOCK_N": 16}, False),   # Sq < Skv
+    ((2, 2, 2, 33, 33, 128), {"BLOCK_M": 16, "BLOCK_N": 32}, False),  # BLOCK_N > BLOCK_M
+    ((2, 8, 2, 19, 23, 64), {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 8, "maxnreg": 128}, True),  # GQA 4, views
+    ((2, 8, 2, 19, 23, 64), {"BLOCK_M": 16, "BLOCK_N": 16, "M_MAJOR": 0}, True),
+    ((1, 4, 4, 1, 40, 128), {"BLOCK_M": 16, "BLOCK_N": 16}, False),   # decode-like: one query row
+)
+
+
+def attn_inputs(B, Hq, Hkv, Sq, Skv, D, dtype, view):
+    if view:
+        r = lambda h, s: torch.randn(B, s, h, D, generator=gen).to(dtype).transpose(1, 2)  # noqa: E731
+    else:
+        r = lambda h, s: torch.randn(B, h, s, D, generator=gen).to(dtype)  # noqa: E731
+    return r(Hq, Sq), r(Hkv, Skv), r(Hkv, Skv)
+
+
+# both kernel variants ("ptr": pointer loads, "tma": tensor descriptors) through the launcher
+for variant in ("ptr", "tma"):
+    for dtype in (torch.float16, torch.float32):
+        for shape, cfg, view in ATTN_CASES:
+            q, k, v = attn_inputs(*shape, dtype, view)
+            for causal in (False, True):
+                out = attention_triton(q, k, v, causal, None, config=cfg, variant=variant)
+                expect(f"attention[{variant}] {dtype} {shape} causal={causal} {cfg} view={view}", out,
+                       attn64(q, k, v, causal, None), ATOL[dtype])
+
+# a q that TMA cannot read (base not 16-byte aligned): the module's "tma" choice falls back to the
+# pointer kernel; asking for the TMA variant explicitly is an error
+attn_mod = sys.modules["regionc.ops.attention"]
+q, k, v = attn_inputs(1, 2, 1, 9, 9, 64, torch.float16, False)
+q_odd = torch.randn(2 * 9 * 64 + 1, generator=gen).half()[1:].view(1, 2, 9, 64)
+saved, attn_mod.ATTENTION_VARIANT = attn_mod.ATTENTION_VARIANT, "tma"
+try:
+    expect("attention misaligned q, module choice tma -> ptr",
+           attention_triton(q_odd, k, v, True, 0.2, config={"BLOCK_M": 16, "BLOCK_N": 16}),
+           attn64(q_odd, k, v, True, 0.2), ATOL[torch.float16])
+finally:
+    attn_mod.ATTENTION_VARIANT = saved
+try:
+    attention_triton(q_odd, k, v, True, None, config={"BLOCK_M": 16, "BLOCK_N": 16}, variant="tma")
+    failures.append("attention misaligned q with variant='tma' did not raise")
+except ValueError as exc:
+    print(f"ok   attention misaligned q, variant='tma' raises: {exc}")
 
 if failures:
     print(f"{len(failures)} FAILED: {failures}")

@@ -1,13 +1,16 @@
 """regionc::attention: numerics vs a float64 reference (explicit top-left causal mask, GQA by
 repeat_interleave) on CPU (torch reference kernel), the SDPA is_causal convention for Sq != Skv,
-validation, autograd refusal; CUDA (Triton) numerics incl. ragged lengths, fallback dims, and
-CUDA-graph capture (gpu)."""
+validation, autograd refusal, the kernel-variant switch; CUDA (Triton) numerics of both kernel
+variants incl. ragged lengths, fallback dims, misaligned inputs, and CUDA-graph capture (gpu).
+The Triton kernels themselves run on the CPU under the interpreter: interpret_kernels.py."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from regionc.ops import attention as attn_mod
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (B, Hq, Hkv, Sq, Skv, D)
@@ -95,6 +98,67 @@ def test_attention_bad_inputs(args, exc, match):
         torch.ops.regionc.attention(**args)
 
 
+def test_variant_switch(monkeypatch):
+    """The module-level switch is validated per call; TMA needs 16-byte aligned bases/strides
+    (module choice falls back to the pointer kernel, an explicit variant="tma" raises)."""
+    pytest.importorskip("triton", reason="triton not installed")
+    assert attn_mod.ATTENTION_VARIANT in attn_mod.VARIANTS
+    q = torch.randn(1, 2, 9, 64).half()
+    k = v = torch.randn(1, 1, 9, 64).half()
+    if attn_mod.HAS_TMA:
+        assert attn_mod.tma_unusable(q, k, v) is None
+        assert attn_mod._pick_variant(q, k, v, "auto", False) == "auto"
+        assert attn_mod._pick_variant(q, k, v, "auto", True) == "tma"
+    odd = torch.randn(2 * 9 * 64 + 1).half()[1:].view(1, 2, 9, 64)  # base 2 bytes off
+    assert attn_mod.tma_unusable(odd, k, v) is not None
+    assert attn_mod._pick_variant(odd, k, v, "ptr", False) == "ptr"
+    monkeypatch.setattr(attn_mod, "ATTENTION_VARIANT", "tma")
+    assert attn_mod._pick_variant(odd, k, v, None, False) == "ptr"
+    with pytest.raises(ValueError, match="TMA variant cannot run"):
+        attn_mod._pick_variant(odd, k, v, "tma", False)
+    monkeypatch.setattr(attn_mod, "ATTENTION_VARIANT", "fast")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        attn_mod._pick_variant(q, k, v, None, False)
+
+
+def test_tma_failure_falls_back_to_ptr(monkeypatch, caplog):
+    """A TMA kernel that fails to compile/launch: the op logs a warning and uses the pointer-load
+    kernel from then on; an explicitly requested TMA variant re-raises instead."""
+    pytest.importorskip("triton", reason="triton not installed")
+    if not attn_mod.HAS_TMA:
+        pytest.skip("this triton has no tensor descriptors")
+    calls = []
+
+    class Tuner:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(self.name)
+                if self.name == "tma":
+                    raise RuntimeError("simulated TMA compile error\nsecond line")
+            return launch
+
+    monkeypatch.setattr(attn_mod, "TUNERS", {("tma", 64): Tuner("tma"), ("ptr", 64): Tuner("ptr")})
+    monkeypatch.setattr(attn_mod, "ATTENTION_VARIANT", "tma")
+    monkeypatch.setattr(attn_mod, "_tma_disabled", None)
+    q = torch.randn(1, 2, 9, 64).half()
+    k = v = torch.randn(1, 1, 9, 64).half()
+    with pytest.raises(RuntimeError, match="simulated"):
+        attn_mod.attention_triton(q, k, v, True, None, variant="tma")
+    assert attn_mod._tma_disabled is None
+    with caplog.at_level("WARNING", logger="regionc"):
+        attn_mod.attention_triton(q, k, v, True, None)
+    assert calls == ["tma", "tma", "ptr"]
+    assert "simulated TMA compile error" in attn_mod._tma_disabled
+    assert "pointer-load kernel from now on" in caplog.text
+    attn_mod.attention_triton(q, k, v, False, None)  # no TMA attempt any more
+    assert calls == ["tma", "tma", "ptr", "ptr"]
+    with pytest.raises(ValueError, match="TMA variant cannot run"):
+        attn_mod.attention_triton(q, k, v, True, None, variant="tma")
+
+
 # ------------------------------------------------------------------------------------ GPU
 
 GPU_SHAPES = SHAPES[:4] + [
@@ -135,7 +199,48 @@ def test_attention_cuda_transposed_views(gen, cuda, assert_rel):
 
 
 @pytest.mark.gpu
-def test_attention_cuda_graph(gen, cuda, assert_rel):
+@pytest.mark.parametrize("variant", ["ptr", "tma"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [GPU_SHAPES[4], GPU_SHAPES[5], GPU_SHAPES[6], GPU_SHAPES[8]])
+def test_attention_cuda_variants(shape, causal, variant, gen, cuda, assert_rel):
+    """Each kernel variant through its own autotuner (every config of its list runs once)."""
+    if variant == "tma" and (not attn_mod.HAS_TMA or torch.cuda.get_device_capability()[0] < 9):
+        pytest.skip("TMA needs sm90+ and a triton with tl.make_tensor_descriptor")
+    q, k, v = make(*shape, torch.bfloat16, gen, device=cuda)
+    out = attn_mod.attention_triton(q, k, v, causal, None, variant=variant)
+    assert_rel(out, ref64(q.cpu(), k.cpu(), v.cpu(), causal, None).to(cuda), torch.bfloat16, attention=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["ptr", "tma"])
+@pytest.mark.parametrize("m_major", [0, 1])
+def test_attention_cuda_causal_block_orders(m_major, variant, gen, cuda, assert_rel):
+    """Both causal block orders (per head / grid-wide longest-first) with a fixed config."""
+    if variant == "tma" and (not attn_mod.HAS_TMA or torch.cuda.get_device_capability()[0] < 9):
+        pytest.skip("TMA needs sm90+ and a triton with tl.make_tensor_descriptor")
+    q, k, v = make(2, 8, 2, 333, 333, 128, torch.bfloat16, gen, device=cuda)
+    cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "M_MAJOR": m_major}
+    out = attn_mod.attention_triton(q, k, v, True, None, config=cfg, variant=variant)
+    assert_rel(out, ref64(q.cpu(), k.cpu(), v.cpu(), True, None).to(cuda), torch.bfloat16, attention=True)
+
+
+@pytest.mark.gpu
+def test_attention_cuda_misaligned_falls_back(gen, cuda, assert_rel, monkeypatch):
+    """A q whose base is not 16-byte aligned cannot be read by TMA: the pointer kernel runs."""
+    monkeypatch.setattr(attn_mod, "ATTENTION_VARIANT", "tma")
+    flat = torch.randn(2 * 4 * 70 * 64 + 1, generator=gen).bfloat16().to(cuda)
+    q = flat[1:].view(2, 4, 70, 64)
+    _, k, v = make(2, 4, 2, 70, 70, 64, torch.bfloat16, gen, device=cuda)
+    out = torch.ops.regionc.attention(q, k, v, True, None)
+    assert_rel(out, ref64(q.cpu(), k.cpu(), v.cpu(), True, None).to(cuda), torch.bfloat16, attention=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["ptr", "tma", "auto"])
+def test_attention_cuda_graph(variant, gen, cuda, assert_rel, monkeypatch):
+    """Capture after warm-up (autotuning runs outside capture); the TMA variant's per-launch
+    descriptor workspace is allocated inside the capture from the graph's pool."""
+    monkeypatch.setattr(attn_mod, "ATTENTION_VARIANT", variant)
     q, k, v = make(2, 8, 2, 256, 256, 128, torch.bfloat16, gen, device=cuda)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -152,3 +257,5 @@ def test_attention_cuda_graph(gen, cuda, assert_rel):
         g.replay()
         torch.cuda.synchronize()
         assert_rel(out, ref64(q.cpu(), k.cpu(), v.cpu(), True, None).to(cuda), torch.bfloat16, attention=True)
+    if variant != "ptr":  # the TMA kernel did not fail (and silently fall back) on the way
+        assert attn_mod._tma_disabled is None, attn_mod._tma_disabled
