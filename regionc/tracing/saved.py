@@ -147,7 +147,10 @@ class TraceSet:
         return entry
 
     def _trace(self, module, args, kwargs) -> _Entry:
-        compiled = torch.compile(self.fn, fullgraph=True, **self.compile_args)
+        # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
+        flag = {"enable_aot_compile": True} if hasattr(torch._dynamo.config, "enable_aot_compile") else {}
+        with torch._dynamo.config.patch(**flag):
+            compiled = torch.compile(self.fn, fullgraph=True, **self.compile_args)
         try:
             traced = compiled.aot_compile(((module, *args), kwargs))
         except Exception as exc:  # a graph break, a guard that cannot be saved, ...
