@@ -1,6 +1,7 @@
 """Cold and warm time to first output vs depth: regionc against full graph and per-block compile.
 
-Variants: ``torch.compile(backend="regionc")``, ``regionc.compile`` (each block traced once),
+Variants: ``torch.compile(backend="regionc")``, ``regionc.compile`` (each block traced once; a
+warm start loads the saved Dynamo trace instead of tracing),
 full-graph ``torch.compile``, per-block ``.compile()`` and ``nested_compile_region`` on the block
 class under full-graph Inductor. Every measurement is a new process (a server restart). Cold: empty cache dirs; warm:
 a second process on the same dirs. Time runs from the ``torch.compile`` call (or the
@@ -75,6 +76,8 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
             result["compiled_pieces"] = sum(len(r.compiled) for r in reports)
             result["inlined_regions"] = sum(r.inlined_regions for r in reports)
             result["graphs"] = len(reports)
+            result["trace_sources"] = sorted({r.trace_source for r in reports if r.trace_source})
+        result["dynamo_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     return result
 
 
