@@ -195,15 +195,165 @@ def report(out_dir: str, op: str, rows: list[dict], metric: str, unit: str, **fi
     return payload
 
 
-def bench_main(script: str, run: Callable[..., object], doc: str | None) -> None:
+def bench_main(script: str, run: Callable[..., object], doc: str | None, *,
+               check: Callable[[list[str]], None] | None = None,
+               cpu_host_overhead: Callable[[], object] | None = None) -> None:
     """Command line of one bench script: ``--out DIR [--no-sweep]``, then ``run(DIR, sweep=...)``;
-    exits 0 without CUDA."""
+    exits 0 without CUDA. Scripts with launch variants also take ``--check-variants A,B`` (the
+    preflight child, see ``preflight``) and ``--cpu-host-overhead`` (no GPU needed)."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--no-sweep", action="store_true", help="skip the launch-parameter sweeps")
+    if check is not None:
+        ap.add_argument("--check-variants", default=None, help=argparse.SUPPRESS)
+    if cpu_host_overhead is not None:
+        ap.add_argument("--cpu-host-overhead", action="store_true",
+                        help="CPU only: Python cost per op call of every variant, Triton's compiler and C launcher stubbed")
     args = ap.parse_args()
+    if cpu_host_overhead is not None and args.cpu_host_overhead:
+        cpu_host_overhead()
+        return
     require_cuda(script)
+    if check is not None and args.check_variants is not None:
+        check(args.check_variants.split(","))
+        return
     run(args.out, sweep=not args.no_sweep)
+
+
+# --------------------------------------------------------------------------------------
+# launch variants: checked in a child process first (a kernel that faults the GPU must not take
+# the run down), timed side by side, the best one recommended
+# --------------------------------------------------------------------------------------
+
+
+def preflight(script: str, names: list[str], timeout: float = 150.0) -> dict[str, str | None]:
+    """Runs ``script --check-variants <names>`` in a child process, which checks each variant's
+    results (and compiles its kernels into Triton's disk cache for this process) and prints
+    ``START n`` / ``OK n`` / ``FAIL n: why`` lines. A child that dies (an illegal memory access
+    poisons the CUDA context) is blamed on the variant it had started; the rest are checked again
+    in a new child. Returns {name: None if usable, else the error string}."""
+    import subprocess
+
+    status: dict[str, str | None] = {}
+    todo = list(names)
+    while todo:
+        started = None
+        cmd = [sys.executable, script, "--check-variants", ",".join(todo)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            out, err, rc = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            err, rc = f"timed out after {timeout:.0f} s", "timeout"
+        for line in out.splitlines():
+            if line.startswith("START "):
+                started = line[6:].strip()
+            elif line.startswith("OK "):
+                status[line[3:].strip()] = None
+            elif line.startswith("FAIL "):
+                n, _, why = line[5:].partition(": ")
+                status[n.strip()] = why.strip() or "failed"
+        if rc != 0:
+            tail = " | ".join(err.strip().splitlines()[-3:])[-400:]
+            victim = started if started in todo and started not in status else None
+            if victim is None:  # died before any variant started: blame them all
+                for n in todo:
+                    status.setdefault(n, f"preflight process failed (rc {rc}): {tail}")
+            else:
+                status[victim] = f"crashed the process (rc {rc}): {tail}"
+        todo = [n for n in todo if n not in status]
+    for n, why in status.items():
+        print(f"  preflight {n}: {'ok' if why is None else why}")
+    return status
+
+
+def check_child(names: list[str], check_one: Callable[[str], None]) -> None:
+    """The preflight child's loop (see ``preflight``)."""
+    for n in names:
+        print(f"START {n}", flush=True)
+        try:
+            check_one(n)
+            torch.cuda.synchronize()
+        except Exception as exc:
+            print(f"FAIL {n}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", flush=True)
+        else:
+            print(f"OK {n}", flush=True)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+class use_variant:
+    """``with use_variant(module, name):`` sets ``module.VARIANT`` (the op's switch) for the block."""
+
+    def __init__(self, module, name: str):
+        self.module, self.name = module, name
+
+    def __enter__(self):
+        self.saved = self.module.VARIANT
+        self.module.VARIANT = self.name
+
+    def __exit__(self, *exc):
+        self.module.VARIANT = self.saved
+
+
+def timed_row(shape: str, provider: str, fn: Callable[[], object], nbytes: int, copy_bw: float, copies: int,
+              **extra) -> dict:
+    """One bandwidth row; a failure is recorded in ``error`` (and printed), never raised."""
+    row = {"shape": shape, "provider": provider, **extra, "ms": None, "GBps": None, "pct_copy_bw": None,
+           "input_copies": copies}
+    try:
+        fn()
+        torch.cuda.synchronize()
+        row["ms"] = ms = bench(fn)
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        print(f"  {shape} {provider} {extra}: failed ({row['error']})")
+        return row
+    row["GBps"] = nbytes / (ms * 1e-3) / 1e9
+    row["pct_copy_bw"] = 100 * row["GBps"] / copy_bw
+    return row
+
+
+def recommend(rows: list[dict], variants: list[str], baseline: str, bandwidth_shapes: list[str],
+              latency_shapes: list[str], current: str, slack: float = 0.10) -> dict:
+    """The variant to set: among variants whose eager latency on the latency shapes is within
+    ``slack`` of the best one there (host-bound: the launch path decides; host timings are noisy,
+    the cached-vs-JIT launch gap is far larger than 10%), the highest geometric mean of GB/s over
+    the bandwidth shapes. Variants without a time on every shape are not candidates. Also lists,
+    per bandwidth shape, every variant's GB/s and the copy ceiling (``copy`` rows)."""
+    def get(v, shape, key="ms", provider="regionc"):
+        for r in rows:
+            if r.get("variant") == v and r["shape"] == shape and r["provider"] == provider:
+                return r.get(key)
+        return None
+
+    ok = [v for v in variants
+          if all(get(v, s) is not None for s in bandwidth_shapes + latency_shapes)]
+    if not ok:
+        return {"variant": None, "why": "no variant measured on every shape"}
+    lat = {v: sum(get(v, s) for s in latency_shapes) for v in ok}
+    best_lat = min(lat.values())
+    cands = [v for v in ok if lat[v] <= (1 + slack) * best_lat]
+
+    def gmean(v):
+        return math.exp(sum(math.log(get(v, s, "GBps")) for s in bandwidth_shapes) / len(bandwidth_shapes))
+
+    best = max(cands, key=gmean)
+    out = {"variant": best, "current": current,
+           "rule": f"eager latency within {slack:.0%} of the best on " + ", ".join(latency_shapes)
+                   + ", then the highest geomean GB/s on " + ", ".join(bandwidth_shapes),
+           "geomean_GBps": {v: round(gmean(v), 1) for v in ok},
+           "latency_us": {v: round(lat[v] * 1e3, 2) for v in ok},
+           "GBps": {s: {v: round(get(v, s, "GBps"), 1) for v in ok} for s in bandwidth_shapes},
+           "copy_GBps": {s: (round(g, 1) if (g := get(None, s, "GBps", "copy")) else None) for s in bandwidth_shapes}}
+    if baseline in ok:
+        out["vs_baseline_pct"] = round(100 * (gmean(best) / gmean(baseline) - 1), 2)
+    print(f"  recommended VARIANT = {best!r} (current {current!r}; geomean GB/s "
+          + ", ".join(f"{v} {g:.0f}" for v, g in out["geomean_GBps"].items()) + ")")
+    return out
 
 
 def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) -> str:
@@ -221,14 +371,17 @@ def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) 
         print("matplotlib not installed: no plot")
         return path
     rows = payload["results"]
+    if any(r.get("variant") for r in rows):
+        _plot_panels(out_dir, op, payload, metric, unit, plt)
+        return path
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    providers = list(dict.fromkeys(series(r) for r in rows))
     width = 0.8 / max(len(providers), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(shapes)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(providers) * len(shapes) + 2), 4.5))
     for i, p in enumerate(providers):
         vals = []
         for s in shapes:
-            v = [r.get(metric) for r in rows if r["shape"] == s and r["provider"] == p]
+            v = [r.get(metric) for r in rows if r["shape"] == s and series(r) == p]
             vals.append(v[0] if v and v[0] is not None else 0.0)
         ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=p)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
@@ -245,10 +398,151 @@ def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) 
     return path
 
 
+def _plot_panels(out_dir: str, op: str, payload: dict, metric: str, unit: str, plt) -> None:
+    """One horizontal-bar panel per shape (its own scale), a bar per series with its value; the
+    op's current variant is starred, rows with an error say so."""
+    rows = payload["results"]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    ncol = min(3, len(shapes))
+    nrow = -(-len(shapes) // ncol)
+    per = max(sum(1 for r in rows if r["shape"] == s) for s in shapes)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 0.28 * per * nrow + 1.2 * nrow), squeeze=False)
+    for ax, shape in zip(axes.flat, shapes):
+        rs = [r for r in rows if r["shape"] == shape]
+        names = [series(r) + (" *" if r.get("current") else "") for r in rs]
+        vals = [r.get(metric) or 0.0 for r in rs]
+        colors = ["tab:orange" if r.get("current") else "tab:blue" if r["provider"].startswith("regionc")
+                  else "tab:gray" for r in rs]
+        ax.barh(range(len(rs)), vals, color=colors)
+        ax.set_yticks(range(len(rs)))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.invert_yaxis()
+        top = max(vals) if any(vals) else 1.0
+        for i, (r, v) in enumerate(zip(rs, vals)):
+            txt = "error" if r.get("error") else ("n/a" if r.get(metric) is None else f"{v:.0f}")
+            if r.get("ms") is not None:
+                txt += f"  {r['ms'] * 1e3:.1f} us"
+            ax.text(v + 0.01 * top, i, txt, va="center", fontsize=6)
+        if metric == "GBps" and payload.get("copy_bandwidth_GBps") and top > 0.3 * payload["copy_bandwidth_GBps"]:
+            ax.axvline(payload["copy_bandwidth_GBps"], color="k", ls="--", lw=0.8)
+        ax.set_xlim(0, top * 1.25)
+        ax.set_title(shape, fontsize=8)
+        ax.set_xlabel(unit, fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(shapes):]:
+        ax.axis("off")
+    env = payload["env"]
+    fig.suptitle(f"{op} on {env['device']} (torch {env['torch']}, triton {env['triton']}); * = current "
+                 f"{payload.get('variant_setting', 'VARIANT')} = {payload.get('current_variant')!r}, "
+                 f"dashed = device copy", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{op}.png"), dpi=110)
+    plt.close(fig)
+
+
+def series(r: dict) -> str:
+    """A row's series name: ``provider``, or ``provider[variant]`` for the variant rows."""
+    return f"{r['provider']}[{r['variant']}]" if r.get("variant") else r["provider"]
+
+
 def print_table(rows: list[dict], metric: str) -> None:
     for r in rows:
         extra = f" {r['pct_copy_bw']:5.1f}% copy" if r.get("pct_copy_bw") is not None else ""
         val = r.get(metric)
         vs = "   n/a" if val is None else f"{val:8.1f}"
         ms = "n/a" if r.get("ms") is None else f"{r['ms'] * 1e3:9.1f} us"
-        print(f"  {r['shape']:<34} {r['provider']:<16} {ms} {vs} {metric}{extra}")
+        err = f"  ERROR {r['error']}" if r.get("error") else ""
+        host = f"  host {r['host_us']:.2f} us/call" if r.get("host_us") is not None else ""
+        print(f"  {r['shape']:<34} {series(r):<30} {ms} {vs} {metric}{extra}{host}{err}")
+
+
+# --------------------------------------------------------------------------------------
+# host cost of a launch, measured on a CPU machine (no GPU): Triton's real JIT launch path with
+# the compiler and the C launcher replaced by stubs
+# --------------------------------------------------------------------------------------
+
+
+class _FakeGpuDriver:
+    """Enough of a Triton driver for ``JITFunction.run`` to bind, specialise and look up kernels
+    on CPU tensors: an sm90 target, device 0, stream 0."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", 90, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+def _stub_compiled(num_warps: int):
+    """A ``CompiledKernel`` (real class, so the JIT's ``launch_metadata`` runs its real code) whose
+    launcher is a Python no-op: what a launch costs beyond it is common to both launch paths."""
+    from collections import namedtuple
+
+    from triton.compiler.compiler import CompiledKernel
+
+    ck = object.__new__(CompiledKernel)
+    meta = namedtuple("KernelMetadata", ["num_warps", "num_ctas", "shared", "name"])(num_warps, 1, 0, "stub")
+    ck.metadata = meta
+    ck.packed_metadata = (num_warps, 1, 0)
+    ck.src = None
+    ck.hash = "stub"
+    ck.name = "stub"
+    ck.module = "stub"  # loaded: _init_handles returns at once
+    ck.function = 1
+    ck.n_regs, ck.n_spills, ck.n_max_threads = 32, 0, 1024
+    ck._run = lambda *args: None
+    return ck
+
+
+def stub_triton_launches(*kernels) -> None:
+    """Installs the fake driver and makes every compile of ``kernels`` return a stub (see
+    ``_stub_compiled``). For this process only; never with TRITON_INTERPRET=1."""
+    from triton.runtime import driver
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("stub_triton_launches: unset TRITON_INTERPRET (it measures the compiled-kernel path)")
+    driver.set_active(_FakeGpuDriver())
+    for k in kernels:
+        def fake_compile(key, signature, device, constexprs, options, *rest, k=k):
+            ck = _stub_compiled(options.num_warps)
+            k.device_caches[device][0][key] = ck
+            return ck
+
+        k._do_compile = fake_compile
+
+
+def time_calls_us(fn: Callable[[], object], n: int = 20000, repeats: int = 7) -> float:
+    """Median over ``repeats`` of the mean wall-clock microseconds per ``fn()`` over ``n`` calls."""
+    import time
+
+    for _ in range(min(n, 2000)):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out.append((time.perf_counter() - t0) / n * 1e6)
+    out.sort()
+    return out[len(out) // 2]
+
+
+def host_us_per_call(fn: Callable[[], object], n: int = 2000, repeats: int = 5) -> float:
+    """On the GPU: host microseconds per ``fn()`` call (median of ``repeats`` loops of ``n``
+    calls, no synchronisation inside a loop; for kernels shorter than their launch the device
+    keeps up, so this is the host's enqueue cost)."""
+    torch.cuda.synchronize()
+    us = time_calls_us(fn, n=n, repeats=repeats)
+    torch.cuda.synchronize()
+    return us

@@ -1,19 +1,30 @@
 """RoPE microbenchmark (rotate-half, q and k, bf16 tables like HF) in both layouts: regionc
-(Triton) vs eager HF apply_rotary_pos_emb vs torch.compile of it vs Liger (bhsd only). GB/s
-counts q, k, cos, sin read + q_out, k_out written once. Inputs rotate through >= 256 MiB.
+(Triton) vs eager HF apply_rotary_pos_emb vs torch.compile of it vs Liger (bhsd only), and every
+launch variant of the regionc op side by side. GB/s counts q, k, cos, sin read + q_out, k_out
+written once. Inputs rotate through >= 256 MiB.
 
-Rows: every provider called eagerly (``do_bench``, host cost included) per shape and layout,
-plus a decode-like shape (8 tokens) inside a CUDA graph (``<provider>+graph``: device time per
-call). The JSON records the launch parameters regionc's heuristic picked and, unless
-``--no-sweep``, a sweep of tokens per program x q heads per program x num_warps on the
-TARGETS shapes (to re-tune ``regionc.ops.rope._compute_params``).
+Rows per shape and layout (``provider``, ``variant``):
+
+* ``regionc`` once per entry of ``regionc.ops.rope.VARIANTS`` (``variant`` column; ``current``
+  marks the op's ``VARIANT``), called through ``torch.ops.regionc.rope`` (do_bench, host cost
+  included);
+* ``eager``, ``inductor``, ``liger`` (bhsd, when installed) and ``copy`` (``q.clone(), k.clone()``:
+  the bandwidth plain copies of q and k reach under the same timing; GB/s of their own bytes);
+* decode-like shape (8 tokens) only: ``<provider>+graph`` rows (device time per call inside a CUDA
+  graph) and ``host_us`` (host microseconds per op call) for every variant.
+
+Before timing, a child process checks every variant on every shape and layout
+(``--check-variants``); a variant that fails or crashes is recorded with its error and left out.
+The JSON's ``recommendation`` names the variant to set as ``VARIANT``; ``targets`` repeats
+TARGETS.md. Unless ``--no-sweep``: a few tiles with more tokens per head on the bhsd shapes (under
+the ``evict`` variant), to see whether bhsd wants another tiling.
 
     python benchmarks/kernels/bench_rope.py --out benchmarks/results/kernels
+    python benchmarks/kernels/bench_rope.py --cpu-host-overhead   # no GPU: Python cost per call
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 
@@ -29,8 +40,9 @@ from regionc.models.llama import rotate_half  # noqa: E402
 SHAPES = [(1, 4096, 32, 8, 128), (16, 1024, 32, 8, 128)]
 LATENCY_SHAPES = [(8, 1, 32, 8, 128)]
 LAYOUTS = ("bhsd", "bshd")
-SWEEP = [{"block_s": bs, "heads_per_block": h, "num_warps": w}
-         for bs, h, w in itertools.product((1, 2, 4), (8, 16, 32), (4, 8))]
+TARGETS = {"1x4096 tok, 32/8h d128": ">= 2700 GB/s", "16x1024 tok, 32/8h d128": ">= 2850 GB/s"}
+SWEEP = [{"variant": "evict", "block_s": bs, "heads_per_block": h, "num_warps": 4}
+         for bs, h in ((4, 8), (16, 2), (32, 1))]
 
 
 def eager_rope_bshd(q, k, cos, sin):
@@ -49,10 +61,42 @@ def no_liger():
     raise ImportError("Liger's RoPE takes [B, H, S, D] only")
 
 
-def providers(layout: str):
-    eager = eager_rope_bhsd if layout == "bhsd" else eager_rope_bshd
-    return C.eager_providers(lambda q, k, c, s: torch.ops.regionc.rope(q, k, c, s, "rotate_half", layout),
-                             eager, liger_rope if layout == "bhsd" else no_liger)
+def regionc_rope(layout: str):
+    return lambda q, k, c, s: torch.ops.regionc.rope(q, k, c, s, "rotate_half", layout)
+
+
+def label(B, S, Hq, Hk, D, layout):
+    return f"{B}x{S} tok, {Hq}/{Hk}h d{D} {layout}"
+
+
+def make_inputs(B, S, Hq, Hk, D, layout, dtype, gen=None):
+    ang = torch.rand(B, S, D, device="cuda", generator=gen) * 6.28
+    shp = (lambda h: (B, h, S, D)) if layout == "bhsd" else (lambda h: (B, S, h, D))
+    return (torch.randn(shp(Hq), device="cuda", dtype=dtype, generator=gen),
+            torch.randn(shp(Hk), device="cuda", dtype=dtype, generator=gen),
+            ang.cos().to(dtype), ang.sin().to(dtype))
+
+
+def check_variants(names: list[str], dtype=torch.bfloat16) -> None:
+    """Preflight child: every variant on every shape and layout through the op, twice (the second
+    call takes the launch cache where the variant has one), against the torch reference."""
+    from regionc.ops import rope as P
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cases = [(s, lay, make_inputs(*s, lay, dtype, gen)) for s in SHAPES + LATENCY_SHAPES for lay in LAYOUTS]
+    with torch.inference_mode():
+        refs = [P.rope_reference(*args, "rotate_half", lay) for _, lay, args in cases]
+
+        def check_one(name):
+            with C.use_variant(P, name):
+                for (s, lay, args), ref in zip(cases, refs):
+                    for call in (1, 2):
+                        out = torch.ops.regionc.rope(*args, "rotate_half", lay)
+                        err = max(C.rel_err(o, e) for o, e in zip(out, ref))
+                        if err > 1e-2:
+                            raise AssertionError(f"wrong result on {label(*s, lay)} (call {call}): rel err {err:.3g}")
+
+        C.check_child(names, check_one)
 
 
 def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
@@ -60,38 +104,89 @@ def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
     from regionc.ops._utils import sm_count
 
     bw = C.copy_bandwidth_gbps()
+    variants = list(P.VARIANTS)
+    current = P.VARIANT  # the op's setting (use_variant changes it while a variant is timed)
+    status = C.preflight(os.path.abspath(__file__), variants)
     rows, params, sweeps = [], {}, []
     esz = torch.finfo(dtype).bits // 8
     with torch.inference_mode():
         for layout in LAYOUTS:
-            ps = providers(layout)
-            for B, S, Hq, Hk, D in SHAPES + LATENCY_SHAPES:
+            ps = C.eager_providers(regionc_rope(layout), eager_rope_bhsd if layout == "bhsd" else eager_rope_bshd,
+                                   liger_rope if layout == "bhsd" else no_liger)
+            op = ps.pop("regionc")  # timed per variant below
+            for shape in SHAPES + LATENCY_SHAPES:
+                B, S, Hq, Hk, D = shape
                 nbytes = (2 * B * S * (Hq + Hk) * D + 2 * B * S * D) * esz
-                label = f"{B}x{S} tok, {Hq}/{Hk}h d{D} {layout}"
-
-                def make():
-                    ang = torch.rand(B, S, D, device="cuda") * 6.28
-                    shp = (lambda h: (B, h, S, D)) if layout == "bhsd" else (lambda h: (B, S, h, D))
-                    return (torch.randn(shp(Hq), device="cuda", dtype=dtype),
-                            torch.randn(shp(Hk), device="cuda", dtype=dtype),
-                            ang.cos().to(dtype), ang.sin().to(dtype))
-
-                nxt = C.rotating(make, nbytes)
-                rows += C.bandwidth_rows(label, ps, nxt, nbytes, bw)
+                lab = label(*shape, layout)
+                nxt = C.rotating(lambda: make_inputs(*shape, layout, dtype), nbytes)
+                for v in variants:
+                    if status.get(v) is not None:
+                        rows.append({"shape": lab, "provider": "regionc", "variant": v, "current": v == current,
+                                     "ms": None, "GBps": None, "pct_copy_bw": None, "error": status[v]})
+                        continue
+                    with C.use_variant(P, v):
+                        row = C.timed_row(lab, "regionc", lambda: op(*nxt()), nbytes, bw, nxt.copies,
+                                          variant=v, current=v == current)
+                        if shape in LATENCY_SHAPES and row.get("error") is None:
+                            a0 = nxt()
+                            row["host_us"] = C.host_us_per_call(lambda: op(*a0))
+                    rows.append(row)
+                rows += C.bandwidth_rows(lab, ps, nxt, nbytes, bw)
+                rows.append(C.timed_row(lab, "copy", lambda: [t.clone() for t in nxt()[:2]],
+                                        2 * B * S * (Hq + Hk) * D * esz, bw, nxt.copies))
                 q0 = nxt()[0]
-                params[label] = dict(zip(("BLOCK_S", "BLOCK_HQ", "BLOCK_HK", "n_groups", "num_warps"),
-                                         P._launch_params(B, S, Hq, Hk, D, False, sm_count(q0))))
-                if (B, S, Hq, Hk, D) in LATENCY_SHAPES:
-                    rows += C.graph_rows(label, ps, nxt(), nbytes, bw)
-                elif sweep:
-                    sweeps += C.sweep(label, SWEEP, lambda cfg: (
+                params[lab] = dict(zip(("BLOCK_S", "BLOCK_HQ", "BLOCK_HK", "n_groups", "num_warps"),
+                                       P._launch_params(B, S, Hq, Hk, D, False, sm_count(q0))))
+                if shape in LATENCY_SHAPES:
+                    a0 = nxt()
+                    for v in variants:
+                        if status.get(v) is None:
+                            with C.use_variant(P, v):
+                                for r in C.graph_rows(lab, {"regionc": op}, a0, nbytes, bw):
+                                    rows.append({**r, "variant": v, "current": v == current})
+                    rows += C.graph_rows(lab, ps, a0, nbytes, bw)
+                elif sweep and layout == "bhsd":
+                    cfgs = [c for c in SWEEP if status.get(c["variant"]) is None]
+                    sweeps += C.sweep(lab, cfgs, lambda cfg: (
                         lambda: P.rope_triton(*nxt(), "rotate_half", layout, **cfg)), nbytes)
+    rec = C.recommend(rows, [v for v in variants if status.get(v) is None], "s2",
+                      [label(*s, lay) for s in SHAPES for lay in LAYOUTS],
+                      [label(*s, lay) for s in LATENCY_SHAPES for lay in LAYOUTS], current)
     return C.report(out_dir, "rope", rows, "GBps", "GB/s", dtype=str(dtype), copy_bandwidth_GBps=bw,
-                    bytes="q, k, cos, sin read + q_out, k_out written, once", regionc_params=params, sweep=sweeps)
+                    bytes="q, k, cos, sin read + q_out, k_out written, once (copy rows: q, k read + written)",
+                    variant_setting="regionc.ops.rope.VARIANT", current_variant=current,
+                    variants={v: vars(P.VARIANTS[v]) for v in variants}, preflight=status, recommendation=rec,
+                    targets=TARGETS, regionc_params=params, sweep=sweeps)
+
+
+def cpu_host_overhead() -> None:
+    """CPU only (no GPU, TRITON_INTERPRET unset): Python microseconds per op-kernel call
+    (``_rope_cuda``) for every variant on the decode shape, Triton's compiler and C launcher stubbed
+    (see bench_rms_norm.cpu_host_overhead for what is left out)."""
+    import triton
+
+    from regionc.ops import rope as P
+
+    C.stub_triton_launches(P._rope_fwd_kernel)
+    B, S, Hq, Hk, D = LATENCY_SHAPES[0]
+    q, k = torch.randn(B, Hq, S, D).bfloat16(), torch.randn(B, Hk, S, D).bfloat16()
+    cos, sin = torch.randn(B, S, D).bfloat16(), torch.randn(B, S, D).bfloat16()
+    res: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        for _ in range(3):
+            res.setdefault("2x torch.empty_like alone", []).append(
+                C.time_calls_us(lambda: (torch.empty_like(q), torch.empty_like(k)), 5000, 5))
+            for v in P.VARIANTS:
+                with C.use_variant(P, v):
+                    res.setdefault(f"rope {v}", []).append(
+                        C.time_calls_us(lambda: P._rope_cuda(q, k, cos, sin, "rotate_half", "bhsd"), 5000, 5))
+    print(f"triton {triton.__version__}, torch {torch.__version__}: Python us per call, {B}x{S} tok bhsd (min of 3)")
+    for k_, v in res.items():
+        print(f"  {k_:<40} {min(v):7.2f} us")
 
 
 def main():
-    C.bench_main("bench_rope", run, __doc__)
+    C.bench_main("bench_rope", run, __doc__, check=check_variants, cpu_host_overhead=cpu_host_overhead)
 
 
 if __name__ == "__main__":

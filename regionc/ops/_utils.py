@@ -145,3 +145,126 @@ def define_op(name: str, schema: str, *, cuda, fake) -> None:
 def register_cpu(name: str, fn) -> None:
     """Register ``fn`` as the CPU kernel of ``regionc::<name>`` (the torch reference)."""
     LIB.impl(name, fn, "CPU")
+
+
+# --------------------------------------------------------------------------------------
+# cached launches: a repeat call launches the kernel Triton compiled for it before, without the
+# JIT's per-call work (binding and specialising every argument, building the cache key, launch
+# metadata and hook objects). See ``CompiledLaunch`` and the ops' ``VARIANT`` settings.
+# --------------------------------------------------------------------------------------
+
+#: tests set this under TRITON_INTERPRET=1, where a launch returns no compiled kernel: cache entries
+#: then replay through the interpreted kernel, so the cached path's argument plumbing is exercised
+EMULATE_COMPILED = False
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def cuda_stream(device_index: int) -> int:
+    """The current CUDA stream of a device as the integer handle Triton's launcher takes (what the
+    JIT passes itself); 0 for CPU tensors (interpreter)."""
+    return _raw_stream(device_index) if device_index >= 0 else 0
+
+
+def _knobs_runtime():
+    try:
+        from triton import knobs
+
+        return knobs.runtime
+    except Exception:  # pragma: no cover - triton without knobs (older than 3.3)
+        return None
+
+
+_RUNTIME_KNOBS = _knobs_runtime() if HAS_TRITON else None
+
+
+def launch_hooks_active() -> bool:
+    """True when a Triton launch enter/exit hook is installed (profilers such as proton): launches
+    must then go through the JIT, which builds the metadata the hooks receive. Triton 3.6 keeps
+    the hooks as a ``HookChain`` (empty ``calls`` = none installed), other versions as a callable
+    or None."""
+    rk = _RUNTIME_KNOBS
+    if rk is None:
+        return False
+    h = rk.launch_enter_hook
+    if h is not None and getattr(h, "calls", True):
+        return True
+    h = rk.launch_exit_hook
+    return h is not None and bool(getattr(h, "calls", True))
+
+
+class CompiledLaunch:
+    """A compiled Triton kernel plus everything a launch needs but the per-call arguments.
+
+    ``ck.run(grid0, grid1, grid2, stream, ck.function, ck.packed_metadata, launch_metadata,
+    enter_hook, exit_hook, *args)`` is the launch the JIT itself performs (triton 3.6 and 3.9,
+    ``JITFunction.run``), with ``args`` every kernel parameter in signature order, constexprs
+    included. Callers pass the very tuple they gave ``kernel[grid](*args)`` on the first call,
+    so the order cannot drift; ``None`` metadata and hooks are what the launcher expects when
+    no hook is installed (checked per call with ``launch_hooks_active``)."""
+
+    __slots__ = ("run", "function", "meta", "grid", "extra")
+
+    def __init__(self, run, function, meta, grid: int, extra=None):
+        self.run, self.function, self.meta, self.grid, self.extra = run, function, meta, grid, extra
+
+    @classmethod
+    def make(cls, kernel, compiled, grid: int, num_warps: int, extra=None):
+        """From what ``kernel[grid](...)`` returned; None when it is not a compiled kernel (async
+        compile future, interpreter) unless ``EMULATE_COMPILED`` (tests)."""
+        if compiled is not None and hasattr(compiled, "packed_metadata") and hasattr(compiled, "function"):
+            run = compiled.run  # triton 3.6: a property that loads the module first
+            if compiled.function is None:
+                return None
+            return cls(run, compiled.function, compiled.packed_metadata, grid, extra)
+        if EMULATE_COMPILED:
+            def run(g0, g1, g2, stream, function, meta, launch_metadata, enter, exit_, *args):
+                kernel[(g0, g1, g2)](*args, num_warps=num_warps)
+
+            return cls(run, None, None, grid, extra)
+        return None
+
+
+class LaunchCache(dict):
+    """key -> CompiledLaunch, cleared when it holds ``limit`` entries (keys carry exact shapes,
+    so a long-running server with ever-new shapes must not grow it without bound)."""
+
+    def __init__(self, limit: int = 1024):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value) -> None:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+
+
+def resident_programs(kernel, args: tuple, num_warps: int, device_index: int) -> int | None:
+    """How many programs of this kernel (compiled for ``args``) fit on one SM at once, from its
+    register and shared-memory use (as in Triton's fused-softmax tutorial); None where that cannot
+    be known (interpreter, a triton without ``warmup``/``n_regs``). Used to size persistent grids:
+    a persistent program that is not resident from the start runs after the others finish."""
+    if device_index < 0:
+        return None
+    try:
+        compiled = kernel.warmup(*args, grid=(1,), num_warps=num_warps)
+        if hasattr(compiled, "result"):
+            compiled = compiled.result()
+        init = getattr(compiled, "_init_handles", None)
+        if init is not None:
+            init()
+        n_regs = int(compiled.n_regs)
+        shared = int(getattr(compiled.metadata, "shared", 0) or 0)
+    except Exception as exc:  # pragma: no cover - depends on the triton version
+        log_once("resident", "regionc: cannot read a kernel's register use (%s); persistent grids use a default",
+                 exc)
+        return None
+    props = torch.cuda.get_device_properties(device_index)
+    regs_sm = getattr(props, "regs_per_multiprocessor", 65536)
+    threads_sm = getattr(props, "max_threads_per_multi_processor", 2048)
+    smem_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    regs_warp = -(-max(n_regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
+    by_regs = (regs_sm // regs_warp) // num_warps
+    by_threads = threads_sm // (32 * num_warps)
+    by_smem = smem_sm // shared if shared else 32
+    return max(1, min(by_regs, by_threads, by_smem, 32))

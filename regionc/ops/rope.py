@@ -24,9 +24,31 @@ pair partner, which hits the same cache lines, for interleaved). Tiles are conti
 memory in both layouts (``bshd``: all heads of a token are adjacent; ``bhsd``: the tokens of a
 head are adjacent). The group index varies fastest over the grid, so the programs that share a
 token block's cos/sin run together. Offsets are 64-bit.
+
+**The switch: ``VARIANT``** (module-level; read on every call, so assigning
+``regionc.ops.rope.VARIANT = "..."`` at runtime works too). It names one entry of ``VARIANTS``,
+each a ``Variant`` of three independent choices on top of the tiling heuristic
+(``_compute_params``):
+
+* schedule: one program per tile (``"s2"``, as measured in session 2) or a *persistent* grid of
+  one wave (as many programs per SM as the compiled kernel's register use lets be resident, or
+  ``programs_per_sm``), program i running tiles i, i + grid, ...;
+* L2 eviction hints (``evict``): q/k loads ``evict_first`` and cos/sin ``evict_last``
+  (``"loads"``), plus the stores ``evict_first`` (``"all"``);
+* launch path (``cached_launch``): a repeat call with the same (variant, style, layout, shapes,
+  strides, dtypes, device), 16-byte-aligned inputs and no input copy launches the compiled kernel
+  cached on the first call (``_utils.CompiledLaunch``) instead of going through the Triton JIT's
+  per-call argument binding. Same kernel and grid: only host time changes. Not used while a
+  Triton launch hook (profiler) is installed.
+
+``benchmarks/kernels/bench_rope.py`` times every variant on the TARGETS shapes in both layouts (a
+row per variant: ``variant`` column) and prints the variant it would pick; set ``VARIANT`` to it.
+Every variant is CUDA-graph safe (no host sync; the outputs are the only allocations).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -34,15 +56,20 @@ from regionc.ops import _extension
 from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
+    CompiledLaunch,
+    LaunchCache,
     check,
     check_float_dtype,
     check_no_grad,
     check_same_device,
     check_tensor,
+    cuda_stream,
     define_op,
+    launch_hooks_active,
     needs_device_switch,
     next_power_of_2,
     register_cpu,
+    resident_programs,
     sm_count,
     tl,
     triton,
@@ -61,7 +88,7 @@ if HAS_TRITON:
     def _rope_tile(
         X, XO, b, offs_s, s_mask, s64, offs_h, H, S, sx_b, sx_s, sx_h,
         offs_d, d_mask, c1, s1, c2, s2,
-        D: tl.constexpr, BHSD: tl.constexpr, INTERLEAVED: tl.constexpr,
+        D: tl.constexpr, BHSD: tl.constexpr, INTERLEAVED: tl.constexpr, LD_EV: tl.constexpr, ST_EV: tl.constexpr,
     ):
         """Rotate the [BLOCK_S, BLOCK_H, BLOCK_D] tile of X (heads offs_h) into XO (contiguous)."""
         h_mask = offs_h < H
@@ -75,40 +102,34 @@ if HAS_TRITON:
         d3 = offs_d[None, None, :]
         if INTERLEAVED:
             # the tile covers the whole head dim; the partner of d is d ^ 1 (same cache lines)
-            x = tl.load(X + in_off + d3, mask=mask, other=0.0).to(tl.float32)
-            xp = tl.load(X + in_off + (offs_d ^ 1)[None, None, :], mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(X + in_off + d3, mask=mask, other=0.0, eviction_policy=LD_EV).to(tl.float32)
+            xp = tl.load(X + in_off + (offs_d ^ 1)[None, None, :], mask=mask, other=0.0,
+                         eviction_policy=LD_EV).to(tl.float32)
             even = ((offs_d % 2) == 0)[None, None, :]
             out = x * c1 + tl.where(even, -xp, xp) * s1
-            tl.store(XO + out_off + d3, out.to(XO.dtype.element_ty), mask=mask)
+            tl.store(XO + out_off + d3, out.to(XO.dtype.element_ty), mask=mask, eviction_policy=ST_EV)
         else:
             # the tile covers one half; both halves are loaded (each element read once)
-            x1 = tl.load(X + in_off + d3, mask=mask, other=0.0).to(tl.float32)
-            x2 = tl.load(X + in_off + D // 2 + d3, mask=mask, other=0.0).to(tl.float32)
+            x1 = tl.load(X + in_off + d3, mask=mask, other=0.0, eviction_policy=LD_EV).to(tl.float32)
+            x2 = tl.load(X + in_off + D // 2 + d3, mask=mask, other=0.0, eviction_policy=LD_EV).to(tl.float32)
             o1 = x1 * c1 - x2 * s1
             o2 = x2 * c2 + x1 * s2
-            tl.store(XO + out_off + d3, o1.to(XO.dtype.element_ty), mask=mask)
-            tl.store(XO + out_off + D // 2 + d3, o2.to(XO.dtype.element_ty), mask=mask)
+            tl.store(XO + out_off + d3, o1.to(XO.dtype.element_ty), mask=mask, eviction_policy=ST_EV)
+            tl.store(XO + out_off + D // 2 + d3, o2.to(XO.dtype.element_ty), mask=mask, eviction_policy=ST_EV)
 
     @triton.jit
-    def _rope_fwd_kernel(
-        Q, K, COS, SIN, QO, KO,
-        sq_b, sq_s, sq_h,
-        sk_b, sk_s, sk_h,
-        sc_b, sc_s,
+    def _rope_block(
+        t, Q, K, COS, SIN, QO, KO,
+        sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
         S, HQ, HK, n_sblocks, n_groups,
-        D: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_S: tl.constexpr,
-        BLOCK_HQ: tl.constexpr,
-        BLOCK_HK: tl.constexpr,
-        INTERLEAVED: tl.constexpr,
-        BHSD: tl.constexpr,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_HQ: tl.constexpr,
+        BLOCK_HK: tl.constexpr, INTERLEAVED: tl.constexpr, BHSD: tl.constexpr,
+        LD_EV: tl.constexpr, TAB_EV: tl.constexpr, ST_EV: tl.constexpr,
     ):
-        """Program = (batch b, token block, head group g), g fastest. cos/sin [BLOCK_S, 1, BLOCK_D]
+        """Tile t = (batch b, token block, head group g), g fastest. cos/sin [BLOCK_S, 1, BLOCK_D]
         loaded once and reused for every q and k head of the group. cos and sin share strides."""
-        pid = tl.program_id(0)
-        g = pid % n_groups
-        rest = pid // n_groups
+        g = t % n_groups
+        rest = t // n_groups
         sblk = rest % n_sblocks
         b = (rest // n_sblocks).to(tl.int64)
         offs_s = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -121,20 +142,55 @@ if HAS_TRITON:
             d_mask = offs_d < D // 2
         t_off = b * sc_b + (s64 * sc_s)[:, None, None] + offs_d[None, None, :]
         t_mask = s_mask[:, None, None] & d_mask[None, None, :]
-        c1 = tl.load(COS + t_off, mask=t_mask, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + t_off, mask=t_mask, other=0.0).to(tl.float32)
+        c1 = tl.load(COS + t_off, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
+        s1 = tl.load(SIN + t_off, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
         if INTERLEAVED:
             c2 = c1
             s2 = s1
         else:
-            c2 = tl.load(COS + t_off + D // 2, mask=t_mask, other=0.0).to(tl.float32)
-            s2 = tl.load(SIN + t_off + D // 2, mask=t_mask, other=0.0).to(tl.float32)
+            c2 = tl.load(COS + t_off + D // 2, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
+            s2 = tl.load(SIN + t_off + D // 2, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
         offs_hq = g * BLOCK_HQ + tl.arange(0, BLOCK_HQ)
         _rope_tile(Q, QO, b, offs_s, s_mask, s64, offs_hq, HQ, S, sq_b, sq_s, sq_h,
-                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED)
+                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED, LD_EV, ST_EV)
         offs_hk = g * BLOCK_HK + tl.arange(0, BLOCK_HK)
         _rope_tile(K, KO, b, offs_s, s_mask, s64, offs_hk, HK, S, sk_b, sk_s, sk_h,
-                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED)
+                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED, LD_EV, ST_EV)
+
+    @triton.jit
+    def _rope_fwd_kernel(
+        Q, K, COS, SIN, QO, KO,
+        sq_b, sq_s, sq_h,
+        sk_b, sk_s, sk_h,
+        sc_b, sc_s,
+        S, HQ, HK, n_sblocks, n_groups, n_tiles,
+        D: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        BLOCK_HQ: tl.constexpr,
+        BLOCK_HK: tl.constexpr,
+        INTERLEAVED: tl.constexpr,
+        BHSD: tl.constexpr,
+        PERSISTENT: tl.constexpr,
+        LD_EV: tl.constexpr,
+        TAB_EV: tl.constexpr,
+        ST_EV: tl.constexpr,
+    ):
+        """n_tiles = B * n_sblocks * n_groups tiles (see ``_rope_block``). PERSISTENT=False: one
+        tile per program. PERSISTENT=True: a grid of at most one wave; program i runs tiles i,
+        i + grid, ... (neighbouring programs still work on neighbouring tiles at any time).
+        LD_EV / TAB_EV / ST_EV: eviction policies ("" = default) of the q/k loads, the cos/sin
+        loads and the stores."""
+        pid = tl.program_id(0)
+        if PERSISTENT:
+            for t in range(pid, n_tiles, tl.num_programs(0)):
+                _rope_block(t, Q, K, COS, SIN, QO, KO, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
+                            S, HQ, HK, n_sblocks, n_groups, D, BLOCK_D, BLOCK_S, BLOCK_HQ, BLOCK_HK,
+                            INTERLEAVED, BHSD, LD_EV, TAB_EV, ST_EV)
+        else:
+            _rope_block(pid, Q, K, COS, SIN, QO, KO, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
+                        S, HQ, HK, n_sblocks, n_groups, D, BLOCK_D, BLOCK_S, BLOCK_HQ, BLOCK_HK,
+                        INTERLEAVED, BHSD, LD_EV, TAB_EV, ST_EV)
 
 
 #: elements (q + k, whole head dims) one program's tiles may hold
@@ -202,16 +258,100 @@ def _launch_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, 
     return p
 
 
+# --------------------------------------------------------------------------------------
+# variants: which schedule, cache hints and launch path the op uses (see the module docstring)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One launch choice of the CUDA kernel (tile shape and num_warps always come from
+    ``_launch_params``).
+
+    * ``persistent``: grid = one wave (``programs_per_sm`` per SM, 0 = as many as the kernel's
+      register/shared-memory use lets be resident, read from the compiled kernel), each program
+      looping over tiles, instead of one program per tile.
+    * ``evict``: L2 eviction hints. ``"loads"``: q/k loads ``evict_first`` (read once), cos/sin
+      ``evict_last`` (re-read by every head group and batch row); ``"all"``: the stores
+      ``evict_first`` too (the microbenchmark's best case; in a model attention reads q/k next).
+      ``""``: none.
+    * ``cached_launch``: repeat calls launch the kernel compiled for the same (shapes, strides,
+      dtypes, device) directly (``_utils.CompiledLaunch``), skipping the Triton JIT's per-call
+      argument binding; inputs needing no copy and 16-byte aligned only.
+    """
+
+    persistent: bool = False
+    programs_per_sm: int = 0
+    evict: str = ""
+    cached_launch: bool = True
+
+
+#: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rope.py``
+#: writes one row per variant, shape and layout: the ``variant`` column)
+VARIANTS: dict[str, Variant] = {
+    "s2": Variant(cached_launch=False),  # session 2, as measured there
+    "s2+cached": Variant(),
+    "evict-loads": Variant(evict="loads"),
+    "evict": Variant(evict="all"),
+    "persistent": Variant(persistent=True),
+    "persistent+evict": Variant(persistent=True, evict="all"),
+}
+
+#: THE setting: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
+#: best ``variant`` row of a GPU run of bench_rope.py.
+VARIANT = "s2+cached"
+
+#: persistent programs per SM when the resident count cannot be read (interpreter)
+DEFAULT_PROGRAMS_PER_SM = 4
+
+_LAUNCHES = LaunchCache()
+_RESIDENT: dict[tuple, int] = {}
+#: Variant.evict -> eviction policies of (q/k loads, cos/sin loads, stores)
+_HINTS = {"": ("", "", ""), "loads": ("evict_first", "evict_last", ""), "all": ("evict_first", "evict_last", "evict_first")}
+
+
+def _variant(name: str) -> Variant:
+    v = VARIANTS.get(name)
+    if v is None:
+        raise ValueError(f"regionc.rope: unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+    if v.evict not in _HINTS:
+        raise ValueError(f"regionc.rope: variant {name!r} has evict={v.evict!r}; valid: {tuple(_HINTS)}")
+    return v
+
+
 def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None = None,
-                heads_per_block: int | None = None, num_warps: int | None = None):
-    """Launch the Triton kernel. ``block_s`` (tokens per program), ``heads_per_block`` (q heads
-    per program; k heads scale by Hk/Hq) and ``num_warps`` override the heuristics (tests,
-    benchmark sweeps)."""
+                heads_per_block: int | None = None, num_warps: int | None = None,
+                programs: int | None = None, variant: str | None = None):
+    """Launch the Triton kernel. ``variant`` names an entry of ``VARIANTS`` (default: the
+    module's ``VARIANT``). ``block_s`` (tokens per program), ``heads_per_block`` (q heads per
+    program; k heads scale by Hk/Hq), ``num_warps`` and ``programs`` (persistent grid size)
+    override the heuristics (tests, benchmark sweeps); calls with overrides never use or fill the
+    launch cache."""
     if needs_device_switch(q):
         with torch.cuda.device(q.device):
-            return rope_triton(q, k, cos, sin, style, layout, block_s=block_s,
-                               heads_per_block=heads_per_block, num_warps=num_warps)
+            return rope_triton(q, k, cos, sin, style, layout, block_s=block_s, heads_per_block=heads_per_block,
+                               num_warps=num_warps, programs=programs, variant=variant)
+    name = VARIANT if variant is None else variant
+    dev = q.get_device()
     qst, kst, cst = q.stride(), k.stride(), cos.stride()
+    key = (name, style, layout, q.shape, k.shape, qst, kst, cos.shape, cst, sin.stride(), q.dtype, cos.dtype,
+           sin.dtype, dev)
+    tuned = block_s is not None or heads_per_block is not None or num_warps is not None or programs is not None
+    if not tuned:
+        ent = _LAUNCHES.get(key)
+        if (
+            ent is not None
+            and not ((q.data_ptr() | k.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15)
+            and not launch_hooks_active()
+        ):
+            q_contig, k_contig, ints, consts = ent.extra
+            qo = torch.empty_like(q) if q_contig else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            ko = torch.empty_like(k) if k_contig else torch.empty(k.shape, dtype=k.dtype, device=k.device)
+            ent.run(ent.grid, 1, 1, cuda_stream(dev), ent.function, ent.meta, None, None, None,
+                    q, k, cos, sin, qo, ko, *ints, *consts)
+            return qo, ko
+    v = _variant(name)
+    q_in, k_in, cos_in, sin_in = q, k, cos, sin
     if qst[3] != 1:
         q = q.contiguous()
         qst = q.stride()
@@ -221,8 +361,9 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
     if cst[-1] != 1 or sin.stride() != cst:
         cos, sin = cos.contiguous(), sin.contiguous()
         cst = cos.stride()
-    qo = torch.empty_like(q) if q.is_contiguous() else torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    ko = torch.empty_like(k) if k.is_contiguous() else torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    q_contig, k_contig = q.is_contiguous(), k.is_contiguous()
+    qo = torch.empty_like(q) if q_contig else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    ko = torch.empty_like(k) if k_contig else torch.empty(k.shape, dtype=k.dtype, device=k.device)
     bhsd = layout == "bhsd"
     if bhsd:
         B, HQ, S, D = q.shape
@@ -251,14 +392,43 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
             groups = max(-(-HQ // bhq), -(-HK // bhk))
         warps = num_warps or warps
     n_sblocks = -(-S // bs)
-    _rope_fwd_kernel[(B * n_sblocks * groups,)](
-        q, k, cos, sin, qo, ko,
-        sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
-        S, HQ, HK, n_sblocks, groups,
-        D=D, BLOCK_D=next_power_of_2(D if interleaved else D // 2), BLOCK_S=bs,
-        BLOCK_HQ=bhq, BLOCK_HK=bhk, INTERLEAVED=interleaved, BHSD=bhsd, num_warps=warps,
-    )
+    n_tiles = B * n_sblocks * groups
+    ints = (sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s, S, HQ, HK, n_sblocks, groups, n_tiles)
+    consts = (D, next_power_of_2(D if interleaved else D // 2), bs, bhq, bhk, interleaved, bhsd, v.persistent,
+              *_HINTS[v.evict])
+    args = (q, k, cos, sin, qo, ko, *ints, *consts)
+    if v.persistent:
+        grid = min(n_tiles, programs or _persistent_programs(name, v, args, warps, q))
+    else:
+        grid = n_tiles
+    compiled = _rope_fwd_kernel[(grid,)](*args, num_warps=warps)
+    if (
+        v.cached_launch
+        and not tuned
+        and q is q_in
+        and k is k_in
+        and cos is cos_in
+        and sin is sin_in
+        and not ((q.data_ptr() | k.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15)
+    ):
+        ent = CompiledLaunch.make(_rope_fwd_kernel, compiled, grid, warps, extra=(q_contig, k_contig, ints, consts))
+        if ent is not None:
+            _LAUNCHES.put(key, ent)
     return qo, ko
+
+
+def _persistent_programs(name: str, v: Variant, args: tuple, warps: int, q: torch.Tensor) -> int:
+    """Programs of a persistent launch: resident programs per SM (cached per kernel
+    specialisation, capped by ``programs_per_sm``) times the SM count."""
+    dev = q.get_device()
+    key = (name, q.dtype, args[2].dtype, args[3].dtype, args[20:], warps, dev)
+    per_sm = _RESIDENT.get(key)
+    if per_sm is None:
+        resident = resident_programs(_rope_fwd_kernel, args, warps, dev)
+        if resident is None:
+            resident = v.programs_per_sm or DEFAULT_PROGRAMS_PER_SM
+        per_sm = _RESIDENT[key] = min(resident, v.programs_per_sm) if v.programs_per_sm else resident
+    return per_sm * sm_count(q)
 
 
 def _dims(t: torch.Tensor, layout: str):
