@@ -255,12 +255,15 @@ def preflight(script: str, names: list[str], timeout: float = 150.0) -> dict[str
                 status[n.strip()] = why.strip() or "failed"
         if rc != 0:
             tail = " | ".join(err.strip().splitlines()[-3:])[-400:]
-            victim = started if started in todo and started not in status else None
-            if victim is None:  # died before any variant started: blame them all
+            if started is None:  # died before any variant started: blame them all
                 for n in todo:
                     status.setdefault(n, f"preflight process failed (rc {rc}): {tail}")
-            else:
-                status[victim] = f"crashed the process (rc {rc}): {tail}"
+            elif started not in status:  # died inside a variant
+                status[started] = f"crashed the process (rc {rc}): {tail}"
+            # else: it stopped after reporting a failure (a CUDA error is sticky): check the rest anew
+        else:
+            for n in todo:
+                status.setdefault(n, "not reported by the preflight process")
         todo = [n for n in todo if n not in status]
     for n, why in status.items():
         print(f"  preflight {n}: {'ok' if why is None else why}")
@@ -268,7 +271,9 @@ def preflight(script: str, names: list[str], timeout: float = 150.0) -> dict[str
 
 
 def check_child(names: list[str], check_one: Callable[[str], None]) -> None:
-    """The preflight child's loop (see ``preflight``)."""
+    """The preflight child's loop (see ``preflight``). Stops at the first failure (exit code 3):
+    after a CUDA error every later call in this process would fail too, so the parent checks the
+    remaining variants in a new process."""
     for n in names:
         print(f"START {n}", flush=True)
         try:
@@ -276,8 +281,9 @@ def check_child(names: list[str], check_one: Callable[[str], None]) -> None:
             torch.cuda.synchronize()
         except Exception as exc:
             print(f"FAIL {n}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", flush=True)
-        else:
-            print(f"OK {n}", flush=True)
+            sys.stderr.flush()
+            os._exit(3)
+        print(f"OK {n}", flush=True)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
