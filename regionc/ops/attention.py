@@ -86,7 +86,10 @@ VARIANTS = ("auto", "tma", "ptr")
 #: Which kernel variant the CUDA op launches: "auto" (autotune over the "ptr" and "tma" configs),
 #: "tma" (tensor-descriptor kernel where usable, else "ptr") or "ptr" (pointer-load kernel). Flip it
 #: after an H100 run of benchmarks/kernels/bench_attention.py (see the module docstring).
-ATTENTION_VARIANT = os.environ.get("REGIONC_ATTENTION_VARIANT", "auto")
+#: "ptr": best geometric mean vs cuDNN on the TARGETS shapes, 0.86x against 0.82x ("tma") and 0.80x
+#: ("auto", whose autotuning over both lists picked worse configs), and 60.0 us on the demo's GQA
+#: prefill; "tma" wins D128 by ~5% (benchmarks/results/h100-s3/attention.json, H100, torch 2.11).
+ATTENTION_VARIANT = os.environ.get("REGIONC_ATTENTION_VARIANT", "ptr")
 if ATTENTION_VARIANT not in VARIANTS:
     raise ValueError(f"REGIONC_ATTENTION_VARIANT must be one of {VARIANTS}, got {ATTENTION_VARIANT!r}")
 

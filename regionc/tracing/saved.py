@@ -152,7 +152,7 @@ class TraceSet:
         with torch._dynamo.config.patch(**flag):
             compiled = torch.compile(self.fn, fullgraph=True, **self.compile_args)
         try:
-            traced = compiled.aot_compile(((module, *args), kwargs))
+            traced = _aot_compile(compiled, ((module, *args), kwargs))
         except Exception as exc:  # a graph break, a guard that cannot be saved, ...
             if self.config.strict:
                 raise
@@ -176,6 +176,24 @@ class TraceSet:
             "dynamic": self.dynamic,
             "env": environment_factors(device),
         })
+
+
+def _aot_compile(compiled, example: tuple, attempts: int = 3):
+    """``compiled.aot_compile(example)``, again when Dynamo asks to restart its analysis.
+
+    ``torch.compile`` restarts once when a Python scalar cannot become a tensor (it caught
+    ``TensorifyScalarRestartAnalysis`` in its frame loop); the AOT path raises it instead, and the
+    next attempt, with what the first one learned, succeeds.
+    """
+    from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+
+    for attempt in range(attempts):
+        try:
+            return compiled.aot_compile(example)
+        except TensorifyScalarRestartAnalysis:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class _NotSaveable(Exception):
