@@ -301,6 +301,7 @@ VARIANTS: dict[str, Variant] = {
 
 #: THE setting: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
 #: best ``variant`` row of a GPU run of bench_rope.py.
+#: "s2+cached": the bench's recommendation on the H100 (benchmarks/results/h100-s3/rope.json).
 VARIANT = "s2+cached"
 
 #: persistent programs per SM when the resident count cannot be read (interpreter)

@@ -13,6 +13,7 @@ import torch
 
 import regionc
 from regionc.cache.store import ArtifactStore
+from regionc.tracing.compile import nested_regions_reuse_traces
 from regionc.tracing.saved import traces_can_be_saved
 from tests.helpers import assert_close
 
@@ -68,10 +69,15 @@ def start(module, cache_dir, x, options=None, **model_args):
     torch.manual_seed(0)
     model = module.Net(**model_args)
     expected = model(x)
-    compiled = regionc.compile(model, options={"cache_dir": str(cache_dir), "strict": True, **(options or {})})
+    options = {"cache_dir": str(cache_dir), "strict": True, "block_tracing": MODEL_LEVEL, **(options or {})}
+    compiled = regionc.compile(model, options=options)
     with torch.no_grad():
         assert_close(compiled(x), expected)
     return regionc.last_report(), torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+#: One trace of the whole model (the tests below change its glue too); per_block has its own test.
+MODEL_LEVEL = "nested_region" if nested_regions_reuse_traces() else "full"
 
 
 def x_of(rows=4, dim=32):
