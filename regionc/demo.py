@@ -2,9 +2,10 @@
 
 Each run is a fresh Python process (the way a server restarts): the first on an empty
 cache directory (cold), the second on the same directory (warm), the third warm again
-through ``regionc.compile`` (each repeated block traced once). Each prints the report,
-checks the output against eager and times the first call; the parent then measures
-full-graph ``torch.compile(model)`` in a process of its own for comparison.
+through ``regionc.compile`` (each repeated block traced once; it saves Dynamo's trace), the
+fourth through ``regionc.compile`` once more (it loads that trace: no Dynamo at all). Each
+prints the report, checks the output against eager and times the first call; the parent then
+measures full-graph ``torch.compile(model)`` in a process of its own for comparison.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
         print(f"regionc demo: {args.layers}-layer Llama-style decoder, batch {args.batch} × {args.seq} tokens, "
               f"{args.dtype}, cache {cache_dir}")
         results = {}
-        for phase, backend in (("cold", "regionc"), ("warm", "regionc"), ("warm, traced once", "regionc.compile")):
+        for phase, backend in (("cold", "regionc"), ("warm", "regionc"), ("warm, traced once", "regionc.compile"),
+                               ("warm, saved trace", "regionc.compile")):
             how = "regionc.compile(model)" if backend == "regionc.compile" else "backend='regionc'"
             print(f"[{phase}] new process, {how}")
             results[phase] = _spawn(args, backend, cache_dir)
@@ -164,18 +166,23 @@ def main(argv=None) -> int:
             results["full_graph"] = _spawn(args, "inductor", os.path.join(tmp, "full-graph"))
     print()
     print(f"{'run':<18} {'first call (s)':>15} {'Dynamo trace (s)':>17} {'rel. error vs eager':>20}")
+    # a run that loaded a saved trace ran no Dynamo: its trace time is 0
     ok = True
     for name, result in results.items():
         ok &= result["rel_error"] < tolerance
-        trace = result.get("report", {}).get("phases_s", {}).get("trace")
+        report = result.get("report", {})
+        trace = report.get("phases_s", {}).get("trace")
+        if report.get("trace_source", "").startswith("saved trace"):
+            trace = 0.0
         trace_text = f"{trace:.2f}" if trace is not None else "-"
         print(f"{name:<18} {result['first_call_s']:>15.2f} {trace_text:>17} {result['rel_error']:>20.2e}")
     compiled_warm = 0
-    for name in ("warm", "warm, traced once"):
+    for name in ("warm", "warm, traced once", "warm, saved trace"):
         warm = results[name]["report"]
         compiled = sum(1 for p in warm["pieces"] if p["source"] == "compiled")
         compiled_warm += compiled
-        print(f"{name}: compiled {compiled} piece(s), loaded {warm['cache']['hits']} from the cache")
+        how = f" ({warm['trace_source']})" if warm.get("trace_source") else ""
+        print(f"{name}: compiled {compiled} piece(s), loaded {warm['cache']['hits']} from the cache{how}")
     print("output matches eager" if ok else f"MISMATCH: relative error above {tolerance}")
     return 0 if ok and compiled_warm == 0 else 1
 
