@@ -24,6 +24,7 @@ from regionc.config import Config
 from regionc.regions.detect import detect_blocks, pretty_path
 from regionc.regions.fingerprint import Fingerprint, describe_value, first_difference, fingerprint_piece
 from regionc.regions.inline import inline_nested_regions
+from regionc.regions.rematerialize import rematerialize_tables
 from regionc.regions.split import Piece, split_into_pieces
 from regionc.report import PieceRecord, Report
 
@@ -49,6 +50,7 @@ class GraphCompiler:
         with report.phase("detect"):
             self._inline_nested_regions(gm, report)
             owners = detect_blocks(gm.graph, self.config.min_instances)
+            report.rematerialized = rematerialize_tables(gm.graph, owners)
         with report.phase("split"):
             split, pieces = split_into_pieces(gm, owners)
         report.containers = dict(Counter(pretty_path(p.block.container) for p in pieces if p.block))

@@ -12,7 +12,8 @@ nothing usable is there.
 A stale trace must never run. An entry is used only if all of these hold:
 
 - its **key** matches: every environment factor of a piece key (torch build, triton, Python, GPU,
-  regionc's sources, Inductor config), regionc's options, the function (module and qualname), the
+  regionc's code-generating sources, Inductor config), the sources that turn a trace into a program
+  (regions/, cudagraph/, tracing/), regionc's options, the function (module and qualname), the
   class of the module it runs on, and each argument's type, dtype, device and shape (rank only
   with ``dynamic=True``);
 - torch's own check of the saved system info passes (torch version, GPU);
@@ -161,7 +162,7 @@ class TraceSet:
 
     # ------------------------------------------------------------------ key
     def _key(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
-        from regionc.cache.key import canonical, environment_factors
+        from regionc.cache.key import _PACKAGE_DIR, _cached_sources_hash, canonical, environment_factors
 
         device = _device_of(module, args, kwargs)
         return canonical({
@@ -175,6 +176,8 @@ class TraceSet:
             "mode": self.compile_args["mode"],
             "dynamic": self.dynamic,
             "env": environment_factors(device),
+            # how a trace becomes a program (split, graphs, this file): a new regionc re-traces
+            "program_sources": _cached_sources_hash(str(_PACKAGE_DIR), ("regions", "cudagraph", "tracing")),
         })
 
 

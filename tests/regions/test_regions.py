@@ -9,6 +9,7 @@ from regionc.compiler.manager import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
 from regionc.regions.detect import detect_blocks, pretty_path
 from regionc.regions.fingerprint import describe_value, first_difference, fingerprint_piece
+from regionc.regions.rematerialize import rematerialize_tables
 from regionc.regions.split import split_into_pieces
 from tests.models import PerLayerConstant, TinyDiT
 
@@ -92,3 +93,34 @@ def test_describe_value_is_metadata_only():
     t = torch.randn(4, 6).t()
     assert describe_value(t) == "tensor(torch.float32, shape=[6,4], stride=[1,6], offset=0, device=cpu, grad=False)"
     assert describe_value(3) == "int(3)"
+
+
+def test_rope_tables_are_recomputed_in_every_block_and_blocks_stay_identical():
+    gm = dynamo_graph(build_demo_model(LlamaConfig.tiny(3)), torch.randint(0, 128, (2, 8)))
+    owners = detect_blocks(gm.graph)
+    assert rematerialize_tables(gm.graph, owners) == 2  # cos and sin
+    split, pieces = split_into_pieces(gm, owners)
+    prints = [fingerprint_piece(split.get_submodule(p.name), piece_example_inputs(split.get_submodule(p.name)))
+              for p in pieces]
+    assert [p.label for p in pieces] == ["glue", "layers.0", "layers.1", "layers.2", "glue"]
+    assert len({f.digest for f in prints[1:4]}) == 1
+    first_block = split.get_submodule(pieces[1].name)
+    assert {"cos", "sin"} <= {n.target for n in first_block.graph.nodes if n.op == "call_method"}
+    glue_ops = {getattr(n.target, "__name__", n.target) for n in split.get_submodule(pieces[0].name).graph.nodes}
+    assert "embedding" in glue_ops and "cos" not in glue_ops  # the lookup stays glue, the tables moved
+
+
+def test_glue_over_a_large_float_input_is_not_recomputed():
+    class ScaledInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(512, 512) for _ in range(2))
+
+        def forward(self, x):
+            x = x * 2.0  # elementwise, but over the (large) activation: the blocks must read it, not redo it
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    gm = dynamo_graph(ScaledInput(), torch.randn(256, 512))
+    assert rematerialize_tables(gm.graph, detect_blocks(gm.graph)) == 0
