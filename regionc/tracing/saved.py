@@ -118,7 +118,7 @@ class TraceSet:
                 compiled = torch.compiler.load_compiled_function(io.BytesIO(payload))
                 stale = _changed_sources(compiled)
         except Exception as exc:  # noqa: BLE001 - any failure to load means: trace again
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = _reason(exc)
             log.warning("regionc: %s: saved trace %s cannot be used (%s); tracing again", _name(self.fn), key[:12], reason)
             report.fallbacks.append(f"saved trace {key[:12]} not loaded: {reason}")
             store.remove(key)
@@ -138,7 +138,7 @@ class TraceSet:
         try:
             payload = AOTCompiledFunction.serialize(entry.compiled).serialized_data
         except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = _reason(exc)
             log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
             entry.report.trace_source = f"traced, not saved: {reason}"
             return entry
@@ -157,7 +157,7 @@ class TraceSet:
         except Exception as exc:  # a graph break, a guard that cannot be saved, ...
             if self.config.strict:
                 raise
-            raise _NotSaveable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise _NotSaveable(_reason(exc)) from exc
         return _Entry(traced, last_report())
 
     # ------------------------------------------------------------------ key
@@ -278,6 +278,12 @@ def _variant(base: dict, n: int) -> str:
     from regionc.cache.key import canonical_json
 
     return hashlib.sha256(canonical_json({"saved_trace": base, "variant": n}).encode()).hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one log line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _name(fn) -> str:
