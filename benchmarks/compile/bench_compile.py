@@ -1,13 +1,15 @@
 """Cold and warm time to first output vs depth: regionc against full graph and per-block compile.
 
 Variants: ``torch.compile(backend="regionc")``, ``regionc.compile`` (each block traced once; a
-warm start loads the saved Dynamo trace instead of tracing),
-full-graph ``torch.compile``, per-block ``.compile()`` and ``nested_compile_region`` on the block
-class under full-graph Inductor. Every measurement is a new process (a server restart). Cold: empty cache dirs; warm:
-a second process on the same dirs. Time runs from the ``torch.compile`` call (or the
-per-block ``.compile()`` calls) to the first output, synchronized. The warm process
-then times the steady-state forward (CUDA events, median), so runtime sits next to
-compile time. Model: the demo decoder (d=2048, 32/8 heads, FFN 8192), bf16, prefill 1×2048.
+warm start loads the saved Dynamo trace instead of tracing), full-graph ``torch.compile``,
+per-block ``.compile()`` and ``nested_compile_region`` on the block class under full-graph
+Inductor. Every measurement is a new process (a server restart); ``--repeats N`` measures each
+variant N times, interleaved, and reports the median run (first calls vary by a second or more
+between runs). Cold: empty cache dirs; warm: a second process on the same dirs. Time runs from
+the ``torch.compile`` call (or the per-block ``.compile()`` calls) to the first output,
+synchronized. The warm process then times the steady-state forward (CUDA events, median), so
+runtime sits next to compile time. Model: the demo decoder (d=2048, 32/8 heads, FFN 8192),
+bf16, prefill 1×2048.
 
     python benchmarks/compile/bench_compile.py --out DIR [--layers 2 8 32] [--variants ...]
 
@@ -94,6 +96,12 @@ def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: b
     return result
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median first-call time (the upper median for an even count); errors sort last."""
+    ranked = sorted(runs, key=lambda r: r.get("first_call_s", float("inf")))
+    return ranked[len(ranked) // 2]
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -124,6 +132,8 @@ def main() -> int:
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--cache-dir")
     parser.add_argument("--time-runtime", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="cold+warm pairs per variant and depth; the median run is reported, all samples kept")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.layers[0], args.cache_dir, args.seq, args.time_runtime)))
@@ -139,11 +149,18 @@ def main() -> int:
     path = Path(args.out) / "compile_time.json"
     results: dict = json.loads(path.read_text())["results"] if path.exists() else {}
     for layers in args.layers:
+        samples: dict[str, dict[str, list[dict]]] = {v: {"cold": [], "warm": []} for v in args.variants}
+        for _ in range(args.repeats):  # variants interleaved, so a slow stretch of the machine hits all
+            for variant in args.variants:
+                with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
+                    samples[variant]["cold"].append(measure(variant, layers, cache_dir, args.seq, time_runtime=False))
+                    samples[variant]["warm"].append(measure(variant, layers, cache_dir, args.seq, time_runtime=True))
         for variant in args.variants:
-            with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
-                cold = measure(variant, layers, cache_dir, args.seq, time_runtime=False)
-                warm = measure(variant, layers, cache_dir, args.seq, time_runtime=True)
-            results.setdefault(variant, {})[str(layers)] = {"cold": cold, "warm": warm}
+            cold, warm = (_median_run(samples[variant][phase]) for phase in ("cold", "warm"))
+            results.setdefault(variant, {})[str(layers)] = {
+                "cold": cold, "warm": warm, "repeats": args.repeats,
+                "cold_samples_s": [r.get("first_call_s") for r in samples[variant]["cold"]],
+                "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]]}
             write_results(args.out, "compile_time", {
                 "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq,
                 "results": results})

@@ -1,9 +1,14 @@
-"""Where a decode step's GPU time goes: kernels per forward, regionc against full-graph ``reduce-overhead``.
+"""Where a decode step's time goes: regionc against full-graph ``reduce-overhead``.
 
-Both run the 32-layer demo decoder under one CUDA graph per shape, so host overhead is out of the
-picture and a latency gap is GPU work: more kernels (no fusion across block boundaries), or
-slower ones. ``torch.profiler`` records N replays; the result lists, per variant and batch, the
-kernels per forward, GPU µs per forward, and the kernels that take the most time.
+Both run the 32-layer demo decoder under one CUDA graph per shape. A step's latency (CUDA events
+around one call, then a sync) is the host time before the graph is launched, while the GPU idles,
+plus the graph's span on the GPU. Per variant and batch the result gives:
+
+- kernels per forward, GPU µs per forward, and the first-to-last kernel span (``torch.profiler``);
+- the idle time between kernels inside the span, summed by the kernel that waited;
+- host µs from the call to ``CUDAGraph.replay`` and from there to the return (the replay is
+  what both variants call, so this splits host time at the same point);
+- the host functions that take the most time per call (cProfile).
 
     python benchmarks/e2e/profile_decode.py --out DIR [--batches 1 8] [--layers 32]
 """
@@ -11,6 +16,7 @@ kernels per forward, GPU µs per forward, and the kernels that take the most tim
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from collections import defaultdict
@@ -21,22 +27,88 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 VARIANTS = ("reduce_overhead", "regionc_graphs")
 
 
-def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float]:
+def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, list[dict]]:
     """(top kernels, kernels per step, GPU µs per step, µs per step from the first kernel's start
-    to the last one's end) from a profiler's device events."""
+    to the last one's end, idle µs per step before each kernel name) from a profiler's device events.
+
+    Idle time counts only gaps under 50 µs: longer ones lie between steps, not inside a graph."""
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    first, last = float("inf"), 0.0
+    events = []
     for event in prof.events():
         if getattr(event, "device_type", None) is None or str(event.device_type) != "DeviceType.CUDA":
             continue
         entry = totals[event.name]
         entry[0] += 1
         entry[1] += event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
-        first, last = min(first, event.time_range.start), max(last, event.time_range.end)
+        events.append((event.time_range.start, event.time_range.end, event.name))
+    events.sort()
+    idle: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for (_, end, _), (start, _, name) in zip(events, events[1:]):
+        if 0 < start - end < 50:
+            idle[name][0] += 1
+            idle[name][1] += start - end
     rows = [{"kernel": name[:120], "per_step": count / steps, "us_per_step": us / steps}
             for name, (count, us) in totals.items()]
     rows.sort(key=lambda r: -r["us_per_step"])
-    return rows, sum(r["per_step"] for r in rows), sum(r["us_per_step"] for r in rows), (last - first) / steps
+    gaps = [{"before_kernel": name[:120], "per_step": count / steps, "idle_us_per_step": us / steps}
+            for name, (count, us) in idle.items()]
+    gaps.sort(key=lambda r: -r["idle_us_per_step"])
+    span = (events[-1][1] - events[0][0]) / steps if events else 0.0
+    return rows, sum(r["per_step"] for r in rows), sum(r["us_per_step"] for r in rows), span, gaps
+
+
+def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float]:
+    """Median host µs (call -> ``CUDAGraph.replay``, ``replay`` -> return), synchronized per call
+    as the latency measurement is: the GPU idles for the first part."""
+    import time
+
+    import torch
+
+    marks: list[float] = []
+    replay = torch.cuda.CUDAGraph.replay
+
+    def timed_replay(graph):
+        marks.append(time.perf_counter())
+        replay(graph)
+        marks.append(time.perf_counter())
+
+    before, after = [], []
+    torch.cuda.CUDAGraph.replay = timed_replay
+    try:
+        for _ in range(calls):
+            torch.cuda.synchronize()
+            marks.clear()
+            start = time.perf_counter()
+            run(tokens)
+            done = time.perf_counter()
+            if len(marks) == 2:
+                before.append(marks[0] - start)
+                after.append(done - marks[0])
+    finally:
+        torch.cuda.CUDAGraph.replay = replay
+    torch.cuda.synchronize()
+    median = statistics.median
+    return (median(before) * 1e6, median(after) * 1e6) if before else (float("nan"), float("nan"))
+
+
+def host_hotspots(run, tokens, calls: int = 100, top: int = 20) -> str:
+    """cProfile's top functions by own time over ``calls`` forwards (per-call µs in the text)."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    profiler = cProfile.Profile()
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        profiler.enable()
+        run(tokens)
+        profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return f"({calls} calls)\n" + text.getvalue()
 
 
 def host_us_per_call(run, tokens, calls: int = 50) -> float:
@@ -60,6 +132,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--trace", action="store_true", help="also write a Chrome trace per variant and batch")
     args = parser.parse_args()
 
     import torch
@@ -86,16 +159,26 @@ def main() -> int:
                     for _ in range(args.steps):
                         run(tokens)
                     torch.cuda.synchronize()
-                kernels, count, gpu_us, span_us = kernel_table(prof, args.steps)
+                if args.trace:
+                    prof.export_chrome_trace(str(Path(args.out) / f"trace_{variant}_b{batch}.json"))
+                kernels, count, gpu_us, span_us, gaps = kernel_table(prof, args.steps)
                 host_us = host_us_per_call(run, tokens)
+                before_us, after_us = host_split_us(run, tokens)
                 row = {"variant": variant, "batch": batch, "ms": ms, "kernels_per_step": count,
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
-                       "top_kernels": kernels[:25]}
+                       "host_us_before_replay": before_us, "host_us_after_replay": after_us,
+                       "top_kernels": kernels[:25], "idle_before": gaps[:15]}
                 results["rows"].append(row)
                 print(f"{variant:>16} b={batch:<3} {ms:6.3f} ms  {count:6.1f} kernels  {gpu_us:8.1f} GPU us/step  "
-                      f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call", flush=True)
+                      f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call  "
+                      f"before replay {before_us:6.1f} us  after {after_us:6.1f} us", flush=True)
                 for k in kernels[:12]:
                     print(f"      {k['us_per_step']:8.1f} us  x{k['per_step']:5.1f}  {k['kernel'][:100]}")
+                print("    idle before:")
+                for g in gaps[:8]:
+                    print(f"      {g['idle_us_per_step']:8.1f} us  x{g['per_step']:5.1f}  {g['before_kernel'][:100]}")
+                if batch == args.batches[0]:
+                    print(host_hotspots(run, tokens))
                 write_results(args.out, "decode_profile", results)
     return 0
 

@@ -31,10 +31,28 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     Symbolic dims come from the ambient Dynamo tracing context, so one artifact serves
     every size the guards admit.
     """
+    if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
+        start_compile_workers()
     artifact = torch._inductor.standalone_compile(
         gm, list(example_inputs), dynamic_shapes="from_tracing_context",
         options={"config_patches": config_patches})
     return CompiledPiece(artifact, _serialize(artifact))
+
+
+def start_compile_workers() -> None:
+    """Start Inductor's Triton compile workers now, if they are not running yet.
+
+    Inductor compiles a graph's Triton kernels in its subprocess pool only once the pool is up;
+    until then it compiles them one by one in this process. Its own Dynamo backend starts the
+    pool the moment it is called, so the workers are up by the time the kernels are generated;
+    ``standalone_compile`` does not. Without this, a cold regionc compile on the H100 spent ~2 s
+    more in Triton's front end than per-block ``torch.compile``. Idempotent and cheap once started.
+    """
+    try:
+        from torch._inductor.async_compile import maybe_warm_pool
+    except ImportError:  # pragma: no cover - a torch without the pool
+        return
+    maybe_warm_pool()
 
 
 def load_piece(payload: bytes) -> Callable[..., Any]:

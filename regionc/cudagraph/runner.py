@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -208,6 +209,7 @@ class GraphPool:
         self._bucket_state: dict[Any, str] = {}  # (bucket, instance) -> "warmed" | "captured"
         self._instances: dict[tuple[int, ...], int] = {}  # static tensor ids -> small instance number
         self._instance_tensors: list[tuple[torch.Tensor, ...]] = []  # kept alive: an id is never reused
+        self._last_instance: tuple[int, tuple[torch.Tensor, ...]] | None = None  # (instance, its tensors)
         self._current: _Forward | None = None
         self._outputs: dict[int, list[torch.Tensor]] = {}  # data_ptr -> graph outputs (full size)
         if report is not None:
@@ -272,14 +274,21 @@ class GraphPool:
 
     def _instance_of(self, statics: Sequence[torch.Tensor]) -> int | None:
         """A small number per set of static tensors: it goes into every piece's graph key, so it must
-        hash fast (a tuple of hundreds of ids, hashed once per piece, cost more than the replays)."""
+        hash fast (a tuple of hundreds of ids, hashed once per piece, cost more than the replays).
+
+        Runs before every replay, so the common case (the same tensors as the last forward) is one
+        identity comparison in C; only a different set pays for hashing its ids."""
         if not statics:
             return None
+        last = self._last_instance
+        if last is not None and len(last[1]) == len(statics) and all(map(operator.is_, statics, last[1])):
+            return last[0]
         ids = tuple(map(id, statics))
         instance = self._instances.get(ids)
         if instance is None:
             instance = self._instances[ids] = len(self._instance_tensors)
             self._instance_tensors.append(tuple(statics))
+        self._last_instance = (instance, self._instance_tensors[instance])
         return instance
 
     def restart(self) -> None:

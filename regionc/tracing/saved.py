@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from regionc.compiler.inductor import start_compile_workers
 from regionc.config import Config
 from regionc.report import Report, last_report, new_report
 
@@ -148,6 +149,8 @@ class TraceSet:
         return entry
 
     def _trace(self, module, args, kwargs) -> _Entry:
+        if _device_of(module, args, kwargs).type == "cuda":
+            start_compile_workers()  # a trace is followed by a compile: let the workers start meanwhile
         # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
         flag = {"enable_aot_compile": True} if hasattr(torch._dynamo.config, "enable_aot_compile") else {}
         with torch._dynamo.config.patch(**flag):
