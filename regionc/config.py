@@ -53,6 +53,9 @@ class Config:
     lock_timeout_s: float = 600.0
     #: Fewest identical instances in a container that make it a repeated region.
     min_instances: int = 2
+    #: Move each block's closing residual add into the piece that reads it (the next block, or
+    #: the glue after the last one), where Inductor fuses it with the next norm as a full graph does.
+    fuse_block_boundaries: bool = True
     #: Piecewise CUDA graphs: None = on when inputs are on CUDA, True/False forces it.
     cudagraphs: bool | None = None
     #: Token/batch sizes captured as CUDA graphs; runtime sizes are padded up to the next one.
@@ -98,7 +101,8 @@ class Config:
 
     def trace_options(self) -> dict[str, Any]:
         """Options that change what a saved trace's program is (its key); the rest apply at load."""
-        return {**self.codegen_options(), "min_instances": self.min_instances, "cudagraphs": self.cudagraphs}
+        return {**self.codegen_options(), "min_instances": self.min_instances,
+                "fuse_block_boundaries": self.fuse_block_boundaries, "cudagraphs": self.cudagraphs}
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -36,6 +36,7 @@ class Report:
     containers: dict[str, int] = dataclasses.field(default_factory=dict)  # container path -> blocks
     inlined_regions: int = 0  # nested_compile_region calls expanded (blocks Dynamo traced once)
     rematerialized: int = 0  # glue values (RoPE tables, ...) recomputed inside each block that reads them
+    fused_boundaries: int = 0  # blocks' closing residual adds moved into the piece that reads them
     trace_source: str = ""  # regionc.compile's saved traces: "saved trace <key>", "traced, saved as <key>", ...
     pieces: list[PieceRecord] = dataclasses.field(default_factory=list)
     fallbacks: list[str] = dataclasses.field(default_factory=list)
@@ -111,6 +112,7 @@ class Report:
             "inlined_regions": self.inlined_regions,
             "trace_source": self.trace_source,
             "rematerialized": self.rematerialized,
+            "fused_boundaries": self.fused_boundaries,
             "unique_block_fingerprints": self.unique_block_fingerprints,
             "unique_block_compiles": self.unique_block_compiles,
             "instances_per_fingerprint": self.instances_per_fingerprint(),

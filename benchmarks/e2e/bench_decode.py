@@ -1,19 +1,26 @@
 """Decode-like latency of the 32-layer demo decoder: where CUDA graphs decide the result.
 
 Batch 1, 8 and 32 with one token each, without a KV cache (the TARGETS.md "decode 8×1"
-shape) and, at batch 8, one decode step on the static per-layer KV cache. Compared in one
-process: eager, full-graph ``torch.compile``, full graph ``mode="reduce-overhead"``,
-per-block ``.compile()``, regionc without graphs, regionc with one graph over all pieces
-(``cudagraph_mode="full"``, the default) and with a graph per piece, and ``regionc.compile``
-with graphs. Regionc rows carry the graphs captured, capture seconds and
-pool bytes. The result file is rewritten after every row, so a run cut short keeps its rows.
+shape) and, at batch 8, one decode step on the static per-layer KV cache. Compared: eager,
+full-graph ``torch.compile``, full graph ``mode="reduce-overhead"``, per-block ``.compile()``,
+regionc without graphs, regionc with one graph over all pieces (``cudagraph_mode="full"``, the
+default) and with a graph per piece, and ``regionc.compile`` with graphs.
 
-    python benchmarks/e2e/bench_decode.py --out DIR [--layers 32]
+Latency drifts within a process by as much as the differences measured here (``reduce-overhead``
+compiled first or second in one process: 2.82 vs 3.24 ms, ``h100-s4/experiments``). So every
+variant of a case runs on the same weights (one model; the variants that change blocks in place
+get a copy), all are compiled and warmed up first, and then they are timed in ``--rounds``
+interleaved rounds, each round in a rotated order; a row reports the median of its rounds and
+keeps every round's median. Regionc rows carry the graphs captured, capture seconds and pool bytes.
+
+    python benchmarks/e2e/bench_decode.py --out DIR [--layers 32] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = ("eager", "full_graph", "reduce_overhead", "per_block", "regionc", "regionc_graphs",
             "regionc_piecewise_graphs", "regionc_compile_graphs")
+
+#: Variants that compile the model's blocks in place: they get their own copy of the model.
+CHANGE_BLOCKS = ("per_block", "regionc_compile_graphs")
 
 
 def make_runner(variant: str, model, cache_dir: str):
@@ -46,12 +56,51 @@ def make_runner(variant: str, model, cache_dir: str):
     return torch.compile(model, backend="regionc", dynamic=False, options=options)
 
 
+def measure_case(case: str, batch: int, variants, cfg, cache_dir: str, rounds: int) -> list[dict]:
+    """Rows for one (case, batch): every variant on the same weights, timed in interleaved rounds."""
+    import torch
+
+    import regionc
+    from benchmarks.common import cuda_median_ms
+    from regionc.models.llama import build_demo_model
+
+    torch._dynamo.reset()  # one model per case: keep Dynamo's per-code cache entries under its limit
+    model = build_demo_model(cfg, dtype=torch.bfloat16, device="cuda")
+    if case == "kv_cache":
+        model.setup_kv_cache(batch, torch.bfloat16)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, 1), device="cuda")
+    pos = torch.tensor([17], device="cuda")
+    args = (tokens, pos) if case == "kv_cache" else (tokens,)
+    reference = model(*args).float()
+    copies = {v: copy.deepcopy(model) for v in variants if v in CHANGE_BLOCKS}  # before anything compiles
+
+    calls, rows = {}, {}
+    for variant in variants:
+        run = make_runner(variant, copies.get(variant, model), cache_dir)
+        calls[variant] = lambda run=run: run(*args)
+        out = calls[variant]().float()  # compiles (and, with graphs, warms up); the next calls capture
+        calls[variant]()
+        rows[variant] = {"variant": variant, "case": case, "batch": batch,
+                         "rel_error": ((out - reference).norm() / reference.norm()).item(), "round_ms": []}
+        if variant.startswith("regionc"):
+            rows[variant]["cudagraphs"] = {k: v for k, v in regionc.last_report().cudagraphs.items()
+                                           if k in ("mode", "graphs", "capture_s", "pool_bytes", "padding",
+                                                    "fallbacks")}
+    for r in range(rounds):
+        for variant in variants[r % len(variants):] + variants[:r % len(variants)]:
+            rows[variant]["round_ms"].append(cuda_median_ms(calls[variant], warmup=3, iters=30))
+    for row in rows.values():
+        row["ms"] = statistics.median(row["round_ms"])
+    return list(rows.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per case")
     args = parser.parse_args()
 
     import torch
@@ -59,39 +108,23 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_decode: no CUDA device; nothing measured")
         return 0
-    import regionc
-    from benchmarks.common import cuda_median_ms, write_results
-    from regionc.models.llama import LlamaConfig, build_demo_model
+    from benchmarks.common import write_results
+    from regionc.models.llama import LlamaConfig
 
     cfg = LlamaConfig(n_layers=args.layers, max_seq=256)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as cache_dir, torch.no_grad():
-        for variant in args.variants:
-            cases = [("plain", b) for b in args.batches] + [("kv_cache", 8)]
-            for case, batch in cases:
-                torch._dynamo.reset()
-                model = build_demo_model(cfg, dtype=torch.bfloat16, device="cuda")
-                if case == "kv_cache":
-                    model.setup_kv_cache(batch, torch.bfloat16)
-                tokens = torch.randint(0, cfg.vocab_size, (batch, 1), device="cuda")
-                pos = torch.tensor([17], device="cuda")
-                # eager reference first: per-block variants compile the model's blocks in place
-                reference = (model(tokens, pos) if case == "kv_cache" else model(tokens)).float()
-                run = make_runner(variant, model, cache_dir)
-                call = (lambda: run(tokens, pos)) if case == "kv_cache" else (lambda: run(tokens))
-                ms = cuda_median_ms(call, warmup=5, iters=50)
-                out = call().float()
-                error = ((out - reference).norm() / reference.norm()).item()
-                row = {"variant": variant, "case": case, "batch": batch, "ms": ms, "rel_error": error}
-                if variant.startswith("regionc"):
-                    row["cudagraphs"] = {k: v for k, v in regionc.last_report().cudagraphs.items()
-                                         if k in ("mode", "graphs", "capture_s", "pool_bytes", "padding",
-                                                  "fallbacks")}
+        for case, batch in [("kv_cache", 8)] + [("plain", b) for b in args.batches]:
+            for row in measure_case(case, batch, args.variants, cfg, cache_dir, args.rounds):
                 rows.append(row)
-                print(f"{variant:>16} {case:>8} b={batch:<3} {ms:8.3f} ms  err {error:.1e}", flush=True)
-                del run, model
-                path = write_results(args.out, "decode_latency", {
-                    "model": f"demo decoder {args.layers} layers d=2048 heads 32/8 ffn 8192 bf16", "rows": rows})
+                spread = f"{min(row['round_ms']):.3f}-{max(row['round_ms']):.3f}"
+                print(f"{row['variant']:>24} {case:>8} b={batch:<3} {row['ms']:8.3f} ms  (rounds {spread})"
+                      f"  err {row['rel_error']:.1e}", flush=True)
+            path = write_results(args.out, "decode_latency", {
+                "model": f"demo decoder {args.layers} layers d=2048 heads 32/8 ffn 8192 bf16",
+                "method": f"one model per case, variants interleaved over {args.rounds} rounds; ms = median round",
+                "rows": rows})
+            torch.cuda.empty_cache()
     _plot(rows, Path(args.out) / "decode_latency.png")
     print(f"wrote {path}")
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-VARIANTS = ("reduce_overhead", "regionc_graphs")
+VARIANTS = ("reduce_overhead", "regionc_graphs")  # names of bench_decode.make_runner
 
 
 def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, list[dict]]:
@@ -133,6 +133,8 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--trace", action="store_true", help="also write a Chrome trace per variant and batch")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help="in this order; a name may repeat (latency drifts with the order in a process)")
     args = parser.parse_args()
 
     import torch
@@ -148,7 +150,7 @@ def main() -> int:
     model = build_demo_model(LlamaConfig(n_layers=args.layers), dtype=torch.bfloat16, device="cuda")
     results = {"layers": args.layers, "rows": []}
     with tempfile.TemporaryDirectory(prefix="profile-decode-") as cache_dir, torch.no_grad():
-        for variant in VARIANTS:
+        for variant in args.variants:
             torch._dynamo.reset()
             run = make_runner(variant, model, cache_dir)
             for batch in args.batches:

@@ -21,6 +21,7 @@ import torch.fx
 
 from regionc.compiler.inductor import compile_piece, load_piece
 from regionc.config import Config
+from regionc.regions.boundaries import fuse_block_boundaries
 from regionc.regions.detect import detect_blocks, pretty_path
 from regionc.regions.fingerprint import Fingerprint, describe_value, first_difference, fingerprint_piece
 from regionc.regions.inline import inline_nested_regions
@@ -51,6 +52,8 @@ class GraphCompiler:
             self._inline_nested_regions(gm, report)
             owners = detect_blocks(gm.graph, self.config.min_instances)
             report.rematerialized = rematerialize_tables(gm.graph, owners)
+            if self.config.fuse_block_boundaries:
+                report.fused_boundaries = fuse_block_boundaries(gm.graph, owners)
         with report.phase("split"):
             split, pieces = split_into_pieces(gm, owners)
         report.containers = dict(Counter(pretty_path(p.block.container) for p in pieces if p.block))

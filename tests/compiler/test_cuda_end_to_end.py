@@ -37,7 +37,7 @@ def test_graphs_and_passes_match_eager_over_replays_and_batch_sizes(kernel_choic
     assert block_compiles(report) == 1
     assert report.cudagraphs.get("graphs", 0) > 0, report.cudagraphs
     if kernel_choice == "always":
-        assert {"rms_norm", "rope", "attention"} <= set(report.pass_matches), report.pass_matches
+        assert {"fused_add_rms_norm", "rope", "attention"} <= set(report.pass_matches), report.pass_matches
 
 
 def test_outputs_are_not_overwritten_by_the_next_replay():
