@@ -83,7 +83,8 @@ def measure_case(case: str, batch: int, variants, cfg, cache_dir: str, rounds: i
         rows[variant] = {"variant": variant, "case": case, "batch": batch,
                          "rel_error": ((out - reference).norm() / reference.norm()).item(), "round_ms": []}
         if variant.startswith("regionc"):
-            rows[variant]["cudagraphs"] = {k: v for k, v in regionc.last_report().cudagraphs.items()
+            stats = next((r.cudagraphs for r in reversed(regionc.reports()) if r.cudagraphs), {})
+            rows[variant]["cudagraphs"] = {k: v for k, v in stats.items()
                                            if k in ("mode", "graphs", "capture_s", "pool_bytes", "padding",
                                                     "fallbacks")}
     for r in range(rounds):

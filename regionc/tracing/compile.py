@@ -14,8 +14,10 @@ this helper; the backend underneath is the same. How (option ``block_tracing``):
   Dynamo reuse the first instance's weights for all of them.
 - ``per_block``: each block instance is compiled as its own Dynamo frame (``block.compile``).
   Instances share Dynamo's code cache entry, so one block is traced and compiled; the code
-  between blocks (embedding, final norm, head) runs eagerly. Torch 2.11's nested regions re-trace
-  every call, so this is the best it offers.
+  between blocks (embedding, final norm, head) runs eagerly. With CUDA graphs, the model's whole
+  forward (compiled blocks and eager glue) is captured as one graph per input shape
+  (regionc/cudagraph/module.py) and the blocks run without graphs of their own. Torch 2.11's
+  nested regions re-trace every call, so this is the best it offers.
 - ``full``: plain ``torch.compile(model, backend="regionc")``.
 
 ``auto`` picks ``nested_region`` where Dynamo can reuse a traced region, else ``per_block``;
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from regionc.config import Config
+from regionc.cudagraph.module import ModuleGraphs
 from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
 from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
@@ -65,13 +68,20 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     compile_args = {"backend": "regionc", "mode": mode, "options": options, "dynamic": dynamic}
     save_traces = config.trace_cache and config.cache and traces_can_be_saved()
     if strategy == "per_block":
+        module_graphs = config.cudagraphs is not False  # one graph over the whole forward, not one per block
+        if module_graphs:
+            options = {**(options or {}), "cudagraphs": False}
+            compile_args["options"] = options
+        block_config = Config.build(options, mode)
         for group in groups:
-            traces = TraceSet(group.cls.forward, strategy, config, mode, options, dynamic) if save_traces else None
+            traces = TraceSet(group.cls.forward, strategy, block_config, mode, options, dynamic) if save_traces else None
             for block in group.instances:
                 if traces is not None:
                     block.forward = SavedTraceForward(traces, block)
                 else:
                     block.compile(**compile_args)
+        if module_graphs:
+            model.forward = ModuleGraphs(model, model.forward, config)
         return model
     if strategy == "nested_region":
         for group in groups:

@@ -18,6 +18,12 @@ pytestmark = pytest.mark.gpu
 CFG = LlamaConfig(vocab_size=512, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, max_seq=128)
 
 
+def graph_stats() -> dict:
+    """The CUDA-graph stats of the latest report that has any (under regionc.compile's per-block
+    tracing the graphs belong to the model's forward, whose report precedes its blocks')."""
+    return next(r.cudagraphs for r in reversed(regionc.reports()) if r.cudagraphs)
+
+
 def relative_error(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -92,16 +98,31 @@ def test_dynamic_batch_is_padded_to_capture_sizes(mode):
 
 
 def test_regionc_compile_with_graphs_matches_eager():
-    """regionc.compile's choice for this torch (nested regions, or block frames sharing one compiled
-    graph across layers: each layer then needs graphs of its own weights) over replays."""
-    model, reference = (build_demo_model(CFG, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    """regionc.compile's choice for this torch (nested regions: one program with graphs; block
+    frames: the model's whole forward under one graph per shape) over replays and KV-cache steps."""
+    from regionc.tracing.compile import nested_regions_reuse_traces
+
+    cfg = LlamaConfig(**{**CFG.__dict__, "max_seq": 64})
+    model, reference = (build_demo_model(cfg, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    reference.load_state_dict(model.state_dict())
+    for m in (model, reference):
+        m.setup_kv_cache(max_batch=2, dtype=torch.bfloat16)
     compiled = regionc.compile(model, options={"cache": False, "cudagraphs": True})  # may compile model in place
     with torch.no_grad():
+        prefill = torch.arange(8, device="cuda")
         for _ in range(4):
-            tokens = torch.randint(0, CFG.vocab_size, (2, 8), device="cuda")
-            assert relative_error(compiled(tokens), reference(tokens)) < 2e-2
-    stats = regionc.last_report().cudagraphs
+            tokens = torch.randint(0, cfg.vocab_size, (2, 8), device="cuda")
+            assert relative_error(compiled(tokens, prefill), reference(tokens, prefill)) < 2e-2
+        token = tokens[:, -1:]
+        for step in range(8, 24):
+            pos = torch.tensor([step], device="cuda")
+            out, expected = compiled(token, pos), reference(token, pos)
+            assert relative_error(out, expected) < 2e-2, step
+            token = expected[:, -1].argmax(-1, keepdim=True)
+    stats = graph_stats()
     assert stats["graphs"] > 0 and not stats["fallbacks"], stats
+    if not nested_regions_reuse_traces():
+        assert stats["mode"] == "module forward" and stats["graphs"] == 2, stats  # prefill shape, decode shape
 
 
 def test_saved_trace_restores_graphs_and_padding(tmp_path):
@@ -122,7 +143,7 @@ def test_saved_trace_restores_graphs_and_padding(tmp_path):
                 tokens = torch.randint(0, CFG.vocab_size, (batch, 1), device="cuda")
                 assert relative_error(compiled(tokens), reference(tokens)) < 2e-2, batch
         sources.append((regionc.last_report().trace_source, torch._dynamo.utils.counters["stats"]["unique_graphs"]))
-        stats = regionc.last_report().cudagraphs
+        stats = graph_stats()
         assert stats["graphs"] > 0 and not stats["fallbacks"], stats
     assert sources[0][0].startswith("traced, saved as ") and sources[1] == (sources[1][0], 0)
     assert sources[1][0].startswith("saved trace "), sources

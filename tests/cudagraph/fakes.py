@@ -27,8 +27,10 @@ class FakeGraph:
 
 
 class FakeBackend:
-    def __init__(self, fail: Exception | None = None, accepts=lambda t: True):
-        self.fail, self._accepts = fail, accepts
+    def __init__(self, fail: Exception | None = None, accepts=lambda t: True, state=()):
+        """``state``: tensors the captured function writes besides its args (a module's buffers);
+        capture restores them too."""
+        self.fail, self._accepts, self.state = fail, accepts, list(state)
         self.captures, self.replays, self.handles = 0, 0, []
         self._shared = object()
 
@@ -46,9 +48,10 @@ class FakeBackend:
         self.handles.append(pool)
         if self.fail is not None:
             raise self.fail
-        snapshot = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+        written = [*args, *self.state]
+        snapshot = [a.clone() if isinstance(a, torch.Tensor) else None for a in written]
         out = fn(*args)
-        for a, saved in zip(args, snapshot):
+        for a, saved in zip(written, snapshot):
             if saved is not None:
                 a.copy_(saved)  # a capture records work, it does not do it
         self.captures += 1

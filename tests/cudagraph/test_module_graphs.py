@@ -1,0 +1,120 @@
+"""A whole module forward under one CUDA graph per input key, on the CPU through the fake backend."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import regionc
+from regionc.config import Config
+from regionc.cudagraph.module import ModuleGraphs
+from regionc.cudagraph.runner import CudaGraphAddressError
+from regionc.models.llama import LlamaConfig, build_demo_model
+from tests.cudagraph.fakes import FakeBackend
+from tests.helpers import NO_CACHE, assert_close
+
+
+class Glue(nn.Module):
+    """Eager code around a layer, with a keyword argument and a KV-cache-like buffer written in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.register_buffer("steps", torch.zeros(1))
+
+    def forward(self, x, scale=1.0):
+        self.steps.add_(1)
+        return torch.relu(self.lin(x)) * scale + self.steps
+
+
+def graphed(model, **options):
+    backend = FakeBackend(state=list(model.buffers()))
+    config = Config.build({"cudagraphs": True, **options}, environ={})
+    return ModuleGraphs(model, model.forward, config, backend=backend), backend
+
+
+def test_replays_one_graph_per_key_and_matches_eager():
+    torch.manual_seed(0)
+    model, reference = Glue(), Glue()
+    reference.load_state_dict(model.state_dict())
+    run, backend = graphed(model)
+    for step in range(5):
+        x = torch.randn(4, 8)
+        assert_close(run(x), reference(x))  # warm-up, capture, then replays: the buffer update persists
+    assert backend.captures == 1 and backend.replays == 4
+    assert model.steps.item() == reference.steps.item() == 5
+    x = torch.randn(2, 8)  # a new shape: its own warm-up and graph
+    for _ in range(3):
+        assert_close(run(x, scale=2.0), reference(x, scale=2.0))
+    assert_close(run(x, scale=3.0), reference(x, scale=3.0))  # another keyword value: another graph
+    assert backend.captures == 2
+    with torch.enable_grad():
+        assert_close(run(x, scale=2.0), reference(x, scale=2.0))  # grad mode keys the graph too
+    assert backend.captures == 2 and run.report.cudagraphs["graphs"] == 2
+
+
+def test_outputs_are_not_overwritten_by_the_next_replay():
+    model, reference = Glue(), Glue()
+    reference.load_state_dict(model.state_dict())
+    run, _ = graphed(model)
+    inputs = [torch.randn(4, 8) for _ in range(4)]
+    outputs = [run(x) for x in inputs]  # all kept while later replays run
+    for out, x in zip(outputs, inputs):
+        assert_close(out, reference(x))
+
+
+def test_a_forward_that_writes_its_argument_is_not_graphed(caplog):
+    class WritesInput(nn.Module):
+        def forward(self, x):
+            x.mul_(2)
+            return x + 1
+
+    run, backend = graphed(WritesInput())
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        results = [run(torch.ones(3)) for _ in range(3)]
+    assert all(torch.equal(r, torch.full((3,), 3.0)) for r in results)
+    assert backend.captures == 0 and not run.runner.capturable
+    assert any("writes in place to its tensor argument" in r.getMessage() for r in caplog.records)
+
+
+def test_a_forward_returning_a_dict_is_not_graphed(caplog):
+    class ReturnsDict(nn.Module):
+        def forward(self, x):
+            return {"y": x * 2}
+
+    run, backend = graphed(ReturnsDict())
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        for _ in range(3):
+            assert torch.equal(run(torch.ones(2))["y"], torch.full((2,), 2.0))
+    assert backend.captures == 0
+    assert any("returns a dict" in r.getMessage() for r in caplog.records)
+
+
+def test_address_check_raises_when_a_weight_is_reassigned():
+    model = Glue()
+    run, _ = graphed(model, cudagraph_check_addresses=True)
+    for _ in range(3):
+        run(torch.randn(4, 8))
+    model.lin.weight = nn.Parameter(torch.randn(8, 8))
+    with pytest.raises(CudaGraphAddressError, match="must stay in place"):
+        run(torch.randn(4, 8))
+
+
+def test_regionc_compile_per_block_graphs_the_whole_forward_and_blocks_run_without_graphs():
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    x = torch.randint(0, 128, (2, 8))
+    expected = model(x)
+    compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": "per_block"})
+    assert isinstance(compiled.forward, ModuleGraphs)
+    with torch.no_grad():
+        assert_close(compiled(x), expected)  # on the CPU the forward runs as it is
+    assert compiled.forward.runner is None
+    block_report = regionc.last_report()
+    assert block_report.cudagraphs == {}
+
+    plain = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    regionc.compile(plain, options={**NO_CACHE, "block_tracing": "per_block", "cudagraphs": False})
+    assert not isinstance(plain.forward, ModuleGraphs)
