@@ -94,6 +94,8 @@ class Report:
             f"{glue} glue piece(s)",
             f"cache {self.cache['hits']} hit / {self.cache['misses']} miss",
         ]
+        if self.fused_boundaries:
+            parts.append(f"{self.fused_boundaries} block-boundary add(s) fused into the next piece")
         if self.pass_matches:
             parts.append("passes " + " ".join(f"{k}={v}" for k, v in sorted(self.pass_matches.items())))
         if self.cudagraphs:

@@ -132,3 +132,4 @@ def test_backend_fuses_boundaries_by_default_and_matches_eager_either_way():
     assert report.fused_boundaries == 4 and plain_report.fused_boundaries == 0
     assert block_compiles(report) == 1 and block_compiles(plain_report) == 1
     assert report.to_dict()["fused_boundaries"] == 4
+    assert "4 block-boundary add(s) fused" in report.summary()
