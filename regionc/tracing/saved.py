@@ -32,6 +32,7 @@ import hashlib
 import inspect
 import io
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,10 +89,17 @@ class TraceSet:
 
     # ------------------------------------------------------------------ lookup
     def _find_or_trace(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
+        start = time.perf_counter()
+        base = self._key(module, args, kwargs)
+        key_s = time.perf_counter() - start
+        entry = self._find_or_trace_under(base, module, args, kwargs)
+        entry.report.phases["trace_key"] += key_s
+        return entry
+
+    def _find_or_trace_under(self, base: dict, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
         from regionc.backend import open_store
 
         store = open_store(self.config)
-        base = self._key(module, args, kwargs)
         for n in range(MAX_TRACES_PER_KEY):
             key = _variant(base, n)
             with store.lock(key):
@@ -136,16 +144,17 @@ class TraceSet:
         from torch._dynamo.aot_compile import AOTCompiledFunction
 
         entry = self._trace(module, args, kwargs)
-        try:
-            payload = AOTCompiledFunction.serialize(entry.compiled).serialized_data
-        except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
-            reason = _reason(exc)
-            log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
-            entry.report.trace_source = f"traced, not saved: {reason}"
-            return entry
-        if store.save(key, payload, {"saved_trace": base}):
-            log.info("regionc: %s: saved its trace as %s (%d bytes)", _name(self.fn), key[:12], len(payload))
-            entry.report.trace_source = "traced, saved as " + key[:12]
+        with entry.report.phase("trace_save"):
+            try:
+                payload = AOTCompiledFunction.serialize(entry.compiled).serialized_data
+            except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
+                reason = _reason(exc)
+                log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
+                entry.report.trace_source = f"traced, not saved: {reason}"
+                return entry
+            if store.save(key, payload, {"saved_trace": base}):
+                log.info("regionc: %s: saved its trace as %s (%d bytes)", _name(self.fn), key[:12], len(payload))
+                entry.report.trace_source = "traced, saved as " + key[:12]
         return entry
 
     def _trace(self, module, args, kwargs) -> _Entry:
