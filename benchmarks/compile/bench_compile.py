@@ -12,7 +12,13 @@ synchronized. The warm process then times the steady-state forward (CUDA events,
 runtime sits next to compile time. Model: the demo decoder (d=2048, 32/8 heads, FFN 8192),
 bf16, prefill 1×2048.
 
-    python benchmarks/compile/bench_compile.py --out DIR [--layers 2 8 32] [--variants ...]
+``--eager-first`` runs the model eagerly once before the timer starts, as a harness that checks
+the compiled output against eager does: the process's first cuBLAS/cuDNN/kernel-loading set-up
+(the same for every variant, and paid by a server when it loads weights or warms up) then falls
+outside the timed first call, and each result records ``eager_first_s`` and the compiled output's
+``max_abs_diff_vs_eager``. Without it (the default, as in earlier runs) that set-up is timed too.
+
+    python benchmarks/compile/bench_compile.py --out DIR [--layers 2 8 32] [--variants ...] [--eager-first]
 
 Results are merged into DIR/compile_time.json (rewritten after every measurement), so runs
 split over several invocations, or cut short, add up to one file.
@@ -34,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 VARIANTS = ("regionc", "regionc_compile", "full_graph", "per_block", "nested_region")
 
 
-def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool) -> dict:
+def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False,
+          profile: str | None = None) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
     os.environ["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
     import torch
@@ -45,8 +52,22 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
 
     model = build_demo_model(LlamaConfig(n_layers=layers), dtype=torch.bfloat16, device="cuda")
     tokens = torch.randint(0, 32000, (1, seq), device="cuda")
+    reference = None
+    if eager_first:  # CUDA/cuBLAS/cuDNN set-up is paid here, outside the timed compile
+        eager_start = time.perf_counter()
+        with torch.no_grad():
+            reference = model(tokens)
+        torch.cuda.synchronize()
+        eager_first_s = time.perf_counter() - eager_start
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
     torch.cuda.synchronize()
     start = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     options = {"cache_dir": cache_dir, "cudagraphs": False}
     if variant == "regionc":
         run = torch.compile(model, backend="regionc", options=options)
@@ -66,7 +87,13 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
         out = run(tokens)
         torch.cuda.synchronize()
         first = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         result = {"first_call_s": first}
+        if reference is not None:
+            result["eager_first_s"] = eager_first_s
+            result["max_abs_diff_vs_eager"] = (out.float() - reference.float()).abs().max().item()
         if time_runtime:
             result["prefill_ms"] = cuda_median_ms(lambda: run(tokens), warmup=3, iters=20)
         if variant.startswith("regionc"):
@@ -84,9 +111,9 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
     return result
 
 
-def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool) -> dict:
+def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--layers", str(layers), "--cache-dir", cache_dir,
-           "--seq", str(seq)] + (["--time-runtime"] if time_runtime else [])
+           "--seq", str(seq)] + (["--time-runtime"] if time_runtime else []) + (["--eager-first"] if eager_first else [])
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
@@ -153,11 +180,16 @@ def main() -> int:
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--cache-dir")
     parser.add_argument("--time-runtime", action="store_true")
+    parser.add_argument("--eager-first", action="store_true",
+                        help="run the model eagerly once before the timed call (CUDA library set-up outside the "
+                             "timing) and check the compiled output against it")
+    parser.add_argument("--profile", help="child only: cProfile the timed first call into this file")
     parser.add_argument("--repeats", type=int, default=1,
                         help="cold+warm pairs per variant and depth; the median run is reported, all samples kept")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.layers[0], args.cache_dir, args.seq, args.time_runtime)))
+        print(json.dumps(child(args.child, args.layers[0], args.cache_dir, args.seq, args.time_runtime,
+                               args.eager_first, args.profile)))
         return 0
 
     import torch
@@ -175,12 +207,13 @@ def main() -> int:
         for _ in range(args.repeats):  # variants interleaved, so a slow stretch of the machine hits all
             for variant in args.variants:
                 with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
-                    samples[variant]["cold"].append(measure(variant, layers, cache_dir, args.seq, time_runtime=False))
-                    samples[variant]["warm"].append(measure(variant, layers, cache_dir, args.seq, time_runtime=True))
+                    for phase in ("cold", "warm"):
+                        samples[variant][phase].append(measure(variant, layers, cache_dir, args.seq,
+                                                               time_runtime=phase == "warm", eager_first=args.eager_first))
         for variant in args.variants:
             cold, warm = (_median_run(samples[variant][phase]) for phase in ("cold", "warm"))
             results.setdefault(variant, {})[str(layers)] = {
-                "cold": cold, "warm": warm, "repeats": args.repeats,
+                "cold": cold, "warm": warm, "repeats": args.repeats, "eager_first": args.eager_first,
                 "cold_samples_s": [r.get("first_call_s") for r in samples[variant]["cold"]],
                 "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]]}
             write_results(args.out, "compile_time", {

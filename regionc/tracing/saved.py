@@ -89,17 +89,17 @@ class TraceSet:
 
     # ------------------------------------------------------------------ lookup
     def _find_or_trace(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
+        from regionc.backend import open_store
+
         start = time.perf_counter()
+        store = open_store(self.config)
         base = self._key(module, args, kwargs)
         key_s = time.perf_counter() - start
-        entry = self._find_or_trace_under(base, module, args, kwargs)
+        entry = self._find_or_trace_under(store, base, module, args, kwargs)
         entry.report.phases["trace_key"] += key_s
         return entry
 
-    def _find_or_trace_under(self, base: dict, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
-        from regionc.backend import open_store
-
-        store = open_store(self.config)
+    def _find_or_trace_under(self, store, base: dict, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
         for n in range(MAX_TRACES_PER_KEY):
             key = _variant(base, n)
             with store.lock(key):

@@ -1,0 +1,103 @@
+"""torch_key() remembered on disk under a stamp of torch's files; triton_key() started early."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from regionc.cache import build_keys
+
+
+def _tree(root):
+    (root / "pkg" / "__pycache__").mkdir(parents=True)
+    (root / "_inductor").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "mod.py").write_text("x = 1\n")
+    (root / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"pyc")
+    (root / "pkg" / "notes.txt").write_text("not a module")
+    (root / "_inductor" / "script.ld").write_text("linker script")
+    return root
+
+
+def _bump(path, text):
+    st = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def test_stamp_follows_the_hashed_files_only(tmp_path):
+    root = _tree(tmp_path)
+    stamp = build_keys.install_stamp(root)
+    assert build_keys.install_stamp(root) == stamp
+
+    _bump(root / "pkg" / "__pycache__" / "mod.cpython-311.pyc", "other bytecode")
+    _bump(root / "pkg" / "notes.txt", "edited notes")
+    assert build_keys.install_stamp(root) == stamp  # neither is hashed by torch_key()
+
+    _bump(root / "pkg" / "mod.py", "x = 2\n")  # same size, new mtime
+    edited = build_keys.install_stamp(root)
+    assert edited != stamp
+    _bump(root / "_inductor" / "script.ld", "another linker script")  # a non-module file Inductor hashes
+    assert build_keys.install_stamp(root) != edited
+    before_add = build_keys.install_stamp(root)
+    (root / "pkg" / "new.py").write_text("")
+    assert build_keys.install_stamp(root) != before_add
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import torch._inductor.codecache as codecache
+    from regionc.cache import build_keys
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("torch_key() hashed torch's sources")
+
+    codecache.build_code_hash = no_hashing  # what torch_key() calls to hash
+    build_keys.prepare(Path(sys.argv[1]))
+    print(codecache.torch_key().hex())
+""")
+
+
+def test_remembered_torch_key_is_used_by_a_new_process(tmp_path, caplog):
+    from torch._inductor.codecache import torch_key
+
+    expected = torch_key().hex()
+    build_keys._load_or_remember_torch_key(tmp_path)
+    memos = list((tmp_path / "build_keys").iterdir())
+    assert [m.read_text().strip() for m in memos] == [expected]
+
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip().splitlines()[-1] == expected  # Inductor's value, never hashed there
+
+    memos[0].write_text("not a key\n")  # damaged: hashed again and rewritten, with a log line
+    with caplog.at_level(logging.WARNING, logger="regionc.cache"):
+        build_keys._load_or_remember_torch_key(tmp_path)
+    assert "does not hold a build key" in caplog.text
+    assert memos[0].read_text().strip() == expected
+
+
+def test_without_a_memo_the_new_process_hashes(tmp_path):
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode != 0 and "hashed torch's sources" in child.stderr
+
+
+def test_prepare_starts_triton_key_once(monkeypatch):
+    triton_cache = pytest.importorskip("triton.runtime.cache")
+    calls = []
+    monkeypatch.setattr(triton_cache, "triton_key", lambda: calls.append(1))
+    monkeypatch.setattr(build_keys, "_prepared", False)
+    build_keys.prepare(None)
+    build_keys.prepare(None)
+    for thread in [t for t in threading.enumerate() if t.name == "regionc-triton-key"]:
+        thread.join(timeout=60)
+    assert calls == [1]
