@@ -61,11 +61,9 @@ def _dynamo_seconds_so_far() -> float | None:
 def open_store(config: Config):
     """The artifact store of ``config`` (None when the cache is off); points Inductor's caches under
     it and makes this process's build keys cheap (:mod:`regionc.cache.build_keys`)."""
-    from regionc.cache import build_keys
-
     if not config.cache:
-        build_keys.prepare(None)
         return None
+    from regionc.cache import build_keys
     from regionc.cache.key import configure_compiler_caches
     from regionc.cache.store import ArtifactStore
 

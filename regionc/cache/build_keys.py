@@ -1,21 +1,20 @@
-"""Torch's and Triton's build keys, without hashing their installations again in every process.
+"""``torch_key()`` remembered on disk, so a new process does not hash torch's sources again.
 
-Inductor keys its caches on ``torch_key()`` (a sha256 of every torch source file) and on
-``triton_key()`` (which also hashes the ~500 MB ``libtriton.so``); regionc's keys hold
-``torch_key()`` too. Both are computed from scratch in each new process, on the first call's
-critical path: 0.25–0.44 s and ~0.4 s of a 32-layer first call on the H100 host, cold or warm
-(``benchmarks/results/h100-s5/profile-32L-regionc_compile-*.log``). :func:`prepare` (run once per
-process, before the first key is needed) removes both from that path:
+Inductor keys its caches on ``torch_key()``, a sha256 of every torch source file, and regionc's
+keys hold it too. Each process computes it from scratch on the first call's critical path:
+0.25–0.44 s on the H100 host, cold or warm (``benchmarks/results/h100-s5/profile-32L-*.log``).
+:func:`prepare` (once per process, before the first key is needed) remembers it in
+``<cache root>/build_keys/`` under a *stamp* of the files it hashes: each module file's path, size
+and mtime, the test Python itself uses to trust a ``.pyc``. A process that finds its stamp hands
+the remembered value to Inductor through ``torch_key.set`` (the hook Inductor has for
+prepopulating it), so neither regionc nor Inductor hashes torch again. Any file added, removed or
+rewritten gives a new stamp, hence a fresh hash. Stamping stats the files of torch's packages
+(~0.05 s).
 
-- ``torch_key``: remembered on disk, in ``<cache root>/build_keys/``, under a *stamp* of the files
-  it hashes: each module file's path, size and mtime, the test Python itself uses to trust a
-  ``.pyc``. A process that finds its stamp hands the remembered value to Inductor through
-  ``torch_key.set`` (the hook Inductor has for prepopulating it), so neither regionc nor Inductor
-  hashes torch again. Any file added, removed or rewritten gives a new stamp, hence a fresh hash.
-  Stamping costs ~0.05 s (stat of ~2,300 files) against the hash's 0.25 s or more.
-- ``triton_key`` is a plain ``lru_cache`` with no such hook, so it is started in a background
-  thread instead: its work is file reads and sha256 over 1 MB chunks, both of which release the
-  GIL, so it overlaps the Dynamo trace that comes first.
+``triton_key()`` (0.4 s, mostly hashing the 500 MB ``libtriton.so``) has no such hook. Starting it
+in a background thread was measured and dropped: its package walk imports Triton modules, and
+the main thread waited on it (``trace_key`` went from 0.34 s to 0.7–1.2 s on the H100,
+``benchmarks/results/h100-s6/compile_time_bg_triton_key.json``).
 """
 
 from __future__ import annotations
@@ -41,35 +40,42 @@ _lock = threading.Lock()
 
 
 def prepare(cache_root: Path | None) -> None:
-    """Make this process's build keys cheap (once per process; later calls return at once).
+    """Hand Inductor the remembered ``torch_key()`` (or remember it); once per process.
 
-    ``cache_root``: regionc's cache root, where the remembered ``torch_key`` lives; None (cache
-    off) skips the disk and only starts ``triton_key`` in the background.
+    ``cache_root``: regionc's cache root, where the remembered key lives; None (cache off) does
+    nothing.
     """
     global _prepared
     with _lock:
-        if _prepared:
+        if _prepared or cache_root is None:
             return
         _prepared = True
-    _start_triton_key()
-    if cache_root is not None:
-        _load_or_remember_torch_key(Path(cache_root))
+    _load_or_remember_torch_key(Path(cache_root))
 
 
 def install_stamp(root: Path) -> str:
-    """sha256 over (relative path, size, mtime_ns) of every module file under ``root``, plus every
-    file of ``_inductor/`` (Inductor hashes a few non-module files there too); ``__pycache__``
-    is skipped. Over-inclusive on purpose: an extra file can only cause a fresh hash."""
+    """sha256 over (relative path, size, mtime_ns) of every module file in the packages under
+    ``root`` (``root`` itself and each directory with an ``__init__.py``, as ``torch_key()``'s
+    walk goes), plus every file under ``_inductor/`` (Inductor hashes a few non-module files
+    there). Symbolic links are followed (some installs link their directories and files), each
+    directory once; ``__pycache__`` is skipped. Over-inclusive on purpose: an extra file can only
+    cause a fresh hash."""
     lines = []
-    stack = [root]
+    seen = set()
+    stack = [(root, False)]
     while stack:
-        directory = stack.pop()
+        directory, inductor = stack.pop()
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
         with os.scandir(directory) as it:
             for item in it:
-                if item.is_dir(follow_symlinks=False):
-                    if item.name != "__pycache__":
-                        stack.append(Path(item.path))
-                elif item.name.endswith(_MODULE_SUFFIXES) or "_inductor" in Path(item.path).relative_to(root).parts:
+                if item.is_dir():
+                    below_inductor = inductor or (directory == root and item.name == "_inductor")
+                    if item.name != "__pycache__" and (below_inductor or os.path.exists(os.path.join(item.path, "__init__.py"))):
+                        stack.append((Path(item.path), below_inductor))
+                elif inductor or item.name.endswith(_MODULE_SUFFIXES):
                     st = item.stat()
                     lines.append(f"{os.path.relpath(item.path, root)}|{st.st_size}|{st.st_mtime_ns}")
     lines.sort()
@@ -138,21 +144,3 @@ def _write_memo(path: Path, value: str) -> None:
             raise
     except OSError as exc:
         log.debug("regionc: cannot remember torch_key() in %s (%s)", path, exc)
-
-
-def _start_triton_key() -> None:
-    try:
-        from triton.runtime.cache import triton_key
-    except ImportError:
-        try:  # where older tritons keep it (torch looks in both places too)
-            from triton.compiler.compiler import triton_key
-        except ImportError:  # no triton: nothing to hash
-            return
-
-    def run() -> None:
-        try:
-            triton_key()
-        except Exception as exc:  # noqa: BLE001 - the caller will compute it and see the error
-            log.debug("regionc: background triton_key() failed: %s", exc)
-
-    threading.Thread(target=run, name="regionc-triton-key", daemon=True).start()

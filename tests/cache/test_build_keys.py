@@ -1,4 +1,4 @@
-"""torch_key() remembered on disk under a stamp of torch's files; triton_key() started early."""
+"""torch_key() remembered on disk under a stamp of torch's files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-
-import pytest
 
 from regionc.cache import build_keys
 
@@ -48,6 +45,25 @@ def test_stamp_follows_the_hashed_files_only(tmp_path):
     before_add = build_keys.install_stamp(root)
     (root / "pkg" / "new.py").write_text("")
     assert build_keys.install_stamp(root) != before_add
+
+
+def test_stamp_follows_linked_packages_and_skips_non_packages(tmp_path):
+    root = _tree(tmp_path / "torch")
+    (root / "include").mkdir()  # headers: not a package, not hashed by torch_key()
+    (root / "include" / "gen.py").write_text("")
+    linked = tmp_path / "store" / "linked"  # an install that links its package directories
+    linked.mkdir(parents=True)
+    (linked / "__init__.py").write_text("")
+    (linked / "impl.py").write_text("y = 1\n")
+    (root / "linked").symlink_to(linked, target_is_directory=True)
+    (root / "__init__.py").write_text("")
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a package cycle: walked once
+    stamp = build_keys.install_stamp(root)
+
+    _bump(root / "include" / "gen.py", "z = 3\n")
+    assert build_keys.install_stamp(root) == stamp
+    _bump(linked / "impl.py", "y = 2\n")
+    assert build_keys.install_stamp(root) != stamp
 
 
 _CHILD = textwrap.dedent("""
@@ -89,15 +105,3 @@ def test_without_a_memo_the_new_process_hashes(tmp_path):
     child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], capture_output=True, text=True,
                            timeout=300)
     assert child.returncode != 0 and "hashed torch's sources" in child.stderr
-
-
-def test_prepare_starts_triton_key_once(monkeypatch):
-    triton_cache = pytest.importorskip("triton.runtime.cache")
-    calls = []
-    monkeypatch.setattr(triton_cache, "triton_key", lambda: calls.append(1))
-    monkeypatch.setattr(build_keys, "_prepared", False)
-    build_keys.prepare(None)
-    build_keys.prepare(None)
-    for thread in [t for t in threading.enumerate() if t.name == "regionc-triton-key"]:
-        thread.join(timeout=60)
-    assert calls == [1]
