@@ -64,6 +64,24 @@ def test_per_block_compiles_the_block_frame_once_and_matches_eager():
     assert len(regionc.reports()) - before == 1  # one Dynamo frame, one backend call, for all four blocks
 
 
+def test_the_full_trace_says_once_what_traces_one_block(monkeypatch, caplog):
+    import regionc.backend
+
+    monkeypatch.setattr(regionc.backend, "_said_every_block_was_traced", False)
+    x = tokens()
+    message = "Dynamo traced every repeated block (layers×3)"
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        per_block = regionc.compile(build_demo_model(LlamaConfig.tiny(n_layers=3)),
+                                    options={**NO_CACHE, "block_tracing": "per_block"})
+        per_block(x)
+        assert message not in caplog.text  # the block was traced once
+        model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+        assert_close(torch.compile(model, backend="regionc", options=NO_CACHE)(x), model(x))
+        torch._dynamo.reset()
+        torch.compile(build_demo_model(LlamaConfig.tiny(n_layers=3)), backend="regionc", options=NO_CACHE)(x)
+    assert caplog.text.count(message) == 1 and "regionc.compile(model) traces one block" in caplog.text
+
+
 def test_auto_and_models_without_repeats(caplog):
     model = NoRepeats()
     x = torch.randn(2, 32)
