@@ -86,5 +86,7 @@ def open_store(config: Config):
     from regionc.cache.store import ArtifactStore
 
     configure_compiler_caches(config.cache_root)
-    build_keys.prepare(config.cache_root)
-    return ArtifactStore(config.cache_root, config.cache_max_bytes, config.lock_timeout_s)
+    store = ArtifactStore(config.cache_root, config.cache_max_bytes, config.lock_timeout_s)
+    if store.readable:  # a root the store refuses (foreign, group-writable) is not read for keys either
+        build_keys.prepare(config.cache_root)
+    return store

@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 
 from regionc.cache.key import _sha256
+from regionc.cache.store import _untrusted_reason
 
 log = logging.getLogger("regionc.cache")
 
@@ -118,6 +119,10 @@ def _load_or_remember_torch_key(cache_root: Path) -> None:
 
 def _read_memo(path: Path) -> str | None:
     try:
+        untrusted = _untrusted_reason(os.stat(path))
+        if untrusted:  # only a file this user wrote and nobody else can change
+            log.warning("regionc: ignoring %s: it is %s", path, untrusted)
+            return None
         text = path.read_text().strip()
     except FileNotFoundError:
         return None

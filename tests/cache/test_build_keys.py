@@ -101,6 +101,20 @@ def test_remembered_torch_key_is_used_by_a_new_process(tmp_path, caplog):
     assert memos[0].read_text().strip() == expected
 
 
+def test_a_memo_others_can_write_is_ignored(tmp_path, caplog):
+    from torch._inductor.codecache import torch_key
+
+    build_keys._load_or_remember_torch_key(tmp_path)
+    (memo,) = (tmp_path / "build_keys").iterdir()
+    memo.write_text("0" * 64 + "\n")
+    memo.chmod(0o666)
+    with caplog.at_level(logging.WARNING, logger="regionc.cache"):
+        assert build_keys._read_memo(memo) is None
+    assert "group/world-writable" in caplog.text
+    memo.chmod(0o600)
+    assert build_keys._read_memo(memo) == "0" * 64 != torch_key().hex()
+
+
 def test_without_a_memo_the_new_process_hashes(tmp_path):
     child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], capture_output=True, text=True,
                            timeout=300)
