@@ -41,7 +41,7 @@ VARIANTS = ("regionc", "regionc_compile", "full_graph", "per_block", "nested_reg
 
 
 def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False,
-          profile: str | None = None) -> dict:
+          profile: str | None = None, regionc_options: dict | None = None) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
     os.environ["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
     import torch
@@ -68,7 +68,7 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
     start = time.perf_counter()
     if profiler is not None:
         profiler.enable()
-    options = {"cache_dir": cache_dir, "cudagraphs": False}
+    options = {"cache_dir": cache_dir, "cudagraphs": False, **(regionc_options or {})}
     if variant == "regionc":
         run = torch.compile(model, backend="regionc", options=options)
     elif variant == "regionc_compile":
@@ -108,12 +108,25 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
             result["graphs"] = len(reports)
             result["trace_sources"] = sorted({r.trace_source for r in reports if r.trace_source})
         result["dynamo_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        result["torch_compile_metrics_s"] = _torch_compile_metrics()
     return result
 
 
-def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False) -> dict:
+def _torch_compile_metrics(top: int = 25) -> dict[str, float]:
+    """torch's own timers of the first call (``dynamo_timed`` sections, nested, so they overlap):
+    the largest ``top`` totals, to split regionc's "compile" phase into Inductor's stages."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    totals = {name: sum(times) for name, times in compilation_time_metrics.items()}
+    return {name: round(totals[name], 4) for name in sorted(totals, key=totals.get, reverse=True)[:top]}
+
+
+def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False,
+            regionc_options: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--layers", str(layers), "--cache-dir", cache_dir,
            "--seq", str(seq)] + (["--time-runtime"] if time_runtime else []) + (["--eager-first"] if eager_first else [])
+    if regionc_options:
+        cmd += ["--regionc-options", json.dumps(regionc_options)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
@@ -184,12 +197,16 @@ def main() -> int:
                         help="run the model eagerly once before the timed call (CUDA library set-up outside the "
                              "timing) and check the compiled output against it")
     parser.add_argument("--profile", help="child only: cProfile the timed first call into this file")
+    parser.add_argument("--regionc-options", type=json.loads, default=None,
+                        help="JSON merged into the regionc variants' options, e.g. "
+                             "'{\"inductor_config\": {\"triton.autotune_pointwise\": true}}'")
+    parser.add_argument("--tag", default="", help="results are stored under 'VARIANT[TAG]' (A/B runs of one variant)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="cold+warm pairs per variant and depth; the median run is reported, all samples kept")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.layers[0], args.cache_dir, args.seq, args.time_runtime,
-                               args.eager_first, args.profile)))
+                               args.eager_first, args.profile, args.regionc_options)))
         return 0
 
     import torch
@@ -208,18 +225,22 @@ def main() -> int:
             for variant in args.variants:
                 with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
                     for phase in ("cold", "warm"):
-                        samples[variant][phase].append(measure(variant, layers, cache_dir, args.seq,
-                                                               time_runtime=phase == "warm", eager_first=args.eager_first))
+                        samples[variant][phase].append(measure(
+                            variant, layers, cache_dir, args.seq, time_runtime=phase == "warm",
+                            eager_first=args.eager_first,
+                            regionc_options=args.regionc_options if variant.startswith("regionc") else None))
         for variant in args.variants:
             cold, warm = (_median_run(samples[variant][phase]) for phase in ("cold", "warm"))
-            results.setdefault(variant, {})[str(layers)] = {
+            label = f"{variant}[{args.tag}]" if args.tag else variant
+            results.setdefault(label, {})[str(layers)] = {
                 "cold": cold, "warm": warm, "repeats": args.repeats, "eager_first": args.eager_first,
+                "regionc_options": args.regionc_options if variant.startswith("regionc") else None,
                 "cold_samples_s": [r.get("first_call_s") for r in samples[variant]["cold"]],
                 "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]]}
             write_results(args.out, "compile_time", {
                 "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq,
                 "results": results})
-            print(f"{variant:>14} L={layers:<3} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
+            print(f"{label:>14} L={layers:<3} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
                   f"warm {warm.get('first_call_s', float('nan')):7.2f}s  "
                   f"prefill {warm.get('prefill_ms', float('nan')):7.2f} ms  "
                   f"{cold.get('error', '')[-200:]}{cold.get('skipped', '')}", flush=True)

@@ -18,6 +18,15 @@ import torch
 import torch.fx
 
 
+#: Inductor settings every piece is compiled with, under the user's ``inductor_config`` (which
+#: overrides them). Pointwise kernels take Inductor's first heuristic config instead of two configs,
+#: each compiled and then benchmarked on the first call: on an H100 that benchmarking alone cost
+#: 0.2 s of a 32-layer cold start (on the critical path), and the prefill was no slower without it
+#: (benchmarks/results/h100-s7/). Inductor's full-graph default keeps the second config; regionc
+#: compiles few pieces, so their first call matters more.
+PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
+
+
 @dataclasses.dataclass
 class CompiledPiece:
     fn: Callable[..., Any]

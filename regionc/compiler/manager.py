@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from regionc.compiler.inductor import compile_piece, load_piece
+from regionc.compiler.inductor import PIECE_DEFAULTS, compile_piece, load_piece
 from regionc.config import Config
 from regionc.regions.boundaries import fuse_block_boundaries
 from regionc.regions.detect import detect_blocks, pretty_path
@@ -62,7 +62,7 @@ class GraphCompiler:
             prints = {p.name: fingerprint_piece(split.get_submodule(p.name), inputs[p.name]) for p in pieces}
         self._report_reuse_breakers(pieces, prints, report)
 
-        patches = {**self.config.inductor_config,
+        patches = {**PIECE_DEFAULTS, **self.config.inductor_config,
                    **(self.passes.inductor_config_patches() if self.passes is not None else {})}
         device = device_of(example_inputs)
         done: dict[str, Callable[..., Any] | None] = {}

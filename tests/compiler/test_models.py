@@ -173,3 +173,25 @@ def test_piece_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
     assert [p.source for p in report.pieces if p.kind == "block"] == ["eager", "eager"]
     assert "falls back to eager: RuntimeError: injected lowering failure" in caplog.text
     assert report.count("compiled", "glue") == 2
+
+
+@pytest.mark.parametrize("user, expected", [(None, False), ({"triton.autotune_pointwise": True}, True)])
+def test_pieces_compile_with_regionc_defaults_under_user_config(monkeypatch, user, expected):
+    """Pointwise kernels get one config (no first-call benchmarking) unless the user's
+    ``inductor_config`` asks for Inductor's autotuning back."""
+    from regionc.compiler import manager
+
+    seen = []
+    real = manager.compile_piece
+
+    def record(gm, inputs, patches):
+        seen.append(patches.get("triton.autotune_pointwise"))
+        return real(gm, inputs, patches)
+
+    monkeypatch.setattr(manager, "compile_piece", record)
+    model = build_demo_model(LlamaConfig.tiny(2))
+    tokens = torch.randint(0, 128, (2, 8))
+    options = {"cache": False, **({"inductor_config": user} if user else {})}
+    with torch.no_grad():
+        assert_close(torch.compile(model, backend="regionc", options=options)(tokens), model(tokens))
+    assert seen and set(seen) == {expected}
