@@ -236,7 +236,8 @@ def main() -> int:
                 "cold": cold, "warm": warm, "repeats": args.repeats, "eager_first": args.eager_first,
                 "regionc_options": args.regionc_options if variant.startswith("regionc") else None,
                 "cold_samples_s": [r.get("first_call_s") for r in samples[variant]["cold"]],
-                "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]]}
+                "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]],
+                "prefill_ms_samples": [r.get("prefill_ms") for r in samples[variant]["warm"]]}
             write_results(args.out, "compile_time", {
                 "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq,
                 "results": results})

@@ -4,18 +4,29 @@
 (AOTAutograd included, so backward works) and returns an artifact that can be
 serialized; a serialized artifact is what regionc's disk cache stores. The bytes are
 only valid for the exact torch build that wrote them (the cache key holds it).
+
+Where torch has it, the compile runs in standalone_compile's ``aot`` mode: the artifact is the
+compiled function itself (AOTAutograd's bundled entry: Inductor's code and the Triton kernels),
+serialized directly. The default mode instead snapshots every cache artifact the process has
+recorded (``save_cache_artifacts``) after the compile, and a load writes them all back into
+Inductor's on-disk caches and looks the entry up there: work on both the cold and the warm path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.fx
+
+log = logging.getLogger("regionc")
 
 
 #: Inductor settings every piece is compiled with, under the user's ``inductor_config`` (which
@@ -31,6 +42,7 @@ PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
 class CompiledPiece:
     fn: Callable[..., Any]
     payload: bytes | None  # None when the artifact cannot be serialized (then it is not cached)
+    serialize_s: float  # of the compile's time, what turning the artifact into ``payload`` took
 
 
 def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
@@ -44,8 +56,13 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         start_compile_workers()
     artifact = torch._inductor.standalone_compile(
         gm, list(example_inputs), dynamic_shapes="from_tracing_context",
-        options={"config_patches": config_patches})
-    return CompiledPiece(artifact, _serialize(artifact))
+        options={"config_patches": config_patches}, **_AOT_MODE)
+    start = time.perf_counter()
+    payload = _serialize(artifact)
+    return CompiledPiece(artifact, payload, time.perf_counter() - start)
+
+
+_AOT_MODE = {"aot": True} if "aot" in inspect.signature(torch._inductor.standalone_compile).parameters else {}
 
 
 def start_compile_workers() -> None:
@@ -81,7 +98,9 @@ def _serialize(artifact: Any) -> bytes | None:
         path = os.path.join(tmp, "artifact.bin")
         try:
             artifact.save(path=path, format="binary")
-        except RuntimeError:  # nothing serializable was produced; the caller keeps it in memory
+        except Exception as exc:  # noqa: BLE001 - not serializable: the caller keeps it in memory only
+            log.warning("regionc: a compiled piece cannot be serialized, so it is not cached (%s: %s)",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             return None
         with open(path, "rb") as f:
             return f.read()

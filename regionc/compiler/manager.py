@@ -121,7 +121,9 @@ class GraphCompiler:
             self.store.record_miss(key)
             report.add_cache(misses=1)
             fn, payload = self._compile(piece, submodule, inputs, patches, record, report)
-            if payload is not None and self.store.save(key, payload, factors):
+            with report.phase("cache_write"):
+                saved = payload is not None and self.store.save(key, payload, factors)
+            if saved:
                 report.add_cache(bytes_written=len(payload))
             else:
                 record.key = ""
@@ -130,8 +132,10 @@ class GraphCompiler:
     def _compile(self, piece, submodule, inputs, patches, record, report):
         """(callable, serialized payload); (None, None) when the piece falls back to eager."""
         start = time.perf_counter()
+        serialize_s = 0.0
         try:
             compiled = compile_piece(submodule, inputs, patches)
+            serialize_s = compiled.serialize_s
         except Exception as exc:
             if self.config.strict:
                 raise
@@ -142,7 +146,9 @@ class GraphCompiler:
             return None, None
         finally:
             record.seconds = time.perf_counter() - start
-            report.phases["compile"] += record.seconds
+            report.phases["compile"] += record.seconds - serialize_s
+            if serialize_s:
+                report.phases["serialize"] += serialize_s
         record.source = "compiled"
         return compiled.fn, compiled.payload
 
