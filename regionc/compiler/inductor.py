@@ -54,9 +54,22 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     """
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
         start_compile_workers()
-    artifact = torch._inductor.standalone_compile(
-        gm, list(example_inputs), dynamic_shapes="from_tracing_context",
-        options={"config_patches": config_patches}, **_AOT_MODE)
+
+    def standalone_compile(mode: dict[str, Any]):
+        return torch._inductor.standalone_compile(
+            gm, list(example_inputs), dynamic_shapes="from_tracing_context",
+            options={"config_patches": config_patches}, **mode)
+
+    try:
+        artifact = standalone_compile(_AOT_MODE)
+    except RuntimeError as exc:
+        if not _AOT_MODE or "aot" not in str(exc):
+            raise
+        # aot mode needs AOTAutograd's bundled cache entry, which some graphs do not get (an op
+        # the cache bypasses): the default mode may still compile them
+        log.warning("regionc: aot-mode compile failed (%s: %s); compiling again in the default mode",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        artifact = standalone_compile({})
     start = time.perf_counter()
     payload = _serialize(artifact)
     return CompiledPiece(artifact, payload, time.perf_counter() - start)

@@ -41,3 +41,31 @@ def test_workers_start_before_a_cuda_piece_compiles(calls, device, expected):
     with pytest.raises(_Stop):
         inductor.compile_piece(_piece(), [example], {})
     assert calls == expected
+
+
+
+def test_aot_mode_failure_compiles_again_in_the_default_mode(monkeypatch, caplog):
+    """A graph that aot mode cannot compile (no bundled AOTAutograd entry) still compiles, once more
+    in standalone_compile's default mode, with a warning saying so."""
+    if not inductor._AOT_MODE:
+        pytest.skip("this torch's standalone_compile has no aot mode")
+    import regionc
+
+    real = torch._inductor.standalone_compile
+    modes = []
+
+    def standalone_compile(*args, **kwargs):
+        modes.append(kwargs.get("aot", False))
+        if kwargs.get("aot"):
+            raise RuntimeError("Compiled function should have serialize method when aot=True")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", standalone_compile)
+    fn = lambda x: (x * 2).sin()  # noqa: E731
+    x = torch.randn(4)
+    with caplog.at_level("WARNING", logger="regionc"):
+        out = torch.compile(fn, backend="regionc", options={"cache": False})(x)
+    torch.testing.assert_close(out, fn(x))
+    assert modes == [True, False]
+    assert [p.source for p in regionc.last_report().pieces] == ["compiled"]
+    assert "aot-mode compile failed (RuntimeError: Compiled function should have serialize method" in caplog.text
