@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from regionc.ops._sm90_target import FakeSm90Driver
+
 L2_FLUSH_BYTES = 256 << 20  # rotate through >= 256 MiB of inputs (H100 L2 is 50 MB)
 MAX_COPIES = 64
 DEFAULT_OUT = "benchmarks/results/kernels"
@@ -468,28 +470,6 @@ def print_table(rows: list[dict], metric: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-class _FakeGpuDriver:
-    """Enough of a Triton driver for ``JITFunction.run`` to bind, specialise and look up kernels
-    on CPU tensors: an sm90 target, device 0, stream 0."""
-
-    def __init__(self):
-        from triton.backends.compiler import GPUTarget
-
-        self.target = GPUTarget("cuda", 90, 32)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
-
-
 def _stub_compiled(num_warps: int):
     """A ``CompiledKernel`` (real class, so the JIT's ``launch_metadata`` runs its real code) whose
     launcher is a Python no-op: what a launch costs beyond it is common to both launch paths."""
@@ -518,7 +498,7 @@ def stub_triton_launches(*kernels) -> None:
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("stub_triton_launches: unset TRITON_INTERPRET (it measures the compiled-kernel path)")
-    driver.set_active(_FakeGpuDriver())
+    driver.set_active(FakeSm90Driver())
     for k in kernels:
         def fake_compile(key, signature, device, constexprs, options, *rest, k=k):
             ck = _stub_compiled(options.num_warps)

@@ -1,4 +1,4 @@
-"""Attention forward microbenchmark (bf16): regionc's Triton kernel variants (native GQA) vs SDPA
+"""Attention forward microbenchmark (bf16): regionc's kernels (native GQA) vs SDPA
 with the flash, cuDNN and efficient backends and, for GQA shapes, the eager model path
 (repeat_interleave + SDPA default). TFLOP/s = 4*B*Hq*Sq*Skv*D / t, halved when causal.
 
@@ -6,8 +6,10 @@ Providers (rows of the JSON / bars of the PNG):
 
 * ``regionc[ptr]``, ``regionc[tma]``: ``attention_triton(variant=...)``, each autotuned over its
   own config list (``PTR_CONFIGS`` / ``TMA_CONFIGS`` in regionc/ops/attention.py).
-* ``regionc``: the op as models call it (``torch.ops.regionc.attention``), i.e. whatever
-  ``ATTENTION_VARIANT`` selects (recorded as ``variant_choice``).
+* ``regionc[hopper]``: the warp-specialised Gluon kernel (regionc/ops/attention_hopper.py), one
+  fixed config per head dim; an error row off Hopper.
+* ``regionc``: the op as models call it (``torch.ops.regionc.attention``): the Hopper kernel where
+  it runs, else the Triton variant ``ATTENTION_VARIANT`` selects (recorded as ``op_variant_used``).
 * ``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient`` (k/v repeated beforehand, not timed) and
   ``eager_repeat+sdpa`` (GQA shapes: the repeat is timed, as a model pays it).
 
@@ -48,7 +50,7 @@ SHAPES = [
     (1, 32, 8, 2048, 64, True, "B1 H32/8 S2048 D64 causal GQA"),
 ]
 VARIANT_PROVIDERS = {"regionc[ptr]": "ptr", "regionc[tma]": "tma"}
-BUDGET_S = 75.0  # after this many seconds, skip the remaining ``regionc`` op rows
+BUDGET_S = 120.0  # after this many seconds, skip the remaining ``regionc`` op rows
 
 
 def sdpa_backends():
@@ -113,7 +115,7 @@ def summarize(rows: list[dict]) -> dict:
     shape bucket then autotunes over both lists)."""
     by = {(r["shape"], r["provider"]): r.get("ms") for r in rows}
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    providers = ["regionc", *VARIANT_PROVIDERS]
+    providers = ["regionc", "regionc[hopper]", *VARIANT_PROVIDERS]
     ratios = {p: {s: (by.get((s, "sdpa_cudnn")) / by[s, p] if by.get((s, p)) and by.get((s, "sdpa_cudnn")) else None)
                   for s in shapes} for p in providers}
     geo = {}
@@ -136,6 +138,7 @@ def run_shape(shape: tuple, dtype, sweep: bool, t0: float, rows: list, errors: d
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     from regionc.ops import attention as A
+    from regionc.ops import attention_hopper as H
 
     B, Hq, Hkv, S, D, causal, label = shape
     backends, sdpa_kernel = sdpa_backends()
@@ -164,10 +167,14 @@ def run_shape(shape: tuple, dtype, sweep: bool, t0: float, rows: list, errors: d
     for name, variant in VARIANT_PROVIDERS.items():
         cases[name] = ((lambda variant=variant: A.attention_triton(q, k, v, causal, None, variant=variant)),
                        tuners.get((variant, D)))
-    op_variant = A._pick_variant(q, k, v, None, False)
+    cases["regionc[hopper]"] = (lambda: H.attention_hopper(q, k, v, causal, None)), None
+    hopper_why = H.unusable(q, k, v)
+    op_variant = "hopper" if A.HOPPER_KERNEL and hopper_why is None else A._pick_variant(q, k, v, None, False)
     cases["regionc"] = (lambda: torch.ops.regionc.attention(q, k, v, causal, None)), tuners.get((op_variant, D))
     for name, (fn, tuner) in cases.items():
-        if name == "regionc" and time.perf_counter() - t0 > BUDGET_S:
+        if name == "regionc[hopper]" and hopper_why is not None:
+            ms, err = None, f"not run: {hopper_why}"
+        elif name == "regionc" and time.perf_counter() - t0 > BUDGET_S:
             ms, err = None, f"skipped: past the {BUDGET_S:.0f} s budget of this script"
             print(f"  {name}: {err}")
         else:
@@ -190,14 +197,17 @@ def run_shape(shape: tuple, dtype, sweep: bool, t0: float, rows: list, errors: d
         rows.append(row)
     for name, rec in autotune.get(label, {}).items():
         print(f"  {label} {name}: autotuner chose {rec['chosen']}")
-    # the op's variant after the call (a TMA failure switches the op to "ptr" for good)
-    return "ptr" if A._tma_disabled else op_variant
+    # the op's kernel after the call (a failure switches it to the Triton / "ptr" kernel for good)
+    if op_variant == "hopper" and H._disabled:
+        op_variant = A._pick_variant(q, k, v, None, False)
+    return "ptr" if op_variant != "hopper" and A._tma_disabled else op_variant
 
 
 def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
     """``sweep``: record every autotuned config's time (free: the autotuners measure them anyway)."""
     import regionc.ops  # noqa: F401
     from regionc.ops import attention as A
+    from regionc.ops import attention_hopper as H
 
     t0 = time.perf_counter()
     rows: list[dict] = []
@@ -226,7 +236,8 @@ def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
         out_dir, "attention", rows, "TFLOPs", "TFLOP/s", dtype=str(dtype),
         flops="4*B*Hq*Sq*Skv*D, halved for causal",
         variant_choice=A.ATTENTION_VARIANT, op_variant_used=op_variants, tma_available=A.HAS_TMA,
-        tma_disabled=A._tma_disabled,
+        tma_disabled=A._tma_disabled, hopper_kernel=A.HOPPER_KERNEL, hopper_disabled=H._disabled,
+        hopper_configs={str(d): c for d, c in H.CONFIGS.items()},
         configs={"ptr": {str(d): list(map(list, c)) for d, c in A.PTR_CONFIGS.items()},
                  "tma": {str(d): list(map(list, c)) for d, c in A.TMA_CONFIGS.items()},
                  "columns": ["BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg"]},

@@ -12,8 +12,10 @@ Op (namespace ``regionc``)::
 * ``scale=None`` means ``1/sqrt(D)``.
 * ``causal`` follows SDPA's ``is_causal``: top-left aligned, query i sees keys ``j <= i``
   (``torch.ones(Sq, Skv).tril()``), also when ``Sq != Skv``.
-* CUDA: Triton kernel for bf16/fp16 with D in {64, 128}; anything else (fp32, other head dims, no
-  Triton) falls back to SDPA on ``repeat_interleave``d k/v, logged once on ``logging.getLogger("regionc")``.
+* CUDA: on Hopper GPUs the warp-specialised Gluon kernel of ``attention_hopper.py`` (see
+  ``HOPPER_KERNEL`` below), elsewhere this module's Triton kernel, for bf16/fp16 with D in
+  {64, 128}; anything else (fp32, other head dims, no Triton) falls back to SDPA on
+  ``repeat_interleave``d k/v. Each fallback is logged once on ``logging.getLogger("regionc")``.
   CPU: the torch reference (fp32 SDPA on repeated k/v), no C++ kernel.
 * Forward only: with grad mode on and an input requiring grad the op raises (RuntimeError).
 
@@ -59,6 +61,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from regionc.ops import attention_hopper as hopper
 from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
@@ -90,6 +93,12 @@ VARIANTS = ("auto", "tma", "ptr")
 #: ("auto", whose autotuning over both lists picked worse configs), and 60.0 us on the demo's GQA
 #: prefill; "tma" wins D128 by ~5% (benchmarks/results/h100-s3/attention.json, H100, torch 2.11).
 ATTENTION_VARIANT = os.environ.get("REGIONC_ATTENTION_VARIANT", "ptr")
+
+#: On Hopper GPUs the op runs the warp-specialised Gluon kernel of ``attention_hopper.py`` where
+#: it can (0.96-1.05x cuDNN on the TARGETS shapes against 0.80-0.88x for this module's kernel,
+#: benchmarks/results/h100-s8/attention.json) and this module's Triton kernel elsewhere. ``REGIONC_ATTENTION_HOPPER=0`` (or assigning False here)
+#: keeps the Triton kernel everywhere.
+HOPPER_KERNEL = os.environ.get("REGIONC_ATTENTION_HOPPER", "1") != "0"
 if ATTENTION_VARIANT not in VARIANTS:
     raise ValueError(f"REGIONC_ATTENTION_VARIANT must be one of {VARIANTS}, got {ATTENTION_VARIANT!r}")
 
@@ -540,11 +549,21 @@ def _attention_ok(q, k, v, causal, scale) -> bool:
 
 
 def _attention_cuda(q, k, v, causal, scale):
-    """CUDA kernel (Triton), SDPA fallback for unsupported dtypes/head dims."""
+    """CUDA kernel: the Hopper one where usable, else Triton; SDPA for unsupported dtypes/head dims."""
     if not _attention_ok(q, k, v, causal, scale):
         _check_attention(q, k, v, causal, scale)
     check_no_grad("attention", q, k, v)
     if HAS_TRITON and (q.dtype == torch.float16 or q.dtype == torch.bfloat16) and q.shape[3] in TRITON_HEAD_DIMS:
+        if HOPPER_KERNEL:
+            why = hopper.unusable(q, k, v)
+            if why is None:
+                try:
+                    return hopper.attention_hopper(q, k, v, causal, scale)
+                except Exception as exc:  # a compile/launch failure must not take the op down
+                    hopper.disable(exc)
+            else:
+                log_once("attn-no-hopper-" + why, "regionc.attention: Hopper kernel not used (%s); "
+                         "using the Triton kernel", why)
         return attention_triton(q, k, v, causal, scale)
     log_once(
         f"attn-fallback-{q.dtype}-{q.shape[-1]}",
