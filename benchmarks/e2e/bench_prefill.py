@@ -4,7 +4,7 @@ Models: regionc's demo decoder (``LlamaConfig()`` defaults: d=2048, 32 heads / 8
 and Hugging Face ``LlamaModel`` of the same size (random weights, SDPA attention, no cache).
 Variants, measured in the same run: eager, full-graph ``torch.compile``, per-block
 ``layer.compile()``, regionc with every pass off, regionc with passes (``kernel_choice`` auto
-and always). Runtime: CUDA events, median of ``--iters`` after warm-up; the first call's time
+and always), regionc with only the attention swap (``regionc_attention``). Runtime: CUDA events, median of ``--iters`` after warm-up; the first call's time
 (compile) is recorded too. Writes ``prefill.json`` and ``prefill.png`` under ``--out``, with the
 device name and versions. About 4 minutes on one H100; exits cleanly without CUDA.
 
@@ -27,7 +27,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 SEQ = 2048
-VARIANTS = ("eager", "full_graph", "regionc_no_passes", "regionc_auto", "regionc_always", "per_block")
+VARIANTS = ("eager", "full_graph", "regionc_no_passes", "regionc_auto", "regionc_attention", "regionc_always",
+            "per_block")
+PASSES = ("rms_norm", "fused_add_rms_norm", "rope", "attention")
 
 
 def build(kind: str, layers: int):
@@ -95,7 +97,10 @@ def run_model(kind: str, layers: int, iters: int, warmup: int, variants, cache_r
             else:
                 options = {"cache_dir": os.path.join(cache_root, variant), "cudagraphs": False}
                 if variant == "regionc_no_passes":
-                    options["passes"] = {n: False for n in ("rms_norm", "fused_add_rms_norm", "rope", "attention")}
+                    options["passes"] = {n: False for n in PASSES}
+                elif variant == "regionc_attention":  # the attention swap alone, table ignored
+                    options["passes"] = {n: n == "attention" for n in PASSES}
+                    options["kernel_choice"] = "always"
                 else:
                     options["kernel_choice"] = variant.split("_")[1]
                 fn = torch.compile(model, backend="regionc", options=options)

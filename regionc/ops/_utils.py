@@ -205,11 +205,11 @@ class CompiledLaunch:
 
     __slots__ = ("run", "function", "meta", "grid", "extra")
 
-    def __init__(self, run, function, meta, grid: int, extra=None):
+    def __init__(self, run, function, meta, grid, extra=None):
         self.run, self.function, self.meta, self.grid, self.extra = run, function, meta, grid, extra
 
     @classmethod
-    def make(cls, kernel, compiled, grid: int, num_warps: int, extra=None):
+    def make(cls, kernel, compiled, grid, num_warps: int, extra=None):
         """From what ``kernel[grid](...)`` returned; None when it is not a compiled kernel (async
         compile future, interpreter) unless ``EMULATE_COMPILED`` (tests)."""
         if compiled is not None and hasattr(compiled, "packed_metadata") and hasattr(compiled, "function"):

@@ -71,9 +71,11 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
                "[B,S,H,D]) but not measured inside a model, where it costs Inductor's fusion and adds a "
                "launch per layer; unproven end to end = not swapped (" + _CUDA_SOURCE + ")"),
     ("cuda", "attention", "*"): Decision(
-        False, "SDPA faster: cuDNN 525-601 vs regionc 435-491 TFLOP/s on the TARGETS shapes (0.81-0.85x); "
-               "on the demo's GQA prefill (B1 H32/8 S2048 D64 causal) repeat_interleave+SDPA takes 88.3 us "
-               "vs 99.8 us (" + _CUDA_SOURCE + ")"),
+        False, "slower in the model: on an H100 the op's Hopper kernel is 0.96-1.05x cuDNN alone, yet the "
+               "32-layer demo prefill took 20.67 ms with the swap against 17.37 ms without: a Python launch "
+               "(~40-55 us host a call) where aten's SDPA launches from C++, with no CUDA graph at prefill "
+               "(benchmarks/results/h100-s8/attention.json, prefill_attention_swap.json, torch 2.11.0+cu130, "
+               "triton 3.6.0, 2026-11-25); elsewhere the Triton kernel is 0.80-0.88x cuDNN"),
 }
 
 

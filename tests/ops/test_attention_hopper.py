@@ -1,7 +1,7 @@
 """The Hopper attention kernel (regionc/ops/attention_hopper.py): it compiles for sm_90 on this
 CPU machine (the whole Gluon -> PTX -> ptxas pipeline, with warp specialisation, wgmma and TMA in
-the PTX); the op's dispatch between it and the Triton kernel (reasons, the off switch, a failing
-kernel disabled with one warning); on an H100 (gpu): numerics against a float64 reference over
+the PTX); the cached launch path; the op's dispatch between it and the Triton kernel (reasons, the
+off switch, a failing kernel disabled with one warning); on an H100 (gpu): numerics against a float64 reference over
 ragged, GQA, Sq != Skv and transposed inputs, and CUDA-graph capture through the op."""
 
 import pytest
@@ -9,6 +9,7 @@ import torch
 
 from regionc.ops import attention as attn_mod
 from regionc.ops import attention_hopper as hopper
+from tests.ops.fakes import FakeKernel
 
 needs_gluon = pytest.mark.skipif(not hopper.HAS_GLUON, reason="this triton has no Gluon Hopper API")
 
@@ -101,6 +102,36 @@ def test_switch_off_keeps_triton(fake_dispatch, monkeypatch):
     attn_mod._attention_cuda(q, k, v, False, None)
     assert fake_dispatch == ["triton"]
     assert hopper._disabled is None
+
+
+@needs_gluon
+def test_cached_launch(monkeypatch):
+    """The second call with the same shapes, strides, dtype, causal flag and scale skips the JIT:
+    ``compiled.run`` gets the first launch's arguments with the descriptors over the new tensors.
+    Another key, an explicit config or an installed launch hook goes through the JIT."""
+    from regionc.ops._utils import LaunchCache
+
+    fake = FakeKernel()
+    monkeypatch.setattr(hopper, "_attn_fwd_hopper", fake)
+    monkeypatch.setattr(hopper, "_LAUNCHES", LaunchCache())
+    hopper.attention_hopper(*_inputs(1, 4, 2, 300, 300, 128), True, None)
+    q, k, v = _inputs(1, 4, 2, 300, 300, 128)
+    o = hopper.attention_hopper(q, k, v, True, None)
+    assert len(fake.jit_calls) == 1 and len(fake.compiled.calls) == 1
+    (grid, args, options), run = fake.jit_calls[0], fake.compiled.calls[0]
+    assert options == {"num_warps": 4, "maxnreg": hopper.CONFIGS[128]["maxnreg"]}
+    assert run[:9] == (grid[0], grid[1], 1, 0, "cufunction", (8, 1, 0), None, None, None)
+    descs = run[9:13]
+    assert all(d.base is t for d, t in zip(descs, (q, k, v, o)))
+    assert [(d.shape, d.strides, d.block_shape) for d in descs] == [(a.shape, a.strides, a.block_shape)
+                                                                     for a in args[:4]]
+    assert run[13:] == args[4:]
+    hopper.attention_hopper(q, k, v, False, None)
+    hopper.attention_hopper(q, k, v, True, 0.1)
+    hopper.attention_hopper(q, k, v, True, None, config={"STAGES": 3})
+    monkeypatch.setattr(hopper, "launch_hooks_active", lambda: True)
+    hopper.attention_hopper(q, k, v, True, None)
+    assert len(fake.jit_calls) == 5 and len(fake.compiled.calls) == 1
 
 
 # ------------------------------------------------------------------------------------ GPU

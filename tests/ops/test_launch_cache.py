@@ -14,33 +14,7 @@ import torch
 from regionc.ops import _utils
 from regionc.ops import rms_norm as R
 from regionc.ops import rope as P
-
-
-class FakeCompiled:
-    function = "cufunction"
-    packed_metadata = (8, 1, 0)
-
-    def __init__(self):
-        self.calls = []
-
-    def run(self, *args):
-        self.calls.append(args)
-
-
-class FakeKernel:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, num_warps=w)`` records the
-    launch and returns the (fake) compiled kernel, as Triton's JIT does."""
-
-    def __init__(self):
-        self.jit_calls = []
-        self.compiled = FakeCompiled()
-
-    def __getitem__(self, grid):
-        def launch(*args, num_warps):
-            self.jit_calls.append((grid, args, num_warps))
-            return self.compiled
-
-        return launch
+from tests.ops.fakes import FakeKernel
 
 
 @pytest.fixture
@@ -82,7 +56,7 @@ def test_rms_cached_launch_repeats_the_jit_arguments(rms_kernel, residual):
     r = torch.randn(6, 64) if residual else None
     R.rms_norm_triton(x, w, 1e-6, r, variant="s2+cached")
     assert len(rms_kernel.jit_calls) == 1 and len(R._LAUNCHES) == 1
-    (grid,), jit_args, warps = rms_kernel.jit_calls[0]
+    (grid,), jit_args, _ = rms_kernel.jit_calls[0]
     out = R.rms_norm_triton(x, w, 1e-6, r, variant="s2+cached")
     assert len(rms_kernel.jit_calls) == 1, "the second call must not go through the JIT"
     (call,) = rms_kernel.compiled.calls
