@@ -1,13 +1,14 @@
-"""regionc custom ops (``torch.ops.regionc.*``); importing this package registers all four.
+"""regionc custom ops (``torch.ops.regionc.*``); importing this package registers all five.
 
 * ``rms_norm(x, weight, eps)`` and ``fused_add_rms_norm(x, residual, weight, eps)``  (rms_norm.py)
 * ``rope(q, k, cos, sin, style, layout)``                                            (rope.py)
 * ``attention(q, k, v, causal, scale)``                                              (attention.py)
+* ``decode_attention(q, k_cache, v_cache, mask, kv_len, scale)``                     (decode_attention.py)
 
 Each has a fake kernel (torch.compile), a CUDA kernel (Triton) and a CPU kernel: the C++ one
 from ``regionc._C`` for rms_norm / fused_add_rms_norm / rope when the extension is built (and
-``REGIONC_NO_EXTENSION`` is not ``1``), otherwise a torch reference. Attention's CPU kernel is
-always the torch reference. All are forward-only (an input requiring grad under grad mode raises).
+``REGIONC_NO_EXTENSION`` is not ``1``), otherwise a torch reference. The attention ops' CPU
+kernels are always torch references. All are forward-only (an input requiring grad under grad mode raises).
 
 How the ops are registered, and why (the per-call host cost is the point):
 
@@ -39,8 +40,9 @@ The submodules keep their names (``regionc.ops.rms_norm`` is the module; the op 
 """
 
 from regionc.ops import _extension
-from regionc.ops import attention, rms_norm, rope  # noqa: F401  (importing registers the ops)
+from regionc.ops import attention, decode_attention, rms_norm, rope  # noqa: F401  (importing registers the ops)
 from regionc.ops.attention import attention_reference
+from regionc.ops.decode_attention import decode_attention_reference
 from regionc.ops.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
 from regionc.ops.rope import rope_reference
 
@@ -52,6 +54,7 @@ def extension_loaded() -> bool:
 
 __all__ = [
     "attention_reference",
+    "decode_attention_reference",
     "extension_loaded",
     "fused_add_rms_norm_reference",
     "rms_norm_reference",
