@@ -10,7 +10,11 @@ ignored (a silently ignored typo in a compiler option is a production incident).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import logging
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +22,14 @@ from typing import Any
 
 ENV_PREFIX = "REGIONC_"
 
+#: ``REGIONC_*`` variables that are not options: read by regionc/ops (the C++ extension switch and
+#: the attention kernel choices) and by setup.py (the build). Any other unknown one is a typo.
+OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_ATTENTION_HOPPER", "REGIONC_ATTENTION_VARIANT", "REGIONC_NATIVE")
+
+log = logging.getLogger("regionc")
+
 #: Fusion passes regionc knows; ``options={"passes": {...}}`` toggles them one by one.
-PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention")
+PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention", "decode_attention")
 
 KERNEL_CHOICES = ("auto", "always")
 
@@ -112,6 +122,7 @@ class Config:
         """Merge defaults, ``REGIONC_*`` environment variables, ``mode`` and ``options``."""
         environ = os.environ if environ is None else environ
         valid = {f.name: f for f in dataclasses.fields(cls)}
+        _warn_unknown_env(environ, valid)
         values: dict[str, Any] = {}
         for name, field in valid.items():
             raw = environ.get(ENV_PREFIX + name.upper())
@@ -131,6 +142,22 @@ class Config:
         for name, value in values.items():
             values[name] = _check(name, valid[name], value)
         return cls(**values)
+
+
+_warned_env: set[str] = set()
+
+
+def _warn_unknown_env(environ: Mapping[str, str], valid: Mapping[str, dataclasses.Field]) -> None:
+    """One warning per process for each ``REGIONC_*`` variable regionc does not read: a typo such
+    as ``REGIONC_CACHEDIR`` would otherwise leave the option at its default without a word."""
+    known = [ENV_PREFIX + name.upper() for name in valid] + list(OTHER_ENV_VARS)
+    for var in environ:
+        if not var.startswith(ENV_PREFIX) or var in known or var in _warned_env:
+            continue
+        _warned_env.add(var)
+        close = difflib.get_close_matches(var, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"valid: {', '.join(sorted(known))}"
+        log.warning("regionc: ignoring unknown environment variable %s; %s", var, hint)
 
 
 def _parse_env(name: str, field: dataclasses.Field, raw: str) -> Any:
@@ -167,13 +194,15 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
         if value is not None and not isinstance(value, bool):
             raise bad("True, False or None")
         return value
-    if kind in ("int", "float"):
-        try:
-            number = int(value) if kind == "int" else float(value)
-        except (TypeError, ValueError):
-            raise bad(f"a positive {kind}") from None
-        if isinstance(value, bool) or number <= 0:
-            raise bad(f"a positive {kind}")
+    if kind == "int":
+        number = _parse_number(value, int)
+        if number is None or number <= 0:
+            raise bad("a positive integer")
+        return number
+    if kind == "float":
+        number = _parse_number(value, float)
+        if number is None or not math.isfinite(number) or number <= 0:
+            raise bad("a positive finite number")
         return number
     if name in _CHOICES:
         if value not in _CHOICES[name]:
@@ -186,12 +215,12 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
         return os.fspath(value)
     if kind.startswith("tuple"):
         try:
-            sizes = tuple(sorted({int(v) for v in value}))
-        except (TypeError, ValueError):
-            raise bad("a list of positive integers") from None
-        if not sizes or sizes[0] <= 0:
+            numbers = [_parse_number(v, int) for v in value]
+        except TypeError:
+            raise bad("a non-empty list of positive integers") from None
+        if not numbers or any(n is None or n <= 0 for n in numbers):
             raise bad("a non-empty list of positive integers")
-        return sizes
+        return tuple(sorted(set(numbers)))
     if name == "passes":
         if not isinstance(value, Mapping):
             raise bad(f"a dict of pass name -> bool (passes: {', '.join(PASS_NAMES)})")
@@ -212,3 +241,19 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
                 raise RegioncConfigError(f"regionc: unknown Inductor config {key!r} in option 'inductor_config'")
         return dict(value)
     raise AssertionError(f"no check for option {name}")  # a new field needs a check
+
+
+def _parse_number(value: Any, kind: type) -> int | float | None:
+    """``value`` as ``kind``, or None: text (from the environment) is parsed; an int field takes
+    only ints (1.5 or inf must not be truncated or overflow later), a float field ints and floats.
+    Never a bool."""
+    if isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral) or (kind is float and isinstance(value, numbers.Real)):
+        return kind(value)
+    return None

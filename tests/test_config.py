@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -31,6 +33,33 @@ def test_unknown_option_lists_valid_ones():
 def test_bad_values_name_the_option(options, match):
     with pytest.raises(RegioncConfigError, match=match):
         Config.build(options, environ={})
+
+
+@pytest.mark.parametrize("options, environ, match", [
+    ({"cache_max_bytes": float("inf")}, {}, "'cache_max_bytes' must be a positive integer, got inf"),
+    ({"min_instances": float("inf")}, {}, "'min_instances' must be a positive integer, got inf"),
+    ({"min_instances": 1.5}, {}, "'min_instances' must be a positive integer, got 1.5"),
+    ({"capture_sizes": [1, 2.5]}, {}, "'capture_sizes' must be a non-empty list of positive integers"),
+    ({"lock_timeout_s": float("nan")}, {}, "'lock_timeout_s' must be a positive finite number, got nan"),
+    ({}, {"REGIONC_LOCK_TIMEOUT_S": "nan"}, "'lock_timeout_s' must be a positive finite number, got 'nan'"),
+    ({}, {"REGIONC_MIN_INSTANCES": "2.5"}, "'min_instances' must be a positive integer, got '2.5'"),
+])
+def test_numbers_are_checked_when_the_options_are_built(options, environ, match):
+    """inf, nan and fractions used to pass here and fail at the first call, deep inside the compile."""
+    with pytest.raises(RegioncConfigError, match=match):
+        Config.build(options, environ=environ)
+    config = Config.build({"min_instances": 3, "lock_timeout_s": 2}, environ={"REGIONC_CACHE_MAX_BYTES": "4096"})
+    assert (config.min_instances, config.lock_timeout_s, config.cache_max_bytes) == (3, 2.0, 4096)
+    assert type(config.lock_timeout_s) is float
+
+
+def test_unknown_environment_variable_warns_once_naming_the_closest(caplog):
+    environ = {"REGIONC_CACHEDIR": "/srv/cc", "REGIONC_NO_EXTENSION": "1", "OTHER": "x"}
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        assert Config.build(environ=environ).cache_dir == ""
+        Config.build(environ=environ)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "REGIONC_CACHEDIR" in warning and "did you mean REGIONC_CACHE_DIR?" in warning
 
 
 def test_environment_parsing():
