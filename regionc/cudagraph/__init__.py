@@ -4,7 +4,6 @@ See :mod:`regionc.cudagraph.runner` for the lifecycle and the input/output contr
 :mod:`regionc.cudagraph.sizes` for bucketing and padding of the dynamic token/batch dim.
 """
 
-from regionc.cudagraph.mutation import mutated_placeholders
 from regionc.cudagraph.runner import (
     CudaGraphAddressError,
     CudaGraphBackend,
@@ -13,6 +12,7 @@ from regionc.cudagraph.runner import (
     should_use_cudagraphs,
 )
 from regionc.cudagraph.sizes import ABOVE_MAX, DynamicSpec, bucket_for, runtime_size
+from regionc.regions.writes import mutated_placeholders
 
 __all__ = [
     "ABOVE_MAX", "CudaGraphAddressError", "CudaGraphBackend", "DynamicSpec", "GraphPool", "PieceGraphRunner",

@@ -12,8 +12,10 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 - tensor arguments are copied into the graph's input buffers; each argument's shape, dtype and
   device, every other argument's value, the keyword names, grad mode, inference mode, autocast and
   the module's ``training`` flag choose the graph (a new combination warms up, then captures);
-- a forward that writes in place to one of its arguments, or returns anything but a tensor or a
-  tuple/list of tensors, is not graphed (one log line), since a replay would lose or overwrite it;
+- a forward that writes in place to one of its tensor arguments is not graphed (one log line), since
+  a replay would lose the write; nor is one whose result (a tensor, nested tuples/lists/dicts, a
+  dataclass or a Hugging Face ``ModelOutput``) holds anything but tensors, None and the call's own
+  argument objects (an HF cache passed in is handed back as is), since a replay returns what capture saw;
 - weights and buffers (a KV cache among them) are read and written where they were at capture:
   update them in place (``copy_``), never by assigning new tensors. ``cudagraph_check_addresses``
   checks this on every call and raises :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
@@ -32,6 +34,7 @@ import torch
 
 from regionc.config import Config
 from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner, should_use_cudagraphs
+from regionc.cudagraph.sizes import as_output_list
 from regionc.report import new_report
 
 log = logging.getLogger("regionc")
@@ -64,7 +67,7 @@ class ModuleGraphs:
         with self.runner.pool.forward():
             out = self.runner(context, tuple(kwargs), len(args), *values)
         if self.runner.capturable:  # a replay leaves the arguments alone; an eager run may not
-            self._refuse_what_a_replay_would_break(tensors, versions, out)
+            self._refuse_what_a_replay_would_break(tensors, versions, values, out)
         return out
 
     def _run_forward(self, _context: tuple, names: tuple[str, ...], positional: int, *values: Any) -> Any:
@@ -80,13 +83,17 @@ class ModuleGraphs:
         self.report.cudagraphs["mode"] = "module forward"
         self._addresses = self._current_addresses()
 
-    def _refuse_what_a_replay_would_break(self, tensors: list[torch.Tensor], versions: list[int], out: Any) -> None:
+    def _refuse_what_a_replay_would_break(self, tensors: list[torch.Tensor], versions: list[int],
+                                          arguments: tuple, out: Any) -> None:
         written = [i for i, (t, before) in enumerate(zip(tensors, versions)) if t._version != before]
         if written:
             self.runner._disable(f"the forward writes in place to its tensor argument(s) {written}")
-        elif not _tensors_only(out):
-            self.runner._disable(f"the forward returns a {type(out).__name__}; graphs need a tensor "
-                                 "or a tuple/list of tensors")
+            return
+        leaves, _ = as_output_list(out)
+        other = [v for v in leaves if not (v is None or isinstance(v, torch.Tensor) or any(v is a for a in arguments))]
+        if other:
+            self.runner._disable(f"the forward returns a {type(other[0]).__name__} computed in Python, which a "
+                                 "replay would not recompute; graphs need tensors, None or the call's own arguments")
 
     def _current_addresses(self) -> list[int]:
         return [t.data_ptr() for t in (*self.module.parameters(), *self.module.buffers())]
@@ -97,8 +104,3 @@ class ModuleGraphs:
                 f"regionc: a parameter or buffer of {type(self.module).__name__} moved since its CUDA graphs "
                 "were captured; weights and buffers must stay in place (update them with copy_())")
 
-
-def _tensors_only(out: Any) -> bool:
-    if isinstance(out, torch.Tensor):
-        return True
-    return isinstance(out, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in out)

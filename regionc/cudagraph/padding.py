@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from regionc.cudagraph.mutation import mutated_placeholders
+from regionc.regions.writes import mutated_placeholders
 from regionc.cudagraph.sizes import DynamicSpec
 from regionc.regions.split import Piece
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from regionc.cudagraph.mutation import mutated_placeholders
+from regionc.regions.writes import mutated_placeholders
 from regionc.cudagraph.padding import NotPaddable, PaddingPlan, flatten, plan_padding
 from regionc.cudagraph.runner import GraphPool, PieceGraphRunner
 from regionc.regions.split import Piece

@@ -19,11 +19,13 @@ mapping) must be given a pad value its op ignores, or padded rows write to that 
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 #: bucket_for's answer for a size above the largest capture size (run without graphs).
 ABOVE_MAX = -1
@@ -146,21 +148,65 @@ def padded_int_args(args: Sequence[Any], spec: DynamicSpec, size: int) -> list[A
     return out
 
 
-def as_output_list(out: Any) -> tuple[list[Any], str]:
-    """(list of outputs, structure tag) so results can be rebuilt with the same container type."""
-    if isinstance(out, tuple):
-        return list(out), "tuple"
-    if isinstance(out, list):
-        return list(out), "list"
-    return [out], "single"
+def as_output_list(out: Any) -> tuple[list[Any], Any]:
+    """(outputs in order, structure): what :func:`rebuild_outputs` needs to put them back.
+
+    A piece returns a flat tuple; a model's forward may return anything torch's pytree knows (nested
+    tuples, lists, dicts, named tuples, Hugging Face ``ModelOutput``s) or a dataclass, which are
+    flattened to their leaves.
+    """
+    if type(out) in (tuple, list) and not any(_is_container(v) for v in out):
+        return list(out), type(out).__name__
+    if not _is_container(out):
+        return [out], "single"
+    leaves: list[Any] = []
+    return leaves, _flatten(out, leaves)
 
 
-def rebuild_outputs(values: list[Any], structure: str) -> Any:
+def rebuild_outputs(values: list[Any], structure: Any) -> Any:
     if structure == "tuple":
         return tuple(values)
     if structure == "list":
         return values
-    return values[0]
+    if structure == "single":
+        return values[0]
+    return _unflatten(iter(values), structure)
+
+
+def _is_container(value: Any) -> bool:
+    return _is_dataclass_instance(value) or not pytree.tree_is_leaf(value)
+
+
+def _is_dataclass_instance(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type) and pytree.tree_is_leaf(value)
+
+
+def _flatten(value: Any, leaves: list[Any]) -> Any:
+    """Structure of ``value`` with its leaves appended to ``leaves`` (dataclasses by their fields)."""
+    children, spec = pytree.tree_flatten(value, is_leaf=_is_dataclass_instance)
+    inner = {}
+    for i, child in enumerate(children):
+        if _is_dataclass_instance(child):
+            fields = {f.name: getattr(child, f.name) for f in dataclasses.fields(child)}
+            inner[i] = (child, _flatten(fields, leaves))
+        else:
+            leaves.append(child)
+    return spec, inner
+
+
+def _unflatten(values, structure: Any) -> Any:
+    spec, inner = structure
+    children = []
+    for i in range(spec.num_leaves):
+        if i in inner:
+            template, fields_structure = inner[i]
+            obj = copy.copy(template)
+            for name, field in _unflatten(values, fields_structure).items():
+                object.__setattr__(obj, name, field)
+            children.append(obj)
+        else:
+            children.append(next(values))
+    return pytree.tree_unflatten(children, spec)
 
 
 def slice_outputs(outs: list[Any], spec: DynamicSpec, n: int, size: int) -> list[Any]:

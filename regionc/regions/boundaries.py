@@ -19,7 +19,8 @@ A container is rewritten only when the pattern is exact for every block:
   own values, with no broadcasting or dtype promotion (other outputs, such as a KV cache's new
   keys and values, stay block outputs);
 - every block's sum is read only by the next block; the last block's sum is read only by glue;
-- block 0 reads one outside value where block 1 reads block 0's sum, with the same metadata.
+- block 0 reads one outside value where block 1 reads block 0's sum, with the same metadata;
+- nothing between an add and its new place writes the add's operands in place.
 
 Anything else (gated DiT residuals, blocks whose outputs are also returned) is left alone.
 """
@@ -34,6 +35,7 @@ import torch
 import torch.fx
 
 from regionc.regions.detect import BlockInstance, pretty_path
+from regionc.regions.writes import written_between
 
 log = logging.getLogger("regionc")
 
@@ -81,6 +83,12 @@ def _plan(blocks: list[BlockInstance], nodes_of: dict, owners: dict):
             return f"{tail.name} is read outside {pretty_path(reader.path)}"
     if any(user.op == "output" or user in owners for user in tails[-1].users):
         return "the last block's sum is not read by glue only"
+    graph = tails[0].graph
+    last_reader = min(tails[-1].users, key=lambda user: _position(graph, user))
+    for tail, destination in zip(tails, [*(nodes_of[b][0] for b in blocks[1:]), last_reader]):
+        writer = written_between(graph, tail.args, tail, destination)
+        if writer is not None:
+            return f"{writer.name} writes an operand of {tail.name} before its reader"
     entry = _entry_value(nodes_of[blocks[0]], nodes_of[blocks[1]], tails[0])
     if entry is None:
         return "block 0 does not read one value where block 1 reads block 0's sum"

@@ -12,16 +12,25 @@ A glue value is copied only when everything it is computed from is elementwise o
 arithmetic (:data:`RECOMPUTABLE`) over graph inputs that are integer tensors, sizes, or small
 floating tensors (≤ :data:`MAX_FLOAT_INPUT_ELEMENTS`, e.g. ``inv_freq``): never a matmul, an
 embedding lookup or a large activation, whose copies would repeat the model's work per layer.
+
+A copy runs later than the original, so it is made only when nothing in between writes what the
+computation reads. HF's ``StaticCache`` is the case in point: the positions are computed from layer 0's
+``cumulative_length``, which layer 0 then increments in place; a copy in layer 1 would read the
+incremented counter and rotate layer 1's keys to the wrong position.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
 import torch.fx
 
-from regionc.regions.detect import BlockInstance
+from regionc.regions.detect import BlockInstance, pretty_path
+from regionc.regions.writes import written_between
+
+log = logging.getLogger("regionc")
 
 #: Functions and methods a copied table may be computed with (names, as FX records them).
 RECOMPUTABLE = frozenset({
@@ -41,7 +50,9 @@ def rematerialize_tables(graph: torch.fx.Graph, owners: dict[torch.fx.Node, Bloc
     """
     cheap: dict[torch.fx.Node, bool] = {}
     first_node: dict[BlockInstance, torch.fx.Node] = {}
+    position: dict[torch.fx.Node, int] = {}
     for node in graph.nodes:
+        position[node] = len(position)
         if node in owners:
             first_node.setdefault(owners[node], node)
 
@@ -67,6 +78,14 @@ def rematerialize_tables(graph: torch.fx.Graph, owners: dict[torch.fx.Node, Bloc
                 readers[owners[user]].append(user)
         if not readers or not _recomputable(node, owners, cheap):
             continue
+        reads = _computation(node)
+        start = min((n for n in reads if n.op != "placeholder"), key=position.__getitem__)
+        last = max((first_node[block] for block in readers), key=position.__getitem__)
+        writer = written_between(graph, reads, start, last)
+        if writer is not None:
+            log.debug("regionc: %s stays in the glue: %s writes what it reads before %s would read it",
+                      node.name, writer.name, pretty_path(owners[last].path))
+            continue
         for block, users in readers.items():
             replacement = copy_into(node, block)
             for user in users:
@@ -90,6 +109,18 @@ def _recomputable(node: torch.fx.Node, owners: dict, memo: dict[torch.fx.Node, b
         ok = False
     memo[node] = ok
     return ok
+
+
+def _computation(node: torch.fx.Node) -> set[torch.fx.Node]:
+    """``node`` and every value it is computed from, down to graph inputs."""
+    seen = {node}
+    stack = [node]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                stack.append(arg)
+    return seen
 
 
 def _cheap_input(node: torch.fx.Node) -> bool:

@@ -1,15 +1,24 @@
-"""Which placeholders of an FX piece are written in place (directly or through a view).
+"""Which values an FX graph writes in place, directly or through a view.
 
-A CUDA graph reads copied activations from its own static buffers, so an in-place write to a
-non-static input would land in the buffer, not in the caller's tensor. The runner refuses to
-graph such a piece unless the mutated inputs are static (used in place). This scan is
-conservative: an unknown op whose first argument is a view of a placeholder and whose name says
-it is in place (trailing ``_``, ``out=``, a mutable schema) counts as a write.
+Dynamo's graphs are not functional: a KV cache's ``index_copy_``, a counter's ``add_`` (HF
+``StaticCache.cumulative_length``) and ``x[...] = y`` appear as in-place nodes on graph inputs.
+Two consumers need to know about them:
+
+- the region passes (:mod:`~regionc.regions.rematerialize`, :mod:`~regionc.regions.boundaries`)
+  move or copy nodes to later positions; a node that reads a value written in between would read
+  the new contents instead of the old, so such a move is refused (:func:`written_between`);
+- a CUDA graph reads copied activations from its own static buffers, so an in-place write to a
+  non-static input would land in the buffer, not in the caller's tensor (:func:`mutated_placeholders`).
+
+The scan is conservative: an unknown op whose name says it is in place (trailing ``_``, ``out=``, a
+mutable schema) counts as a write to its first argument, and a write through a view counts as a
+write to the view's base.
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 
 import torch
 import torch.fx
@@ -40,7 +49,15 @@ def _is_view(node: torch.fx.Node) -> bool:
     return _target_name(node) in _VIEW_METHODS
 
 
-def _written_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+def base_of(node: torch.fx.Node) -> torch.fx.Node:
+    """The value ``node`` is a view of (itself when it is not a view)."""
+    while _is_view(node) and node.args and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node
+
+
+def written_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The arguments ``node`` writes in place."""
     if node.op not in ("call_method", "call_function"):
         return []
     written: list[torch.fx.Node] = []
@@ -64,16 +81,28 @@ def _written_args(node: torch.fx.Node) -> list[torch.fx.Node]:
     return written
 
 
+def written_between(graph: torch.fx.Graph, reads: Iterable[torch.fx.Node],
+                    start: torch.fx.Node, end: torch.fx.Node) -> torch.fx.Node | None:
+    """The first node strictly after ``start`` and before ``end`` that writes (a view of) a value in
+    ``reads``, or None: a copy of a computation over ``reads`` moved from ``start`` to ``end`` reads
+    what the original read only when this is None."""
+    bases = {base_of(node) for node in reads}
+    node = start.next
+    while node is not end and node.op != "root":
+        if any(base_of(arg) in bases for arg in written_args(node)):
+            return node
+        node = node.next
+    return None
+
+
 def mutated_placeholders(gm: torch.fx.GraphModule) -> set[int]:
     """Indices (in placeholder order) of inputs the graph writes in place."""
     placeholders = list(gm.graph.find_nodes(op="placeholder"))
     index = {node: i for i, node in enumerate(placeholders)}
     result: set[int] = set()
     for node in gm.graph.nodes:
-        for arg in _written_args(node):
-            base = arg
-            while base not in index and _is_view(base) and base.args and isinstance(base.args[0], torch.fx.Node):
-                base = base.args[0]
+        for arg in written_args(node):
+            base = base_of(arg)
             if base in index:
                 result.add(index[base])
     return result

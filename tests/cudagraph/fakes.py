@@ -12,6 +12,8 @@ import contextlib
 
 import torch
 
+from regionc.cudagraph.sizes import as_output_list
+
 
 class FakeGraph:
     def __init__(self, backend, fn, args, outputs):
@@ -19,8 +21,7 @@ class FakeGraph:
 
     def replay(self):
         self.backend.replays += 1
-        fresh = self.fn(*self.args)
-        fresh = list(fresh) if isinstance(fresh, (tuple, list)) else [fresh]
+        fresh, _ = as_output_list(self.fn(*self.args))
         for kept, new in zip(self.outputs, fresh):
             if isinstance(kept, torch.Tensor) and kept.data_ptr() != new.data_ptr():
                 kept.copy_(new)
@@ -55,7 +56,7 @@ class FakeBackend:
             if saved is not None:
                 a.copy_(saved)  # a capture records work, it does not do it
         self.captures += 1
-        outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+        outputs, _ = as_output_list(out)
         return FakeGraph(self, fn, list(args), outputs), out
 
     def memory_reserved(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -80,17 +81,48 @@ def test_a_forward_that_writes_its_argument_is_not_graphed(caplog):
     assert any("writes in place to its tensor argument" in r.getMessage() for r in caplog.records)
 
 
-def test_a_forward_returning_a_dict_is_not_graphed(caplog):
-    class ReturnsDict(nn.Module):
-        def forward(self, x):
-            return {"y": x * 2}
+def test_structured_results_are_graphed_and_rebuilt():
+    """Dicts, nested tuples, dataclasses and HF ModelOutputs (with the cache object passed in) replay."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
 
-    run, backend = graphed(ReturnsDict())
+    @dataclasses.dataclass
+    class Result:
+        hidden: torch.Tensor
+        extra: tuple
+
+    class Structured(nn.Module):
+        def forward(self, x, cache):
+            return {"y": x * 2, "nested": (x + 1, [x - 1, None])}, Result(x * 3, (x * 4,)), \
+                BaseModelOutputWithPast(last_hidden_state=x * 5, past_key_values=cache)
+
+    cache = object()
+    run, backend = graphed(Structured())
+    for step in range(4):
+        x = torch.full((2,), float(step))
+        plain, result, output = run(x, cache)
+        assert torch.equal(plain["y"], x * 2) and torch.equal(plain["nested"][1][0], x - 1)
+        assert plain["nested"][1][1] is None
+        assert isinstance(result, Result) and torch.equal(result.extra[0], x * 4)
+        assert isinstance(output, BaseModelOutputWithPast) and torch.equal(output.last_hidden_state, x * 5)
+        assert output.past_key_values is cache
+    assert backend.captures == 1 and backend.replays == 3  # warm-up, then capture and replay
+
+
+def test_a_forward_returning_a_python_value_is_not_graphed(caplog):
+    class ReturnsCount(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return x * 2, self.calls
+
+    run, backend = graphed(ReturnsCount())
     with caplog.at_level(logging.WARNING, logger="regionc"):
-        for _ in range(3):
-            assert torch.equal(run(torch.ones(2))["y"], torch.full((2,), 2.0))
-    assert backend.captures == 0
-    assert any("returns a dict" in r.getMessage() for r in caplog.records)
+        counts = [run(torch.ones(2))[1] for _ in range(3)]
+    assert counts == [1, 2, 3] and backend.captures == 0
+    assert any("returns a int computed in Python" in r.getMessage() for r in caplog.records)
 
 
 def test_address_check_raises_when_a_weight_is_reassigned():

@@ -11,7 +11,7 @@ import torch.fx
 
 from regionc.config import Config
 from regionc.cudagraph import runner as runner_module
-from regionc.cudagraph.mutation import mutated_placeholders
+from regionc.regions.writes import mutated_placeholders
 from regionc.cudagraph.runner import (
     CudaGraphAddressError,
     GraphPool,
