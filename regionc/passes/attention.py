@@ -115,11 +115,26 @@ def _describe(q, k, v, extra="") -> str:
             + (f" {extra}" if extra else ""))
 
 
+def sdpa_output(node: torch.fx.Node, desc: str):
+    """(the node carrying an SDPA node's attention output, None), or (None, why not) when other
+    outputs are used or the tuple is used whole, or (None, None) when the output is unused."""
+    if not SDPA_TARGETS[node.target]:
+        return node, None
+    users = list(node.users)
+    if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
+        return None, f"{desc}: the op's tuple is used whole"
+    outs = [u for u in users if u.args[1] == 0]
+    if any(u.args[1] != 0 and len(u.users) for u in users):
+        return None, f"{desc}: logsumexp or other outputs are used (training graph)"
+    if len(outs) != 1:
+        return None, None
+    return outs[0], None
+
+
 def match_at(node: torch.fx.Node):
     """(replacement spec, None) | (None, skip reason) | (None, None) for a non-SDPA node."""
     if not (node.op == "call_function" and node.target in SDPA_TARGETS):
         return None, None
-    is_tuple = SDPA_TARGETS[node.target]
     normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     if normalized is None:
         return None, f"{NAME}: cannot read the arguments of {node.target}"
@@ -145,18 +160,9 @@ def match_at(node: torch.fx.Node):
     causal = bool(kw.get("is_causal", False))
     if causal and not same(qt.shape[2], kt.shape[2]):
         return None, f"{desc}: causal with Sq != Skv (alignment differs between backends)"
-    if is_tuple:
-        users = list(node.users)
-        if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
-            return None, f"{desc}: the op's tuple is used whole"
-        outs = [u for u in users if u.args[1] == 0]
-        if any(u.args[1] != 0 and len(u.users) for u in users):
-            return None, f"{desc}: logsumexp or other outputs are used (training graph)"
-        if len(outs) != 1:
-            return None, None
-        out = outs[0]
-    else:
-        out = node
+    out, why = sdpa_output(node, desc)
+    if out is None:
+        return None, why
     k0, nk = strip_gqa_expansion(k)
     v0, nv = strip_gqa_expansion(v)
     if nk != nv or not same(tensor_val(k0).shape[1], tensor_val(v0).shape[1]):

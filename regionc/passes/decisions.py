@@ -11,7 +11,7 @@ Shape classes (see :func:`shape_class`):
 
 * norms and RoPE: ``"small"`` (≤ 64 rows/tokens: decode-like, latency bound), ``"large"``
   (> 64: prefill-like, bandwidth bound), ``"dynamic"`` (a symbolic size without a hint).
-* attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
+* attention and decode_attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
   and v in front of SDPA) or ``"native"`` (SDPA read k/v as they are: MHA or ``enable_gqa``).
 
 To update after a GPU run: edit the entries below with the measured result and the file under
@@ -76,6 +76,14 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
                "(~40-55 us host a call) where aten's SDPA launches from C++, with no CUDA graph at prefill "
                "(benchmarks/results/h100-s8/attention.json, prefill_attention_swap.json, torch 2.11.0+cu130, "
                "triton 3.6.0, 2026-11-25); elsewhere the Triton kernel is 0.80-0.88x cuDNN"),
+    ("cpu", "decode_attention", "*"): Decision(
+        False, "the cpu kernel is the fp32 torch reference; the aten flash kernel it would replace is never "
+               "slower on cpu (no measurement shows otherwise)"),
+    # ---------------------------------------------------------------- CUDA, not yet measured end to end
+    ("cuda", "decode_attention", "*"): Decision(
+        False, "unmeasured end to end: swapped only with kernel_choice='always' until the decode table of "
+               "benchmarks/results/ (HF Llama StaticCache, batch 1/8/32) shows the win; kernel alone: "
+               "benchmarks/kernels/bench_decode_attention.py"),
 }
 
 
@@ -94,6 +102,6 @@ def rows_class(rows: int | None) -> str:
 
 
 def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False) -> str:
-    if op == "attention":
+    if op in ("attention", "decode_attention"):
         return "gqa_expanded" if gqa_expanded else "native"
     return rows_class(rows)

@@ -8,7 +8,8 @@ passes, ``kernel_choice`` and the device type, so Inductor's FX cache stays on a
 soon as a pass, an option or a decision changes.
 
 Order inside one graph: find RMSNorms → fuse the ones on a residual add → plain RMSNorms →
-RoPE (q and k pairs) → attention. ``take_matches()`` / ``take_skips()`` return what happened
+RoPE (q and k pairs) → decode attention over a KV cache → attention (an SDPA the decode pass took is gone
+before the attention pass looks). ``take_matches()`` / ``take_skips()`` return what happened
 since the last call (the compiler calls them after each piece). Matches are only counted
 when the pass runs: a piece loaded from regionc's store or Inductor's FX cache reports none.
 """
@@ -30,7 +31,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import regionc.ops  # noqa: F401  (the passes insert torch.ops.regionc.*)
 from regionc.config import PASS_NAMES, Config
-from regionc.passes import attention, decisions, fused_add_rms_norm, rms_norm, rope
+from regionc.passes import attention, decisions, decode_attention, fused_add_rms_norm, rms_norm, rope
 from regionc.passes._graph import finish
 
 log = logging.getLogger("regionc")
@@ -139,7 +140,7 @@ class PassManager:
                 if on["rms_norm"]:
                     rms_norm.run(graph, ctx, norms)
                 finish(graph)
-            for name, module in (("rope", rope), ("attention", attention)):
+            for name, module in (("rope", rope), ("decode_attention", decode_attention), ("attention", attention)):
                 if on[name]:
                     module.run(graph, ctx, self._find(module, graph))
                     finish(graph)
