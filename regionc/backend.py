@@ -15,6 +15,7 @@ from typing import Any
 
 import torch.fx
 
+from regionc.cache import open_store
 from regionc.compiler.manager import GraphCompiler, device_of
 from regionc.compiler.program import make_program
 from regionc.config import Config
@@ -75,18 +76,3 @@ def _dynamo_seconds_so_far() -> float | None:
         pass
     return None
 
-
-def open_store(config: Config):
-    """The artifact store of ``config`` (None when the cache is off); points Inductor's caches under
-    it and makes this process's build keys cheap (:mod:`regionc.cache.build_keys`)."""
-    if not config.cache:
-        return None
-    from regionc.cache import build_keys
-    from regionc.cache.key import configure_compiler_caches
-    from regionc.cache.store import ArtifactStore
-
-    configure_compiler_caches(config.cache_root)
-    store = ArtifactStore(config.cache_root, config.cache_max_bytes, config.lock_timeout_s)
-    if store.readable:  # a root the store refuses (foreign, group-writable) is not read for keys either
-        build_keys.prepare(config.cache_root)
-    return store

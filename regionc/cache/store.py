@@ -4,7 +4,8 @@ Layout under ``root`` (root and every directory regionc creates are mode 0700)::
 
     root/artifacts/<key[:2]>/<key>.entry   one file per entry = the commit unit (see below)
     root/artifacts/<key[:2]>/<key>.hits    one byte appended per load: size = hit count, mtime = last use
-    root/artifacts/<key[:2]>/.<key>.*.tmp  an entry being written (removed when older than an hour)
+    root/artifacts/<key[:2]>/.<key>.*.tmp  an entry being written (its writer holds an flock on it;
+                                           one nobody holds is a dead writer's and is removed)
     root/locks/<key>.lock                  per-key inter-process lock (filelock / flock)
     root/misses                            one byte appended per recorded miss
     root/inductor, root/triton             Inductor's and Triton's own caches (see key.configure_compiler_caches)
@@ -13,21 +14,32 @@ Entry file (format 1), little endian::
 
     b"RGNCART1" | u64 header length | header JSON | payload | sha256 of everything before it (32 bytes)
 
-    header = {"format": 1, "key", "size", "sha256" (of the payload), "factors", "created", "regionc_version"}
+    header = {"format": 1, "key", "size", "sha256" (of the payload), "factors", "created", "regionc_version",
+              "key_from_factors"}
 
 An entry is written to a temp file in its final directory, fsynced, and renamed into place with
 ``os.replace``: a reader sees the old file, the new file, or none, never a mix (payload and
 metadata live in the one file, so they cannot come from different writes). A writer killed
 mid-write leaves only a temp file, which no reader ever opens. On load the whole file is checked
 (magic, lengths, key, trailer and payload digests); anything wrong is logged with the key,
-removed, and reported as a miss. Appending one byte per hit/miss keeps the counters exact
-under concurrency without a lock.
+removed, and reported as a miss. An entry carries the key it was written for: the name in its
+header, and, for a key that is the hash of its factors (every compiled piece), factors that hash
+to it, so another piece's entry renamed (even with its header's key rewritten) is refused.
+Appending one byte per hit/miss keeps the counters exact under concurrency without a lock.
+
+Trust: the root must be the current user's and private, and every directory on the way to it
+owned by root or the user and not writable by others (unless sticky, like ``/tmp``); otherwise
+nothing under it is read or written. Under a trusted root, nothing regionc writes follows a
+symbolic link (``O_NOFOLLOW``, or a temp file renamed in a directory checked to be the user's
+own), an entry that is a link is not read, and eviction and ``clear`` step over (and name)
+anything that is not an entry file the user owns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import inspect
 import json
@@ -45,6 +57,8 @@ from typing import Any
 
 import filelock
 
+from regionc.cache.key import canonical_json
+
 log = logging.getLogger("regionc.cache")
 
 MAGIC = b"RGNCART1"
@@ -56,8 +70,8 @@ _CHUNK = 1 << 20
 ENTRY_SUFFIX = ".entry"
 HITS_SUFFIX = ".hits"
 TMP_SUFFIX = ".tmp"
-#: A temp file older than this belongs to a dead writer and may be removed.
-STALE_TMP_S = 3600.0
+#: A temp file no writer holds a lock on and untouched for this long belongs to a dead writer.
+STALE_TMP_S = 60.0
 _KEY_RE = re.compile(r"^[0-9a-f]{16,128}$")
 _DEFAULT_MAX_BYTES = 10 * 1024**3
 
@@ -105,6 +119,59 @@ def _untrusted_reason(st: os.stat_result) -> str | None:
     return None
 
 
+def _subdir_reason(st: os.stat_result) -> str | None:
+    """Why a directory regionc keeps under the root (``lstat``-ed) is not its own: the path must not
+    be a link, so that what is written into it stays under the trusted root."""
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    return _untrusted_reason(st)
+
+
+def make_private_dir(path: Path) -> None:
+    """Creates ``path`` (mode 0700) unless it exists; raises OSError unless it is then a real
+    directory of the current user that nobody else can write (never a link)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    reason = _subdir_reason(os.lstat(path))
+    if reason:
+        raise OSError(errno.EPERM, f"{path} is {reason}")
+
+
+def untrusted_root_reason(root: Path) -> str | None:
+    """Why code must not be loaded from under the directory ``root``, or None when it may.
+
+    ``root`` must be the current user's and private, and no directory on the way to it (as named,
+    and after resolving links) may let someone else rename or replace what lies below it: each
+    must be owned by root or the current user and not group/world-writable, unless it has the
+    sticky bit (``/tmp``), which keeps others from renaming what they do not own.
+    """
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        return f"not usable: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    reason = _untrusted_reason(st)
+    if reason:
+        return reason
+    euid = os.geteuid()
+    for parent in dict.fromkeys([*Path(os.path.abspath(root)).parents, *Path(os.path.realpath(root)).parents]):
+        try:
+            pst = os.stat(parent)
+        except OSError as exc:
+            return f"reached through {parent}, which cannot be checked: {exc.strerror or exc}"
+        if pst.st_uid not in (0, euid):
+            return f"reached through {parent}, owned by uid {pst.st_uid} (neither root nor the current user)"
+        if pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not pst.st_mode & stat.S_ISVTX:
+            return (f"reached through {parent}, which is group/world-writable without the sticky bit "
+                    f"(mode {stat.S_IMODE(pst.st_mode):04o})")
+    return None
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -112,11 +179,15 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _append_byte(path: Path | str, byte: bytes, extra_flags: int = 0) -> None:
-    """Appends ``byte`` to ``path`` (created 0o600 if missing); ``extra_flags`` are OR-ed into the open."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | extra_flags, 0o600)
+def _append(path: Path | str, data: bytes) -> None:
+    """Appends ``data`` to the regular file ``path`` (created 0o600 if missing) and sets its mtime
+    to now. Never through a link, never into a FIFO or device (raises OSError instead)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
     try:
-        os.write(fd, byte)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.write(fd, data)
+        os.utime(fd)
     finally:
         os.close(fd)
 
@@ -127,6 +198,15 @@ def _unlink(path: Path | str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def _lock_temp_file(fd: int) -> None:
+    """Holds an flock on a temp file while it is written: the mark of a live writer, which a dead
+    one's file lacks (see ``ArtifactStore._remove_dead_writers_temp_files``)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        log.debug("regionc: no flock on a temp file here (%s): its age alone marks it as live", exc)
 
 
 def _filelock_kwargs() -> dict[str, Any]:
@@ -142,6 +222,10 @@ def _filelock_kwargs() -> dict[str, Any]:
 _FILELOCK_KWARGS = _filelock_kwargs()
 
 
+def _factors_key(factors: Any) -> str:
+    return hashlib.sha256(canonical_json(factors).encode()).hexdigest()
+
+
 def encode_entry(key: str, payload: bytes, factors: dict, created: float | None = None) -> list[bytes | memoryview]:
     """The parts of an entry file, in order (joined, they are the file)."""
     from regionc import __version__
@@ -154,6 +238,7 @@ def encode_entry(key: str, payload: bytes, factors: dict, created: float | None 
         "factors": factors,
         "created": time.time() if created is None else created,
         "regionc_version": __version__,
+        "key_from_factors": _factors_key(factors) == key,
     }, sort_keys=True, separators=(",", ":")).encode()
     return [_PREFIX.pack(MAGIC, len(header)) + header, memoryview(payload)]
 
@@ -179,6 +264,8 @@ def decode_entry(data: bytes | memoryview, key: str) -> tuple[dict, memoryview]:
         raise CorruptEntry(f"unknown format {header.get('format') if isinstance(header, dict) else header!r}")
     if header.get("key") != key:
         raise CorruptEntry(f"entry is for key {header.get('key')!r}")
+    if header.get("key_from_factors") and _factors_key(header.get("factors")) != key:
+        raise CorruptEntry(f"its factors are those of key {_factors_key(header.get('factors'))!r}")
     payload = view[_PREFIX.size + header_len:body_end]
     if header.get("size") != len(payload):
         raise CorruptEntry(f"payload is {len(payload)} bytes, header says {header.get('size')}")
@@ -211,12 +298,15 @@ def read_header(path: Path | str) -> dict:
 class ArtifactStore:
     """Compiled-piece payloads on disk, keyed by :func:`regionc.cache.key.piece_key`.
 
-    ``readable``: loads may return entries (root exists, is ours and private).
+    ``readable``: loads may return entries (the root passes :func:`untrusted_root_reason`).
     ``writable``: saves and locks work; False (after one warning) when the root is read-only,
-    cannot be created, or is not trusted; callers then compile in memory.
+    cannot be created, or is not trusted; callers then compile in memory and still load.
+    ``write=False`` opens an existing root for reading only (``regionc cache ls``/``stats``):
+    nothing is created, removed or counted, and ``writable`` stays False.
     """
 
-    def __init__(self, root: Path | str, max_bytes: int = _DEFAULT_MAX_BYTES, lock_timeout_s: float = 600.0):
+    def __init__(self, root: Path | str, max_bytes: int = _DEFAULT_MAX_BYTES, lock_timeout_s: float = 600.0,
+                 write: bool = True):
         self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
         self.lock_timeout_s = float(lock_timeout_s)
@@ -226,7 +316,7 @@ class ArtifactStore:
         self.writable = False
         self.problem = ""  # why the store is not readable/writable, for messages
         self._warned: set[str] = set()
-        self._open()
+        self._open(write)
 
     # ------------------------------------------------------------------ setup
     def _warn_once(self, topic: str, msg: str, *args: Any) -> None:
@@ -236,49 +326,46 @@ class ArtifactStore:
             self._warned.add(topic)
             log.warning(msg, *args)
 
-    def _make_private_dir(self, path: Path) -> None:
-        if path.is_dir():
-            return
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
-
-    def _open(self) -> None:
-        try:
-            self._make_private_dir(self.root)
-        except OSError as exc:
-            self.problem = f"cannot create {self.root}: {exc.strerror or exc}"
-            if not self.root.is_dir():
+    def _open(self, write: bool) -> None:
+        if write and not self.root.is_dir():
+            try:
+                self.root.mkdir(parents=True, mode=0o700)
+                os.chmod(self.root, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                self.problem = f"cannot create {self.root}: {exc.strerror or exc}"
                 self._warn_once("open", "regionc: cache disabled: %s; compiling in memory", self.problem)
                 return
-        try:
-            st = os.stat(self.root)
-        except OSError as exc:
-            self.problem = f"cannot use {self.root}: {exc.strerror or exc}"
-            self._warn_once("open", "regionc: cache disabled: %s; compiling in memory", self.problem)
-            return
-        reason = _untrusted_reason(st) if stat.S_ISDIR(st.st_mode) else "not a directory"
+        reason = untrusted_root_reason(self.root)
         if reason:
             self.problem = f"cache root {self.root} is {reason}"
             self._warn_once("open", "regionc: refusing the cache: %s; compiling in memory", self.problem)
             return
+        if write:
+            try:
+                for sub in (self.artifacts, self.locks):
+                    make_private_dir(sub)
+                fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=TMP_SUFFIX, dir=self.artifacts)
+                os.close(fd)
+                os.unlink(probe)
+                self.writable = True
+            except OSError as exc:
+                self.problem = f"cache root {self.root} is not writable: {exc.strerror or exc}"
+                self._warn_once("open", "regionc: %s; compiling in memory (existing entries still load)",
+                                self.problem)
         try:
-            for sub in (self.artifacts, self.locks):
-                self._make_private_dir(sub)
-            fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=TMP_SUFFIX, dir=self.artifacts)
-            os.close(fd)
-            os.unlink(probe)
-            self.writable = True
-        except OSError as exc:
-            self.problem = f"cache root {self.root} is not writable: {exc.strerror or exc}"
-            self._warn_once("open", "regionc: %s; compiling in memory (existing entries still load)", self.problem)
-        if self.artifacts.is_dir():
-            reason = _untrusted_reason(os.stat(self.artifacts))
-            if reason:
-                self.writable = False
-                self.problem = f"{self.artifacts} is {reason}"
-                self._warn_once("open", "regionc: refusing the cache: %s; compiling in memory", self.problem)
-                return
-            self.readable = True
+            reason = _subdir_reason(os.lstat(self.artifacts))
+        except FileNotFoundError:
+            reason = None  # an empty root: nothing to read
+        if reason:
+            self.writable = False
+            self.problem = f"{self.artifacts} is {reason}"
+            self._warn_once("open", "regionc: refusing the cache: %s; compiling in memory", self.problem)
+            return
+        self.readable = True
+        if self.writable:
+            self._remove_dead_writers_temp_files()
 
     # ------------------------------------------------------------------ paths
     def _shard(self, key: str) -> Path:
@@ -298,7 +385,7 @@ class ArtifactStore:
             return None
         path = self.entry_path(key)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -306,12 +393,11 @@ class ArtifactStore:
             return None
         try:
             st = os.fstat(fd)
-            reason = _untrusted_reason(st) or _untrusted_reason(os.stat(path.parent))
+            reason = ("not a regular file" if not stat.S_ISREG(st.st_mode) else None) or _untrusted_reason(st) \
+                or _subdir_reason(os.lstat(path.parent))
             if reason:
                 self._warn_once(f"refuse:{key}", "regionc: refusing cache entry %s (%s): %s", key[:16], path, reason)
                 return None
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptEntry("not a regular file")
             buf = bytearray(st.st_size)
             view = memoryview(buf)
             got = 0
@@ -348,7 +434,7 @@ class ArtifactStore:
         if not self.writable:
             return
         try:
-            _append_byte(self._hits_path(key), b"+", getattr(os, "O_NOFOLLOW", 0))
+            _append(self._hits_path(key), b"+")
         except OSError as exc:
             log.debug("regionc: could not record a hit for %s: %s", key[:16], exc)
 
@@ -357,7 +443,7 @@ class ArtifactStore:
         if not self.writable:
             return
         try:
-            _append_byte(self.root / "misses", b"-")
+            _append(self.root / "misses", b"-")
         except OSError as exc:
             log.debug("regionc: could not record a miss for %s: %s", key[:16], exc)
 
@@ -376,9 +462,10 @@ class ArtifactStore:
         shard = self._shard(key)
         tmp = None
         try:
-            self._make_private_dir(shard)
+            make_private_dir(shard)
             fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=TMP_SUFFIX, dir=shard)
             try:
+                _lock_temp_file(fd)
                 digest = hashlib.sha256()
                 head, body = parts
                 digest.update(head)
@@ -406,10 +493,9 @@ class ArtifactStore:
                 except OSError:
                     pass
         try:  # a fresh entry counts as just used (the hits file's mtime is the last-use time)
-            os.close(os.open(self._hits_path(key), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            os.utime(self._hits_path(key))
-        except OSError:
-            pass
+            _append(self._hits_path(key), b"")
+        except OSError as exc:
+            log.debug("regionc: could not mark %s as used: %s", key[:16], exc)
         try:
             self.evict(protect=key)
         except OSError as exc:
@@ -428,10 +514,13 @@ class ArtifactStore:
         if not self.writable:
             yield 0.0
             return
-        lock = filelock.FileLock(str(self.locks / f"{key}.lock"), timeout=self.lock_timeout_s, **_FILELOCK_KWARGS)
+        path = self.locks / f"{key}.lock"
+        lock = filelock.FileLock(str(path), timeout=self.lock_timeout_s, **_FILELOCK_KWARGS)
         start = time.monotonic()
         acquired = False
         try:
+            # created here, never through a link (older filelock versions open it O_TRUNC, following links)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600))
             lock.acquire()
             acquired = True
         except filelock.Timeout:
@@ -447,41 +536,103 @@ class ArtifactStore:
                 lock.release()
 
     # ------------------------------------------------------------------ listing, eviction, clearing
-    def _scan(self) -> Iterator[tuple[str, Path, os.stat_result, float]]:
-        """``(key, path, stat, last_used)`` of every entry file; removes stale temp files on the way."""
-        if not self.readable or not self.artifacts.is_dir():
+    def _skip(self, path: Path, reason: str) -> None:
+        self._warn_once(f"skip:{path}", "regionc: %s is not a cache entry this user owns (%s): left alone",
+                        path, reason)
+
+    def _shards(self) -> Iterator[Path]:
+        """The shard directories under ``artifacts``; anything else there is named once and left alone."""
+        try:
+            children = sorted(self.artifacts.iterdir())
+        except FileNotFoundError:
             return
-        now = time.time()
-        for shard in sorted(self.artifacts.iterdir()):
-            if not shard.is_dir() or shard.is_symlink():
+        for shard in children:
+            try:
+                reason = _subdir_reason(os.lstat(shard))
+            except FileNotFoundError:
                 continue
+            if reason is None:
+                yield shard
+            elif not shard.name.endswith(TMP_SUFFIX):  # another process's writability probe
+                self._skip(shard, reason)
+
+    def _scan(self) -> Iterator[tuple[str, Path, os.stat_result, float]]:
+        """``(key, path, stat, last_used)`` of every entry file: a regular file named ``<key>.entry``."""
+        if not self.readable:
+            return
+        for shard in self._shards():
             for path in sorted(shard.iterdir()):
                 name = path.name
+                if not name.endswith(ENTRY_SUFFIX) or not _KEY_RE.match(name[:-len(ENTRY_SUFFIX)]):
+                    continue
                 try:
-                    st = os.stat(path, follow_symlinks=False)
+                    st = os.lstat(path)
                 except FileNotFoundError:
                     continue
-                if name.endswith(TMP_SUFFIX):
-                    if now - st.st_mtime > STALE_TMP_S and self.writable:
-                        log.debug("regionc: removing stale temp file %s", path)
-                        _unlink(path)
-                    continue
-                if not name.endswith(ENTRY_SUFFIX) or not _KEY_RE.match(name[:-len(ENTRY_SUFFIX)]):
+                if not stat.S_ISREG(st.st_mode):
+                    self._skip(path, "not a regular file")
                     continue
                 key = name[:-len(ENTRY_SUFFIX)]
                 last_used = st.st_mtime
                 try:
-                    last_used = max(last_used, os.stat(self._hits_path(key)).st_mtime)
+                    last_used = max(last_used, os.lstat(self._hits_path(key)).st_mtime)
                 except OSError:
                     pass
                 yield key, path, st, last_used
+
+    def _owned(self, path: Path, st: os.stat_result) -> bool:
+        """Eviction and ``clear`` remove only entry files of the current user."""
+        if st.st_uid == os.geteuid():
+            return True
+        self._skip(path, f"owned by uid {st.st_uid}")
+        return False
+
+    def _remove_file(self, path: Path) -> bool:
+        """Unlinks ``path`` (a file, or a link but never what it points to); a directory, or anything
+        else that cannot be removed, is named once and left alone."""
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self._skip(path, exc.strerror or str(exc))
+            return False
+
+    def _remove_dead_writers_temp_files(self) -> None:
+        """Removes temp files of writers that died mid-write (a killed compile leaves one behind).
+
+        A writer holds an flock on its temp file until it renames it, so one that nobody holds and
+        nobody wrote to for ``STALE_TMP_S`` is a dead writer's. Where the file system has no flock,
+        the age alone decides (a live writer that loses its file fails its save with a warning).
+        """
+        now = time.time()
+        for directory in (self.artifacts, *self._shards()):
+            for path in directory.glob("*" + TMP_SUFFIX):
+                try:
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < STALE_TMP_S:
+                        continue
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is alive
+                except OSError:
+                    pass  # no flock here: the age decides
+                finally:
+                    os.close(fd)
+                if self._remove_file(path):
+                    log.info("regionc: removed %s, left by a writer that died mid-write", path)
 
     def entries(self) -> list[EntryInfo]:
         """Every entry, most recently used first (headers only; payloads are not read)."""
         result = []
         for key, path, st, last_used in self._scan():
             try:
-                hits = os.stat(self._hits_path(key)).st_size
+                hits = os.lstat(self._hits_path(key)).st_size
             except OSError:
                 hits = 0
             info = EntryInfo(key=key, path=str(path), size=st.st_size, payload_size=0, created=st.st_mtime,
@@ -535,10 +686,10 @@ class ArtifactStore:
         return self.writable and self._remove_entry(key, self.entry_path(_check_key(key)))
 
     def _remove_entry(self, key: str, path: Path) -> bool:
-        removed = _unlink(path)  # the entry file first: from here on no reader can load it
-        _unlink(self._hits_path(key))
+        removed = self._remove_file(path)  # the entry file first: from here on no reader can load it
+        self._remove_file(self._hits_path(key))
         lock_path = self.locks / f"{key}.lock"
-        if lock_path.exists():
+        if os.path.isfile(lock_path) and not os.path.islink(lock_path):
             # Only if nobody holds it. A racing process may still end up with a lock on the
             # unlinked inode: the worst case is one duplicate compile, never a bad entry.
             lock = filelock.FileLock(str(lock_path), timeout=0, **_FILELOCK_KWARGS)
@@ -550,10 +701,12 @@ class ArtifactStore:
         return removed
 
     def evict(self, protect: str | None = None) -> int:
-        """Remove least recently used entries until the total is at most ``max_bytes``."""
+        """Remove least recently used entries until the total is at most ``max_bytes``.
+
+        Counts and removes only the current user's entry files; anything else is left alone."""
         if not self.writable:
             return 0
-        scanned = list(self._scan())
+        scanned = [item for item in self._scan() if self._owned(item[1], item[2])]
         total = sum(st.st_size for _, _, st, _ in scanned)
         evicted = 0
         for key, path, st, _ in sorted(scanned, key=lambda item: item[3]):
@@ -564,31 +717,32 @@ class ArtifactStore:
             if self._remove_entry(key, path):
                 evicted += 1
                 log.info("regionc: evicted cache entry %s (%d bytes, least recently used)", key[:16], st.st_size)
-            total -= st.st_size
+                total -= st.st_size
         return evicted
 
     def clear(self, older_than_days: float | None = None) -> int:
         """Remove entries not used for ``older_than_days`` days (all when None); returns how many.
 
-        Also removes stale temp files and orphan hit counters; clearing everything resets the
-        miss counter. Raises :class:`CacheError` when the store is not writable.
+        Also removes dead writers' temp files and orphan hit counters; clearing everything resets
+        the miss counter. Only the current user's entry files are removed; anything else is named
+        and left alone. Raises :class:`CacheError` when the store is not writable.
         """
         if not self.writable:
             raise CacheError(errno.EACCES, f"regionc: cannot clear the cache: {self.problem or 'not writable'}")
         cutoff = None if older_than_days is None else time.time() - float(older_than_days) * 86400.0
+        self._remove_dead_writers_temp_files()
         removed = 0
         live = set()
-        for key, path, _st, last_used in list(self._scan()):
-            if cutoff is None or last_used < cutoff:
+        for key, path, st, last_used in list(self._scan()):
+            if (cutoff is None or last_used < cutoff) and self._owned(path, st):
                 removed += self._remove_entry(key, path)
             else:
                 live.add(key)
-        for shard in self.artifacts.iterdir():  # hit counters whose entry is gone
-            if shard.is_dir() and not shard.is_symlink():
-                for path in shard.glob("*" + HITS_SUFFIX):
-                    if path.name[:-len(HITS_SUFFIX)] not in live and not (
-                            shard / (path.name[:-len(HITS_SUFFIX)] + ENTRY_SUFFIX)).exists():
-                        _unlink(path)
+        for shard in self._shards():  # hit counters whose entry is gone
+            for path in shard.glob("*" + HITS_SUFFIX):
+                key = path.name[:-len(HITS_SUFFIX)]
+                if key not in live and not os.path.lexists(shard / (key + ENTRY_SUFFIX)):
+                    self._remove_file(path)
         if cutoff is None:
-            _unlink(self.root / "misses")
+            self._remove_file(self.root / "misses")
         return removed

@@ -93,7 +93,7 @@ class GraphCompiler:
     def _obtain(self, piece: Piece, submodule: torch.fx.GraphModule, inputs: list[Any], fingerprint: Fingerprint,
                 patches: dict, device: torch.device, record: PieceRecord, report: Report):
         """Compiled callable for a new fingerprint: from the disk cache, else Inductor; None → eager."""
-        if self.store is None or not self.store.writable:
+        if self.store is None or not self.store.readable:
             return self._compile(piece, submodule, inputs, patches, record, report)[0]
         from regionc.cache.key import environment_factors, piece_key
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from regionc.cache import open_store
 from regionc.compiler.inductor import load_piece
 from regionc.config import Config
 from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
@@ -115,8 +116,6 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
 
 def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     """The program ``recipe`` describes, its pieces loaded from the store (raises if one is missing)."""
-    from regionc.backend import open_store
-
     store = open_store(config)
     if store is None:
         raise RuntimeError("regionc: the cache is off, so a saved program cannot load its pieces")

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from regionc.cache import open_store
 from regionc.compiler.inductor import start_compile_workers
 from regionc.config import Config
 from regionc.report import Report, last_report, new_report
@@ -89,8 +90,6 @@ class TraceSet:
 
     # ------------------------------------------------------------------ lookup
     def _find_or_trace(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
-        from regionc.backend import open_store
-
         start = time.perf_counter()
         store = open_store(self.config)
         base = self._key(module, args, kwargs)

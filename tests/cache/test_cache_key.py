@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from regionc.cache import key as key_mod
-from regionc.cache.key import (canonical, configure_compiler_caches, environment_factors, inductor_config_hash,
-                               piece_key, sources_hash)
+from regionc.cache.key import canonical, environment_factors, inductor_config_hash, piece_key, sources_hash
 from regionc.config import Config
 
 META = [{"shape": [2, "s0", 64], "dtype": torch.float16, "stride": [4096, 64, 1], "dynamic_dims": [1]},
@@ -141,23 +140,3 @@ def test_canonical_rejects_unstable_values():
     assert canonical({"b": (1, 2), "a": {torch.float32}}) == {"a": ["torch.float32"], "b": [1, 2]}
     with pytest.raises(TypeError):
         canonical({"x": object()})
-
-
-def test_configure_compiler_caches(tmp_path, monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    configure_compiler_caches(tmp_path / "root")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "root" / "inductor")
-    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "root" / "triton")
-    assert (tmp_path / "root" / "inductor").stat().st_mode & 0o777 == 0o700
-    # user-set values are kept
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/user/inductor")
-    monkeypatch.setenv("TRITON_CACHE_DIR", "/user/triton")
-    configure_compiler_caches(tmp_path / "other")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/user/inductor"
-    assert os.environ["TRITON_CACHE_DIR"] == "/user/triton"
-    # Inductor's own default (written into the env on first use) does not count as user-set
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
-    configure_compiler_caches(tmp_path / "third")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "third" / "inductor")
