@@ -41,15 +41,16 @@ def _cache_settings() -> tuple[str, int, float]:
     return str(config.cache_root), config.cache_max_bytes, config.lock_timeout_s
 
 
-def _open_store(args: argparse.Namespace):
-    """``(store, root)``; store is None when the root does not exist (nothing is created then)."""
+def _open_store(args: argparse.Namespace, write: bool = False):
+    """``(store, root)``; store is None when the root does not exist. Only ``write=True`` (``clear``)
+    may change anything under the root: ``ls`` and ``stats`` create, remove and count nothing."""
     from regionc.cache.store import ArtifactStore
 
     default_root, max_bytes, timeout = _cache_settings()
     root = Path(args.cache_dir or default_root).expanduser()
     if not root.exists():
         return None, root
-    store = ArtifactStore(root, max_bytes=max_bytes, lock_timeout_s=timeout)
+    store = ArtifactStore(root, max_bytes=max_bytes, lock_timeout_s=timeout, write=write)
     if not store.readable:
         raise _Failure(f"regionc: cannot use the cache: {store.problem}")
     return store, root
@@ -184,7 +185,7 @@ def _cache_stats(args: argparse.Namespace) -> int:
 def _cache_clear(args: argparse.Namespace) -> int:
     from regionc.cache.store import CacheError
 
-    store, root = _open_store(args)
+    store, root = _open_store(args, write=True)
     if store is None:
         print(f"nothing to clear: {root} does not exist")
         return EXIT_OK

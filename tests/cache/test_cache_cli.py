@@ -147,3 +147,49 @@ def test_untrusted_root_fails_with_exit_1(tmp_path, capsys):
     for argv in (["cache", "ls"], ["cache", "stats"], ["cache", "clear"]):
         assert main([*argv, "--cache-dir", str(root)]) == 1
         assert "group/world-writable" in capsys.readouterr().err
+
+
+def test_directory_under_an_entry_name_does_not_fail_clear(filled, capsys):
+    """Failure 6: `clear` exited 1 ("Is a directory") on a cache holding a directory under an entry name."""
+    root, a, b = filled
+    blocker = make_key("blocker")
+    for suffix in (".entry", ".hits"):
+        (root / "artifacts" / blocker[:2] / f"{blocker}{suffix}").mkdir(parents=True, exist_ok=True)
+    (root / "misses").unlink()
+    (root / "misses").mkdir()
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert "removed 2 entries" in captured.out and "left alone" in captured.err
+    assert (root / "artifacts" / blocker[:2] / f"{blocker}.entry").is_dir()
+    assert main(["cache", "ls", "--json", "--cache-dir", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_ls_and_stats_create_nothing(tmp_path, capsys):
+    """Failure 6: `ls` and `stats` on an empty root created artifacts/ and locks/."""
+    root = tmp_path / "empty"
+    root.mkdir(mode=0o700)
+    stale = root / "artifacts" / "ab"
+    for argv in (["cache", "ls"], ["cache", "stats", "--json"]):
+        assert main([*argv, "--cache-dir", str(root)]) == 0
+    assert list(root.iterdir()) == []
+    stale.mkdir(parents=True)
+    (stale / ".abcd.x.tmp").write_bytes(b"half")  # even a dead writer's temp file is clear's to remove
+    os.utime(stale / ".abcd.x.tmp", (1, 1))
+    assert main(["cache", "ls", "--cache-dir", str(root)]) == 0
+    assert (stale / ".abcd.x.tmp").exists() and sorted(p.name for p in root.iterdir()) == ["artifacts"]
+    capsys.readouterr()
+
+
+def test_cache_commands_do_not_import_torch(filled):
+    """Failure 6: every `regionc cache` call took seconds importing torch, which none of them needs."""
+    root, a, _ = filled
+    code = ("import sys, regionc.cli; rc = regionc.cli.main(['cache', 'ls', '--json', '--cache-dir', sys.argv[1]]); "
+            "print('torch' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(root)], env=worker_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert a in {e["key"] for e in json.loads(proc.stdout)}
+    assert proc.stderr.strip() == "False"
+    import regionc
+    assert callable(regionc.compile)  # the public API still has it, loaded on first use
