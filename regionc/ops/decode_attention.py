@@ -33,7 +33,8 @@ CUDA kernels (bf16/fp16/fp32, D in {64, 128}; anything else runs the reference, 
 * ``_decode_reduce_kernel``: grid ``(B * Hq * Lq)``, combines the splits. With one split the
   first kernel writes the output itself and this launch is skipped.
 
-The split count depends on shapes only (``_num_splits``), never on ``kv_len`` or mask values:
+The split count is a runtime argument (only "one split" and the reduce's power-of-two bucket
+are compiled in, so new batch sizes rarely compile anew) and depends on shapes only (``_num_splits``), never on ``kv_len`` or mask values:
 the launcher reads nothing from the GPU, so it has no host sync, the grid is the same on every
 replay, and the split workspace is one ``torch.empty`` whose size is fixed by the shapes — inside
 a CUDA-graph capture it comes from the graph's pool like any activation. CUDA-graph safe.
@@ -84,7 +85,7 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 
 if HAS_TRITON:
 
-    @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT"])
+    @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
         Q, K, V, MASK, KV_LEN, PART, OUT, qk_scale,
         stride_qb, stride_qh, stride_qm,
@@ -93,8 +94,8 @@ if HAS_TRITON:
         stride_mb, stride_mq, stride_mn,
         stride_lb,
         stride_ob, stride_oh, stride_om,
-        HKV, SEQ_K, BLOCKS_PER_SPLIT,
-        HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, N_SPLITS: tl.constexpr,
+        HKV, SEQ_K, BLOCKS_PER_SPLIT, N_SPLITS,
+        HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, SINGLE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
@@ -155,7 +156,7 @@ if HAS_TRITON:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
                 m_i = m_new
 
-        if N_SPLITS == 1:
+        if SINGLE:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(OUT + b * stride_ob + h[:, None] * stride_oh + qi[:, None] * stride_om + offs_d[None, :],
                      out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
@@ -167,10 +168,10 @@ if HAS_TRITON:
             tl.store(base + HEAD_DIM, m_i, mask=row_ok)
             tl.store(base + HEAD_DIM + 1, l_i, mask=row_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["HQ", "N_SPLITS"])
     def _decode_reduce_kernel(
-        PART, OUT, stride_ob, stride_oh, stride_om, HQ,
-        HEAD_DIM: tl.constexpr, LQ: tl.constexpr, N_SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+        PART, OUT, stride_ob, stride_oh, stride_om, HQ, N_SPLITS,
+        HEAD_DIM: tl.constexpr, LQ: tl.constexpr, SPLITS_P2: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         offs_s = tl.arange(0, SPLITS_P2)
@@ -269,8 +270,8 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         smb, smq, smn,
         slb,
         os_[0], os_[1], os_[2],
-        HKV, S, per_split,
-        HEAD_DIM=D, GROUP=group, LQ=LQ, N_SPLITS=splits,
+        HKV, S, per_split, splits,
+        HEAD_DIM=D, GROUP=group, LQ=LQ, SINGLE=splits == 1,
         BLOCK_M=max(16, next_power_of_2(group * LQ)), BLOCK_N=bn,
         MASK_KIND=kind, HAS_LEN=kv_len is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -278,8 +279,8 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     )
     if splits > 1:
         _decode_reduce_kernel[(B * HQ * LQ,)](
-            part, out, os_[0], os_[1], os_[2], HQ,
-            HEAD_DIM=D, LQ=LQ, N_SPLITS=splits, SPLITS_P2=max(2, next_power_of_2(splits)), num_warps=4,
+            part, out, os_[0], os_[1], os_[2], HQ, splits,
+            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, next_power_of_2(splits)), num_warps=4,
         )
     return out
 
