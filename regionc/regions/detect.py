@@ -32,8 +32,10 @@ class BlockInstance:
 
 
 def pretty_path(path: str) -> str:
-    """``L['self'].layers.3`` or ``L['args'][0].layers.3`` → ``layers.3`` (the user's attribute path)."""
-    return re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", path) or path
+    """``L['self'].layers.3``, ``L['args'][0].layers.3`` or diffusers' ``L['self'].__dict__['_modules']['blocks'].3``
+    → ``layers.3`` / ``blocks.3`` (the user's attribute path)."""
+    short = re.sub(r"\.?(__dict__\['_modules'\]|_modules)\['([^']+)'\]", r".\2", path)
+    return re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", short) or path
 
 
 def block_of(node: torch.fx.Node) -> BlockInstance | None:

@@ -14,6 +14,7 @@ import operator
 import torch.fx
 from torch.fx.passes.split_module import split_module
 
+from regionc.regions.align import align_instances
 from regionc.regions.detect import BlockInstance, pretty_path
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +48,12 @@ def split_into_pieces(gm: torch.fx.GraphModule,
 
     split = split_module(gm, None, lambda node: segment_of[node], keep_original_order=True)
     _return_tuples(split)
-    _canonicalize_outputs(split)
     pieces = [
         Piece(node.target, owner_of_segment[int(node.target.rsplit("_", 1)[1])])
         for node in split.graph.nodes if node.op == "call_module"
     ]
+    align_instances(split, [(p.name, p.block.container) for p in pieces if p.block is not None])
+    _canonicalize_outputs(split)
     return split, pieces
 
 

@@ -29,10 +29,13 @@ be saved (the AOT path traces with ``fullgraph=True``); such a model is compiled
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import io
 import logging
+import pickle
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +74,7 @@ class TraceSet:
         self.dynamic = dynamic
         self.entries: list[_Entry] = []
         self.ordinary: Callable[..., Any] | None = None  # torch.compile(fn), once a trace could not be saved
+        self.external = _hidden_functions(fn)  # saved by name, handed back from this process on load
 
     def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.ordinary is not None:
@@ -123,7 +127,11 @@ class TraceSet:
         report.trace_source = "saved trace " + key[:12]
         try:
             with report.phase("total"), loading_programs(self.config, report):
-                compiled = torch.compiler.load_compiled_function(io.BytesIO(payload))
+                trace, modules = pickle.loads(payload)
+                scope = {**self.fn.__globals__, **{name: importlib.import_module(m) for name, m in modules.items()}}
+                with _guards_context():
+                    compiled = torch.compiler.load_compiled_function(io.BytesIO(trace), f_globals=scope,
+                                                                     external_data=self.external)
                 stale = _changed_sources(compiled)
         except Exception as exc:  # noqa: BLE001 - any failure to load means: trace again
             reason = _reason(exc)
@@ -145,7 +153,8 @@ class TraceSet:
         entry = self._trace(module, args, kwargs)
         with entry.report.phase("trace_save"):
             try:
-                payload = AOTCompiledFunction.serialize(entry.compiled).serialized_data
+                trace = AOTCompiledFunction.serialize(entry.compiled, external_data=self.external).serialized_data
+                payload = pickle.dumps((trace, self._installed_modules(entry.compiled)))
             except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
                 reason = _reason(exc)
                 log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
@@ -156,13 +165,21 @@ class TraceSet:
                 entry.report.trace_source = "traced, saved as " + key[:12]
         return entry
 
+    def _installed_modules(self, compiled) -> dict[str, str]:
+        """Modules Dynamo's bytecode loads under names it installed in the traced function's globals
+        (``___module_collections_<id>_c0``): the loading process imports them under the same names."""
+        env = compiled._artifacts.runtime_env
+        return {name: value.__name__ for name in env.external_refs
+                if name not in env.used_globals and isinstance(value := self.fn.__globals__.get(name), types.ModuleType)}
+
     def _trace(self, module, args, kwargs) -> _Entry:
         if _device_of(module, args, kwargs).type == "cuda":
             start_compile_workers()  # a trace is followed by a compile: let the workers start meanwhile
         # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
         flag = {"enable_aot_compile": True} if hasattr(torch._dynamo.config, "enable_aot_compile") else {}
+        options = {**(self.compile_args["options"] or {}), "guard_filter_fn": _saveable}
         with torch._dynamo.config.patch(**flag):
-            compiled = torch.compile(self.fn, fullgraph=True, **self.compile_args)
+            compiled = torch.compile(self.fn, fullgraph=True, **{**self.compile_args, "options": options})
         try:
             traced = _aot_compile(compiled, ((module, *args), kwargs))
         except Exception as exc:  # a graph break, a guard that cannot be saved, ...
@@ -190,6 +207,65 @@ class TraceSet:
             # how a trace becomes a program (split, graphs, this file): a new regionc re-traces
             "program_sources": _cached_sources_hash(str(_PACKAGE_DIR), ("regions", "cudagraph", "tracing")),
         })
+
+
+def _saveable(entries) -> list[bool]:
+    """Dynamo's guards that a saved trace keeps: all but those on Python globals and those whose check
+    is an object's identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``), which mean
+    nothing in another process. ``aot_compile``'s own filter drops the same kinds, but only by a guard's
+    own type, so a guard that merely derives from ``ID_MATCH`` stops the save (every transformers and
+    diffusers model has some). What the dropped guards protected is covered by the trace's key (the
+    function, the module's class, the arguments' types) and by the guards kept (the values read)."""
+    from torch._dynamo.guards import CheckFunctionManager
+
+    unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    keep = [not (e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ()))
+            for e in entries]
+    return keep
+
+
+def _guards_context():
+    """A throwaway tracing context to load a trace's guards in: a guard source read through an
+    import (``ImportSource``) installs a guard when it is unpickled, which needs a context; what it
+    installs there is discarded (the loaded guard manager carries the guards that are checked)."""
+    from torch._guards import TracingContext, tracing
+
+    return tracing(TracingContext(None))
+
+
+def _hidden_functions(fn: Callable[..., Any]) -> dict[str, Callable[..., Any]]:
+    """The functions in ``fn``'s closures (followed down) that pickle cannot find by their name.
+
+    A decorated method is the common case: transformers wraps ``LlamaModel.forward`` (deprecated
+    keyword names, output capture), so the module attribute is the wrapper and the original,
+    which carries the same qualified name, is reachable only through the wrapper's closure. A saved
+    trace refers to such functions by their path from ``fn`` instead, and the loading process,
+    which has the same ``fn`` (the trace's key and source check say so), supplies them.
+    """
+    found: dict[str, Callable[..., Any]] = {}
+
+    def walk(function, path: str, depth: int) -> None:
+        for i, cell in enumerate(getattr(function, "__closure__", None) or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if inspect.isfunction(value) and depth < 8:
+                if "<locals>" not in value.__qualname__ and not _found_by_name(value):
+                    found[f"{path}.{i}"] = value
+                walk(value, f"{path}.{i}", depth + 1)
+
+    walk(fn, "closure", 0)
+    return found
+
+
+def _found_by_name(function) -> bool:
+    import sys
+
+    value: Any = sys.modules.get(function.__module__)
+    for part in function.__qualname__.split("."):
+        value = getattr(value, part, None)
+    return value is function
 
 
 def _aot_compile(compiled, example: tuple, attempts: int = 3):
@@ -247,8 +323,6 @@ class _Entry:
 
 def _changed_sources(compiled) -> list[str]:
     """Modules whose source differs from the one Dynamo traced (a saved trace of them is stale)."""
-    import importlib
-
     from torch._dynamo.package import _hash_source
 
     changed = []

@@ -1,0 +1,113 @@
+"""Give every instance of a repeated block the same interface, so they share one compile.
+
+Identical blocks can still split into pieces that differ at their edges:
+
+- **An input's layout.** DiT models concatenate text and image tokens and hand the first block a
+  slice of the result (CogVideoX: stride 1280 at offset 256) while later blocks get contiguous
+  tensors. Inductor specializes on strides (and regionc's key on the offset), so the first block
+  would compile alone. Here the caller copies such an input to a dense tensor before the call (one
+  copy, once per forward), when the other instances receive it dense.
+- **Which outputs are read.** ``split_module`` returns from a piece only the values read later, and
+  the last block's second stream (a text stream nobody reads after the last block) is not. The
+  piece then computes less and compiles alone. Here every instance returns the union of what its
+  siblings return; the extra value is computed and dropped, as a per-block compile would do.
+
+Instances are matched position by position; a container whose pieces do not line up (a block with
+a per-layer constant, say) is left as it is, and the fingerprint step reports why.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+
+import torch
+import torch.fx
+
+
+def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) -> int:
+    """Align the interfaces of each container's pieces, given as (piece name, container) pairs;
+    returns how many inputs and outputs changed."""
+    containers: dict[str, list[str]] = defaultdict(list)
+    for name, container in blocks:
+        containers[container].append(name)
+    calls = {node.target: node for node in split.graph.find_nodes(op="call_module")}
+    changed = 0
+    for names in containers.values():
+        modules = [split.get_submodule(name) for name in names]
+        if len(modules) < 2 or not _line_up(modules):
+            continue
+        changed += _union_outputs(split, modules, [calls[name] for name in names])
+        changed += _contiguous_inputs(split, modules, [calls[name] for name in names])
+    if changed:
+        split.recompile()
+    return changed
+
+
+def _body(module: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    return [n for n in module.graph.nodes if n.op not in ("placeholder", "output")]
+
+
+def _line_up(modules: list[torch.fx.GraphModule]) -> bool:
+    """Same number of inputs, and the same ops in the same order."""
+    shapes = {(len(module.graph.find_nodes(op="placeholder")), tuple((n.op, str(n.target)) for n in _body(module)))
+              for module in modules}
+    return len(shapes) == 1
+
+
+def _union_outputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModule],
+                   calls: list[torch.fx.Node]) -> int:
+    bodies = [_body(module) for module in modules]
+    returned = []
+    for module, body in zip(modules, bodies):
+        output = next(iter(module.graph.find_nodes(op="output")))
+        values = output.args[0]
+        if not isinstance(values, tuple) or not all(isinstance(v, torch.fx.Node) and v in body for v in values):
+            return 0  # a piece returning an input or a constant: leave the container alone
+        returned.append({body.index(v) for v in values})
+    union = set().union(*returned)
+    added = 0
+    for module, body, call, mine in zip(modules, bodies, calls, returned):
+        missing = sorted(union - mine)
+        if not missing:
+            continue
+        output = next(iter(module.graph.find_nodes(op="output")))
+        values = output.args[0]
+        output.args = ((*values, *(body[i] for i in missing)),)
+        module.recompile()
+        with split.graph.inserting_after(call):  # an unread item, so the call site still unpacks a tuple
+            for position in range(len(values), len(values) + len(missing)):
+                split.graph.call_function(operator.getitem, (call, position))
+        added += len(missing)
+    return added
+
+
+def _contiguous_inputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModule],
+                       calls: list[torch.fx.Node]) -> int:
+    placeholders = [list(module.graph.find_nodes(op="placeholder")) for module in modules]
+    changed = 0
+    for position in range(len(placeholders[0])):
+        values = [nodes[position].meta.get("example_value") for nodes in placeholders]
+        if not all(isinstance(v, torch.Tensor) for v in values):
+            continue
+        if len({(v.dtype, v.dim()) for v in values}) != 1 or not any(_dense(v) for v in values):
+            continue
+        for nodes, module, call, value in zip(placeholders, modules, calls, values):
+            if _dense(value):
+                continue
+            argument = call.args[position]
+            with split.graph.inserting_before(call):
+                dense = split.graph.call_method("clone", (argument,), {"memory_format": torch.contiguous_format})
+            dense.meta = {**argument.meta, "example_value": value.clone(memory_format=torch.contiguous_format)}
+            call.update_arg(position, dense)
+            nodes[position].meta["example_value"] = dense.meta["example_value"]
+            changed += 1
+    return changed
+
+
+def _dense(value: torch.Tensor) -> bool:
+    """Laid out exactly as a new tensor of its shape (what the fingerprint compares, size-1 dims included)."""
+    from torch._prims_common import make_contiguous_strides_for
+
+    strides = make_contiguous_strides_for(value.shape)
+    return str(list(value.stride())) == str(list(strides)) and str(value.storage_offset()) == "0"
