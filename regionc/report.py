@@ -23,7 +23,7 @@ class PieceRecord:
     kind: str  # "block" or "glue"
     region: str | None  # block instance path ("layers.3") or None for glue
     fingerprint: str
-    source: str = ""  # "compiled" | "reused" | "cache" | "eager"
+    source: str = ""  # "compiled" | "reused" | "cache" (local) | "remote" (fetched: regionc/cache/remote.py) | "eager"
     reason: str = ""  # why it fell back, when source == "eager"
     pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # fusions in this compile
     seconds: float = 0.0  # compiling it, or loading it from the cache (0 for reused instances)
@@ -87,12 +87,13 @@ class Report:
         blocks = ", ".join(f"{path}×{n}" for path, n in self.containers.items()) or "none"
         glue = sum(1 for p in self.pieces if p.kind == "glue")
         phases = " ".join(f"{k}={v:.2f}s" for k, v in self.phases.items())
+        remote = f" ({self.count('remote')} from remote)" if self.count("remote") else ""
         parts = [
             f"graph {self.graph_index}: blocks [{blocks}]",
             f"{self.unique_block_fingerprints} unique block(s) compiled {self.unique_block_compiles}×, "
             f"{self.count('reused', 'block')} reused",
             f"{glue} glue piece(s)",
-            f"cache {self.cache['hits']} hit / {self.cache['misses']} miss",
+            f"cache {self.cache['hits']} hit{remote} / {self.cache['misses']} miss",
         ]
         if self.fused_boundaries:
             parts.append(f"{self.fused_boundaries} block-boundary add(s) fused into the next piece")
@@ -127,6 +128,12 @@ class Report:
             "pass_skips": list(self.pass_skips),
             "cudagraphs": dict(self.cudagraphs),
         }
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: an error as one log line or report entry names it."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 _reports: list[Report] = []

@@ -27,7 +27,7 @@ from regionc.regions.fingerprint import Fingerprint, describe_value, first_diffe
 from regionc.regions.inline import inline_nested_regions
 from regionc.regions.rematerialize import rematerialize_tables
 from regionc.regions.split import Piece, split_into_pieces
-from regionc.report import PieceRecord, Report
+from regionc.report import PieceRecord, Report, first_line
 
 log = logging.getLogger("regionc")
 
@@ -116,7 +116,7 @@ class GraphCompiler:
                     report.add_cache(hits=1, load_s=elapsed, bytes_loaded=len(payload))
                     report.phases["load"] += elapsed
                     record.seconds = elapsed
-                    record.source = "cache"
+                    record.source = self.store.origin(key)
                     return fn
             self.store.record_miss(key)
             report.add_cache(misses=1)
@@ -139,7 +139,7 @@ class GraphCompiler:
         except Exception as exc:
             if self.config.strict:
                 raise
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = first_line(exc)
             log.warning("regionc: %s (%s) falls back to eager: %s", piece.name, piece.label, reason)
             record.source, record.reason = "eager", reason
             report.fallbacks.append(f"{piece.name} ({piece.label}): {reason}")

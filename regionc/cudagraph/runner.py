@@ -71,6 +71,7 @@ from regionc.cudagraph.sizes import (
     keyed_shape,
     slice_outputs,
 )
+from regionc.report import first_line
 
 log = logging.getLogger("regionc")
 
@@ -586,8 +587,3 @@ class PieceGraphRunner:
                         (self.is_last or i in self.user_outputs):
                     values[i] = value.clone()
         return rebuild_outputs(list(values), entry.structure)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""

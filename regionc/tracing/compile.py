@@ -40,6 +40,7 @@ from torch import nn
 
 from regionc.config import Config
 from regionc.cudagraph.module import ModuleGraphs
+from regionc.report import first_line
 from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
 from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
@@ -48,12 +49,17 @@ log = logging.getLogger("regionc")
 _REGION_CLASSES: dict[type, type] = {}
 
 
+#: What ``regionc.compile`` tries next when a strategy's trace fails: never worse than the plain backend.
+FALLBACKS = {"nested_region": ("per_block", "full"), "per_block": ("full",), "full": ()}
+
+
 def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any] | None = None,
             dynamic: bool | None = None) -> nn.Module:
-    """Compile ``model`` with regionc, tracing each repeated block once; returns what to call.
+    """Compile ``model`` with regionc, tracing each repeated block once; returns ``model``.
 
     ``mode`` and ``options`` are those of ``torch.compile(backend="regionc")``. The model's
-    block instances are changed in place (their class, or their compiled call).
+    ``forward`` becomes a :class:`CompiledForward`, and its block instances are changed in place
+    (their class, or their compiled call).
     """
     config = Config.build(options, mode)
     groups = find_repeated_blocks(model, config.min_instances)
@@ -65,32 +71,92 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
         strategy = "full"
     log.info("regionc: compile with block_tracing=%s (repeated blocks: %s; torch %s)",
              strategy, described, torch.__version__)
-    compile_args = {"backend": "regionc", "mode": mode, "options": options, "dynamic": dynamic}
-    save_traces = config.trace_cache and config.cache and traces_can_be_saved()
-    if strategy == "per_block":
-        module_graphs = config.cudagraphs is not False  # one graph over the whole forward, not one per block
-        if module_graphs:
-            options = {**(options or {}), "cudagraphs": False}
-            compile_args["options"] = options
-        block_config = Config.build(options, mode)
-        for group in groups:
-            traces = TraceSet(group.cls.forward, strategy, block_config, mode, options, dynamic) if save_traces else None
+    model.forward = CompiledForward(model, groups, strategy, config, mode, options, dynamic)
+    return model
+
+
+class CompiledForward:
+    """A model's ``forward`` under ``regionc.compile``: one block tracing strategy, and the next one when
+    Dynamo cannot trace with it.
+
+    Torch's nested regions refuse some real blocks (a block returning two slices of one tensor, or an
+    input; an HF ``StaticCache`` update), Dynamo may not trace a block frame on its own, and so on. Such
+    a failure is raised by Dynamo before the traced code runs (whole-forward traces are full graphs), so
+    the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning naming the
+    error. Per-block frames run one after another, so a failure there is retried only before the first
+    call succeeded (later ones could come after blocks already wrote a cache).
+    """
+
+    def __init__(self, model: nn.Module, groups: list[BlockGroup], strategy: str, config: Config,
+                 mode: str | None, options: dict[str, Any] | None, dynamic: bool | None):
+        self.model = model
+        self.groups = groups
+        self.config = config
+        self.original = model.forward
+        self.mode, self.options, self.dynamic = mode, options, dynamic
+        self.save_traces = config.trace_cache and config.cache and traces_can_be_saved()
+        self.next = list(FALLBACKS[strategy])
+        self.fallbacks: list[str] = []  # "<strategy>: <error>" for each strategy given up
+        self.settled = False
+        self._apply(strategy)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                result = self.run(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                if self.config.strict or not self.next or (self.strategy == "per_block" and self.settled):
+                    raise
+                self._fall_back(exc)
+                continue
+            self.settled = True
+            return result
+
+    def _fall_back(self, exc: BaseException) -> None:
+        reason = first_line(exc)
+        following = self.next.pop(0)
+        log.warning("regionc: block_tracing=%s failed for %s (%s); using block_tracing=%s",
+                    self.strategy, type(self.model).__name__, reason, following)
+        self.fallbacks.append(f"{self.strategy}: {reason}")
+        self._undo()
+        torch._dynamo.reset()  # drop the failed strategy's frames
+        self._apply(following)
+
+    def _apply(self, strategy: str) -> None:
+        self.strategy = strategy
+        args = {"backend": "regionc", "mode": self.mode, "options": self.options, "dynamic": self.dynamic}
+        if strategy == "per_block":
+            module_graphs = self.config.cudagraphs is not False  # one graph over the whole forward
+            options = {**(self.options or {}), "cudagraphs": False} if module_graphs else self.options
+            args["options"] = options
+            block_config = Config.build(options, self.mode)
+            for group in self.groups:
+                traces = TraceSet(group.cls.forward, strategy, block_config, self.mode, options, self.dynamic) \
+                    if self.save_traces else None
+                for block in group.instances:
+                    if traces is not None:
+                        block.forward = SavedTraceForward(traces, block)
+                    else:
+                        block.compile(**args)
+            self.run = ModuleGraphs(self.model, self.original, self.config) if module_graphs else self.original
+            return
+        if strategy == "nested_region":
+            for group in self.groups:
+                _mark_nested_region(group)
+        if self.save_traces:
+            self.run = SavedTraceForward(TraceSet(type(self.model).forward, strategy, self.config, self.mode,
+                                                  self.options, self.dynamic), self.model)
+        else:  # a nested-region trace is a full graph: it fails before anything runs, or not at all
+            self.run = torch.compile(self.original, fullgraph=strategy == "nested_region", **args)
+
+    def _undo(self) -> None:
+        for group in self.groups:
             for block in group.instances:
-                if traces is not None:
-                    block.forward = SavedTraceForward(traces, block)
-                else:
-                    block.compile(**compile_args)
-        if module_graphs:
-            model.forward = ModuleGraphs(model, model.forward, config)
-        return model
-    if strategy == "nested_region":
-        for group in groups:
-            _mark_nested_region(group)
-    if save_traces:
-        model.forward = SavedTraceForward(TraceSet(type(model).forward, strategy, config, mode, options, dynamic),
-                                          model)
-        return model
-    return torch.compile(model, **compile_args)
+                if self.strategy == "nested_region" and type(block) is _REGION_CLASSES.get(group.cls):
+                    block.__class__ = group.cls
+                if self.strategy == "per_block":
+                    block.__dict__.pop("forward", None)
+                    block._compiled_call_impl = None
 
 
 class SavedTraceForward:

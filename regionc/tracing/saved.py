@@ -44,7 +44,7 @@ import torch
 from regionc.cache import open_store
 from regionc.compiler.inductor import start_compile_workers
 from regionc.config import Config
-from regionc.report import Report, last_report, new_report
+from regionc.report import Report, first_line, last_report, new_report
 
 log = logging.getLogger("regionc")
 
@@ -134,7 +134,7 @@ class TraceSet:
                                                                      external_data=self.external)
                 stale = _changed_sources(compiled)
         except Exception as exc:  # noqa: BLE001 - any failure to load means: trace again
-            reason = _reason(exc)
+            reason = first_line(exc)
             log.warning("regionc: %s: saved trace %s cannot be used (%s); tracing again", _name(self.fn), key[:12], reason)
             report.fallbacks.append(f"saved trace {key[:12]} not loaded: {reason}")
             store.remove(key)
@@ -156,7 +156,7 @@ class TraceSet:
                 trace = AOTCompiledFunction.serialize(entry.compiled, external_data=self.external).serialized_data
                 payload = pickle.dumps((trace, self._installed_modules(entry.compiled)))
             except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
-                reason = _reason(exc)
+                reason = first_line(exc)
                 log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
                 entry.report.trace_source = f"traced, not saved: {reason}"
                 return entry
@@ -182,10 +182,10 @@ class TraceSet:
             compiled = torch.compile(self.fn, fullgraph=True, **{**self.compile_args, "options": options})
         try:
             traced = _aot_compile(compiled, ((module, *args), kwargs))
-        except Exception as exc:  # a graph break, a guard that cannot be saved, ...
-            if self.config.strict:
-                raise
-            raise _NotSaveable(_reason(exc)) from exc
+        except Exception as exc:  # a guard that cannot be saved, a graph break, a region Dynamo refuses
+            if self.config.strict or not (self.strategy == "full" or _only_saving_failed(exc)):
+                raise  # regionc.compile tries its next block tracing (regionc/tracing/compile.py)
+            raise _NotSaveable(first_line(exc)) from exc
         return _Entry(traced, last_report())
 
     # ------------------------------------------------------------------ key
@@ -286,6 +286,15 @@ def _aot_compile(compiled, example: tuple, attempts: int = 3):
     raise AssertionError("unreachable")
 
 
+def _only_saving_failed(exc: BaseException) -> bool:
+    """Whether Dynamo traced the function but could not package the result (an ordinary compile of it
+    works), rather than failed to trace it. Dynamo wraps what goes wrong while tracing in its own
+    exceptions; a bare ``TypeError`` comes from pickling the guards' state."""
+    from torch._dynamo.exc import PackageError
+
+    return isinstance(exc, (PackageError, pickle.PicklingError)) or type(exc) is TypeError
+
+
 class _NotSaveable(Exception):
     """Dynamo could not trace the function in one graph with saveable guards (the message says why)."""
 
@@ -363,12 +372,6 @@ def _variant(base: dict, n: int) -> str:
     from regionc.cache.key import canonical_json
 
     return hashlib.sha256(canonical_json({"saved_trace": base, "variant": n}).encode()).hexdigest()
-
-
-def _reason(exc: BaseException) -> str:
-    """``Type: first line of the message``, for one log line."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _name(fn) -> str:

@@ -11,8 +11,8 @@ both entry points on the CPU (`test_zoo.py`); every row's output equals eager (f
 Regenerate with `REGIONC_ZOO_TABLE=tests/zoo/README.md python -m pytest -q tests/zoo/test_zoo.py`.
 Written by torch {torch}.
 
-| architecture | entry point | blocks found (depth 3) | unique pieces compiled | block instances reused | fallbacks |
-|---|---|---|---|---|---|
+| architecture | entry point | blocks found (depth 3) | unique pieces compiled | block instances reused | warm start | fallbacks |
+|---|---|---|---|---|---|---|
 """
 
 
@@ -20,6 +20,6 @@ def write_table(rows: list[dict], path: str) -> None:
     lines = [HEADER.format(torch=torch.__version__)]
     for row in sorted(rows, key=lambda r: (r["library"], r["name"], r["entry"])):
         lines.append(f"| {row['name']} | {row['entry']} | {row['blocks'] or '—'} | {row['unique']} | "
-                     f"{row['reused']} | {'; '.join(row['fallbacks']) or '—'} |\n")
+                     f"{row['reused']} | {row['warm'] or '—'} | {'; '.join(row['fallbacks']) or '—'} |\n")
     with open(path, "w") as f:
         f.writelines(lines)

@@ -21,13 +21,16 @@ ENTRY_POINTS = {
 
 
 def run(name: str, entry: str, depth: int):
+    """(eager output, compiled output, the reports of the compile, the fallbacks regionc.compile took)."""
     torch.manual_seed(0)
     model, kwargs = ARCHITECTURES[name].build(depth)
     with torch.no_grad():
         expected = model(**kwargs)
         before = len(regionc.reports())
-        actual = ENTRY_POINTS[entry](model)(**kwargs)
-    return expected, actual, regionc.reports()[before:]
+        compiled = ENTRY_POINTS[entry](model)
+        actual = compiled(**kwargs)
+    fallbacks = getattr(compiled.forward, "fallbacks", [])
+    return expected, actual, regionc.reports()[before:], fallbacks
 
 
 def relative_error(actual, expected) -> float:
@@ -54,7 +57,7 @@ def _leaves(value) -> list[torch.Tensor]:
 def test_architecture(name, entry, zoo_rows):
     unique = {}
     for depth in (2, 3):
-        expected, actual, reports = run(name, entry, depth)
+        expected, actual, reports, fallbacks = run(name, entry, depth)
         assert relative_error(actual, expected) <= 1e-5
         assert reports, "regionc compiled nothing"
         pieces = [p for r in reports for p in r.pieces]
@@ -65,7 +68,13 @@ def test_architecture(name, entry, zoo_rows):
     assert containers, "no repeated blocks found"
     assert all(n >= 3 for n in containers.values()), containers
     assert reused > 0
+    warm = ""
+    if entry == "regionc.compile":  # a second compile of the same model finds the trace the first saved
+        expected, actual, warm_reports, _ = run(name, entry, 3)
+        assert relative_error(actual, expected) <= 1e-5
+        loaded = [r for r in warm_reports if r.trace_source.startswith("saved trace")]
+        warm = f"{len(loaded)}/{len(warm_reports)} traces loaded"
     zoo_rows.append({"name": name, "entry": entry, "library": ARCHITECTURES[name].library,
                      "blocks": ", ".join(f"{path}×{n}" for path, n in containers.items()),
-                     "unique": unique[3], "reused": reused,
-                     "fallbacks": sorted({f for r in reports for f in r.fallbacks})})
+                     "unique": unique[3], "reused": reused, "warm": warm,
+                     "fallbacks": sorted({*fallbacks, *(f for r in reports for f in r.fallbacks)})})
