@@ -1,4 +1,4 @@
-"""The ``regionc`` command: ``regionc cache ls | stats | clear``.
+"""The ``regionc`` command: ``regionc cache ls | stats | clear | push | pull``.
 
 Exit codes: 0 ok, 1 failure (cache unusable, unknown key, I/O error), 2 usage error.
 Adding a command: write ``_add_<name>(subparsers)`` that registers a parser with
@@ -28,17 +28,44 @@ class _Failure(Exception):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _cache_settings() -> tuple[str, int, float]:
-    """Default root, size cap and lock timeout as the compiler sees them (``REGIONC_*`` env)."""
+def _settings(args: argparse.Namespace | None = None):
+    """The cache options as the compiler sees them (``REGIONC_*`` env), ``--remote-cache`` first."""
     from regionc.config import Config, RegioncConfigError
 
-    names = ("REGIONC_CACHE_DIR", "REGIONC_CACHE_MAX_BYTES", "REGIONC_LOCK_TIMEOUT_S")
+    names = ("REGIONC_CACHE_DIR", "REGIONC_CACHE_MAX_BYTES", "REGIONC_LOCK_TIMEOUT_S", "REGIONC_REMOTE_CACHE")
     environ = {name: os.environ[name] for name in names if name in os.environ}
+    options = {"remote_cache": args.remote_cache} if getattr(args, "remote_cache", None) else {}
     try:
-        config = Config.build(environ=environ)
+        return Config.build(options, environ=environ)
     except RegioncConfigError as exc:
         raise _Failure(str(exc)) from None
+
+
+def _cache_settings() -> tuple[str, int, float]:
+    """Default root, size cap and lock timeout as the compiler sees them (``REGIONC_*`` env)."""
+    config = _settings()
     return str(config.cache_root), config.cache_max_bytes, config.lock_timeout_s
+
+
+def _remote(args: argparse.Namespace, required: bool = True):
+    """The remote tier of ``--remote-cache`` or ``$REGIONC_REMOTE_CACHE`` (None when neither is set
+    and it is not ``required``)."""
+    config = _settings(args)
+    if not config.remote_cache:
+        if required:
+            raise _Failure("regionc: no remote cache: pass --remote-cache URL or set REGIONC_REMOTE_CACHE")
+        return None
+    from regionc.cache.remote import RemoteTier
+
+    try:
+        return RemoteTier(config.remote_cache, config.cache_max_bytes)
+    except ImportError as exc:
+        raise _Failure(str(exc)) from None
+
+
+def _check_remote(remote) -> None:
+    if remote.problem:
+        raise _Failure(f"regionc: remote cache {remote.name} failed: {remote.problem}")
 
 
 def _open_store(args: argparse.Namespace, write: bool = False):
@@ -164,10 +191,13 @@ def _cache_stats(args: argparse.Namespace) -> int:
     if store is None:
         _, max_bytes, _ = _cache_settings()
         stats = {"root": str(root), "readable": False, "writable": False, "problem": "does not exist",
-                 "entries": 0, "bad_entries": 0, "bytes": 0, "max_bytes": max_bytes, "hits": 0, "misses": 0,
-                 "hit_rate": None, "oldest_created": None, "last_used": None}
+                 "entries": 0, "bad_entries": 0, "bytes": 0, "max_bytes": max_bytes, "hits": 0, "fetched": 0,
+                 "fetch_s": 0.0, "misses": 0, "hit_rate": None, "oldest_created": None, "last_used": None}
     else:
         stats = store.stats()
+    remote = _remote(args, required=False)
+    if remote is not None:
+        stats.update(remote.stats())
     if args.json:
         _print_json(stats)
         return EXIT_OK
@@ -176,9 +206,65 @@ def _cache_stats(args: argparse.Namespace) -> int:
     print(f"root:      {stats['root']}" + (f"  ({stats['problem']})" if stats["problem"] else ""))
     print(f"entries:   {stats['entries']}" + (f" ({stats['bad_entries']} unusable)" if stats["bad_entries"] else ""))
     print(f"size:      {_human_bytes(stats['bytes'])} of {_human_bytes(stats['max_bytes'])}")
-    print(f"hits:      {stats['hits']}   misses: {stats['misses']}   hit rate: {rate}")
+    print(f"loaded:    {stats['hits']} from this cache, {stats['fetched']} from the remote "
+          f"({stats['fetch_s']:.2f}s)   compiled (misses): {stats['misses']}   hit rate: {rate}")
     if stats["last_used"] is not None:
         print(f"last used: {_human_age(now - stats['last_used'])} ago")
+    if remote is not None:
+        print(f"remote:    {stats['remote']}: " + (f"unusable ({stats['remote_problem']})" if stats["remote_problem"] else
+                                                 f"{stats['remote_entries']} entries, "
+                                                 f"{_human_bytes(stats['remote_bytes'])}"))
+    return EXIT_OK
+
+
+def _cache_push(args: argparse.Namespace) -> int:
+    """Publishes every good local entry the remote lacks (put-if-absent: a remote entry never changes)."""
+    remote = _remote(args)
+    store, root = _open_store(args)
+    pushed = present = bad = 0
+    for entry in store.entries() if store is not None else []:
+        read = None if entry.error else store.read_entry(entry.key)
+        if read is None:
+            bad += 1
+            print(f"skipped {entry.key[:12]}: {entry.error or 'unreadable or corrupt'}", file=sys.stderr)
+        elif remote.publish(entry.key, bytes(read[0])):
+            pushed += 1
+        else:
+            _check_remote(remote)
+            present += 1
+    _check_remote(remote)
+    print(f"pushed {pushed} entr{'y' if pushed == 1 else 'ies'} from {root} to {remote.name} "
+          f"({present} already there, {bad} skipped)")
+    return EXIT_OK
+
+
+def _cache_pull(args: argparse.Namespace) -> int:
+    """Copies every remote entry the local cache lacks, each verified before it is written."""
+    from regionc.cache.store import ArtifactStore, CorruptEntry
+
+    remote = _remote(args)
+    config = _settings(args)
+    root = Path(args.cache_dir or config.cache_root).expanduser()
+    store = ArtifactStore(root, max_bytes=config.cache_max_bytes, lock_timeout_s=config.lock_timeout_s)
+    if not store.writable:
+        raise _Failure(f"regionc: cannot write the cache: {store.problem or 'not writable'}")
+    pulled = present = bad = 0
+    for key in remote.keys():
+        if store.entry_path(key).exists():
+            present += 1
+            continue
+        data = remote.get(key)
+        try:
+            if data is None:
+                raise CorruptEntry("gone, or over cache_max_bytes")
+            store.save_entry(key, data)
+            pulled += 1
+        except (CorruptEntry, ValueError) as exc:
+            bad += 1
+            print(f"skipped {key[:12]}: {exc}", file=sys.stderr)
+    _check_remote(remote)
+    print(f"pulled {pulled} entr{'y' if pulled == 1 else 'ies'} from {remote.name} into {root} "
+          f"({present} already there, {bad} skipped)")
     return EXIT_OK
 
 
@@ -214,7 +300,7 @@ def _add_cache(subparsers: argparse._SubParsersAction) -> None:
                         help="cache root (default: $REGIONC_CACHE_DIR or ~/.cache/regionc)")
     cache = subparsers.add_parser("cache", help="inspect or clear the compiled-artifact cache",
                                   description="Inspect or clear regionc's compiled-artifact cache.")
-    commands = cache.add_subparsers(dest="cache_command", metavar="{ls,stats,clear}")
+    commands = cache.add_subparsers(dest="cache_command", metavar="{ls,stats,clear,push,pull}")
     commands.required = True
 
     ls = commands.add_parser("ls", parents=[common], help="list entries (most recently used first)",
@@ -225,8 +311,12 @@ def _add_cache(subparsers: argparse._SubParsersAction) -> None:
                     help="show which key factors differ between two entries (key prefixes accepted)")
     ls.set_defaults(func=_cache_ls)
 
-    stats = commands.add_parser("stats", parents=[common], help="entries, size, hits and misses",
-                                description="Summarize the cache: entries, bytes, hits, misses.")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--remote-cache", metavar="URL",
+                        help="remote tier, redis://[user:password@]host:port/db (default: $REGIONC_REMOTE_CACHE)")
+    stats = commands.add_parser("stats", parents=[common, remote], help="entries, size, where loads came from",
+                                description="Summarize the cache: entries, bytes, loads from this cache and from "
+                                            "the remote tier, misses (compiles); with a remote, its entries too.")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     stats.set_defaults(func=_cache_stats)
 
@@ -235,6 +325,15 @@ def _add_cache(subparsers: argparse._SubParsersAction) -> None:
     clear.add_argument("--older-than", type=_non_negative_days, metavar="DAYS",
                        help="only entries not used for DAYS days (fractions allowed)")
     clear.set_defaults(func=_cache_clear)
+
+    push = commands.add_parser("push", parents=[common, remote], help="copy local entries to the remote tier",
+                               description="Publish every good local entry the remote tier lacks (to seed a new "
+                                           "region).")
+    push.set_defaults(func=_cache_push)
+    pull = commands.add_parser("pull", parents=[common, remote], help="copy remote entries into the local cache",
+                               description="Copy every remote entry the local cache lacks, each verified first "
+                                           "(to fill a deployment image).")
+    pull.set_defaults(func=_cache_pull)
 
 
 # ---------------------------------------------------------------------------- entry point

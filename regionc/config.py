@@ -61,6 +61,9 @@ class Config:
     cache_max_bytes: int = 10 * 1024**3
     #: Seconds a process waits for another one compiling the same piece before compiling itself.
     lock_timeout_s: float = 600.0
+    #: Shared tier behind the local cache, e.g. "redis://host:6379/0" (see regionc/cache/remote.py):
+    #: lookups go local → remote → compile, and what this process compiles is published there.
+    remote_cache: str = ""
     #: Fewest identical instances in a container that make it a repeated region.
     min_instances: int = 2
     #: Move each block's closing residual add into the piece that reads it (the next block, or
@@ -208,6 +211,15 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
         if value not in _CHOICES[name]:
             raise RegioncConfigError(
                 f"regionc: option {name!r} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+        return value
+    if name == "remote_cache":
+        from regionc.cache.remote import redact, url_problem
+
+        problem = "" if value == "" else "a string" if not isinstance(value, str) else url_problem(value)
+        if problem:
+            shown = redact(value) if isinstance(value, str) else repr(value)
+            raise RegioncConfigError(f"regionc: option 'remote_cache' must be a redis://, rediss:// or unix:// URL "
+                                     f"(or empty): {shown}: {problem}")
         return value
     if kind == "str":
         if not isinstance(value, (str, os.PathLike)):

@@ -12,6 +12,7 @@ serves the store's entries.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regionc.cache import build_keys
+from regionc.cache.remote import RemoteTier
 from regionc.cache.store import ArtifactStore, make_private_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,11 +43,19 @@ def open_store(config: Config) -> ArtifactStore | None:
     (:mod:`regionc.cache.build_keys`)."""
     if not config.cache:
         return None
-    store = ArtifactStore(config.cache_root, config.cache_max_bytes, config.lock_timeout_s)
+    remote = remote_tier(config.remote_cache, config.cache_max_bytes) if config.remote_cache else None
+    store = ArtifactStore(config.cache_root, config.cache_max_bytes, config.lock_timeout_s, remote=remote)
     configure_compiler_caches(store)
     if store.readable:  # a root the store refuses (foreign, group-writable) is not read for keys either
         build_keys.prepare(config.cache_root)
     return store
+
+
+@functools.lru_cache(maxsize=None)
+def remote_tier(url: str, max_bytes: int) -> RemoteTier:
+    """One tier per URL in a process: a remote that failed stays off (one warning), and the
+    connections are shared by every store opened on it."""
+    return RemoteTier(url, max_bytes)
 
 
 def configure_compiler_caches(store: ArtifactStore) -> None:

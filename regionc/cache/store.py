@@ -8,6 +8,7 @@ Layout under ``root`` (root and every directory regionc creates are mode 0700)::
                                            one nobody holds is a dead writer's and is removed)
     root/locks/<key>.lock                  per-key inter-process lock (filelock / flock)
     root/misses                            one byte appended per recorded miss
+    root/fetches                           one line per entry fetched from the remote tier: its seconds
     root/inductor, root/triton             Inductor's and Triton's own caches (see key.configure_compiler_caches)
 
 Entry file (format 1), little endian::
@@ -33,6 +34,12 @@ nothing under it is read or written. Under a trusted root, nothing regionc write
 symbolic link (``O_NOFOLLOW``, or a temp file renamed in a directory checked to be the user's
 own), an entry that is a link is not read, and eviction and ``clear`` step over (and name)
 anything that is not an entry file the user owns.
+
+Remote tier (``remote``, :mod:`regionc.cache.remote`): the same API serves it, so callers need not
+know it is there. ``load`` looks locally, then fetches from the remote, verifies what it got like
+a local file (a bad one is logged, dropped from the remote and reported as a miss) and writes it
+locally; ``save`` also publishes put-if-absent; ``lock`` also takes the key's fleet-wide lease
+when the entry is in neither tier; ``remove`` also drops a remote entry this process fetched.
 """
 
 from __future__ import annotations
@@ -53,11 +60,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
 from regionc.cache.key import canonical_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from regionc.cache.remote import RemoteTier
 
 log = logging.getLogger("regionc.cache")
 
@@ -303,10 +313,11 @@ class ArtifactStore:
     cannot be created, or is not trusted; callers then compile in memory and still load.
     ``write=False`` opens an existing root for reading only (``regionc cache ls``/``stats``):
     nothing is created, removed or counted, and ``writable`` stays False.
+    ``remote``: the shared tier behind this one (see the module docstring).
     """
 
     def __init__(self, root: Path | str, max_bytes: int = _DEFAULT_MAX_BYTES, lock_timeout_s: float = 600.0,
-                 write: bool = True):
+                 write: bool = True, remote: RemoteTier | None = None):
         self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
         self.lock_timeout_s = float(lock_timeout_s)
@@ -315,6 +326,8 @@ class ArtifactStore:
         self.readable = False
         self.writable = False
         self.problem = ""  # why the store is not readable/writable, for messages
+        self.remote = remote
+        self._fetched: dict[str, bytes] = {}  # key -> trailing sha256 of the entry this process fetched remotely
         self._warned: set[str] = set()
         self._open(write)
 
@@ -379,11 +392,21 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ load
     def load(self, key: str) -> bytes | None:
-        """The verified payload of ``key``, or None (missing, refused, or corrupt → removed)."""
+        """The verified payload of ``key``, locally or else from the remote tier, or None (missing,
+        refused, or corrupt → removed)."""
         _check_key(key)
+        read = self.read_entry(key)
+        if read is not None:
+            self._touch_hits(key)
+            return bytes(read[1])
+        return self._fetch(key) if self.remote is not None else None
+
+    def read_entry(self, key: str) -> tuple[memoryview, memoryview] | None:
+        """``(entry file, payload)`` of the local entry of ``key`` once verified, or None (missing,
+        refused, or corrupt → removed). Counts nothing."""
         if not self.readable:
             return None
-        path = self.entry_path(key)
+        path = self.entry_path(_check_key(key))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -407,7 +430,7 @@ class ArtifactStore:
                     break
                 got += n
             _, payload = decode_entry(view[:got], key)
-            result = bytes(payload)
+            return view[:got], payload
         except CorruptEntry as exc:
             log.warning("regionc: cache entry %s is corrupt (%s): removed, will recompile", key, exc)
             self._remove_if_same(path, st)
@@ -417,8 +440,31 @@ class ArtifactStore:
             return None
         finally:
             os.close(fd)
-        self._touch_hits(key)
-        return result
+
+    def _fetch(self, key: str) -> bytes | None:
+        """The payload of ``key`` from the remote tier, verified and written locally; or None."""
+        start = time.monotonic()
+        data = self.remote.get(key)
+        if data is None:
+            return None
+        try:
+            payload = self.save_entry(key, data)
+        except CorruptEntry as exc:
+            log.warning("regionc: remote cache entry %s is corrupt (%s): dropped from %s, will recompile",
+                        key, exc, self.remote.name)
+            self.remote.discard(key, bytes(data[-_DIGEST_LEN:]))
+            return None
+        self._fetched[key] = bytes(data[-_DIGEST_LEN:])
+        if self.writable:
+            try:
+                _append(self.root / "fetches", f"{time.monotonic() - start:.6f}\n".encode())
+            except OSError as exc:
+                log.debug("regionc: could not record a fetch of %s: %s", key[:16], exc)
+        return payload
+
+    def origin(self, key: str) -> str:
+        """Where this process got the entry of ``key`` it loaded: "remote" or "cache" (local)."""
+        return "remote" if key in self._fetched else "cache"
 
     def _remove_if_same(self, path: Path, st: os.stat_result) -> None:
         """Remove the bad file unless a writer has replaced it since we opened it."""
@@ -449,16 +495,32 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ save
     def save(self, key: str, payload: bytes, factors: dict) -> bool:
-        """Write ``key`` atomically; evict least recently used entries past ``max_bytes``."""
+        """Write ``key`` atomically (evicting least recently used entries past ``max_bytes``) and
+        publish it to the remote tier; True if either now holds it."""
         _check_key(key)
-        if not self.writable:
-            return False
         parts = encode_entry(key, payload, factors)
         size = sum(len(p) for p in parts) + _DIGEST_LEN
         if size > self.max_bytes:
             self._warn_once("too-big", "regionc: cache entry %s (%d bytes) exceeds cache_max_bytes=%d: not stored",
                             key[:16], size, self.max_bytes)
             return False
+        saved = self.writable and self._commit(key, parts)
+        if self.remote is None:
+            return saved
+        entry = b"".join(parts)
+        return self.remote.publish(key, entry + hashlib.sha256(entry).digest()) or saved
+
+    def save_entry(self, key: str, data: bytes | memoryview) -> bytes:
+        """Verify the entry file ``data`` of ``key`` (from the remote tier, which keeps to
+        ``max_bytes``) and write it locally as it is; returns its payload, or raises
+        :class:`CorruptEntry` (nothing written then)."""
+        _, payload = decode_entry(data, _check_key(key))
+        if self.writable:
+            self._commit(key, [memoryview(data)[:-_DIGEST_LEN]])
+        return bytes(payload)
+
+    def _commit(self, key: str, parts: list[bytes | memoryview]) -> bool:
+        """Writes ``parts`` and their sha256 as the entry file of ``key``: temp file, fsync, rename."""
         shard = self._shard(key)
         tmp = None
         try:
@@ -467,15 +529,13 @@ class ArtifactStore:
             try:
                 _lock_temp_file(fd)
                 digest = hashlib.sha256()
-                head, body = parts
-                digest.update(head)
-                _write_all(fd, head)
-                for offset in range(0, len(body), _CHUNK):
-                    chunk = body[offset:offset + _CHUNK]
-                    digest.update(chunk)
-                    _write_all(fd, chunk)
-                    if _after_partial_write is not None:
-                        _after_partial_write()
+                for part in parts:
+                    for offset in range(0, len(part), _CHUNK):
+                        chunk = part[offset:offset + _CHUNK]
+                        digest.update(chunk)
+                        _write_all(fd, chunk)
+                        if _after_partial_write is not None:
+                            _after_partial_write()
                 _write_all(fd, digest.digest())
                 os.fsync(fd)
             finally:
@@ -505,12 +565,23 @@ class ArtifactStore:
     # ------------------------------------------------------------------ lock
     @contextmanager
     def lock(self, key: str) -> Iterator[float]:
-        """Per-key inter-process lock; yields the seconds spent waiting.
+        """Per-key inter-process lock, and the key's fleet-wide lease when there is a remote tier and
+        no local entry; yields the seconds spent waiting for them.
 
-        Past ``lock_timeout_s`` it logs a warning and yields unlocked (the holder may be stuck;
-        a dead holder's flock is released by the kernel, so this is for live but stuck ones).
+        Past ``lock_timeout_s`` in all it logs a warning and yields unlocked (the holder may be stuck;
+        a dead holder's flock is released by the kernel and its lease expires, so this is for live
+        but stuck ones).
         """
         _check_key(key)
+        with self._local_lock(key) as waited:
+            if self.remote is None or (self.readable and os.path.exists(self.entry_path(key))):
+                yield waited
+                return
+            with self.remote.lease(key, max(0.0, self.lock_timeout_s - waited)) as remote_waited:
+                yield waited + remote_waited
+
+    @contextmanager
+    def _local_lock(self, key: str) -> Iterator[float]:
         if not self.writable:
             yield 0.0
             return
@@ -661,10 +732,27 @@ class ArtifactStore:
         except OSError:
             return 0
 
+    def _fetches(self) -> tuple[int, float]:
+        """How many entries were fetched from the remote tier, and the seconds that took."""
+        try:
+            lines = (self.root / "fetches").read_bytes().split()
+        except OSError:
+            return 0, 0.0
+        seconds = []
+        for line in lines:
+            try:
+                seconds.append(float(line))
+            except ValueError:
+                continue
+        return len(seconds), sum(seconds)
+
     def stats(self) -> dict[str, Any]:
+        """Counts since the last full ``clear``: ``hits`` loaded from this cache, ``fetched`` from
+        the remote tier (``fetch_s`` seconds), ``misses`` compiled."""
         entries = self.entries()
         hits = sum(e.hits for e in entries)
         misses = self._misses()
+        fetched, fetch_s = self._fetches()
         return {
             "root": str(self.root),
             "readable": self.readable,
@@ -675,15 +763,21 @@ class ArtifactStore:
             "bytes": sum(e.size for e in entries),
             "max_bytes": self.max_bytes,
             "hits": hits,
+            "fetched": fetched,
+            "fetch_s": fetch_s,
             "misses": misses,
-            "hit_rate": hits / (hits + misses) if hits + misses else None,
+            "hit_rate": (hits + fetched) / (hits + fetched + misses) if hits + fetched + misses else None,
             "oldest_created": min((e.created for e in entries), default=None),
             "last_used": max((e.last_used for e in entries), default=None),
         }
 
     def remove(self, key: str) -> bool:
-        """Drop one entry (e.g. one that verified but its artifact failed to load)."""
-        return self.writable and self._remove_entry(key, self.entry_path(_check_key(key)))
+        """Drop one entry (e.g. one that verified but its artifact failed to load), and its copy in
+        the remote tier if that is where this process got it."""
+        fetched = self._fetched.pop(_check_key(key), None)
+        if fetched is not None:
+            self.remote.discard(key, fetched)
+        return self.writable and self._remove_entry(key, self.entry_path(key))
 
     def _remove_entry(self, key: str, path: Path) -> bool:
         removed = self._remove_file(path)  # the entry file first: from here on no reader can load it
@@ -724,7 +818,7 @@ class ArtifactStore:
         """Remove entries not used for ``older_than_days`` days (all when None); returns how many.
 
         Also removes dead writers' temp files and orphan hit counters; clearing everything resets
-        the miss counter. Only the current user's entry files are removed; anything else is named
+        the miss and fetch counters. Only the current user's entry files are removed; anything else is named
         and left alone. Raises :class:`CacheError` when the store is not writable.
         """
         if not self.writable:
@@ -745,4 +839,5 @@ class ArtifactStore:
                     self._remove_file(path)
         if cutoff is None:
             self._remove_file(self.root / "misses")
+            self._remove_file(self.root / "fetches")
         return removed

@@ -134,7 +134,7 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
                 raise RuntimeError(f"regionc: the artifact of {piece.name} ({piece.label}) is no longer in the cache")
             loaded[key] = load_piece(payload)
             record.seconds = time.perf_counter() - start
-            record.source = "cache"
+            record.source = store.origin(key)
             report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
             report.phases["load"] += record.seconds
         split.__dict__[piece.name] = loaded[key]

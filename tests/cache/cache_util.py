@@ -20,6 +20,7 @@ def worker_env() -> dict:
     return env
 
 
-def start_worker(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=worker_env(),
+def start_worker(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """``cache_worker.py ARGS...`` with ``env`` added to the environment."""
+    return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env={**worker_env(), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)

@@ -3,6 +3,8 @@
     cache_worker.py compile ROOT GO_FILE COUNTER KEY...   lock/load/compile/save dance per key; prints JSON
     cache_worker.py stall-write ROOT READY KEY SIZE         saves, stalling forever after the first chunk
     cache_worker.py hold-lock ROOT READY KEY                takes the key's lock and sleeps forever
+
+With CACHE_WORKER_REMOTE=URL the store has that remote tier (leases of CACHE_WORKER_LEASE_S seconds).
 """
 
 import hashlib
@@ -12,8 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+from regionc.cache import remote as remote_mod
 from regionc.cache import store as store_mod
 from regionc.cache.store import ArtifactStore
+
+
+def open_store(root: str) -> ArtifactStore:
+    url = os.environ.get("CACHE_WORKER_REMOTE")
+    remote_mod.LEASE_S = float(os.environ.get("CACHE_WORKER_LEASE_S", remote_mod.LEASE_S))
+    remote = remote_mod.RemoteTier(url, 1 << 30) if url else None
+    return ArtifactStore(Path(root), max_bytes=1 << 30, lock_timeout_s=30, remote=remote)
 
 
 def _wait_for(path: str, timeout: float = 20.0) -> None:
@@ -25,13 +35,13 @@ def _wait_for(path: str, timeout: float = 20.0) -> None:
 
 
 def compile_mode(root: str, go: str, counter: str, keys: list[str]) -> None:
-    store = ArtifactStore(Path(root), max_bytes=1 << 30, lock_timeout_s=30)
+    store = open_store(root)
     _wait_for(go)
     result = {}
     for key in keys:
         with store.lock(key) as waited:
             payload = store.load(key)
-            source = "cache"
+            source = store.origin(key)
             if payload is None:
                 store.record_miss(key)
                 time.sleep(0.5)  # the "compile"
@@ -46,7 +56,7 @@ def compile_mode(root: str, go: str, counter: str, keys: list[str]) -> None:
 
 
 def stall_write_mode(root: str, ready: str, key: str, size: int) -> None:
-    store = ArtifactStore(Path(root), max_bytes=1 << 30, lock_timeout_s=30)
+    store = open_store(root)
 
     def stall() -> None:
         Path(ready).touch()
@@ -57,7 +67,7 @@ def stall_write_mode(root: str, ready: str, key: str, size: int) -> None:
 
 
 def hold_lock_mode(root: str, ready: str, key: str) -> None:
-    store = ArtifactStore(Path(root), max_bytes=1 << 30, lock_timeout_s=30)
+    store = open_store(root)
     with store.lock(key):
         Path(ready).touch()
         time.sleep(3600)
