@@ -10,6 +10,12 @@ compiled function itself (AOTAutograd's bundled entry: Inductor's code and the T
 serialized directly. The default mode instead snapshots every cache artifact the process has
 recorded (``save_cache_artifacts``) after the compile, and a load writes them all back into
 Inductor's on-disk caches and looks the entry up there: work on both the cold and the warm path.
+
+Neither artifact holds the C++ libraries of CPU kernels (or of the C++ wrapper): loading one runs
+the generated Python, which builds each library again unless Inductor's cache already has it
+(seconds per piece). So the payload carries them (:func:`_bundle`): a load on a host whose
+Inductor cache is empty, such as one fed by the remote tier, puts them where Inductor looks and
+compiles nothing. CUDA kernels need no such care: the artifact holds them.
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
+import struct
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,18 +70,22 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             gm, list(example_inputs), dynamic_shapes="from_tracing_context",
             options={"config_patches": config_patches}, **mode)
 
-    try:
-        artifact = standalone_compile(_AOT_MODE)
-    except RuntimeError as exc:
-        if not _AOT_MODE or "aot" not in str(exc):
-            raise
-        # aot mode needs AOTAutograd's bundled cache entry, which some graphs do not get (an op
-        # the cache bypasses): the default mode may still compile them
-        log.warning("regionc: aot-mode compile failed (%s: %s); compiling again in the default mode",
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        artifact = standalone_compile({})
+    with _recording_cpp_libraries() as libraries:
+        try:
+            artifact = standalone_compile(_AOT_MODE)
+        except RuntimeError as exc:
+            if not _AOT_MODE or "aot" not in str(exc):
+                raise
+            # aot mode needs AOTAutograd's bundled cache entry, which some graphs do not get (an op
+            # the cache bypasses): the default mode may still compile them
+            log.warning("regionc: aot-mode compile failed (%s: %s); compiling again in the default mode",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            libraries.clear()
+            artifact = standalone_compile({})
     start = time.perf_counter()
     payload = _serialize(artifact)
+    if payload is not None:
+        payload = _bundle(libraries, payload)
     return CompiledPiece(artifact, payload, time.perf_counter() - start)
 
 
@@ -96,10 +110,11 @@ def start_compile_workers() -> None:
 
 def load_piece(payload: bytes) -> Callable[..., Any]:
     """Rebuild a compiled piece from :func:`compile_piece`'s payload (raises if it is unusable)."""
+    artifact = _unbundle(payload)
     with tempfile.TemporaryDirectory(prefix="regionc-load-") as tmp:
         path = os.path.join(tmp, "artifact.bin")
         with open(path, "wb") as f:
-            f.write(payload)
+            f.write(artifact)
         return torch._inductor.CompiledArtifact.load(path=path, format="binary")
 
 
@@ -117,3 +132,97 @@ def _serialize(artifact: Any) -> bytes | None:
             return None
         with open(path, "rb") as f:
             return f.read()
+
+
+# ---------------------------------------------------------------------------- C++ libraries in the payload
+#: payload = MAGIC | u32 count | count x (u32 name length | name | u64 size | library) | artifact;
+#: a name is the library's path under Inductor's cache directory.
+_BUNDLE_MAGIC = b"RGNCLIB1"
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+#: Where Inductor keeps a built library under its cache directory: <2 characters of its hash>/<hash...>.so
+_LIBRARY_NAME = re.compile(r"[0-9a-z_]{2}/[0-9a-z_][0-9a-z_.]*\.so")
+
+
+@contextmanager
+def _recording_cpp_libraries() -> Iterator[list[Callable[[], Any]]]:
+    """Collects the loader of every C++ library Inductor builds or reuses meanwhile: each C++ kernel
+    and wrapper goes through ``CppCodeCache.load_async`` (the class its other C++ caches inherit it
+    from), also one this process already built for another piece."""
+    from torch._inductor.codecache import CppCodeCache
+
+    original = CppCodeCache.__dict__["load_async"]
+    loaders: list[Callable[[], Any]] = []
+
+    def load_async(cls, *args: Any, **kwargs: Any) -> Any:
+        loader = original.__func__(cls, *args, **kwargs)
+        loaders.append(loader)
+        return loader
+
+    CppCodeCache.load_async = classmethod(load_async)
+    try:
+        yield loaders
+    finally:
+        CppCodeCache.load_async = original
+
+
+def _bundle(loaders: list[Callable[[], Any]], artifact: bytes) -> bytes:
+    """``artifact`` with the C++ libraries ``loaders`` load in front of it (see the module docstring)."""
+    from torch._inductor.codecache import cache_dir
+
+    base = Path(cache_dir()).resolve()
+    files: dict[str, bytes] = {}
+    for loader in loaders:
+        library = loader()  # loaded already: the compile ran the generated code
+        path = Path(getattr(library, "__file__", None) or getattr(library, "_name", "")).resolve()
+        name = path.relative_to(base).as_posix() if path.is_relative_to(base) else ""
+        if not _LIBRARY_NAME.fullmatch(name):
+            log.debug("regionc: C++ library %s is not in Inductor's cache: not carried in the entry", path)
+            continue
+        if name not in files:
+            files[name] = path.read_bytes()
+    parts = [_BUNDLE_MAGIC, _U32.pack(len(files))]
+    for name, data in sorted(files.items()):
+        parts += [_U32.pack(len(name)), name.encode(), _U64.pack(len(data)), data]
+    return b"".join(parts) + artifact
+
+
+def _unbundle(payload: bytes) -> memoryview:
+    """The artifact of ``payload``, once its C++ libraries are where Inductor looks for them."""
+    from torch._inductor.codecache import cache_dir
+
+    from regionc.cache.store import make_private_dir
+
+    view = memoryview(payload)
+    if view[:len(_BUNDLE_MAGIC)] != _BUNDLE_MAGIC:
+        raise ValueError("not a regionc payload (no C++ library table)")
+    offset = len(_BUNDLE_MAGIC)
+    (count,) = _U32.unpack_from(view, offset)
+    offset += _U32.size
+    base = Path(cache_dir())
+    for _ in range(count):
+        (name_len,) = _U32.unpack_from(view, offset)
+        name = bytes(view[offset + _U32.size:offset + _U32.size + name_len]).decode()
+        offset += _U32.size + name_len
+        (size,) = _U64.unpack_from(view, offset)
+        data = view[offset + _U64.size:offset + _U64.size + size]
+        offset += _U64.size + size
+        if not _LIBRARY_NAME.fullmatch(name) or len(data) != size:
+            raise ValueError(f"bad C++ library entry {name!r} in the payload")
+        dest = base / name
+        if dest.exists():
+            continue
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            make_private_dir(dest.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, dest)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as exc:  # Inductor builds it again, as without the bundle
+            log.info("regionc: C++ library %s of a cached piece not placed in Inductor's cache (%s); it is built "
+                     "again", name, exc.strerror or exc)
+    return view[offset:]
