@@ -8,9 +8,11 @@ Identical blocks can still split into pieces that differ at their edges:
   would compile alone. Here the caller copies such an input to a dense tensor before the call (one
   copy, once per forward), when the other instances receive it dense.
 - **Which outputs are read.** ``split_module`` returns from a piece only the values read later, and
-  the last block's second stream (a text stream nobody reads after the last block) is not. The
-  piece then computes less and compiles alone. Here every instance returns the union of what its
-  siblings return; the extra value is computed and dropped, as a per-block compile would do.
+  the last block's second stream (a text stream nobody reads after the last block) is not; Dynamo
+  may even have dropped the nodes computing it (Flux's last single block lacks its text slice). The
+  piece then computes less and compiles alone. Here dropped nodes are copied back from a sibling and
+  every instance returns the union of what its siblings return; the extra value is computed and
+  dropped, as a per-block compile would do.
 
 Instances are matched position by position; a container whose pieces do not line up (a block with
 a per-layer constant, say) is left as it is, and the fingerprint step reports why.
@@ -35,7 +37,10 @@ def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) 
     changed = 0
     for names in containers.values():
         modules = [split.get_submodule(name) for name in names]
-        if len(modules) < 2 or not _line_up(modules):
+        if len(modules) < 2:
+            continue
+        changed += _restore_dropped(modules)
+        if not _line_up(modules):
             continue
         changed += _union_outputs(split, modules, [calls[name] for name in names])
         changed += _contiguous_inputs(split, modules, [calls[name] for name in names])
@@ -53,6 +58,51 @@ def _line_up(modules: list[torch.fx.GraphModule]) -> bool:
     shapes = {(len(module.graph.find_nodes(op="placeholder")), tuple((n.op, str(n.target)) for n in _body(module)))
               for module in modules}
     return len(shapes) == 1
+
+
+def _key(node: torch.fx.Node) -> tuple[str, str, str]:
+    """What a node does, its constant arguments included (``x[:, :8]`` is not ``x[:, 8:]``)."""
+    constants = torch.fx.node.map_arg((node.args, node.kwargs), lambda _: "%")
+    return node.op, str(node.target), repr(constants)
+
+
+def _restore_dropped(modules: list[torch.fx.GraphModule]) -> int:
+    """Copy into each piece the nodes its fullest sibling has and it lacks (dead code Dynamo removed
+    from one instance only); returns how many were copied. Pieces that do not differ by dropped nodes
+    alone are left as they are."""
+    reference = max(modules, key=lambda module: len(_body(module)))
+    theirs = _body(reference)
+    inputs = list(reference.graph.find_nodes(op="placeholder"))
+    copied = 0
+    for module in modules:
+        mine = _body(module)
+        placeholders = list(module.graph.find_nodes(op="placeholder"))
+        if module is reference or len(mine) == len(theirs) or len(placeholders) != len(inputs):
+            continue
+        plan, j = [], 0  # (reference node, node of mine to insert it before, or None: at the end)
+        for node in theirs:
+            if j < len(mine) and _key(mine[j]) == _key(node):
+                j += 1
+            else:
+                plan.append((node, mine[j] if j < len(mine) else None))
+        if j != len(mine):
+            continue  # not a subsequence: the pieces differ otherwise
+        env = dict(zip(inputs, placeholders))
+        env.update(_pairs(theirs, mine, {node for node, _ in plan}))
+        if not all(arg in env or any(arg is n for n, _ in plan) for node, _ in plan for arg in node.all_input_nodes):
+            continue
+        output = next(iter(module.graph.find_nodes(op="output")))
+        for node, before in plan:
+            with module.graph.inserting_before(before if before is not None else output):
+                env[node] = module.graph.node_copy(node, lambda arg: env[arg])
+            copied += 1
+        module.recompile()
+    return copied
+
+
+def _pairs(theirs: list[torch.fx.Node], mine: list[torch.fx.Node], missing: set[torch.fx.Node]) -> dict:
+    others = iter(mine)
+    return {node: next(others) for node in theirs if node not in missing}
 
 
 def _union_outputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModule],

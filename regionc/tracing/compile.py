@@ -40,7 +40,7 @@ from torch import nn
 
 from regionc.config import Config
 from regionc.cudagraph.module import ModuleGraphs
-from regionc.report import first_line
+from regionc.report import Report, first_line, reports
 from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
 from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
@@ -104,13 +104,25 @@ class CompiledForward:
         while True:
             try:
                 result = self.run(*args, **kwargs)
-            except torch._dynamo.exc.TorchDynamoException as exc:
-                if self.config.strict or not self.next or (self.strategy == "per_block" and self.settled):
+            except Exception as exc:
+                if not self._may_retry(exc):
                     raise
                 self._fall_back(exc)
                 continue
             self.settled = True
             return result
+
+    @property
+    def reports(self) -> list[Report]:
+        """The reports of the graphs compiled under the strategy in use."""
+        return reports()[self.first_report:]
+
+    def _may_retry(self, exc: Exception) -> bool:
+        if self.config.strict or not self.next:
+            return False
+        if self.strategy == "per_block":  # block frames run one by one: only a failure before any ran
+            return not self.settled and isinstance(exc, torch._dynamo.exc.TorchDynamoException)
+        return True  # a whole-forward full graph: its trace failed before anything ran
 
     def _fall_back(self, exc: BaseException) -> None:
         reason = first_line(exc)
@@ -124,6 +136,7 @@ class CompiledForward:
 
     def _apply(self, strategy: str) -> None:
         self.strategy = strategy
+        self.first_report = len(reports())
         args = {"backend": "regionc", "mode": self.mode, "options": self.options, "dynamic": self.dynamic}
         if strategy == "per_block":
             module_graphs = self.config.cudagraphs is not False  # one graph over the whole forward

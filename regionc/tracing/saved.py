@@ -14,8 +14,8 @@ A stale trace must never run. An entry is used only if all of these hold:
 - its **key** matches: every environment factor of a piece key (torch build, triton, Python, GPU,
   regionc's code-generating sources, Inductor config), the sources that turn a trace into a program
   (regions/, cudagraph/, tracing/), regionc's options, the function (module and qualname), the
-  class of the module it runs on, and each argument's type, dtype, device and shape (rank only
-  with ``dynamic=True``);
+  class of the module it runs on and its parameters' and buffers' names, shapes and dtypes, and each
+  argument's type, dtype, device and shape (rank only with ``dynamic=True``);
 - torch's own check of the saved system info passes (torch version, GPU);
 - every source file Dynamo inlined while tracing still has the content it had then (a changed
   model, block or helper file means a new trace);
@@ -197,6 +197,7 @@ class TraceSet:
             "function": f"{self.fn.__module__}.{self.fn.__qualname__}",
             "block_tracing": self.strategy,
             "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "module_state": _state_signature(module),
             "args": [_describe(a, self.dynamic) for a in args],
             "kwargs": {k: _describe(v, self.dynamic) for k, v in sorted(kwargs.items())},
             "grad_enabled": torch.is_grad_enabled(),
@@ -366,6 +367,13 @@ def _device_of(module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.devi
     for tensor in module.parameters():
         return tensor.device
     return torch.device("cpu")
+
+
+def _state_signature(module: torch.nn.Module) -> str:
+    """Hash of the module's parameter and buffer names, shapes and dtypes: a model of another depth or
+    width never tries (and fails the guards of) this one's trace."""
+    described = [(name, tuple(t.shape), str(t.dtype)) for name, t in (*module.named_parameters(), *module.named_buffers())]
+    return hashlib.sha256(repr(described).encode()).hexdigest()
 
 
 def _variant(base: dict, n: int) -> str:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import regionc
+from regionc.tracing.compile import CompiledForward
 from tests.zoo.architectures import ARCHITECTURES
 
 ENTRY_POINTS = {
@@ -29,8 +30,9 @@ def run(name: str, entry: str, depth: int):
         before = len(regionc.reports())
         compiled = ENTRY_POINTS[entry](model)
         actual = compiled(**kwargs)
-    fallbacks = getattr(compiled.forward, "fallbacks", [])
-    return expected, actual, regionc.reports()[before:], fallbacks
+    if isinstance(compiled.forward, CompiledForward):  # regionc.compile: the reports of the strategy in use
+        return expected, actual, compiled.forward.reports, compiled.forward.fallbacks
+    return expected, actual, regionc.reports()[before:], []
 
 
 def relative_error(actual, expected) -> float:

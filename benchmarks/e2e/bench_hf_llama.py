@@ -1,0 +1,192 @@
+"""Hugging Face ``LlamaModel`` (32 × 2048, 32 / 8 heads, bf16) as its docs run it: StaticCache decode and prefill.
+
+Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 256, position 128) and
+batch 8 (``max_cache_len`` 4096, positions 512 and 3900). Variants in the same run, each on its own
+cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead", fullgraph=True)`` (HF's
+recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
+``regionc.compile(model, mode="reduce-overhead")``. Each row has ms per step (CUDA events, median of
+interleaved rounds), the relative error of the first step against eager, and regionc's CUDA-graph stats.
+The cache's position counters are reset in place between timing windows, so every window decodes at
+(about) the stated position.
+
+Prefill: one 1×2048 forward without a cache: eager, per-block ``layer.compile()``, ``backend="regionc"``
+and ``regionc.compile``.
+
+    python benchmarks/e2e/bench_hf_llama.py --out DIR [--layers 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile")
+PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
+DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)))  # batch, max_cache_len, positions
+
+
+def build(layers: int):
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
+                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+                                   max_position_embeddings=8192)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return transformers.LlamaModel(cfg).to(torch.bfloat16).eval()
+
+
+def compiled(variant: str, model, cache_dir: str, decode: bool):
+    import torch
+
+    import regionc
+
+    mode = "reduce-overhead" if decode else None
+    options = {"cache_dir": cache_dir}
+    if variant == "eager":
+        return model
+    if variant == "reduce_overhead":
+        return torch.compile(model, mode=mode, fullgraph=True)
+    if variant == "per_block":
+        for layer in model.layers:
+            layer.compile()
+        return model
+    if variant == "regionc_backend":
+        return torch.compile(model, backend="regionc", mode=mode, options=options)
+    return regionc.compile(model, mode=mode, options=options)
+
+
+def relative_error(out, reference) -> float:
+    out, reference = out.float(), reference.float()
+    return ((out - reference).norm() / reference.norm()).item()
+
+
+def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
+    import torch
+    from transformers import StaticCache
+
+    import regionc
+    from benchmarks.common import cuda_median_ms
+
+    rows = []
+    for batch, max_len, positions in DECODE_CASES:
+        torch._dynamo.reset()
+        prompt = torch.randint(0, 32000, (batch, max(positions)), device="cuda")
+        token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
+        runs, caches, first = {}, {}, {}
+        for variant in DECODE_VARIANTS:
+            instance = copy.deepcopy(model) if variant == "regionc_compile" else model
+            cache = StaticCache(config=model.config, max_cache_len=max_len)
+            with torch.no_grad():
+                model(input_ids=prompt, past_key_values=cache, use_cache=True)  # eager prefill, all variants alike
+            caches[variant] = cache
+            fn = compiled(variant, instance, cache_dir, decode=True)
+            before = len(regionc.reports())
+            start = time.perf_counter()
+
+            def step(fn=fn, cache=cache, position=torch.tensor([positions[0]], device="cuda")):
+                with torch.no_grad():
+                    return fn(input_ids=token, past_key_values=cache, use_cache=True, cache_position=position)
+
+            runs[variant] = step
+            first[variant] = {"first_call_s": None, "reports": []}
+            _reset(cache, positions[0])
+            step()
+            torch.cuda.synchronize()
+            first[variant]["first_call_s"] = time.perf_counter() - start
+            first[variant]["reports"] = [r.summary() for r in regionc.reports()[before:]]
+            first[variant]["cudagraphs"] = [r.cudagraphs for r in regionc.reports()[before:] if r.cudagraphs]
+        for position in positions:
+            outputs = {}
+            for variant, step in runs.items():
+                for _ in range(3):  # warm-up and capture at this position
+                    _reset(caches[variant], position)
+                    out = step().last_hidden_state
+                outputs[variant] = out.clone()
+            times = {v: [] for v in runs}
+            for r in range(rounds):
+                order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
+                for variant in order:
+                    _reset(caches[variant], position)
+                    times[variant].append(cuda_median_ms(runs[variant], warmup=2, iters=20))
+            for variant in runs:
+                rows.append({"case": f"decode b{batch} cache{max_len} pos{position}", "variant": variant,
+                             "ms": statistics.median(times[variant]), "round_ms": times[variant],
+                             "rel_error": relative_error(outputs[variant], outputs["eager"]), **first[variant]})
+                print(rows[-1]["case"], variant, f"{rows[-1]['ms']:.3f} ms", f"err {rows[-1]['rel_error']:.2e}",
+                      flush=True)
+    return rows
+
+
+def _reset(cache, position: int) -> None:
+    """Put every layer's position counter back (in place: CUDA graphs read it at its address)."""
+    for layer in cache.layers:
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length.fill_(position)
+
+
+def prefill_rows(model, cache_dir: str, rounds: int) -> list[dict]:
+    import torch
+
+    from benchmarks.common import cuda_median_ms
+
+    torch._dynamo.reset()
+    tokens = torch.randint(0, 32000, (1, 2048), device="cuda")
+    with torch.no_grad():
+        reference = model(input_ids=tokens).last_hidden_state
+    runs, rows = {}, {}
+    for variant in PREFILL_VARIANTS:
+        fn = compiled(variant, copy.deepcopy(model) if variant != "eager" else model, cache_dir, decode=False)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = fn(input_ids=tokens).last_hidden_state
+        torch.cuda.synchronize()
+        runs[variant] = lambda fn=fn: fn(input_ids=tokens)
+        rows[variant] = {"case": "prefill 1x2048", "variant": variant, "first_call_s": time.perf_counter() - start,
+                         "rel_error": relative_error(out, reference), "round_ms": []}
+    with torch.no_grad():
+        for r in range(rounds):
+            for variant in list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]:
+                rows[variant]["round_ms"].append(cuda_median_ms(runs[variant], warmup=3, iters=20))
+    for row in rows.values():
+        row["ms"] = statistics.median(row["round_ms"])
+        print(row["case"], row["variant"], f"{row['ms']:.3f} ms", f"err {row['rel_error']:.2e}", flush=True)
+    return list(rows.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill"])
+    args = parser.parse_args()
+    import torch
+
+    from benchmarks.common import write_results
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure")
+        return 0
+    model = build(args.layers)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="regionc-hf-") as cache_dir:
+        if "prefill" not in args.skip:
+            rows += prefill_rows(model, cache_dir, args.rounds)
+        if "decode" not in args.skip:
+            rows += decode_rows(model, args.layers, cache_dir, args.rounds)
+    print(write_results(args.out, "hf_llama", {"layers": args.layers, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

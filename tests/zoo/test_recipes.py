@@ -1,0 +1,124 @@
+"""Hugging Face recipes as their docs run them, through regionc: StaticCache decode, ``generate`` with a
+compile config, a diffusers pipeline, and a PEFT LoRA adapter hot-swapped into a compiled model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import regionc
+from tests.zoo.architectures import ARCHITECTURES
+from tests.zoo.test_zoo import ENTRY_POINTS, relative_error
+
+pytestmark = pytest.mark.slow
+
+
+def _causal_lm(name: str, depth: int = 2):
+    """The architecture's ``*ForCausalLM`` with the zoo's tiny config."""
+    import transformers
+
+    base, _ = ARCHITECTURES[name].build(depth)
+    torch.manual_seed(0)
+    cls = getattr(transformers, type(base).__name__.replace("Model", "ForCausalLM"))
+    return cls(base.config).eval()
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("name", ["llama", "qwen3", "phi3"])
+def test_static_cache_decode_matches_eager_outputs_and_cache(name, entry):
+    """Prefill eagerly, then decode one token per step through regionc: logits and every layer's
+    cached keys and values equal eager's (HF's StaticCache counts positions in place, per layer)."""
+    from transformers import StaticCache
+
+    model, _ = ARCHITECTURES[name].build(3)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+
+    def decode(step_fn):
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        outputs = []
+        with torch.no_grad():
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            token = torch.ones(2, 1, dtype=torch.long)
+            for i in range(4):
+                out = step_fn(input_ids=token, past_key_values=cache, use_cache=True,
+                              cache_position=torch.tensor([6 + i]))
+                outputs.append(out.last_hidden_state.clone())
+        return outputs, cache
+
+    expected, expected_cache = decode(model)
+    before = len(regionc.reports())
+    actual, actual_cache = decode(ENTRY_POINTS[entry](model))
+    for a, e in zip(actual, expected):
+        assert relative_error(a, e) <= 1e-5
+    for mine, theirs in zip(actual_cache.layers, expected_cache.layers):
+        torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.values, theirs.values, atol=1e-5, rtol=1e-5)
+    reports = regionc.reports()[before:]
+    blocks = [p for r in reports for p in r.pieces if p.kind == "block"]
+    assert blocks and len({p.fingerprint for p in blocks}) == 1, [r.reuse_breakers for r in reports]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_generate_with_a_regionc_compile_config_gives_eager_tokens(name):
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import CompileConfig
+
+    model = _causal_lm(name)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(2))
+    settings = dict(max_new_tokens=6, do_sample=False, cache_implementation="static")
+    with torch.no_grad():
+        expected = model.generate(prompt, generation_config=GenerationConfig(**settings))
+        before = len(regionc.reports())
+        config = GenerationConfig(**settings, compile_config=CompileConfig(backend="regionc", mode=None),
+                                  disable_compile=False)
+        actual = model.generate(prompt, generation_config=config)
+    assert torch.equal(actual, expected)
+    assert len(regionc.reports()) > before  # the decode steps ran through regionc
+
+
+def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
+    """A Flux pipeline (prompt embeddings given, latents out) with its transformer compiled."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    def run(transform):
+        transformer, _ = ARCHITECTURES["flux"].build(2)
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
+                            tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transform(transformer))
+        pipe.vae_scale_factor = 1
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            return pipe(prompt_embeds=torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(4)),
+                        pooled_prompt_embeds=torch.randn(1, 32, generator=torch.Generator().manual_seed(5)),
+                        height=8, width=8, num_inference_steps=3, guidance_scale=1.0, generator=generator,
+                        output_type="latent").images
+
+    expected = run(lambda t: t)
+    actual = run(lambda t: regionc.compile(t))
+    assert relative_error(actual, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_lora_adapter_hot_swapped_into_a_compiled_model(entry):
+    """PEFT's hot-swap copies a new adapter's weights into the compiled model's LoRA tensors: the next
+    call uses them without a recompile, and equals eager with that adapter."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft.utils.hotswap import hotswap_adapter_from_state_dict
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+
+    def adapted(seed: int):
+        model, kwargs = ARCHITECTURES["llama"].build(3)
+        torch.manual_seed(seed)
+        return get_peft_model(model, config).eval(), kwargs
+
+    first, kwargs = adapted(10)
+    second, _ = adapted(11)
+    with torch.no_grad():
+        expected_first, expected_second = first(**kwargs), second(**kwargs)
+        compiled = ENTRY_POINTS[entry](first)
+        assert relative_error(compiled(**kwargs), expected_first) <= 1e-5
+        before = len(regionc.reports())
+        hotswap_adapter_from_state_dict(first, get_peft_model_state_dict(second), adapter_name="default",
+                                        config=config)
+        assert relative_error(compiled(**kwargs), expected_second) <= 1e-5
+    assert len(regionc.reports()) == before  # nothing was compiled again
