@@ -82,7 +82,7 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
         torch._dynamo.reset()
         prompt = torch.randint(0, 32000, (batch, max(positions)), device="cuda")
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
-        runs, caches, first = {}, {}, {}
+        runs, caches, first, positions_of = {}, {}, {}, {}
         for variant in DECODE_VARIANTS:
             instance = copy.deepcopy(model) if variant == "regionc_compile" else model
             cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -98,8 +98,9 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
                     return fn(input_ids=token, past_key_values=cache, use_cache=True, cache_position=position)
 
             runs[variant] = step
+            positions_of[variant] = step.__defaults__[2]
             first[variant] = {"first_call_s": None, "reports": []}
-            _reset(cache, positions[0])
+            _reset(cache, positions_of[variant], positions[0])
             step()
             torch.cuda.synchronize()
             first[variant]["first_call_s"] = time.perf_counter() - start
@@ -109,14 +110,14 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
             outputs = {}
             for variant, step in runs.items():
                 for _ in range(3):  # warm-up and capture at this position
-                    _reset(caches[variant], position)
+                    _reset(caches[variant], positions_of[variant], position)
                     out = step().last_hidden_state
                 outputs[variant] = out.clone()
             times = {v: [] for v in runs}
             for r in range(rounds):
                 order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
                 for variant in order:
-                    _reset(caches[variant], position)
+                    _reset(caches[variant], positions_of[variant], position)
                     times[variant].append(cuda_median_ms(runs[variant], warmup=2, iters=20))
             for variant in runs:
                 rows.append({"case": f"decode b{batch} cache{max_len} pos{position}", "variant": variant,
@@ -127,8 +128,10 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
     return rows
 
 
-def _reset(cache, position: int) -> None:
-    """Put every layer's position counter back (in place: CUDA graphs read it at its address)."""
+def _reset(cache, cache_position, position: int) -> None:
+    """Put the step's position and every layer's position counter back (in place: CUDA graphs read them
+    at their addresses)."""
+    cache_position.fill_(position)
     for layer in cache.layers:
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length.fill_(position)

@@ -8,7 +8,9 @@ syncs with the host, reads CPU tensors, ...), regionc logs it and switches to
 cannot be captured run without a graph (vLLM's FULL_AND_PIECEWISE makes the same trade).
 
 Static inputs are the graph inputs Dynamo marked as static addresses (parameters and
-buffers of inlined modules, a KV cache among them); everything else is an activation.
+buffers of inlined modules, a KV cache among them) and the inputs the graph writes in place (a cache
+created while Dynamo traced is never marked, and a copy of it would lose the write): they are used
+where they are, and graphs are kept per set of them. Everything else is an activation.
 Values a non-last piece hands straight to the user are declared, so the runner clones them.
 A dynamic batch dim is padded to the capture sizes when :func:`plan_padding` finds it safe;
 otherwise every batch size gets graphs of its own exact shape.
@@ -52,9 +54,11 @@ class CudagraphPlan:
 def plan_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
                     example_inputs: Sequence[Any], config) -> CudagraphPlan:
     """``gm``: the Dynamo graph ``split`` was made from (it carries the shapes padding is decided on)."""
+    mutated = frozenset(mutated_placeholders(gm))
     static_indices = tuple(
         i for i, value in enumerate(example_inputs)
-        if isinstance(value, torch.Tensor) and torch._dynamo.utils.get_static_address_type(value) is not None
+        if isinstance(value, torch.Tensor)
+        and (torch._dynamo.utils.get_static_address_type(value) is not None or i in mutated)
     )
     padding, note = None, ""
     if config.capture_sizes:
@@ -68,7 +72,7 @@ def plan_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, piece
                     else "off: no dynamic batch dim")
     return CudagraphPlan(
         static_indices=static_indices, padding=padding, padding_note=note,
-        mutated_inputs=frozenset(mutated_placeholders(gm)),
+        mutated_inputs=mutated,
         piece_mutated_inputs={p.name: frozenset(mutated_placeholders(split._modules[p.name])) for p in pieces},
         device=_cuda_device(example_inputs))
 

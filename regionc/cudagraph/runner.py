@@ -462,7 +462,7 @@ class PieceGraphRunner:
             if problem is None:
                 return rebuild_outputs(slice_outputs(values, self.spec, n, size), structure)
         except Exception as exc:
-            problem = f"the padded warm-up failed ({type(exc).__name__}: {_first_line(exc)})"
+            problem = f"the padded warm-up failed ({first_line(exc)})"
         self._disable(problem)
         return self.fn(*args)  # the piece writes nothing in place: running it again is harmless
 
@@ -495,7 +495,7 @@ class PieceGraphRunner:
         try:
             graph, out = backend.capture(self.fn, static_args, backend.pool_handle(private))
         except Exception as exc:
-            self._disable(f"capture failed ({type(exc).__name__}: {_first_line(exc)})")
+            self._disable(f"capture failed ({first_line(exc)})")
             return self.fn(*args)
         elapsed = time.perf_counter() - start
         grown = max(0, backend.memory_reserved() - reserved)

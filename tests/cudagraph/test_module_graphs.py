@@ -140,13 +140,13 @@ def test_regionc_compile_per_block_graphs_the_whole_forward_and_blocks_run_witho
     x = torch.randint(0, 128, (2, 8))
     expected = model(x)
     compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": "per_block"})
-    assert isinstance(compiled.forward, ModuleGraphs)
+    assert isinstance(compiled.forward.run, ModuleGraphs)
     with torch.no_grad():
         assert_close(compiled(x), expected)  # on the CPU the forward runs as it is
-    assert compiled.forward.runner is None
+    assert compiled.forward.run.runner is None
     block_report = regionc.last_report()
     assert block_report.cudagraphs == {}
 
     plain = build_demo_model(LlamaConfig.tiny(n_layers=3))
     regionc.compile(plain, options={**NO_CACHE, "block_tracing": "per_block", "cudagraphs": False})
-    assert not isinstance(plain.forward, ModuleGraphs)
+    assert not isinstance(plain.forward.run, ModuleGraphs)
