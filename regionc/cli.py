@@ -206,8 +206,8 @@ def _cache_stats(args: argparse.Namespace) -> int:
     print(f"root:      {stats['root']}" + (f"  ({stats['problem']})" if stats["problem"] else ""))
     print(f"entries:   {stats['entries']}" + (f" ({stats['bad_entries']} unusable)" if stats["bad_entries"] else ""))
     print(f"size:      {_human_bytes(stats['bytes'])} of {_human_bytes(stats['max_bytes'])}")
-    print(f"loaded:    {stats['hits']} from this cache, {stats['fetched']} from the remote "
-          f"({stats['fetch_s']:.2f}s)   compiled (misses): {stats['misses']}   hit rate: {rate}")
+    print(f"hits:      {stats['hits']} local, {stats['fetched']} from the remote ({stats['fetch_s']:.2f}s)   "
+          f"misses: {stats['misses']} (compiled)   hit rate: {rate}")
     if stats["last_used"] is not None:
         print(f"last used: {_human_age(now - stats['last_used'])} ago")
     if remote is not None:
