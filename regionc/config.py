@@ -147,6 +147,13 @@ class Config:
         return cls(**values)
 
 
+def with_mode(options: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
+    """``options`` with what ``mode`` means to regionc folded in (explicit options still win), for
+    calls that hand both to ``torch.compile``: torch 2.11 refuses a mode and options together."""
+    Config.build(options, mode, environ={})  # bad names and values fail here, by name
+    return {**({"cudagraphs": True} if mode == "reduce-overhead" else {}), **(options or {})}
+
+
 _warned_env: set[str] = set()
 
 

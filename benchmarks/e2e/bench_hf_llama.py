@@ -9,7 +9,8 @@ interleaved rounds), the relative error of the first step against eager, and reg
 The cache's position counters are reset in place between timing windows, so every window decodes at
 (about) the stated position.
 
-Prefill: one 1×2048 forward without a cache: eager, per-block ``layer.compile()``, ``backend="regionc"``
+Prefill: one 1×2048 forward without a cache (``use_cache=False``; with HF's ``DynamicCache`` each layer's
+frame guards on its own cache layer, so per-block compiles recompile per layer): eager, per-block ``layer.compile()``, ``backend="regionc"``
 and ``regionc.compile``.
 
     python benchmarks/e2e/bench_hf_llama.py --out DIR [--layers 32]
@@ -60,8 +61,8 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
         for layer in model.layers:
             layer.compile()
         return model
-    if variant == "regionc_backend":
-        return torch.compile(model, backend="regionc", mode=mode, options=options)
+    if variant == "regionc_backend":  # torch 2.11 takes a mode or options, not both: the option says it
+        return torch.compile(model, backend="regionc", options={**options, "cudagraphs": decode})
     return regionc.compile(model, mode=mode, options=options)
 
 
@@ -145,15 +146,15 @@ def prefill_rows(model, cache_dir: str, rounds: int) -> list[dict]:
     torch._dynamo.reset()
     tokens = torch.randint(0, 32000, (1, 2048), device="cuda")
     with torch.no_grad():
-        reference = model(input_ids=tokens).last_hidden_state
+        reference = model(input_ids=tokens, use_cache=False).last_hidden_state
     runs, rows = {}, {}
     for variant in PREFILL_VARIANTS:
         fn = compiled(variant, copy.deepcopy(model) if variant != "eager" else model, cache_dir, decode=False)
         start = time.perf_counter()
         with torch.no_grad():
-            out = fn(input_ids=tokens).last_hidden_state
+            out = fn(input_ids=tokens, use_cache=False).last_hidden_state
         torch.cuda.synchronize()
-        runs[variant] = lambda fn=fn: fn(input_ids=tokens)
+        runs[variant] = lambda fn=fn: fn(input_ids=tokens, use_cache=False)
         rows[variant] = {"case": "prefill 1x2048", "variant": variant, "first_call_s": time.perf_counter() - start,
                          "rel_error": relative_error(out, reference), "round_ms": []}
     with torch.no_grad():

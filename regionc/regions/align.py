@@ -77,8 +77,8 @@ def _restore_dropped(modules: list[torch.fx.GraphModule]) -> int:
     for module in modules:
         mine = _body(module)
         placeholders = list(module.graph.find_nodes(op="placeholder"))
-        if module is reference or len(mine) == len(theirs) or len(placeholders) != len(inputs):
-            continue
+        if module is reference or len(mine) == len(theirs) or _signature(placeholders) != _signature(inputs):
+            continue  # inputs that do not correspond one to one: the pieces are not the same block
         plan, j = [], 0  # (reference node, node of mine to insert it before, or None: at the end)
         for node in theirs:
             if j < len(mine) and _key(mine[j]) == _key(node):
@@ -98,6 +98,12 @@ def _restore_dropped(modules: list[torch.fx.GraphModule]) -> int:
             copied += 1
         module.recompile()
     return copied
+
+
+def _signature(placeholders: list[torch.fx.Node]) -> list[tuple]:
+    """Each input's dtype and shape (or type, for a non-tensor)."""
+    values = [node.meta.get("example_value") for node in placeholders]
+    return [(v.dtype, str(tuple(v.shape))) if isinstance(v, torch.Tensor) else type(v) for v in values]
 
 
 def _pairs(theirs: list[torch.fx.Node], mine: list[torch.fx.Node], missing: set[torch.fx.Node]) -> dict:

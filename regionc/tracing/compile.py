@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regionc.config import Config
+from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
 from regionc.report import Report, first_line, reports
 from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
@@ -93,7 +93,7 @@ class CompiledForward:
         self.groups = groups
         self.config = config
         self.original = model.forward
-        self.mode, self.options, self.dynamic = mode, options, dynamic
+        self.options, self.dynamic = with_mode(options, mode), dynamic  # one of them: torch 2.11 takes not both
         self.save_traces = config.trace_cache and config.cache and traces_can_be_saved()
         self.next = list(FALLBACKS[strategy])
         self.fallbacks: list[str] = []  # "<strategy>: <error>" for each strategy given up
@@ -137,14 +137,14 @@ class CompiledForward:
     def _apply(self, strategy: str) -> None:
         self.strategy = strategy
         self.first_report = len(reports())
-        args = {"backend": "regionc", "mode": self.mode, "options": self.options, "dynamic": self.dynamic}
+        args = {"backend": "regionc", "options": self.options, "dynamic": self.dynamic}
         if strategy == "per_block":
             module_graphs = self.config.cudagraphs is not False  # one graph over the whole forward
             options = {**(self.options or {}), "cudagraphs": False} if module_graphs else self.options
             args["options"] = options
-            block_config = Config.build(options, self.mode)
+            block_config = Config.build(options)
             for group in self.groups:
-                traces = TraceSet(group.cls.forward, strategy, block_config, self.mode, options, self.dynamic) \
+                traces = TraceSet(group.cls.forward, strategy, block_config, options, self.dynamic) \
                     if self.save_traces else None
                 for block in group.instances:
                     if traces is not None:
@@ -157,8 +157,8 @@ class CompiledForward:
             for group in self.groups:
                 _mark_nested_region(group)
         if self.save_traces:
-            self.run = SavedTraceForward(TraceSet(type(self.model).forward, strategy, self.config, self.mode,
-                                                  self.options, self.dynamic), self.model)
+            self.run = SavedTraceForward(TraceSet(type(self.model).forward, strategy, self.config, self.options,
+                                                  self.dynamic), self.model)
         else:  # a nested-region trace is a full graph: it fails before anything runs, or not at all
             self.run = torch.compile(self.original, fullgraph=strategy == "nested_region", **args)
 

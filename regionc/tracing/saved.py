@@ -65,12 +65,12 @@ def traces_can_be_saved() -> bool:
 class TraceSet:
     """The saved traces of one function (a model's, or a block class's, forward), shared by its modules."""
 
-    def __init__(self, fn: Callable[..., Any], strategy: str, config: Config, mode: str | None,
-                 options: dict[str, Any] | None, dynamic: bool | None):
+    def __init__(self, fn: Callable[..., Any], strategy: str, config: Config, options: dict[str, Any] | None,
+                 dynamic: bool | None):
         self.fn = fn
         self.strategy = strategy  # regionc.compile's block_tracing: the same function traces differently
         self.config = config
-        self.compile_args = {"backend": "regionc", "mode": mode, "options": options, "dynamic": dynamic}
+        self.compile_args = {"backend": "regionc", "options": options, "dynamic": dynamic}
         self.dynamic = dynamic
         self.entries: list[_Entry] = []
         self.ordinary: Callable[..., Any] | None = None  # torch.compile(fn), once a trace could not be saved
@@ -202,7 +202,6 @@ class TraceSet:
             "kwargs": {k: _describe(v, self.dynamic) for k, v in sorted(kwargs.items())},
             "grad_enabled": torch.is_grad_enabled(),
             "options": self.config.trace_options(),
-            "mode": self.compile_args["mode"],
             "dynamic": self.dynamic,
             "env": environment_factors(device),
             # how a trace becomes a program (split, graphs, this file): a new regionc re-traces

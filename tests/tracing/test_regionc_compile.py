@@ -94,3 +94,42 @@ def test_auto_and_models_without_repeats(caplog):
 def test_bad_block_tracing_option_is_named():
     with pytest.raises(regionc.RegioncConfigError, match="'block_tracing' must be one of auto, nested_region"):
         regionc.compile(NoRepeats(), options={"block_tracing": "magic"})
+
+
+class AliasingBlock(torch.nn.Module):
+    """Returns two slices of one tensor: torch's nested regions refuse such a block."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.lin(x).relu()
+        return y[:, :4], y[:, 4:]
+
+
+class AliasingStack(torch.nn.Module):
+    def __init__(self, depth=3):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(AliasingBlock() for _ in range(depth))
+
+    def forward(self, x):
+        for block in self.blocks:
+            a, b = block(x)
+            x = torch.cat([b, a], dim=1)
+        return x
+
+
+@needs_region_reuse
+def test_a_block_nested_regions_refuse_falls_back_to_per_block(caplog):
+    model = AliasingStack()
+    x = torch.randn(2, 8)
+    expected = model(x)
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        compiled = regionc.compile(model, options={**NO_CACHE, "strict": False, "block_tracing": "nested_region"})
+        with torch.no_grad():
+            assert_close(compiled(x), expected)
+            assert_close(compiled(x), expected)
+    assert compiled.forward.strategy == "per_block" and len(compiled.forward.fallbacks) == 1
+    assert all(type(block) is AliasingBlock for block in model.blocks)  # the region class was taken back
+    assert sum("block_tracing=nested_region failed for AliasingStack" in r.getMessage() for r in caplog.records) == 1

@@ -117,9 +117,9 @@ def test_changed_shapes_and_weights_never_load_a_trace_that_does_not_fit(model_m
     other_rows, _ = start(model_module, cache, x_of(rows=6))  # another input shape: another key
     assert other_rows.trace_source.startswith("traced")
     with caplog.at_level(logging.INFO, logger="regionc"):
-        other_head, traced_graphs = start(model_module, cache, x_of(), out=16)  # same key, other weight shape
+        other_head, traced_graphs = start(model_module, cache, x_of(), out=16)  # other weight shape: other key
     assert other_head.trace_source.startswith("traced") and traced_graphs == 1
-    assert any("does not fit this call" in r.getMessage() for r in caplog.records)
+    assert not any("does not fit this call" in r.getMessage() for r in caplog.records)  # the key told them apart
     again, traced_graphs = start(model_module, cache, x_of(), out=16)  # now both variants are saved
     assert again.trace_source.startswith("saved trace ") and traced_graphs == 0
     assert again.trace_source != base.trace_source
@@ -157,11 +157,16 @@ def test_an_unreadable_saved_trace_is_replaced(model_module, tmp_path, caplog):
     assert report.trace_source.startswith("saved trace ") and traced_graphs == 0
 
 
-def test_a_graph_break_falls_back_to_an_ordinary_compile(model_module, tmp_path, caplog):
+def test_a_graph_break_falls_back_visibly(model_module, tmp_path, caplog):
+    """A whole-model trace cannot be saved across a graph break: a nested-region trace falls back to the
+    next block tracing, a full trace to an ordinary compile (which takes graph breaks); both say so."""
     with caplog.at_level(logging.WARNING, logger="regionc"):
-        report, traced_graphs = start(model_module, tmp_path / "cache", x_of(), {"strict": False}, graph_break=True)
-    assert traced_graphs == 2 and report.trace_source == ""
-    assert any("cannot be traced for saving" in r.getMessage() for r in caplog.records)
+        start(model_module, tmp_path / "cache", x_of(), {"strict": False}, graph_break=True)
+    messages = [r.getMessage() for r in caplog.records]
+    if MODEL_LEVEL == "nested_region":
+        assert any("block_tracing=nested_region failed" in m and "block_tracing=per_block" in m for m in messages)
+    else:
+        assert any("cannot be traced for saving" in m for m in messages)
 
 
 def test_per_block_tracing_saves_one_trace_for_all_blocks(model_module, tmp_path):

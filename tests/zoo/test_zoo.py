@@ -8,6 +8,8 @@ what depth 2 compiled: the count asserted is of unique pieces (compiled or loade
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,8 +23,16 @@ ENTRY_POINTS = {
 }
 
 
-def run(name: str, entry: str, depth: int):
-    """(eager output, compiled output, the reports of the compile, the fallbacks regionc.compile took)."""
+@dataclasses.dataclass
+class Result:
+    expected: object  # eager output
+    actual: object  # compiled output
+    reports: list  # the reports of the compile (regionc.compile: of the block tracing in use)
+    fallbacks: list[str]  # block tracings regionc.compile gave up, with the error
+    per_block: dict[str, int]  # regionc.compile per block: container -> blocks (Dynamo reuses the frame)
+
+
+def run(name: str, entry: str, depth: int) -> Result:
     torch.manual_seed(0)
     model, kwargs = ARCHITECTURES[name].build(depth)
     with torch.no_grad():
@@ -30,9 +40,11 @@ def run(name: str, entry: str, depth: int):
         before = len(regionc.reports())
         compiled = ENTRY_POINTS[entry](model)
         actual = compiled(**kwargs)
-    if isinstance(compiled.forward, CompiledForward):  # regionc.compile: the reports of the strategy in use
-        return expected, actual, compiled.forward.reports, compiled.forward.fallbacks
-    return expected, actual, regionc.reports()[before:], []
+    forward = compiled.forward
+    if not isinstance(forward, CompiledForward):
+        return Result(expected, actual, regionc.reports()[before:], [], {})
+    per_block = {g.path: len(g.instances) for g in forward.groups} if forward.strategy == "per_block" else {}
+    return Result(expected, actual, forward.reports, forward.fallbacks, per_block)
 
 
 def relative_error(actual, expected) -> float:
@@ -59,24 +71,27 @@ def _leaves(value) -> list[torch.Tensor]:
 def test_architecture(name, entry, zoo_rows):
     unique = {}
     for depth in (2, 3):
-        expected, actual, reports, fallbacks = run(name, entry, depth)
-        assert relative_error(actual, expected) <= 1e-5
-        assert reports, "regionc compiled nothing"
-        pieces = [p for r in reports for p in r.pieces]
-        unique[depth] = len({p.fingerprint for p in pieces})
-        containers = {path: n for r in reports for path, n in r.containers.items()}
-        reused = sum(p.source == "reused" and p.kind == "block" for p in pieces)
+        result = run(name, entry, depth)
+        assert relative_error(result.actual, result.expected) <= 1e-5
+        assert result.reports, "regionc compiled nothing"
+        pieces = [p for r in result.reports for p in r.pieces]
+        unique[depth] = len({p.key or p.fingerprint for p in pieces})  # a loaded piece has its key only
+        containers = {path: n for r in result.reports for path, n in r.containers.items()} or result.per_block
+        if result.per_block:  # one Dynamo frame per block class, reused by every instance
+            reused = sum(result.per_block.values()) - unique[depth]
+        else:
+            reused = sum(p.source == "reused" and p.kind == "block" for p in pieces)
     assert unique[2] == unique[3], f"unique pieces grow with depth: {unique}"
     assert containers, "no repeated blocks found"
     assert all(n >= 3 for n in containers.values()), containers
     assert reused > 0
     warm = ""
-    if entry == "regionc.compile":  # a second compile of the same model finds the trace the first saved
-        expected, actual, warm_reports, _ = run(name, entry, 3)
-        assert relative_error(actual, expected) <= 1e-5
-        loaded = [r for r in warm_reports if r.trace_source.startswith("saved trace")]
-        warm = f"{len(loaded)}/{len(warm_reports)} traces loaded"
+    if entry == "regionc.compile":  # a second compile of the same model finds the traces the first saved
+        again = run(name, entry, 3)
+        assert relative_error(again.actual, again.expected) <= 1e-5
+        loaded = [r for r in again.reports if r.trace_source.startswith("saved trace")]
+        warm = f"{len(loaded)}/{len(again.reports)} traces loaded"
     zoo_rows.append({"name": name, "entry": entry, "library": ARCHITECTURES[name].library,
                      "blocks": ", ".join(f"{path}×{n}" for path, n in containers.items()),
                      "unique": unique[3], "reused": reused, "warm": warm,
-                     "fallbacks": sorted({*fallbacks, *(f for r in reports for f in r.fallbacks)})})
+                     "fallbacks": sorted({*result.fallbacks, *(f for r in result.reports for f in r.fallbacks)})})
