@@ -7,7 +7,7 @@ regionc without graphs, regionc with one graph over all pieces (``cudagraph_mode
 default) and with a graph per piece, and ``regionc.compile`` with graphs.
 
 Latency drifts within a process by as much as the differences measured here (``reduce-overhead``
-compiled first or second in one process: 2.82 vs 3.24 ms, ``h100-s4/experiments``). So every
+compiled first or second in one process: 2.82 vs 3.24 ms, ``benchmarks/results/decode_capture_ab/``). So every
 variant of a case runs on the same weights (one model; the variants that change blocks in place
 get a copy), all are compiled and warmed up first, and then they are timed in ``--rounds``
 interleaved rounds, each round in a rotated order; a row reports the median of its rounds and

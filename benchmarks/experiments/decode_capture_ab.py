@@ -17,7 +17,7 @@ Variants (``--variants``):
 - ``inductor_manual``: full-graph Inductor without graphs, captured by hand.
 
 A name may repeat (``regionc regionc``): measurements drift within a process, so repeats show the
-noise. Results in benchmarks/results/h100-s4/experiments/.
+noise. Results in benchmarks/results/decode_capture_ab/.
 
     python benchmarks/experiments/decode_capture_ab.py --out DIR --layers 32 --batch 1
 """

@@ -2,7 +2,7 @@
 
 Inductor keys its caches on ``torch_key()``, a sha256 of every torch source file, and regionc's
 keys hold it too. Each process computes it from scratch on the first call's critical path:
-0.25–0.44 s on the H100 host, cold or warm (``benchmarks/results/h100-s5/profile-32L-*.log``).
+0.25–0.44 s on the H100 host, cold or warm (``benchmarks/results/compile_profile/h100-2026-11-25-32L-*.log``).
 :func:`prepare` (once per process, before the first key is needed) remembers it in
 ``<cache root>/build_keys/`` under a *stamp* of the files it hashes: each module file's path, size
 and mtime, the test Python itself uses to trust a ``.pyc``. A process that finds its stamp hands
@@ -14,7 +14,7 @@ rewritten gives a new stamp, hence a fresh hash. Stamping stats the files of tor
 ``triton_key()`` (0.4 s, mostly hashing the 500 MB ``libtriton.so``) has no such hook. Starting it
 in a background thread was measured and dropped: its package walk imports Triton modules, and
 the main thread waited on it (``trace_key`` went from 0.34 s to 0.7–1.2 s on the H100,
-``benchmarks/results/h100-s6/compile_time_bg_triton_key.json``).
+``benchmarks/results/compile_time/h100-2026-11-25-bg-triton-key.json``).
 """
 
 from __future__ import annotations

@@ -91,12 +91,12 @@ VARIANTS = ("auto", "tma", "ptr")
 #: after an H100 run of benchmarks/kernels/bench_attention.py (see the module docstring).
 #: "ptr": best geometric mean vs cuDNN on the TARGETS shapes, 0.86x against 0.82x ("tma") and 0.80x
 #: ("auto", whose autotuning over both lists picked worse configs), and 60.0 us on the demo's GQA
-#: prefill; "tma" wins D128 by ~5% (benchmarks/results/h100-s3/attention.json, H100, torch 2.11).
+#: prefill; "tma" wins D128 by ~5% (benchmarks/results/attention/h100-2026-11-25-0226.json, H100, torch 2.11).
 ATTENTION_VARIANT = os.environ.get("REGIONC_ATTENTION_VARIANT", "ptr")
 
 #: On Hopper GPUs the op runs the warp-specialised Gluon kernel of ``attention_hopper.py`` where
 #: it can (0.96-1.05x cuDNN on the TARGETS shapes against 0.80-0.88x for this module's kernel,
-#: benchmarks/results/h100-s8/attention.json) and this module's Triton kernel elsewhere. ``REGIONC_ATTENTION_HOPPER=0`` (or assigning False here)
+#: benchmarks/results/attention/h100-2026-11-25.json) and this module's Triton kernel elsewhere. ``REGIONC_ATTENTION_HOPPER=0`` (or assigning False here)
 #: keeps the Triton kernel everywhere.
 HOPPER_KERNEL = os.environ.get("REGIONC_ATTENTION_HOPPER", "1") != "0"
 if ATTENTION_VARIANT not in VARIANTS:
@@ -104,7 +104,7 @@ if ATTENTION_VARIANT not in VARIANTS:
 
 # Autotune candidates per head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg or None).
 #: Pointer-load configs: every config that was the fastest fixed config on a TARGETS shape in the
-#: H100 sweep (benchmarks/results/h100-s2/attention.json): D128 128x128/8w/3s (causal, S4680) and
+#: H100 sweep (benchmarks/results/attention/h100-2026-11-25-0047.json): D128 128x128/8w/3s (causal, S4680) and
 #: /2s (full), 128x64/8w/3s runner-up; D64 128x64/8w/3s (B16 S1024) and 64x64/4w/4s (GQA S2048).
 #: 64x64/4w/4s stays for D128's small grids (decode-like Sq); configs that never came close on a
 #: head dim are dropped for it (fewer compiles per first call).

@@ -27,7 +27,7 @@ lengths need no padding). Masks run only on the blocks that need them (the causa
 ragged last key block). Causal programs run the longest query blocks first.
 
 Configs (``CONFIGS``) are per head dim, the ones measured best on an H100 (torch 2.11, triton 3.6;
-``benchmarks/results/h100-s8/``): D128 two consumers, 64x128 key blocks, 2 stages (one program
+``benchmarks/results/attention/h100-2026-11-25*.json``): D128 two consumers, 64x128 key blocks, 2 stages (one program
 per SM); D64 one consumer, 64x64 blocks, registers capped at 80 a thread at launch so three
 programs share an SM (short causal rows are dominated by each program's fill and drain, which
 another resident program hides).

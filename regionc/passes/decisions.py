@@ -33,7 +33,7 @@ class Decision:
 
 
 _CPU_SOURCE = "benchmarks/e2e/cpu_decisions.py on the 2-core CPU dev machine, torch 2.13.0+cpu, 2026-11-24"
-_CUDA_SOURCE = ("benchmarks/results/h100-s2/kernels.log, H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, "
+_CUDA_SOURCE = ("benchmarks/results/kernels/h100-2026-11-25-0047.log, H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, "
                 "2026-11-24")
 
 DECISIONS: dict[tuple[str, str, str], Decision] = {
@@ -74,7 +74,7 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
         False, "slower in the model: on an H100 the op's Hopper kernel is 0.96-1.05x cuDNN alone, yet the "
                "32-layer demo prefill took 20.67 ms with the swap against 17.37 ms without: a Python launch "
                "(~40-55 us host a call) where aten's SDPA launches from C++, with no CUDA graph at prefill "
-               "(benchmarks/results/h100-s8/attention.json, prefill_attention_swap.json, torch 2.11.0+cu130, "
+               "(benchmarks/results/attention/h100-2026-11-25.json, prefill/h100-2026-11-25-attention-swap.json, torch 2.11.0+cu130, "
                "triton 3.6.0, 2026-11-25); elsewhere the Triton kernel is 0.80-0.88x cuDNN"),
     ("cpu", "decode_attention", "*"): Decision(
         False, "the cpu kernel is the fp32 torch reference; the aten flash kernel it would replace is never "
