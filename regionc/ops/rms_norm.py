@@ -32,7 +32,7 @@ as the grid keeps two programs per SM; wider rows loop over 4096-element chunks 
 ``regionc.ops.rms_norm.VARIANT = "..."`` at runtime works too). It names one entry of
 ``VARIANTS``, each a ``Variant`` of three independent choices on top of the heuristic above:
 
-* schedule: one program per row block (``"s2"``, as measured in session 2) or a *persistent* grid
+* schedule: one program per row block (``"s2"``, the baseline schedule) or a *persistent* grid
   of one wave (as many programs per SM as the compiled kernel's register use lets be resident,
   or ``programs_per_sm``), each program looping over row blocks with the weight loaded once and
   the next block's loads issued before the current block is reduced;
@@ -58,8 +58,6 @@ compiles the kernel before launching it, like any first call).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from regionc.ops import _extension
@@ -79,11 +77,11 @@ from regionc.ops._utils import (
     needs_device_switch,
     next_power_of_2,
     register_cpu,
-    resident_programs,
     sm_count,
     tl,
     triton,
 )
+from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, HINTS as _HINTS, Variant, lookup, persistent_programs
 
 # --------------------------------------------------------------------------------------
 # Triton kernel
@@ -112,7 +110,8 @@ if HAS_TRITON:
     def _rms_finish(x, r, w, W, Y, RES_OUT, rows, n_rows, N, eps, cols, col_mask,
                     HAS_RES: tl.constexpr, W_LOADED: tl.constexpr, W_EV: tl.constexpr, ST_EV: tl.constexpr):
         """Normalise the loaded tile and store it (and x + residual). ``w`` is the weight row in
-        fp32 when W_LOADED, else it is loaded here, after the reduction (session-2 order)."""
+        fp32 when W_LOADED, else it is loaded here, after the reduction, so it holds no registers
+        while x is reduced."""
         rows64 = rows.to(tl.int64)
         mask = (rows < n_rows)[:, None] & col_mask[None, :]
         if HAS_RES:
@@ -152,7 +151,7 @@ if HAS_TRITON:
 
         * LOOP=False, PERSISTENT=False: program i owns rows [i*ROWS, (i+1)*ROWS); the whole row
           (BLOCK_N >= N) lives in registers. W_FIRST loads the weight before x (else after the
-          reduction, as in session 2).
+          reduction, so it holds no registers while x is reduced).
         * LOOP=False, PERSISTENT=True: a grid of at most one wave of programs; program i owns row
           blocks i, i + grid, i + 2*grid, ...; the weight is loaded once, and the next block's x
           (and residual) is loaded before the current block is reduced and stored (register
@@ -261,33 +260,11 @@ def _launch_params(n_rows: int, n: int, sms: int = 132) -> tuple[int, int, int, 
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One launch choice of the CUDA kernel (the block shape and num_warps always come from
-    ``_launch_params``).
-
-    * ``persistent``: grid = one wave (``programs_per_sm`` per SM, 0 = as many as the kernel's
-      register/shared-memory use lets be resident, read from the compiled kernel) instead of one
-      program per row block; rows wider than ``MAX_FUSED_BLOCK`` are never persistent.
-    * ``evict``: L2 eviction hints. ``"loads"``: x/residual loads ``evict_first`` (read once),
-      the weight ``evict_last`` and loaded first; ``"all"``: the stores ``evict_first`` too (the
-      microbenchmark's best case; in a model the next kernel may want the output still in L2).
-      ``""``: none. Off for the chunked path.
-    * ``cached_launch``: repeat calls launch the kernel compiled for the same (shape, dtypes,
-      device) directly (``_utils.CompiledLaunch``), skipping the Triton JIT's per-call argument
-      binding; contiguous, 16-byte aligned inputs only (others take the JIT every time).
-    """
-
-    persistent: bool = False
-    programs_per_sm: int = 0
-    evict: str = ""
-    cached_launch: bool = True
-
-
+#: rows wider than ``MAX_FUSED_BLOCK`` are never persistent, and the chunked path takes no eviction hints.
 #: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rms_norm.py``
 #: writes one row per variant and shape: the ``variant`` column)
 VARIANTS: dict[str, Variant] = {
-    "s2": Variant(cached_launch=False),  # session 2, as measured there
+    "s2": Variant(cached_launch=False),  # one program per row block, through the JIT: the baseline
     "s2+cached": Variant(),
     "evict-loads": Variant(evict="loads"),
     "evict": Variant(evict="all"),
@@ -298,47 +275,24 @@ VARIANTS: dict[str, Variant] = {
 
 #: THE setting: the variant ``torch.ops.regionc.rms_norm`` / ``fused_add_rms_norm`` use on CUDA.
 #: Flip it to the name of the best ``variant`` row of a GPU run of bench_rms_norm.py.
-#: "s2": the bench's recommendation on the H100 (benchmarks/results/h100-s3/rms_norm.json): every
-#: variant is within 3% of a plain copy of the same bytes on the large shapes, and s2 had the lowest
-#: 8x4096 time (5.1 us; the cached launch measured 6.2 us there).
+#: "s2": on the large shapes every variant is within 3% of a plain copy of the same bytes (the kernel
+#: is bound by memory bandwidth), so the choice is the small-shape eager latency, where s2 is lowest
+#: (8x4096: 5.1 us against 6.2 us with the cached launch, H100,
+#: benchmarks/results/rms_norm/h100-2026-11-25.json).
 VARIANT = "s2"
-
-#: persistent programs per SM when the resident count cannot be read (interpreter)
-DEFAULT_PROGRAMS_PER_SM = 4
 
 _LAUNCHES = LaunchCache()
 #: (variant, x dtype, weight dtype, has residual, ROWS, BLOCK_N, num_warps, device) -> programs per SM
 _RESIDENT: dict[tuple, int] = {}
-#: Variant.evict -> eviction policies of (x/residual loads, weight load, stores)
-_HINTS = {"": ("", "", ""), "loads": ("evict_first", "evict_last", ""), "all": ("evict_first", "evict_last", "evict_first")}
 
 
 def _variant(name: str) -> Variant:
-    v = VARIANTS.get(name)
-    if v is None or v.evict not in _HINTS:
-        _bad_variant(name, v)
-    return v
-
-
-def _bad_variant(name: str, v) -> None:
-    """Raise the error naming a bad variant (unknown name, or an ``evict`` value with no hints)."""
-    if v is None:
-        raise ValueError(f"regionc.rms_norm: unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
-    raise ValueError(f"regionc.rms_norm: variant {name!r} has evict={v.evict!r}; valid: {tuple(_HINTS)}")
+    return lookup("rms_norm", VARIANTS, name)
 
 
 def _persistent_programs(name: str, v: Variant, args: tuple, warps: int, x: torch.Tensor) -> int:
-    """Programs of a persistent launch: resident programs per SM (cached per kernel
-    specialisation, capped by ``programs_per_sm``) times the SM count."""
-    dev = x.get_device()
-    key = (name, x.dtype, args[2].dtype, args[10], args[11], args[12], warps, dev)
-    per_sm = _RESIDENT.get(key)
-    if per_sm is None:
-        resident = resident_programs(_rms_norm_fwd_kernel, args, warps, dev)
-        if resident is None:
-            resident = v.programs_per_sm or DEFAULT_PROGRAMS_PER_SM
-        per_sm = _RESIDENT[key] = min(resident, v.programs_per_sm) if v.programs_per_sm else resident
-    return per_sm * sm_count(x)
+    key = (name, x.dtype, args[2].dtype, args[10], args[11], args[12], warps, x.get_device())
+    return persistent_programs(_RESIDENT, key, _rms_norm_fwd_kernel, args, warps, v, x, DEFAULT_PROGRAMS_PER_SM)
 
 
 def _aligned(*ts) -> bool:

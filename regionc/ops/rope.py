@@ -30,7 +30,7 @@ token block's cos/sin run together. Offsets are 64-bit.
 each a ``Variant`` of three independent choices on top of the tiling heuristic
 (``_compute_params``):
 
-* schedule: one program per tile (``"s2"``, as measured in session 2) or a *persistent* grid of
+* schedule: one program per tile (``"s2"``, the baseline schedule) or a *persistent* grid of
   one wave (as many programs per SM as the compiled kernel's register use lets be resident, or
   ``programs_per_sm``), program i running tiles i, i + grid, ...;
 * L2 eviction hints (``evict``): q/k loads ``evict_first`` and cos/sin ``evict_last``
@@ -49,8 +49,6 @@ Every variant is CUDA-graph safe (no host sync; the outputs are the only allocat
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -71,11 +69,11 @@ from regionc.ops._utils import (
     needs_device_switch,
     next_power_of_2,
     register_cpu,
-    resident_programs,
     sm_count,
     tl,
     triton,
 )
+from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, HINTS as _HINTS, Variant, lookup, persistent_programs
 
 STYLES = ("rotate_half", "interleaved")
 LAYOUTS = ("bhsd", "bshd")
@@ -265,33 +263,10 @@ def _launch_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, 
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One launch choice of the CUDA kernel (tile shape and num_warps always come from
-    ``_launch_params``).
-
-    * ``persistent``: grid = one wave (``programs_per_sm`` per SM, 0 = as many as the kernel's
-      register/shared-memory use lets be resident, read from the compiled kernel), each program
-      looping over tiles, instead of one program per tile.
-    * ``evict``: L2 eviction hints. ``"loads"``: q/k loads ``evict_first`` (read once), cos/sin
-      ``evict_last`` (re-read by every head group and batch row); ``"all"``: the stores
-      ``evict_first`` too (the microbenchmark's best case; in a model attention reads q/k next).
-      ``""``: none.
-    * ``cached_launch``: repeat calls launch the kernel compiled for the same (shapes, strides,
-      dtypes, device) directly (``_utils.CompiledLaunch``), skipping the Triton JIT's per-call
-      argument binding; inputs needing no copy and 16-byte aligned only.
-    """
-
-    persistent: bool = False
-    programs_per_sm: int = 0
-    evict: str = ""
-    cached_launch: bool = True
-
-
 #: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rope.py``
 #: writes one row per variant, shape and layout: the ``variant`` column)
 VARIANTS: dict[str, Variant] = {
-    "s2": Variant(cached_launch=False),  # session 2, as measured there
+    "s2": Variant(cached_launch=False),  # one program per tile, through the JIT: the baseline
     "s2+cached": Variant(),
     "evict-loads": Variant(evict="loads"),
     "evict": Variant(evict="all"),
@@ -301,30 +276,17 @@ VARIANTS: dict[str, Variant] = {
 
 #: THE setting: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
 #: best ``variant`` row of a GPU run of bench_rope.py.
-#: "s2+cached": the bench's recommendation on the H100 (benchmarks/results/h100-s3/rope.json).
+#: "s2+cached": on the large shapes every variant is within a few % of a plain copy of the same bytes,
+#: and at decode shapes (8x1 tokens) the op is bound by host time, which the cached launch cuts
+#: (4.4 -> 32 GB/s eager on an H100, benchmarks/results/rope/h100-2026-11-25.json).
 VARIANT = "s2+cached"
-
-#: persistent programs per SM when the resident count cannot be read (interpreter)
-DEFAULT_PROGRAMS_PER_SM = 4
 
 _LAUNCHES = LaunchCache()
 _RESIDENT: dict[tuple, int] = {}
-#: Variant.evict -> eviction policies of (q/k loads, cos/sin loads, stores)
-_HINTS = {"": ("", "", ""), "loads": ("evict_first", "evict_last", ""), "all": ("evict_first", "evict_last", "evict_first")}
 
 
 def _variant(name: str) -> Variant:
-    v = VARIANTS.get(name)
-    if v is None or v.evict not in _HINTS:
-        _bad_variant(name, v)
-    return v
-
-
-def _bad_variant(name: str, v) -> None:
-    """Raise the error naming a bad variant (unknown name, or an ``evict`` value with no hints)."""
-    if v is None:
-        raise ValueError(f"regionc.rope: unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
-    raise ValueError(f"regionc.rope: variant {name!r} has evict={v.evict!r}; valid: {tuple(_HINTS)}")
+    return lookup("rope", VARIANTS, name)
 
 
 def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None = None,
@@ -426,17 +388,8 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
 
 
 def _persistent_programs(name: str, v: Variant, args: tuple, warps: int, q: torch.Tensor) -> int:
-    """Programs of a persistent launch: resident programs per SM (cached per kernel
-    specialisation, capped by ``programs_per_sm``) times the SM count."""
-    dev = q.get_device()
-    key = (name, q.dtype, args[2].dtype, args[3].dtype, args[20:], warps, dev)
-    per_sm = _RESIDENT.get(key)
-    if per_sm is None:
-        resident = resident_programs(_rope_fwd_kernel, args, warps, dev)
-        if resident is None:
-            resident = v.programs_per_sm or DEFAULT_PROGRAMS_PER_SM
-        per_sm = _RESIDENT[key] = min(resident, v.programs_per_sm) if v.programs_per_sm else resident
-    return per_sm * sm_count(q)
+    key = (name, q.dtype, args[2].dtype, args[3].dtype, args[20:], warps, q.get_device())
+    return persistent_programs(_RESIDENT, key, _rope_fwd_kernel, args, warps, v, q, DEFAULT_PROGRAMS_PER_SM)
 
 
 def _dims(t: torch.Tensor, layout: str):
