@@ -84,7 +84,9 @@ class CompiledForward:
     a failure is raised by Dynamo before the traced code runs (whole-forward traces are full graphs), so
     the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning naming the
     error. Per-block frames run one after another, so a failure there is retried only before the first
-    call succeeded (later ones could come after blocks already wrote a cache).
+    call succeeded (later ones could come after blocks already wrote a cache). Per-block tracing also
+    gives way, after a call, when Dynamo compiled the block frame again and again (it specializes on
+    a per-layer value): the blocks would compile per layer, or run eagerly past Dynamo's recompile limit.
     """
 
     def __init__(self, model: nn.Module, groups: list[BlockGroup], strategy: str, config: Config,
@@ -107,9 +109,13 @@ class CompiledForward:
             except Exception as exc:
                 if not self._may_retry(exc):
                     raise
-                self._fall_back(exc)
+                self._fall_back(first_line(exc))
                 continue
             self.settled = True
+            if self.strategy == "per_block" and self.next and len(self.reports) > 2 * len(self.groups):
+                self._fall_back(f"its block frames were compiled {len(self.reports)} times for "
+                                f"{len(self.groups)} block class(es): a per-layer value read in the block "
+                                "(HF's layer_idx into a cache, say) specializes each trace")
             return result
 
     @property
@@ -124,8 +130,7 @@ class CompiledForward:
             return not self.settled and isinstance(exc, torch._dynamo.exc.TorchDynamoException)
         return True  # a whole-forward full graph: its trace failed before anything ran
 
-    def _fall_back(self, exc: BaseException) -> None:
-        reason = first_line(exc)
+    def _fall_back(self, reason: str) -> None:
         following = self.next.pop(0)
         log.warning("regionc: block_tracing=%s failed for %s (%s); using block_tracing=%s",
                     self.strategy, type(self.model).__name__, reason, following)

@@ -133,3 +133,41 @@ def test_a_block_nested_regions_refuse_falls_back_to_per_block(caplog):
     assert compiled.forward.strategy == "per_block" and len(compiled.forward.fallbacks) == 1
     assert all(type(block) is AliasingBlock for block in model.blocks)  # the region class was taken back
     assert sum("block_tracing=nested_region failed for AliasingStack" in r.getMessage() for r in caplog.records) == 1
+
+
+class IndexedBlock(torch.nn.Module):
+    """Reads its own layer index, as HF attention does to pick its cache layer: Dynamo specializes on it."""
+
+    def __init__(self, index):
+        super().__init__()
+        self.index = index
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x, table):
+        return self.lin(x).relu() + table[self.index]
+
+
+class IndexedStack(torch.nn.Module):
+    def __init__(self, depth=4):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(IndexedBlock(i) for i in range(depth))
+
+    def forward(self, x, table):
+        for block in self.blocks:
+            x = block(x, table)
+        return x
+
+
+def test_per_block_frames_compiled_per_layer_give_way_to_the_full_trace(caplog):
+    model = IndexedStack()
+    x, table = torch.randn(2, 8), torch.randn(4, 8)
+    expected = model(x, table)
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        compiled = regionc.compile(model, options={**NO_CACHE, "strict": False, "block_tracing": "per_block"})
+        with torch.no_grad():
+            assert_close(compiled(x, table), expected)  # per block: one compile per layer
+            assert compiled.forward.strategy == "full"
+            assert_close(compiled(x, table), expected)  # one graph over the model from now on
+    assert all(block._compiled_call_impl is None and "forward" not in block.__dict__ for block in model.blocks)
+    assert any("block_tracing=per_block failed" in r.getMessage() and "compiled 4 times" in r.getMessage()
+               for r in caplog.records)
