@@ -85,8 +85,9 @@ class CompiledForward:
     the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning naming the
     error. Per-block frames run one after another, so a failure there is retried only before the first
     call succeeded (later ones could come after blocks already wrote a cache). Per-block tracing also
-    gives way, after a call, when Dynamo compiled the block frame again and again (it specializes on
-    a per-layer value): the blocks would compile per layer, or run eagerly past Dynamo's recompile limit.
+    gives way after its first call if Dynamo compiled the block frame again and again in it (it
+    specializes on a per-layer value): the blocks would compile per layer, or run eagerly past
+    Dynamo's recompile limit.
     """
 
     def __init__(self, model: nn.Module, groups: list[BlockGroup], strategy: str, config: Config,
@@ -111,11 +112,12 @@ class CompiledForward:
                     raise
                 self._fall_back(first_line(exc))
                 continue
-            self.settled = True
-            if self.strategy == "per_block" and self.next and len(self.reports) > 2 * len(self.groups):
-                self._fall_back(f"its block frames were compiled {len(self.reports)} times for "
-                                f"{len(self.groups)} block class(es): a per-layer value read in the block "
-                                "(HF's layer_idx into a cache, say) specializes each trace")
+            first_call, self.settled = not self.settled, True
+            compiles = len(self.reports)  # one call, one input shape: a frame compiled per layer, not per shape
+            if first_call and self.strategy == "per_block" and self.next and compiles > 2 * len(self.groups):
+                self._fall_back(f"its block frames were compiled {compiles} times for {len(self.groups)} block "
+                                "class(es) in one call: a per-layer value read in the block (HF's layer_idx into "
+                                "a cache, say) specializes each trace")
             return result
 
     @property
