@@ -77,6 +77,11 @@ def needs_device_switch(t: torch.Tensor) -> bool:
 _sm_counts: dict[int, int] = {}
 
 
+def unit_stride_last(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors, each copied only if its last dim is not contiguous (what the kernels index by)."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
 def sm_count(t: torch.Tensor) -> int:
     """Streaming multiprocessors of ``t``'s GPU (cached); 132 (an H100) for CPU tensors (interpreter)."""
     idx = t.get_device()

@@ -77,6 +77,7 @@ from regionc.ops._utils import (
     next_power_of_2,
     register_cpu,
     tl,
+    unit_stride_last,
     triton,
 )
 
@@ -414,12 +415,7 @@ def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict
     if needs_device_switch(q):
         with torch.cuda.device(q.device):
             return attention_triton(q, k, v, causal, scale, config=config, variant=variant)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+    q, k, v = unit_stride_last(q, k, v)
     B, HQ, SQ, D = q.shape
     HKV, SK = k.shape[1], k.shape[2]
     o = torch.empty((B, HQ, SQ, D), dtype=q.dtype, device=q.device)

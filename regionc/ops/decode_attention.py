@@ -61,6 +61,7 @@ from regionc.ops._utils import (
     register_cpu,
     sm_count,
     tl,
+    unit_stride_last,
     triton,
 )
 
@@ -231,12 +232,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         with torch.cuda.device(q.device):
             return decode_attention_triton(q, k_cache, v_cache, mask, kv_len, scale, block_n=block_n,
                                            num_splits=num_splits, num_warps=num_warps, num_stages=num_stages)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k_cache.stride(-1) != 1:
-        k_cache = k_cache.contiguous()
-    if v_cache.stride(-1) != 1:
-        v_cache = v_cache.contiguous()
+    q, k_cache, v_cache = unit_stride_last(q, k_cache, v_cache)
     B, HQ, LQ, D = q.shape
     HKV, S = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty((B, HQ, LQ, D), dtype=q.dtype, device=q.device)

@@ -21,6 +21,9 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 aten = torch.ops.aten
 prims = torch.ops.prims
 
+#: The dtypes regionc's kernels take (a pattern in another dtype is left to Inductor).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
 CONVERT = prims.convert_element_type.default
 MUL = aten.mul.Tensor
 ADD_TARGETS = (aten.add.Tensor, aten.add.Scalar)

@@ -31,6 +31,7 @@ import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
 from regionc.passes._graph import (
+    FLOAT_DTYPES,
     VIEW_TARGETS,
     aten,
     dtype_str,
@@ -46,7 +47,6 @@ from regionc.passes._graph import (
 
 NAME = "attention"
 SUPPORTED_HEAD_DIMS = (64, 128)  # regionc.ops.attention.TRITON_HEAD_DIMS
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _sdpa_targets() -> dict:

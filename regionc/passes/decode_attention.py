@@ -44,6 +44,7 @@ import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
 from regionc.passes._graph import (
+    FLOAT_DTYPES,
     VIEW_TARGETS,
     aten,
     dtype_str,
@@ -59,7 +60,6 @@ from regionc.passes.attention import SDPA_TARGETS, sdpa_output, strip_gqa_expans
 
 NAME = "decode_attention"
 SUPPORTED_HEAD_DIMS = (64, 128)  # regionc.ops.decode_attention.TRITON_HEAD_DIMS
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: most query rows per sequence that count as decode
 MAX_QUERY_ROWS = 16
 #: most query rows of one KV head (Hq/Hkv * Lq): the rows of the kernel's tile

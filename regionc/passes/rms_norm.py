@@ -24,6 +24,7 @@ import torch
 import torch.fx
 
 from regionc.passes._graph import (
+    FLOAT_DTYPES,
     ADD_TARGETS,
     CONVERT,
     MUL,
@@ -43,7 +44,6 @@ from regionc.passes._graph import (
 )
 
 NAME = "rms_norm"
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclasses.dataclass

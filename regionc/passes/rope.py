@@ -26,6 +26,7 @@ import torch
 import torch.fx
 
 from regionc.passes._graph import (
+    FLOAT_DTYPES,
     CONVERT,
     MUL,
     aten,
@@ -45,7 +46,6 @@ from regionc.passes._graph import (
 )
 
 NAME = "rope"
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclasses.dataclass
