@@ -43,8 +43,8 @@ log = logging.getLogger("regionc")
 #: overrides them). Pointwise kernels take Inductor's first heuristic config instead of two configs,
 #: each compiled and then benchmarked on the first call: on an H100 that benchmarking alone cost
 #: 0.2 s of a 32-layer cold start (on the critical path), and the prefill was no slower without it
-#: (benchmarks/results/h100-s7/). Inductor's full-graph default keeps the second config; regionc
-#: compiles few pieces, so their first call matters more.
+#: (benchmarks/results/compile_time/h100-2026-11-25-pointwise-autotune-ab.json). Inductor's full-graph
+#: default keeps the second config; regionc compiles few pieces, so their first call matters more.
 PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
 
 

@@ -4,7 +4,7 @@
 code between the blocks (embedding, final norm, head) is plain Python. A graph per block would
 leave that glue, and a launch per block, on the host of every decode step: 4.4 ms against 3.2 ms
 for ``backend="regionc"``'s one graph over all pieces (32-layer demo decoder, H100,
-``benchmarks/results/h100-s5/decode_latency.json``). Capturing the forward as a whole (the way
+``benchmarks/results/decode/h100-2026-11-25.json``). Capturing the forward as a whole (the way
 vLLM and SGLang capture their model runners) gives one launch per step instead.
 
 A replay runs no Python, so the forward's own checks are skipped. What keeps it correct:
