@@ -28,12 +28,14 @@ be saved (the AOT path traces with ``fullgraph=True``); such a model is compiled
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
 import io
 import logging
 import pickle
+import re
 import time
 import types
 from collections.abc import Callable
@@ -177,7 +179,8 @@ class TraceSet:
             start_compile_workers()  # a trace is followed by a compile: let the workers start meanwhile
         # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
         flag = {"enable_aot_compile": True} if hasattr(torch._dynamo.config, "enable_aot_compile") else {}
-        options = {**(self.compile_args["options"] or {}), "guard_filter_fn": _saveable}
+        saveable = functools.partial(_saveable, self.fn.__code__.co_freevars)
+        options = {**(self.compile_args["options"] or {}), "guard_filter_fn": saveable}
         with torch._dynamo.config.patch(**flag):
             compiled = torch.compile(self.fn, fullgraph=True, **{**self.compile_args, "options": options})
         try:
@@ -209,17 +212,21 @@ class TraceSet:
         })
 
 
-def _saveable(entries) -> list[bool]:
+def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
     """Dynamo's guards that a saved trace keeps: all but those on Python globals and those whose check
     is an object's identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``), which mean
     nothing in another process. ``aot_compile``'s own filter drops the same kinds, but only by a guard's
     own type, so a guard that merely derives from ``ID_MATCH`` stops the save (every transformers and
     diffusers model has some). What the dropped guards protected is covered by the trace's key (the
-    function, the module's class, the arguments' types) and by the guards kept (the values read)."""
+    function, the module's class, the arguments' types) and by the guards kept (the values read).
+    Guards on the function's own closure variables (``closure``: a decorator's wrapped ``func``) are
+    dropped too: a loaded trace is handed no closure to check them against, and the key and the
+    source check cover the function they name."""
     from torch._dynamo.guards import CheckFunctionManager
 
     unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
-    keep = [not (e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ()))
+    keep = [not (e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
+                 or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure)
             for e in entries]
     return keep
 
