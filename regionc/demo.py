@@ -101,7 +101,7 @@ def run_tp(args) -> int:
             expected = model(tokens)
         error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
         pieces = regionc.last_report().pieces
-        counts = {s: sum(1 for p in pieces if p.source == s) for s in ("compiled", "cache", "reused", "eager")}
+        counts = {s: sum(1 for p in pieces if p.source == s) for s in ("compiled", "cache", "remote", "reused", "eager")}
         print(f"[rank {rank}/{dist.get_world_size()}] first call {first_call_s:.2f}s, rel. error vs unsharded "
               f"eager {error:.2e}, pieces {counts}")
         tolerance = 1e-4 if args.dtype == "float32" else 1e-1
