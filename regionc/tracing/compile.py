@@ -112,15 +112,20 @@ class CompiledForward:
                     raise
                 self._fall_back(first_line(exc))
                 continue
-            first_call, self.settled = not self.settled, True
-            compiles = len(self.reports)  # one call, one input shape: a frame compiled per layer, not per shape
-            # a first, a middle and a last variant per block class are expected (input layouts differ at the
-            # ends of a stack); more mean the trace specializes per layer
-            if first_call and self.strategy == "per_block" and self.next and compiles > 3 * len(self.groups):
-                self._fall_back(f"its block frames were compiled {compiles} times for {len(self.groups)} block "
-                                "class(es) in one call: a per-layer value read in the block (HF's layer_idx into "
-                                "a cache, say) specializes each trace")
+            if not self.settled:
+                self.settled = True
+                self._check_first_call()
             return result
+
+    def _check_first_call(self) -> None:
+        """After the first call (one input shape) under per-block tracing: a first, a middle and a last
+        variant per block class are expected (input layouts differ at the ends of a stack); more mean
+        the trace specializes per layer."""
+        compiles = len(self.reports)
+        if self.strategy == "per_block" and self.next and compiles > 3 * len(self.groups):
+            self._fall_back(f"its block frames were compiled {compiles} times for {len(self.groups)} block "
+                            "class(es) in one call: a per-layer value read in the block (HF's layer_idx into "
+                            "a cache, say) specializes each trace")
 
     @property
     def reports(self) -> list[Report]:
