@@ -19,6 +19,7 @@ from regionc.cache import open_store
 from regionc.compiler.manager import GraphCompiler, device_of
 from regionc.compiler.program import make_program
 from regionc.config import Config
+from regionc.logs import log_once
 from regionc.passes import PassManager
 from regionc.report import new_report
 
@@ -43,20 +44,13 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
     return program
 
 
-_said_every_block_was_traced = False
-
-
 def _say_every_block_was_traced(report) -> None:
     """Once per process: Dynamo traced each instance of the repeated blocks (plain
     ``torch.compile``, the full trace), so the trace grows with depth; name what traces one."""
-    global _said_every_block_was_traced
-    if _said_every_block_was_traced:
-        return
-    _said_every_block_was_traced = True
     blocks = ", ".join(f"{path}×{n}" for path, n in report.containers.items())
-    log.info("regionc: Dynamo traced every repeated block (%s) before regionc compiled one, so the trace "
-             "grows with depth; regionc.compile(model) traces one block per class and, with the cache on, "
-             "skips tracing on a warm start", blocks)
+    log_once("every-block-traced", "regionc: Dynamo traced every repeated block (%s) before regionc compiled "
+             "one, so the trace grows with depth; regionc.compile(model) traces one block per class and, with "
+             "the cache on, skips tracing on a warm start", blocks)
 
 
 def _dynamo_seconds_so_far() -> float | None:

@@ -43,6 +43,8 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from regionc.logs import log_once
+
 log = logging.getLogger("regionc.cache")
 
 SCHEMES = ("redis", "rediss", "unix")
@@ -104,7 +106,7 @@ class RemoteTier:
         self.max_bytes = int(max_bytes)
         self.problem = ""
         self._errors = (redis.RedisError, OSError)
-        self._warned: set[str] = set()
+        self._log_key = object()
         kwargs: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
                                   "retry": Retry(NoBackoff(), 0)}
         if not urlsplit(url).password and os.environ.get("REDISCLI_AUTH"):
@@ -140,10 +142,9 @@ class RemoteTier:
         if not size:
             return None
         if size > self.max_bytes:
-            if key not in self._warned:
-                self._warned.add(key)
-                log.warning("regionc: remote cache entry %s is %d bytes, over cache_max_bytes=%d: not fetched, "
-                            "compiling here", key[:16], size, self.max_bytes)
+            log_once((self._log_key, "too-big", key), "regionc: remote cache entry %s is %d bytes, over "
+                     "cache_max_bytes=%d: not fetched, compiling here", key[:16], size, self.max_bytes,
+                     level=logging.WARNING, logger=log)
             return None
         data = self._call(f"fetching entry {key[:16]}", self._redis.get, name)
         return None if data is None or len(data) > self.max_bytes else data

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import filelock
 
 from regionc.cache.key import canonical_json
+from regionc.logs import log_once
 
 if TYPE_CHECKING:  # pragma: no cover
     from regionc.cache.remote import RemoteTier
@@ -328,16 +329,13 @@ class ArtifactStore:
         self.problem = ""  # why the store is not readable/writable, for messages
         self.remote = remote
         self._fetched: dict[str, bytes] = {}  # key -> trailing sha256 of the entry this process fetched remotely
-        self._warned: set[str] = set()
+        self._log_key = object()
         self._open(write)
 
     # ------------------------------------------------------------------ setup
     def _warn_once(self, topic: str, msg: str, *args: Any) -> None:
-        if topic in self._warned:
-            log.debug(msg, *args)
-        else:
-            self._warned.add(topic)
-            log.warning(msg, *args)
+        """A warning the first time this store meets ``topic``; a debug line after that."""
+        log_once((self._log_key, topic), msg, *args, level=logging.WARNING, logger=log, repeat_level=logging.DEBUG)
 
     def _open(self, write: bool) -> None:
         if write and not self.root.is_dir():

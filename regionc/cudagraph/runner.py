@@ -71,17 +71,10 @@ from regionc.cudagraph.sizes import (
     keyed_shape,
     slice_outputs,
 )
+from regionc.logs import log_once
 from regionc.report import first_line
 
 log = logging.getLogger("regionc")
-
-_logged_once: set[str] = set()
-
-
-def _log_once(key: str, level: int, message: str, *args: Any) -> None:
-    if key not in _logged_once:
-        _logged_once.add(key)
-        log.log(level, message, *args)
 
 
 class CudaGraphAddressError(RuntimeError):
@@ -98,8 +91,9 @@ def should_use_cudagraphs(config, example_inputs: Iterable[Any]) -> bool:
     if setting is None:
         return on_cuda
     if not on_cuda:
-        _log_once("cudagraphs-no-cuda", logging.WARNING,
-                  "regionc: cudagraphs=True but no input is on a CUDA device; running without CUDA graphs")
+        log_once("cudagraphs-no-cuda",
+                 "regionc: cudagraphs=True but no input is on a CUDA device; running without CUDA graphs",
+                 level=logging.WARNING)
         return False
     return True
 
@@ -213,6 +207,7 @@ class GraphPool:
         self._last_instance: tuple[int, tuple[torch.Tensor, ...]] | None = None  # (instance, its tensors)
         self._current: _Forward | None = None
         self._outputs: dict[int, list[torch.Tensor]] = {}  # data_ptr -> graph outputs (full size)
+        self._log_key = object()
         if report is not None:
             with report._lock:
                 stats = report.cudagraphs
@@ -378,6 +373,7 @@ class PieceGraphRunner:
         self._entries: dict[tuple, _Entry] = {}
         self._positions_by_count: dict[int, list[int]] = {}
         self._no_capture: str | None = None
+        self._log_key = object()
         # A piece known to write nothing in place may warm up padded (and re-run on the real args if
         # that fails); one that may write (unknown counts as may) warms up once, exactly, unpadded.
         self._pure = mutated_inputs is not None and not mutated_inputs
@@ -404,8 +400,9 @@ class PieceGraphRunner:
     def __call__(self, *args: Any) -> Any:
         fwd = self.pool._current
         if fwd is None:
-            _log_once(f"outside:{id(self.pool)}", logging.WARNING,
-                      "regionc: %s called outside GraphPool.forward(); running without CUDA graphs", self.name)
+            log_once((self.pool._log_key, "outside"),
+                     "regionc: %s called outside GraphPool.forward(); running without CUDA graphs", self.name,
+                     level=logging.WARNING)
             return self.fn(*args)
         if fwd.bucket == ABOVE_MAX:
             return self._eager("above-max", args,
@@ -435,7 +432,7 @@ class PieceGraphRunner:
 
     # ------------------------------------------------------------------ paths
     def _eager(self, why: str, args: Sequence[Any], reason: str) -> Any:
-        _log_once(f"{why}:{id(self)}", logging.INFO, "regionc: %s runs without a CUDA graph: %s", self.name, reason)
+        log_once((self._log_key, why), "regionc: %s runs without a CUDA graph: %s", self.name, reason)
         if self.report is not None:
             with self.report._lock:
                 calls = self.report.cudagraphs.setdefault("eager_calls", {})

@@ -8,6 +8,8 @@ import logging
 
 import torch
 
+from regionc.logs import log_once
+
 log = logging.getLogger("regionc")
 
 try:  # triton is optional (CPU-only machines, macOS)
@@ -21,14 +23,6 @@ except ImportError:  # pragma: no cover - depends on the machine
     HAS_TRITON = False
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-_logged_once: set[str] = set()
-
-
-def log_once(key: str, msg: str, *args, level: int = logging.INFO) -> None:
-    if key not in _logged_once:
-        _logged_once.add(key)
-        log.log(level, msg, *args)
 
 
 def check(cond, msg: str, exc: type[Exception] = ValueError) -> None:

@@ -61,6 +61,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from regionc.logs import log_once
 from regionc.ops import attention_hopper as hopper
 from regionc.ops._utils import (
     FLOAT_DTYPES,
@@ -72,7 +73,6 @@ from regionc.ops._utils import (
     check_tensor,
     define_op,
     log,
-    log_once,
     needs_device_switch,
     next_power_of_2,
     register_cpu,

@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from regionc.logs import log_once
 from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
@@ -55,7 +56,6 @@ from regionc.ops._utils import (
     check_same_device,
     check_tensor,
     define_op,
-    log_once,
     needs_device_switch,
     next_power_of_2,
     register_cpu,

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.fx
 
+import regionc.logs
 from regionc.config import Config
-from regionc.cudagraph import runner as runner_module
 from regionc.regions.writes import mutated_placeholders
 from regionc.cudagraph.runner import (
     CudaGraphAddressError,
@@ -270,7 +270,7 @@ def test_should_use_cudagraphs_on_cpu(caplog):
     cpu = [torch.randn(2), 3]
     assert should_use_cudagraphs(Config.build({"cudagraphs": None}, environ={}), cpu) is False
     assert should_use_cudagraphs(Config.build({"cudagraphs": False}, environ={}), cpu) is False
-    runner_module._logged_once.discard("cudagraphs-no-cuda")
+    regionc.logs._logged.discard("cudagraphs-no-cuda")
     with caplog.at_level(logging.WARNING, logger="regionc"):
         assert should_use_cudagraphs(Config.build({"cudagraphs": True}, environ={}), cpu) is False
         assert should_use_cudagraphs(Config.build({"cudagraphs": True}, environ={}), cpu) is False

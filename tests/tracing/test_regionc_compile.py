@@ -65,9 +65,9 @@ def test_per_block_compiles_the_block_frame_once_and_matches_eager():
 
 
 def test_the_full_trace_says_once_what_traces_one_block(monkeypatch, caplog):
-    import regionc.backend
+    import regionc.logs
 
-    monkeypatch.setattr(regionc.backend, "_said_every_block_was_traced", False)
+    monkeypatch.setattr(regionc.logs, "_logged", set())
     x = tokens()
     message = "Dynamo traced every repeated block (layers×3)"
     with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
