@@ -54,3 +54,11 @@ def write_results(out_dir: str | os.PathLike, name: str, payload: dict[str, Any]
     path = out / f"{name}.json"
     path.write_text(json.dumps({"environment": environment(), **payload}, indent=2, default=str))
     return path
+
+
+def decode_attention_swapped() -> dict[str, Any]:
+    """regionc options that swap in the decode-attention op whatever the decision table says, and
+    leave every other pass's kernel out: the A/B that decides that table row."""
+    from regionc.config import PASS_NAMES
+
+    return {"kernel_choice": "always", "passes": {name: name == "decode_attention" for name in PASS_NAMES}}

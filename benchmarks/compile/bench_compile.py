@@ -1,4 +1,4 @@
-"""Cold and warm time to first output vs depth: regionc against full graph and per-block compile.
+"""Cold and warm time to first output: regionc against per-block compile and full graph, on real models.
 
 Variants: ``torch.compile(backend="regionc")``, ``regionc.compile`` (each block traced once; a
 warm start loads the saved Dynamo trace instead of tracing), full-graph ``torch.compile``,
@@ -9,16 +9,17 @@ between runs); one untimed process first caches Python's bytecode of torch, as a
 has it. Cold: empty cache dirs; warm: a second process on the same dirs. Time runs from
 the ``torch.compile`` call (or the per-block ``.compile()`` calls) to the first output,
 synchronized. The warm process then times the steady-state forward (CUDA events, median), so
-runtime sits next to compile time. Model: the demo decoder (d=2048, 32/8 heads, FFN 8192),
-bf16, prefill 1×2048.
+runtime sits next to compile time. Models (``--models``; see ``models.py``): the demo decoder,
+HF Llama, FLUX.1-dev's and Wan2.2-TI2V-5B's transformers, real configs and input sizes, bf16.
 
 ``--eager-first`` runs the model eagerly once before the timer starts, as a harness that checks
 the compiled output against eager does: the process's first cuBLAS/cuDNN/kernel-loading set-up
 (the same for every variant, and paid by a server when it loads weights or warms up) then falls
 outside the timed first call, and each result records ``eager_first_s`` and the compiled output's
-``max_abs_diff_vs_eager``. Without it (the default, as in earlier runs) that set-up is timed too.
+``max_abs_diff_vs_eager``. Without it that set-up is timed too.
 
-    python benchmarks/compile/bench_compile.py --out DIR [--layers 2 8 32] [--variants ...] [--eager-first]
+    python benchmarks/compile/bench_compile.py --out DIR [--models wan flux hf_llama] [--layers 0 8]
+        [--variants ...] [--eager-first]
 
 Results are merged into DIR/compile_time.json (rewritten after every measurement), so runs
 split over several invocations, or cut short, add up to one file.
@@ -40,23 +41,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 VARIANTS = ("regionc", "regionc_compile", "full_graph", "per_block", "nested_region")
 
 
-def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False,
-          profile: str | None = None, regionc_options: dict | None = None) -> dict:
+def child(variant: str, model_name: str, layers: int | None, cache_dir: str, time_runtime: bool,
+          eager_first: bool = False, profile: str | None = None, regionc_options: dict | None = None) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
     os.environ["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
     import torch
 
     import regionc
     from benchmarks.common import cuda_median_ms
-    from regionc.models.llama import LlamaConfig, build_demo_model
+    from benchmarks.compile.models import build
 
-    model = build_demo_model(LlamaConfig(n_layers=layers), dtype=torch.bfloat16, device="cuda")
-    tokens = torch.randint(0, 32000, (1, seq), device="cuda")
+    work = build(model_name, layers)
+    model, inputs = work.model, work.inputs
     reference = None
     if eager_first:  # CUDA/cuBLAS/cuDNN set-up is paid here, outside the timed compile
         eager_start = time.perf_counter()
         with torch.no_grad():
-            reference = model(tokens)
+            reference = work.output(model(**inputs))
         torch.cuda.synchronize()
         eager_first_s = time.perf_counter() - eager_start
     profiler = None
@@ -75,16 +76,16 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
         run = regionc.compile(model, options=options)
     elif variant == "full_graph":
         run = torch.compile(model)
-    elif variant == "per_block":
-        for layer in model.layers:
-            layer.compile()
+    elif variant == "per_block":  # diffusers' compile_repeated_blocks / accelerate's compile_regions
+        for block in work.blocks():
+            block.compile()
         run = model
     elif variant == "nested_region":
-        block = type(model.layers[0])  # on the class, as documented (a per-instance mark is not reused)
-        block.forward = torch.compiler.nested_compile_region(block.forward)
+        for block_class in {type(block) for block in work.blocks()}:  # on the class, as documented
+            block_class.forward = torch.compiler.nested_compile_region(block_class.forward)
         run = torch.compile(model)
     with torch.no_grad():
-        out = run(tokens)
+        out = work.output(run(**inputs))
         torch.cuda.synchronize()
         first = time.perf_counter() - start
         if profiler is not None:
@@ -95,7 +96,7 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
             result["eager_first_s"] = eager_first_s
             result["max_abs_diff_vs_eager"] = (out.float() - reference.float()).abs().max().item()
         if time_runtime:
-            result["prefill_ms"] = cuda_median_ms(lambda: run(tokens), warmup=3, iters=20)
+            result["step_ms"] = cuda_median_ms(lambda: run(**inputs), warmup=3, iters=20)
         if variant.startswith("regionc"):
             reports = regionc.reports()
             result["phases_s"] = {}
@@ -107,6 +108,7 @@ def child(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: boo
             result["inlined_regions"] = sum(r.inlined_regions for r in reports)
             result["graphs"] = len(reports)
             result["trace_sources"] = sorted({r.trace_source for r in reports if r.trace_source})
+            result["reports"] = [r.summary() for r in reports[:12]]
         result["dynamo_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         result["torch_compile_metrics_s"] = _torch_compile_metrics()
     return result
@@ -121,10 +123,11 @@ def _torch_compile_metrics(top: int = 25) -> dict[str, float]:
     return {name: round(totals[name], 4) for name in sorted(totals, key=totals.get, reverse=True)[:top]}
 
 
-def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: bool, eager_first: bool = False,
-            regionc_options: dict | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--layers", str(layers), "--cache-dir", cache_dir,
-           "--seq", str(seq)] + (["--time-runtime"] if time_runtime else []) + (["--eager-first"] if eager_first else [])
+def measure(variant: str, model: str, layers: int | None, cache_dir: str, time_runtime: bool,
+            eager_first: bool = False, regionc_options: dict | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--models", model, "--cache-dir", cache_dir]
+    cmd += (["--layers", str(layers)] if layers else []) + (["--time-runtime"] if time_runtime else [])
+    cmd += ["--eager-first"] if eager_first else []
     if regionc_options:
         cmd += ["--regionc-options", json.dumps(regionc_options)]
     start = time.perf_counter()
@@ -137,7 +140,7 @@ def measure(variant: str, layers: int, cache_dir: str, seq: int, time_runtime: b
     return result
 
 
-def _prime_bytecode(variant: str, layers: int, seq: int) -> None:
+def _prime_bytecode(variant: str, model: str) -> None:
     """Run one untimed child first, so every timed one finds Python's bytecode of torch cached.
 
     A server has its packages' ``.pyc`` files; a fresh machine compiles torch's sources on first
@@ -152,8 +155,8 @@ def _prime_bytecode(variant: str, layers: int, seq: int) -> None:
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         os.environ.setdefault("PYTHONPYCACHEPREFIX", tempfile.mkdtemp(prefix="bench-pycache-"))
     with tempfile.TemporaryDirectory(prefix="bench-prime-") as cache_dir:
-        primed = measure(variant, layers, cache_dir, seq, time_runtime=False)
-    print(f"primed Python bytecode ({variant} L={layers}, {primed.get('process_s', 0):.1f}s; "
+        primed = measure(variant, model, 2, cache_dir, time_runtime=False)
+    print(f"primed Python bytecode ({variant} {model} L=2, {primed.get('process_s', 0):.1f}s; "
           f"PYTHONPYCACHEPREFIX={os.environ.get('PYTHONPYCACHEPREFIX', 'unset')})", flush=True)
 
 
@@ -164,32 +167,38 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
+    """One panel per model and depth: cold and warm time to first output of each variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, phase in zip(axes, ("cold", "warm")):
-        for variant, by_depth in results.items():
-            depths = sorted(int(d) for d, r in by_depth.items() if "first_call_s" in r.get(phase, {}))
-            if depths:
-                ax.plot(depths, [by_depth[str(d)][phase]["first_call_s"] for d in depths], marker="o", label=variant)
-        ax.set_title(f"{phase} start: time to first output")
-        ax.set_xlabel("layers")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("seconds")
-    axes[0].legend()
+    panels = [(model, depth, by_variant) for model, depths in results.items()
+              for depth, by_variant in depths.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (model, depth, by_variant) in zip(axes[0], panels):
+        variants = list(by_variant)
+        for offset, phase in ((-0.2, "cold"), (0.2, "warm")):
+            values = [by_variant[v][phase].get("first_call_s", 0.0) for v in variants]
+            ax.bar([i + offset for i in range(len(variants))], values, width=0.4, label=phase)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+        ax.set_title(f"{model} ({depth})")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("seconds to first output")
+    axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> int:
+    from benchmarks.compile.models import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--layers", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--models", nargs="+", default=["demo"], choices=MODELS)
+    parser.add_argument("--layers", type=int, nargs="+", default=[0],
+                        help="depths to measure (each repeated stack's length); 0: the model's own")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--cache-dir")
     parser.add_argument("--time-runtime", action="store_true")
@@ -205,8 +214,8 @@ def main() -> int:
                         help="cold+warm pairs per variant and depth; the median run is reported, all samples kept")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.layers[0], args.cache_dir, args.seq, args.time_runtime,
-                               args.eager_first, args.profile, args.regionc_options)))
+        print(json.dumps(child(args.child, args.models[0], args.layers[0] or None, args.cache_dir,
+                               args.time_runtime, args.eager_first, args.profile, args.regionc_options)))
         return 0
 
     import torch
@@ -216,35 +225,35 @@ def main() -> int:
         return 0
     from benchmarks.common import write_results
 
-    _prime_bytecode(args.variants[0], min(args.layers), args.seq)
+    _prime_bytecode(args.variants[0], args.models[0])
     path = Path(args.out) / "compile_time.json"
     results: dict = json.loads(path.read_text())["results"] if path.exists() else {}
-    for layers in args.layers:
-        samples: dict[str, dict[str, list[dict]]] = {v: {"cold": [], "warm": []} for v in args.variants}
-        for _ in range(args.repeats):  # variants interleaved, so a slow stretch of the machine hits all
+    for model in args.models:
+        for layers in args.layers:
+            depth = f"L={layers}" if layers else "real depth"
+            samples: dict[str, dict[str, list[dict]]] = {v: {"cold": [], "warm": []} for v in args.variants}
+            for _ in range(args.repeats):  # variants interleaved, so a slow stretch of the machine hits all
+                for variant in args.variants:
+                    with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
+                        for phase in ("cold", "warm"):
+                            samples[variant][phase].append(measure(
+                                variant, model, layers, cache_dir, time_runtime=phase == "warm",
+                                eager_first=args.eager_first,
+                                regionc_options=args.regionc_options if variant.startswith("regionc") else None))
             for variant in args.variants:
-                with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as cache_dir:
-                    for phase in ("cold", "warm"):
-                        samples[variant][phase].append(measure(
-                            variant, layers, cache_dir, args.seq, time_runtime=phase == "warm",
-                            eager_first=args.eager_first,
-                            regionc_options=args.regionc_options if variant.startswith("regionc") else None))
-        for variant in args.variants:
-            cold, warm = (_median_run(samples[variant][phase]) for phase in ("cold", "warm"))
-            label = f"{variant}[{args.tag}]" if args.tag else variant
-            results.setdefault(label, {})[str(layers)] = {
-                "cold": cold, "warm": warm, "repeats": args.repeats, "eager_first": args.eager_first,
-                "regionc_options": args.regionc_options if variant.startswith("regionc") else None,
-                "cold_samples_s": [r.get("first_call_s") for r in samples[variant]["cold"]],
-                "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]],
-                "prefill_ms_samples": [r.get("prefill_ms") for r in samples[variant]["warm"]]}
-            write_results(args.out, "compile_time", {
-                "model": "demo decoder d=2048 heads 32/8 ffn 8192 bf16", "prefill_tokens": args.seq,
-                "results": results})
-            print(f"{label:>14} L={layers:<3} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
-                  f"warm {warm.get('first_call_s', float('nan')):7.2f}s  "
-                  f"prefill {warm.get('prefill_ms', float('nan')):7.2f} ms  "
-                  f"{cold.get('error', '')[-200:]}{cold.get('skipped', '')}", flush=True)
+                cold, warm = (_median_run(samples[variant][phase]) for phase in ("cold", "warm"))
+                label = f"{variant}[{args.tag}]" if args.tag else variant
+                results.setdefault(model, {}).setdefault(depth, {})[label] = {
+                    "cold": cold, "warm": warm, "repeats": args.repeats, "eager_first": args.eager_first,
+                    "regionc_options": args.regionc_options if variant.startswith("regionc") else None,
+                    "cold_samples_s": [r.get("first_call_s") for r in samples[variant]["cold"]],
+                    "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]],
+                    "step_ms_samples": [r.get("step_ms") for r in samples[variant]["warm"]]}
+                write_results(args.out, "compile_time", {"results": results})
+                print(f"{model:>9} {depth:<10} {label:>16} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
+                      f"warm {warm.get('first_call_s', float('nan')):7.2f}s  "
+                      f"step {warm.get('step_ms', float('nan')):7.2f} ms  "
+                      f"{cold.get('error', '')[-300:]}{warm.get('error', '')[-300:]}", flush=True)
     plot(results, Path(args.out) / "compile_time.png")
     print(f"wrote {path}")
     return 0

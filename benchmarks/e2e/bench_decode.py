@@ -4,7 +4,8 @@ Batch 1, 8 and 32 with one token each, without a KV cache (the TARGETS.md "decod
 shape) and, at batch 8, one decode step on the static per-layer KV cache. Compared: eager,
 full-graph ``torch.compile``, full graph ``mode="reduce-overhead"``, per-block ``.compile()``,
 regionc without graphs, regionc with one graph over all pieces (``cudagraph_mode="full"``, the
-default) and with a graph per piece, and ``regionc.compile`` with graphs.
+default) and with a graph per piece, and ``regionc.compile`` with graphs; ``*_dattn``: the same with the decode-attention op swapped in
+whatever the decision table says (its A/B).
 
 Latency drifts within a process by as much as the differences measured here (``reduce-overhead``
 compiled first or second in one process: 2.82 vs 3.24 ms, ``benchmarks/results/decode_capture_ab/``). So every
@@ -28,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = ("eager", "full_graph", "reduce_overhead", "per_block", "regionc", "regionc_graphs",
-            "regionc_piecewise_graphs", "regionc_compile_graphs")
+            "regionc_piecewise_graphs", "regionc_compile_graphs", "regionc_graphs_dattn", "regionc_compile_graphs_dattn")
 
 #: Variants that compile the model's blocks in place: they get their own copy of the model.
-CHANGE_BLOCKS = ("per_block", "regionc_compile_graphs")
+CHANGE_BLOCKS = ("per_block", "regionc_compile_graphs", "regionc_compile_graphs_dattn")
 
 
 def make_runner(variant: str, model, cache_dir: str):
@@ -47,9 +48,13 @@ def make_runner(variant: str, model, cache_dir: str):
         for layer in model.layers:
             layer.compile(dynamic=False)
         return model
-    options = {"cache_dir": cache_dir, "cudagraphs": variant.endswith("_graphs"),
+    options = {"cache_dir": cache_dir, "cudagraphs": "_graphs" in variant,
                "cudagraph_mode": "piecewise" if "piecewise" in variant else "full"}
-    if variant == "regionc_compile_graphs":
+    if variant.endswith("_dattn"):
+        from benchmarks.common import decode_attention_swapped
+
+        options.update(decode_attention_swapped())
+    if variant.startswith("regionc_compile"):
         import regionc
 
         return regionc.compile(model, dynamic=False, options=options)
@@ -99,7 +104,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--kv-batches", type=int, nargs="+", default=[8], help="batches of the KV-cache decode case")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per case")
     args = parser.parse_args()
@@ -115,7 +121,7 @@ def main() -> int:
     cfg = LlamaConfig(n_layers=args.layers, max_seq=256)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as cache_dir, torch.no_grad():
-        for case, batch in [("kv_cache", 8)] + [("plain", b) for b in args.batches]:
+        for case, batch in [("kv_cache", b) for b in args.kv_batches] + [("plain", b) for b in args.batches]:
             for row in measure_case(case, batch, args.variants, cfg, cache_dir, args.rounds):
                 rows.append(row)
                 spread = f"{min(row['round_ms']):.3f}-{max(row['round_ms']):.3f}"

@@ -1,10 +1,11 @@
 """Hugging Face ``LlamaModel`` (32 × 2048, 32 / 8 heads, bf16) as its docs run it: StaticCache decode and prefill.
 
 Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 256, position 128) and
-batch 8 (``max_cache_len`` 4096, positions 512 and 3900). Variants in the same run, each on its own
+batch 8 (``max_cache_len`` 4096, positions 512 and 3900) and batch 32 (4096, position 512). Variants in the same run, each on its own
 cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead", fullgraph=True)`` (HF's
 recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
-``regionc.compile(model, mode="reduce-overhead")``. Each row has ms per step (CUDA events, median of
+``regionc.compile(model, mode="reduce-overhead")``, and both regionc entries with the decode-attention op
+swapped in whatever the decision table says (``*_dattn``, its A/B). Each row has ms per step (CUDA events, median of
 interleaved rounds), the relative error of the first step against eager, and regionc's CUDA-graph stats.
 The cache's position counters are reset in place between timing windows, so every window decodes at
 (about) the stated position.
@@ -28,9 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile")
+DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile", "regionc_backend_dattn",
+                   "regionc_compile_dattn")
 PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
-DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)))  # batch, max_cache_len, positions
+DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)), (32, 4096, (512,)))  # batch, max_cache_len, positions
 
 
 def build(layers: int):
@@ -51,8 +53,10 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
 
     import regionc
 
+    from benchmarks.common import decode_attention_swapped
+
     mode = "reduce-overhead" if decode else None
-    options = {"cache_dir": cache_dir}
+    options = {"cache_dir": cache_dir, **(decode_attention_swapped() if variant.endswith("_dattn") else {})}
     if variant == "eager":
         return model
     if variant == "reduce_overhead":
@@ -61,7 +65,7 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
         for layer in model.layers:
             layer.compile()
         return model
-    if variant == "regionc_backend":  # torch 2.11 takes a mode or options, not both: the option says it
+    if variant.startswith("regionc_backend"):  # torch 2.11 takes a mode or options, not both: the option says it
         return torch.compile(model, backend="regionc", options={**options, "cudagraphs": decode})
     return regionc.compile(model, mode=mode, options=options)
 
@@ -85,7 +89,7 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
         runs, caches, first, positions_of = {}, {}, {}, {}
         for variant in DECODE_VARIANTS:
-            instance = copy.deepcopy(model) if variant == "regionc_compile" else model
+            instance = copy.deepcopy(model) if variant.startswith("regionc_compile") else model
             cache = StaticCache(config=model.config, max_cache_len=max_len)
             with torch.no_grad():
                 model(input_ids=prompt, past_key_values=cache, use_cache=True)  # eager prefill, all variants alike
