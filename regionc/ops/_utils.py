@@ -1,9 +1,10 @@
 """Small helpers shared by the op modules: op registration with the least per-call host cost,
-argument checks that also work on symbolic sizes (inside torch.compile's fake kernels), and
-Triton availability."""
+argument checks that also work on symbolic sizes (inside torch.compile's fake kernels), the GPU's
+properties, and Triton availability."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -68,22 +69,28 @@ def needs_device_switch(t: torch.Tensor) -> bool:
     return _gpu_count[0] > 1 and t.get_device() != torch.cuda.current_device()
 
 
-_sm_counts: dict[int, int] = {}
-
-
 def unit_stride_last(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The tensors, each copied only if its last dim is not contiguous (what the kernels index by)."""
     return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
+@functools.cache
+def device_properties(index: int):
+    """``torch.cuda.get_device_properties(index)``, read once per GPU: launchers size their grids
+    from it on every call, and the properties of a device do not change."""
+    return torch.cuda.get_device_properties(index)
+
+
+def capability(index: int) -> tuple[int, int]:
+    """The compute capability ``(major, minor)`` of GPU ``index``."""
+    props = device_properties(index)
+    return props.major, props.minor
+
+
 def sm_count(t: torch.Tensor) -> int:
-    """Streaming multiprocessors of ``t``'s GPU (cached); 132 (an H100) for CPU tensors (interpreter)."""
+    """Streaming multiprocessors of ``t``'s GPU; 132 (an H100) for CPU tensors (interpreter)."""
     idx = t.get_device()
-    n = _sm_counts.get(idx)
-    if n is None:
-        n = torch.cuda.get_device_properties(idx).multi_processor_count if idx >= 0 else 132
-        _sm_counts[idx] = n
-    return n
+    return device_properties(idx).multi_processor_count if idx >= 0 else 132
 
 
 def next_power_of_2(n: int) -> int:
@@ -258,7 +265,7 @@ def resident_programs(kernel, args: tuple, num_warps: int, device_index: int) ->
         log_once("resident", "regionc: cannot read a kernel's register use (%s); persistent grids use a default",
                  exc)
         return None
-    props = torch.cuda.get_device_properties(device_index)
+    props = device_properties(device_index)
     regs_sm = getattr(props, "regs_per_multiprocessor", 65536)
     threads_sm = getattr(props, "max_threads_per_multi_processor", 2048)
     smem_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)

@@ -66,12 +66,14 @@ from regionc.ops import attention_hopper as hopper
 from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
+    capability,
     check,
     check_float_dtype,
     check_no_grad,
     check_same_device,
     check_tensor,
     define_op,
+    device_properties,
     log,
     needs_device_switch,
     next_power_of_2,
@@ -321,24 +323,17 @@ if HAS_TRITON:
 
 #: why the TMA variant is off for this process (set after it failed once), or None
 _tma_disabled: str | None = None
-_capabilities: dict[int, tuple[int, int]] = {}
 
 
 def _seq_bucket(n: int) -> int:
     return min(next_power_of_2(max(int(n), 16)), 16384)
 
 
-_l2_sizes: dict[int, int] = {}
-
-
 def _l2_bytes(t: torch.Tensor) -> int:
-    """L2 size of ``t``'s GPU (cached); 50 MB (an H100) for CPU tensors (interpreter)."""
+    """L2 size of ``t``'s GPU; 50 MB (an H100) for CPU tensors (interpreter) and torch builds
+    whose device properties lack it."""
     idx = t.get_device()
-    n = _l2_sizes.get(idx)
-    if n is None:
-        n = getattr(torch.cuda.get_device_properties(idx), "L2_cache_size", 50 << 20) if idx >= 0 else 50 << 20
-        _l2_sizes[idx] = n
-    return n
+    return getattr(device_properties(idx), "L2_cache_size", 50 << 20) if idx >= 0 else 50 << 20
 
 
 def _device_workspace(size: int, alignment: int, stream):
@@ -364,10 +359,7 @@ def tma_unusable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | Non
     if not HAS_TMA:
         return "this triton has no tl.make_tensor_descriptor / triton.set_allocator"
     if q.is_cuda:
-        idx = q.get_device()
-        cap = _capabilities.get(idx)
-        if cap is None:
-            cap = _capabilities[idx] = torch.cuda.get_device_capability(idx)
+        cap = capability(q.get_device())
         if cap[0] < 9:
             return f"TMA needs compute capability >= 9.0, this GPU has {cap[0]}.{cap[1]}"
     align = 16 // q.element_size()

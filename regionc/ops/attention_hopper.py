@@ -50,6 +50,7 @@ import torch
 from regionc.ops._utils import (
     CompiledLaunch,
     LaunchCache,
+    capability,
     cuda_stream,
     launch_hooks_active,
     log,
@@ -84,7 +85,6 @@ CONFIGS = {
 }
 
 _disabled: str | None = None
-_capabilities: dict[int, tuple[int, int]] = {}
 
 # --------------------------------------------------------------------------------------
 # Gluon kernel
@@ -297,10 +297,7 @@ def unusable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
             return "q/k/v base not 16-byte aligned, B/H/S strides not 16-byte multiples, or D not contiguous"
     if not q.is_cuda:
         return "not a CUDA tensor"
-    idx = q.get_device()
-    cap = _capabilities.get(idx)
-    if cap is None:
-        cap = _capabilities[idx] = torch.cuda.get_device_capability(idx)
+    cap = capability(q.get_device())
     if cap[0] != 9:
         return f"needs a Hopper GPU (sm_90), this one is sm_{cap[0]}{cap[1]}"
     return None
