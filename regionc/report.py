@@ -31,6 +31,22 @@ class PieceRecord:
 
 
 @dataclasses.dataclass
+class CudagraphStats:
+    """What CUDA graphs did for one graph. The pools and runners of :mod:`regionc.cudagraph` fill it
+    through :class:`Report`'s methods, under the report's lock (pieces may run on several threads)."""
+
+    mode: str = ""  # "full", "piecewise", "piecewise (full capture failed)" or "module forward"
+    padding: str = ""  # whether the dynamic batch dim is padded to the capture sizes, or why not
+    graphs: int = 0  # graphs captured
+    private_pool_graphs: int = 0  # of those, captured into a pool of their own (a shape first seen late)
+    captured: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # piece -> {"N=8": graphs}
+    capture_s: float = 0.0
+    pool_bytes: int = 0  # memory the captures added to the pools
+    eager_calls: dict[str, int] = dataclasses.field(default_factory=dict)  # piece -> calls run without a graph
+    fallbacks: list[str] = dataclasses.field(default_factory=list)  # "piece: why graphs are off for it"
+
+
+@dataclasses.dataclass
 class Report:
     graph_index: int = 0
     containers: dict[str, int] = dataclasses.field(default_factory=dict)  # container path -> blocks
@@ -46,7 +62,7 @@ class Report:
         "hits": 0, "misses": 0, "load_s": 0.0, "bytes_loaded": 0, "bytes_written": 0, "waited_s": 0.0})
     pass_matches: dict[str, int] = dataclasses.field(default_factory=Counter)
     pass_skips: list[str] = dataclasses.field(default_factory=list)
-    cudagraphs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cudagraph_stats: CudagraphStats | None = None  # None: the graph runs without CUDA graphs
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     # ------------------------------------------------------------------ counts
@@ -83,6 +99,52 @@ class Report:
             for key, delta in deltas.items():
                 self.cache[key] = self.cache.get(key, 0) + delta
 
+    # ------------------------------------------------------------------ CUDA graphs
+    @property
+    def cudagraphs(self) -> dict[str, Any]:
+        """:attr:`cudagraph_stats` as plain data, ``{}`` without CUDA graphs: what ``to_dict`` and
+        benchmark results hold."""
+        with self._lock:
+            return {} if self.cudagraph_stats is None else dataclasses.asdict(self.cudagraph_stats)
+
+    def note_cudagraphs(self, *, mode: str | None = None, padding: str | None = None) -> None:
+        """This graph runs under CUDA graphs; ``mode`` and ``padding`` replace those lines when given."""
+        with self._lock:
+            stats = self._cudagraph_stats()
+            if mode is not None:
+                stats.mode = mode
+            if padding is not None:
+                stats.padding = padding
+
+    def add_capture(self, piece: str, label: str, seconds: float, pool_bytes: int, private: bool) -> None:
+        """One graph of ``piece`` captured for shape ``label`` ("N=8", "static", ...)."""
+        with self._lock:
+            stats = self._cudagraph_stats()
+            stats.graphs += 1
+            stats.capture_s += seconds
+            stats.pool_bytes += pool_bytes
+            stats.private_pool_graphs += int(private)
+            per_piece = stats.captured.setdefault(piece, {})
+            per_piece[label] = per_piece.get(label, 0) + 1
+            self.phases["capture"] += seconds
+
+    def add_eager_call(self, piece: str) -> None:
+        """A call of ``piece`` under CUDA graphs that ran without one (a size above the largest, ...)."""
+        with self._lock:
+            calls = self._cudagraph_stats().eager_calls
+            calls[piece] = calls.get(piece, 0) + 1
+
+    def add_cudagraph_fallback(self, message: str) -> None:
+        """Graphs turned off for a piece from now on: ``"piece: why"``."""
+        with self._lock:
+            self._cudagraph_stats().fallbacks.append(message)
+
+    def _cudagraph_stats(self) -> CudagraphStats:
+        """The stats, created on first use; the caller holds the lock."""
+        if self.cudagraph_stats is None:
+            self.cudagraph_stats = CudagraphStats()
+        return self.cudagraph_stats
+
     def summary(self) -> str:
         blocks = ", ".join(f"{path}×{n}" for path, n in self.containers.items()) or "none"
         glue = sum(1 for p in self.pieces if p.kind == "glue")
@@ -99,8 +161,8 @@ class Report:
             parts.append(f"{self.fused_boundaries} block-boundary add(s) fused into the next piece")
         if self.pass_matches:
             parts.append("passes " + " ".join(f"{k}={v}" for k, v in sorted(self.pass_matches.items())))
-        if self.cudagraphs:
-            parts.append(f"cudagraphs {self.cudagraphs.get('graphs', 0)} graph(s)")
+        if self.cudagraph_stats is not None:
+            parts.append(f"cudagraphs {self.cudagraph_stats.graphs} graph(s)")
         if self.trace_source:
             parts.append(self.trace_source)
         if self.fallbacks:
@@ -126,7 +188,7 @@ class Report:
             "cache": dict(self.cache),
             "pass_matches": dict(self.pass_matches),
             "pass_skips": list(self.pass_skips),
-            "cudagraphs": dict(self.cudagraphs),
+            "cudagraphs": self.cudagraphs,
         }
 
 

@@ -80,20 +80,20 @@ class ModuleGraphs:
         self.runner = PieceGraphRunner(
             self._run_forward, name=f"{type(self.module).__name__}.forward", pool=pool, config=self.config,
             report=self.report, static_input_indices=(), is_last=True)
-        self.report.cudagraphs["mode"] = "module forward"
+        self.report.note_cudagraphs(mode="module forward")
         self._addresses = self._current_addresses()
 
     def _refuse_what_a_replay_would_break(self, tensors: list[torch.Tensor], versions: list[int],
                                           arguments: tuple, out: Any) -> None:
         written = [i for i, (t, before) in enumerate(zip(tensors, versions)) if t._version != before]
         if written:
-            self.runner._disable(f"the forward writes in place to its tensor argument(s) {written}")
+            self.runner.disable(f"the forward writes in place to its tensor argument(s) {written}")
             return
         leaves, _ = as_output_list(out)
         other = [v for v in leaves if not (v is None or isinstance(v, torch.Tensor) or any(v is a for a in arguments))]
         if other:
-            self.runner._disable(f"the forward returns a {type(other[0]).__name__} computed in Python, which a "
-                                 "replay would not recompute; graphs need tensors, None or the call's own arguments")
+            self.runner.disable(f"the forward returns a {type(other[0]).__name__} computed in Python, which a "
+                                "replay would not recompute; graphs need tensors, None or the call's own arguments")
 
     def _current_addresses(self) -> list[int]:
         return [t.data_ptr() for t in (*self.module.parameters(), *self.module.buffers())]

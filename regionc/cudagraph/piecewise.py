@@ -82,7 +82,7 @@ def install_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piece], pla
     """``split`` with its compiled pieces installed, run under CUDA graphs as ``plan`` says.
     ``backend``: the pool's CUDA calls (tests pass a fake)."""
     if plan.padding_note:
-        report.cudagraphs["padding"] = plan.padding_note
+        report.note_cudagraphs(padding=plan.padding_note)
     pool = GraphPool(config, report, device=plan.device, backend=backend)
     static_indices = list(plan.static_indices)
     whole = None
@@ -92,7 +92,7 @@ def install_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piece], pla
             static_input_indices=static_indices,
             dynamic_inputs=plan.padding.graph_spec if plan.padding else None,
             is_last=True, mutated_inputs=set(plan.mutated_inputs))
-    report.cudagraphs["mode"] = "full" if whole is not None else "piecewise"
+    report.note_cudagraphs(mode="full" if whole is not None else "piecewise")
     if whole is None or not whole.capturable:
         _graph_each_piece(split, pieces, plan, pool, config, report)
 
@@ -103,7 +103,7 @@ def install_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piece], pla
         nonlocal whole
         if whole is not None and not whole.capturable:
             log.warning("regionc: one CUDA graph over all pieces could not be captured; graphing each piece instead")
-            report.cudagraphs["mode"] = "piecewise (full capture failed)"
+            report.note_cudagraphs(mode="piecewise (full capture failed)")
             whole = None
             _graph_each_piece(split, pieces, plan, pool, config, report)
             pool.restart()

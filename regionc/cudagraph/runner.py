@@ -26,7 +26,8 @@ address change would be silently stale: ``config.cudagraph_check_addresses`` che
 replay and raises :class:`CudaGraphAddressError`. Other tensor args are copied into static buffers
 (padded with ``pad_value``) unless the arg already *is* that buffer: an output of another graph in
 this pool (the previous piece), in which case the graph was captured reading it in place and no
-copy happens. A piece that writes in place to a non-static input is not graphed.
+copy happens (:mod:`regionc.cudagraph.staging`). A piece that writes in place to a non-static
+input is not graphed.
 
 Outputs contract: a replay overwrites the same output memory every time. Outputs of intermediate
 pieces are returned as the graph's own tensors (views, sliced back to n) and are valid until the
@@ -41,6 +42,9 @@ Fallbacks (one log line each, never a crash): sizes above the largest capture si
 a capture that raises (host sync such as ``.item()``, data-dependent shapes), CPU tensors in or
 out, or non-tensor outputs that padding would change turn graphs off for that piece from then on
 (graphs already captured for it stay in use).
+
+The CUDA calls themselves are in :mod:`regionc.cudagraph.capture`; what was captured, replayed
+and refused goes to the report's :class:`~regionc.report.CudagraphStats`.
 """
 
 from __future__ import annotations
@@ -50,27 +54,24 @@ import dataclasses
 import logging
 import operator
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from regionc.cudagraph.capture import CudaGraphBackend, capture_graph
 from regionc.cudagraph.sizes import (
     ABOVE_MAX,
     DynamicSpec,
     as_output_list,
     bucket_for,
-    copy_padded,
-    empty_padded_like,
+    keyed_shape,
     pad_args,
-    padded_int_args,
-    padded_shape,
     rebuild_outputs,
     runtime_size,
-    keyed_shape,
     slice_outputs,
 )
+from regionc.cudagraph.staging import GraphOutputs, StagedInput, copy_in, stage
 from regionc.logs import log_once
 from regionc.report import first_line
 
@@ -96,84 +97,6 @@ def should_use_cudagraphs(config, example_inputs: Iterable[Any]) -> bool:
                  level=logging.WARNING)
         return False
     return True
-
-
-# ====================================================================== device side (injectable)
-class CudaGraphBackend:
-    """The CUDA calls the runner makes; tests swap in a fake with the same methods."""
-
-    def __init__(self, device: torch.device | int | None = None):
-        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self._shared = None
-        self._stream = None
-
-    def accepts(self, t: torch.Tensor) -> bool:
-        return t.device == self.device
-
-    def pool_handle(self, private: bool):
-        if private:
-            return torch.cuda.graph_pool_handle()
-        if self._shared is None:
-            self._shared = torch.cuda.graph_pool_handle()
-        return self._shared
-
-    @property
-    def stream(self) -> torch.cuda.Stream:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device=self.device)
-        return self._stream
-
-    @contextlib.contextmanager
-    def warmup(self):
-        """Warm-up runs on the capture stream (per-stream lazy state, e.g. cuBLAS workspaces, is set up there)."""
-        current = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(current)
-        try:
-            with torch.cuda.stream(self.stream):
-                yield
-        finally:
-            current.wait_stream(self.stream)
-
-    def capture(self, fn: Callable[..., Any], args: Sequence[Any], pool) -> tuple[Any, Any]:
-        """Capture ``fn(*args)`` into a new graph in ``pool``; (graph, outputs). Kernels are not run."""
-        with torch.cuda.device(self.device):
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            current = torch.cuda.current_stream()
-            self.stream.wait_stream(current)
-            with torch.cuda.stream(self.stream):
-                graph.capture_begin(pool, capture_error_mode="thread_local")
-                try:
-                    out = fn(*args)
-                except BaseException:
-                    try:
-                        graph.capture_end()  # ends the (invalidated) capture; its own error is expected
-                    except Exception:
-                        # some torch versions raise before telling the allocator the capture is over
-                        end = getattr(torch._C, "_cuda_endAllocateToPool", None)
-                        if end is not None:
-                            with contextlib.suppress(Exception):
-                                end(self.device.index, pool)
-                    with contextlib.suppress(Exception):
-                        torch.cuda.synchronize()
-                    self._reset_generator_capture_state()
-                    raise
-                graph.capture_end()
-            current.wait_stream(self.stream)
-        return graph, out
-
-    def _reset_generator_capture_state(self) -> None:
-        """A capture that fails in ``cudaStreamEndCapture`` never runs the RNG's capture epilogue, so
-        the device's generator keeps believing it is capturing ("Offset increment outside graph
-        capture" on the next random op). Swap in a clone of its state, which starts out idle."""
-        generator = torch.cuda.default_generators[self.device.index]
-        with contextlib.suppress(AttributeError, RuntimeError):  # torch without graph-safe RNG states
-            generator.graphsafe_set_state(generator.clone_state())
-
-    def memory_reserved(self) -> int:
-        return torch.cuda.memory_reserved(self.device)
 
 
 # ====================================================================== the pool
@@ -205,19 +128,11 @@ class GraphPool:
         self._instances: dict[tuple[int, ...], int] = {}  # static tensor ids -> small instance number
         self._instance_tensors: list[tuple[torch.Tensor, ...]] = []  # kept alive: an id is never reused
         self._last_instance: tuple[int, tuple[torch.Tensor, ...]] | None = None  # (instance, its tensors)
-        self._current: _Forward | None = None
-        self._outputs: dict[int, list[torch.Tensor]] = {}  # data_ptr -> graph outputs (full size)
+        self.current: _Forward | None = None  # the forward under way
+        self.outputs = GraphOutputs()  # what later pieces may be captured reading in place
         self._log_key = object()
         if report is not None:
-            with report._lock:
-                stats = report.cudagraphs
-                stats.setdefault("graphs", 0)
-                stats.setdefault("private_pool_graphs", 0)
-                stats.setdefault("captured", {})  # piece -> {"N=8": count}
-                stats.setdefault("capture_s", 0.0)
-                stats.setdefault("pool_bytes", 0)
-                stats.setdefault("eager_calls", {})  # piece -> calls run without graph (above max, mismatch)
-                stats.setdefault("fallbacks", [])
+            report.note_cudagraphs()
 
     @property
     def backend(self):
@@ -241,8 +156,8 @@ class GraphPool:
         and the pool keeps them alive so an identity is never reused.
         """
         with self._lock:
-            if self._current is not None:  # nested (re-entrant) call: same forward
-                yield self._current
+            if self.current is not None:  # nested (re-entrant) call: same forward
+                yield self.current
                 return
             if size is None:
                 bucket = None
@@ -258,11 +173,11 @@ class GraphPool:
                 phase = "capture"
             else:
                 phase = "replay"
-            self._current = _Forward(None if size is None else int(size), bucket, phase, instance)
+            self.current = _Forward(None if size is None else int(size), bucket, phase, instance)
             try:
-                yield self._current
+                yield self.current
             finally:
-                self._current = None
+                self.current = None
                 if phase == "warmup":
                     self._bucket_state[bucket, instance] = "warmed"
                 elif phase == "capture":
@@ -292,47 +207,14 @@ class GraphPool:
         with self._lock:
             self._bucket_state.clear()
 
-    # ------------------------------------------------------------------ graph outputs others read in place
-    def _register_output(self, t: torch.Tensor) -> None:
-        self._outputs.setdefault(t.data_ptr(), []).append(t)
-
-    def _borrow(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """The graph output ``a`` lives in (same start, dtype, strides, padded shape), if any."""
-        for t in self._outputs.get(a.data_ptr(), ()):
-            if t.dtype == a.dtype and t.device == a.device and tuple(t.shape) == shape and t.stride() == a.stride():
-                return t
-        return None
-
-    def _record(self, **deltas: Any) -> None:
-        if self.report is None:
-            return
-        with self.report._lock:
-            stats = self.report.cudagraphs
-            for key, value in deltas.items():
-                stats[key] = stats.get(key, 0) + value
-
-    def _record_fallback(self, message: str) -> None:
-        if self.report is not None:
-            with self.report._lock:
-                self.report.cudagraphs.setdefault("fallbacks", []).append(message)
-
 
 # ====================================================================== one piece
-@dataclasses.dataclass
-class _Copy:
-    index: int
-    buffer: torch.Tensor
-    dims: tuple[int, ...]
-    owned: bool  # False: the buffer is another graph's output, never written by us
-    pad_value: float | int
-
-
 @dataclasses.dataclass
 class _Entry:
     key: tuple
     late: bool
     graph: Any = None
-    copies: list[_Copy] = dataclasses.field(default_factory=list)
+    staged: list[StagedInput] = dataclasses.field(default_factory=list)
     static_inputs: list[tuple[int, int, tuple[int, ...]]] = dataclasses.field(default_factory=list)
     outputs: list[Any] = dataclasses.field(default_factory=list)
     structure: str = "tuple"
@@ -379,10 +261,10 @@ class PieceGraphRunner:
         self._pure = mutated_inputs is not None and not mutated_inputs
         bad = sorted(set(mutated_inputs or ()) - self.static)
         if bad:
-            self._disable(f"it writes in place to non-static input(s) {bad}")
+            self.disable(f"it writes in place to non-static input(s) {bad}")
         bad = sorted(i for i, _ in self.spec.inputs if i in self.static)
         if bad:
-            self._disable(f"static input(s) {bad} are declared dynamic")
+            self.disable(f"static input(s) {bad} are declared dynamic")
 
     def _positions(self, count: int) -> list[int]:
         """The non-static arg positions of a call with ``count`` args (cached: asked on every replay)."""
@@ -398,7 +280,7 @@ class PieceGraphRunner:
 
     # ------------------------------------------------------------------ entry point
     def __call__(self, *args: Any) -> Any:
-        fwd = self.pool._current
+        fwd = self.pool.current
         if fwd is None:
             log_once((self.pool._log_key, "outside"),
                      "regionc: %s called outside GraphPool.forward(); running without CUDA graphs", self.name,
@@ -434,16 +316,16 @@ class PieceGraphRunner:
     def _eager(self, why: str, args: Sequence[Any], reason: str) -> Any:
         log_once((self._log_key, why), "regionc: %s runs without a CUDA graph: %s", self.name, reason)
         if self.report is not None:
-            with self.report._lock:
-                calls = self.report.cudagraphs.setdefault("eager_calls", {})
-                calls[self.name] = calls.get(self.name, 0) + 1
+            self.report.add_eager_call(self.name)
         return self.fn(*args)
 
-    def _disable(self, reason: str) -> None:
+    def disable(self, reason: str) -> None:
+        """No graphs for this piece from now on (one warning); graphs already captured stay in use."""
         if self._no_capture is None:
             self._no_capture = reason
             log.warning("regionc: no CUDA graphs for %s from now on: %s", self.name, reason)
-            self.pool._record_fallback(f"{self.name}: {reason}")
+            if self.report is not None:
+                self.report.add_cudagraph_fallback(f"{self.name}: {reason}")
 
     def _warmup(self, args: Sequence[Any], n: int | None, size: int | None) -> Any:
         """One eager run. Pure pieces run padded to ``size`` (the shape that will be captured)."""
@@ -460,72 +342,40 @@ class PieceGraphRunner:
                 return rebuild_outputs(slice_outputs(values, self.spec, n, size), structure)
         except Exception as exc:
             problem = f"the padded warm-up failed ({first_line(exc)})"
-        self._disable(problem)
+        self.disable(problem)
         return self.fn(*args)  # the piece writes nothing in place: running it again is harmless
 
     def _capture(self, entry: _Entry, args: Sequence[Any], n: int | None, size: int | None, private: bool) -> Any:
         pool, backend = self.pool, self.pool.backend
         for i, a in enumerate(args):
             if isinstance(a, torch.Tensor) and not backend.accepts(a):
-                self._disable(f"input {i} is on {a.device}, not on the graph's device")
+                self.disable(f"input {i} is on {a.device}, not on the graph's device")
                 return self.fn(*args)
-        static_args = padded_int_args(args, self.spec, size) if n is not None else list(args)
-        copies: list[_Copy] = []
-        for i, a in enumerate(args):
-            if i in self.static or not isinstance(a, torch.Tensor):
-                continue
-            dims = self.spec.dims_of(i) if n is not None else ()
-            shape = padded_shape(a.shape, dims, size) if dims else tuple(a.shape)
-            buffer = pool._borrow(a, shape)
-            owned = buffer is None
-            pad_value = self.spec.pad_values.get(i, 0)
-            if owned:
-                buffer = empty_padded_like(a, dims, size if dims else 0)
-                copy_padded(buffer, a, dims, n if dims else 0, pad_value)
-            static_args[i] = buffer
-            copies.append(_Copy(i, buffer, dims, owned, pad_value))
+        capture_args, staged = stage(args, self.spec, self.static, n, size, pool.outputs)
         statics = [(i, args[i].data_ptr(), tuple(args[i].shape)) for i in sorted(self.static)
                    if i < len(args) and isinstance(args[i], torch.Tensor)]
-
-        reserved = backend.memory_reserved()
-        start = time.perf_counter()
         try:
-            graph, out = backend.capture(self.fn, static_args, backend.pool_handle(private))
+            capture = capture_graph(backend, self.fn, capture_args, private)
         except Exception as exc:
-            self._disable(f"capture failed ({first_line(exc)})")
+            self.disable(f"capture failed ({first_line(exc)})")
             return self.fn(*args)
-        elapsed = time.perf_counter() - start
-        grown = max(0, backend.memory_reserved() - reserved)
 
-        values, structure = as_output_list(out)
+        values, structure = as_output_list(capture.out)
         problem = self._check_outputs(values, size if n is not None else None)
         if problem:
-            self._disable(problem)
+            self.disable(problem)
             return self.fn(*args)
-        static_storages = {args[i].untyped_storage().data_ptr() for i, _, _ in statics}
-        input_storages = {c.buffer.untyped_storage().data_ptr() for c in copies}
-        entry.aliases_static = []
-        for value in values:
-            if not isinstance(value, torch.Tensor):
-                entry.aliases_static.append(False)
-                continue
-            storage = value.untyped_storage().data_ptr()
-            entry.aliases_static.append(storage in static_storages)
-            if storage not in static_storages and storage not in input_storages:
-                pool._register_output(value)  # lives in graph memory: later pieces may read it in place
-        entry.graph, entry.copies, entry.static_inputs = graph, copies, statics
+        entry.aliases_static = pool.outputs.keep(values, [args[i] for i, _, _ in statics], staged)
+        entry.graph, entry.staged, entry.static_inputs = capture.graph, staged, statics
         entry.outputs, entry.structure = values, structure
 
         bucket = entry.key[0][0]
         label = f"N={size}" if size is not None else ("static" if bucket is None else f"bucket={bucket}")
-        pool._record(graphs=1, capture_s=elapsed, pool_bytes=grown, private_pool_graphs=int(private))
         if self.report is not None:
-            with self.report._lock:
-                self.report.phases["capture"] += elapsed
-                per_piece = self.report.cudagraphs.setdefault("captured", {}).setdefault(self.name, {})
-                per_piece[label] = per_piece.get(label, 0) + 1
-        log.debug("regionc: captured %s (%s%s) in %.3fs", self.name, label, ", private pool" if private else "", elapsed)
-        graph.replay()  # capture records, it does not run: this call's results come from a replay
+            self.report.add_capture(self.name, label, capture.seconds, capture.pool_bytes, private)
+        log.debug("regionc: captured %s (%s%s) in %.3fs", self.name, label, ", private pool" if private else "",
+                  capture.seconds)
+        capture.graph.replay()  # capture records, it does not run: this call's results come from a replay
         return self._results(entry, n)
 
     def _check_outputs(self, values: list[Any], size: int | None) -> str | None:
@@ -548,18 +398,10 @@ class PieceGraphRunner:
         return None
 
     def _replay(self, entry: _Entry, args: Sequence[Any], n: int | None) -> Any:
-        for c in entry.copies:
-            a = args[c.index]
-            buffer = c.buffer
-            if a is buffer:
-                continue
-            if a.data_ptr() == buffer.data_ptr() and a.dtype == buffer.dtype and a.stride() == buffer.stride() \
-                    and (padded_shape(a.shape, c.dims, entry.size) if c.dims else tuple(a.shape)) == tuple(buffer.shape):
-                continue  # already in place (the previous graph's output)
-            if not c.owned:
-                return self._eager("moved", args, f"input {c.index} is not the graph output it was captured "
-                                                  "reading, and that memory is not ours to write")
-            copy_padded(buffer, a, c.dims, n if c.dims else 0, c.pad_value)
+        moved = copy_in(entry.staged, args, n, entry.size)
+        if moved is not None:
+            return self._eager("moved", args, f"input {moved} is not the graph output it was captured "
+                                              "reading, and that memory is not ours to write")
         if self.check_addresses:
             for i, ptr, shape in entry.static_inputs:
                 a = args[i]

@@ -91,8 +91,8 @@ def test_second_piece_reads_first_output_in_place():
         run(torch.randn(3, 8))
     (entry_first,) = first._entries.values()
     (entry_last,) = last._entries.values()
-    assert entry_first.copies[0].owned  # the user's input is copied into a static buffer
-    borrowed = entry_last.copies[0]
+    assert entry_first.staged[0].owned  # the user's input is copied into a static buffer
+    borrowed = entry_last.staged[0]
     assert not borrowed.owned  # p1's input buffer IS p0's graph output: no copy
     assert borrowed.buffer is entry_first.outputs[0]
 

@@ -67,7 +67,7 @@ def test_matches_eager_over_many_padded_sizes(compiled):
     assert stats["private_pool_graphs"] == 0
     assert stats["pool_bytes"] >= 0 and stats["capture_s"] > 0
     # the second piece reads the first one's graph output in place
-    assert all(not e.copies[0].owned for e in last._entries.values())
+    assert all(not e.staged[0].owned for e in last._entries.values())
 
 
 def test_final_output_not_overwritten_by_next_call():
