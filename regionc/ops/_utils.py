@@ -57,6 +57,50 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
             raise ValueError(f"regionc.{op}: all inputs must be on one device, got {devs} ({n})")
 
 
+def check_grouped_qkv(op: str, q, k, v, scale, names: tuple[str, str, str], seq: str, kv_heads: str) -> None:
+    """Full validation of grouped-query attention's ``q`` [B, Hq, Sq, D], ``k`` and ``v`` [B, Hkv, S, D]
+    (Hq a multiple of Hkv) and ``scale``, each message naming the argument as the op calls it
+    (``names``, ``seq`` for S, ``kv_heads`` for Hkv's tensors); works on symbolic sizes."""
+    qn, kn, vn = names
+    for name, t in zip(names, (q, k, v)):
+        check_tensor(t, name, op)
+        check_float_dtype(t, name, op)
+        check(t.dim() == 4, f"regionc.{op}: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"regionc.{op}: {qn}, {kn}, {vn} must share a dtype, got {qn} {q.dtype}, {kn} {k.dtype}, "
+                        f"{vn} {v.dtype}")
+    if scale is not None and not isinstance(scale, (float, int)):
+        raise TypeError(f"regionc.{op}: scale must be a float or None, got {type(scale).__name__}")
+    check(k.shape[0] == q.shape[0], f"regionc.{op}: {kn} batch {k.shape[0]} != {qn} batch {q.shape[0]}")
+    check(k.shape[3] == q.shape[3], f"regionc.{op}: {kn} head_dim {k.shape[3]} != {qn} head_dim {q.shape[3]}")
+    for i, what in enumerate(("batch", "heads", seq, "head_dim")):
+        check(v.shape[i] == k.shape[i], f"regionc.{op}: {vn} {what} {v.shape[i]} != {kn} {what} {k.shape[i]}")
+    check(k.shape[1] > 0, f"regionc.{op}: {kn} has 0 heads")
+    check(q.shape[1] % k.shape[1] == 0,
+          f"regionc.{op}: {qn} heads {q.shape[1]} must be a multiple of {kv_heads} heads {k.shape[1]} (Hq % Hkv == 0)")
+
+
+def grouped_qkv_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """:func:`check_grouped_qkv`'s tensor checks on the happy path of real tensors: plain attribute
+    comparisons, no formatting (it runs on every call)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False
+    qs, ks = q.shape, k.shape
+    dev = q.get_device()
+    return (q.dtype in FLOAT_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype and v.shape == ks
+            and ks[0] == qs[0] and ks[3] == qs[3] and ks[1] > 0 and qs[1] % ks[1] == 0
+            and k.get_device() == dev and v.get_device() == dev)
+
+
+def kernel_failed(op: str, kernel: str, fallback: str, exc: BaseException) -> str:
+    """After ``kernel`` failed to compile or launch: one warning that ``fallback`` runs from now on;
+    returns the reason ``kernel`` stays off in this process."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    log.warning("regionc.%s: the %s kernel failed (%s: %s); using the %s kernel from now on",
+                op, kernel, type(exc).__name__, first, fallback)
+    return f"disabled after an error in this process: {type(exc).__name__}: {first}"
+
+
 _gpu_count: list[int] = []
 
 

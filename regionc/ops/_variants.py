@@ -1,9 +1,9 @@
 """Launch variants shared by the memory-bound Triton kernels (``rms_norm``, ``rope``).
 
-Each op has a module-level ``VARIANTS`` table of named :class:`Variant` choices and a ``VARIANT``
-switch read on every call; its benchmark (``benchmarks/kernels/bench_<op>.py``) times every entry
-side by side (the ``variant`` column) and recommends one. The choices are independent of each
-op's tiling heuristic:
+Each op has a module-level ``VARIANTS`` table of named :class:`Variant` choices (``COMMON_VARIANTS``
+and any of its own) and a ``VARIANT`` switch read on every call; its benchmark
+(``benchmarks/kernels/bench_<op>.py``) times every entry side by side (the ``variant`` column) and
+recommends one. The choices are independent of each op's tiling heuristic:
 
 * ``persistent``: grid = one wave (``programs_per_sm`` per SM, 0 = as many as the kernel's
   register/shared-memory use lets be resident, read from the compiled kernel), each program
@@ -42,6 +42,16 @@ HINTS = {"": ("", "", ""), "loads": ("evict_first", "evict_last", ""),
 
 #: persistent programs per SM when the resident count cannot be read (interpreter)
 DEFAULT_PROGRAMS_PER_SM = 4
+
+#: the choices every op's ``VARIANTS`` table offers
+COMMON_VARIANTS: dict[str, Variant] = {
+    "s2": Variant(cached_launch=False),  # one program per tile (row block), through the JIT: the baseline
+    "s2+cached": Variant(),
+    "evict-loads": Variant(evict="loads"),
+    "evict": Variant(evict="all"),
+    "persistent": Variant(persistent=True),
+    "persistent+evict": Variant(persistent=True, evict="all"),
+}
 
 
 def lookup(op: str, variants: dict[str, Variant], name: str) -> Variant:

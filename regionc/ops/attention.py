@@ -64,17 +64,15 @@ import torch.nn.functional as F
 from regionc.logs import log_once
 from regionc.ops import attention_hopper as hopper
 from regionc.ops._utils import (
-    FLOAT_DTYPES,
     HAS_TRITON,
     capability,
-    check,
-    check_float_dtype,
+    check_grouped_qkv,
     check_no_grad,
     check_same_device,
-    check_tensor,
     define_op,
     device_properties,
-    log,
+    grouped_qkv_ok,
+    kernel_failed,
     needs_device_switch,
     next_power_of_2,
     register_cpu,
@@ -391,10 +389,7 @@ def _pick_variant(q, k, v, variant: str | None, fixed_config: bool) -> str:
 
 def _disable_tma(exc: BaseException) -> None:
     global _tma_disabled
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    _tma_disabled = f"disabled after an error in this process: {type(exc).__name__}: {first}"
-    log.warning("regionc.attention: the TMA kernel failed (%s: %s); using the pointer-load kernel from now on",
-                type(exc).__name__, first)
+    _tma_disabled = kernel_failed("attention", "TMA", "pointer-load", exc)
 
 
 def attention_triton(q, k, v, causal: bool, scale: float | None, *, config: dict | None = None,
@@ -489,46 +484,10 @@ def triton_supported(q: torch.Tensor) -> bool:
 
 
 def _check_attention(q, k, v, causal, scale) -> None:
-    op = "attention"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(t, name, op)
-        check_float_dtype(t, name, op)
-        check(t.dim() == 4, f"regionc.attention: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"regionc.attention: q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if not isinstance(causal, bool):
         raise TypeError(f"regionc.attention: causal must be a bool, got {type(causal).__name__}")
-    if scale is not None and not isinstance(scale, (float, int)):
-        raise TypeError(f"regionc.attention: scale must be a float or None, got {type(scale).__name__}")
-    check(k.shape[0] == q.shape[0], f"regionc.attention: k batch {k.shape[0]} != q batch {q.shape[0]}")
-    check(k.shape[3] == q.shape[3], f"regionc.attention: k head_dim {k.shape[3]} != q head_dim {q.shape[3]}")
-    for i, what in enumerate(("batch", "heads", "seq len", "head_dim")):
-        check(v.shape[i] == k.shape[i], f"regionc.attention: v {what} {v.shape[i]} != k {what} {k.shape[i]}")
-    check(k.shape[1] > 0, "regionc.attention: k has 0 heads")
-    check(
-        q.shape[1] % k.shape[1] == 0,
-        f"regionc.attention: q heads {q.shape[1]} must be a multiple of k/v heads {k.shape[1]} (Hq % Hkv == 0)",
-    )
-    check_same_device(op, q=q, k=k, v=v)
-
-
-def _attention_ok(q, k, v, causal, scale) -> bool:
-    """Cheap happy-path validation for real tensors: plain attribute comparisons, no formatting."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        return False
-    qs, ks = q.shape, k.shape
-    return (
-        q.dtype in FLOAT_DTYPES
-        and k.dtype == q.dtype
-        and v.dtype == q.dtype
-        and v.shape == ks
-        and ks[0] == qs[0]
-        and ks[3] == qs[3]
-        and ks[1] > 0
-        and qs[1] % ks[1] == 0
-        and k.get_device() == q.get_device()
-        and v.get_device() == q.get_device()
-    )
+    check_grouped_qkv("attention", q, k, v, scale, names=("q", "k", "v"), seq="seq len", kv_heads="k/v")
+    check_same_device("attention", q=q, k=k, v=v)
 
 
 # --------------------------------------------------------------------------------------
@@ -538,7 +497,7 @@ def _attention_ok(q, k, v, causal, scale) -> bool:
 
 def _attention_cuda(q, k, v, causal, scale):
     """CUDA kernel: the Hopper one where usable, else Triton; SDPA for unsupported dtypes/head dims."""
-    if not _attention_ok(q, k, v, causal, scale):
+    if not grouped_qkv_ok(q, k, v):
         _check_attention(q, k, v, causal, scale)
     check_no_grad("attention", q, k, v)
     if HAS_TRITON and (q.dtype == torch.float16 or q.dtype == torch.bfloat16) and q.shape[3] in TRITON_HEAD_DIMS:

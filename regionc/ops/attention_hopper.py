@@ -52,8 +52,8 @@ from regionc.ops._utils import (
     LaunchCache,
     capability,
     cuda_stream,
+    kernel_failed,
     launch_hooks_active,
-    log,
     needs_device_switch,
 )
 
@@ -306,10 +306,7 @@ def unusable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
 def disable(exc: BaseException) -> None:
     """After a compile or launch failure: log one warning and stop using the kernel in this process."""
     global _disabled
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    _disabled = f"disabled after an error in this process: {type(exc).__name__}: {first}"
-    log.warning("regionc.attention: the Hopper kernel failed (%s: %s); using the Triton kernel from now on",
-                type(exc).__name__, first)
+    _disabled = kernel_failed("attention", "Hopper", "Triton", exc)
 
 
 def launch_args(q, k, v, o, causal: bool, scale: float | None, config: dict | None = None):

@@ -51,11 +51,12 @@ from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
     check,
-    check_float_dtype,
+    check_grouped_qkv,
     check_no_grad,
     check_same_device,
     check_tensor,
     define_op,
+    grouped_qkv_ok,
     needs_device_switch,
     next_power_of_2,
     register_cpu,
@@ -327,21 +328,7 @@ _OP = "decode_attention"
 
 def _check_decode(q, k, v, mask, kv_len, scale) -> None:
     """Full validation with messages naming the bad argument; works on symbolic sizes."""
-    for name, t in (("q", q), ("k_cache", k), ("v_cache", v)):
-        check_tensor(t, name, _OP)
-        check_float_dtype(t, name, _OP)
-        check(t.dim() == 4, f"regionc.{_OP}: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"regionc.{_OP}: q, k_cache, v_cache must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if scale is not None and not isinstance(scale, (float, int)):
-        raise TypeError(f"regionc.{_OP}: scale must be a float or None, got {type(scale).__name__}")
-    check(k.shape[0] == q.shape[0], f"regionc.{_OP}: k_cache batch {k.shape[0]} != q batch {q.shape[0]}")
-    check(k.shape[3] == q.shape[3], f"regionc.{_OP}: k_cache head_dim {k.shape[3]} != q head_dim {q.shape[3]}")
-    for i, what in enumerate(("batch", "heads", "length", "head_dim")):
-        check(v.shape[i] == k.shape[i], f"regionc.{_OP}: v_cache {what} {v.shape[i]} != k_cache {what} {k.shape[i]}")
-    check(k.shape[1] > 0, f"regionc.{_OP}: k_cache has 0 heads")
-    check(q.shape[1] % k.shape[1] == 0,
-          f"regionc.{_OP}: q heads {q.shape[1]} must be a multiple of cache heads {k.shape[1]}")
+    check_grouped_qkv(_OP, q, k, v, scale, names=("q", "k_cache", "v_cache"), seq="length", kv_heads="cache")
     tensors = {"q": q, "k_cache": k, "v_cache": v}
     if mask is not None:
         check_tensor(mask, "mask", _OP)
@@ -365,14 +352,12 @@ def _check_decode(q, k, v, mask, kv_len, scale) -> None:
 
 def _decode_ok(q, k, v, mask, kv_len) -> bool:
     """Cheap happy-path validation for real tensors: attribute comparisons, no formatting."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+    if not grouped_qkv_ok(q, k, v):
         return False
     qs, ks = q.shape, k.shape
     dev = q.get_device()
-    ok = (q.dtype in FLOAT_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype and v.shape == ks
-          and ks[0] == qs[0] and ks[3] == qs[3] and ks[1] > 0 and qs[1] % ks[1] == 0
-          and k.get_device() == dev and v.get_device() == dev)
-    if ok and mask is not None:
+    ok = True
+    if mask is not None:
         ms = mask.shape
         ok = (mask.get_device() == dev and mask.dim() == 4 and (mask.dtype == torch.bool or mask.dtype in FLOAT_DTYPES)
               and ms[0] in (1, qs[0]) and ms[1] == 1 and ms[2] in (1, qs[2]) and ms[3] in (1, ks[2]))

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import torch
 
-from regionc.ops import _extension
+from regionc.ops import _extension, _variants
 from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
@@ -264,12 +264,7 @@ def _launch_params(n_rows: int, n: int, sms: int = 132) -> tuple[int, int, int, 
 #: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rms_norm.py``
 #: writes one row per variant and shape: the ``variant`` column)
 VARIANTS: dict[str, Variant] = {
-    "s2": Variant(cached_launch=False),  # one program per row block, through the JIT: the baseline
-    "s2+cached": Variant(),
-    "evict-loads": Variant(evict="loads"),
-    "evict": Variant(evict="all"),
-    "persistent": Variant(persistent=True),
-    "persistent+evict": Variant(persistent=True, evict="all"),
+    **_variants.COMMON_VARIANTS,
     "persistent2+evict": Variant(persistent=True, programs_per_sm=2, evict="all"),
 }
 

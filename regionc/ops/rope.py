@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import torch
 
-from regionc.ops import _extension
+from regionc.ops import _extension, _variants
 from regionc.ops._utils import (
     FLOAT_DTYPES,
     HAS_TRITON,
@@ -265,14 +265,7 @@ def _launch_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, 
 
 #: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rope.py``
 #: writes one row per variant, shape and layout: the ``variant`` column)
-VARIANTS: dict[str, Variant] = {
-    "s2": Variant(cached_launch=False),  # one program per tile, through the JIT: the baseline
-    "s2+cached": Variant(),
-    "evict-loads": Variant(evict="loads"),
-    "evict": Variant(evict="all"),
-    "persistent": Variant(persistent=True),
-    "persistent+evict": Variant(persistent=True, evict="all"),
-}
+VARIANTS: dict[str, Variant] = dict(_variants.COMMON_VARIANTS)
 
 #: THE setting: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
 #: best ``variant`` row of a GPU run of bench_rope.py.
