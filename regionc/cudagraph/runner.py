@@ -43,8 +43,8 @@ a capture that raises (host sync such as ``.item()``, data-dependent shapes), CP
 out, or non-tensor outputs that padding would change turn graphs off for that piece from then on
 (graphs already captured for it stay in use).
 
-The CUDA calls themselves are in :mod:`regionc.cudagraph.capture`; what was captured, replayed
-and refused goes to the report's :class:`~regionc.report.CudagraphStats`.
+The CUDA calls themselves are in :mod:`regionc.cudagraph.capture`; what was captured, what ran
+without a graph and why go to the report's :class:`~regionc.report.CudagraphStats`.
 """
 
 from __future__ import annotations
