@@ -79,11 +79,19 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
     ("cpu", "decode_attention", "*"): Decision(
         False, "the cpu kernel is the fp32 torch reference; the aten flash kernel it would replace is never "
                "slower on cpu (no measurement shows otherwise)"),
-    # ---------------------------------------------------------------- CUDA, not yet measured end to end
-    ("cuda", "decode_attention", "*"): Decision(
-        False, "unmeasured end to end: swapped only with kernel_choice='always' until the decode table of "
-               "benchmarks/results/ (HF Llama StaticCache, batch 1/8/32) shows the win; kernel alone: "
-               "benchmarks/kernels/bench_decode_attention.py"),
+    # ---------------------------------------------------------------- CUDA decode (measured end to end)
+    # HF LlamaModel 32 x 2048 (32/8 heads, d64) on a StaticCache and the demo decoder's static cache, one
+    # H200, torch 2.11.0+cu130, triton 3.6.0, bf16, CUDA graphs on; ms per step, SDPA on repeat_kv copies
+    # vs the op on the un-expanded cache (benchmarks/results/hf_llama/h200-2026-12-02-decode.json,
+    # benchmarks/results/decode/h200-2026-12-02-kv-cache.json).
+    ("cuda", "decode_attention", "gqa_expanded"): Decision(
+        True, "faster end to end: HF Llama batch 8 cache 4096: 7.84 -> 3.67 ms at position 512, 7.83 -> 3.67 at "
+              "3900; batch 32 cache 4096: 22.15 -> 6.81; batch 1 cache 256: 3.10 -> 3.04; demo decoder batch 8: "
+              "3.13 -> 2.87, batch 32: 4.29 -> 3.02 (H200, 2026-12-02)"),
+    ("cuda", "decode_attention", "native"): Decision(
+        False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
+               "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"
+               "h200-2026-12-02.json)"),
 }
 
 

@@ -196,6 +196,12 @@ class SavedTraceForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.traces(self.module, *args, **kwargs)
 
+    def __reduce__(self):
+        # Dynamo pickles the traced module, instance attributes included, into a saved trace's guard
+        # state; this process's traces (compiled code, live guard managers) must not go with it, and no
+        # guard reads a module's forward. It is saved as "no forward".
+        return (type(None), ())
+
 
 def nested_regions_reuse_traces() -> bool:
     """Whether Dynamo stamps out a traced nested region instead of re-tracing it (torch >= 2.12).

@@ -28,6 +28,7 @@ be saved (the AOT path traces with ``fullgraph=True``); such a model is compiled
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -38,7 +39,7 @@ import pickle
 import re
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -184,7 +185,8 @@ class TraceSet:
         with torch._dynamo.config.patch(**flag):
             compiled = torch.compile(self.fn, fullgraph=True, **{**self.compile_args, "options": options})
         try:
-            traced = _aot_compile(compiled, ((module, *args), kwargs))
+            with _builtins_recorded():
+                traced = _aot_compile(compiled, ((module, *args), kwargs))
         except Exception as exc:  # a guard that cannot be saved, a graph break, a region Dynamo refuses
             if self.config.strict or not (self.strategy == "full" or _only_saving_failed(exc)):
                 raise  # regionc.compile tries its next block tracing (regionc/tracing/compile.py)
@@ -229,6 +231,53 @@ def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
                  or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure)
             for e in entries]
     return keep
+
+
+@contextlib.contextmanager
+def _builtins_recorded() -> Iterator[None]:
+    """Record the builtins a trace's bytecode reads (``type``, in transformers' forwards) with its globals.
+
+    Before torch 2.12 (pytorch/pytorch#177558) a trace recorded only the module globals it read, and
+    ``aot_compile`` refused one whose bytecode names a builtin ("Missing required external
+    references: ['type']"). While this tracer runs, the recorded globals get what 2.12 adds: each
+    builtin named, and of a ``__builtins_dict__`` reference the entries that pickle. A torch that
+    records them itself (it has ``_safe_builtins_dict``) is left alone.
+    """
+    import builtins
+
+    from torch._dynamo import convert_frame
+
+    if hasattr(convert_frame, "_safe_builtins_dict"):
+        yield
+        return
+    capture = convert_frame.GraphCaptureOutput
+    original = capture.get_runtime_env
+
+    def get_runtime_env(self):
+        env = original(self)
+        for ref in env.external_refs:
+            if ref in env.used_globals:
+                continue
+            if ref.startswith("__builtins_dict__") and ref in self.f_globals:
+                env.used_globals[ref] = {name: value for name, value in self.f_globals[ref].items()
+                                         if _pickles(value)}
+            elif hasattr(builtins, ref):
+                env.used_globals[ref] = getattr(builtins, ref)
+        return env
+
+    capture.get_runtime_env = get_runtime_env
+    try:
+        yield
+    finally:
+        capture.get_runtime_env = original
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - whatever pickle raises, the value is left out
+        return False
+    return True
 
 
 def _guards_context():

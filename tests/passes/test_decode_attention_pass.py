@@ -280,9 +280,19 @@ def test_pass_can_be_turned_off():
 # ---------------------------------------------------------------- CUDA
 
 
+def test_decision_table_swaps_on_cuda_only_where_a_copy_is_removed():
+    from regionc.passes.decisions import decide
+
+    assert decide("cuda", "decode_attention", "gqa_expanded").swap
+    assert not decide("cuda", "decode_attention", "native").swap
+    assert not decide("cpu", "decode_attention", "gqa_expanded").swap
+
+
 @pytest.mark.gpu
-def test_cuda_hf_llama_static_cache():
-    """On the GPU's torch (its SDPA overloads and mask conversions) the pass still finds HF decode."""
+@pytest.mark.parametrize("kernel_choice", ["always", "auto"])
+def test_cuda_hf_llama_static_cache(kernel_choice):
+    """On the GPU's torch (its SDPA overloads and mask conversions) the pass still finds HF decode, and
+    swaps by default (the decision table's measured row)."""
     transformers = pytest.importorskip("transformers")
     cuda = torch.device("cuda")
 
@@ -300,7 +310,7 @@ def test_cuda_hf_llama_static_cache():
 
     with torch.no_grad():
         eager_cache, compiled_cache = prefilled(), prefilled()
-        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": "always"})
+        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": kernel_choice})
         for pos in (6, 7, 8):
             tok = torch.randint(0, 128, (2, 1), device=cuda)
             pos_t = torch.tensor([pos], device=cuda)

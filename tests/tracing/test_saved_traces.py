@@ -175,3 +175,26 @@ def test_per_block_tracing_saves_one_trace_for_all_blocks(model_module, tmp_path
     assert traced_graphs == 1 and first.trace_source.startswith("traced, saved as ")
     second, traced_graphs = start(model_module, tmp_path / "cache", x_of(), options=options)
     assert traced_graphs == 0 and second.trace_source.startswith("saved trace ")
+
+
+def test_per_block_traces_of_every_block_class_load_warm(tmp_path):
+    """Flux has two block classes, and its last blocks trace apart from the others (their outputs are
+    dropped): the traces saved after a class's first one still save (Dynamo pickles each traced module,
+    instance forward included, into the guard state), and a second start loads every one of them."""
+    pytest.importorskip("diffusers")
+    from tests.zoo.architectures import ARCHITECTURES
+
+    options = {"cache_dir": str(tmp_path / "cache"), "strict": True, "block_tracing": "per_block"}
+    sources = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        model, kwargs = ARCHITECTURES["flux"].build(2)
+        expected = model(**kwargs)
+        compiled = regionc.compile(model, options=options)
+        with torch.no_grad():
+            assert_close(compiled(**kwargs)[0], expected[0])
+        assert compiled.forward.strategy == "per_block"
+        sources.append([r.trace_source for r in compiled.forward.reports])
+    cold, warm = sources
+    assert len(cold) >= 3 and all(s.startswith(("traced, saved as ", "saved trace ")) for s in cold), cold
+    assert len(warm) == len(cold) and all(s.startswith("saved trace ") for s in warm), warm
