@@ -219,8 +219,3 @@ def reports() -> list[Report]:
     """All reports in this process, oldest first (one per graph Dynamo handed over)."""
     with _reports_lock:
         return list(_reports)
-
-
-def clear_reports() -> None:
-    with _reports_lock:
-        _reports.clear()

@@ -115,13 +115,6 @@ def install_cudagraphs(split: torch.fx.GraphModule, pieces: Sequence[Piece], pla
     return run_with_graphs
 
 
-def wrap_pieces_in_cudagraphs(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
-                              example_inputs: Sequence[Any], config, report, backend=None) -> Callable[..., Any]:
-    """:func:`plan_cudagraphs` then :func:`install_cudagraphs`."""
-    plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
-    return install_cudagraphs(split, pieces, plan, config, report, backend=backend)
-
-
 def _graph_each_piece(split: torch.fx.GraphModule, pieces: Sequence[Piece], plan: CudagraphPlan,
                       pool: GraphPool, config, report) -> None:
     graph_inputs = list(split.graph.find_nodes(op="placeholder"))

@@ -228,22 +228,17 @@ def slice_outputs(outs: list[Any], spec: DynamicSpec, n: int, size: int) -> list
     return result
 
 
-def shape_key(args: Sequence[Any], spec: DynamicSpec, size: int | None, static_indices: frozenset[int] | set[int],
-              bucket: Any = None) -> tuple:
-    """Hashable key of a call's concrete shapes after padding to ``size``: one graph per key.
-
-    Activations contribute (padded shape, dtype, device); static inputs (weights) contribute
-    nothing (their shapes/addresses are fixed per piece instance and checked separately); ints are
-    replaced by ``size`` where declared; other scalars contribute their value. ``bucket`` is the
-    forward's bucket (so pieces without dynamic dims still get one graph per bucket).
-    """
-    return keyed_shape(args, spec, size, [i for i in range(len(args)) if i not in static_indices], bucket)
-
-
 def keyed_shape(args: Sequence[Any], spec: DynamicSpec, size: int | None, positions: Sequence[int],
                 bucket: Any = None) -> tuple:
-    """:func:`shape_key` over the given non-static ``positions`` (a caller on the replay path
-    computes them once: a whole graph has hundreds of weights to skip)."""
+    """Hashable key of a call's concrete shapes after padding to ``size``: one graph per key.
+
+    Only the args at ``positions`` (the non-static ones) contribute: static inputs (weights) have
+    shapes and addresses fixed per piece instance and checked separately, and a caller on the
+    replay path computes the positions once (a whole graph has hundreds of weights to skip).
+    Activations contribute (padded shape, dtype, device); ints are replaced by ``size`` where
+    declared; other scalars contribute their value. ``bucket`` is the forward's bucket (so pieces
+    without dynamic dims still get one graph per bucket).
+    """
     parts: list[Any] = [bucket]
     size_ints = spec.int_args
     for i in positions:

@@ -82,7 +82,6 @@ from regionc.ops._utils import (
 )
 
 TRITON_HEAD_DIMS = (64, 128)
-TRITON_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
 
 VARIANTS = ("auto", "tma", "ptr")
@@ -472,10 +471,6 @@ def _sdpa_fallback(q, k, v, causal, scale):
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
     return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), scale=scale).contiguous()
-
-
-def triton_supported(q: torch.Tensor) -> bool:
-    return HAS_TRITON and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
 
 
 # --------------------------------------------------------------------------------------

@@ -167,10 +167,6 @@ def insert_call(graph: torch.fx.Graph, before: torch.fx.Node, target: Callable, 
     return node
 
 
-def replace_with(old: torch.fx.Node, new: torch.fx.Node) -> None:
-    old.replace_all_uses_with(new)
-
-
 def finish(graph: torch.fx.Graph) -> None:
     """After rewrites: put every node after its inputs again, drop what became dead, check."""
     from torch._inductor.pattern_matcher import stable_topological_sort

@@ -14,7 +14,7 @@ from torch import nn
 
 from regionc.compiler.manager import GraphCompiler
 from regionc.config import Config
-from regionc.cudagraph.piecewise import wrap_pieces_in_cudagraphs
+from regionc.cudagraph.piecewise import install_cudagraphs, plan_cudagraphs
 from regionc.models.llama import LlamaConfig, build_demo_model
 from regionc.report import new_report
 from tests.cudagraph.fakes import FakeBackend
@@ -31,7 +31,8 @@ def compile_with_fake_graphs(model, fake: FakeBackend, reports: list, mode: str 
         report = new_report()
         split, pieces = GraphCompiler(config).compile(gm, example_inputs, report)
         reports.append(report)
-        return wrap_pieces_in_cudagraphs(gm, split, pieces, example_inputs, config, report, backend=fake)
+        plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
+        return install_cudagraphs(split, pieces, plan, config, report, backend=fake)
 
     return torch.compile(model, backend=backend, dynamic=False)
 

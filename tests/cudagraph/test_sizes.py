@@ -12,9 +12,9 @@ from regionc.cudagraph.sizes import (
     bucket_for,
     copy_padded,
     empty_padded_like,
+    keyed_shape,
     pad_args,
     runtime_size,
-    shape_key,
     slice_outputs,
 )
 
@@ -93,6 +93,11 @@ def test_slice_outputs_only_declared_dims():
         slice_outputs([torch.randn(5, 4), weightish, 4], spec, 3, 4)
     with pytest.raises(ValueError):
         slice_outputs([out, weightish, 7], spec, 3, 4)
+
+
+def shape_key(args, spec, size, static_indices, bucket=None):
+    """The runner's key of a call whose static inputs are at ``static_indices``."""
+    return keyed_shape(args, spec, size, [i for i in range(len(args)) if i not in static_indices], bucket)
 
 
 def test_shape_key_pads_and_ignores_statics():

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from regionc.ops import attention_hopper as hopper
-from regionc.ops._sm90_target import sm90_target
+from sm90_target import sm90_target  # this script's folder is on sys.path
 
 for spec in sys.argv[1:]:
     head_dim, causal = int(spec.split(":")[0]), spec.split(":")[1] == "1"

@@ -2,8 +2,9 @@
 
 Triton's JIT asks its active driver for the target, device and stream; ``FakeSm90Driver`` answers
 for an sm_90 GPU with CPU tensors, so ``kernel.warmup(...)`` runs the whole compiler (through
-ptxas) and a launch path can be timed with the launcher stubbed out. Used by the CPU tests that
-compile the Hopper attention kernel and by the kernel benchmarks' host-cost measurement.
+ptxas) and a launch path can be timed with the launcher stubbed out. Used by
+compile_hopper_sm90.py (the CPU tests that compile the Hopper attention kernel) and by the kernel
+benchmarks' host-cost measurement (benchmarks/kernels/_common.py).
 """
 
 from __future__ import annotations
