@@ -5,7 +5,7 @@ a config and points Inductor's and Triton's caches by the same trust decision)::
 
     store = open_store(config)
     env = environment_factors(device)
-    key, factors = piece_key(fingerprint, input_meta, config.codegen_options(), env)
+    key, factors = piece_key(fingerprint, input_meta, {**config.codegen_options(), "passes_version": passes.uuid()}, env)
     with store.lock(key) as waited_s:
         payload = store.load(key)
         if payload is None:

@@ -6,8 +6,11 @@ entry (readable), so ``regionc cache ls --diff A B`` can say why two entries dif
 What goes in (see :func:`environment_factors`): torch version and build key, triton version, Python
 version, machine architecture, device type; on CUDA the GPU name, compute capability and CUDA
 version; on the CPU the vector ISA Inductor picks; regionc's version and a hash of the *contents*
-of regionc's code-generating sources; a hash of the portable Inductor config. Plus the piece's
-structural fingerprint, its input metadata and regionc's code-generating options.
+of regionc's piece compiler; a hash of the portable Inductor config. Plus the piece's structural
+fingerprint, its input metadata and regionc's code-generating options, which hold the version of the
+code regionc's passes can insert on this device (``PassManager.uuid``: the sources of the passes
+that may swap a kernel in there, and their kernels'), so editing a kernel that never runs on a
+device leaves that device's entries valid.
 
 What never goes in: hostnames, ports, pids, absolute paths, times, cache directories — anything
 that differs between two hosts (or two restarts) running the same code would defeat reuse.
@@ -40,9 +43,9 @@ KEY_SCHEMA = 1
 
 #: The regionc package directory whose sources are hashed (tests point it elsewhere).
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
-#: Sub-packages whose sources change generated code: fusion passes, custom ops (schemas, kernels
-#: Inductor calls) and the piece compiler (how standalone_compile is driven).
-SOURCE_DIRS = ("passes", "ops", "compiler")
+#: Sub-packages whose sources change every piece's code: the piece compiler (how standalone_compile
+#: is driven). The passes and their kernels enter through the codegen options (see the module doc).
+SOURCE_DIRS = ("compiler",)
 
 #: Inductor config entries that never change generated code but may differ per host/process.
 _INDUCTOR_IGNORE = re.compile(r"(dir|path|remote_cache\w*|compile_threads|worker_start_method)$")

@@ -44,6 +44,8 @@ class GraphCompiler:
         self.config = config
         self.store = store
         self.passes = passes  # regionc.passes.PassManager, installed into every piece's Inductor compile
+        # what changes a piece's code besides the piece: the options, and the passes' code version
+        self.codegen = {**config.codegen_options(), "passes_version": passes.uuid() if passes is not None else None}
 
     def compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                 report: Report) -> tuple[torch.fx.GraphModule, list[Piece]]:
@@ -98,7 +100,7 @@ class GraphCompiler:
         from regionc.cache.key import environment_factors, piece_key
 
         key, factors = piece_key(fingerprint.digest, [describe_value(v) for v in inputs],
-                                 self.config.codegen_options(), environment_factors(device))
+                                 self.codegen, environment_factors(device))
         record.key = key
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)

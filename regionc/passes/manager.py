@@ -2,10 +2,13 @@
 
 ``PassManager(config, device)`` builds one :class:`RegioncGraphPass` (a ``CustomGraphPass``)
 and hands it to Inductor through ``post_grad_custom_post_pass`` (after Inductor's own
-post-grad passes, so it sees the graph Inductor is about to lower). Its ``uuid()`` hashes the
-sources of every module in ``regionc/passes/`` (the decision table included), the enabled
-passes, ``kernel_choice`` and the device type, so Inductor's FX cache stays on and misses as
-soon as a pass, an option or a decision changes.
+post-grad passes, so it sees the graph Inductor is about to lower). Its ``uuid()`` is the version
+of the code the passes can put into a piece on this device: the pass machinery's sources, and
+of each pass that may swap here (``kernel_choice="always"``, or a decision-table row that swaps
+on this device type) its own source, its kernel's and its decision rows, plus the enabled passes,
+``kernel_choice`` and the device type. Inductor's FX cache and regionc's piece keys both use it,
+so they miss as soon as a pass that can act changes, and editing a kernel that never runs here
+(or a reason in the table) leaves every cached piece valid.
 
 Order inside one graph: find RMSNorms → fuse the ones on a residual add → plain RMSNorms →
 RoPE (q and k pairs) → decode attention over a KV cache → attention (an SDPA the decode pass took is gone
@@ -36,7 +39,19 @@ from regionc.passes._graph import finish
 
 log = logging.getLogger("regionc")
 
-PASS_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+#: Sources every pass shares (relative to the package): the manager, the graph helpers, the op
+#: registration and launch helpers. They shape every rewritten graph, swaps or not.
+COMMON_SOURCES = ("passes/manager.py", "passes/_graph.py", "ops/__init__.py", "ops/_utils.py", "ops/_variants.py")
+#: Per pass: its own source and the op it swaps in (whose Triton kernels Inductor compiles into the piece).
+PASS_SOURCES = {
+    "rms_norm": ("passes/rms_norm.py", "ops/rms_norm.py"),
+    "fused_add_rms_norm": ("passes/fused_add_rms_norm.py", "passes/rms_norm.py", "ops/rms_norm.py"),
+    "rope": ("passes/rope.py", "ops/rope.py"),
+    "attention": ("passes/attention.py", "ops/attention.py", "ops/attention_hopper.py"),
+    "decode_attention": ("passes/decode_attention.py", "ops/decode_attention.py"),
+}
 
 #: Called with every graph after the passes ran (tests assert on the rewritten graph).
 _graph_hooks: list[Callable[[torch.fx.Graph], None]] = []
@@ -52,12 +67,11 @@ def graph_hook(fn: Callable[[torch.fx.Graph], None]):
         _graph_hooks.remove(fn)
 
 
-def passes_source_hash() -> str:
-    """sha256 of every ``regionc/passes/*.py`` (names and bytes), in a stable order."""
+def sources_digest(paths: list[str]) -> str:
+    """sha256 over the names and bytes of ``paths`` (relative to the package), in a stable order."""
     h = hashlib.sha256()
-    for path in sorted(PASS_DIR.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+    for rel in sorted(set(paths)):
+        h.update(rel.encode() + b"\0" + (PACKAGE_DIR / rel).read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -114,12 +128,22 @@ class PassManager:
 
     # ------------------------------------------------------------------ Inductor side
     def uuid(self) -> str:
+        acting = self.acting_passes()
+        rows = sorted((op, cls, d.swap) for (device, op, cls), d in decisions.DECISIONS.items()
+                      if device == self.device.type and op in acting)
+        sources = [*COMMON_SOURCES, *(path for name in acting for path in PASS_SOURCES[name])]
         h = hashlib.sha256()
-        h.update(passes_source_hash().encode())
-        h.update(repr(sorted(self.enabled.items())).encode())
-        h.update(self.kernel_choice.encode())
-        h.update(self.device.type.encode())
+        for part in (sources_digest(sources), repr(rows), repr(sorted(self.enabled.items())), self.kernel_choice,
+                     self.device.type):
+            h.update(part.encode() + b"\0")
         return h.hexdigest()
+
+    def acting_passes(self) -> list[str]:
+        """The enabled passes that may swap a kernel in on this device: all of them under
+        ``kernel_choice="always"``, else those with a decision-table row that swaps here."""
+        swapping = {op for (device, op, _), d in decisions.DECISIONS.items() if device == self.device.type and d.swap}
+        return [name for name in PASS_NAMES
+                if self.enabled[name] and (self.kernel_choice == "always" or name in swapping)]
 
     def inductor_config_patches(self) -> dict[str, Any]:
         """Inductor config patches that install the passes ({} when every pass is off)."""

@@ -12,7 +12,7 @@ nothing usable is there.
 A stale trace must never run. An entry is used only if all of these hold:
 
 - its **key** matches: every environment factor of a piece key (torch build, triton, Python, GPU,
-  regionc's code-generating sources, Inductor config), the sources that turn a trace into a program
+  regionc's piece compiler, the code the passes can insert, Inductor config), the sources that turn a trace into a program
   (regions/, cudagraph/, tracing/), regionc's options, the function (module and qualname), the
   class of the module it runs on and its parameters' and buffers' names, shapes and dtypes, and each
   argument's type, dtype, device and shape (rank only with ``dynamic=True``);
@@ -196,6 +196,7 @@ class TraceSet:
     # ------------------------------------------------------------------ key
     def _key(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
         from regionc.cache.key import _PACKAGE_DIR, _cached_sources_hash, canonical, environment_factors
+        from regionc.passes import PassManager
 
         device = _device_of(module, args, kwargs)
         return canonical({
@@ -209,6 +210,7 @@ class TraceSet:
             "options": self.config.trace_options(),
             "dynamic": self.dynamic,
             "env": environment_factors(device),
+            "passes_version": PassManager(self.config, device).uuid(),  # the piece keys the program names hold it
             # how a trace becomes a program (split, graphs, this file): a new regionc re-traces
             "program_sources": _cached_sources_hash(str(_PACKAGE_DIR), ("regions", "cudagraph", "tracing")),
         })

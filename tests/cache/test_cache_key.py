@@ -124,15 +124,15 @@ def test_sources_hash_is_content_based_and_path_independent(tmp_path):
             else:
                 (dst / sub).mkdir(parents=True)
     assert sources_hash(a) == sources_hash(b) == sources_hash(package)
-    (a / "passes" / "new_pass.py").write_text("X = 1\n")  # a new pass file
+    (a / "compiler" / "new_step.py").write_text("X = 1\n")  # a new source file
     assert sources_hash(a) != sources_hash(b)
-    (b / "passes" / "new_pass.py").write_text("X = 1\n")
+    (b / "compiler" / "new_step.py").write_text("X = 1\n")
     assert sources_hash(a) == sources_hash(b)
-    (a / "passes" / "new_pass.py").write_text("X = 2\n")  # an edited one
+    (a / "compiler" / "new_step.py").write_text("X = 2\n")  # an edited one
     assert sources_hash(a) != sources_hash(b)
-    (b / "passes" / "new_pass.py").unlink()
-    (b / "ops" / "__pycache__").mkdir(exist_ok=True)
-    (b / "ops" / "__pycache__" / "junk.py").write_text("ignored")
+    (b / "compiler" / "new_step.py").unlink()
+    (b / "compiler" / "__pycache__").mkdir(exist_ok=True)
+    (b / "compiler" / "__pycache__" / "junk.py").write_text("ignored")
     assert sources_hash(b) == sources_hash(package)
 
 
