@@ -24,7 +24,7 @@ ENV_PREFIX = "REGIONC_"
 
 #: ``REGIONC_*`` variables that are not options: read by regionc/ops (the C++ extension switch and
 #: the attention kernel choices) and by setup.py (the build). Any other unknown one is a typo.
-OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_ATTENTION_HOPPER", "REGIONC_ATTENTION_VARIANT", "REGIONC_NATIVE")
+OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_NATIVE")
 
 log = logging.getLogger("regionc")
 

@@ -33,8 +33,8 @@ Kernel variants (one Triton kernel, the ``USE_TMA`` constexpr picks how K/V/Q/O 
 * ``"auto"``: one autotuner over both config lists, so it cannot pick anything slower than the
   ``"ptr"`` configs (up to timing noise); costs the most compiles on a shape bucket's first call.
 
-**The switch** is ``ATTENTION_VARIANT`` below (env ``REGIONC_ATTENTION_VARIANT`` overrides it at
-import; assigning ``regionc.ops.attention.ATTENTION_VARIANT`` at runtime works too, read per call).
+**The switch** is ``ATTENTION_VARIANT`` below, the variant measured fastest; it is read per call,
+so a test or a benchmark can set another for a while.
 ``benchmarks/kernels/bench_attention.py`` times ``"ptr"`` and ``"tma"`` side by side with the SDPA
 backends and records every config's time: set the switch to the winner there (fewer configs = a
 cheaper first call). If the TMA kernel fails to compile (or raises at launch), the op logs one
@@ -56,7 +56,6 @@ masked diagonal. Softmax in exp2 with the scale folded in, fp32 accumulation, 1/
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -92,15 +91,13 @@ VARIANTS = ("auto", "tma", "ptr")
 #: "ptr": best geometric mean vs cuDNN on the TARGETS shapes, 0.86x against 0.82x ("tma") and 0.80x
 #: ("auto", whose autotuning over both lists picked worse configs), and 60.0 us on the demo's GQA
 #: prefill; "tma" wins D128 by ~5% (benchmarks/results/attention/h100-2026-11-25-0226.json, H100, torch 2.11).
-ATTENTION_VARIANT = os.environ.get("REGIONC_ATTENTION_VARIANT", "ptr")
+ATTENTION_VARIANT = "ptr"
 
 #: On Hopper GPUs the op runs the warp-specialised Gluon kernel of ``attention_hopper.py`` where
 #: it can (0.96-1.05x cuDNN on the TARGETS shapes against 0.80-0.88x for this module's kernel,
-#: benchmarks/results/attention/h100-2026-11-25.json) and this module's Triton kernel elsewhere. ``REGIONC_ATTENTION_HOPPER=0`` (or assigning False here)
-#: keeps the Triton kernel everywhere.
-HOPPER_KERNEL = os.environ.get("REGIONC_ATTENTION_HOPPER", "1") != "0"
-if ATTENTION_VARIANT not in VARIANTS:
-    raise ValueError(f"REGIONC_ATTENTION_VARIANT must be one of {VARIANTS}, got {ATTENTION_VARIANT!r}")
+#: benchmarks/results/attention/h100-2026-11-25.json) and this module's Triton kernel elsewhere.
+#: False keeps this module's Triton kernel everywhere (what a test of that path sets).
+HOPPER_KERNEL = True
 
 # Autotune candidates per head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg or None).
 #: Pointer-load configs: every config that was the fastest fixed config on a TARGETS shape in the

@@ -28,8 +28,8 @@ Liger-Kernel / Inductor's persistent reductions (4 up to 1024, 8 up to 4096, 16 
 rows narrower than 1024 take several rows per program (up to 16, about 4096 elements) as long
 as the grid keeps two programs per SM; wider rows loop over 4096-element chunks (two passes).
 
-**The switch: ``VARIANT``** (module-level; read on every call, so assigning
-``regionc.ops.rms_norm.VARIANT = "..."`` at runtime works too). It names one entry of
+**The switch: ``VARIANT``** (a module constant, the variant measured fastest; read on every call,
+so a test or a benchmark can set another for a while). It names one entry of
 ``VARIANTS``, each a ``Variant`` of three independent choices on top of the heuristic above:
 
 * schedule: one program per row block (``"s2"``, the baseline schedule) or a *persistent* grid
@@ -268,7 +268,7 @@ VARIANTS: dict[str, Variant] = {
     "persistent2+evict": Variant(persistent=True, programs_per_sm=2, evict="all"),
 }
 
-#: THE setting: the variant ``torch.ops.regionc.rms_norm`` / ``fused_add_rms_norm`` use on CUDA.
+#: The switch: the variant ``torch.ops.regionc.rms_norm`` / ``fused_add_rms_norm`` use on CUDA.
 #: Flip it to the name of the best ``variant`` row of a GPU run of bench_rms_norm.py.
 #: "s2": on the large shapes every variant is within 3% of a plain copy of the same bytes (the kernel
 #: is bound by memory bandwidth), so the choice is the small-shape eager latency, where s2 is lowest

@@ -25,8 +25,8 @@ memory in both layouts (``bshd``: all heads of a token are adjacent; ``bhsd``: t
 head are adjacent). The group index varies fastest over the grid, so the programs that share a
 token block's cos/sin run together. Offsets are 64-bit.
 
-**The switch: ``VARIANT``** (module-level; read on every call, so assigning
-``regionc.ops.rope.VARIANT = "..."`` at runtime works too). It names one entry of ``VARIANTS``,
+**The switch: ``VARIANT``** (a module constant, the variant measured fastest; read on every call,
+so a test or a benchmark can set another for a while). It names one entry of ``VARIANTS``,
 each a ``Variant`` of three independent choices on top of the tiling heuristic
 (``_compute_params``):
 
@@ -267,7 +267,7 @@ def _launch_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, 
 #: writes one row per variant, shape and layout: the ``variant`` column)
 VARIANTS: dict[str, Variant] = dict(_variants.COMMON_VARIANTS)
 
-#: THE setting: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
+#: The switch: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
 #: best ``variant`` row of a GPU run of bench_rope.py.
 #: "s2+cached": on the large shapes every variant is within a few % of a plain copy of the same bytes,
 #: and at decode shapes (8x1 tokens) the op is bound by host time, which the cached launch cuts

@@ -14,6 +14,7 @@ import sys
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from regionc.ops.attention import attention_triton  # noqa: E402
@@ -159,13 +160,11 @@ for variant in ("ptr", "tma"):
 attn_mod = sys.modules["regionc.ops.attention"]
 q, k, v = attn_inputs(1, 2, 1, 9, 9, 64, torch.float16, False)
 q_odd = torch.randn(2 * 9 * 64 + 1, generator=gen).half()[1:].view(1, 2, 9, 64)
-saved, attn_mod.ATTENTION_VARIANT = attn_mod.ATTENTION_VARIANT, "tma"
-try:
+with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(attn_mod, "ATTENTION_VARIANT", "tma")
     expect("attention misaligned q, module choice tma -> ptr",
            attention_triton(q_odd, k, v, True, 0.2, config={"BLOCK_M": 16, "BLOCK_N": 16}),
            attn64(q_odd, k, v, True, 0.2), ATOL[torch.float16])
-finally:
-    attn_mod.ATTENTION_VARIANT = saved
 try:
     attention_triton(q_odd, k, v, True, None, config={"BLOCK_M": 16, "BLOCK_N": 16}, variant="tma")
     failures.append("attention misaligned q with variant='tma' did not raise")

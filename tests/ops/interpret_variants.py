@@ -16,6 +16,7 @@ import sys
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from regionc.ops import _utils  # noqa: E402
@@ -70,16 +71,15 @@ for i, name in enumerate(rms_mod.VARIANTS):
     if n_hits != (2 if rms_mod.VARIANTS[name].cached_launch else 0):  # (7, 40) plain and residual
         failures.append(f"rms_norm variant={name}: {n_hits} launch-cache entries")
 
-# a call without ``variant`` uses the module-level setting
-saved = rms_mod.VARIANT
+# a call without ``variant`` uses the module's switch
 for name in rms_mod.VARIANTS:
-    rms_mod.VARIANT = name
-    x = torch.randn(2, 1, 48, generator=gen)
-    w = torch.randn(48, generator=gen)
-    expect(f"rms_norm VARIANT={name}", rms_mod.rms_norm_triton(x, w, 1e-6), rms64(x, w, 1e-6), TOL[torch.float32])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rms_mod, "VARIANT", name)
+        x = torch.randn(2, 1, 48, generator=gen)
+        w = torch.randn(48, generator=gen)
+        expect(f"rms_norm VARIANT={name}", rms_mod.rms_norm_triton(x, w, 1e-6), rms64(x, w, 1e-6), TOL[torch.float32])
     if not any(k[0] == name and k[1] == x.shape for k in rms_mod._LAUNCHES) and rms_mod.VARIANTS[name].cached_launch:
         failures.append(f"rms_norm VARIANT={name} was not the variant used")
-rms_mod.VARIANT = saved
 
 
 # ---------------------------------------------------------------- rope
