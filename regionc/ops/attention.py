@@ -23,7 +23,7 @@ Kernel variants (one Triton kernel, the ``USE_TMA`` constexpr picks how K/V/Q/O 
 
 * ``"ptr"``: pointer loads (``tl.load`` of a ``[D, BLOCK_N]`` pointer tile, cp.async pipelining).
   Works on every GPU Triton supports and for any strides. Its configs are the ones measured best
-  per TARGETS shape on the H100 before the TMA variant existed.
+  per TARGETS shape on the H100 (``PTR_CONFIGS``).
 * ``"tma"``: Hopper tensor descriptors (``tl.make_tensor_descriptor``, one per (batch, head) over
   that head's ``[S, D]`` rows): each tile is one TMA bulk copy straight into shared memory, no
   per-element address registers, and rows past ``S`` read as zeros / are not written, so ragged
@@ -109,7 +109,8 @@ PTR_CONFIGS = {
     128: ((128, 128, 8, 3, None), (128, 128, 8, 2, None), (128, 64, 8, 3, None), (64, 64, 4, 4, None)),
     64: ((128, 64, 8, 3, None), (64, 64, 4, 4, None)),
 }
-#: TMA configs (unmeasured when written; sm90 figures from an offline compile with triton 3.9):
+#: TMA configs, chosen from an offline sm90 compile's register and shared-memory use (triton 3.9),
+#: not from a timing sweep:
 #: big tiles at one CTA per SM (D128 128x128/8w: ~188 registers, 161 KB / 225 KB of shared memory
 #: at 2 / 3 stages), and tiles sized so that TWO CTAs share an SM (one CTA's softmax overlaps the
 #: other's tensor-core work, what FA3 gets from warp specialisation): D128 128x64/8w/2s capped at
