@@ -22,8 +22,8 @@ from typing import Any
 
 ENV_PREFIX = "REGIONC_"
 
-#: ``REGIONC_*`` variables that are not options: read by regionc/ops (the C++ extension switch and
-#: the attention kernel choices) and by setup.py (the build). Any other unknown one is a typo.
+#: ``REGIONC_*`` variables that are not options: read by regionc/ops (the C++ extension switch) and
+#: by setup.py (the build). Any other unknown one is a typo.
 OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_NATIVE")
 
 log = logging.getLogger("regionc")
