@@ -39,7 +39,7 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
         split, pieces = compiler.compile(gm, example_inputs, report)
     program = make_program(gm, split, pieces, example_inputs, config, report)
     log.info(report.summary())
-    if report.containers and not report.inlined_regions:
+    if report.stacks and not report.inlined_regions:
         _say_every_block_was_traced(report)
     return program
 
@@ -47,7 +47,7 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
 def _say_every_block_was_traced(report) -> None:
     """Once per process: Dynamo traced each instance of the repeated blocks (plain
     ``torch.compile``, the full trace), so the trace grows with depth; name what traces one."""
-    blocks = ", ".join(f"{path}×{n}" for path, n in report.containers.items())
+    blocks = ", ".join(f"{path}×{n}" for path, n in report.stacks.items())
     log_once("every-block-traced", "regionc: Dynamo traced every repeated block (%s) before regionc compiled "
              "one, so the trace grows with depth; regionc.compile(model) traces one block per class and, with "
              "the cache on, skips tracing on a warm start", blocks)

@@ -64,7 +64,7 @@ class Config:
     #: Shared tier behind the local cache, e.g. "redis://host:6379/0" (see regionc/cache/remote.py):
     #: lookups go local → remote → compile, and what this process compiles is published there.
     remote_cache: str = ""
-    #: Fewest identical instances in a container that make it a repeated region.
+    #: Fewest identical children of a stack that make them repeated blocks.
     min_instances: int = 2
     #: Move each block's closing residual add into the piece that reads it (the next block, or
     #: the glue after the last one), where Inductor fuses it with the next norm as a full graph does.

@@ -1,4 +1,4 @@
-"""What regionc did for one graph: regions, compiles, reuse, cache, passes, timings.
+"""What regionc did for one graph: blocks, compiles, reuse, cache, passes, timings.
 
 One :class:`Report` is built per graph Dynamo hands to the backend; ``regionc.last_report()``
 returns the latest, ``regionc.reports()`` all of them in this process. ``summary()`` is the
@@ -21,7 +21,7 @@ class PieceRecord:
 
     name: str  # submodule name in the split graph, e.g. "submod_3"
     kind: str  # "block" or "glue"
-    region: str | None  # block instance path ("layers.3") or None for glue
+    block: str | None  # block instance path ("layers.3") or None for glue
     fingerprint: str
     source: str = ""  # "compiled" | "reused" | "cache" (local) | "remote" (fetched: regionc/cache/remote.py) | "eager"
     reason: str = ""  # why it fell back, when source == "eager"
@@ -49,7 +49,7 @@ class CudagraphStats:
 @dataclasses.dataclass
 class Report:
     graph_index: int = 0
-    containers: dict[str, int] = dataclasses.field(default_factory=dict)  # container path -> blocks
+    stacks: dict[str, int] = dataclasses.field(default_factory=dict)  # stack path -> blocks
     inlined_regions: int = 0  # nested_compile_region calls expanded (blocks Dynamo traced once)
     rematerialized: int = 0  # glue values (RoPE tables, ...) recomputed inside each block that reads them
     fused_boundaries: int = 0  # blocks' closing residual adds moved into the piece that reads them
@@ -146,7 +146,7 @@ class Report:
         return self.cudagraph_stats
 
     def summary(self) -> str:
-        blocks = ", ".join(f"{path}×{n}" for path, n in self.containers.items()) or "none"
+        blocks = ", ".join(f"{path}×{n}" for path, n in self.stacks.items()) or "none"
         glue = sum(1 for p in self.pieces if p.kind == "glue")
         phases = " ".join(f"{k}={v:.2f}s" for k, v in self.phases.items())
         remote = f" ({self.count('remote')} from remote)" if self.count("remote") else ""
@@ -173,7 +173,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "graph_index": self.graph_index,
-            "containers": dict(self.containers),
+            "stacks": dict(self.stacks),
             "inlined_regions": self.inlined_regions,
             "trace_source": self.trace_source,
             "rematerialized": self.rematerialized,

@@ -52,7 +52,6 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
     import torch
 
     import regionc
-
     from benchmarks.common import decode_attention_swapped
 
     mode = "reduce-overhead" if decode else None

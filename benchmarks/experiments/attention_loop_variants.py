@@ -9,10 +9,17 @@ and changes nothing measurable for the pointer kernel; flattening is slower.
 
     RES=DIR ATTN_BUDGET=130 python benchmarks/experiments/attention_loop_variants.py
 """
-import importlib.util, json, os, re, sys, time
+import importlib.util
+import json
+import os
+import sys
+import time
 from pathlib import Path
-import torch, triton
+
+import torch
+import triton
 from triton.testing import do_bench
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 src = (Path(__file__).resolve().parents[2] / "regionc/ops/attention.py").read_text()
 src = src[: src.index("# op registration")]
@@ -26,6 +33,7 @@ for name, loop in (("base", "range(lo, hi, BLOCK_N)"),
     mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
     variants[name] = mod
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
 out = {"env": {"torch": torch.__version__, "triton": triton.__version__, "gpu": torch.cuda.get_device_name()}, "rows": []}
 shapes = [(4, 32, 4096, 128, True), (4, 32, 4096, 128, False), (16, 32, 1024, 64, True), (1, 24, 4680, 128, False)]
 configs = {128: [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 4, 2)],

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 import torch.fx
 
+from regionc.blocks.boundaries import fuse_block_boundaries
+from regionc.blocks.detect import detect_blocks, pretty_path
+from regionc.blocks.fingerprint import Fingerprint, describe_value, fingerprint_piece, first_difference
+from regionc.blocks.inline import inline_nested_regions
+from regionc.blocks.rematerialize import rematerialize_tables
+from regionc.blocks.split import Piece, split_into_pieces
 from regionc.compiler.inductor import PIECE_DEFAULTS, compile_piece, load_piece
 from regionc.config import Config
-from regionc.regions.boundaries import fuse_block_boundaries
-from regionc.regions.detect import detect_blocks, pretty_path
-from regionc.regions.fingerprint import Fingerprint, describe_value, first_difference, fingerprint_piece
-from regionc.regions.inline import inline_nested_regions
-from regionc.regions.rematerialize import rematerialize_tables
-from regionc.regions.split import Piece, split_into_pieces
 from regionc.report import PieceRecord, Report, first_line
 
 log = logging.getLogger("regionc")
@@ -58,7 +58,7 @@ class GraphCompiler:
                 report.fused_boundaries = fuse_block_boundaries(gm.graph, owners)
         with report.phase("split"):
             split, pieces = split_into_pieces(gm, owners)
-        report.containers = dict(Counter(pretty_path(p.block.container) for p in pieces if p.block))
+        report.stacks = dict(Counter(pretty_path(p.block.stack) for p in pieces if p.block))
         with report.phase("fingerprint"):
             inputs = {p.name: piece_example_inputs(split.get_submodule(p.name)) for p in pieces}
             prints = {p.name: fingerprint_piece(split.get_submodule(p.name), inputs[p.name]) for p in pieces}
@@ -165,21 +165,21 @@ class GraphCompiler:
     # ------------------------------------------------------------------ diagnostics
     @staticmethod
     def _report_reuse_breakers(pieces: list[Piece], prints: dict[str, Fingerprint], report: Report) -> None:
-        """Name the per-layer constants that make instances of one container compile separately."""
+        """Name the per-layer constants that make instances of one stack compile separately."""
         first: dict[str, Piece] = {}
         seen: dict[str, set[str]] = defaultdict(set)
         for piece in pieces:
             if piece.block is None:
                 continue
-            container = piece.block.container
-            reference = first.setdefault(container, piece)
+            stack = piece.block.stack
+            reference = first.setdefault(stack, piece)
             digest = prints[piece.name].digest
-            if digest != prints[reference.name].digest and digest not in seen[container]:
+            if digest != prints[reference.name].digest and digest not in seen[stack]:
                 message = (f"{piece.label} cannot reuse {reference.label}'s compiled code: "
                            f"{first_difference(prints[reference.name], prints[piece.name])}")
                 log.warning("regionc: %s (a per-layer constant in the block breaks reuse)", message)
                 report.reuse_breakers.append(message)
-            seen[container].add(digest)
+            seen[stack].add(digest)
 
 
 def device_of(example_inputs: Sequence[Any]) -> torch.device:

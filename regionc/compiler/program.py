@@ -25,11 +25,11 @@ from typing import Any
 import torch
 import torch.fx
 
+from regionc.blocks.split import Piece
 from regionc.cache import open_store
 from regionc.compiler.inductor import load_piece
 from regionc.config import Config
 from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
-from regionc.regions.split import Piece
 from regionc.report import PieceRecord, Report
 
 log = logging.getLogger("regionc")
@@ -51,7 +51,7 @@ class Recipe:
     skeleton: bytes  # pickled split module, pieces replaced by empty modules
     pieces: list[Piece]
     keys: dict[str, str]  # piece name -> store key of its compiled artifact
-    containers: dict[str, int]  # the report's repeated containers (path -> blocks)
+    stacks: dict[str, int]  # the report's repeated stacks (path -> blocks)
     cudagraph_plan: CudagraphPlan | None  # None: run without CUDA graphs
 
 
@@ -109,7 +109,7 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
     if missing:
         why = f"no cached artifact for {', '.join(missing)} (compiled in memory only, or ran eagerly)"
     else:
-        recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.containers), plan)
+        recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan)
     run = install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
     return CompiledProgram(run, report, recipe, why)
 
@@ -120,7 +120,7 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     if store is None:
         raise RuntimeError("regionc: the cache is off, so a saved program cannot load its pieces")
     split = pickle.loads(recipe.skeleton)
-    report.containers = dict(recipe.containers)
+    report.stacks = dict(recipe.stacks)
     loaded: dict[str, Callable[..., Any]] = {}
     for piece in recipe.pieces:
         key = recipe.keys[piece.name]

@@ -4,10 +4,10 @@ See :mod:`regionc.cudagraph.runner` for the lifecycle and the input/output contr
 :mod:`regionc.cudagraph.sizes` for bucketing and padding of the dynamic token/batch dim.
 """
 
+from regionc.blocks.writes import mutated_placeholders
 from regionc.cudagraph.capture import CudaGraphBackend
 from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner, should_use_cudagraphs
 from regionc.cudagraph.sizes import ABOVE_MAX, DynamicSpec, bucket_for, runtime_size
-from regionc.regions.writes import mutated_placeholders
 
 __all__ = [
     "ABOVE_MAX", "CudaGraphAddressError", "CudaGraphBackend", "DynamicSpec", "GraphPool", "PieceGraphRunner",

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 import torch.fx
 
-from regionc.regions.writes import mutated_placeholders
+from regionc.blocks.split import Piece
+from regionc.blocks.writes import mutated_placeholders
 from regionc.cudagraph.sizes import DynamicSpec
-from regionc.regions.split import Piece
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 import torch.fx
 
-from regionc.regions.writes import mutated_placeholders
+from regionc.blocks.split import Piece
+from regionc.blocks.writes import mutated_placeholders
 from regionc.cudagraph.padding import NotPaddable, PaddingPlan, flatten, plan_padding
 from regionc.cudagraph.runner import GraphPool, PieceGraphRunner
-from regionc.regions.split import Piece
 
 log = logging.getLogger("regionc")
 

@@ -1,7 +1,7 @@
 """A Llama-style decoder: the built-in demo model and the benchmark model.
 
 Written the way models in the wild are (Hugging Face Llama, gpt-fast), so regionc's
-region detection and fusion passes see the patterns they will meet in production:
+block detection and fusion passes see the patterns they will meet in production:
 fp32-upcast RMSNorm, rotate-half RoPE from cos/sin tables, GQA through
 ``repeat_interleave`` in front of ``scaled_dot_product_attention``, SwiGLU, and the
 layers in an ``nn.ModuleList``. With ``max_batch``/``max_seq`` set, each layer owns a

@@ -39,8 +39,7 @@ The submodules keep their names (``regionc.ops.rms_norm`` is the module; the op 
 ``torch.ops.regionc.rms_norm``).
 """
 
-from regionc.ops import _extension
-from regionc.ops import attention, decode_attention, rms_norm, rope  # noqa: F401  (importing registers the ops)
+from regionc.ops import _extension, attention, decode_attention, rms_norm, rope  # noqa: F401  (importing registers the ops)
 from regionc.ops.attention import attention_reference
 from regionc.ops.decode_attention import decode_attention_reference
 from regionc.ops.rms_norm import fused_add_rms_norm_reference, rms_norm_reference

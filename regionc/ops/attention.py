@@ -76,8 +76,8 @@ from regionc.ops._utils import (
     next_power_of_2,
     register_cpu,
     tl,
-    unit_stride_last,
     triton,
+    unit_stride_last,
 )
 
 TRITON_HEAD_DIMS = (64, 128)

@@ -62,8 +62,8 @@ from regionc.ops._utils import (
     register_cpu,
     sm_count,
     tl,
-    unit_stride_last,
     triton,
+    unit_stride_last,
 )
 
 TRITON_HEAD_DIMS = (64, 128)

@@ -73,7 +73,8 @@ from regionc.ops._utils import (
     tl,
     triton,
 )
-from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, HINTS as _HINTS, Variant, lookup, persistent_programs
+from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, Variant, lookup, persistent_programs
+from regionc.ops._variants import HINTS as _HINTS
 
 STYLES = ("rotate_half", "interleaved")
 LAYOUTS = ("bhsd", "bshd")

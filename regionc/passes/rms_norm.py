@@ -24,9 +24,9 @@ import torch
 import torch.fx
 
 from regionc.passes._graph import (
-    FLOAT_DTYPES,
     ADD_TARGETS,
     CONVERT,
+    FLOAT_DTYPES,
     MUL,
     aten,
     dtype_str,

@@ -26,9 +26,10 @@ import torch
 import torch.fx
 
 from regionc.passes._graph import (
-    FLOAT_DTYPES,
     CONVERT,
+    FLOAT_DTYPES,
     MUL,
+    VIEW_TARGETS,
     aten,
     dtype_str,
     hint,
@@ -40,9 +41,7 @@ from regionc.passes._graph import (
     shape_str,
     slice_args,
     split_matches,
-    strip_converts,
     tensor_val,
-    VIEW_TARGETS,
 )
 
 NAME = "rope"

@@ -7,7 +7,7 @@ this helper; the backend underneath is the same. How (option ``block_tracing``):
 
 - ``nested_region``: the blocks' forward becomes a ``torch.compiler.nested_compile_region``.
   On torch >= 2.12 Dynamo traces it once and stamps out one ``invoke_subgraph`` call per
-  instance; regionc's backend expands those calls again (regions/inline.py), so it gets the
+  instance; regionc's backend expands those calls again (blocks/inline.py), so it gets the
   graph of a full trace for the cost of one block, and the model stays one compiled graph.
   The wrapped forward is installed on a subclass that only these instances are switched to:
   the user's class is left alone, and (torch 2.13) a forward bound per instance would make
@@ -38,15 +38,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from regionc.blocks.detect import Stack, find_repeated_blocks
 from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
 from regionc.report import Report, first_line, reports
-from regionc.tracing.blocks import BlockGroup, find_repeated_blocks
 from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
 log = logging.getLogger("regionc")
 
+#: A block class -> its nested-region subclass, which this module hands out by name (``__getattr__``).
 _REGION_CLASSES: dict[type, type] = {}
+
+
+def __getattr__(name: str) -> type:
+    """A nested-region subclass by its name: a saved trace's guards name a block's type, so the subclass
+    must be importable from here; it resolves once this process has marked the same block class (the
+    newest subclass of that name: a reloaded model module makes a new class under the same name)."""
+    for region_class in reversed(_REGION_CLASSES.values()):
+        if region_class.__name__ == name:
+            return region_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: What ``regionc.compile`` tries next when a strategy's trace fails: never worse than the plain backend.
@@ -62,16 +73,16 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     (their class, or their compiled call).
     """
     config = Config.build(options, mode)
-    groups = find_repeated_blocks(model, config.min_instances)
+    stacks = find_repeated_blocks(model, config.min_instances)
     strategy = config.block_tracing
     if strategy == "auto":
         strategy = "nested_region" if nested_regions_reuse_traces() else "per_block"
-    described = ", ".join(f"{g.path}×{len(g.instances)}" for g in groups) or "none"
-    if not groups:
+    described = ", ".join(f"{g.path}×{len(g.instances)}" for g in stacks) or "none"
+    if not stacks:
         strategy = "full"
     log.info("regionc: compile with block_tracing=%s (repeated blocks: %s; torch %s)",
              strategy, described, torch.__version__)
-    model.forward = CompiledForward(model, groups, strategy, config, mode, options, dynamic)
+    model.forward = CompiledForward(model, stacks, strategy, config, mode, options, dynamic)
     return model
 
 
@@ -90,10 +101,10 @@ class CompiledForward:
     Dynamo's recompile limit.
     """
 
-    def __init__(self, model: nn.Module, groups: list[BlockGroup], strategy: str, config: Config,
+    def __init__(self, model: nn.Module, stacks: list[Stack], strategy: str, config: Config,
                  mode: str | None, options: dict[str, Any] | None, dynamic: bool | None):
         self.model = model
-        self.groups = groups
+        self.stacks = stacks
         self.config = config
         self.original = model.forward
         self.options, self.dynamic = with_mode(options, mode), dynamic  # one of them: torch 2.11 takes not both
@@ -122,8 +133,8 @@ class CompiledForward:
         variant per block class are expected (input layouts differ at the ends of a stack); more mean
         the trace specializes per layer."""
         compiles = len(self.reports)
-        if self.strategy == "per_block" and self.next and compiles > 3 * len(self.groups):
-            self._fall_back(f"its block frames were compiled {compiles} times for {len(self.groups)} block "
+        if self.strategy == "per_block" and self.next and compiles > 3 * len(self.stacks):
+            self._fall_back(f"its block frames were compiled {compiles} times for {len(self.stacks)} block "
                             "class(es) in one call: a per-layer value read in the block (HF's layer_idx into "
                             "a cache, say) specializes each trace")
 
@@ -157,10 +168,10 @@ class CompiledForward:
             options = {**(self.options or {}), "cudagraphs": False} if module_graphs else self.options
             args["options"] = options
             block_config = Config.build(options)
-            for group in self.groups:
-                traces = TraceSet(group.cls.forward, strategy, block_config, options, self.dynamic) \
+            for stack in self.stacks:
+                traces = TraceSet(stack.cls.forward, strategy, block_config, options, self.dynamic) \
                     if self.save_traces else None
-                for block in group.instances:
+                for block in stack.instances:
                     if traces is not None:
                         block.forward = SavedTraceForward(traces, block)
                     else:
@@ -168,8 +179,8 @@ class CompiledForward:
             self.run = ModuleGraphs(self.model, self.original, self.config) if module_graphs else self.original
             return
         if strategy == "nested_region":
-            for group in self.groups:
-                _mark_nested_region(group)
+            for stack in self.stacks:
+                _mark_nested_region(stack)
         if self.save_traces:
             self.run = SavedTraceForward(TraceSet(type(self.model).forward, strategy, self.config, self.options,
                                                   self.dynamic), self.model)
@@ -177,10 +188,10 @@ class CompiledForward:
             self.run = torch.compile(self.original, fullgraph=strategy == "nested_region", **args)
 
     def _undo(self) -> None:
-        for group in self.groups:
-            for block in group.instances:
-                if self.strategy == "nested_region" and type(block) is _REGION_CLASSES.get(group.cls):
-                    block.__class__ = group.cls
+        for stack in self.stacks:
+            for block in stack.instances:
+                if self.strategy == "nested_region" and type(block) is _REGION_CLASSES.get(stack.cls):
+                    block.__class__ = stack.cls
                 if self.strategy == "per_block":
                     block.__dict__.pop("forward", None)
                     block._compiled_call_impl = None
@@ -212,19 +223,18 @@ def nested_regions_reuse_traces() -> bool:
     return region is not None and "max_reuse_entries" in inspect.signature(region).parameters
 
 
-def _mark_nested_region(group: BlockGroup) -> None:
-    region_class = _REGION_CLASSES.get(group.cls)
+def _mark_nested_region(stack: Stack) -> None:
+    region_class = _REGION_CLASSES.get(stack.cls)
     if region_class is None:
-        # Importable under a name derived from the user's class, so a saved trace's guards (which
-        # name the block's type) pickle here and resolve in the next process once it marks the same class.
-        name = "region_of_" + re.sub(r"\W", "_", f"{group.cls.__module__}.{group.cls.__qualname__}")
-        region_class = type(name, (group.cls,), {
-            "forward": torch.compiler.nested_compile_region(group.cls.forward),
+        # named after the user's class: the next process marks the same class and finds it by this name
+        name = "region_of_" + re.sub(r"\W", "_", f"{stack.cls.__module__}.{stack.cls.__qualname__}")
+        region_class = type(name, (stack.cls,), {
+            "forward": torch.compiler.nested_compile_region(stack.cls.forward),
             "__module__": __name__,
             "__qualname__": name,
-            "__doc__": group.cls.__doc__,
+            "__doc__": stack.cls.__doc__,
         })
-        globals()[name] = _REGION_CLASSES[group.cls] = region_class
-    for block in group.instances:
-        if type(block) is group.cls:
+        _REGION_CLASSES[stack.cls] = region_class
+    for block in stack.instances:
+        if type(block) is stack.cls:
             block.__class__ = region_class

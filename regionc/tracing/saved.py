@@ -13,7 +13,7 @@ A stale trace must never run. An entry is used only if all of these hold:
 
 - its **key** matches: every environment factor of a piece key (torch build, triton, Python, GPU,
   regionc's piece compiler, the code the passes can insert, Inductor config), the sources that turn a trace into a program
-  (regions/, cudagraph/, tracing/), regionc's options, the function (module and qualname), the
+  (blocks/, cudagraph/, tracing/), regionc's options, the function (module and qualname), the
   class of the module it runs on and its parameters' and buffers' names, shapes and dtypes, and each
   argument's type, dtype, device and shape (rank only with ``dynamic=True``);
 - torch's own check of the saved system info passes (torch version, GPU);
@@ -212,7 +212,7 @@ class TraceSet:
             "env": environment_factors(device),
             "passes_version": PassManager(self.config, device).uuid(),  # the piece keys the program names hold it
             # how a trace becomes a program (split, graphs, this file): a new regionc re-traces
-            "program_sources": _cached_sources_hash(str(_PACKAGE_DIR), ("regions", "cudagraph", "tracing")),
+            "program_sources": _cached_sources_hash(str(_PACKAGE_DIR), ("blocks", "cudagraph", "tracing")),
         })
 
 

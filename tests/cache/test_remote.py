@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cache_util import make_key, start_worker, worker_env
+
 from regionc.cache import open as open_mod
 from regionc.cache import remote as remote_mod
 from regionc.cache.store import ArtifactStore, encode_entry

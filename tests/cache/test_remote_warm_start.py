@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from test_warm_start import run_worker
 
 

@@ -22,7 +22,7 @@ def test_demo_decoder_compiles_one_block_whatever_the_depth(n_layers):
         out = compile_regionc(model)(tokens)
         assert_close(out, model(tokens))
     report = regionc.last_report()
-    assert report.containers == {"layers": n_layers}
+    assert report.stacks == {"layers": n_layers}
     assert block_compiles(report) == 1
     assert report.count("reused", "block") == n_layers - 1
     assert report.fallbacks == []
@@ -52,7 +52,7 @@ def test_hugging_face_decoders_match_eager(family):
         out = compile_regionc(model)(input_ids=tokens, use_cache=False).last_hidden_state
     assert_close(out, expected)
     report = regionc.last_report()
-    assert report.containers == {"layers": 3}
+    assert report.stacks == {"layers": 3}
     assert block_compiles(report) == 1
 
 
@@ -64,7 +64,7 @@ def test_diffusion_transformer_compiles_one_block_per_kind():
         out = compile_regionc(model)(img, txt, t)
         assert_close(out, model(img, txt, t))
     report = regionc.last_report()
-    assert report.containers == {"double_blocks": 2, "single_blocks": 3}
+    assert report.stacks == {"double_blocks": 2, "single_blocks": 3}
     assert block_compiles(report) == 2
     assert report.unique_block_fingerprints == 2
 
@@ -98,7 +98,7 @@ def test_model_without_repeated_blocks_is_one_piece():
     with torch.no_grad():
         assert_close(compile_regionc(model)(x), model(x))
     report = regionc.last_report()
-    assert report.containers == {}
+    assert report.stacks == {}
     assert [(p.kind, p.source) for p in report.pieces] == [("glue", "compiled")]
 
 
@@ -111,7 +111,7 @@ def test_graph_break_gives_two_graphs_each_split():
     new = regionc.reports()[before:]
     assert len(new) == 2
     for report in new:
-        assert report.containers == {"layers": 2}
+        assert report.stacks == {"layers": 2}
         assert block_compiles(report) == 1
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.fx
 
 import regionc.logs
+from regionc.blocks.writes import mutated_placeholders
 from regionc.config import Config
-from regionc.regions.writes import mutated_placeholders
 from regionc.cudagraph.runner import (
     CudaGraphAddressError,
     GraphPool,
@@ -21,7 +21,6 @@ from regionc.cudagraph.runner import (
 from regionc.cudagraph.sizes import DynamicSpec
 from regionc.report import Report
 from tests.cudagraph.fakes import FakeBackend
-
 
 SIZES = (1, 2, 4, 8)
 

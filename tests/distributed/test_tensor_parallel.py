@@ -92,7 +92,7 @@ def test_cold_ranks_compile_each_unique_piece_once_in_total(cold):
     _, _, results = cold
     prints = [[p["fingerprint"] for p in r["pieces"]] for r in results]
     assert prints[0] == prints[1]  # nothing rank-specific in a fingerprint
-    assert results[0]["unique_block_fingerprints"] == 1  # the block with its all-reduces is one region
+    assert results[0]["unique_block_fingerprints"] == 1  # the block with its all-reduces is one compiled block
     assert results[0]["sources"].count("reused") == 2  # three layers: one compile (or load), two reuses
     unique = _unique(results)
     assert unique == 3  # glue, block, glue

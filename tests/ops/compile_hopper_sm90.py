@@ -8,9 +8,9 @@ import json
 import sys
 
 import torch
+from sm90_target import sm90_target  # this script's folder is on sys.path
 
 from regionc.ops import attention_hopper as hopper
-from sm90_target import sm90_target  # this script's folder is on sys.path
 
 for spec in sys.argv[1:]:
     head_dim, causal = int(spec.split(":")[0]), spec.split(":")[1] == "1"

@@ -50,7 +50,7 @@ def run_model(model, options, tokens):
 
 def assert_block_rewritten(cap, graph, norms_in_block: int):
     """Every norm is rewritten; a block's two adds each fuse with the norm after them (the residual
-    add entering the block comes from the previous one: regions/boundaries.py)."""
+    add entering the block comes from the previous one: blocks/boundaries.py)."""
     targets = cap.targets(graph)
     assert targets.count(regionc_ops.fused_add_rms_norm.default) == 2
     assert targets.count(regionc_ops.rms_norm.default) == norms_in_block

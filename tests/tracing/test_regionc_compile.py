@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import regionc
+from regionc.blocks.detect import find_repeated_blocks
 from regionc.models.llama import DecoderLayer, LlamaConfig, build_demo_model
-from regionc.tracing.blocks import find_repeated_blocks
 from regionc.tracing.compile import nested_regions_reuse_traces
 from tests.helpers import NO_CACHE, assert_close, block_compiles
 from tests.models import NoRepeats, TinyDiT

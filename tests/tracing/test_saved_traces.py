@@ -6,7 +6,6 @@ import dataclasses
 import importlib
 import logging
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -91,7 +90,7 @@ def test_second_start_loads_the_trace_and_runs_no_dynamo(model_module, tmp_path)
     assert second.trace_source.startswith("saved trace ") and traced_graphs == 0
     assert [p.source for p in first.pieces] == ["compiled", "reused", "reused", "compiled"]
     assert [p.source for p in second.pieces] == ["cache", "reused", "reused", "cache"]
-    assert second.containers == {"blocks": 3}
+    assert second.stacks == {"blocks": 3}
     # the first call's phases include looking the trace up, serializing and writing the compiled
     # pieces and saving the trace; a load only looks it up and loads
     for phase in ("trace_key", "compile", "serialize", "cache_write", "trace_save"):

@@ -1,6 +1,6 @@
 """Tiny random-weight models of real architectures, built from their libraries' own config classes.
 
-Each entry builds a model at a given depth (the number of repeated blocks, per container) and the
+Each entry builds a model at a given depth (the number of repeated blocks, per stack) and the
 inputs its library's docs would pass. Widths are the smallest that keep the architecture's features
 (grouped-query attention, MoE routing, sliding windows, softcapping, relative position bias, joint
 text/image attention); nothing is downloaded.

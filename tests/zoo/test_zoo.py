@@ -1,7 +1,7 @@
 """Real architectures through both entry points: output equal to eager, one compile per unique block.
 
 Each case compiles the model at depth 2 and at depth 3 and asserts that the output equals eager, that
-the number of unique pieces does not grow with depth, and that every container of identical blocks
+the number of unique pieces does not grow with depth, and that every stack of identical blocks
 is found and its instances reuse one compile. The cache is the session's, so depth 3 mostly loads
 what depth 2 compiled: the count asserted is of unique pieces (compiled or loaded), not of compiles.
 """
@@ -29,7 +29,7 @@ class Result:
     actual: object  # compiled output
     reports: list  # the reports of the compile (regionc.compile: of the block tracing in use)
     fallbacks: list[str]  # block tracings regionc.compile gave up, with the error
-    per_block: dict[str, int]  # regionc.compile per block: container -> blocks (Dynamo reuses the frame)
+    per_block: dict[str, int]  # regionc.compile per block: stack -> blocks (Dynamo reuses the frame)
     strategy: str  # the block tracing in use ("full" for the plain backend)
 
 
@@ -46,7 +46,7 @@ def run(name: str, entry: str, depth: int) -> Result:
     forward = compiled.forward
     if not isinstance(forward, CompiledForward):
         return Result(expected, actual, regionc.reports()[before:], [], {}, "full")
-    per_block = {g.path: len(g.instances) for g in forward.groups} if forward.strategy == "per_block" else {}
+    per_block = {s.path: len(s.instances) for s in forward.stacks} if forward.strategy == "per_block" else {}
     return Result(expected, actual, forward.reports, forward.fallbacks, per_block, forward.strategy)
 
 
@@ -81,17 +81,17 @@ def test_architecture(name, entry, zoo_rows):
         pieces = [p for r in result.reports for p in r.pieces]
         unique[depth] = len({p.key or p.fingerprint for p in pieces})  # a loaded piece has its key only
         strategies[depth] = result.strategy
-        containers = {path: n for r in result.reports for path, n in r.containers.items()} or result.per_block
+        stacks = {path: n for r in result.reports for path, n in r.stacks.items()} or result.per_block
         if result.per_block:  # one Dynamo frame per block class, reused by every instance
             reused = sum(result.per_block.values()) - unique[depth]
         else:
             reused = sum(p.source == "reused" and p.kind == "block" for p in pieces)
     for depth, strategy in strategies.items():  # Dynamo compiles a block frame per input layout: first, middle, last
-        assert strategy != "per_block" or unique[depth] <= 3 * len(containers), f"per-layer compiles: {unique}"
+        assert strategy != "per_block" or unique[depth] <= 3 * len(stacks), f"per-layer compiles: {unique}"
     if "per_block" not in strategies.values():
         assert unique[2] == unique[3], f"unique pieces grow with depth: {unique}"
-    assert containers, "no repeated blocks found"
-    assert all(n >= 3 for n in containers.values()), containers
+    assert stacks, "no repeated blocks found"
+    assert all(n >= 3 for n in stacks.values()), stacks
     assert reused > 0
     warm = ""
     if entry == "regionc.compile":  # a second compile of the same model finds the traces the first saved
@@ -100,6 +100,6 @@ def test_architecture(name, entry, zoo_rows):
         loaded = [r for r in again.reports if r.trace_source.startswith("saved trace")]
         warm = f"{len(loaded)}/{len(again.reports)} traces loaded"
     zoo_rows.append({"name": name, "entry": entry, "library": ARCHITECTURES[name].library,
-                     "blocks": ", ".join(f"{path}×{n}" for path, n in containers.items()),
+                     "blocks": ", ".join(f"{path}×{n}" for path, n in stacks.items()),
                      "unique": unique[3], "reused": reused, "warm": warm, "strategy": result.strategy,
                      "fallbacks": sorted({*result.fallbacks, *(f for r in result.reports for f in r.fallbacks)})})

@@ -13,7 +13,7 @@ last block. The first block has no add coming in, so it gets one: its input plus
 in the glue before it. That keeps every block identical, so they still share one compiled artifact.
 Adding zero is exact, so block 0 computes the same values as before.
 
-A container is rewritten only when the pattern is exact for every block:
+A stack is rewritten only when the pattern is exact for every block:
 
 - of the values each block hands out, exactly one is a functional two-tensor ``add`` of the block's
   own values, with no broadcasting or dtype promotion (other outputs, such as a KV cache's new
@@ -34,8 +34,8 @@ from collections import defaultdict
 import torch
 import torch.fx
 
-from regionc.regions.detect import BlockInstance, pretty_path
-from regionc.regions.writes import written_between
+from regionc.blocks.detect import BlockInstance, pretty_path
+from regionc.blocks.writes import written_between
 
 log = logging.getLogger("regionc")
 
@@ -45,7 +45,7 @@ _ADDS = (operator.add, torch.add)
 def fuse_block_boundaries(graph: torch.fx.Graph, owners: dict[torch.fx.Node, BlockInstance]) -> int:
     """Move every repeated block's closing add into its reader; returns how many adds moved.
 
-    ``owners`` (from :func:`~regionc.regions.detect.detect_blocks`) is updated in place: moved adds
+    ``owners`` (from :func:`~regionc.blocks.detect.detect_blocks`) is updated in place: moved adds
     belong to their reader, and block 0's new add belongs to block 0.
     """
     blocks_of: dict[str, list[BlockInstance]] = defaultdict(list)
@@ -55,14 +55,14 @@ def fuse_block_boundaries(graph: torch.fx.Graph, owners: dict[torch.fx.Node, Blo
         if block is None:
             continue
         if not nodes_of[block]:
-            blocks_of[block.container].append(block)
+            blocks_of[block.stack].append(block)
         nodes_of[block].append(node)
 
     moved = 0
-    for container, blocks in blocks_of.items():
+    for stack, blocks in blocks_of.items():
         plan = _plan(blocks, nodes_of, owners)
         if isinstance(plan, str):
-            log.debug("regionc: %s keeps its block boundaries: %s", pretty_path(container), plan)
+            log.debug("regionc: %s keeps its block boundaries: %s", pretty_path(stack), plan)
             continue
         tails, entry = plan
         _rewrite(graph, blocks, nodes_of, owners, tails, entry)
@@ -71,7 +71,7 @@ def fuse_block_boundaries(graph: torch.fx.Graph, owners: dict[torch.fx.Node, Blo
 
 
 def _plan(blocks: list[BlockInstance], nodes_of: dict, owners: dict):
-    """(each block's closing add, block 0's entering value), or why the container is left alone."""
+    """(each block's closing add, block 0's entering value), or why the stack is left alone."""
     tails = []
     for block in blocks:
         tail = _closing_add(block, nodes_of[block], owners)

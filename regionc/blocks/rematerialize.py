@@ -27,8 +27,8 @@ from collections import defaultdict
 import torch
 import torch.fx
 
-from regionc.regions.detect import BlockInstance, pretty_path
-from regionc.regions.writes import written_between
+from regionc.blocks.detect import BlockInstance, pretty_path
+from regionc.blocks.writes import written_between
 
 log = logging.getLogger("regionc")
 
@@ -45,7 +45,7 @@ MAX_FLOAT_INPUT_ELEMENTS = 1 << 16
 def rematerialize_tables(graph: torch.fx.Graph, owners: dict[torch.fx.Node, BlockInstance]) -> int:
     """Copy cheap glue values into each block instance that reads them; returns how many were copied.
 
-    ``owners`` (from :func:`~regionc.regions.detect.detect_blocks`) gains the copies. Each copy
+    ``owners`` (from :func:`~regionc.blocks.detect.detect_blocks`) gains the copies. Each copy
     goes right before its block's first node, so every block stays one contiguous run.
     """
     cheap: dict[torch.fx.Node, bool] = {}

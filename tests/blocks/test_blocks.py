@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from regionc.blocks.detect import detect_blocks, pretty_path
+from regionc.blocks.fingerprint import describe_value, fingerprint_piece, first_difference
+from regionc.blocks.rematerialize import rematerialize_tables
+from regionc.blocks.split import split_into_pieces
 from regionc.compiler.manager import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
-from regionc.regions.detect import detect_blocks, pretty_path
-from regionc.regions.fingerprint import describe_value, first_difference, fingerprint_piece
-from regionc.regions.rematerialize import rematerialize_tables
-from regionc.regions.split import split_into_pieces
 from tests.models import PerLayerConstant, TinyDiT
 
 
@@ -49,7 +49,7 @@ def test_two_containers_of_different_blocks_and_canonical_output_order():
     by_container = {}
     for piece, fp in zip(pieces, prints):
         if piece.block:
-            by_container.setdefault(pretty_path(piece.block.container), set()).add(fp.digest)
+            by_container.setdefault(pretty_path(piece.block.stack), set()).add(fp.digest)
     # The last double block's outputs are consumed by glue in another order than the others';
     # outputs are put in producer order, so all three still share one fingerprint.
     assert {k: len(v) for k, v in by_container.items()} == {"double_blocks": 1, "single_blocks": 1}

@@ -14,8 +14,9 @@ import operator
 import torch.fx
 from torch.fx.passes.split_module import split_module
 
-from regionc.regions.align import align_instances
-from regionc.regions.detect import BlockInstance, pretty_path
+from regionc.blocks.align import align_instances
+from regionc.blocks.detect import BlockInstance, pretty_path
+
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
@@ -52,7 +53,7 @@ def split_into_pieces(gm: torch.fx.GraphModule,
         Piece(node.target, owner_of_segment[int(node.target.rsplit("_", 1)[1])])
         for node in split.graph.nodes if node.op == "call_module"
     ]
-    align_instances(split, [(p.name, p.block.container) for p in pieces if p.block is not None])
+    align_instances(split, [(p.name, p.block.stack) for p in pieces if p.block is not None])
     _canonicalize_outputs(split)
     return split, pieces
 

@@ -4,7 +4,7 @@ Dynamo's graphs are not functional: a KV cache's ``index_copy_``, a counter's ``
 ``StaticCache.cumulative_length``) and ``x[...] = y`` appear as in-place nodes on graph inputs.
 Two consumers need to know about them:
 
-- the region passes (:mod:`~regionc.regions.rematerialize`, :mod:`~regionc.regions.boundaries`)
+- the block passes (:mod:`~regionc.blocks.rematerialize`, :mod:`~regionc.blocks.boundaries`)
   move or copy nodes to later positions; a node that reads a value written in between would read
   the new contents instead of the old, so such a move is refused (:func:`written_between`);
 - a CUDA graph reads copied activations from its own static buffers, so an in-place write to a

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 import regionc
+from regionc.blocks.boundaries import fuse_block_boundaries
+from regionc.blocks.detect import detect_blocks
+from regionc.blocks.fingerprint import fingerprint_piece
+from regionc.blocks.rematerialize import rematerialize_tables
+from regionc.blocks.split import split_into_pieces
 from regionc.compiler.manager import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
-from regionc.regions.boundaries import fuse_block_boundaries
-from regionc.regions.detect import detect_blocks
-from regionc.regions.fingerprint import fingerprint_piece
-from regionc.regions.rematerialize import rematerialize_tables
-from regionc.regions.split import split_into_pieces
 from tests.helpers import assert_close, block_compiles, compile_regionc
 from tests.models import TinyDiT
 

@@ -14,7 +14,7 @@ Identical blocks can still split into pieces that differ at their edges:
   every instance returns the union of what its siblings return; the extra value is computed and
   dropped, as a per-block compile would do.
 
-Instances are matched position by position; a container whose pieces do not line up (a block with
+Instances are matched position by position; a stack whose pieces do not line up (a block with
 a per-layer constant, say) is left as it is, and the fingerprint step reports why.
 """
 
@@ -28,14 +28,14 @@ import torch.fx
 
 
 def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) -> int:
-    """Align the interfaces of each container's pieces, given as (piece name, container) pairs;
+    """Align the interfaces of each stack's pieces, given as (piece name, stack) pairs;
     returns how many inputs and outputs changed."""
-    containers: dict[str, list[str]] = defaultdict(list)
-    for name, container in blocks:
-        containers[container].append(name)
+    stacks: dict[str, list[str]] = defaultdict(list)
+    for name, stack in blocks:
+        stacks[stack].append(name)
     calls = {node.target: node for node in split.graph.find_nodes(op="call_module")}
     changed = 0
-    for names in containers.values():
+    for names in stacks.values():
         modules = [split.get_submodule(name) for name in names]
         if len(modules) < 2:
             continue
@@ -119,7 +119,7 @@ def _union_outputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModu
         output = next(iter(module.graph.find_nodes(op="output")))
         values = output.args[0]
         if not isinstance(values, tuple) or not all(isinstance(v, torch.fx.Node) and v in body for v in values):
-            return 0  # a piece returning an input or a constant: leave the container alone
+            return 0  # a piece returning an input or a constant: leave the stack alone
         returned.append({body.index(v) for v in values})
     union = set().union(*returned)
     added = 0

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from torch.fx.node import _get_qualified_name
 
+
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
     digest: str
