@@ -30,6 +30,7 @@ import torch
 import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
+from regionc.ops.attention import TRITON_HEAD_DIMS
 from regionc.passes._graph import (
     FLOAT_DTYPES,
     VIEW_TARGETS,
@@ -46,7 +47,6 @@ from regionc.passes._graph import (
 )
 
 NAME = "attention"
-SUPPORTED_HEAD_DIMS = (64, 128)  # regionc.ops.attention.TRITON_HEAD_DIMS
 
 
 def _sdpa_targets() -> dict:
@@ -153,8 +153,8 @@ def match_at(node: torch.fx.Node):
             and node.target is getattr(aten, "scaled_dot_product_attention").default:
         return None, f"{desc}: head counts differ without enable_gqa"
     d = qt.shape[-1]
-    if not any(same(d, s) for s in SUPPORTED_HEAD_DIMS):
-        return None, f"{desc}: head_dim {d} unsupported (kernel has {', '.join(map(str, SUPPORTED_HEAD_DIMS))})"
+    if not any(same(d, s) for s in TRITON_HEAD_DIMS):
+        return None, f"{desc}: head_dim {d} unsupported (kernel has {', '.join(map(str, TRITON_HEAD_DIMS))})"
     if not (qt.dtype == kt.dtype == vt.dtype) or qt.dtype not in FLOAT_DTYPES:
         return None, f"{desc}: q/k/v dtypes differ or are not float"
     causal = bool(kw.get("is_causal", False))

@@ -43,6 +43,7 @@ import torch
 import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
+from regionc.ops.decode_attention import TRITON_HEAD_DIMS
 from regionc.passes._graph import (
     FLOAT_DTYPES,
     VIEW_TARGETS,
@@ -59,7 +60,6 @@ from regionc.passes._graph import (
 from regionc.passes.attention import SDPA_TARGETS, sdpa_output, strip_gqa_expansion
 
 NAME = "decode_attention"
-SUPPORTED_HEAD_DIMS = (64, 128)  # regionc.ops.decode_attention.TRITON_HEAD_DIMS
 #: most query rows per sequence that count as decode
 MAX_QUERY_ROWS = 16
 #: most query rows of one KV head (Hq/Hkv * Lq): the rows of the kernel's tile
@@ -207,8 +207,8 @@ def match_at(node: torch.fx.Node):
         return None, f"{desc}: head counts differ without enable_gqa"
     if not (qt.dtype == k0t.dtype == v0t.dtype) or qt.dtype not in FLOAT_DTYPES:
         return None, f"{desc}: q/k/v dtypes differ or are not float"
-    if not any(same(D, d) for d in SUPPORTED_HEAD_DIMS):
-        return None, f"{desc}: head_dim {D} unsupported (kernel has {', '.join(map(str, SUPPORTED_HEAD_DIMS))})"
+    if not any(same(D, d) for d in TRITON_HEAD_DIMS):
+        return None, f"{desc}: head_dim {D} unsupported (kernel has {', '.join(map(str, TRITON_HEAD_DIMS))})"
     if not (same(k0t.shape[3], D) and same(v0t.shape[3], D) and same(v0t.shape[2], S) and same(v0t.shape[1], Hkv)
             and same(k0t.shape[0], B) and same(v0t.shape[0], B)):
         return None, f"{desc}: k/v cache shapes {shape_str(k0t)} / {shape_str(v0t)} do not fit q"
