@@ -16,7 +16,7 @@ from typing import Any
 import torch.fx
 
 from regionc.cache import open_store
-from regionc.compiler.manager import GraphCompiler, device_of
+from regionc.compiler.graph import GraphCompiler, device_of
 from regionc.compiler.program import make_program
 from regionc.config import Config
 from regionc.logs import log_once

@@ -118,6 +118,21 @@ def load_piece(payload: bytes) -> Callable[..., Any]:
         return torch._inductor.CompiledArtifact.load(path=path, format="binary")
 
 
+def load_stored_piece(store, key: str, record, report) -> Callable[..., Any] | None:
+    """The compiled piece stored under ``key`` (None when the store has none), its load timed into the
+    piece's ``record`` and the graph's ``report``; raises if the stored artifact is unusable."""
+    start = time.perf_counter()
+    payload = store.load(key)
+    if payload is None:
+        return None
+    fn = load_piece(payload)
+    record.seconds = time.perf_counter() - start
+    record.source = store.origin(key)
+    report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
+    report.phases["load"] += record.seconds
+    return fn
+
+
 def _serialize(artifact: Any) -> bytes | None:
     saveable = getattr(artifact, "is_saveable", None)
     if saveable is not None and not saveable():

@@ -18,7 +18,6 @@ import contextvars
 import dataclasses
 import logging
 import pickle
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch.fx
 
 from regionc.blocks.split import Piece
 from regionc.cache import open_store
-from regionc.compiler.inductor import load_piece
+from regionc.compiler.inductor import load_stored_piece
 from regionc.config import Config
 from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
 from regionc.report import PieceRecord, Report
@@ -128,15 +127,9 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
         if key in loaded:
             record.source = "reused"
         else:
-            start = time.perf_counter()
-            payload = store.load(key)
-            if payload is None:
+            loaded[key] = load_stored_piece(store, key, record, report)
+            if loaded[key] is None:
                 raise RuntimeError(f"regionc: the artifact of {piece.name} ({piece.label}) is no longer in the cache")
-            loaded[key] = load_piece(payload)
-            record.seconds = time.perf_counter() - start
-            record.source = store.origin(key)
-            report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
-            report.phases["load"] += record.seconds
         split.__dict__[piece.name] = loaded[key]
         report.pieces.append(record)
     plan = recipe.cudagraph_plan if config.cudagraphs is not False else None

@@ -9,7 +9,7 @@ from regionc.blocks.detect import detect_blocks, pretty_path
 from regionc.blocks.fingerprint import describe_value, fingerprint_piece, first_difference
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import split_into_pieces
-from regionc.compiler.manager import piece_example_inputs
+from regionc.compiler.graph import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.models import PerLayerConstant, TinyDiT
 

@@ -13,7 +13,7 @@ from regionc.blocks.detect import detect_blocks
 from regionc.blocks.fingerprint import fingerprint_piece
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import split_into_pieces
-from regionc.compiler.manager import piece_example_inputs
+from regionc.compiler.graph import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
 from tests.models import TinyDiT

@@ -154,16 +154,16 @@ def test_training_gradients_match_eager():
 
 
 def test_piece_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
-    from regionc.compiler import manager
+    from regionc.compiler import graph
 
-    real = manager.compile_piece
+    real = graph.compile_piece
 
     def fail_on_blocks(gm, inputs, patches):
         if any("linear" in str(n.target) for n in gm.graph.nodes) and len(list(gm.graph.nodes)) > 20:
             raise RuntimeError("injected lowering failure")
         return real(gm, inputs, patches)
 
-    monkeypatch.setattr(manager, "compile_piece", fail_on_blocks)
+    monkeypatch.setattr(graph, "compile_piece", fail_on_blocks)
     model = build_demo_model(LlamaConfig.tiny(2))
     tokens = torch.randint(0, 128, (2, 8))
     with caplog.at_level(logging.WARNING, logger="regionc"), torch.no_grad():
@@ -179,16 +179,16 @@ def test_piece_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
 def test_pieces_compile_with_regionc_defaults_under_user_config(monkeypatch, user, expected):
     """Pointwise kernels get one config (no first-call benchmarking) unless the user's
     ``inductor_config`` asks for Inductor's autotuning back."""
-    from regionc.compiler import manager
+    from regionc.compiler import graph
 
     seen = []
-    real = manager.compile_piece
+    real = graph.compile_piece
 
     def record(gm, inputs, patches):
         seen.append(patches.get("triton.autotune_pointwise"))
         return real(gm, inputs, patches)
 
-    monkeypatch.setattr(manager, "compile_piece", record)
+    monkeypatch.setattr(graph, "compile_piece", record)
     model = build_demo_model(LlamaConfig.tiny(2))
     tokens = torch.randint(0, 128, (2, 8))
     options = {"cache": False, **({"inductor_config": user} if user else {})}

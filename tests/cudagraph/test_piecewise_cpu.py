@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from regionc.compiler.manager import GraphCompiler
+from regionc.compiler.graph import GraphCompiler
 from regionc.config import Config
 from regionc.cudagraph.piecewise import install_cudagraphs, plan_cudagraphs
 from regionc.models.llama import LlamaConfig, build_demo_model

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import regionc.cache.store as store
-import regionc.compiler.manager as manager
+import regionc.compiler.graph as graph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cache"))
 import model_worker  # noqa: E402
@@ -26,7 +26,7 @@ def main(mode: str, signal_file: str, out_prefix: str, cache_dir: str) -> None:
             time.sleep(600)
             raise AssertionError("should have been killed")
 
-        manager.compile_piece = stall
+        graph.compile_piece = stall
     else:
         lock = store.ArtifactStore.lock
 

@@ -25,7 +25,7 @@ from regionc.blocks.fingerprint import Fingerprint, describe_value, fingerprint_
 from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
-from regionc.compiler.inductor import PIECE_DEFAULTS, compile_piece, load_piece
+from regionc.compiler.inductor import PIECE_DEFAULTS, compile_piece, load_stored_piece
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
 
@@ -104,21 +104,14 @@ class GraphCompiler:
         record.key = key
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
-            start = time.perf_counter()
-            payload = self.store.load(key)
-            if payload is not None:
-                try:
-                    fn = load_piece(payload)
-                except Exception as exc:  # a verified entry that still fails: drop it, recompile
-                    log.warning("regionc: cache entry %s for %s (%s) failed to load (%s); recompiling",
-                                key[:12], piece.name, piece.label, exc)
-                    self.store.remove(key)
-                else:
-                    elapsed = time.perf_counter() - start
-                    report.add_cache(hits=1, load_s=elapsed, bytes_loaded=len(payload))
-                    report.phases["load"] += elapsed
-                    record.seconds = elapsed
-                    record.source = self.store.origin(key)
+            try:
+                fn = load_stored_piece(self.store, key, record, report)
+            except Exception as exc:  # a verified entry that still fails: drop it, recompile
+                log.warning("regionc: cache entry %s for %s (%s) failed to load (%s); recompiling",
+                            key[:12], piece.name, piece.label, exc)
+                self.store.remove(key)
+            else:
+                if fn is not None:
                     return fn
             self.store.record_miss(key)
             report.add_cache(misses=1)
