@@ -28,7 +28,7 @@ import torch
 import torch.fx
 
 from regionc.blocks.detect import BlockInstance, pretty_path
-from regionc.blocks.writes import written_between
+from regionc.blocks.writes import target_name, written_between
 
 log = logging.getLogger("regionc")
 
@@ -102,7 +102,7 @@ def _recomputable(node: torch.fx.Node, owners: dict, memo: dict[torch.fx.Node, b
         return memo[node]
     if node.op == "placeholder":
         ok = _cheap_input(node)
-    elif node.op in ("call_function", "call_method") and node not in owners and _name(node) in RECOMPUTABLE:
+    elif node.op in ("call_function", "call_method") and node not in owners and target_name(node) in RECOMPUTABLE:
         memo[node] = False  # cycles cannot happen in a graph; this only guards the recursion
         ok = all(_recomputable(arg, owners, memo) for arg in node.all_input_nodes)
     else:
@@ -134,7 +134,3 @@ def _cheap_input(node: torch.fx.Node) -> bool:
     except (TypeError, RuntimeError):  # a symbolic size: unknown, so not small
         return False
 
-
-def _name(node: torch.fx.Node) -> str:
-    target = node.target
-    return target if isinstance(target, str) else getattr(target, "__name__", "")

@@ -30,7 +30,9 @@ _VIEW_METHODS = {
 }
 
 
-def _target_name(node: torch.fx.Node) -> str:
+def target_name(node: torch.fx.Node) -> str:
+    """What a node calls, by short name: ``"add_"``, ``"index_copy"``, ``"arange"`` (a method's name,
+    an ATen op's without namespace or overload, a function's ``__name__``)."""
     if node.op == "call_method":
         return str(node.target)
     target = node.target
@@ -46,7 +48,7 @@ def _is_view(node: torch.fx.Node) -> bool:
         return False
     if node.target is operator.getitem:
         return True
-    return _target_name(node) in _VIEW_METHODS
+    return target_name(node) in _VIEW_METHODS
 
 
 def base_of(node: torch.fx.Node) -> torch.fx.Node:
@@ -75,7 +77,7 @@ def written_args(node: torch.fx.Node) -> list[torch.fx.Node]:
             if arg.alias_info is not None and arg.alias_info.is_write and isinstance(value, torch.fx.Node):
                 written.append(value)
         return written
-    name = _target_name(node)
+    name = target_name(node)
     if name.endswith("_") and not name.endswith("__") and node.args and isinstance(node.args[0], torch.fx.Node):
         written.append(node.args[0])
     return written

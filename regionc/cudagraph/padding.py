@@ -27,7 +27,7 @@ import torch
 import torch.fx
 
 from regionc.blocks.split import Piece
-from regionc.blocks.writes import mutated_placeholders
+from regionc.blocks.writes import mutated_placeholders, target_name
 from regionc.cudagraph.sizes import DynamicSpec
 
 
@@ -87,14 +87,14 @@ def _check_rows_stay_independent(node: torch.fx.Node, symbol) -> None:
     outputs = [v for v in flatten(_value(node)) if isinstance(v, torch.Tensor)]
     for value in outputs:
         if not _only_at_dim0(value, symbol):
-            raise NotPaddable(f"{node.name} ({_target(node)}) has shape {tuple(value.shape)}: the batch size "
+            raise NotPaddable(f"{node.name} ({target_name(node)}) has shape {tuple(value.shape)}: the batch size "
                               f"{symbol} is not only its dim 0, so padded rows could mix with real ones")
     if node.op == "placeholder":
         return
     feeds_batch = any(isinstance(v, torch.Tensor) and _mentions(v, symbol)
                       for arg in node.all_input_nodes for v in flatten(_value(arg)))
     if feeds_batch and outputs and not all(_mentions(v, symbol) for v in outputs):
-        raise NotPaddable(f"{node.name} ({_target(node)}) reduces over or drops the batch dim")
+        raise NotPaddable(f"{node.name} ({target_name(node)}) reduces over or drops the batch dim")
 
 
 def _spec(module: torch.fx.GraphModule, symbol, name: str) -> DynamicSpec:
@@ -149,9 +149,6 @@ def _expr(size: Any):
 def _value(node: torch.fx.Node) -> Any:
     return node.meta.get("example_value", node.meta.get("val"))
 
-
-def _target(node: torch.fx.Node) -> str:
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def flatten(value: Any) -> list[Any]:
