@@ -4,7 +4,7 @@ A pre-norm block ends with ``h = h + mlp(norm(h))`` and the next block starts wi
 In a full graph Inductor fuses that add into the next norm's kernel. Split at block boundaries,
 the add is left as the last kernel of its piece, with one more launch and one more write and read of
 the hidden state per layer. On the H100 demo decoder at decode that is 32 extra kernels per step
-(``triton_poi_fused__unsafe_view_add``, ``benchmarks/results/decode_profile/h100-2026-11-25-0446.json``).
+(``triton_poi_fused__unsafe_view_add``, ``benchmarks/results/decode_profile/h100-2026-11-25-boundary-add-unfused.json``).
 
 vLLM's decoder layers avoid this by passing ``(hidden, residual)`` pairs and adding them inside the
 next layer's fused add+norm. This module does the same on the graph. Each block returns the add's

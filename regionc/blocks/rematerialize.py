@@ -4,7 +4,7 @@ A decoder's glue computes small per-call tables once (RoPE cos/sin from the posi
 them to every block. In a full graph Inductor fuses that arithmetic into each layer's consumers:
 the RoPE kernels recompute cos/sin from the positions. Split at block boundaries, each block reads
 the tables as inputs instead, and Inductor emits extra RoPE and layout kernels for them (two per
-layer on the H100 demo decoder at decode, ``benchmarks/results/decode_profile/h100-2026-11-25-0213.json``).
+layer on the H100 demo decoder at decode, ``benchmarks/results/decode_profile/h100-2026-11-25-tables-as-inputs.json``).
 Copying a table's computation into every block that reads it gives each block the graph a full
 trace has, and keeps the blocks identical (each gets the same copy).
 

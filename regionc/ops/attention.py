@@ -90,7 +90,7 @@ VARIANTS = ("auto", "tma", "ptr")
 #: after an H100 run of benchmarks/kernels/bench_attention.py (see the module docstring).
 #: "ptr": best geometric mean vs cuDNN on the TARGETS shapes, 0.86x against 0.82x ("tma") and 0.80x
 #: ("auto", whose autotuning over both lists picked worse configs), and 60.0 us on the demo's GQA
-#: prefill; "tma" wins D128 by ~5% (benchmarks/results/attention/h100-2026-11-25-0226.json, H100, torch 2.11).
+#: prefill; "tma" wins D128 by ~5% (benchmarks/results/attention/h100-2026-11-25-ptr-vs-tma.json, H100, torch 2.11).
 ATTENTION_VARIANT = "ptr"
 
 #: On Hopper GPUs the op runs the warp-specialised Gluon kernel of ``attention_hopper.py`` where
@@ -101,7 +101,7 @@ HOPPER_KERNEL = True
 
 # Autotune candidates per head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg or None).
 #: Pointer-load configs: every config that was the fastest fixed config on a TARGETS shape in the
-#: H100 sweep (benchmarks/results/attention/h100-2026-11-25-0047.json): D128 128x128/8w/3s (causal, S4680) and
+#: H100 sweep (benchmarks/results/attention/h100-2026-11-25-ptr-config-sweep.json): D128 128x128/8w/3s (causal, S4680) and
 #: /2s (full), 128x64/8w/3s runner-up; D64 128x64/8w/3s (B16 S1024) and 64x64/4w/4s (GQA S2048).
 #: 64x64/4w/4s stays for D128's small grids (decode-like Sq); configs that never came close on a
 #: head dim are dropped for it (fewer compiles per first call).

@@ -33,7 +33,7 @@ class Decision:
 
 
 _CPU_SOURCE = "benchmarks/e2e/cpu_decisions.py on the 2-core CPU dev machine, torch 2.13.0+cpu, 2026-11-24"
-_CUDA_SOURCE = ("benchmarks/results/kernels/h100-2026-11-25-0047.log, H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, "
+_CUDA_SOURCE = ("benchmarks/results/kernels/h100-2026-11-25-decision-table.log, H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, "
                 "2026-11-24")
 
 DECISIONS: dict[tuple[str, str, str], Decision] = {
