@@ -99,6 +99,7 @@ def test_architecture(name, entry, zoo_rows):
         assert relative_error(again.actual, again.expected) <= 1e-5
         loaded = [r for r in again.reports if r.trace_source.startswith("saved trace")]
         warm = f"{len(loaded)}/{len(again.reports)} traces loaded"
+        assert len(loaded) == len(again.reports), f"a warm start traced again: {warm}"
     zoo_rows.append({"name": name, "entry": entry, "library": ARCHITECTURES[name].library,
                      "blocks": ", ".join(f"{path}×{n}" for path, n in stacks.items()),
                      "unique": unique[3], "reused": reused, "warm": warm, "strategy": result.strategy,
