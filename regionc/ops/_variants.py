@@ -76,3 +76,9 @@ def persistent_programs(resident: dict[tuple, int], key: tuple, kernel, args: tu
             found = v.programs_per_sm or default_per_sm
         per_sm = resident[key] = min(found, v.programs_per_sm) if v.programs_per_sm else found
     return per_sm * sm_count(x)
+
+
+def warps_for(elems: int, steps: tuple[tuple[int, int], ...], default: int) -> int:
+    """``num_warps`` for a tile of ``elems`` elements: the warps of the first ``(at least, warps)``
+    step the tile reaches (steps largest first), else ``default``."""
+    return next((warps for at_least, warps in steps if elems >= at_least), default)

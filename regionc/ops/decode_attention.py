@@ -47,24 +47,8 @@ import math
 import torch
 
 from regionc.logs import log_once
-from regionc.ops._utils import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    check,
-    check_grouped_qkv,
-    check_no_grad,
-    check_same_device,
-    check_tensor,
-    define_op,
-    grouped_qkv_ok,
-    needs_device_switch,
-    next_power_of_2,
-    register_cpu,
-    sm_count,
-    tl,
-    triton,
-    unit_stride_last,
-)
+from regionc.ops import _utils
+from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
 
 TRITON_HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
@@ -85,7 +69,7 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 # Triton kernels
 # --------------------------------------------------------------------------------------
 
-if HAS_TRITON:
+if _utils.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
@@ -229,11 +213,11 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     ``block_n``/``num_splits``/``num_warps``/``num_stages`` override the defaults (tests use them
     to exercise several splits and ragged blocks on tiny shapes under TRITON_INTERPRET=1; the
     benchmark sweeps them)."""
-    if needs_device_switch(q):
+    if _utils.needs_device_switch(q):
         with torch.cuda.device(q.device):
             return decode_attention_triton(q, k_cache, v_cache, mask, kv_len, scale, block_n=block_n,
                                            num_splits=num_splits, num_warps=num_warps, num_stages=num_stages)
-    q, k_cache, v_cache = unit_stride_last(q, k_cache, v_cache)
+    q, k_cache, v_cache = _utils.unit_stride_last(q, k_cache, v_cache)
     B, HQ, LQ, D = q.shape
     HKV, S = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty((B, HQ, LQ, D), dtype=q.dtype, device=q.device)
@@ -243,7 +227,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         return out.zero_()
     group = HQ // HKV
     bn = block_n or BLOCK_N
-    splits = num_splits or _num_splits(B * HKV, S, bn, sm_count(q))
+    splits = num_splits or _num_splits(B * HKV, S, bn, _utils.sm_count(q))
     blocks = -(-S // bn)
     per_split = -(-blocks // splits)
     splits = -(-blocks // per_split)
@@ -269,7 +253,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         os_[0], os_[1], os_[2],
         HKV, S, per_split, splits,
         HEAD_DIM=D, GROUP=group, LQ=LQ, SINGLE=splits == 1,
-        BLOCK_M=max(16, next_power_of_2(group * LQ)), BLOCK_N=bn,
+        BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
         MASK_KIND=kind, HAS_LEN=kv_len is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
@@ -277,13 +261,13 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     if splits > 1:
         _decode_reduce_kernel[(B * HQ * LQ,)](
             part, out, os_[0], os_[1], os_[2], HQ, splits,
-            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, next_power_of_2(splits)), num_warps=4,
+            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), num_warps=4,
         )
     return out
 
 
 def triton_supported(q: torch.Tensor) -> bool:
-    return HAS_TRITON and q.dtype in FLOAT_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
+    return _utils.HAS_TRITON and q.dtype in FLOAT_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
 
 
 # --------------------------------------------------------------------------------------
@@ -328,10 +312,10 @@ _OP = "decode_attention"
 
 def _check_decode(q, k, v, mask, kv_len, scale) -> None:
     """Full validation with messages naming the bad argument; works on symbolic sizes."""
-    check_grouped_qkv(_OP, q, k, v, scale, names=("q", "k_cache", "v_cache"), seq="length", kv_heads="cache")
+    _utils.check_grouped_qkv(_OP, q, k, v, scale, names=("q", "k_cache", "v_cache"), seq="length", kv_heads="cache")
     tensors = {"q": q, "k_cache": k, "v_cache": v}
     if mask is not None:
-        check_tensor(mask, "mask", _OP)
+        _utils.check_tensor(mask, "mask", _OP)
         if mask.dtype != torch.bool and mask.dtype not in FLOAT_DTYPES:
             raise TypeError(f"regionc.{_OP}: mask must be bool or float, got {mask.dtype}")
         want = (q.shape[0], 1, q.shape[2], k.shape[2])
@@ -341,18 +325,18 @@ def _check_decode(q, k, v, mask, kv_len, scale) -> None:
                   f"regionc.{_OP}: mask shape {tuple(mask.shape)} does not broadcast to [B, 1, Lq, S] = {want}")
         tensors["mask"] = mask
     if kv_len is not None:
-        check_tensor(kv_len, "kv_len", _OP)
+        _utils.check_tensor(kv_len, "kv_len", _OP)
         if kv_len.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"regionc.{_OP}: kv_len must be int32 or int64, got {kv_len.dtype}")
         check(kv_len.dim() <= 1 and ((kv_len.numel() == 1) | (kv_len.numel() == q.shape[0])),
               f"regionc.{_OP}: kv_len must have B={q.shape[0]} elements or one, got shape {tuple(kv_len.shape)}")
         tensors["kv_len"] = kv_len
-    check_same_device(_OP, **tensors)
+    _utils.check_same_device(_OP, **tensors)
 
 
 def _decode_ok(q, k, v, mask, kv_len) -> bool:
     """Cheap happy-path validation for real tensors: attribute comparisons, no formatting."""
-    if not grouped_qkv_ok(q, k, v):
+    if not _utils.grouped_qkv_ok(q, k, v):
         return False
     qs, ks = q.shape, k.shape
     dev = q.get_device()
@@ -375,18 +359,18 @@ def _decode_ok(q, k, v, mask, kv_len) -> bool:
 def _decode_cuda(q, k_cache, v_cache, mask, kv_len, scale):
     if not _decode_ok(q, k_cache, v_cache, mask, kv_len):
         _check_decode(q, k_cache, v_cache, mask, kv_len, scale)
-    check_no_grad(_OP, q, k_cache, v_cache)
+    _utils.check_no_grad(_OP, q, k_cache, v_cache)
     if triton_supported(q):
         return decode_attention_triton(q, k_cache, v_cache, mask, kv_len, scale)
     log_once(f"decode-fallback-{q.dtype}-{q.shape[-1]}",
              "regionc.decode_attention: no Triton kernel for dtype=%s head_dim=%s (triton=%s); "
-             "using the torch reference", q.dtype, q.shape[-1], HAS_TRITON)
+             "using the torch reference", q.dtype, q.shape[-1], _utils.HAS_TRITON)
     return decode_attention_reference(q, k_cache, v_cache, mask, kv_len, scale)
 
 
 def _decode_fake(q, k_cache, v_cache, mask, kv_len, scale):
     _check_decode(q, k_cache, v_cache, mask, kv_len, scale)
-    check_no_grad(_OP, q, k_cache, v_cache)
+    _utils.check_no_grad(_OP, q, k_cache, v_cache)
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], q.shape[3]))
 
 
@@ -395,8 +379,8 @@ def _decode_cpu(q, k_cache, v_cache, mask, kv_len, scale):
     return decode_attention_reference(q, k_cache, v_cache, mask, kv_len, scale)
 
 
-define_op(
+_utils.define_op(
     _OP, "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor? mask, Tensor? kv_len, float? scale) -> Tensor",
     cuda=_decode_cuda, fake=_decode_fake,
 )
-register_cpu(_OP, _decode_cpu)
+_utils.register_cpu(_OP, _decode_cpu)

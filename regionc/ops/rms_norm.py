@@ -60,27 +60,8 @@ from __future__ import annotations
 
 import torch
 
-from regionc.ops import _extension, _variants
-from regionc.ops._utils import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    CompiledLaunch,
-    LaunchCache,
-    check,
-    check_float_dtype,
-    check_no_grad,
-    check_same_device,
-    check_tensor,
-    cuda_stream,
-    define_op,
-    launch_hooks_active,
-    needs_device_switch,
-    next_power_of_2,
-    register_cpu,
-    sm_count,
-    tl,
-    triton,
-)
+from regionc.ops import _extension, _utils, _variants
+from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
 from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, Variant, lookup, persistent_programs
 from regionc.ops._variants import HINTS as _HINTS
 
@@ -91,7 +72,7 @@ from regionc.ops._variants import HINTS as _HINTS
 #: rows wider than this are processed in chunks (two passes over the row) instead of in registers
 MAX_FUSED_BLOCK = 32768
 
-if HAS_TRITON:
+if _utils.HAS_TRITON:
 
     @triton.jit
     def _rms_load(X, R, rows, stride_x, stride_r, n_rows, cols, col_mask,
@@ -219,17 +200,11 @@ if HAS_TRITON:
 def _warps_for(elems: int) -> int:
     """num_warps for a tile of ``elems`` elements held in registers (Liger / Inductor-like:
     ~8-16 elements per thread, at most 32 warps)."""
-    if elems >= 65536:
-        return 32
-    if elems >= 8192:
-        return 16
-    if elems >= 2048:
-        return 8
-    return max(1, min(4, elems // 256))
+    return _variants.warps_for(elems, ((65536, 32), (8192, 16), (2048, 8)), max(1, min(4, elems // 256)))
 
 
 def _compute_params(n_rows: int, n: int, sms: int) -> tuple[int, int, int, bool]:
-    block = next_power_of_2(n)
+    block = _utils.next_power_of_2(n)
     if block > MAX_FUSED_BLOCK:
         return 4096, 1, 8, True
     rows = 1
@@ -277,7 +252,7 @@ VARIANTS: dict[str, Variant] = {
 #: benchmarks/results/rms_norm/h100-2026-11-25.json).
 VARIANT = "s2"
 
-_LAUNCHES = LaunchCache()
+_LAUNCHES = _utils.LaunchCache()
 #: (variant, x dtype, weight dtype, has residual, ROWS, BLOCK_N, num_warps, device) -> programs per SM
 _RESIDENT: dict[tuple, int] = {}
 
@@ -323,7 +298,7 @@ def rms_norm_triton(
     Cached path (repeat call, contiguous and aligned inputs): a dict lookup, one or two
     ``empty_like`` and the launch. Otherwise: reshape (a copy only when the last dim is not
     unit-stride), cached heuristics, the JIT launch, and the cache entry for the next call."""
-    if needs_device_switch(x):
+    if _utils.needs_device_switch(x):
         with torch.cuda.device(x.device):
             return rms_norm_triton(x, weight, eps, residual, block_n=block_n, rows=rows, loop=loop,
                                    num_warps=num_warps, programs=programs, variant=variant)
@@ -338,19 +313,19 @@ def rms_norm_triton(
             ent is not None
             and x.is_contiguous()
             and weight.is_contiguous()
-            and not launch_hooks_active()
+            and not _utils.launch_hooks_active()
         ):
             m, n, consts = ent.extra
             if residual is None:
                 if not ((x.data_ptr() | weight.data_ptr()) & 15):
                     y = torch.empty_like(x)
-                    ent.run(ent.grid, 1, 1, cuda_stream(dev), ent.function, ent.meta, None, None, None,
+                    ent.run(ent.grid, 1, 1, _utils.cuda_stream(dev), ent.function, ent.meta, None, None, None,
                             x, x, weight, y, y, n, n, m, n, float(eps), *consts)
                     return y
             elif residual.is_contiguous() and not ((x.data_ptr() | weight.data_ptr() | residual.data_ptr()) & 15):
                 y = torch.empty_like(x)
                 res_out = torch.empty_like(x)
-                ent.run(ent.grid, 1, 1, cuda_stream(dev), ent.function, ent.meta, None, None, None,
+                ent.run(ent.grid, 1, 1, _utils.cuda_stream(dev), ent.function, ent.meta, None, None, None,
                         x, residual, weight, y, res_out, n, n, m, n, float(eps), *consts)
                 return y, res_out
     n = x.shape[-1]
@@ -374,7 +349,7 @@ def rms_norm_triton(
         r2, sr, res_out = x2, sx, y  # unused (HAS_RES=False)
     if m == 0 or n == 0:
         return y if residual is None else (y, res_out)
-    block, rws, warps, lp = _launch_params(m, n, sm_count(x))
+    block, rws, warps, lp = _launch_params(m, n, _utils.sm_count(x))
     if block_n is not None or rows is not None or loop is not None or num_warps is not None:
         block = block_n or block
         rws = rows or rws
@@ -402,7 +377,7 @@ def rms_norm_triton(
         and sr == n
         and _aligned(x, weight, r2)
     ):
-        ent = CompiledLaunch.make(_rms_norm_fwd_kernel, compiled, grid, warps, extra=(m, n, args[10:]))
+        ent = _utils.CompiledLaunch.make(_rms_norm_fwd_kernel, compiled, grid, warps, extra=(m, n, args[10:]))
         if ent is not None:
             _LAUNCHES.put((name, x.shape, x.dtype, weight.dtype, residual is None, dev), ent)
     return y if residual is None else (y, res_out)
@@ -439,10 +414,10 @@ def fused_add_rms_norm_reference(x, residual, weight, eps):
 def _check_rms(op: str, x, weight, eps, residual=None) -> None:
     """Full validation with messages naming the bad argument; works on symbolic sizes (fake
     kernels). The real kernels run ``_rms_ok`` first and call this only when it fails."""
-    check_tensor(x, "x", op)
-    check_tensor(weight, "weight", op)
-    check_float_dtype(x, "x", op)
-    check_float_dtype(weight, "weight", op)
+    _utils.check_tensor(x, "x", op)
+    _utils.check_tensor(weight, "weight", op)
+    _utils.check_float_dtype(x, "x", op)
+    _utils.check_float_dtype(weight, "weight", op)
     check(x.dim() >= 1, f"regionc.{op}: x must have at least 1 dim, got a scalar")
     check(weight.dim() == 1, f"regionc.{op}: weight must be 1-D [hidden], got shape {tuple(weight.shape)}")
     check(
@@ -452,7 +427,7 @@ def _check_rms(op: str, x, weight, eps, residual=None) -> None:
     if not isinstance(eps, (float, int)):
         raise TypeError(f"regionc.{op}: eps must be a float, got {type(eps).__name__}")
     if residual is not None:
-        check_tensor(residual, "residual", op)
+        _utils.check_tensor(residual, "residual", op)
         if residual.dtype != x.dtype:
             raise TypeError(f"regionc.{op}: residual dtype {residual.dtype} must equal x dtype {x.dtype}")
         check(residual.dim() == x.dim(), f"regionc.{op}: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
@@ -461,9 +436,9 @@ def _check_rms(op: str, x, weight, eps, residual=None) -> None:
                 residual.shape[i] == x.shape[i],
                 f"regionc.{op}: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}",
             )
-        check_same_device(op, x=x, weight=weight, residual=residual)
+        _utils.check_same_device(op, x=x, weight=weight, residual=residual)
     else:
-        check_same_device(op, x=x, weight=weight)
+        _utils.check_same_device(op, x=x, weight=weight)
 
 
 def _rms_ok(x, weight, residual) -> bool:
@@ -491,26 +466,26 @@ def _rms_ok(x, weight, residual) -> bool:
 def _rms_norm_cuda(x, weight, eps):
     if not _rms_ok(x, weight, None):
         _check_rms("rms_norm", x, weight, eps)
-    check_no_grad("rms_norm", x, weight)
+    _utils.check_no_grad("rms_norm", x, weight)
     return rms_norm_triton(x, weight, eps)
 
 
 def _fused_add_rms_norm_cuda(x, residual, weight, eps):
     if not _rms_ok(x, weight, residual):
         _check_rms("fused_add_rms_norm", x, weight, eps, residual)
-    check_no_grad("fused_add_rms_norm", x, residual, weight)
+    _utils.check_no_grad("fused_add_rms_norm", x, residual, weight)
     return rms_norm_triton(x, weight, eps, residual)
 
 
 def _rms_norm_fake(x, weight, eps):
     _check_rms("rms_norm", x, weight, eps)
-    check_no_grad("rms_norm", x, weight)
+    _utils.check_no_grad("rms_norm", x, weight)
     return x.new_empty(x.shape)
 
 
 def _fused_add_rms_norm_fake(x, residual, weight, eps):
     _check_rms("fused_add_rms_norm", x, weight, eps, residual)
-    check_no_grad("fused_add_rms_norm", x, residual, weight)
+    _utils.check_no_grad("fused_add_rms_norm", x, residual, weight)
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
@@ -524,14 +499,14 @@ def _fused_add_rms_norm_cpu(x, residual, weight, eps):
     return fused_add_rms_norm_reference(x, residual, weight, eps)
 
 
-define_op(
+_utils.define_op(
     "rms_norm", "(Tensor x, Tensor weight, float eps) -> Tensor", cuda=_rms_norm_cuda, fake=_rms_norm_fake
 )
-define_op(
+_utils.define_op(
     "fused_add_rms_norm", "(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)",
     cuda=_fused_add_rms_norm_cuda, fake=_fused_add_rms_norm_fake,
 )
 if not _extension.available():
     # regionc._C registers C++ CPU kernels for these ops; register the references only without it
-    register_cpu("rms_norm", _rms_norm_cpu)
-    register_cpu("fused_add_rms_norm", _fused_add_rms_norm_cpu)
+    _utils.register_cpu("rms_norm", _rms_norm_cpu)
+    _utils.register_cpu("fused_add_rms_norm", _fused_add_rms_norm_cpu)

@@ -52,27 +52,8 @@ from __future__ import annotations
 
 import torch
 
-from regionc.ops import _extension, _variants
-from regionc.ops._utils import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    CompiledLaunch,
-    LaunchCache,
-    check,
-    check_float_dtype,
-    check_no_grad,
-    check_same_device,
-    check_tensor,
-    cuda_stream,
-    define_op,
-    launch_hooks_active,
-    needs_device_switch,
-    next_power_of_2,
-    register_cpu,
-    sm_count,
-    tl,
-    triton,
-)
+from regionc.ops import _extension, _utils, _variants
+from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
 from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, Variant, lookup, persistent_programs
 from regionc.ops._variants import HINTS as _HINTS
 
@@ -83,7 +64,7 @@ LAYOUTS = ("bhsd", "bshd")
 # Triton kernel
 # --------------------------------------------------------------------------------------
 
-if HAS_TRITON:
+if _utils.HAS_TRITON:
 
     @triton.jit
     def _rope_tile(
@@ -202,22 +183,16 @@ MIN_PROGRAMS_PER_SM = 4
 
 def _warps_for(elems: int) -> int:
     """~8-16 elements per thread: memory-bound, keep registers low and occupancy high."""
-    if elems >= 4096:
-        return 8
-    if elems >= 2048:
-        return 4
-    if elems >= 1024:
-        return 2
-    return 1
+    return _variants.warps_for(elems, ((4096, 8), (2048, 4), (1024, 2)), 1)
 
 
 def _compute_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, sms: int):
     """(BLOCK_S, BLOCK_HQ, BLOCK_HK, n_groups, num_warps) for a problem."""
-    dpad = next_power_of_2(D)
-    bhq, bhk = next_power_of_2(HQ), next_power_of_2(HK)
+    dpad = _utils.next_power_of_2(D)
+    bhq, bhk = _utils.next_power_of_2(HQ), _utils.next_power_of_2(HK)
 
     def split(groups):
-        return next_power_of_2(-(-HQ // groups)), next_power_of_2(-(-HK // groups))
+        return _utils.next_power_of_2(-(-HQ // groups)), _utils.next_power_of_2(-(-HK // groups))
 
     groups = 1
     # 1) one token's heads must fit the tile budget: split heads into groups
@@ -226,7 +201,7 @@ def _compute_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool,
         bhq, bhk = split(groups)
     # 2) fill the tile with several tokens when heads are few / narrow
     block_s = 1
-    while block_s * 2 * (bhq + bhk) * dpad <= TILE_ELEMS and block_s * 2 <= next_power_of_2(S):
+    while block_s * 2 * (bhq + bhk) * dpad <= TILE_ELEMS and block_s * 2 <= _utils.next_power_of_2(S):
         block_s *= 2
 
     def n_programs(bs, bq, bk):
@@ -275,7 +250,7 @@ VARIANTS: dict[str, Variant] = dict(_variants.COMMON_VARIANTS)
 #: (4.4 -> 32 GB/s eager on an H100, benchmarks/results/rope/h100-2026-11-25.json).
 VARIANT = "s2+cached"
 
-_LAUNCHES = LaunchCache()
+_LAUNCHES = _utils.LaunchCache()
 _RESIDENT: dict[tuple, int] = {}
 
 
@@ -291,7 +266,7 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
     program; k heads scale by Hk/Hq), ``num_warps`` and ``programs`` (persistent grid size)
     override the heuristics (tests, benchmark sweeps); calls with overrides never use or fill the
     launch cache."""
-    if needs_device_switch(q):
+    if _utils.needs_device_switch(q):
         with torch.cuda.device(q.device):
             return rope_triton(q, k, cos, sin, style, layout, block_s=block_s, heads_per_block=heads_per_block,
                                num_warps=num_warps, programs=programs, variant=variant)
@@ -308,12 +283,12 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
         if (
             ent is not None
             and not ((q.data_ptr() | k.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15)
-            and not launch_hooks_active()
+            and not _utils.launch_hooks_active()
         ):
             q_contig, k_contig, ints, consts = ent.extra
             qo = torch.empty_like(q) if q_contig else torch.empty(q.shape, dtype=q.dtype, device=q.device)
             ko = torch.empty_like(k) if k_contig else torch.empty(k.shape, dtype=k.dtype, device=k.device)
-            ent.run(ent.grid, 1, 1, cuda_stream(dev), ent.function, ent.meta, None, None, None,
+            ent.run(ent.grid, 1, 1, _utils.cuda_stream(dev), ent.function, ent.meta, None, None, None,
                     q, k, cos, sin, qo, ko, *ints, *consts)
             return qo, ko
     q_in, k_in, cos_in, sin_in = q, k, cos, sin
@@ -347,19 +322,19 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
     else:
         sc_b, sc_s = (0 if cos.shape[0] == 1 else cst[0]), cst[1]
     interleaved = style == "interleaved"
-    bs, bhq, bhk, groups, warps = _launch_params(B, S, HQ, HK, D, interleaved, sm_count(q))
+    bs, bhq, bhk, groups, warps = _launch_params(B, S, HQ, HK, D, interleaved, _utils.sm_count(q))
     if block_s is not None or heads_per_block is not None or num_warps is not None:
         bs = block_s or bs
         if heads_per_block is not None:
             g = -(-HQ // heads_per_block)
-            bhq = next_power_of_2(heads_per_block)
-            bhk = next_power_of_2(-(-HK // g))
+            bhq = _utils.next_power_of_2(heads_per_block)
+            bhk = _utils.next_power_of_2(-(-HK // g))
             groups = max(-(-HQ // bhq), -(-HK // bhk))
         warps = num_warps or warps
     n_sblocks = -(-S // bs)
     n_tiles = B * n_sblocks * groups
     ints = (sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s, S, HQ, HK, n_sblocks, groups, n_tiles)
-    consts = (D, next_power_of_2(D if interleaved else D // 2), bs, bhq, bhk, interleaved, bhsd, v.persistent,
+    consts = (D, _utils.next_power_of_2(D if interleaved else D // 2), bs, bhq, bhk, interleaved, bhsd, v.persistent,
               *_HINTS[v.evict])
     args = (q, k, cos, sin, qo, ko, *ints, *consts)
     if v.persistent:
@@ -375,7 +350,7 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
         and sin is sin_in
         and not ((q.data_ptr() | k.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15)
     ):
-        ent = CompiledLaunch.make(_rope_fwd_kernel, compiled, grid, warps, extra=(q_contig, k_contig, ints, consts))
+        ent = _utils.CompiledLaunch.make(_rope_fwd_kernel, compiled, grid, warps, extra=(q_contig, k_contig, ints, consts))
         if ent is not None:
             _LAUNCHES.put(key, ent)
     return qo, ko
@@ -430,8 +405,8 @@ def _check_rope(q, k, cos, sin, style, layout) -> None:
     kernels). The real kernels run ``_rope_ok`` first and call this only when it fails."""
     op = "rope"
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
-        check_tensor(t, name, op)
-        check_float_dtype(t, name, op)
+        _utils.check_tensor(t, name, op)
+        _utils.check_float_dtype(t, name, op)
     if style not in STYLES:
         raise ValueError(f"regionc.rope: style must be one of {STYLES}, got {style!r}")
     if layout not in LAYOUTS:
@@ -454,7 +429,7 @@ def _check_rope(q, k, cos, sin, style, layout) -> None:
     check(cos.shape[-2] == S, f"regionc.rope: cos/sin seq dim {cos.shape[-2]} != q seq len {S}")
     if cos.dim() == 3 and not (isinstance(cos.shape[0], int) and cos.shape[0] == 1):
         check(cos.shape[0] == B, f"regionc.rope: cos/sin batch dim {cos.shape[0]} must be 1 or q batch {B}")
-    check_same_device(op, q=q, k=k, cos=cos, sin=sin)
+    _utils.check_same_device(op, q=q, k=k, cos=cos, sin=sin)
 
 
 def _rope_ok(q, k, cos, sin, style, layout) -> bool:
@@ -499,13 +474,13 @@ def _rope_ok(q, k, cos, sin, style, layout) -> bool:
 def _rope_cuda(q, k, cos, sin, style, layout):
     if not _rope_ok(q, k, cos, sin, style, layout):
         _check_rope(q, k, cos, sin, style, layout)
-    check_no_grad("rope", q, k, cos, sin)
+    _utils.check_no_grad("rope", q, k, cos, sin)
     return rope_triton(q, k, cos, sin, style, layout)
 
 
 def _rope_fake(q, k, cos, sin, style, layout):
     _check_rope(q, k, cos, sin, style, layout)
-    check_no_grad("rope", q, k, cos, sin)
+    _utils.check_no_grad("rope", q, k, cos, sin)
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
@@ -514,9 +489,9 @@ def _rope_cpu(q, k, cos, sin, style, layout):
     return rope_reference(q, k, cos, sin, style, layout)
 
 
-define_op(
+_utils.define_op(
     "rope", "(Tensor q, Tensor k, Tensor cos, Tensor sin, str style, str layout) -> (Tensor, Tensor)",
     cuda=_rope_cuda, fake=_rope_fake,
 )
 if not _extension.available():
-    register_cpu("rope", _rope_cpu)
+    _utils.register_cpu("rope", _rope_cpu)

@@ -31,20 +31,8 @@ import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
 from regionc.ops.attention import TRITON_HEAD_DIMS
-from regionc.passes._graph import (
-    FLOAT_DTYPES,
-    VIEW_TARGETS,
-    aten,
-    dtype_str,
-    insert_call,
-    is_call,
-    is_full_slice,
-    normalize_dim,
-    same,
-    shape_str,
-    split_matches,
-    tensor_val,
-)
+from regionc.passes import _graph
+from regionc.passes._graph import aten, is_call, same, tensor_val
 
 NAME = "attention"
 
@@ -77,12 +65,12 @@ def strip_gqa_expansion(node):
         repeats = node.args[1]
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
         st = tensor_val(src)
-        if st is not None and st.dim() == 4 and dim is not None and normalize_dim(dim, 4) == 1 \
+        if st is not None and st.dim() == 4 and dim is not None and _graph.normalize_dim(dim, 4) == 1 \
                 and isinstance(repeats, int) and repeats >= 1:
             return src, repeats
         return node, 1
     view = node
-    if not is_call(view, *VIEW_TARGETS):
+    if not is_call(view, *_graph.VIEW_TARGETS):
         return node, 1
     inner = view.args[0]
     if is_call(inner, aten.clone.default):
@@ -90,10 +78,10 @@ def strip_gqa_expansion(node):
     if not is_call(inner, aten.expand.default):
         return node, 1
     unsq = inner.args[0]
-    if not is_call(unsq, aten.unsqueeze.default) or normalize_dim(unsq.args[1], 5) != 2:
+    if not is_call(unsq, aten.unsqueeze.default) or _graph.normalize_dim(unsq.args[1], 5) != 2:
         return node, 1
     src = unsq.args[0]
-    while is_full_slice(src):
+    while _graph.is_full_slice(src):
         src = src.args[0]
     st, et, vt = tensor_val(src), tensor_val(inner), tensor_val(view)
     if st is None or st.dim() != 4 or et is None or et.dim() != 5 or vt is None or vt.dim() != 4:
@@ -111,7 +99,7 @@ def strip_gqa_expansion(node):
 
 def _describe(q, k, v, extra="") -> str:
     qt = tensor_val(q)
-    return (f"{NAME} at q{shape_str(qt)} k{shape_str(tensor_val(k))} {dtype_str(qt.dtype)}"
+    return (f"{NAME} at q{_graph.shape_str(qt)} k{_graph.shape_str(tensor_val(k))} {_graph.dtype_str(qt.dtype)}"
             + (f" {extra}" if extra else ""))
 
 
@@ -155,7 +143,7 @@ def match_at(node: torch.fx.Node):
     d = qt.shape[-1]
     if not any(same(d, s) for s in TRITON_HEAD_DIMS):
         return None, f"{desc}: head_dim {d} unsupported (kernel has {', '.join(map(str, TRITON_HEAD_DIMS))})"
-    if not (qt.dtype == kt.dtype == vt.dtype) or qt.dtype not in FLOAT_DTYPES:
+    if not (qt.dtype == kt.dtype == vt.dtype) or qt.dtype not in _graph.FLOAT_DTYPES:
         return None, f"{desc}: q/k/v dtypes differ or are not float"
     causal = bool(kw.get("is_causal", False))
     if causal and not same(qt.shape[2], kt.shape[2]):
@@ -181,11 +169,11 @@ def match_at(node: torch.fx.Node):
 
 
 def find(graph: torch.fx.Graph):
-    return split_matches(match_at(node) for node in list(graph.nodes))
+    return _graph.split_matches(match_at(node) for node in list(graph.nodes))
 
 
 def rewrite(graph: torch.fx.Graph, spec) -> None:
-    new = insert_call(graph, spec["out"], torch.ops.regionc.attention.default,
+    new = _graph.insert_call(graph, spec["out"], torch.ops.regionc.attention.default,
                       (spec["q"], spec["k"], spec["v"], spec["causal"], spec["scale"]))
     spec["out"].replace_all_uses_with(new)
 

@@ -44,19 +44,8 @@ import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
 from regionc.ops.decode_attention import TRITON_HEAD_DIMS
-from regionc.passes._graph import (
-    FLOAT_DTYPES,
-    VIEW_TARGETS,
-    aten,
-    dtype_str,
-    insert_call,
-    is_call,
-    same,
-    shape_str,
-    slice_args,
-    split_matches,
-    tensor_val,
-)
+from regionc.passes import _graph
+from regionc.passes._graph import aten, is_call, same, shape_str, tensor_val
 from regionc.passes.attention import SDPA_TARGETS, sdpa_output, strip_gqa_expansion
 
 NAME = "decode_attention"
@@ -85,7 +74,7 @@ def is_cache(node) -> bool:
             return written
         if is_call(node, *CACHE_WRITES):
             written = True
-        elif not is_call(node, aten.slice.Tensor, *VIEW_TARGETS):
+        elif not is_call(node, aten.slice.Tensor, *_graph.VIEW_TARGETS):
             return False
         node = node.args[0]
     return False
@@ -123,7 +112,7 @@ def _unpadded(node):
     """``x`` for the memory-efficient backend's alignment ``slice(constant_pad_nd(x, [0, p]), -1, 0, S)``."""
     if not is_call(node, aten.slice.Tensor):
         return None
-    src, dim, start, end, step = slice_args(node)
+    src, dim, start, end, step = _graph.slice_args(node)
     if not is_call(src, aten.constant_pad_nd.default):
         return None
     inner, pad = src.args[0], list(src.args[1])
@@ -155,7 +144,7 @@ def read_mask(mask, B, Lq, S):
     mt = tensor_val(mask)
     if mt is None:
         return None, "mask without a known shape"
-    if mt.dtype != torch.bool and mt.dtype not in FLOAT_DTYPES:
+    if mt.dtype != torch.bool and mt.dtype not in _graph.FLOAT_DTYPES:
         return None, f"mask dtype {mt.dtype}"
     if mt.dim() > 4:
         return None, f"mask shape {shape_str(mt)} has more than 4 dims"
@@ -169,7 +158,7 @@ def read_mask(mask, B, Lq, S):
 
 def _describe(q, k, v, extra="") -> str:
     qt = tensor_val(q)
-    return (f"{NAME} at q{shape_str(qt)} cache{shape_str(tensor_val(k))} {dtype_str(qt.dtype)}"
+    return (f"{NAME} at q{shape_str(qt)} cache{shape_str(tensor_val(k))} {_graph.dtype_str(qt.dtype)}"
             + (f" {extra}" if extra else ""))
 
 
@@ -205,7 +194,7 @@ def match_at(node: torch.fx.Node):
     if node.target is aten.scaled_dot_product_attention.default and not kw.get("enable_gqa", False) \
             and not same(Hq, kt.shape[1]):
         return None, f"{desc}: head counts differ without enable_gqa"
-    if not (qt.dtype == k0t.dtype == v0t.dtype) or qt.dtype not in FLOAT_DTYPES:
+    if not (qt.dtype == k0t.dtype == v0t.dtype) or qt.dtype not in _graph.FLOAT_DTYPES:
         return None, f"{desc}: q/k/v dtypes differ or are not float"
     if not any(same(D, d) for d in TRITON_HEAD_DIMS):
         return None, f"{desc}: head_dim {D} unsupported (kernel has {', '.join(map(str, TRITON_HEAD_DIMS))})"
@@ -230,18 +219,18 @@ def match_at(node: torch.fx.Node):
         "out": out, "q": q, "k": k0, "v": v0, "mask": mask, "scale": None if scale is None else float(scale),
         "expanded": nk > 1,
         "desc": _describe(q, k0, v0, f"group {Hq // Hkv}"
-                          + ("" if mt is None else f" mask{shape_str(mt)} {dtype_str(mt.dtype)}")
+                          + ("" if mt is None else f" mask{shape_str(mt)} {_graph.dtype_str(mt.dtype)}")
                           + (" (expansion removed)" if nk > 1 else "")),
     }
     return spec, None
 
 
 def find(graph: torch.fx.Graph):
-    return split_matches(match_at(node) for node in list(graph.nodes))
+    return _graph.split_matches(match_at(node) for node in list(graph.nodes))
 
 
 def rewrite(graph: torch.fx.Graph, spec) -> None:
-    new = insert_call(graph, spec["out"], torch.ops.regionc.decode_attention.default,
+    new = _graph.insert_call(graph, spec["out"], torch.ops.regionc.decode_attention.default,
                       (spec["q"], spec["k"], spec["v"], spec["mask"], None, spec["scale"]))
     spec["out"].replace_all_uses_with(new)
 

@@ -23,25 +23,8 @@ import dataclasses
 import torch
 import torch.fx
 
-from regionc.passes._graph import (
-    ADD_TARGETS,
-    CONVERT,
-    FLOAT_DTYPES,
-    MUL,
-    aten,
-    dtype_str,
-    hint,
-    insert_call,
-    is_call,
-    normalize_dim,
-    other_operand,
-    same,
-    shape_str,
-    single_user,
-    split_matches,
-    strip_converts,
-    tensor_val,
-)
+from regionc.passes import _graph
+from regionc.passes._graph import FLOAT_DTYPES, aten, is_call, tensor_val
 
 NAME = "rms_norm"
 
@@ -58,7 +41,7 @@ class RmsNormMatch:
         t = tensor_val(self.x)
         n = 1
         for s in t.shape[:-1]:
-            h = hint(s)
+            h = _graph.hint(s)
             if h is None:
                 return None
             n *= h
@@ -66,11 +49,11 @@ class RmsNormMatch:
 
     def describe(self, what: str = NAME) -> str:
         t = tensor_val(self.x)
-        return f"{what} at {shape_str(t)} {dtype_str(t.dtype)}"
+        return f"{what} at {_graph.shape_str(t)} {_graph.dtype_str(t.dtype)}"
 
 
 def _eps_of(add: torch.fx.Node, mean: torch.fx.Node):
-    other = other_operand(add, mean)
+    other = _graph.other_operand(add, mean)
     if isinstance(other, (int, float)) and not isinstance(other, bool) and len(add.args) == 2 and not add.kwargs:
         return float(other)
     return None
@@ -80,7 +63,7 @@ def _squared_input(node: torch.fx.Node):
     """X for ``pow(X, 2)`` or ``X * X``."""
     if is_call(node, aten.pow.Tensor_Scalar) and node.args[1] == 2:
         return node.args[0]
-    if is_call(node, MUL) and node.args[0] is node.args[1]:
+    if is_call(node, _graph.MUL) and node.args[0] is node.args[1]:
         return node.args[0]
     return None
 
@@ -90,7 +73,7 @@ def match_at(rsqrt: torch.fx.Node) -> tuple[RmsNormMatch | None, str | None]:
     when it is an RMSNorm that cannot be swapped, or (None, None) when it is something else."""
     inverse = is_call(rsqrt, aten.sqrt.default)  # x / sqrt(ms + eps)
     add = rsqrt.args[0]
-    if not is_call(add, *ADD_TARGETS):
+    if not is_call(add, *_graph.ADD_TARGETS):
         return None, None
     mean = next((a for a in add.args[:2] if is_call(a, aten.mean.dim)), None)
     if mean is None:
@@ -104,27 +87,27 @@ def match_at(rsqrt: torch.fx.Node) -> tuple[RmsNormMatch | None, str | None]:
         return None, None
     # the normalising multiply: X * rstd (or X / sqrt)
     norm = None
-    if single_user(rsqrt):
+    if _graph.single_user(rsqrt):
         (user,) = rsqrt.users
-        if not inverse and is_call(user, MUL) and other_operand(user, rsqrt) is X:
+        if not inverse and is_call(user, _graph.MUL) and _graph.other_operand(user, rsqrt) is X:
             norm = user
         if inverse and is_call(user, aten.div.Tensor) and user.args[0] is X and user.args[1] is rsqrt:
             norm = user
     if norm is None:
         return None, None
     x = X
-    if is_call(X, CONVERT) and tensor_val(X.args[0]) is not None and tensor_val(X.args[0]).dtype in FLOAT_DTYPES:
+    if is_call(X, _graph.CONVERT) and tensor_val(X.args[0]) is not None and tensor_val(X.args[0]).dtype in FLOAT_DTYPES:
         x = X.args[0]
     xt = tensor_val(x)
-    desc = f"{NAME} at {shape_str(xt)} {dtype_str(xt.dtype)}"
+    desc = f"{NAME} at {_graph.shape_str(xt)} {_graph.dtype_str(xt.dtype)}"
     # from here on it is an RMSNorm; refusals carry a reason
     dims = mean.args[1] if len(mean.args) > 1 else mean.kwargs.get("dim")
     keepdim = mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False)
     if not (isinstance(dims, (list, tuple)) and len(dims) == 1
-            and normalize_dim(dims[0], xv.dim()) == xv.dim() - 1 and keepdim):
+            and _graph.normalize_dim(dims[0], xv.dim()) == xv.dim() - 1 and keepdim):
         return None, f"{desc}: reduces over dims {dims} (keepdim={keepdim}), not the last dim"
     for node in (mean.args[0], mean, add, rsqrt):
-        if not single_user(node):
+        if not _graph.single_user(node):
             return None, f"{desc}: an intermediate ({node.name}) is used elsewhere"
     # walk the elementwise chain after the normalisation: casts and one weight multiply
     n = xt.shape[-1]
@@ -137,34 +120,34 @@ def match_at(rsqrt: torch.fx.Node) -> tuple[RmsNormMatch | None, str | None]:
         if len(node.users) != 1:
             break
         (user,) = node.users
-        if is_call(user, CONVERT) and user.args[1] in FLOAT_DTYPES:
+        if is_call(user, _graph.CONVERT) and user.args[1] in FLOAT_DTYPES:
             node = user
             continue
-        if weight is None and is_call(user, MUL):
-            w = other_operand(user, node)
+        if weight is None and is_call(user, _graph.MUL):
+            w = _graph.other_operand(user, node)
             wt = tensor_val(w)
-            if wt is not None and wt.dim() == 1 and same(wt.shape[0], n) and wt.dtype in FLOAT_DTYPES:
-                weight = strip_converts(w) if tensor_val(strip_converts(w)).dtype in FLOAT_DTYPES else w
+            if wt is not None and wt.dim() == 1 and _graph.same(wt.shape[0], n) and wt.dtype in FLOAT_DTYPES:
+                weight = _graph.strip_converts(w) if tensor_val(_graph.strip_converts(w)).dtype in FLOAT_DTYPES else w
                 node = user
                 continue
         break
     if weight is None:
         return None, f"{desc}: no 1-D [hidden] weight multiply after the normalisation"
     if end is None:
-        return None, (f"{desc}: output dtype {dtype_str(tensor_val(node).dtype)} differs from the input's "
+        return None, (f"{desc}: output dtype {_graph.dtype_str(tensor_val(node).dtype)} differs from the input's "
                       "(the kernel returns x's dtype)")
-    if not all(same(a, b) for a, b in zip(tensor_val(end).shape, xt.shape)) or tensor_val(end).dim() != xt.dim():
-        return None, f"{desc}: output shape {shape_str(tensor_val(end))} differs from the input's"
+    if not all(_graph.same(a, b) for a, b in zip(tensor_val(end).shape, xt.shape)) or tensor_val(end).dim() != xt.dim():
+        return None, f"{desc}: output shape {_graph.shape_str(tensor_val(end))} differs from the input's"
     return RmsNormMatch(x, weight, eps, end), None
 
 
 def find(graph: torch.fx.Graph) -> tuple[list[RmsNormMatch], list[str]]:
-    return split_matches(match_at(node) for node in list(graph.nodes)
+    return _graph.split_matches(match_at(node) for node in list(graph.nodes)
                          if is_call(node, aten.rsqrt.default, aten.sqrt.default))
 
 
 def rewrite(graph: torch.fx.Graph, match: RmsNormMatch) -> torch.fx.Node:
-    new = insert_call(graph, match.out, torch.ops.regionc.rms_norm.default, (match.x, match.weight, match.eps))
+    new = _graph.insert_call(graph, match.out, torch.ops.regionc.rms_norm.default, (match.x, match.weight, match.eps))
     match.out.replace_all_uses_with(new)
     return new
 

@@ -25,24 +25,8 @@ import operator
 import torch
 import torch.fx
 
-from regionc.passes._graph import (
-    CONVERT,
-    FLOAT_DTYPES,
-    MUL,
-    VIEW_TARGETS,
-    aten,
-    dtype_str,
-    hint,
-    insert_call,
-    is_call,
-    normalize_dim,
-    other_operand,
-    same,
-    shape_str,
-    slice_args,
-    split_matches,
-    tensor_val,
-)
+from regionc.passes import _graph
+from regionc.passes._graph import aten, dtype_str, insert_call, is_call, normalize_dim, same, shape_str, tensor_val
 
 NAME = "rope"
 
@@ -78,7 +62,7 @@ def _half(node, x, d: int, first: bool) -> bool:
     half = d // 2
     last = tensor_val(x).dim() - 1
     if is_call(node, aten.slice.Tensor):
-        src, dim, start, end, step = slice_args(node)
+        src, dim, start, end, step = _graph.slice_args(node)
         if src is not x or normalize_dim(dim, last + 1) != last or step != 1:
             return False
         if first:
@@ -103,7 +87,7 @@ def _strided(node, x, start: int) -> bool:
     """Is ``node`` ``x[..., start::2]``?"""
     if not is_call(node, aten.slice.Tensor):
         return False
-    src, dim, s, end, step = slice_args(node)
+    src, dim, s, end, step = _graph.slice_args(node)
     last = tensor_val(x).dim() - 1
     return src is x and normalize_dim(dim, last + 1) == last and s == start and step == 2
 
@@ -121,13 +105,13 @@ def _rotated(rot: torch.fx.Node):
         xt = tensor_val(x)
         if xt is None or normalize_dim(dim, xt.dim()) != xt.dim() - 1:
             return None
-        d = hint(xt.shape[-1])
+        d = _graph.hint(xt.shape[-1])
         if d is None or d % 2:
             return None
         if _half(x2, x, d, first=False) and _half(parts[1], x, d, first=True):
             return x, "rotate_half"
         return None
-    if is_call(rot, *VIEW_TARGETS):
+    if is_call(rot, *_graph.VIEW_TARGETS):
         inner = rot.args[0]
         parts = None
         if is_call(inner, aten.cat.default):
@@ -173,7 +157,7 @@ def match_at(add: torch.fx.Node, order: int) -> tuple[RopeMatch | None, str | No
     if not is_call(add, aten.add.Tensor) or len(add.args) != 2 or add.kwargs:
         return None, None
     m1, m2 = add.args
-    if not (is_call(m1, MUL) and is_call(m2, MUL)):
+    if not (is_call(m1, _graph.MUL) and is_call(m2, _graph.MUL)):
         return None, None
     for m_cos, m_sin in ((m1, m2), (m2, m1)):
         for rot in m_sin.args:
@@ -181,8 +165,8 @@ def match_at(add: torch.fx.Node, order: int) -> tuple[RopeMatch | None, str | No
             if found is None:
                 continue
             x, style = found
-            sin = other_operand(m_sin, rot)
-            cos = other_operand(m_cos, x)
+            sin = _graph.other_operand(m_sin, rot)
+            cos = _graph.other_operand(m_cos, x)
             if not isinstance(cos, torch.fx.Node) or not isinstance(sin, torch.fx.Node):
                 continue
             return _finish(add, x, cos, sin, style, order, [m_cos, m_sin, rot])
@@ -191,7 +175,7 @@ def match_at(add: torch.fx.Node, order: int) -> tuple[RopeMatch | None, str | No
 
 def _finish(add, x, cos, sin, style, order, inner):
     x0 = x
-    if is_call(x, CONVERT) and tensor_val(x.args[0]) is not None and tensor_val(x.args[0]).dtype in FLOAT_DTYPES:
+    if is_call(x, _graph.CONVERT) and tensor_val(x.args[0]) is not None and tensor_val(x.args[0]).dtype in _graph.FLOAT_DTYPES:
         x0 = x.args[0]
     xt = tensor_val(x0)
     desc = f"{NAME} at {shape_str(xt)} {dtype_str(xt.dtype)}"
@@ -208,7 +192,7 @@ def _finish(add, x, cos, sin, style, order, inner):
             return None, f"{desc}: an intermediate ({node.name}) is used elsewhere"
     out = add
     if tensor_val(add).dtype != xt.dtype:
-        if len(add.users) == 1 and is_call(next(iter(add.users)), CONVERT) and next(iter(add.users)).args[1] == xt.dtype:
+        if len(add.users) == 1 and is_call(next(iter(add.users)), _graph.CONVERT) and next(iter(add.users)).args[1] == xt.dtype:
             out = next(iter(add.users))
         else:
             return None, f"{desc}: output dtype {dtype_str(tensor_val(add).dtype)} differs from the input's"
@@ -216,7 +200,7 @@ def _finish(add, x, cos, sin, style, order, inner):
 
 
 def find(graph: torch.fx.Graph) -> tuple[list[RopeMatch], list[str]]:
-    return split_matches(match_at(node, i) for i, node in enumerate(graph.nodes)
+    return _graph.split_matches(match_at(node, i) for i, node in enumerate(graph.nodes)
                          if is_call(node, aten.add.Tensor))
 
 
@@ -269,7 +253,7 @@ def run(graph: torch.fx.Graph, ctx, matches: list[RopeMatch]) -> None:
     for q, k in pairs:
         qt = tensor_val(q.x)
         tokens = None
-        b, s = hint(qt.shape[0]), hint(qt.shape[2] if q.layout == "bhsd" else qt.shape[1])
+        b, s = _graph.hint(qt.shape[0]), _graph.hint(qt.shape[2] if q.layout == "bhsd" else qt.shape[1])
         if b is not None and s is not None:
             tokens = b * s
         desc = f"{NAME} at q{shape_str(qt)} k{shape_str(tensor_val(k.x))} {dtype_str(qt.dtype)} {q.layout} {q.style}"
