@@ -20,6 +20,7 @@ when the pass runs: a piece loaded from regionc's store or Inductor's FX cache r
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import threading
@@ -67,10 +68,12 @@ def graph_hook(fn: Callable[[torch.fx.Graph], None]):
         _graph_hooks.remove(fn)
 
 
-def sources_digest(paths: list[str]) -> str:
-    """sha256 over the names and bytes of ``paths`` (relative to the package), in a stable order."""
+@functools.lru_cache(maxsize=None)
+def sources_digest(paths: frozenset[str]) -> str:
+    """sha256 over the names and bytes of ``paths`` (relative to the package), in a stable order;
+    once per process and set of files (sources do not change under a running process)."""
     h = hashlib.sha256()
-    for rel in sorted(set(paths)):
+    for rel in sorted(paths):
         h.update(rel.encode() + b"\0" + (PACKAGE_DIR / rel).read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -133,7 +136,7 @@ class PassManager:
                       if device == self.device.type and op in acting)
         sources = [*COMMON_SOURCES, *(path for name in acting for path in PASS_SOURCES[name])]
         h = hashlib.sha256()
-        for part in (sources_digest(sources), repr(rows), repr(sorted(self.enabled.items())), self.kernel_choice,
+        for part in (sources_digest(frozenset(sources)), repr(rows), repr(sorted(self.enabled.items())), self.kernel_choice,
                      self.device.type):
             h.update(part.encode() + b"\0")
         return h.hexdigest()
