@@ -2,7 +2,8 @@
 
 ``torch.compile(model, backend="regionc")`` finds it through the ``torch_dynamo_backends``
 entry point; nothing here needs importing for that. This module is the small public API;
-``regionc.compile(model)`` is the same backend with each repeated block traced once.
+``regionc.compile(model)`` is the same backend with each repeated block traced once, and
+``regionc.warmup(model, *example_inputs)`` compiles it in the background (while weights load).
 
 Importing it does not import torch: ``regionc.compile`` is loaded on first use, so the
 ``regionc cache`` command (which needs none of torch) starts in a fraction of a second.
@@ -13,13 +14,15 @@ from regionc.report import Report, last_report, reports
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "RegioncConfigError", "Report", "compile", "last_report", "reports", "__version__"]
+__all__ = ["Config", "RegioncConfigError", "Report", "compile", "last_report", "reports", "warmup", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "compile":
-        from regionc.tracing.compile import compile
-
-        globals()["compile"] = compile
-        return compile
-    raise AttributeError(f"module 'regionc' has no attribute {name!r}")
+        from regionc.tracing.compile import compile as function
+    elif name == "warmup":
+        from regionc.tracing.warmup import warmup as function
+    else:
+        raise AttributeError(f"module 'regionc' has no attribute {name!r}")
+    globals()[name] = function
+    return function

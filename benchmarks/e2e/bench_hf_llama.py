@@ -76,7 +76,6 @@ def relative_error(out, reference) -> float:
 
 def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
     import torch
-    from transformers import StaticCache
 
     import regionc
     from benchmarks.common import cuda_median_ms
@@ -88,24 +87,13 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
         runs, caches, first, positions_of = {}, {}, {}, {}
         for variant in DECODE_VARIANTS:
-            instance = copy.deepcopy(model) if variant.startswith("regionc_compile") else model
-            cache = StaticCache(config=model.config, max_cache_len=max_len)
-            with torch.no_grad():
-                model(input_ids=prompt, past_key_values=cache, use_cache=True)  # eager prefill, all variants alike
-            caches[variant] = cache
-            fn = compiled(variant, instance, cache_dir, decode=True)
+            step, caches[variant], positions_of[variant] = decode_step(variant, model, cache_dir, prompt, max_len)
+            runs[variant] = lambda step=step: step(token)
             before = len(regionc.reports())
             start = time.perf_counter()
-
-            def step(fn=fn, cache=cache, position=torch.tensor([positions[0]], device="cuda")):
-                with torch.no_grad():
-                    return fn(input_ids=token, past_key_values=cache, use_cache=True, cache_position=position)
-
-            runs[variant] = step
-            positions_of[variant] = step.__defaults__[2]
             first[variant] = {"first_call_s": None, "reports": []}
-            _reset(cache, positions_of[variant], positions[0])
-            step()
+            _reset(caches[variant], positions_of[variant], positions[0])
+            runs[variant]()
             torch.cuda.synchronize()
             first[variant]["first_call_s"] = time.perf_counter() - start
             first[variant]["reports"] = [r.summary() for r in regionc.reports()[before:]]
@@ -130,6 +118,26 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
                 print(rows[-1]["case"], variant, f"{rows[-1]['ms']:.3f} ms", f"err {rows[-1]['rel_error']:.2e}",
                       flush=True)
     return rows
+
+
+def decode_step(variant: str, model, cache_dir: str, prompt, max_len: int):
+    """(step(tokens), cache, position tensor) for one variant: its own ``StaticCache`` prefilled eagerly
+    with ``prompt``; a step decodes one token per row at the position tensor's value (set it in place)."""
+    import torch
+    from transformers import StaticCache
+
+    instance = copy.deepcopy(model) if variant.startswith("regionc_compile") else model
+    cache = StaticCache(config=model.config, max_cache_len=max_len)
+    with torch.no_grad():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)  # eager prefill, all variants alike
+    fn = compiled(variant, instance, cache_dir, decode=True)
+    position = torch.tensor([prompt.shape[1]], device=prompt.device)
+
+    def step(tokens):
+        with torch.no_grad():
+            return fn(input_ids=tokens, past_key_values=cache, use_cache=True, cache_position=position)
+
+    return step, cache, position
 
 
 def _reset(cache, cache_position, position: int) -> None:

@@ -1,6 +1,8 @@
 """Where a decode step's time goes: regionc against full-graph ``reduce-overhead``.
 
-Both run the 32-layer demo decoder under one CUDA graph per shape. A step's latency (CUDA events
+Both run the 32-layer demo decoder (``--model demo``, without a KV cache) or Hugging Face ``LlamaModel``
+32 × 2048 decoding on a ``StaticCache`` (``--model hf_llama``, ``--cache-len``, ``--position``) under one
+CUDA graph per shape. A step's latency (CUDA events
 around one call, then a sync) is the host time before the graph is launched, while the GPU idles,
 plus the graph's span on the GPU. Per variant and batch the result gives:
 
@@ -11,6 +13,7 @@ plus the graph's span on the GPU. Per variant and batch the result gives:
 - the host functions that take the most time per call (cProfile).
 
     python benchmarks/e2e/profile_decode.py --out DIR [--batches 1 8] [--layers 32]
+    python benchmarks/e2e/profile_decode.py --out DIR --model hf_llama --batches 8 --cache-len 4096 --position 512
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-VARIANTS = ("reduce_overhead", "regionc_graphs")  # names of bench_decode.make_runner
+VARIANTS = {"demo": ("reduce_overhead", "regionc_graphs"),  # names of bench_decode.make_runner
+            "hf_llama": ("reduce_overhead", "regionc_backend_dattn")}  # names of bench_hf_llama.compiled
 
 
 def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, list[dict]]:
@@ -126,6 +130,28 @@ def host_us_per_call(run, tokens, calls: int = 50) -> float:
     return host
 
 
+def decode_runners(args, variant: str, cache_dir: str):
+    """batch -> run(tokens) for one variant of ``args.model``."""
+    import torch
+
+    if args.model == "hf_llama":
+        from benchmarks.e2e.bench_hf_llama import build, decode_step
+
+        model = build(args.layers)
+
+        def runner(batch):
+            prompt = torch.randint(0, 32000, (batch, args.position), device="cuda")
+            return decode_step(variant, model, cache_dir, prompt, args.cache_len)[0]
+
+        return runner
+    from benchmarks.e2e.bench_decode import make_runner
+    from regionc.models.llama import LlamaConfig, build_demo_model
+
+    model = build_demo_model(LlamaConfig(n_layers=args.layers), dtype=torch.bfloat16, device="cuda")
+    run = make_runner(variant, model, cache_dir)
+    return lambda batch: run
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
@@ -133,7 +159,10 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--trace", action="store_true", help="also write a Chrome trace per variant and batch")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+    parser.add_argument("--model", choices=sorted(VARIANTS), default="demo")
+    parser.add_argument("--cache-len", type=int, default=4096, help="hf_llama: the StaticCache's max_cache_len")
+    parser.add_argument("--position", type=int, default=512, help="hf_llama: the position every step decodes at")
+    parser.add_argument("--variants", nargs="+",
                         help="in this order; a name may repeat (latency drifts with the order in a process)")
     args = parser.parse_args()
 
@@ -144,17 +173,17 @@ def main() -> int:
         print("profile_decode: no CUDA device; nothing measured")
         return 0
     from benchmarks.common import cuda_median_ms, write_results
-    from benchmarks.e2e.bench_decode import make_runner
-    from regionc.models.llama import LlamaConfig, build_demo_model
 
-    model = build_demo_model(LlamaConfig(n_layers=args.layers), dtype=torch.bfloat16, device="cuda")
-    results = {"layers": args.layers, "rows": []}
+    results = {"model": args.model, "layers": args.layers, "rows": []}
+    if args.model == "hf_llama":
+        results.update(cache_len=args.cache_len, position=args.position)
     with tempfile.TemporaryDirectory(prefix="profile-decode-") as cache_dir, torch.no_grad():
-        for variant in args.variants:
+        for variant in args.variants or VARIANTS[args.model]:
             torch._dynamo.reset()
-            run = make_runner(variant, model, cache_dir)
+            runners = decode_runners(args, variant, cache_dir)
             for batch in args.batches:
                 tokens = torch.randint(0, 32000, (batch, 1), device="cuda")
+                run = runners(batch)
                 ms = cuda_median_ms(lambda: run(tokens), warmup=5, iters=50)
                 torch.cuda.synchronize()
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import threading
 from typing import Any
 
 import torch
@@ -94,7 +95,8 @@ class CompiledForward:
     input; an HF ``StaticCache`` update), Dynamo may not trace a block frame on its own, and so on. Such
     a failure is raised by Dynamo before the traced code runs (whole-forward traces are full graphs), so
     the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning naming the
-    error. Per-block frames run one after another, so a failure there is retried only before the first
+    error. Calls are made one at a time until one has succeeded (``regionc.warmup`` makes the first in
+    another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one after another, so a failure there is retried only before the first
     call succeeded (later ones could come after blocks already wrote a cache). Per-block tracing also
     gives way after its first call if Dynamo compiled the block frame again and again in it (it
     specializes on a per-layer value): the blocks would compile per layer, or run eagerly past
@@ -112,9 +114,16 @@ class CompiledForward:
         self.next = list(FALLBACKS[strategy])
         self.fallbacks: list[str] = []  # "<strategy>: <error>" for each strategy given up
         self.settled = False
+        self.first_calls = threading.RLock()
         self._apply(strategy)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.settled:
+            return self._call(*args, **kwargs)
+        with self.first_calls:  # one at a time until one succeeded: a call during a warm-up waits for it
+            return self._call(*args, **kwargs)
+
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
         while True:
             try:
                 result = self.run(*args, **kwargs)

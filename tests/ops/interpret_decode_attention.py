@@ -111,9 +111,10 @@ kv_len = torch.tensor([45])
 expect("decode strided views, shared kv_len, scale", decode_attention_triton(q, kc, vc, None, kv_len, 0.3,
        block_n=16, num_splits=2), sdpa64(q, kc, vc, None, kv_len, 0.3), ATOL[torch.float16])
 
-# skipping, seen through poison: K/V past kv_len, and blocks the mask excludes whole, hold NaN; a
-# kernel that read them would return NaN (0 * NaN in the PV product)
-for mkind in ("len", "mask"):
+# skipping, seen through poison: K/V past kv_len, and keys the mask excludes, hold NaN; a kernel
+# that let them into the PV product would return NaN (0 * NaN). One split: the masked blocks lie
+# inside the range it reads; three: they lie between ranges and are never loaded.
+for mkind, splits in (("len", 3), ("mask", 3), ("mask", 1)):
     q = rand(2, 4, 1, 64, dtype=torch.float16)
     kc, vc = rand(2, 2, 96, 64, dtype=torch.float16), rand(2, 2, 96, 64, dtype=torch.float16)
     kv_len, mask = None, None
@@ -124,8 +125,8 @@ for mkind in ("len", "mask"):
         mask = torch.ones(2, 1, 1, 96, dtype=torch.bool)
         mask[..., 16:48] = False
         kc[:, :, 16:48], vc[:, :, 16:48] = float("nan"), float("nan")
-    expect(f"decode skips unread blocks ({mkind})", decode_attention_triton(q, kc, vc, mask, kv_len, None, block_n=16,
-           num_splits=3), sdpa64(q, kc.nan_to_num(0.0), vc.nan_to_num(0.0), mask, kv_len, None), ATOL[torch.float16])
+    expect(f"decode skips unread keys ({mkind}, {splits} splits)", decode_attention_triton(q, kc, vc, mask, kv_len, None,
+           block_n=16, num_splits=splits), sdpa64(q, kc.nan_to_num(0.0), vc.nan_to_num(0.0), mask, kv_len, None), ATOL[torch.float16])
 
 if failures:
     print(f"{len(failures)} FAILED: {failures}")

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-import regionc.ops
 from regionc.ops import _extension
 from regionc.ops.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
 from regionc.ops.rope import rope_reference

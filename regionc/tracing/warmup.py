@@ -1,0 +1,83 @@
+"""``regionc.warmup(model, *args, **kwargs)``: compile (or load) a ``regionc.compile`` model in the background.
+
+What a compile needs from a forward is the module structure and the input shapes, not the weights'
+values: weights are graph inputs. A server spends seconds reading its checkpoint before the first
+request, so it can build the model with uninitialized weights (``torch.device("meta")`` then
+``to_empty``, as ``from_pretrained`` does), start the warm-up on example inputs, and read the weights
+into the parameters *in place* (``copy_``, ``load_state_dict``) while the warm-up traces, compiles or
+loads the pieces from the cache. The first real call then finds everything compiled.
+
+The warm-up is one forward call in a daemon thread, run under the caller's grad and inference mode
+and CUDA device (they are per thread in torch, and part of what Dynamo guards on), on whatever values
+the weights hold at that moment; its output is dropped. A real call that arrives while it runs waits
+for it (:class:`~regionc.tracing.compile.CompiledForward` serializes calls until one has succeeded).
+CUDA-graph capture does not happen in a warm-up: the first call of an input shape only warms up
+(``regionc/cudagraph/module.py``), so nothing is captured while another thread copies weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from torch import nn
+
+from regionc.report import first_line
+
+log = logging.getLogger("regionc")
+
+
+def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
+    """Run ``model(*args, **kwargs)`` once in a background thread; returns a future of the elapsed seconds.
+
+    ``model`` must come from ``regionc.compile``. The future's ``result()`` re-raises what the forward
+    raised (the failure is also logged); the model stays usable either way.
+    """
+    from regionc.tracing.compile import CompiledForward
+
+    if not isinstance(model, nn.Module) or not isinstance(model.__dict__.get("forward"), CompiledForward):
+        raise TypeError(f"regionc.warmup: expected a model returned by regionc.compile, got {type(model).__name__}; "
+                        "call regionc.compile(model) first")
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    modes = _thread_modes()
+    name = type(model).__name__
+
+    def run() -> None:
+        start = time.perf_counter()
+        try:
+            with modes():
+                model(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller through the future
+            log.warning("regionc: warm-up of %s failed (%s); the first call compiles instead", name, first_line(exc))
+            future.set_exception(exc)
+            return
+        seconds = time.perf_counter() - start
+        log.info("regionc: warm-up of %s done in %.2fs", name, seconds)
+        future.set_result(seconds)
+
+    log.info("regionc: warming up %s in the background", name)
+    threading.Thread(target=run, name=f"regionc-warmup-{name}", daemon=True).start()
+    return future
+
+
+def _thread_modes():
+    """A context manager factory that puts the calling thread's grad mode, inference mode and CUDA
+    device on another thread."""
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    @contextlib.contextmanager
+    def modes():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
+            if device is not None:
+                stack.enter_context(torch.cuda.device(device))
+            yield
+
+    return modes

@@ -1,0 +1,92 @@
+"""regionc.warmup: the compile happens in a background thread while the weights are written in place,
+and the first real call finds it done."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import regionc
+from regionc.models.llama import LlamaConfig, build_demo_model
+from tests.helpers import NO_CACHE, assert_close
+
+
+def tokens(batch=2, seq=8):
+    return torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+
+def skeleton(n_layers=3):
+    """The model a server builds before reading its checkpoint: the structure, weights not yet loaded
+    (here: other random values, so a wrong answer cannot pass for a right one)."""
+    torch.manual_seed(1)
+    return build_demo_model(LlamaConfig.tiny(n_layers=n_layers))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    return build_demo_model(LlamaConfig.tiny(n_layers=3))
+
+
+@pytest.mark.parametrize("tracing", ["auto", "per_block"])
+def test_weights_loaded_during_warmup_are_used_and_nothing_compiles_again(trained, tracing, caplog):
+    x = tokens()
+    with torch.no_grad():
+        expected = trained(x)
+    model = regionc.compile(skeleton(), options={**NO_CACHE, "block_tracing": tracing})
+    before = len(regionc.reports())
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        job = regionc.warmup(model, x)  # under no_grad: the thread must trace under it too, or the call recompiles
+        model.load_state_dict(trained.state_dict())  # in place, while the warm-up may be running
+        seconds = job.result(timeout=600)
+    compiled = regionc.reports()[before:]
+    assert seconds > 0 and compiled, "the warm-up compiled nothing"
+    with torch.no_grad():
+        assert_close(model(x), expected)
+    assert len(regionc.reports()) == before + len(compiled), "the first real call compiled again"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("warming up LlamaDecoder in the background" in m for m in messages)
+    assert any("warm-up of LlamaDecoder done" in m for m in messages)
+
+
+def test_a_call_during_warmup_waits_for_it_and_compiles_once(trained):
+    x = tokens()
+    options = {**NO_CACHE, "block_tracing": "per_block"}
+    with torch.no_grad():
+        expected = trained(x)
+        before = len(regionc.reports())
+        regionc.compile(skeleton(), options=options)(x)
+        one_compile = len(regionc.reports()) - before  # what a single first call compiles
+    torch._dynamo.reset()  # the block frame's compiled code is shared by every instance of its class
+    model = regionc.compile(skeleton(), options=options)
+    model.load_state_dict(trained.state_dict())
+    before = len(regionc.reports())
+    with torch.no_grad():
+        job = regionc.warmup(model, x)
+        out = model(x)  # immediately: one of the two calls compiles, the other waits and reuses it
+        job.result(timeout=600)
+    assert_close(out, expected)
+    assert len(regionc.reports()) - before == one_compile
+
+
+def test_a_failed_warmup_reaches_the_future_and_the_log_and_leaves_the_model_usable(trained, caplog):
+    model = regionc.compile(skeleton(), options=NO_CACHE)
+    model.load_state_dict(trained.state_dict())
+    bad = torch.zeros(2, 8)  # float tokens: the embedding refuses them
+    with caplog.at_level(logging.WARNING, logger="regionc"), torch.no_grad():
+        job = regionc.warmup(model, bad)
+        with pytest.raises(Exception) as raised:
+            job.result(timeout=600)
+    assert "warm-up of LlamaDecoder failed" in caplog.text
+    assert str(raised.value).splitlines()[0][:60] in caplog.text
+    x = tokens()
+    with torch.no_grad():
+        assert_close(model(x), trained(x))
+
+
+@pytest.mark.parametrize("target", [torch.nn.Linear(2, 2), "model"])
+def test_warmup_refuses_what_regionc_compile_did_not_return(target):
+    with pytest.raises(TypeError, match=r"regionc.warmup: expected a model returned by regionc.compile"):
+        regionc.warmup(target, torch.zeros(1, 2))
