@@ -41,6 +41,18 @@ def build(name: str, layers: int | None = None) -> Workload:
         return _BUILDERS[name](layers)
 
 
+def skeleton(name: str, layers: int | None = None) -> Workload:
+    """The model as a server builds it before reading its checkpoint: on the meta device, then given
+    uninitialized CUDA memory (``to_empty``), as ``from_pretrained`` does. Its inputs are meta tensors:
+    take real ones from elsewhere."""
+    import torch
+
+    with torch.device("meta"):
+        work = _BUILDERS[name](layers)
+    work.model.to_empty(device="cuda")
+    return work
+
+
 def _demo(layers: int | None) -> Workload:
     import torch
 

@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--positions", type=int, nargs="+", default=[512, 4096])
-    ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--head-dims", type=int, nargs="+", default=[64])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured")

@@ -123,6 +123,13 @@ class CompiledForward:
         with self.first_calls:  # one at a time until one succeeded: a call during a warm-up waits for it
             return self._call(*args, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Dynamo pickles the model, this forward among its attributes, into a saved trace's guard state
+        return {name: value for name, value in self.__dict__.items() if name != "first_calls"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, first_calls=threading.RLock())
+
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         while True:
             try:
