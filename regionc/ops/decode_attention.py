@@ -26,11 +26,9 @@ CUDA kernels (bf16/fp16/fp32, D in {64, 128}; anything else runs the reference, 
 * ``_decode_split_kernel``: grid ``(splits, B * Hkv)``. A program owns one KV head of one batch
   row and one contiguous range of the cache, and serves all ``Hq/Hkv * Lq`` query rows that read
   that head as the rows of one ``tl.dot`` tile, so each cache byte is read once per step. It
-  narrows its range to ``kv_len`` and to the blocks between the first and last key the mask lets
-  some row see (a pass over the mask bytes first: S bytes against 4·D·S bytes of K/V), which is
-  what makes a step cost the valid part of the cache, not its capacity. Inside that range the
-  loop has no branch, so the K and V loads of one block are issued together and pipeline across
-  blocks. Online softmax in exp2, fp32 accumulation; it
+  skips every key block past ``kv_len`` and every block the mask excludes entirely (the mask
+  block is read first: S bytes against 4·D·S bytes of K/V), which is what makes a step cost the
+  valid part of the cache, not its capacity. Online softmax in exp2, fp32 accumulation; it
   writes the un-normalised partial output and (max, sum) per row and split.
 * ``_decode_reduce_kernel``: grid ``(B * Hq * Lq)``, combines the splits. With one split the
   first kernel writes the output itself and this launch is skipped.
@@ -73,13 +71,6 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 
 if _utils.HAS_TRITON:
 
-    @triton.jit
-    def _mask_allows(m_base, cols, stride_mn, valid, MASK_KIND: tl.constexpr):
-        """Which of ``valid``'s (row, key) pairs the mask lets through (bool: nonzero; additive: not -inf)."""
-        if MASK_KIND == 1:
-            return valid & (tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=0) != 0)
-        return valid & (tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")) != float("-inf"))
-
     @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
         Q, K, V, MASK, KV_LEN, PART, OUT, qk_scale,
@@ -117,18 +108,6 @@ if _utils.HAS_TRITON:
             kv_len = tl.load(KV_LEN + b * stride_lb).to(tl.int32)
             hi = tl.minimum(hi, kv_len)  # no row sees past the last row's length: those blocks never load
             row_end = kv_len - (LQ - 1 - qi)
-        if MASK_KIND != 0:
-            # Narrow [lo, hi) to the blocks between the first and last key some row may see, reading
-            # mask bytes only. The main loop then has no branch, so its K/V loads pipeline.
-            first = hi
-            last = lo - 1
-            for start in range(lo, hi, BLOCK_N):
-                cols = start + offs_n
-                seen = _mask_allows(m_base, cols, stride_mn, row_ok[:, None] & (cols < hi)[None, :], MASK_KIND)
-                first = tl.minimum(first, tl.min(tl.min(tl.where(seen, cols[None, :], hi), 1), 0))
-                last = tl.maximum(last, tl.max(tl.max(tl.where(seen, cols[None, :], lo - 1), 1), 0))
-            lo = lo + (first - lo) // BLOCK_N * BLOCK_N
-            hi = last + 1
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -136,29 +115,32 @@ if _utils.HAS_TRITON:
         for start in range(lo, hi, BLOCK_N):
             cols = start + offs_n
             in_range = cols < hi
-            k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
-                        mask=in_range[:, None], other=0.0)
-            v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                        mask=in_range[:, None], other=0.0)
             valid = row_ok[:, None] & in_range[None, :]
             if HAS_LEN:
                 valid = valid & (cols[None, :] < row_end[:, None])
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             if MASK_KIND == 1:
-                valid = _mask_allows(m_base, cols, stride_mn, valid, MASK_KIND)
+                mv = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=0)
+                valid = valid & (mv != 0)
             elif MASK_KIND == 2:
                 bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
                 valid = valid & (bias != float("-inf"))
-                s = s + bias * 1.4426950408889634
-            s = tl.where(valid, s, float("-inf"))
-            v = tl.where(tl.max(valid.to(tl.int32), 0)[:, None] > 0, v, 0.0)  # a slot no row sees adds 0, even if NaN
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet: no NaN
-            p = tl.math.exp2(s - m_use[:, None])
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
+            # a block no row may see is skipped before its K/V are read
+            if tl.max(tl.max(valid.to(tl.int32), 1), 0) > 0:
+                k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                            mask=in_range[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+                if MASK_KIND == 2:
+                    s = s + bias * 1.4426950408889634
+                s = tl.where(valid, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet: no NaN
+                p = tl.math.exp2(s - m_use[:, None])
+                alpha = tl.math.exp2(m_i - m_use)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                            mask=in_range[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+                m_i = m_new
 
         if SINGLE:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

@@ -11,14 +11,18 @@ The warm-up is one forward call in a daemon thread, run under the caller's grad 
 and CUDA device (they are per thread in torch, and part of what Dynamo guards on), on whatever values
 the weights hold at that moment; its output is dropped. A real call that arrives while it runs waits
 for it (:class:`~regionc.tracing.compile.CompiledForward` serializes calls until one has succeeded).
-CUDA-graph capture does not happen in a warm-up: the first call of an input shape only warms up
-(``regionc/cudagraph/module.py``), so nothing is captured while another thread copies weights.
+While it runs, Python's thread switch interval is :data:`SWITCH_INTERVAL_S` instead of 5 ms: the
+compile holds the GIL almost throughout, and a weight reader waits up to one interval each time it
+asks for the GIL again, which is several times per tensor. No CUDA graph is captured in a warm-up:
+the first call of an input shape only warms up (``regionc/cudagraph/module.py``), so nothing is
+captured while another thread copies weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -30,6 +34,9 @@ from torch import nn
 from regionc.report import first_line
 
 log = logging.getLogger("regionc")
+
+#: Python's thread switch interval while a warm-up runs (the default is 5 ms).
+SWITCH_INTERVAL_S = 0.0005
 
 
 def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
@@ -51,7 +58,7 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
     def run() -> None:
         start = time.perf_counter()
         try:
-            with modes():
+            with modes(), _switch_interval(SWITCH_INTERVAL_S):
                 model(*args, **kwargs)
         except BaseException as exc:  # handed to the caller through the future
             log.warning("regionc: warm-up of %s failed (%s); the first call compiles instead", name, first_line(exc))
@@ -81,3 +88,15 @@ def _thread_modes():
             yield
 
     return modes
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float):
+    """Python's thread switch interval at most ``seconds`` inside; put back after, unless changed meanwhile."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        if sys.getswitchinterval() == min(before, seconds):
+            sys.setswitchinterval(before)

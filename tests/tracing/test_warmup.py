@@ -4,6 +4,7 @@ and the first real call finds it done."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -90,3 +91,13 @@ def test_a_failed_warmup_reaches_the_future_and_the_log_and_leaves_the_model_usa
 def test_warmup_refuses_what_regionc_compile_did_not_return(target):
     with pytest.raises(TypeError, match=r"regionc.warmup: expected a model returned by regionc.compile"):
         regionc.warmup(target, torch.zeros(1, 2))
+
+
+def test_the_switch_interval_is_short_during_a_warmup_and_restored_after():
+    from regionc.tracing.warmup import SWITCH_INTERVAL_S, _switch_interval
+
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL_S
+    with _switch_interval(SWITCH_INTERVAL_S):
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == before
