@@ -13,7 +13,10 @@ the weights hold at that moment; its output is dropped. A real call that arrives
 for it (:class:`~regionc.tracing.compile.CompiledForward` serializes calls until one has succeeded).
 While it runs, Python's thread switch interval is :data:`SWITCH_INTERVAL_S` instead of 5 ms: the
 compile holds the GIL almost throughout, and a weight reader waits up to one interval each time it
-asks for the GIL again, which is several times per tensor. No CUDA graph is captured in a warm-up:
+asks for the GIL again, which is several times per tensor. A CUDA build of torch that sees no CUDA device warms up in the calling thread instead (logged):
+there, Dynamo tracing in the warm-up thread while the caller's thread loaded a state dict crashed
+the process (torch 2.11, in ``FakeTensorMode.__enter__``, whose device-less set-up changes
+process-wide state). No CUDA graph is captured in a warm-up:
 the first call of an input shape only warms up (``regionc/cudagraph/module.py``), so nothing is
 captured while another thread copies weights.
 """
@@ -68,6 +71,11 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
         log.info("regionc: warm-up of %s done in %.2fs", name, seconds)
         future.set_result(seconds)
 
+    if torch.version.cuda is not None and not torch.cuda.is_available():
+        log.warning("regionc: warming up %s in the calling thread: this CUDA build of torch sees no CUDA "
+                    "device, and a trace in another thread beside eager work crashed there", name)
+        run()
+        return future
     log.info("regionc: warming up %s in the background", name)
     threading.Thread(target=run, name=f"regionc-warmup-{name}", daemon=True).start()
     return future

@@ -48,7 +48,8 @@ def test_weights_loaded_during_warmup_are_used_and_nothing_compiles_again(traine
         assert_close(model(x), expected)
     assert len(regionc.reports()) == before + len(compiled), "the first real call compiled again"
     messages = [r.getMessage() for r in caplog.records]
-    assert any("warming up LlamaDecoder in the background" in m for m in messages)
+    where = "in the calling thread" if torch.version.cuda and not torch.cuda.is_available() else "in the background"
+    assert any(f"warming up LlamaDecoder {where}" in m for m in messages)
     assert any("warm-up of LlamaDecoder done" in m for m in messages)
 
 
@@ -84,6 +85,19 @@ def test_a_failed_warmup_reaches_the_future_and_the_log_and_leaves_the_model_usa
     assert str(raised.value).splitlines()[0][:60] in caplog.text
     x = tokens()
     with torch.no_grad():
+        assert_close(model(x), trained(x))
+
+
+def test_a_cuda_build_without_a_device_warms_up_in_the_calling_thread(trained, monkeypatch, caplog):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = regionc.compile(skeleton(), options={**NO_CACHE, "block_tracing": "per_block"})
+    model.load_state_dict(trained.state_dict())
+    x = tokens()
+    with caplog.at_level(logging.WARNING, logger="regionc"), torch.no_grad():
+        job = regionc.warmup(model, x)
+        assert job.done(), "the warm-up did not run in the calling thread"
+        assert "warming up LlamaDecoder in the calling thread" in caplog.text
         assert_close(model(x), trained(x))
 
 
