@@ -18,6 +18,7 @@ checked against that model's eager output. Each row splits the time: imports, sk
 what remained of the compile after the read, and the first call.
 
     python benchmarks/compile/bench_first_output.py --out DIR [--models wan hf_llama] [--layers 0]
+    python benchmarks/compile/bench_first_output.py --plot DIR/first_output.json   # redraw its PNG
 """
 
 from __future__ import annotations
@@ -125,6 +126,35 @@ def measure(variant: str, model: str, layers: int | None, directory: Path, cache
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def plot(results: dict, path: Path) -> None:
+    """A panel per model: per variant, cold and warm bars stacked by phase after the skeleton (weight
+    read, what remained of the warm-up, first call), the part that differs between variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    colors = {"weights": "tab:gray", "warmup_wait": "tab:orange", "first_output": "tab:blue"}
+    for ax, model in zip(axes[0], models):
+        labels = []
+        for x, (variant, phase) in enumerate((v, p) for v in VARIANTS for p in ("cold", "warm")):
+            phases = results[model].get(variant, {}).get(phase, {}).get("phases_s", {})
+            bottom = 0.0
+            for part, color in colors.items():
+                ax.bar(x, phases.get(part, 0.0), bottom=bottom, color=color, label=part if x == 0 else None)
+                bottom += phases.get(part, 0.0)
+            labels.append(f"{variant}\n{phase}")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{model} (checkpoint {results[model].get('checkpoint_GB', '?')} GB)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("seconds after the skeleton is built")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> int:
     from benchmarks.compile.models import MODELS
 
@@ -137,7 +167,11 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--cache-dir")
     parser.add_argument("--spawned-at", type=float)
+    parser.add_argument("--plot", type=Path, help="only draw FILE.json's plot next to it (FILE.png)")
     args = parser.parse_args()
+    if args.plot:
+        plot(json.loads(args.plot.read_text())["results"], args.plot.with_suffix(".png"))
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.models[0], args.layers or None, args.checkpoint, args.cache_dir,
                                args.spawned_at)))
@@ -168,7 +202,9 @@ def main() -> int:
                         print(f"{model:>9} {variant:>16} {phase} {row.get('first_output_s', float('nan')):7.2f}s "
                               f"{row.get('phases_s', '')} diff {row.get('max_abs_diff_vs_eager', '')} "
                               f"{row.get('error', '')[-400:]}", flush=True)
-    print(write_results(args.out, "first_output", {"layers": args.layers, "results": results}))
+    path = write_results(args.out, "first_output", {"layers": args.layers, "results": results})
+    plot(results, path.with_suffix(".png"))
+    print(path)
     return 0
 
 
