@@ -96,8 +96,9 @@ class CompiledForward:
     a failure is raised by Dynamo before the traced code runs (whole-forward traces are full graphs), so
     the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning naming the
     error. Calls are made one at a time until one has succeeded (``regionc.warmup`` makes the first in
-    another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one after another, so a failure there is retried only before the first
-    call succeeded (later ones could come after blocks already wrote a cache). Per-block tracing also
+    another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one
+    after another, so a failure there is retried only before the first call succeeded (later ones could
+    come after blocks already wrote a cache). Per-block tracing also
     gives way after its first call if Dynamo compiled the block frame again and again in it (it
     specializes on a per-layer value): the blocks would compile per layer, or run eagerly past
     Dynamo's recompile limit.

@@ -13,12 +13,15 @@ the weights hold at that moment; its output is dropped. A real call that arrives
 for it (:class:`~regionc.tracing.compile.CompiledForward` serializes calls until one has succeeded).
 While it runs, Python's thread switch interval is :data:`SWITCH_INTERVAL_S` instead of 5 ms: the
 compile holds the GIL almost throughout, and a weight reader waits up to one interval each time it
-asks for the GIL again, which is several times per tensor. A CUDA build of torch that sees no CUDA device warms up in the calling thread instead (logged):
+asks for the GIL again, which is several times per tensor (Wan2.2-5B's 10 GB read beside a warm-up:
+3.7–4.9 s at 5 ms, 2.5–3.9 s at 0.5 ms, 1.7–3.1 s alone; ``benchmarks/results/compile_time/``).
+
+A CUDA build of torch that sees no CUDA device warms up in the calling thread instead (logged):
 there, Dynamo tracing in the warm-up thread while the caller's thread loaded a state dict crashed
 the process (torch 2.11, in ``FakeTensorMode.__enter__``, whose device-less set-up changes
-process-wide state). No CUDA graph is captured in a warm-up:
-the first call of an input shape only warms up (``regionc/cudagraph/module.py``), so nothing is
-captured while another thread copies weights.
+process-wide state). No CUDA graph is captured in a warm-up: the first call of an input shape only
+warms up (``regionc/cudagraph/module.py``), so nothing is captured while another thread copies
+weights.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from regionc.report import first_line
+from regionc.tracing.compile import CompiledForward
 
 log = logging.getLogger("regionc")
 
@@ -48,8 +52,6 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
     ``model`` must come from ``regionc.compile``. The future's ``result()`` re-raises what the forward
     raised (the failure is also logged); the model stays usable either way.
     """
-    from regionc.tracing.compile import CompiledForward
-
     if not isinstance(model, nn.Module) or not isinstance(model.__dict__.get("forward"), CompiledForward):
         raise TypeError(f"regionc.warmup: expected a model returned by regionc.compile, got {type(model).__name__}; "
                         "call regionc.compile(model) first")
@@ -63,7 +65,7 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
         try:
             with modes(), _switch_interval(SWITCH_INTERVAL_S):
                 model(*args, **kwargs)
-        except BaseException as exc:  # handed to the caller through the future
+        except Exception as exc:  # handed to the caller through the future
             log.warning("regionc: warm-up of %s failed (%s); the first call compiles instead", name, first_line(exc))
             future.set_exception(exc)
             return
@@ -76,8 +78,15 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
                     "device, and a trace in another thread beside eager work crashed there", name)
         run()
         return future
+
+    def in_thread() -> None:
+        try:
+            run()
+        except BaseException as exc:  # SystemExit and the like: the caller's result() must not wait forever
+            future.set_exception(exc)
+
     log.info("regionc: warming up %s in the background", name)
-    threading.Thread(target=run, name=f"regionc-warmup-{name}", daemon=True).start()
+    threading.Thread(target=in_thread, name=f"regionc-warmup-{name}", daemon=True).start()
     return future
 
 
