@@ -115,3 +115,29 @@ def test_the_switch_interval_is_short_during_a_warmup_and_restored_after():
     with _switch_interval(SWITCH_INTERVAL_S):
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_warmup_beside_a_weight_copy_then_graphs_on_the_real_calls():
+    """On CUDA with graphs: the warm-up compiles while the weights are copied in on the caller's thread;
+    nothing is captured then, the real calls capture and replay and match eager."""
+    cfg = LlamaConfig(n_layers=3, dim=256, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=1000)
+    torch.manual_seed(0)
+    reference = build_demo_model(cfg, dtype=torch.bfloat16, device="cuda")
+    torch.manual_seed(1)
+    model = regionc.compile(build_demo_model(cfg, dtype=torch.bfloat16, device="cuda"),
+                            options={"cache": False, "cudagraphs": True})
+    x = torch.randint(0, cfg.vocab_size, (2, 16), device="cuda")
+    with torch.no_grad():
+        job = regionc.warmup(model, x)
+        model.load_state_dict(reference.state_dict())
+        job.result(timeout=600)
+        graphs = [r.cudagraphs for r in regionc.reports() if r.cudagraphs]
+        assert not any(g.get("graphs", 0) for g in graphs), graphs  # the warm-up captured nothing
+        expected = reference(x)
+        for _ in range(3):
+            out = model(x)
+            assert ((out.float() - expected.float()).norm() / expected.float().norm()).item() < 2e-2
+    stats = next(r.cudagraphs for r in reversed(regionc.reports()) if r.cudagraphs)
+    assert stats["graphs"] > 0, stats
