@@ -57,13 +57,17 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
                         "call regionc.compile(model) first")
     future: Future = Future()
     future.set_running_or_notify_cancel()
-    modes = _thread_modes()
+    # grad mode, inference mode and the current CUDA device are per thread: the warm-up takes the caller's
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     name = type(model).__name__
 
     def run() -> None:
         start = time.perf_counter()
         try:
-            with modes(), _switch_interval(SWITCH_INTERVAL_S):
+            with (torch.inference_mode() if inference else torch.set_grad_enabled(grad),
+                  torch.cuda.device(device) if device is not None else contextlib.nullcontext(),
+                  _switch_interval(SWITCH_INTERVAL_S)):
                 model(*args, **kwargs)
         except Exception as exc:  # handed to the caller through the future
             log.warning("regionc: warm-up of %s failed (%s); the first call compiles instead", name, first_line(exc))
@@ -88,23 +92,6 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
     log.info("regionc: warming up %s in the background", name)
     threading.Thread(target=in_thread, name=f"regionc-warmup-{name}", daemon=True).start()
     return future
-
-
-def _thread_modes():
-    """A context manager factory that puts the calling thread's grad mode, inference mode and CUDA
-    device on another thread."""
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-
-    @contextlib.contextmanager
-    def modes():
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
-            if device is not None:
-                stack.enter_context(torch.cuda.device(device))
-            yield
-
-    return modes
 
 
 @contextlib.contextmanager
