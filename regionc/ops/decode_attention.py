@@ -24,17 +24,19 @@ Op (namespace ``regionc``)::
 CUDA kernels (bf16/fp16/fp32, D in {64, 128}; anything else runs the reference, logged once):
 
 * ``_decode_split_kernel``: grid ``(splits, B * Hkv)``. A program owns one KV head of one batch
-  row and one contiguous range of the cache, and serves all ``Hq/Hkv * Lq`` query rows that read
-  that head as the rows of one ``tl.dot`` tile, so each cache byte is read once per step. It
-  skips every key block past ``kv_len`` and every block the mask excludes entirely (the mask
-  block is read first: S bytes against 4·D·S bytes of K/V), which is what makes a step cost the
-  valid part of the cache, not its capacity. Online softmax in exp2, fp32 accumulation; it
+  row and every ``splits``-th key block of the cache (strided: the valid prefix of a long cache
+  is spread over all splits, so a step's latency follows the valid length divided by the split
+  count, not the capacity's), and serves all ``Hq/Hkv * Lq`` query rows that read that head as
+  the rows of one ``tl.dot`` tile, so each cache byte is read once per step. It skips every key
+  block past ``kv_len`` and every block the mask excludes entirely (the mask of all its blocks is
+  read first, in one load: S bytes against 4·D·S bytes of K/V), which is what makes a step cost
+  the valid part of the cache, not its capacity. Online softmax in exp2, fp32 accumulation; it
   writes the un-normalised partial output and (max, sum) per row and split.
 * ``_decode_reduce_kernel``: grid ``(B * Hq * Lq)``, combines the splits. With one split the
   first kernel writes the output itself and this launch is skipped.
 
-The split count is a runtime argument (only "one split" and the reduce's power-of-two bucket
-are compiled in, so new batch sizes rarely compile anew) and depends on shapes only (``_num_splits``), never on ``kv_len`` or mask values:
+The split count is a runtime argument (only "one split", the blocks-per-split power-of-two bucket
+and the reduce's power-of-two bucket are compiled in, so new batch sizes rarely compile anew) and depends on shapes only (``_num_splits``), never on ``kv_len`` or mask values:
 the launcher reads nothing from the GPU, so it has no host sync, the grid is the same on every
 replay, and the split workspace is one ``torch.empty`` whose size is fixed by the shapes — inside
 a CUDA-graph capture it comes from the graph's pool like any activation. CUDA-graph safe.
@@ -62,6 +64,9 @@ MIN_SPLIT_KEYS = 256
 #: programs per SM the split count aims at over the whole cache (a short valid length uses fewer)
 PROGRAMS_PER_SM = 8
 MAX_SPLITS = 64
+#: a split owns at most this many key blocks (their mask is one register tile); past
+#: MAX_SPLITS * this many blocks the split count grows instead
+MAX_BLOCKS_PER_SPLIT = 64
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 
@@ -82,7 +87,7 @@ if _utils.HAS_TRITON:
         stride_ob, stride_oh, stride_om,
         HKV, SEQ_K, BLOCKS_PER_SPLIT, N_SPLITS,
         HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, SINGLE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_P2: tl.constexpr,
         MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         split = tl.program_id(0)
@@ -102,30 +107,48 @@ if _utils.HAS_TRITON:
         v_base = V + b * stride_vb + kvh * stride_vh
         m_base = MASK + b * stride_mb + qi[:, None] * stride_mq
 
-        lo = split * BLOCKS_PER_SPLIT * BLOCK_N
-        hi = tl.minimum(lo + BLOCKS_PER_SPLIT * BLOCK_N, SEQ_K)
+        # this program's key blocks: split, split + N_SPLITS, split + 2 * N_SPLITS, ... (strided, so
+        # a short valid prefix of a long cache is spread over every split instead of the first few)
+        jj = tl.arange(0, BLOCKS_P2)
+        blk = split + jj * N_SPLITS
+        end = SEQ_K
         if HAS_LEN:
             kv_len = tl.load(KV_LEN + b * stride_lb).to(tl.int32)
-            hi = tl.minimum(hi, kv_len)  # no row sees past the last row's length: those blocks never load
+            end = tl.minimum(end, kv_len)  # no row sees past the last row's length: never loaded
             row_end = kv_len - (LQ - 1 - qi)
+        live = (jj < BLOCKS_PER_SPLIT) & (blk * BLOCK_N < end)
+        if MASK_KIND != 0:
+            # the mask of all of them in one load (S bytes against 4·D·S of K/V): a block no row may
+            # see is never read, and the check costs one memory latency, not one per block
+            cols2 = blk[:, None] * BLOCK_N + offs_n[None, :]
+            read = live[:, None] & (cols2 < end)
+            seen = tl.zeros([BLOCKS_P2], dtype=tl.int32)
+            for i in tl.static_range(LQ):
+                ptr = MASK + b * stride_mb + i * stride_mq + cols2 * stride_mn
+                if MASK_KIND == 1:
+                    ok = tl.load(ptr, mask=read, other=0) != 0
+                else:
+                    ok = tl.load(ptr, mask=read, other=float("-inf")).to(tl.float32) != float("-inf")
+                seen = tl.maximum(seen, tl.max(ok.to(tl.int32), 1))
+            live = live & (seen > 0)
+        live = live.to(tl.int32)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        for start in range(lo, hi, BLOCK_N):
-            cols = start + offs_n
-            in_range = cols < hi
-            valid = row_ok[:, None] & in_range[None, :]
-            if HAS_LEN:
-                valid = valid & (cols[None, :] < row_end[:, None])
-            if MASK_KIND == 1:
-                mv = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=0)
-                valid = valid & (mv != 0)
-            elif MASK_KIND == 2:
-                bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
-                valid = valid & (bias != float("-inf"))
-            # a block no row may see is skipped before its K/V are read
-            if tl.max(tl.max(valid.to(tl.int32), 1), 0) > 0:
+        for j in range(0, BLOCKS_PER_SPLIT):
+            if tl.sum(tl.where(jj == j, live, 0), 0) > 0:
+                cols = (split + j * N_SPLITS) * BLOCK_N + offs_n
+                in_range = cols < end
+                valid = row_ok[:, None] & in_range[None, :]
+                if HAS_LEN:
+                    valid = valid & (cols[None, :] < row_end[:, None])
+                if MASK_KIND == 1:
+                    mv = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=0)
+                    valid = valid & (mv != 0)
+                elif MASK_KIND == 2:
+                    bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
+                    valid = valid & (bias != float("-inf"))
                 k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
                             mask=in_range[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -184,10 +207,11 @@ if _utils.HAS_TRITON:
 
 def _num_splits(batch_heads: int, seq: int, block_n: int, sms: int) -> int:
     """Splits of the cache per (batch, kv head): enough programs for ``PROGRAMS_PER_SM`` per SM
-    over a full cache, none shorter than ``MIN_SPLIT_KEYS`` keys, at most ``MAX_SPLITS``."""
+    over a full cache, none shorter than ``MIN_SPLIT_KEYS`` keys, at most ``MAX_SPLITS`` unless a
+    split would own more than ``MAX_BLOCKS_PER_SPLIT`` blocks."""
     blocks = -(-seq // block_n)
     want = -(-PROGRAMS_PER_SM * sms // max(batch_heads, 1))
-    n = max(1, min(blocks, -(-seq // MIN_SPLIT_KEYS), want, MAX_SPLITS))
+    n = max(1, min(blocks, -(-seq // MIN_SPLIT_KEYS), want, MAX_SPLITS), -(-blocks // MAX_BLOCKS_PER_SPLIT))
     per = -(-blocks // n)
     return -(-blocks // per)
 
@@ -254,6 +278,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         HKV, S, per_split, splits,
         HEAD_DIM=D, GROUP=group, LQ=LQ, SINGLE=splits == 1,
         BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
+        BLOCKS_P2=max(2, _utils.next_power_of_2(per_split)),
         MASK_KIND=kind, HAS_LEN=kv_len is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,

@@ -66,6 +66,8 @@ CASES = [
     ((2, 4, 2, 1, 96, 128), {"block_n": 16, "num_splits": 3}, [70, 20], "bool_b1"),   # both, mask broadcast over B
     ((4, 4, 1, 1, 40, 64), {}, [5, 40, 0, 33], None),                                  # default heuristics, an empty row
     ((1, 2, 2, 1, 33, 64), {"block_n": 16, "num_splits": 2}, None, "gptfast"),        # [1, 1, Lq, S] position mask
+    ((2, 4, 2, 2, 200, 64), {"block_n": 16, "num_splits": 4}, [37, 190], "bool"),     # 13 blocks strided over 4 splits
+    ((1, 4, 2, 1, 520, 64), {}, None, "gptfast"),                                      # default split count and block
 ]
 
 
@@ -113,7 +115,7 @@ expect("decode strided views, shared kv_len, scale", decode_attention_triton(q, 
 
 # skipping, seen through poison: K/V past kv_len, and keys the mask excludes, hold NaN; a kernel
 # that let them into the PV product would return NaN (0 * NaN). One split: the masked blocks lie
-# inside the range it reads; three: they lie between ranges and are never loaded.
+# among the blocks it owns; three: each split owns some of them (splits own every third block).
 for mkind, splits in (("len", 3), ("mask", 3), ("mask", 1)):
     q = rand(2, 4, 1, 64, dtype=torch.float16)
     kc, vc = rand(2, 2, 96, 64, dtype=torch.float16), rand(2, 2, 96, 64, dtype=torch.float16)
