@@ -36,8 +36,8 @@ def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str |
     passes = PassManager(config, device_of(example_inputs))
     compiler = GraphCompiler(config, store=open_store(config), passes=passes)
     with report.phase("total"):
-        split, pieces = compiler.compile(gm, example_inputs, report)
-    program = make_program(gm, split, pieces, example_inputs, config, report)
+        split, pieces, job = compiler.compile(gm, example_inputs, report)
+    program = make_program(gm, split, pieces, example_inputs, config, report, job)
     log.info(report.summary())
     if report.stacks and not report.inlined_regions:
         _say_every_block_was_traced(report)

@@ -10,10 +10,13 @@ warning naming it and the reason.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -25,6 +28,7 @@ from regionc.blocks.fingerprint import Fingerprint, describe_value, fingerprint_
 from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
+from regionc.compiler import background
 from regionc.compiler.inductor import PIECE_DEFAULTS, compile_piece, load_stored_piece
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
@@ -48,8 +52,10 @@ class GraphCompiler:
         self.codegen = {**config.codegen_options(), "passes_version": passes.uuid() if passes is not None else None}
 
     def compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
-                report: Report) -> tuple[torch.fx.GraphModule, list[Piece]]:
-        """The split module, each piece's forward replaced by its compiled code, and the pieces in order."""
+                report: Report) -> tuple[torch.fx.GraphModule, list[Piece], Future | None]:
+        """The split module, each piece's forward replaced by its compiled code, the pieces in order,
+        and, when the pieces compile in the background, that job (the split module's pieces then run
+        eagerly, each until the job installs its compiled code)."""
         with report.phase("detect"):
             self._inline_nested_regions(gm, report)
             owners = detect_blocks(gm.graph, self.config.min_instances)
@@ -67,40 +73,68 @@ class GraphCompiler:
         patches = {**PIECE_DEFAULTS, **self.config.inductor_config,
                    **(self.passes.inductor_config_patches() if self.passes is not None else {})}
         device = device_of(example_inputs)
-        done: dict[str, Callable[..., Any] | None] = {}
-        keys: dict[str, str] = {}  # fingerprint -> store key of its artifact
+        uniques: dict[str, _Unique] = {}
+        instances: list[tuple[Piece, PieceRecord, _Unique]] = []
         for piece in pieces:
             fingerprint = prints[piece.name]
             record = PieceRecord(piece.name, piece.kind, piece.label if piece.block else None, fingerprint.short)
-            if fingerprint.digest in done:
-                fn, record.source = done[fingerprint.digest], "reused"
-                record.key = keys.get(fingerprint.digest, "")
-                if fn is None:
-                    record.source, record.reason = "eager", "its fingerprint failed to compile"
+            unique = uniques.get(fingerprint.digest)
+            if unique is None:
+                unique = uniques[fingerprint.digest] = _Unique(piece, fingerprint, record)
             else:
-                fn = self._obtain(piece, split.get_submodule(piece.name), inputs[piece.name], fingerprint,
-                                  patches, device, record, report)
-                done[fingerprint.digest] = fn
-                keys[fingerprint.digest] = record.key
-                if self.passes is not None:
-                    record.pass_matches = self.passes.take_matches()
-                    report.pass_matches.update(record.pass_matches)
-                    report.pass_skips.extend(f"{piece.label}: {skip}" for skip in self.passes.take_skips())
-            if fn is not None:
-                split.__dict__[piece.name] = fn  # shadows the submodule: the FX code calls self.<name>(...)
+                record.source = "reused"
+            instances.append((piece, record, unique))
             report.pieces.append(record)
-        return split, pieces
+
+        def obtain(unique: _Unique) -> None:
+            unique.fn = self._obtain(unique.piece, split.get_submodule(unique.piece.name), inputs[unique.piece.name],
+                                     unique.fingerprint, patches, device, unique.record, report)
+            if self.passes is not None:
+                unique.record.pass_matches = self.passes.take_matches()
+                report.pass_matches.update(unique.record.pass_matches)
+                report.pass_skips.extend(f"{unique.piece.label}: {skip}" for skip in self.passes.take_skips())
+            for piece, record, owner in instances:
+                if owner is not unique:
+                    continue
+                if record is not unique.record:
+                    record.key = unique.record.key
+                    if unique.fn is None:
+                        record.source, record.reason = "eager", "its fingerprint failed to compile"
+                if unique.fn is not None:
+                    split.__dict__[piece.name] = unique.fn  # shadows the submodule: the FX code calls self.<name>(...)
+
+        why_not = self._why_not_in_background(example_inputs)
+        if why_not:
+            for unique in uniques.values():
+                obtain(unique)
+            return split, pieces, None
+        # the keys now, so the program's recipe names them; the eager pieces run copies of the
+        # piece graphs, never the graphs Inductor is compiling (its passes rewrite them in place)
+        for unique in uniques.values():
+            unique.record.key = self._key(unique.fingerprint, inputs[unique.piece.name], device)[0] if self._cached else ""
+        for piece, record, unique in instances:
+            record.key = unique.record.key
+            split.__dict__[piece.name] = _eager_copy(split.get_submodule(piece.name))
+        callers_state = _callers_state()
+
+        def obtain_all() -> None:
+            for unique in uniques.values():
+                with callers_state():
+                    obtain(unique)
+            log.info("%s (in the background)", report.summary())
+
+        job = background.submit(obtain_all)
+        log.info("regionc: graph %d runs eagerly while %d unique piece(s) compile in the background",
+                 report.graph_index, len(uniques))
+        return split, pieces, job
 
     # ------------------------------------------------------------------ one unique piece
     def _obtain(self, piece: Piece, submodule: torch.fx.GraphModule, inputs: list[Any], fingerprint: Fingerprint,
                 patches: dict, device: torch.device, record: PieceRecord, report: Report):
         """Compiled callable for a new fingerprint: from the disk cache, else Inductor; None → eager."""
-        if self.store is None or not self.store.readable:
+        if not self._cached:
             return self._compile(piece, submodule, inputs, patches, record, report)[0]
-        from regionc.cache.key import environment_factors, piece_key
-
-        key, factors = piece_key(fingerprint.digest, [describe_value(v) for v in inputs],
-                                 self.codegen, environment_factors(device))
+        key, factors = self._key(fingerprint, inputs, device)
         record.key = key
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
@@ -123,6 +157,29 @@ class GraphCompiler:
             else:
                 record.key = ""
             return fn
+
+    @property
+    def _cached(self) -> bool:
+        return self.store is not None and self.store.readable
+
+    def _key(self, fingerprint: Fingerprint, inputs: list[Any], device: torch.device) -> tuple[str, dict]:
+        from regionc.cache.key import environment_factors, piece_key
+
+        return piece_key(fingerprint.digest, [describe_value(v) for v in inputs], self.codegen,
+                         environment_factors(device))
+
+    def _why_not_in_background(self, example_inputs: Sequence[Any]) -> str:
+        """Why this graph compiles in the calling thread ("" when it may compile in the background)."""
+        if not self.config.background_compile:
+            return "off"
+        if any(_symbolic(v) for v in example_inputs):
+            why = "its inputs have symbolic sizes (Inductor may add guards on them while it compiles)"
+        elif torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
+            why = "autocast is on"
+        else:
+            return ""
+        log.info("regionc: compiling in the calling thread, not in the background: %s", why)
+        return why
 
     def _compile(self, piece, submodule, inputs, patches, record, report):
         """(callable, serialized payload); (None, None) when the piece falls back to eager."""
@@ -173,6 +230,51 @@ class GraphCompiler:
                 log.warning("regionc: %s (a per-layer constant in the block breaks reuse)", message)
                 report.reuse_breakers.append(message)
             seen[stack].add(digest)
+
+
+@dataclasses.dataclass
+class _Unique:
+    """One fingerprint: the first piece that has it, and its record, get the compiled code."""
+
+    piece: Piece
+    fingerprint: Fingerprint
+    record: PieceRecord
+    fn: Callable[..., Any] | None = None
+
+
+def _symbolic(value: Any) -> bool:
+    if isinstance(value, torch.SymInt):
+        return True
+    if isinstance(value, torch.Tensor):
+        return any(isinstance(x, torch.SymInt) for x in (*value.shape, *value.stride(), value.storage_offset()))
+    return False
+
+
+def _eager_copy(submodule: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A module running the same graph as ``submodule`` (sharing its attributes), not its graph object."""
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(submodule.graph, {}))
+    return torch.fx.GraphModule(submodule, graph)
+
+
+def _callers_state() -> Callable[[], contextlib.AbstractContextManager]:
+    """A context (to enter in another thread) with this thread's grad and inference mode, CUDA device
+    and Dynamo tracing context (all per thread in torch, all read by a compile), and Dynamo's compile lock."""
+    from torch._dynamo.convert_frame import compile_lock
+    from torch._guards import TracingContext, tracing
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    context = TracingContext.try_get()
+
+    @contextlib.contextmanager
+    def state():
+        with (torch.inference_mode() if inference else torch.set_grad_enabled(grad),
+              torch.cuda.device(device) if device is not None else contextlib.nullcontext(),
+              tracing(context), compile_lock):
+            yield
+
+    return state
 
 
 def device_of(example_inputs: Sequence[Any]) -> torch.device:

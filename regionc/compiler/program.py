@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import pickle
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -26,10 +27,11 @@ import torch.fx
 
 from regionc.blocks.split import Piece
 from regionc.cache import open_store
+from regionc.compiler import background
 from regionc.compiler.inductor import load_stored_piece
 from regionc.config import Config
 from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
-from regionc.report import PieceRecord, Report
+from regionc.report import PieceRecord, Report, first_line
 
 log = logging.getLogger("regionc")
 
@@ -55,14 +57,40 @@ class Recipe:
 
 
 class CompiledProgram(SerializableCallable):
-    def __init__(self, run: Callable[..., Any], report: Report, recipe: Recipe | None, why_not_saveable: str = ""):
+    def __init__(self, run: Callable[..., Any], report: Report, recipe: Recipe | None, why_not_saveable: str = "",
+                 pending: _Pending | None = None):
         self.run = run
         self.regionc_report = report
         self.recipe = recipe
         self.why_not_saveable = why_not_saveable
+        self.pending = pending
 
     def __call__(self, *args: Any) -> Any:
+        if self.pending is not None:
+            self._settle()
         return self.run(*args)
+
+    def _settle(self) -> None:
+        """Switch to the finished program once the background job is done (and, when it uses CUDA
+        graphs, once nothing else is compiling: no capture beside a compile). Until then ``run`` is
+        the split module, whose pieces the job swaps for compiled code one by one."""
+        pending = self.pending
+        pending.eager_calls += 1
+        if not pending.job.done() or (pending.needs_quiet and background.busy()):
+            return
+        self.pending = None
+        report = self.regionc_report
+        error = pending.job.exception()
+        if error is not None:
+            if pending.strict:
+                raise error
+            log.warning("regionc: graph %d: background compile failed (%s); its unfinished pieces run eagerly",
+                        report.graph_index, first_line(error))
+            report.fallbacks.append(f"background compile: {first_line(error)}")
+            return
+        self.run = pending.finish()
+        log.info("regionc: graph %d runs its compiled pieces from call %d on (earlier calls ran eagerly)",
+                 report.graph_index, pending.eager_calls)
 
     # ------------------------------------------------------------------ SerializableCallable
     @classmethod
@@ -93,9 +121,22 @@ def loading_programs(config: Config, report: Report):
         _loading.reset(token)
 
 
+@dataclasses.dataclass
+class _Pending:
+    """A program whose pieces compile in the background (regionc/compiler/background.py)."""
+
+    job: Future
+    finish: Callable[[], Callable[..., Any]]  # the program to run once the job is done
+    needs_quiet: bool  # it captures CUDA graphs: switch only when no job runs in the process
+    strict: bool
+    eager_calls: int = 0
+
+
 def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: Sequence[Piece],
-                 example_inputs: Sequence[Any], config: Config, report: Report) -> CompiledProgram:
-    """The backend's result for ``split`` (its pieces already installed), with a recipe when possible."""
+                 example_inputs: Sequence[Any], config: Config, report: Report,
+                 job: Future | None = None) -> CompiledProgram:
+    """The backend's result for ``split`` (its pieces installed, or being installed by the background
+    ``job``), with a recipe when possible."""
     from regionc.cudagraph.piecewise import plan_cudagraphs
     from regionc.cudagraph.runner import should_use_cudagraphs
 
@@ -109,8 +150,12 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
         why = f"no cached artifact for {', '.join(missing)} (compiled in memory only, or ran eagerly)"
     else:
         recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan)
-    run = install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
-    return CompiledProgram(run, report, recipe, why)
+    def finish() -> Callable[..., Any]:
+        return install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
+
+    if job is None:
+        return CompiledProgram(finish(), report, recipe, why)
+    return CompiledProgram(split, report, recipe, why, _Pending(job, finish, plan is not None, config.strict))
 
 
 def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:

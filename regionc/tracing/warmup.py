@@ -11,7 +11,8 @@ The warm-up is one forward call in a daemon thread, run under the caller's grad 
 and CUDA device (they are per thread in torch, and part of what Dynamo guards on), on whatever values
 the weights hold at that moment; its output is dropped. A real call that arrives while it runs waits
 for it (:class:`~regionc.tracing.compile.CompiledForward` serializes calls until one has succeeded).
-While it runs, Python's thread switch interval is :data:`SWITCH_INTERVAL_S` instead of 5 ms: the
+While it runs, Python's thread switch interval is
+:data:`~regionc.compiler.background.SWITCH_INTERVAL_S` instead of 5 ms: the
 compile holds the GIL almost throughout, and a weight reader waits up to one interval each time it
 asks for the GIL again, which is several times per tensor (Wan2.2-5B's 10 GB read beside a warm-up:
 3.7–4.9 s at 5 ms, 2.5–3.9 s at 0.5 ms, 1.7–3.1 s alone; ``benchmarks/results/compile_time/``).
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -37,14 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from regionc.compiler.background import SWITCH_INTERVAL_S, switch_interval
 from regionc.report import first_line
 from regionc.tracing.compile import CompiledForward
 
 log = logging.getLogger("regionc")
-
-#: Python's thread switch interval while a warm-up runs (the default is 5 ms).
-SWITCH_INTERVAL_S = 0.0005
-
 
 def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
     """Run ``model(*args, **kwargs)`` once in a background thread; returns a future of the elapsed seconds.
@@ -67,7 +64,7 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
         try:
             with (torch.inference_mode() if inference else torch.set_grad_enabled(grad),
                   torch.cuda.device(device) if device is not None else contextlib.nullcontext(),
-                  _switch_interval(SWITCH_INTERVAL_S)):
+                  switch_interval(SWITCH_INTERVAL_S)):
                 model(*args, **kwargs)
         except Exception as exc:  # handed to the caller through the future
             log.warning("regionc: warm-up of %s failed (%s); the first call compiles instead", name, first_line(exc))
@@ -92,15 +89,3 @@ def warmup(model: nn.Module, *args: Any, **kwargs: Any) -> Future:
     log.info("regionc: warming up %s in the background", name)
     threading.Thread(target=in_thread, name=f"regionc-warmup-{name}", daemon=True).start()
     return future
-
-
-@contextlib.contextmanager
-def _switch_interval(seconds: float):
-    """Python's thread switch interval at most ``seconds`` inside; put back after, unless changed meanwhile."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
-    try:
-        yield
-    finally:
-        if sys.getswitchinterval() == min(before, seconds):
-            sys.setswitchinterval(before)

@@ -108,11 +108,11 @@ def test_warmup_refuses_what_regionc_compile_did_not_return(target):
 
 
 def test_the_switch_interval_is_short_during_a_warmup_and_restored_after():
-    from regionc.tracing.warmup import SWITCH_INTERVAL_S, _switch_interval
+    from regionc.compiler.background import SWITCH_INTERVAL_S, switch_interval
 
     before = sys.getswitchinterval()
     assert before > SWITCH_INTERVAL_S
-    with _switch_interval(SWITCH_INTERVAL_S):
+    with switch_interval(SWITCH_INTERVAL_S):
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
     assert sys.getswitchinterval() == before
 

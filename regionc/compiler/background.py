@@ -1,0 +1,103 @@
+"""Compiling in the background: a graph's pieces compile (or load) off the calling thread while
+the graph runs eagerly, then the calls switch to the compiled code.
+
+With ``background_compile`` on, the backend hands Dynamo its program as soon as the graph is split:
+the first output costs Dynamo's trace plus one eager forward instead of the trace plus every
+unique piece's compile, and a server answers its first requests at eager speed instead of waiting
+seconds for Inductor. Each piece is swapped for its compiled code the moment that code is ready;
+CUDA graphs start once the whole process has nothing left compiling. Inductor's experimental
+async mode (``TORCHINDUCTOR_FX_COMPILE_MODE=async+subprocess``) runs graphs eagerly while they
+compile in the same way, but it bypasses the caches regionc's store is built on, so regionc
+does it per piece, around its own store.
+
+What keeps it safe, and what it costs:
+
+* One worker thread for the process, so jobs run one after another in the order their graphs were
+  traced (the first graph's pieces first), and each piece's compile holds Dynamo's compile lock:
+  Dynamo and Inductor keep process-wide state (config patches, counters, metrics) that expects one
+  compile at a time. A new Dynamo trace in the caller's thread waits for the piece being compiled
+  at that moment, not for the whole job.
+* Only graphs whose inputs have static shapes, under no autocast: Dynamo has installed the graph's
+  guards by the time a background compile runs, so a guard Inductor adds on a symbolic size, or a
+  global state it reads, would be missed. Other graphs compile in the calling thread (logged).
+* Nothing is captured as a CUDA graph while a job runs anywhere in the process (:func:`busy`): a
+  capture must be the only CUDA work of the process, and a piece captured while still eager would
+  keep its eager code for good.
+* The eager forward does not get regionc's fusion passes or Inductor's fusion: until the switch a
+  call costs what eager PyTorch costs, and the GIL is shared with the compile (Python's switch
+  interval is :data:`SWITCH_INTERVAL_S` while jobs run, so the caller gets it back sooner).
+
+:func:`wait` blocks until every job submitted so far is done (``regionc.wait_compiled``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any
+
+log = logging.getLogger("regionc")
+
+#: Python's thread switch interval while background work runs (the default is 5 ms).
+SWITCH_INTERVAL_S = 0.0005
+
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+_jobs: set[Future] = set()
+_interval_before: float | None = None
+
+
+def submit(job: Callable[[], Any]) -> Future:
+    """Run ``job`` on the background compile thread; its future holds what it returned or raised."""
+    global _executor, _interval_before
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regionc-compile")
+        if not _jobs:
+            _interval_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_interval_before, SWITCH_INTERVAL_S))
+        future = _executor.submit(job)
+        _jobs.add(future)
+    future.add_done_callback(_finished)
+    return future
+
+
+def _finished(future: Future) -> None:
+    global _interval_before
+    with _lock:
+        _jobs.discard(future)
+        if not _jobs and _interval_before is not None:
+            if sys.getswitchinterval() == min(_interval_before, SWITCH_INTERVAL_S):
+                sys.setswitchinterval(_interval_before)
+            _interval_before = None
+
+
+def busy() -> bool:
+    """Whether a background job is queued or running anywhere in this process."""
+    return bool(_jobs)
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until every background compile submitted so far has finished (or ``timeout`` seconds
+    passed); True when none is left. Failures are not raised here: they were logged, and the pieces
+    concerned run eagerly (or, with ``strict``, their graph's next call raises)."""
+    with _lock:
+        jobs = list(_jobs)
+    return not wait_futures(jobs, timeout=timeout).not_done
+
+
+@contextlib.contextmanager
+def switch_interval(seconds: float):
+    """Python's thread switch interval at most ``seconds`` inside; put back after, unless changed meanwhile."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        if sys.getswitchinterval() == min(before, seconds):
+            sys.setswitchinterval(before)
