@@ -1,7 +1,9 @@
 """Cold and warm time to first output: regionc against per-block compile and full graph, on real models.
 
 Variants: ``torch.compile(backend="regionc")``, ``regionc.compile`` (each block traced once; a
-warm start loads the saved Dynamo trace instead of tracing), full-graph ``torch.compile``,
+warm start loads the saved Dynamo trace instead of tracing), both with ``background_compile``
+(``*_bg``: the first output comes from the eager graph while the pieces compile; ``compiled_s``
+says when the compiled code was ready, from the same start), full-graph ``torch.compile``,
 per-block ``.compile()`` and ``nested_compile_region`` on the block class under full-graph
 Inductor. Every measurement is a new process (a server restart); ``--repeats N`` measures each
 variant N times, interleaved, and reports the median run (first calls vary by a second or more
@@ -38,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-VARIANTS = ("regionc", "regionc_compile", "full_graph", "per_block", "nested_region")
+VARIANTS = ("regionc", "regionc_compile", "regionc_bg", "regionc_compile_bg", "full_graph", "per_block", "nested_region")
 
 
 def child(variant: str, model_name: str, layers: int | None, cache_dir: str, time_runtime: bool,
@@ -70,9 +72,11 @@ def child(variant: str, model_name: str, layers: int | None, cache_dir: str, tim
     if profiler is not None:
         profiler.enable()
     options = {"cache_dir": cache_dir, "cudagraphs": False, **(regionc_options or {})}
-    if variant == "regionc":
+    if variant.endswith("_bg"):
+        options["background_compile"] = True
+    if variant in ("regionc", "regionc_bg"):
         run = torch.compile(model, backend="regionc", options=options)
-    elif variant == "regionc_compile":
+    elif variant in ("regionc_compile", "regionc_compile_bg"):
         run = regionc.compile(model, options=options)
     elif variant == "full_graph":
         run = torch.compile(model)
@@ -95,6 +99,12 @@ def child(variant: str, model_name: str, layers: int | None, cache_dir: str, tim
         if reference is not None:
             result["eager_first_s"] = eager_first_s
             result["max_abs_diff_vs_eager"] = (out.float() - reference.float()).abs().max().item()
+        if variant.endswith("_bg"):  # the first output ran eagerly: when did the compiled code take over?
+            regionc.wait_compiled()
+            result["compiled_s"] = time.perf_counter() - start
+            out = work.output(run(**inputs))  # the switch
+            if reference is not None:
+                result["max_abs_diff_compiled_vs_eager"] = (out.float() - reference.float()).abs().max().item()
         if time_runtime:
             result["step_ms"] = cuda_median_ms(lambda: run(**inputs), warmup=3, iters=20)
         if variant.startswith("regionc"):
@@ -181,6 +191,10 @@ def plot(results: dict, path: Path) -> None:
         for offset, phase in ((-0.2, "cold"), (0.2, "warm")):
             values = [by_variant[v][phase].get("first_call_s", 0.0) for v in variants]
             ax.bar([i + offset for i in range(len(variants))], values, width=0.4, label=phase)
+            ready = [(i + offset, by_variant[v][phase]["compiled_s"]) for i, v in enumerate(variants)
+                     if "compiled_s" in by_variant[v][phase]]
+            if ready:  # background compile: when the compiled code took over from the eager forward
+                ax.scatter(*zip(*ready), marker="_", s=300, color="black", label=f"{phase}: compiled code ready")
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
         ax.set_title(f"{model} ({depth})")
         ax.grid(alpha=0.3, axis="y")
@@ -250,9 +264,11 @@ def main() -> int:
                     "warm_samples_s": [r.get("first_call_s") for r in samples[variant]["warm"]],
                     "step_ms_samples": [r.get("step_ms") for r in samples[variant]["warm"]]}
                 write_results(args.out, "compile_time", {"results": results})
+                ready = (f"compiled at {cold.get('compiled_s', float('nan')):.2f}s / "
+                         f"{warm.get('compiled_s', float('nan')):.2f}s  " if variant.endswith("_bg") else "")
                 print(f"{model:>9} {depth:<10} {label:>16} cold {cold.get('first_call_s', float('nan')):7.2f}s  "
                       f"warm {warm.get('first_call_s', float('nan')):7.2f}s  "
-                      f"step {warm.get('step_ms', float('nan')):7.2f} ms  "
+                      f"step {warm.get('step_ms', float('nan')):7.2f} ms  {ready}"
                       f"{cold.get('error', '')[-300:]}{warm.get('error', '')[-300:]}", flush=True)
     plot(results, Path(args.out) / "compile_time.png")
     print(f"wrote {path}")

@@ -41,6 +41,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+import torch
+
 log = logging.getLogger("regionc")
 
 #: Python's thread switch interval while background work runs (the default is 5 ms).
@@ -101,3 +103,23 @@ def switch_interval(seconds: float):
     finally:
         if sys.getswitchinterval() == min(before, seconds):
             sys.setswitchinterval(before)
+
+
+def callers_state() -> Callable[[], contextlib.AbstractContextManager]:
+    """A context (to enter in another thread) with this thread's grad and inference mode, CUDA device
+    and Dynamo tracing context (all per thread in torch, all read by a compile), and Dynamo's compile lock."""
+    from torch._dynamo.convert_frame import compile_lock
+    from torch._guards import TracingContext, tracing
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    context = TracingContext.try_get()
+
+    @contextlib.contextmanager
+    def state():
+        with (torch.inference_mode() if inference else torch.set_grad_enabled(grad),
+              torch.cuda.device(device) if device is not None else contextlib.nullcontext(),
+              tracing(context), compile_lock):
+            yield
+
+    return state

@@ -10,7 +10,6 @@ warning naming it and the reason.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -115,7 +114,7 @@ class GraphCompiler:
         for piece, record, unique in instances:
             record.key = unique.record.key
             split.__dict__[piece.name] = _eager_copy(split.get_submodule(piece.name))
-        callers_state = _callers_state()
+        callers_state = background.callers_state()
 
         def obtain_all() -> None:
             for unique in uniques.values():
@@ -255,26 +254,6 @@ def _eager_copy(submodule: torch.fx.GraphModule) -> torch.fx.GraphModule:
     graph = torch.fx.Graph()
     graph.output(graph.graph_copy(submodule.graph, {}))
     return torch.fx.GraphModule(submodule, graph)
-
-
-def _callers_state() -> Callable[[], contextlib.AbstractContextManager]:
-    """A context (to enter in another thread) with this thread's grad and inference mode, CUDA device
-    and Dynamo tracing context (all per thread in torch, all read by a compile), and Dynamo's compile lock."""
-    from torch._dynamo.convert_frame import compile_lock
-    from torch._guards import TracingContext, tracing
-
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    context = TracingContext.try_get()
-
-    @contextlib.contextmanager
-    def state():
-        with (torch.inference_mode() if inference else torch.set_grad_enabled(grad),
-              torch.cuda.device(device) if device is not None else contextlib.nullcontext(),
-              tracing(context), compile_lock):
-            yield
-
-    return state
 
 
 def device_of(example_inputs: Sequence[Any]) -> torch.device:

@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - older torch: programs are never saved
     SerializableCallable = object  # type: ignore[assignment,misc]
 
 #: Bump when the recipe's layout changes (old saved traces then fail to load and are re-traced).
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2
 
 #: The config and report a program being loaded should use (set by the code that loads a trace).
 _loading: contextvars.ContextVar[tuple[Config, Report] | None] = contextvars.ContextVar("regionc_loading", default=None)
@@ -159,35 +159,74 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
 
 
 def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
-    """The program ``recipe`` describes, its pieces loaded from the store (raises if one is missing)."""
+    """The program ``recipe`` describes, its pieces loaded from the store (raises if one is missing).
+
+    With ``background_compile``, and every piece's graph in the skeleton, the pieces load on the
+    background thread and run eagerly until then; a missing artifact then fails that job (logged),
+    and the piece stays eager."""
     store = open_store(config)
     if store is None:
         raise RuntimeError("regionc: the cache is off, so a saved program cannot load its pieces")
     split = pickle.loads(recipe.skeleton)
     report.stacks = dict(recipe.stacks)
-    loaded: dict[str, Callable[..., Any]] = {}
-    for piece in recipe.pieces:
-        key = recipe.keys[piece.name]
-        record = PieceRecord(piece.name, piece.kind, piece.label if piece.block else None, "", key=key)
-        if key in loaded:
-            record.source = "reused"
-        else:
-            loaded[key] = load_stored_piece(store, key, record, report)
-            if loaded[key] is None:
-                raise RuntimeError(f"regionc: the artifact of {piece.name} ({piece.label}) is no longer in the cache")
-        split.__dict__[piece.name] = loaded[key]
-        report.pieces.append(record)
     plan = recipe.cudagraph_plan if config.cudagraphs is not False else None
-    run = install_cudagraphs(split, recipe.pieces, plan, config, report) if plan is not None else split
-    return CompiledProgram(run, report, recipe)
+    records = [PieceRecord(p.name, p.kind, p.label if p.block else None, "", key=recipe.keys[p.name])
+               for p in recipe.pieces]
+    report.pieces.extend(records)
+
+    def load_all(state=contextlib.nullcontext) -> None:
+        loaded: dict[str, Callable[..., Any]] = {}
+        for piece, record in zip(recipe.pieces, records):
+            if record.key in loaded:
+                record.source = "reused"
+            else:
+                with state():
+                    fn = load_stored_piece(store, record.key, record, report)
+                if fn is None:
+                    raise RuntimeError(f"regionc: the artifact of {piece.name} ({piece.label}) is no longer in the cache")
+                loaded[record.key] = fn
+            split.__dict__[piece.name] = loaded[record.key]
+
+    def finish() -> Callable[..., Any]:
+        return install_cudagraphs(split, recipe.pieces, plan, config, report) if plan is not None else split
+
+    eager = all(isinstance(split.get_submodule(p.name), torch.fx.GraphModule) for p in recipe.pieces)
+    if not (config.background_compile and eager):
+        load_all()
+        return CompiledProgram(finish(), report, recipe)
+    state = background.callers_state()
+    job = background.submit(lambda: load_all(state))
+    log.info("regionc: graph %d runs eagerly while %d piece artifact(s) load in the background",
+             report.graph_index, len(set(recipe.keys.values())))
+    return CompiledProgram(split, report, recipe, pending=_Pending(job, finish, plan is not None, config.strict))
+
+
+#: A piece whose graph holds more tensor bytes than this (weights as attributes, not inputs) is left
+#: out of the skeleton: that piece, and so its program, cannot run eagerly while a saved trace loads.
+SKELETON_TENSOR_BYTES = 1 << 20
 
 
 def _skeleton(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
-    """``split``'s code with each piece an empty module: it pickles without fake tensors or weights."""
+    """``split``'s code, each piece its graph without node meta (what runs eagerly while the compiled
+    pieces load) or, when it holds large tensors, an empty module: it pickles without fake tensors or weights."""
+    try:
+        return pickle.dumps(_without_meta(split, {p.name: _eager_piece(split.get_submodule(p.name)) for p in pieces}))
+    except Exception as exc:  # noqa: BLE001 - a graph that does not pickle: the pieces load before the first call
+        log.info("regionc: saving the program without its piece graphs (%s): a load cannot run it eagerly",
+                 first_line(exc))
+        return pickle.dumps(_without_meta(split, {p.name: torch.nn.Module() for p in pieces}))
+
+
+def _eager_piece(piece: torch.fx.GraphModule) -> torch.nn.Module:
+    held = sum(t.numel() * t.element_size() for t in [*piece.parameters(), *piece.buffers()])
+    held += sum(v.numel() * v.element_size() for v in piece.__dict__.values() if isinstance(v, torch.Tensor))
+    return torch.nn.Module() if held > SKELETON_TENSOR_BYTES else _without_meta(piece, piece)
+
+
+def _without_meta(module: torch.fx.GraphModule, root: torch.nn.Module | dict) -> torch.fx.GraphModule:
     graph = torch.fx.Graph()
-    values: dict[torch.fx.Node, torch.fx.Node] = {}
-    graph.output(graph.graph_copy(split.graph, values))
+    graph.output(graph.graph_copy(module.graph, {}))
     for node in graph.nodes:
         node.meta = {}
-    return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, graph))
+    return torch.fx.GraphModule(root, graph)
 

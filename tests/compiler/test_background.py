@@ -90,7 +90,9 @@ def test_the_compiled_pieces_replace_the_eager_ones(model, monkeypatch):
 
 
 @pytest.mark.parametrize("tracing", ["auto", "per_block"])
-def test_regionc_compile_in_the_background_and_a_warm_start(model, tracing, tmp_path):
+def test_regionc_compile_in_the_background_and_a_warm_start(model, tracing, tmp_path, caplog):
+    from regionc.tracing.saved import traces_can_be_saved
+
     x = tokens()
     with torch.no_grad():
         expected = model(x)
@@ -100,7 +102,8 @@ def test_regionc_compile_in_the_background_and_a_warm_start(model, tracing, tmp_
         compiled = regionc.compile(build_demo_model(LlamaConfig.tiny(n_layers=3)), options=options)
         compiled.load_state_dict(model.state_dict())
         before = len(regionc.reports())
-        with torch.no_grad():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
             assert_close(compiled(x), expected)
             assert regionc.wait_compiled(timeout=600)
             assert_close(compiled(x), expected)
@@ -110,6 +113,8 @@ def test_regionc_compile_in_the_background_and_a_warm_start(model, tracing, tmp_
             assert "compiled" in sources, start
         else:
             assert sources <= {"cache", "reused"} and "cache" in sources, (start, sources)
+            if traces_can_be_saved():  # the saved trace's program loads its pieces in the background
+                assert any("piece artifact(s) load in the background" in r.getMessage() for r in caplog.records)
 
 
 def test_symbolic_shapes_compile_in_the_calling_thread(model, caplog):

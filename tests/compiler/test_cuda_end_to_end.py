@@ -147,3 +147,21 @@ def test_saved_trace_restores_graphs_and_padding(tmp_path):
         assert stats["graphs"] > 0 and not stats["fallbacks"], stats
     assert sources[0][0].startswith("traced, saved as ") and sources[1] == (sources[1][0], 0)
     assert sources[1][0].startswith("saved trace "), sources
+
+
+def test_background_compile_runs_eagerly_then_switches_to_compiled_pieces_and_graphs():
+    """background_compile with CUDA graphs: no capture while a piece compiles; after the switch the
+    program warms up, captures and replays, and every output matches eager."""
+    model = build_demo_model(CFG, dtype=torch.bfloat16, device="cuda")
+    compiled = torch.compile(model, backend="regionc", options={
+        "cache": False, "strict": True, "cudagraphs": True, "background_compile": True})
+    tokens = torch.randint(0, CFG.vocab_size, (2, 16), device="cuda")
+    with torch.no_grad():
+        expected = model(tokens)
+        assert relative_error(compiled(tokens), expected) < 2e-2  # eager, or compiled if the job was quick
+        assert regionc.wait_compiled(timeout=600)
+        outs = [compiled(tokens) for _ in range(4)]  # switch + warm-up, capture, replays
+    assert all(relative_error(out, expected) < 2e-2 for out in outs)
+    report = regionc.last_report()
+    assert block_compiles(report) == 1
+    assert report.cudagraphs.get("graphs", 0) > 0, report.cudagraphs

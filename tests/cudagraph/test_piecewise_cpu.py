@@ -29,7 +29,7 @@ def compile_with_fake_graphs(model, fake: FakeBackend, reports: list, mode: str 
 
     def backend(gm, example_inputs):
         report = new_report()
-        split, pieces = GraphCompiler(config).compile(gm, example_inputs, report)
+        split, pieces, _ = GraphCompiler(config).compile(gm, example_inputs, report)
         reports.append(report)
         plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
         return install_cudagraphs(split, pieces, plan, config, report, backend=fake)
