@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import operator
 import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -54,6 +55,7 @@ class Recipe:
     keys: dict[str, str]  # piece name -> store key of its compiled artifact
     stacks: dict[str, int]  # the report's repeated stacks (path -> blocks)
     cudagraph_plan: CudagraphPlan | None  # None: run without CUDA graphs
+    eager_graphs: bytes  # the pieces' graphs, to run while they load in the background (b"": not kept)
 
 
 class CompiledProgram(SerializableCallable):
@@ -149,7 +151,8 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
     if missing:
         why = f"no cached artifact for {', '.join(missing)} (compiled in memory only, or ran eagerly)"
     else:
-        recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan)
+        recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan,
+                        _eager_graphs(split, pieces))
     def finish() -> Callable[..., Any]:
         return install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
 
@@ -161,7 +164,7 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
 def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     """The program ``recipe`` describes, its pieces loaded from the store (raises if one is missing).
 
-    With ``background_compile``, and every piece's graph in the skeleton, the pieces load on the
+    With ``background_compile``, and the pieces' graphs in the recipe, the pieces load on the
     background thread and run eagerly until then; a missing artifact then fails that job (logged),
     and the piece stays eager."""
     store = open_store(config)
@@ -190,10 +193,11 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     def finish() -> Callable[..., Any]:
         return install_cudagraphs(split, recipe.pieces, plan, config, report) if plan is not None else split
 
-    eager = all(isinstance(split.get_submodule(p.name), torch.fx.GraphModule) for p in recipe.pieces)
-    if not (config.background_compile and eager):
+    if not (config.background_compile and recipe.eager_graphs):
         load_all()
         return CompiledProgram(finish(), report, recipe)
+    for name, (graph, attributes) in pickle.loads(recipe.eager_graphs).items():
+        split.__dict__[name] = torch.fx.GraphModule(attributes, graph)
     state = background.callers_state()
     job = background.submit(lambda: load_all(state))
     log.info("regionc: graph %d runs eagerly while %d piece artifact(s) load in the background",
@@ -201,32 +205,49 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     return CompiledProgram(split, report, recipe, pending=_Pending(job, finish, plan is not None, config.strict))
 
 
-#: A piece whose graph holds more tensor bytes than this (weights as attributes, not inputs) is left
-#: out of the skeleton: that piece, and so its program, cannot run eagerly while a saved trace loads.
-SKELETON_TENSOR_BYTES = 1 << 20
+#: A piece whose graph holds more tensor bytes than this (weights as attributes, not inputs) keeps its
+#: graph out of the recipe: then no piece of that program can run eagerly while a saved trace loads.
+EAGER_TENSOR_BYTES = 1 << 20
 
 
 def _skeleton(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
-    """``split``'s code, each piece its graph without node meta (what runs eagerly while the compiled
-    pieces load) or, when it holds large tensors, an empty module: it pickles without fake tensors or weights."""
+    """``split``'s code with each piece an empty module: it pickles without fake tensors or weights."""
+    return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, _bare_graph(split)))
+
+
+def _eager_graphs(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
+    """Each piece's graph and the tensors it reads as attributes, pickled: what runs while a saved
+    trace's compiled pieces load in the background. Graphs pickle as they are (a pickled
+    ``GraphModule`` is traced again on load, which some piece code does not survive); b"" when a piece
+    calls a submodule, holds large tensors, or does not pickle."""
+    graphs: dict[str, tuple[torch.fx.Graph, dict[str, Any]]] = {}
+    held = 0
+    for piece in pieces:
+        module = split._modules[piece.name]  # the graph module, under any compiled code installed over it
+        graph = _bare_graph(module)
+        attributes = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                return b""
+            if node.op == "get_attr":
+                value = operator.attrgetter(node.target)(module)
+                held += value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+                attributes[node.target] = value
+        graphs[piece.name] = (graph, attributes)
+    if held > EAGER_TENSOR_BYTES:
+        return b""
     try:
-        return pickle.dumps(_without_meta(split, {p.name: _eager_piece(split.get_submodule(p.name)) for p in pieces}))
-    except Exception as exc:  # noqa: BLE001 - a graph that does not pickle: the pieces load before the first call
-        log.info("regionc: saving the program without its piece graphs (%s): a load cannot run it eagerly",
+        return pickle.dumps(graphs)
+    except Exception as exc:  # noqa: BLE001 - then a load cannot run the pieces eagerly, nothing worse
+        log.info("regionc: the recipe keeps no piece graphs (%s): a saved trace's pieces load before its first call",
                  first_line(exc))
-        return pickle.dumps(_without_meta(split, {p.name: torch.nn.Module() for p in pieces}))
+        return b""
 
 
-def _eager_piece(piece: torch.fx.GraphModule) -> torch.nn.Module:
-    held = sum(t.numel() * t.element_size() for t in [*piece.parameters(), *piece.buffers()])
-    held += sum(v.numel() * v.element_size() for v in piece.__dict__.values() if isinstance(v, torch.Tensor))
-    return torch.nn.Module() if held > SKELETON_TENSOR_BYTES else _without_meta(piece, piece)
-
-
-def _without_meta(module: torch.fx.GraphModule, root: torch.nn.Module | dict) -> torch.fx.GraphModule:
+def _bare_graph(module: torch.fx.GraphModule) -> torch.fx.Graph:
+    """A copy of ``module``'s graph without node meta (fake tensors do not pickle) or owning module."""
     graph = torch.fx.Graph()
     graph.output(graph.graph_copy(module.graph, {}))
     for node in graph.nodes:
         node.meta = {}
-    return torch.fx.GraphModule(root, graph)
-
+    return graph

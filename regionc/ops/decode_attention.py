@@ -13,7 +13,8 @@ Op (namespace ``regionc``)::
   B/H/S (a cache slice, a transpose view); a non-unit stride on D costs a copy.
 * ``mask`` (optional), broadcastable to ``[B, 1, Lq, S]`` (one mask for all heads, as HF and
   gpt-fast build it): boolean (True = attend) or additive float (added to the scaled scores,
-  as SDPA's ``attn_mask``).
+  as SDPA's ``attn_mask``), where ``-inf`` and the mask dtype's lowest value (what HF writes,
+  ``torch.finfo(dtype).min``) exclude a key: it is never read, as with a False entry.
 * ``kv_len`` (optional), integer ``[B]`` or one element: the number of valid cache slots seen by
   the *last* query row of batch ``b``; query row ``i`` sees keys ``j < kv_len[b] - (Lq - 1 - i)``
   (bottom-right causal over the cache, as ``flash_attn_with_kvcache``'s ``cache_seqlens``).
@@ -88,7 +89,7 @@ if _utils.HAS_TRITON:
         HKV, SEQ_K, BLOCKS_PER_SPLIT, N_SPLITS,
         HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, SINGLE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_P2: tl.constexpr,
-        MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr, MASK_FLOOR: tl.constexpr,
     ):
         split = tl.program_id(0)
         bh = tl.program_id(1)
@@ -128,7 +129,7 @@ if _utils.HAS_TRITON:
                 if MASK_KIND == 1:
                     ok = tl.load(ptr, mask=read, other=0) != 0
                 else:
-                    ok = tl.load(ptr, mask=read, other=float("-inf")).to(tl.float32) != float("-inf")
+                    ok = tl.load(ptr, mask=read, other=float("-inf")).to(tl.float32) > MASK_FLOOR
                 seen = tl.maximum(seen, tl.max(ok.to(tl.int32), 1))
             live = live & (seen > 0)
         live = live.to(tl.int32)
@@ -148,7 +149,7 @@ if _utils.HAS_TRITON:
                     valid = valid & (mv != 0)
                 elif MASK_KIND == 2:
                     bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
-                    valid = valid & (bias != float("-inf"))
+                    valid = valid & (bias > MASK_FLOOR)
                 k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
                             mask=in_range[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -229,6 +230,11 @@ def _mask_view(mask: torch.Tensor, B: int, Lq: int, S: int) -> tuple[torch.Tenso
     return m, kind, (st[0], st[2], st[3])
 
 
+def _mask_floor(mask: torch.Tensor) -> float:
+    """The additive-mask value at or below which a key is excluded: the dtype's lowest finite value."""
+    return float(torch.finfo(mask.dtype).min)
+
+
 def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=None, *,
                             block_n: int | None = None, num_splits: int | None = None,
                             num_warps: int | None = None, num_stages: int | None = None):
@@ -279,7 +285,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         HEAD_DIM=D, GROUP=group, LQ=LQ, SINGLE=splits == 1,
         BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
         BLOCKS_P2=max(2, _utils.next_power_of_2(per_split)),
-        MASK_KIND=kind, HAS_LEN=kv_len is not None,
+        MASK_KIND=kind, HAS_LEN=kv_len is not None, MASK_FLOOR=_mask_floor(m) if kind == _MASK_ADD else 0.0,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
     )
@@ -317,7 +323,7 @@ def decode_attention_reference(q, k_cache, v_cache, mask=None, kv_len=None, scal
             allowed = allowed & mk
         else:
             scores = scores + mk.to(compute_dtype)
-            allowed = allowed & (mk != float("-inf"))
+            allowed = allowed & (mk > _mask_floor(mk))
     if kv_len is not None:
         ends = kv_len.reshape(-1).to(torch.int64).expand(B).view(B, 1, 1, 1, 1)
         row_end = ends - (LQ - 1 - torch.arange(LQ, device=q.device).view(1, 1, 1, LQ, 1))

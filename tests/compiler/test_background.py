@@ -179,3 +179,34 @@ def test_the_option_comes_from_the_environment():
     with pytest.raises(regionc.RegioncConfigError, match="background_compile"):
         regionc.Config.build({"background_compile": "yes"})
 
+
+
+@pytest.mark.parametrize("tracing", ["auto", "per_block"])
+def test_a_saved_trace_of_a_diffusers_block_runs_eagerly_while_its_pieces_load(tracing, tmp_path, caplog):
+    """Wan's block code assigns into tensors, which a GraphModule pickled and re-traced on load cannot
+    replay: the recipe must carry the piece graphs themselves, or the warm start traces again."""
+    pytest.importorskip("diffusers")
+    from regionc.tracing.saved import traces_can_be_saved
+    from tests.zoo.architectures import DIFFUSERS
+
+    if not traces_can_be_saved():
+        pytest.skip("this torch cannot save Dynamo traces")
+    wan = {a.name: a for a in DIFFUSERS}["wan"]
+    options = {"cache_dir": str(tmp_path), "strict": True, "background_compile": True, "block_tracing": tracing}
+    for start in ("cold", "warm"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model, inputs = wan.build(2)
+        with torch.no_grad():
+            expected = model(**inputs)[0]
+        compiled = regionc.compile(model, options=options)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+            first = compiled(**inputs)[0]
+            assert regionc.wait_compiled(timeout=600)
+            after = compiled(**inputs)[0]
+        assert_close(first, expected)
+        assert_close(after, expected)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("cannot be used" in m for m in messages), messages
+    assert any("piece artifact(s) load in the background" in m for m in messages), messages

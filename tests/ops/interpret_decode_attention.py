@@ -34,7 +34,7 @@ def sdpa64(q, k, v, mask, kv_len, scale):
             allowed = allowed & mask
         else:
             bias = bias + mask.double()
-            allowed = allowed & (mask != float("-inf"))
+            allowed = allowed & (mask > torch.finfo(mask.dtype).min)  # HF's lowest value excludes a key too
     if kv_len is not None:
         ends = kv_len.reshape(-1).expand(B).view(B, 1, 1, 1) - (LQ - 1 - torch.arange(LQ).view(1, 1, LQ, 1))
         allowed = allowed & (torch.arange(S).view(1, 1, 1, S) < ends)
@@ -68,6 +68,7 @@ CASES = [
     ((1, 2, 2, 1, 33, 64), {"block_n": 16, "num_splits": 2}, None, "gptfast"),        # [1, 1, Lq, S] position mask
     ((2, 4, 2, 2, 200, 64), {"block_n": 16, "num_splits": 4}, [37, 190], "bool"),     # 13 blocks strided over 4 splits
     ((1, 4, 2, 1, 520, 64), {}, None, "gptfast"),                                      # default split count and block
+    ((2, 4, 2, 1, 90, 64), {"block_n": 16, "num_splits": 2}, None, "hf_min"),         # additive, finfo.min excluded
 ]
 
 
@@ -84,6 +85,8 @@ def make_mask(kind, B, LQ, S, lengths):
         m = torch.randn(B, 1, LQ, S, generator=gen)
         m[..., S // 2:] = float("-inf")
         return m
+    if kind == "hf_min":  # HF's additive form: 0 where seen, the dtype's lowest value elsewhere (cast below)
+        return torch.zeros(B, 1, LQ, S)
     if kind == "bool_b1":
         m = torch.ones(1, 1, 1, S, dtype=torch.bool)
         m[..., 8:40] = False
@@ -99,6 +102,9 @@ for dtype in (torch.float16, torch.float32):
         mask = make_mask(mkind, B, LQ, S, lengths)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(dtype)
+        if mkind == "hf_min":
+            mask[0, ..., 30:] = torch.finfo(dtype).min
+            mask[1, ..., :50] = torch.finfo(dtype).min
         kv_len = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
         out = decode_attention_triton(q, k, v, mask, kv_len, None, **kw)
         expect(f"decode {dtype} {(B, HQ, HKV, LQ, S, D)} {kw} len={lengths} mask={mkind}", out,
@@ -116,7 +122,7 @@ expect("decode strided views, shared kv_len, scale", decode_attention_triton(q, 
 # skipping, seen through poison: K/V past kv_len, and keys the mask excludes, hold NaN; a kernel
 # that let them into the PV product would return NaN (0 * NaN). One split: the masked blocks lie
 # among the blocks it owns; three: each split owns some of them (splits own every third block).
-for mkind, splits in (("len", 3), ("mask", 3), ("mask", 1)):
+for mkind, splits in (("len", 3), ("mask", 3), ("mask", 1), ("min", 3)):
     q = rand(2, 4, 1, 64, dtype=torch.float16)
     kc, vc = rand(2, 2, 96, 64, dtype=torch.float16), rand(2, 2, 96, 64, dtype=torch.float16)
     kv_len, mask = None, None
@@ -127,6 +133,8 @@ for mkind, splits in (("len", 3), ("mask", 3), ("mask", 1)):
         mask = torch.ones(2, 1, 1, 96, dtype=torch.bool)
         mask[..., 16:48] = False
         kc[:, :, 16:48], vc[:, :, 16:48] = float("nan"), float("nan")
+        if mkind == "min":  # HF's additive mask: the lowest fp16 value where the bool mask is False
+            mask = torch.zeros(2, 1, 1, 96, dtype=torch.float16).masked_fill(~mask, torch.finfo(torch.float16).min)
     expect(f"decode skips unread keys ({mkind}, {splits} splits)", decode_attention_triton(q, kc, vc, mask, kv_len, None,
            block_n=16, num_splits=splits), sdpa64(q, kc.nan_to_num(0.0), vc.nan_to_num(0.0), mask, kv_len, None), ATOL[torch.float16])
 
