@@ -16,6 +16,7 @@ from typing import Any
 import torch.fx
 
 from regionc.cache import open_store
+from regionc.compiler import background
 from regionc.compiler.graph import GraphCompiler, device_of
 from regionc.compiler.program import make_program
 from regionc.config import Config
@@ -28,7 +29,11 @@ log = logging.getLogger("regionc")
 
 def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str | None = None,
             options: dict[str, Any] | None = None) -> Callable[..., Any]:
-    config = Config.build(options, mode)
+    with background.compile_lock():  # Dynamo's call holds it already; a saved trace's aot_compile may not
+        return _compile(gm, example_inputs, Config.build(options, mode))
+
+
+def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Config) -> Callable[..., Any]:
     report = new_report()
     trace_s = _dynamo_seconds_so_far()
     if trace_s is not None:

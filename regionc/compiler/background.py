@@ -105,11 +105,22 @@ def switch_interval(seconds: float):
             sys.setswitchinterval(before)
 
 
+def compile_lock() -> threading.RLock:
+    """Dynamo's lock around a frame's trace and compile, which regionc also holds wherever it traces,
+    compiles or loads outside Dynamo's own call (saved traces, background jobs): torch.fx's symbolic
+    tracing, Inductor's config patches and Dynamo's metrics are process-wide and expect one at a time
+    (a background compile beside a saved-trace load failed in ``torch.fx``'s ``CURRENT_PATCHER``)."""
+    from torch._dynamo.convert_frame import compile_lock as lock
+
+    return lock
+
+
 def callers_state() -> Callable[[], contextlib.AbstractContextManager]:
     """A context (to enter in another thread) with this thread's grad and inference mode, CUDA device
     and Dynamo tracing context (all per thread in torch, all read by a compile), and Dynamo's compile lock."""
-    from torch._dynamo.convert_frame import compile_lock
     from torch._guards import TracingContext, tracing
+
+    lock = compile_lock()
 
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -119,7 +130,7 @@ def callers_state() -> Callable[[], contextlib.AbstractContextManager]:
     def state():
         with (torch.inference_mode() if inference else torch.set_grad_enabled(grad),
               torch.cuda.device(device) if device is not None else contextlib.nullcontext(),
-              tracing(context), compile_lock):
+              tracing(context), lock):
             yield
 
     return state

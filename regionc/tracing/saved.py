@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from regionc.cache import open_store
+from regionc.compiler import background
 from regionc.compiler.inductor import start_compile_workers
 from regionc.config import Config
 from regionc.report import Report, first_line, last_report, new_report
@@ -97,6 +98,10 @@ class TraceSet:
 
     # ------------------------------------------------------------------ lookup
     def _find_or_trace(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
+        with background.compile_lock():  # a background compile must not run beside this trace or load
+            return self._find_or_trace_locked(module, args, kwargs)
+
+    def _find_or_trace_locked(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:
         start = time.perf_counter()
         store = open_store(self.config)
         base = self._key(module, args, kwargs)
