@@ -10,7 +10,8 @@ plus the graph's span on the GPU. Per variant and batch the result gives:
 - the idle time between kernels inside the span, summed by the kernel that waited;
 - host µs from the call to ``CUDAGraph.replay`` and from there to the return (the replay is
   what both variants call, so this splits host time at the same point);
-- the host functions that take the most time per call (cProfile).
+- the host functions that take the most time per call (cProfile);
+- what the decode-attention op is handed (``op_calls``: mask dtype, shape, strides, keys it lets through).
 
     python benchmarks/e2e/profile_decode.py --out DIR [--batches 1 8] [--layers 32]
     python benchmarks/e2e/profile_decode.py --out DIR --model hf_llama --batches 8 --cache-len 4096 --position 512
@@ -19,6 +20,7 @@ plus the graph's span on the GPU. Per variant and batch the result gives:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -130,6 +132,38 @@ def host_us_per_call(run, tokens, calls: int = 50) -> float:
     return host
 
 
+@contextlib.contextmanager
+def op_arguments(seen: list[dict]):
+    """Record what the decode-attention op's launcher is handed (once per distinct signature): the mask's
+    dtype, shape and strides, and, outside a CUDA-graph capture, how many keys it lets through for
+    batch row 0 and what the kernel then treats as excluded. A step that costs the cache's capacity
+    rather than its valid part shows here as a mask that excludes nothing."""
+    import torch
+
+    import regionc.ops.decode_attention as op
+
+    launch = op.decode_attention_triton
+
+    def recording(q, k_cache, v_cache, mask=None, kv_len=None, scale=None, **kw):
+        entry = {"q": list(q.shape), "k_cache": list(k_cache.shape), "kv_len": kv_len is not None,
+                 "mask": None if mask is None else {"dtype": str(mask.dtype), "shape": list(mask.shape),
+                                                    "stride": list(mask.stride())}}
+        if all(any(e[name] != entry[name] for name in entry) for e in seen):
+            if mask is not None and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                row = mask.expand(q.shape[0], 1, q.shape[2], k_cache.shape[2])[0, 0, -1]
+                seen_keys = row if row.dtype == torch.bool else row > op._mask_floor(row)
+                entry["keys_seen"] = int(seen_keys.sum())
+                entry["min_value"] = None if row.dtype == torch.bool else float(row.float().min())
+            seen.append(entry)
+        return launch(q, k_cache, v_cache, mask, kv_len, scale, **kw)
+
+    op.decode_attention_triton = recording
+    try:
+        yield
+    finally:
+        op.decode_attention_triton = launch
+
+
 def decode_runners(args, variant: str, cache_dir: str):
     """batch -> run(tokens) for one variant of ``args.model``."""
     import torch
@@ -184,7 +218,9 @@ def main() -> int:
             for batch in args.batches:
                 tokens = torch.randint(0, 32000, (batch, 1), device="cuda")
                 run = runners(batch)
-                ms = cuda_median_ms(lambda: run(tokens), warmup=5, iters=50)
+                op_calls: list[dict] = []
+                with op_arguments(op_calls):  # the first calls run the launcher (later ones replay graphs)
+                    ms = cuda_median_ms(lambda: run(tokens), warmup=5, iters=50)
                 torch.cuda.synchronize()
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                     for _ in range(args.steps):
@@ -198,11 +234,13 @@ def main() -> int:
                 row = {"variant": variant, "batch": batch, "ms": ms, "kernels_per_step": count,
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
                        "host_us_before_replay": before_us, "host_us_after_replay": after_us,
-                       "top_kernels": kernels[:25], "idle_before": gaps[:15]}
+                       "top_kernels": kernels[:25], "idle_before": gaps[:15], "op_calls": op_calls}
                 results["rows"].append(row)
                 print(f"{variant:>16} b={batch:<3} {ms:6.3f} ms  {count:6.1f} kernels  {gpu_us:8.1f} GPU us/step  "
                       f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call  "
                       f"before replay {before_us:6.1f} us  after {after_us:6.1f} us", flush=True)
+                for call in op_calls:
+                    print(f"    decode-attention op: {call}")
                 for k in kernels[:12]:
                     print(f"      {k['us_per_step']:8.1f} us  x{k['per_step']:5.1f}  {k['kernel'][:100]}")
                 print("    idle before:")

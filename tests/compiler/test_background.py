@@ -67,7 +67,7 @@ def test_first_calls_run_eagerly_while_the_pieces_compile_then_the_compiled_code
     assert any("runs its compiled pieces from call 3 on" in m for m in messages)
 
 
-def test_the_compiled_pieces_replace_the_eager_ones(model, monkeypatch):
+def test_the_compiled_pieces_replace_the_eager_ones(model, monkeypatch, held_compiles):
     """After the switch the split module calls the compiled functions, not the eager graph copies."""
     import regionc.backend
 
@@ -82,6 +82,7 @@ def test_the_compiled_pieces_replace_the_eager_ones(model, monkeypatch):
         program = programs[-1]
         assert program.pending is not None
         assert all(isinstance(program.run.__dict__[p.name], torch.fx.GraphModule) for p in regionc.last_report().pieces)
+        held_compiles.set()
         regionc.wait_compiled(timeout=600)
         compiled(x)
     assert program.pending is None
