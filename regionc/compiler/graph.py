@@ -86,8 +86,9 @@ class GraphCompiler:
             report.pieces.append(record)
 
         def obtain(unique: _Unique) -> None:
-            unique.fn = self._obtain(unique.piece, split.get_submodule(unique.piece.name), inputs[unique.piece.name],
-                                     unique.fingerprint, patches, device, unique.record, report)
+            submodule = split._modules[unique.piece.name]  # the piece's graph, under any eager copy installed over it
+            unique.fn = self._obtain(unique.piece, submodule, inputs[unique.piece.name], unique.fingerprint, patches,
+                                     device, unique.record, report)
             if self.passes is not None:
                 unique.record.pass_matches = self.passes.take_matches()
                 report.pass_matches.update(unique.record.pass_matches)
@@ -102,8 +103,7 @@ class GraphCompiler:
                 if unique.fn is not None:
                     split.__dict__[piece.name] = unique.fn  # shadows the submodule: the FX code calls self.<name>(...)
 
-        why_not = self._why_not_in_background(example_inputs)
-        if why_not:
+        if self._why_not_in_background(example_inputs):
             for unique in uniques.values():
                 obtain(unique)
             return split, pieces, None
