@@ -27,7 +27,9 @@ What keeps it safe, and what it costs:
   call costs what eager PyTorch costs, and the GIL is shared with the compile (Python's switch
   interval is :data:`SWITCH_INTERVAL_S` while jobs run, so the caller gets it back sooner).
 
-:func:`wait` blocks until every job submitted so far is done (``regionc.wait_compiled``).
+:func:`wait` blocks until every job submitted so far is done (``regionc.wait_compiled``). A process
+that exits while a job runs waits for it (the worker is joined at exit), so what it compiled is in the
+cache for the next start.
 """
 
 from __future__ import annotations
