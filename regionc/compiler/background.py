@@ -35,7 +35,6 @@ cache for the next start.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -45,26 +44,23 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("regionc")
-
 #: Python's thread switch interval while background work runs (the default is 5 ms).
 SWITCH_INTERVAL_S = 0.0005
 
 _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 _jobs: set[Future] = set()
-_interval_before: float | None = None
+_short_interval = contextlib.ExitStack()  # holds switch_interval() from the first queued job to the last
 
 
 def submit(job: Callable[[], Any]) -> Future:
     """Run ``job`` on the background compile thread; its future holds what it returned or raised."""
-    global _executor, _interval_before
+    global _executor
     with _lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regionc-compile")
         if not _jobs:
-            _interval_before = sys.getswitchinterval()
-            sys.setswitchinterval(min(_interval_before, SWITCH_INTERVAL_S))
+            _short_interval.enter_context(switch_interval(SWITCH_INTERVAL_S))
         future = _executor.submit(job)
         _jobs.add(future)
     future.add_done_callback(_finished)
@@ -72,13 +68,10 @@ def submit(job: Callable[[], Any]) -> Future:
 
 
 def _finished(future: Future) -> None:
-    global _interval_before
     with _lock:
         _jobs.discard(future)
-        if not _jobs and _interval_before is not None:
-            if sys.getswitchinterval() == min(_interval_before, SWITCH_INTERVAL_S):
-                sys.setswitchinterval(_interval_before)
-            _interval_before = None
+        if not _jobs:
+            _short_interval.close()
 
 
 def busy() -> bool:

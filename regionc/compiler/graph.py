@@ -84,11 +84,15 @@ class GraphCompiler:
                 record.source = "reused"
             instances.append((piece, record, unique))
             report.pieces.append(record)
+        if self._cached:  # the keys before any compile: a background job's program names them in its recipe
+            for unique in uniques.values():
+                unique.keyed = self._key(unique.fingerprint, inputs[unique.piece.name], device)
+            for piece, record, unique in instances:
+                record.key = unique.keyed[0]
 
         def obtain(unique: _Unique) -> None:
             submodule = split._modules[unique.piece.name]  # the piece's graph, under any eager copy installed over it
-            unique.fn = self._obtain(unique.piece, submodule, inputs[unique.piece.name], unique.fingerprint, patches,
-                                     device, unique.record, report)
+            unique.fn = self._obtain(unique, submodule, inputs[unique.piece.name], patches, report)
             if self.passes is not None:
                 unique.record.pass_matches = self.passes.take_matches()
                 report.pass_matches.update(unique.record.pass_matches)
@@ -103,17 +107,15 @@ class GraphCompiler:
                 if unique.fn is not None:
                     split.__dict__[piece.name] = unique.fn  # shadows the submodule: the FX code calls self.<name>(...)
 
-        if self._why_not_in_background(example_inputs):
+        if not self._in_background(example_inputs):
             for unique in uniques.values():
                 obtain(unique)
             return split, pieces, None
-        # the keys now, so the program's recipe names them; the eager pieces run copies of the
-        # piece graphs, never the graphs Inductor is compiling (its passes rewrite them in place)
-        for unique in uniques.values():
-            unique.record.key = self._key(unique.fingerprint, inputs[unique.piece.name], device)[0] if self._cached else ""
-        for piece, record, unique in instances:
-            record.key = unique.record.key
-            split.__dict__[piece.name] = _eager_copy(split.get_submodule(piece.name))
+        # the eager pieces run copies of the piece graphs, never the graphs Inductor is compiling
+        # (its passes rewrite them in place)
+        for piece in pieces:
+            module = split._modules[piece.name]
+            split.__dict__[piece.name] = torch.fx.GraphModule(module, bare_graph(module))
         callers_state = background.callers_state()
 
         def obtain_all() -> None:
@@ -128,13 +130,13 @@ class GraphCompiler:
         return split, pieces, job
 
     # ------------------------------------------------------------------ one unique piece
-    def _obtain(self, piece: Piece, submodule: torch.fx.GraphModule, inputs: list[Any], fingerprint: Fingerprint,
-                patches: dict, device: torch.device, record: PieceRecord, report: Report):
+    def _obtain(self, unique: _Unique, submodule: torch.fx.GraphModule, inputs: list[Any], patches: dict,
+                report: Report):
         """Compiled callable for a new fingerprint: from the disk cache, else Inductor; None → eager."""
-        if not self._cached:
+        piece, record = unique.piece, unique.record
+        if unique.keyed is None:
             return self._compile(piece, submodule, inputs, patches, record, report)[0]
-        key, factors = self._key(fingerprint, inputs, device)
-        record.key = key
+        key, factors = unique.keyed
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
             try:
@@ -167,18 +169,18 @@ class GraphCompiler:
         return piece_key(fingerprint.digest, [describe_value(v) for v in inputs], self.codegen,
                          environment_factors(device))
 
-    def _why_not_in_background(self, example_inputs: Sequence[Any]) -> str:
-        """Why this graph compiles in the calling thread ("" when it may compile in the background)."""
+    def _in_background(self, example_inputs: Sequence[Any]) -> bool:
+        """Whether this graph's pieces compile in the background (when asked and safe; if not safe, says why)."""
         if not self.config.background_compile:
-            return "off"
+            return False
         if any(_symbolic(v) for v in example_inputs):
             why = "its inputs have symbolic sizes (Inductor may add guards on them while it compiles)"
         elif torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
             why = "autocast is on"
         else:
-            return ""
+            return True
         log.info("regionc: compiling in the calling thread, not in the background: %s", why)
-        return why
+        return False
 
     def _compile(self, piece, submodule, inputs, patches, record, report):
         """(callable, serialized payload); (None, None) when the piece falls back to eager."""
@@ -239,6 +241,7 @@ class _Unique:
     fingerprint: Fingerprint
     record: PieceRecord
     fn: Callable[..., Any] | None = None
+    keyed: tuple[str, dict] | None = None  # (store key, its factors); None when the cache is off
 
 
 def _symbolic(value: Any) -> bool:
@@ -249,11 +252,13 @@ def _symbolic(value: Any) -> bool:
     return False
 
 
-def _eager_copy(submodule: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """A module running the same graph as ``submodule`` (sharing its attributes), not its graph object."""
+def bare_graph(module: torch.fx.GraphModule) -> torch.fx.Graph:
+    """A copy of ``module``'s graph without node meta (fake tensors: it pickles, and holds no trace state)."""
     graph = torch.fx.Graph()
-    graph.output(graph.graph_copy(submodule.graph, {}))
-    return torch.fx.GraphModule(submodule, graph)
+    graph.output(graph.graph_copy(module.graph, {}))
+    for node in graph.nodes:
+        node.meta = {}
+    return graph
 
 
 def device_of(example_inputs: Sequence[Any]) -> torch.device:

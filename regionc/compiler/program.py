@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import operator
 import pickle
@@ -29,6 +30,7 @@ import torch.fx
 from regionc.blocks.split import Piece
 from regionc.cache import open_store
 from regionc.compiler import background
+from regionc.compiler.graph import bare_graph
 from regionc.compiler.inductor import load_stored_piece
 from regionc.config import Config
 from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
@@ -153,12 +155,7 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
     else:
         recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan,
                         _eager_graphs(split, pieces))
-    def finish() -> Callable[..., Any]:
-        return install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
-
-    if job is None:
-        return CompiledProgram(finish(), report, recipe, why)
-    return CompiledProgram(split, report, recipe, why, _Pending(job, finish, plan is not None, config.strict))
+    return _program(split, pieces, plan, config, report, recipe, why, job)
 
 
 def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
@@ -190,19 +187,32 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
                 loaded[record.key] = fn
             split.__dict__[piece.name] = loaded[record.key]
 
-    def finish() -> Callable[..., Any]:
-        return install_cudagraphs(split, recipe.pieces, plan, config, report) if plan is not None else split
-
     if not (config.background_compile and recipe.eager_graphs):
         load_all()
-        return CompiledProgram(finish(), report, recipe)
+        return _program(split, recipe.pieces, plan, config, report, recipe)
     for name, (graph, attributes) in pickle.loads(recipe.eager_graphs).items():
         split.__dict__[name] = torch.fx.GraphModule(attributes, graph)
     state = background.callers_state()
     job = background.submit(lambda: load_all(state))
     log.info("regionc: graph %d runs eagerly while %d piece artifact(s) load in the background",
              report.graph_index, len(set(recipe.keys.values())))
-    return CompiledProgram(split, report, recipe, pending=_Pending(job, finish, plan is not None, config.strict))
+    return _program(split, recipe.pieces, plan, config, report, recipe, job=job)
+
+
+def _program(split: torch.fx.GraphModule, pieces: Sequence[Piece], plan: CudagraphPlan | None, config: Config,
+             report: Report, recipe: Recipe | None, why_not_saveable: str = "",
+             job: Future | None = None) -> CompiledProgram:
+    """The program over ``split``: under CUDA graphs when there is a plan; with a background ``job``,
+    the split module itself until that job is done."""
+    finish = functools.partial(_with_graphs, split, pieces, plan, config, report)
+    if job is None:
+        return CompiledProgram(finish(), report, recipe, why_not_saveable)
+    return CompiledProgram(split, report, recipe, why_not_saveable,
+                           _Pending(job, finish, plan is not None, config.strict))
+
+
+def _with_graphs(split, pieces, plan, config, report) -> Callable[..., Any]:
+    return install_cudagraphs(split, pieces, plan, config, report) if plan is not None else split
 
 
 #: A piece whose graph holds more tensor bytes than this (weights as attributes, not inputs) keeps its
@@ -212,7 +222,7 @@ EAGER_TENSOR_BYTES = 1 << 20
 
 def _skeleton(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
     """``split``'s code with each piece an empty module: it pickles without fake tensors or weights."""
-    return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, _bare_graph(split)))
+    return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, bare_graph(split)))
 
 
 def _eager_graphs(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
@@ -224,7 +234,7 @@ def _eager_graphs(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes
     held = 0
     for piece in pieces:
         module = split._modules[piece.name]  # the graph module, under any compiled code installed over it
-        graph = _bare_graph(module)
+        graph = bare_graph(module)
         attributes = {}
         for node in graph.nodes:
             if node.op == "call_module":
@@ -242,12 +252,3 @@ def _eager_graphs(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes
         log.info("regionc: the recipe keeps no piece graphs (%s): a saved trace's pieces load before its first call",
                  first_line(exc))
         return b""
-
-
-def _bare_graph(module: torch.fx.GraphModule) -> torch.fx.Graph:
-    """A copy of ``module``'s graph without node meta (fake tensors do not pickle) or owning module."""
-    graph = torch.fx.Graph()
-    graph.output(graph.graph_copy(module.graph, {}))
-    for node in graph.nodes:
-        node.meta = {}
-    return graph
