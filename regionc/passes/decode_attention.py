@@ -22,8 +22,8 @@ Matched when:
 * q has at most ``MAX_QUERY_ROWS`` rows (decode, or a few speculative tokens), and the tile of
   one KV head's query rows (``Hq/Hkv * Lq``) at most ``MAX_TILE_ROWS``;
 * the mask is readable: none, or one mask for all heads, broadcastable to ``[B, 1, Lq, S]``,
-  boolean or additive. ``where(m, 0, -inf)`` / ``where(~m, -inf, 0)`` of a bool ``m`` is read
-  as ``m``; a broadcast ``expand`` over heads of a head-less mask and the memory-efficient
+  boolean or additive. ``where(m, 0, -inf)`` / ``where(~m, -inf, 0)`` of a bool ``m``, and the
+  cuDNN backend's ``where(~m, -65504, 0)``, are read as ``m``; a broadcast ``expand`` over heads of a head-less mask and the memory-efficient
   backend's ``slice(pad(mask))`` alignment are looked through. The kernel reads the mask
   itself, so any pattern in it (padding, a sliding window, a causal tail) keeps its meaning;
 * no dropout, no ``is_causal`` (SDPA's top-left causal over a cache is not decode), q/k/v of one
@@ -91,9 +91,17 @@ def _scalar(node):
     return None
 
 
+#: The finite "excluded" value SDPA's cuDNN backend writes when it converts a bool mask (torch's
+#: ``convert_boolean_attn_mask_cudnn``, a work-around for cuDNN's handling of -inf); bf16 rounds it to -65536.
+_CUDNN_EXCLUDED = -65504.0
+
+
 def _bool_of_additive(node):
     """``m`` when ``node`` is SDPA's conversion of a bool mask ``m`` to an additive one
-    (``where(m, 0, -inf)`` or ``where(logical_not(m), -inf, 0)``), else None."""
+    (``where(m, 0, -inf)``, ``where(logical_not(m), -inf, 0)``, or the cuDNN backend's
+    ``where(logical_not(m), -65504, 0)``), else None. Reading ``m`` itself is what lets the kernel
+    skip the excluded keys: a finite -65504 is a weight, not an exclusion, to a reader of the
+    additive mask (the two differ only on a row with no key allowed, which SDPA leaves undefined)."""
     if not is_call(node, aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar):
         return None
     cond, a, b = node.args[:3]
@@ -103,7 +111,7 @@ def _bool_of_additive(node):
     a, b = _scalar(a), _scalar(b)
     if a == 0.0 and b == -math.inf:
         return cond
-    if a == -math.inf and b == 0.0 and is_call(cond, aten.logical_not.default):
+    if a in (-math.inf, _CUDNN_EXCLUDED) and b == 0.0 and is_call(cond, aten.logical_not.default):
         return cond.args[0]
     return None
 

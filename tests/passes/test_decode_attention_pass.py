@@ -173,13 +173,31 @@ def additive_min(pos):  # HF's eager-style mask: finfo.min, not -inf
     return m.masked_fill(torch.arange(SEQ)[None, None, None, :] > pos[None, None, :, None], torch.finfo(m.dtype).min)
 
 
-@pytest.mark.parametrize("mask_fn", [valid_prefix, padded_batch, sliding_window, additive, additive_min])
+def sdpa_converted(pos):  # what SDPA does to a bool mask before its CPU/efficient kernels
+    return torch.where(valid_prefix(pos).logical_not(), float("-inf"), torch.scalar_tensor(0.0))
+
+
+def cudnn_converted(pos):  # ... and before cuDNN's: a finite -65504, which bf16 rounds to -65536
+    return torch.where(valid_prefix(pos).logical_not(), -65504.0, torch.scalar_tensor(0.0))
+
+
+@pytest.mark.parametrize("mask_fn", [valid_prefix, padded_batch, sliding_window, additive, additive_min,
+                                     sdpa_converted, cudnn_converted])
 @pytest.mark.parametrize("expand", ["interleave", "repeat_kv"])
 def test_masks_are_read(mask_fn, expand):
     fn, args = cache_step(mask_fn, expand=expand)
     _, _, nodes, pm = run_step(fn, args)
     assert len(nodes) == 1 and pm.take_matches() == {"decode_attention": 1}, pm.take_skips()
     assert nodes[0].args[1].meta["val"].shape[1] == 2
+
+
+@pytest.mark.parametrize("mask_fn", [sdpa_converted, cudnn_converted])
+def test_a_converted_bool_mask_reaches_the_op_as_bool(mask_fn):
+    """The kernel skips a key block only where the mask it reads excludes it; -65504 read as an
+    additive value excludes nothing (the whole cache would be read every step)."""
+    fn, args = cache_step(mask_fn, expand="repeat_kv")
+    _, _, nodes, _ = run_step(fn, args)
+    assert nodes[0].args[3].meta["val"].dtype == torch.bool
 
 
 def test_speculative_rows_mha_scale_and_head_dim_128():
