@@ -74,7 +74,8 @@ def relative_error(out, reference) -> float:
     return ((out - reference).norm() / reference.norm()).item()
 
 
-def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
+def decode_rows(model, layers: int, cache_dir: str, rounds: int, variants=DECODE_VARIANTS,
+                batches=None) -> list[dict]:
     import torch
 
     import regionc
@@ -82,11 +83,13 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int) -> list[dict]:
 
     rows = []
     for batch, max_len, positions in DECODE_CASES:
+        if batches and batch not in batches:
+            continue
         torch._dynamo.reset()
         prompt = torch.randint(0, 32000, (batch, max(positions)), device="cuda")
         token = torch.ones(batch, 1, dtype=torch.long, device="cuda")
         runs, caches, first, positions_of = {}, {}, {}, {}
-        for variant in DECODE_VARIANTS:
+        for variant in dict.fromkeys(("eager", *variants)):  # eager: the reference of every error
             step, caches[variant], positions_of[variant] = decode_step(variant, model, cache_dir, prompt, max_len)
             runs[variant] = lambda step=step: step(token)
             before = len(regionc.reports())
@@ -184,6 +187,9 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill"])
+    parser.add_argument("--variants", nargs="+", default=list(DECODE_VARIANTS), choices=DECODE_VARIANTS,
+                        help="decode variants (eager always runs: it is the reference)")
+    parser.add_argument("--batches", type=int, nargs="+", help="decode cases of these batch sizes only")
     args = parser.parse_args()
     import torch
 
@@ -198,7 +204,7 @@ def main() -> int:
         if "prefill" not in args.skip:
             rows += prefill_rows(model, cache_dir, args.rounds)
         if "decode" not in args.skip:
-            rows += decode_rows(model, args.layers, cache_dir, args.rounds)
+            rows += decode_rows(model, args.layers, cache_dir, args.rounds, args.variants, args.batches)
     print(write_results(args.out, "hf_llama", {"layers": args.layers, "rows": rows}))
     return 0
 

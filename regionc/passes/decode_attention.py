@@ -94,12 +94,13 @@ def _scalar(node):
 #: The finite "excluded" value SDPA's cuDNN backend writes when it converts a bool mask (torch's
 #: ``convert_boolean_attn_mask_cudnn``, a work-around for cuDNN's handling of -inf); bf16 rounds it to -65536.
 _CUDNN_EXCLUDED = -65504.0
+_EXCLUDED = (-math.inf, _CUDNN_EXCLUDED)
 
 
 def _bool_of_additive(node):
     """``m`` when ``node`` is SDPA's conversion of a bool mask ``m`` to an additive one
-    (``where(m, 0, -inf)``, ``where(logical_not(m), -inf, 0)``, or the cuDNN backend's
-    ``where(logical_not(m), -65504, 0)``), else None. Reading ``m`` itself is what lets the kernel
+    (``where(m, 0, -inf)``, ``where(logical_not(m), -inf, 0)``, or the cuDNN backend's -65504 in
+    place of -inf), else None. Reading ``m`` itself is what lets the kernel
     skip the excluded keys: a finite -65504 is a weight, not an exclusion, to a reader of the
     additive mask (the two differ only on a row with no key allowed, which SDPA leaves undefined)."""
     if not is_call(node, aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar):
@@ -109,9 +110,9 @@ def _bool_of_additive(node):
     if ct is None or ct.dtype != torch.bool:
         return None
     a, b = _scalar(a), _scalar(b)
-    if a == 0.0 and b == -math.inf:
+    if a == 0.0 and b in _EXCLUDED:  # Inductor turns where(~m, x, 0) into this
         return cond
-    if a in (-math.inf, _CUDNN_EXCLUDED) and b == 0.0 and is_call(cond, aten.logical_not.default):
+    if a in _EXCLUDED and b == 0.0 and is_call(cond, aten.logical_not.default):
         return cond.args[0]
     return None
 

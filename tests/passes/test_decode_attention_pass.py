@@ -181,8 +181,12 @@ def cudnn_converted(pos):  # ... and before cuDNN's: a finite -65504, which bf16
     return torch.where(valid_prefix(pos).logical_not(), -65504.0, torch.scalar_tensor(0.0))
 
 
+def cudnn_canonical(pos):  # the same as Inductor's joint-graph passes leave it on CUDA
+    return torch.where(valid_prefix(pos), 0.0, -65504.0)
+
+
 @pytest.mark.parametrize("mask_fn", [valid_prefix, padded_batch, sliding_window, additive, additive_min,
-                                     sdpa_converted, cudnn_converted])
+                                     sdpa_converted, cudnn_converted, cudnn_canonical])
 @pytest.mark.parametrize("expand", ["interleave", "repeat_kv"])
 def test_masks_are_read(mask_fn, expand):
     fn, args = cache_step(mask_fn, expand=expand)
@@ -191,7 +195,7 @@ def test_masks_are_read(mask_fn, expand):
     assert nodes[0].args[1].meta["val"].shape[1] == 2
 
 
-@pytest.mark.parametrize("mask_fn", [sdpa_converted, cudnn_converted])
+@pytest.mark.parametrize("mask_fn", [sdpa_converted, cudnn_converted, cudnn_canonical])
 def test_a_converted_bool_mask_reaches_the_op_as_bool(mask_fn):
     """The kernel skips a key block only where the mask it reads excludes it; -65504 read as an
     additive value excludes nothing (the whole cache would be read every step)."""
