@@ -91,16 +91,16 @@ def _scalar(node):
     return None
 
 
-#: The finite "excluded" value SDPA's cuDNN backend writes when it converts a bool mask (torch's
-#: ``convert_boolean_attn_mask_cudnn``, a work-around for cuDNN's handling of -inf); bf16 rounds it to -65536.
-_CUDNN_EXCLUDED = -65504.0
-_EXCLUDED = (-math.inf, _CUDNN_EXCLUDED)
+#: What SDPA writes for an excluded key when it converts a bool mask: -inf, or on the cuDNN backend
+#: the finite -65504 (torch's ``convert_boolean_attn_mask_cudnn``, a work-around for cuDNN's -inf),
+#: which a bf16 constant in the graph holds as -65536.
+_EXCLUDED = (-math.inf, -65504.0, -65536.0)
 
 
 def _bool_of_additive(node):
     """``m`` when ``node`` is SDPA's conversion of a bool mask ``m`` to an additive one
     (``where(m, 0, -inf)``, ``where(logical_not(m), -inf, 0)``, or the cuDNN backend's -65504 in
-    place of -inf), else None. Reading ``m`` itself is what lets the kernel
+    place of -inf: ``_EXCLUDED``), else None. Reading ``m`` itself is what lets the kernel
     skip the excluded keys: a finite -65504 is a weight, not an exclusion, to a reader of the
     additive mask (the two differ only on a row with no key allowed, which SDPA leaves undefined)."""
     if not is_call(node, aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar):

@@ -181,8 +181,11 @@ def cudnn_converted(pos):  # ... and before cuDNN's: a finite -65504, which bf16
     return torch.where(valid_prefix(pos).logical_not(), -65504.0, torch.scalar_tensor(0.0))
 
 
-def cudnn_canonical(pos):  # the same as Inductor's joint-graph passes leave it on CUDA
-    return torch.where(valid_prefix(pos), 0.0, -65504.0)
+CUDNN_EXCLUDED_BF16 = torch.tensor(-65504.0, dtype=torch.bfloat16).item()  # -65536
+
+
+def cudnn_canonical(pos):  # the same as Inductor leaves it on CUDA: where(m, 0, -65504 held in bf16)
+    return torch.where(valid_prefix(pos), 0.0, CUDNN_EXCLUDED_BF16)
 
 
 @pytest.mark.parametrize("mask_fn", [valid_prefix, padded_batch, sliding_window, additive, additive_min,
