@@ -81,9 +81,11 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
                "slower on cpu (no measurement shows otherwise)"),
     # ---------------------------------------------------------------- CUDA decode (measured end to end)
     # HF LlamaModel 32 x 2048 (32/8 heads, d64) on a StaticCache and the demo decoder's static cache, one
-    # H200, torch 2.11.0+cu130, triton 3.6.0, bf16, CUDA graphs on; ms per step, SDPA on repeat_kv copies
-    # vs the op on the un-expanded cache (benchmarks/results/hf_llama/h200-2026-12-02-decode.json,
-    # benchmarks/results/decode/h200-2026-12-02-kv-cache.json).
+    # H200, torch 2.11.0+cu130, triton 3.6.0, bf16, CUDA graphs on; ms per step, regionc with SDPA on repeat_kv
+    # copies vs with the op on the un-expanded cache (benchmarks/results/hf_llama/h200-2026-12-02-decode.json,
+    # benchmarks/results/decode/h200-2026-12-02-kv-cache.json); since the op reads the bool mask behind
+    # cuDNN's conversion it skips the excluded keys: 3.01 / 3.61 / 3.83 ms for the three 4096-slot rows
+    # (benchmarks/results/hf_llama/h200-2026-12-02-decode-cudnn-mask.json).
     ("cuda", "decode_attention", "gqa_expanded"): Decision(
         True, "faster end to end: HF Llama batch 8 cache 4096: 7.84 -> 3.67 ms at position 512, 7.83 -> 3.67 at "
               "3900; batch 32 cache 4096: 22.15 -> 6.81; batch 1 cache 256: 3.10 -> 3.04; demo decoder batch 8: "
