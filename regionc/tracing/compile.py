@@ -101,7 +101,9 @@ class CompiledForward:
     come after blocks already wrote a cache). Per-block tracing also
     gives way after its first call if Dynamo compiled the block frame again and again in it (it
     specializes on a per-layer value): the blocks would compile per layer, or run eagerly past
-    Dynamo's recompile limit.
+    Dynamo's recompile limit. Once that is plain within the first call (more compiles than the three
+    variants per block class), the rest of the call's blocks run eagerly (:class:`_FirstCallGate`)
+    instead of compiling each layer, so the call costs a few block compiles, not one per layer.
     """
 
     def __init__(self, model: nn.Module, stacks: list[Stack], strategy: str, config: Config,
@@ -115,6 +117,7 @@ class CompiledForward:
         self.next = list(FALLBACKS[strategy])
         self.fallbacks: list[str] = []  # "<strategy>: <error>" for each strategy given up
         self.settled = False
+        self.eager_rest = False  # the first call's remaining blocks run eagerly (logged once)
         self.first_calls = threading.RLock()
         self._apply(strategy)
 
@@ -145,15 +148,29 @@ class CompiledForward:
                 self._check_first_call()
             return result
 
+    def _specializes_per_layer(self) -> bool:
+        """Under per-block tracing, in or after the first call (one input shape): a first, a middle and a
+        last variant per block class are expected (input layouts differ at the ends of a stack); more
+        compiles mean the trace specializes per layer."""
+        return self.strategy == "per_block" and bool(self.next) and len(self.reports) > 3 * len(self.stacks)
+
     def _check_first_call(self) -> None:
-        """After the first call (one input shape) under per-block tracing: a first, a middle and a last
-        variant per block class are expected (input layouts differ at the ends of a stack); more mean
-        the trace specializes per layer."""
-        compiles = len(self.reports)
-        if self.strategy == "per_block" and self.next and compiles > 3 * len(self.stacks):
-            self._fall_back(f"its block frames were compiled {compiles} times for {len(self.stacks)} block "
-                            "class(es) in one call: a per-layer value read in the block (HF's layer_idx into "
-                            "a cache, say) specializes each trace")
+        if self._specializes_per_layer():
+            self._fall_back(f"its block frames were compiled {len(self.reports)} times for {len(self.stacks)} "
+                            "block class(es) in one call: a per-layer value read in the block (HF's layer_idx "
+                            "into a cache, say) specializes each trace")
+
+    def eager_rest_of_first_call(self) -> bool:
+        """Whether a block frame of the first call should run eagerly: the call has shown the trace
+        specializes per layer (it falls back after the call), so compiling the remaining layers one by
+        one would only cost time."""
+        if self.settled or not self._specializes_per_layer():
+            return False
+        if not self.eager_rest:
+            self.eager_rest = True
+            log.info("regionc: %s's block frames specialize per layer; the rest of the first call runs its "
+                     "blocks eagerly", type(self.model).__name__)
+        return True
 
     @property
     def reports(self) -> list[Report]:
@@ -190,9 +207,12 @@ class CompiledForward:
                     if self.save_traces else None
                 for block in stack.instances:
                     if traces is not None:
-                        block.forward = SavedTraceForward(traces, block)
+                        block.forward = _FirstCallGate(self, SavedTraceForward(traces, block),
+                                                       stack.cls.forward.__get__(block))
                     else:
                         block.compile(**args)
+                        block._compiled_call_impl = _FirstCallGate(self, block._compiled_call_impl,
+                                                                   block._call_impl)
             self.run = ModuleGraphs(self.model, self.original, self.config) if module_graphs else self.original
             return
         if strategy == "nested_region":
@@ -212,6 +232,21 @@ class CompiledForward:
                 if self.strategy == "per_block":
                     block.__dict__.pop("forward", None)
                     block._compiled_call_impl = None
+
+
+class _FirstCallGate:
+    """A block's compiled call under per-block tracing, or its eager one for the rest of a first call
+    that has shown the trace specializes per layer (:meth:`CompiledForward.eager_rest_of_first_call`)."""
+
+    def __init__(self, owner: CompiledForward, compiled, eager):
+        self.owner, self.compiled, self.eager = owner, compiled, eager
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = self.eager if self.owner.eager_rest_of_first_call() else self.compiled
+        return run(*args, **kwargs)
+
+    def __reduce__(self):
+        return (type(None), ())  # pickled into a saved trace's guard state as "no forward": see below
 
 
 class SavedTraceForward:
