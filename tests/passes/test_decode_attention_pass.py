@@ -74,6 +74,47 @@ def test_hf_llama_static_cache_decode():
     assert not [t for g in cap.with_op("decode_attention") for t in cap.targets(g) if "scaled_dot_product" in str(t)]
 
 
+@pytest.mark.parametrize("arch, overrides, swapped", [
+    ("Qwen2", {}, True),  # q/k/v biases
+    ("Mistral", {"sliding_window": None}, True),
+    # a sliding-window cache layer: written at a position until it is full (the op may read it), then rolled
+    # (not a cache write the pass knows: SDPA stays); a recompile separates the two
+    ("Mistral", {"sliding_window": 6}, None),
+])
+def test_other_hf_decoders_on_a_static_cache(arch, overrides, swapped):
+    """Held-out architectures: every step equals eager, and where the op is swapped in it reads the
+    un-expanded cache and the bool mask."""
+    transformers = pytest.importorskip("transformers")
+    cfg = getattr(transformers, f"{arch}Config")(hidden_size=256, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                                 head_dim=64, **overrides)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{arch}Model")(cfg).eval()
+    batch, prompt = 2, 5
+
+    def prefilled():
+        cache = transformers.StaticCache(config=cfg, max_cache_len=16)
+        model(torch.arange(batch * prompt).view(batch, prompt), past_key_values=cache, use_cache=True,
+              cache_position=torch.arange(prompt))
+        return cache
+
+    with capture() as cap, torch.no_grad():
+        eager_cache, compiled_cache = prefilled(), prefilled()
+        compiled = compile_with_passes(model, ALWAYS, cap)
+        for pos in range(prompt, prompt + 4):  # past the window: the oldest keys drop out of the mask
+            tok = torch.randint(0, 128, (batch, 1))
+            expected = model(tok, past_key_values=eager_cache, use_cache=True, cache_position=torch.tensor([pos]))
+            actual = compiled(tok, past_key_values=compiled_cache, use_cache=True, cache_position=torch.tensor([pos]))
+            assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=1e-4)
+    nodes = decode_nodes(cap)
+    if swapped:
+        assert nodes and cap.matches.get("decode_attention", 0) >= 1, (cap.matches, cap.skips)
+    for node in nodes:
+        assert_reads_cache(node, kv_heads=2)
+        assert node.args[3].meta["val"].dtype == torch.bool
+
+
 def test_demo_decoder_gpt_fast_cache():
     model = build_demo_model(LlamaConfig.tiny(2, dim=256, max_seq=32))
     model.setup_kv_cache(2, torch.float32)
