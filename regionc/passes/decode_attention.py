@@ -23,9 +23,10 @@ Matched when:
   one KV head's query rows (``Hq/Hkv * Lq``) at most ``MAX_TILE_ROWS``;
 * the mask is readable: none, or one mask for all heads, broadcastable to ``[B, 1, Lq, S]``,
   boolean or additive. ``where(m, 0, -inf)`` / ``where(~m, -inf, 0)`` of a bool ``m``, and the
-  cuDNN backend's ``where(~m, -65504, 0)``, are read as ``m``; a broadcast ``expand`` over heads of a head-less mask and the memory-efficient
-  backend's ``slice(pad(mask))`` alignment are looked through. The kernel reads the mask
-  itself, so any pattern in it (padding, a sliding window, a causal tail) keeps its meaning;
+  cuDNN backend's ``where(~m, -65504, 0)``, are read as ``m``; a broadcast ``expand`` over heads
+  of a head-less mask and the memory-efficient backend's ``slice(pad(mask))`` alignment are
+  looked through. The kernel reads the mask itself, so any pattern in it (padding, a sliding
+  window, a causal tail) keeps its meaning;
 * no dropout, no ``is_causal`` (SDPA's top-left causal over a cache is not decode), q/k/v of one
   float dtype, head dim 64 or 128, v's head dim equal to q's.
 

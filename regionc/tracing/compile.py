@@ -42,6 +42,7 @@ from torch import nn
 from regionc.blocks.detect import Stack, find_repeated_blocks
 from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
+from regionc.logs import log_once
 from regionc.report import Report, first_line, reports
 from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
@@ -117,7 +118,7 @@ class CompiledForward:
         self.next = list(FALLBACKS[strategy])
         self.fallbacks: list[str] = []  # "<strategy>: <error>" for each strategy given up
         self.settled = False
-        self.eager_rest = False  # the first call's remaining blocks run eagerly (logged once)
+        self._log_key = object()  # log_once: this model's messages
         self.first_calls = threading.RLock()
         self._apply(strategy)
 
@@ -166,10 +167,8 @@ class CompiledForward:
         one would only cost time."""
         if self.settled or not self._specializes_per_layer():
             return False
-        if not self.eager_rest:
-            self.eager_rest = True
-            log.info("regionc: %s's block frames specialize per layer; the rest of the first call runs its "
-                     "blocks eagerly", type(self.model).__name__)
+        log_once((self._log_key, "eager rest"), "regionc: %s's block frames specialize per layer; the rest of the "
+                 "first call runs its blocks eagerly", type(self.model).__name__)
         return True
 
     @property
