@@ -108,8 +108,18 @@ def start_compile_workers() -> None:
     maybe_warm_pool()
 
 
+#: How a compiled piece names a regionc op: the Python wrapper calls ``torch.ops.regionc.<op>``, the
+#: C++ wrapper passes ``regionc::<op>`` to its proxy executor.
+_OP_REFERENCES = (b"torch.ops.regionc.", b"regionc::")
+
+
 def load_piece(payload: bytes) -> Callable[..., Any]:
-    """Rebuild a compiled piece from :func:`compile_piece`'s payload (raises if it is unusable)."""
+    """Rebuild a compiled piece from :func:`compile_piece`'s payload (raises if it is unusable).
+
+    regionc's ops are registered first only if the piece calls one: a warm start whose pieces swap
+    nothing never imports the passes or the ops (see regionc/passes/version.py)."""
+    if any(reference in payload for reference in _OP_REFERENCES):
+        import regionc.ops  # noqa: F401
     artifact = _unbundle(payload)
     with tempfile.TemporaryDirectory(prefix="regionc-load-") as tmp:
         path = os.path.join(tmp, "artifact.bin")

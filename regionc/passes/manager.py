@@ -3,12 +3,8 @@
 ``PassManager(config, device)`` builds one :class:`RegioncGraphPass` (a ``CustomGraphPass``)
 and hands it to Inductor through ``post_grad_custom_post_pass`` (after Inductor's own
 post-grad passes, so it sees the graph Inductor is about to lower). Its ``uuid()`` is the version
-of the code the passes can put into a piece on this device: the pass machinery's sources, and
-of each pass that may swap here (``kernel_choice="always"``, or a decision-table row that swaps
-on this device type) its own source, its kernel's and its decision rows, plus the enabled passes,
-``kernel_choice`` and the device type. Inductor's FX cache and regionc's piece keys both use it,
-so they miss as soon as a pass that can act changes, and editing a kernel that never runs here
-(or a reason in the table) leaves every cached piece valid.
+of the code the passes can put into a piece on this device (regionc/passes/version.py), which
+Inductor's FX cache and regionc's keys both hold.
 
 Order inside one graph: find RMSNorms → fuse the ones on a residual add → plain RMSNorms →
 RoPE (q and k pairs) → decode attention over a KV cache → attention (an SDPA the decode pass took is gone
@@ -20,13 +16,10 @@ when the pass runs: a piece loaded from regionc's store or Inductor's FX cache r
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,24 +28,10 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import regionc.ops  # noqa: F401  (the passes insert torch.ops.regionc.*)
 from regionc.config import PASS_NAMES, Config
-from regionc.passes import attention, decisions, decode_attention, fused_add_rms_norm, rms_norm, rope
+from regionc.passes import attention, decisions, decode_attention, fused_add_rms_norm, rms_norm, rope, version
 from regionc.passes._graph import finish
 
 log = logging.getLogger("regionc")
-
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-
-#: Sources every pass shares (relative to the package): the manager, the graph helpers, the op
-#: registration and launch helpers. They shape every rewritten graph, swaps or not.
-COMMON_SOURCES = ("passes/manager.py", "passes/_graph.py", "ops/__init__.py", "ops/_utils.py", "ops/_variants.py")
-#: Per pass: its own source and the op it swaps in (whose Triton kernels Inductor compiles into the piece).
-PASS_SOURCES = {
-    "rms_norm": ("passes/rms_norm.py", "ops/rms_norm.py"),
-    "fused_add_rms_norm": ("passes/fused_add_rms_norm.py", "passes/rms_norm.py", "ops/rms_norm.py"),
-    "rope": ("passes/rope.py", "ops/rope.py"),
-    "attention": ("passes/attention.py", "ops/attention.py", "ops/attention_hopper.py"),
-    "decode_attention": ("passes/decode_attention.py", "ops/decode_attention.py"),
-}
 
 #: Called with every graph after the passes ran (tests assert on the rewritten graph).
 _graph_hooks: list[Callable[[torch.fx.Graph], None]] = []
@@ -66,16 +45,6 @@ def graph_hook(fn: Callable[[torch.fx.Graph], None]):
         yield fn
     finally:
         _graph_hooks.remove(fn)
-
-
-@functools.lru_cache(maxsize=None)
-def sources_digest(paths: frozenset[str]) -> str:
-    """sha256 over the names and bytes of ``paths`` (relative to the package), in a stable order;
-    once per process and set of files (sources do not change under a running process)."""
-    h = hashlib.sha256()
-    for rel in sorted(paths):
-        h.update(rel.encode() + b"\0" + (PACKAGE_DIR / rel).read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 class _Context:
@@ -131,22 +100,11 @@ class PassManager:
 
     # ------------------------------------------------------------------ Inductor side
     def uuid(self) -> str:
-        acting = self.acting_passes()
-        rows = sorted((op, cls, d.swap) for (device, op, cls), d in decisions.DECISIONS.items()
-                      if device == self.device.type and op in acting)
-        sources = [*COMMON_SOURCES, *(path for name in acting for path in PASS_SOURCES[name])]
-        h = hashlib.sha256()
-        for part in (sources_digest(frozenset(sources)), repr(rows), repr(sorted(self.enabled.items())), self.kernel_choice,
-                     self.device.type):
-            h.update(part.encode() + b"\0")
-        return h.hexdigest()
+        """The passes' version (regionc/passes/version.py): Inductor's FX cache and regionc's keys hold it."""
+        return version.passes_version(self.config, self.device.type)
 
     def acting_passes(self) -> list[str]:
-        """The enabled passes that may swap a kernel in on this device: all of them under
-        ``kernel_choice="always"``, else those with a decision-table row that swaps here."""
-        swapping = {op for (device, op, _), d in decisions.DECISIONS.items() if device == self.device.type and d.swap}
-        return [name for name in PASS_NAMES
-                if self.enabled[name] and (self.kernel_choice == "always" or name in swapping)]
+        return version.acting_passes(self.config, self.device.type)
 
     def inductor_config_patches(self) -> dict[str, Any]:
         """Inductor config patches that install the passes ({} when every pass is off)."""

@@ -201,7 +201,7 @@ class TraceSet:
     # ------------------------------------------------------------------ key
     def _key(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
         from regionc.cache.key import _PACKAGE_DIR, _cached_sources_hash, canonical, environment_factors
-        from regionc.passes import PassManager
+        from regionc.passes.version import passes_version
 
         device = _device_of(module, args, kwargs)
         return canonical({
@@ -215,7 +215,7 @@ class TraceSet:
             "options": self.config.trace_options(),
             "dynamic": self.dynamic,
             "env": environment_factors(device),
-            "passes_version": PassManager(self.config, device).uuid(),  # the piece keys the program names hold it
+            "passes_version": passes_version(self.config, device.type),  # the piece keys the program names hold it
             # how a trace becomes a program (split, graphs, this file): a new regionc re-traces
             "program_sources": _cached_sources_hash(str(_PACKAGE_DIR), ("blocks", "cudagraph", "tracing")),
         })

@@ -2,7 +2,8 @@
 
     python tests/cache/model_worker.py OUT_PREFIX CACHE_DIR OPTIONS_JSON [GO_FILE]
 
-Writes OUT_PREFIX.json (the report) and OUT_PREFIX.pt (the output). With GO_FILE, waits
+Writes OUT_PREFIX.json (the report, with ``ops_registered``: whether regionc's ops were imported by
+the compiled call) and OUT_PREFIX.pt (the output). With GO_FILE, waits
 for that file first, so several workers can be released at the same moment. Option
 ``count_cpp_builds``: the report's ``cpp_builds`` lists the C++ libraries (``.so``) Inductor built
 for the model (its CPU ISA probe and its shared precompiled header excluded; builds run in this
@@ -37,11 +38,12 @@ def main(out_prefix: str, cache_dir: str, options_json: str, go_file: str | None
             time.sleep(0.01)
     with torch.no_grad():
         out = compiled(tokens)
+        ops_registered = "regionc.ops" in sys.modules  # before anything else could import them
         expected = model(tokens)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
     torch.save(out, out_prefix + ".pt")
     with open(out_prefix + ".json", "w") as f:
-        json.dump({**regionc.last_report().to_dict(), "cpp_builds": builds,
+        json.dump({**regionc.last_report().to_dict(), "cpp_builds": builds, "ops_registered": ops_registered,
                    "dynamo_graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]}, f)
 
 

@@ -127,3 +127,19 @@ def test_a_regionc_compile_restart_loads_its_saved_trace_and_runs_no_dynamo(cold
     assert loaded["trace_source"].startswith("saved trace ") and loaded["dynamo_graphs"] == 0
     assert set(loaded["sources"]) <= {"cache", "reused"} and loaded["cache"]["misses"] == 0
     torch.testing.assert_close(loaded["output"], traced["output"], atol=0, rtol=0)
+    # no piece swaps a kernel in on the CPU: the warm start never imports the passes or registers the ops
+    assert traced["ops_registered"] and not loaded["ops_registered"]
+
+
+def test_a_saved_trace_whose_pieces_call_regionc_ops_registers_them_on_load(cold):
+    """The other side of loading without the ops: a piece that calls one gets them registered first."""
+    if not traces_can_be_saved():
+        pytest.skip(f"torch {torch.__version__} cannot save Dynamo traces")
+    tmp, cache_dir, _ = cold
+    options = {"entry": "regionc.compile", "cudagraphs": False, "kernel_choice": "always"}
+    traced = run_worker(tmp, "saved-trace-ops-1", cache_dir, **options)
+    assert traced["trace_source"].startswith("traced, saved as ") and traced["pass_matches"]
+    loaded = run_worker(tmp, "saved-trace-ops-2", cache_dir, **options)
+    assert loaded["trace_source"].startswith("saved trace ") and loaded["cache"]["misses"] == 0
+    assert loaded["ops_registered"]
+    torch.testing.assert_close(loaded["output"], traced["output"], atol=0, rtol=0)

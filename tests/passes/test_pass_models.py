@@ -140,16 +140,16 @@ def test_uuid_follows_options_and_sources():
 def test_uuid_follows_the_code_a_pass_can_insert_on_the_device(monkeypatch):
     """A pass's or kernel's source is in the version only where that pass may swap its kernel in:
     editing RoPE's kernel keeps every CPU entry (auto swaps nothing there), not a kernel_choice="always" one."""
-    import regionc.passes.manager as manager
+    import regionc.passes.version as version
 
     auto, always = Config.build({}), Config.build({"kernel_choice": "always"})
     assert PassManager(auto, "cpu").acting_passes() == []
     assert PassManager(auto, "cuda").acting_passes() == ["decode_attention"]
     before = {name: PassManager(config, "cpu").uuid() for name, config in (("auto", auto), ("always", always))}
-    monkeypatch.setitem(manager.PASS_SOURCES, "rope", ("passes/rope.py", "ops/rms_norm.py"))  # "rope's kernel edited"
+    monkeypatch.setitem(version.PASS_SOURCES, "rope", ("passes/rope.py", "ops/rms_norm.py"))  # "rope's kernel edited"
     assert PassManager(auto, "cpu").uuid() == before["auto"]
     assert PassManager(always, "cpu").uuid() != before["always"]
-    monkeypatch.setattr(manager, "COMMON_SOURCES", (*manager.COMMON_SOURCES, "passes/decisions.py"))
+    monkeypatch.setattr(version, "COMMON_SOURCES", (*version.COMMON_SOURCES, "passes/decisions.py"))
     assert PassManager(auto, "cpu").uuid() != before["auto"]
 
 
