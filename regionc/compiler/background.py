@@ -16,7 +16,8 @@ What keeps it safe, and what it costs:
   traced (the first graph's pieces first), and each piece's compile holds Dynamo's compile lock:
   Dynamo and Inductor keep process-wide state (config patches, counters, metrics) that expects one
   compile at a time. A new Dynamo trace in the caller's thread waits for the piece being compiled
-  at that moment, not for the whole job.
+  at that moment, not for the whole job; ``regionc.compile`` therefore holds the jobs back until a
+  model's first call has returned (:func:`held`), so that call's later block frames never wait.
 * Only graphs whose inputs have static shapes, under no autocast: Dynamo has installed the graph's
   guards by the time a background compile runs, so a guard Inductor adds on a symbolic size, or a
   global state it reads, would be missed. Other graphs compile in the calling thread (logged).
@@ -51,6 +52,9 @@ _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 _jobs: set[Future] = set()
 _short_interval = contextlib.ExitStack()  # holds switch_interval() from the first queued job to the last
+_holds = 0  # open held() blocks
+_open = threading.Event()  # set when no held() block is open: queued jobs may start
+_open.set()
 
 
 def submit(job: Callable[[], Any]) -> Future:
@@ -61,10 +65,35 @@ def submit(job: Callable[[], Any]) -> Future:
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regionc-compile")
         if not _jobs:
             _short_interval.enter_context(switch_interval(SWITCH_INTERVAL_S))
-        future = _executor.submit(job)
+        future = _executor.submit(_when_open, job)
         _jobs.add(future)
     future.add_done_callback(_finished)
     return future
+
+
+def _when_open(job: Callable[[], Any]) -> Any:
+    _open.wait()
+    return job()
+
+
+@contextlib.contextmanager
+def held():
+    """Jobs submitted inside start only once the block exits (they queue meanwhile, and :func:`busy`
+    counts them). ``regionc.compile`` holds them over a model's first call: under per-block tracing
+    each block class is its own Dynamo frame, and a frame traced (or a saved trace loaded) while a job
+    compiles waits for that compile, so without the hold the first output of a model with two block
+    classes (Flux) waited for the first class's compile. Never wait for a job inside (it cannot start)."""
+    global _holds
+    with _lock:
+        _holds += 1
+        _open.clear()
+    try:
+        yield
+    finally:
+        with _lock:
+            _holds -= 1
+            if not _holds:
+                _open.set()
 
 
 def _finished(future: Future) -> None:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from regionc.blocks.detect import Stack, find_repeated_blocks
+from regionc.compiler import background
 from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
 from regionc.logs import log_once
@@ -125,7 +126,9 @@ class CompiledForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.settled:
             return self._call(*args, **kwargs)
-        with self.first_calls:  # one at a time until one succeeded: a call during a warm-up waits for it
+        # one at a time until one succeeded (a call during a warm-up waits for it); background compiles
+        # start after it, so its later block frames trace without waiting for the first frame's compile
+        with self.first_calls, background.held():
             return self._call(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -118,6 +118,38 @@ def test_regionc_compile_in_the_background_and_a_warm_start(model, tracing, tmp_
                 assert any("piece artifact(s) load in the background" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("tracing", ["auto", "per_block"])
+def test_regionc_compile_holds_background_compiles_until_its_first_call_returns(model, tracing, monkeypatch, tmp_path):
+    """Under per-block tracing each block class is a Dynamo frame of its own, and a frame traced while a
+    piece compiles waits for that compile: the first call's compiles start only once it has returned."""
+    in_first_call = threading.Event()
+    started_during_call = []
+    real = graph_module.compile_piece
+
+    def recording(*args, **kwargs):
+        started_during_call.append(in_first_call.is_set())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graph_module, "compile_piece", recording)
+    x = tokens()
+    with torch.no_grad():
+        expected = model(x)
+    torch._dynamo.reset()
+    compiled = regionc.compile(build_demo_model(LlamaConfig.tiny(n_layers=3)),
+                               options={"cache_dir": str(tmp_path), "strict": True, "background_compile": True,
+                                        "block_tracing": tracing})
+    compiled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        in_first_call.set()
+        first = compiled(x)
+        in_first_call.clear()
+        assert regionc.wait_compiled(timeout=600)
+        after = compiled(x)
+    assert_close(first, expected)
+    assert_close(after, expected)
+    assert started_during_call and not any(started_during_call), started_during_call
+
+
 def test_symbolic_shapes_compile_in_the_calling_thread(model, caplog):
     compiled = torch.compile(model, backend="regionc", options=BACKGROUND, dynamic=True)
     with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
