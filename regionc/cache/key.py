@@ -92,22 +92,24 @@ def _sha256(text: str | bytes) -> str:
 
 # ---------------------------------------------------------------------------- environment
 def sources_hash(package_dir: Path | None = None, dirs: tuple[str, ...] = SOURCE_DIRS) -> str:
-    """sha256 over every ``*.py`` under ``package_dir/<dir>`` for ``dir`` in ``dirs``.
-
-    Hashes relative posix names and file *contents*, sorted by name: the same checkout at two
-    different paths (or on two hosts) hashes the same; editing any pass changes it.
-    """
+    """sha256 over every ``*.py`` under ``package_dir/<dir>`` for ``dir`` in ``dirs`` (:func:`files_hash`)."""
     package_dir = Path(package_dir or _PACKAGE_DIR)
-    digest = hashlib.sha256()
     files = []
     for sub in dirs:
         base = package_dir / sub
         if base.is_dir():
             files.extend(p for p in base.rglob("*.py") if "__pycache__" not in p.parts and p.is_file())
-    for path in sorted(files, key=lambda p: p.relative_to(package_dir).as_posix()):
-        rel = path.relative_to(package_dir).as_posix()
+    return files_hash(package_dir, [path.relative_to(package_dir).as_posix() for path in files])
+
+
+def files_hash(package_dir: Path, names) -> str:
+    """sha256 over the files ``names`` (posix paths relative to ``package_dir``): each relative name and
+    its *contents*, sorted by name, so the same checkout at two different paths (or on two hosts)
+    hashes the same, and editing any of the files changes it."""
+    digest = hashlib.sha256()
+    for rel in sorted(names):
         digest.update(rel.encode() + b"\0")
-        digest.update(path.read_bytes())
+        digest.update((package_dir / rel).read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
 

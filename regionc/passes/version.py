@@ -18,6 +18,7 @@ import functools
 import hashlib
 from pathlib import Path
 
+from regionc.cache.key import files_hash
 from regionc.config import PASS_NAMES, Config
 from regionc.passes import decisions
 
@@ -38,12 +39,9 @@ PASS_SOURCES = {
 
 @functools.lru_cache(maxsize=None)
 def sources_digest(paths: frozenset[str]) -> str:
-    """sha256 over the names and bytes of ``paths`` (relative to the package), in a stable order;
-    once per process and set of files (sources do not change under a running process)."""
-    h = hashlib.sha256()
-    for rel in sorted(paths):
-        h.update(rel.encode() + b"\0" + (PACKAGE_DIR / rel).read_bytes() + b"\0")
-    return h.hexdigest()
+    """The hash of ``paths`` (relative to the package), once per process and set of files (sources do
+    not change under a running process)."""
+    return files_hash(PACKAGE_DIR, paths)
 
 
 def acting_passes(config: Config, device_type: str) -> list[str]:
