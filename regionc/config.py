@@ -95,7 +95,7 @@ class Config:
     trace_cache: bool = True
     #: Return from the backend once the graph is split and compile (or load) its pieces in a background
     #: thread; until a piece's code is ready it runs eagerly, so the first output costs the trace plus
-    #: one eager forward (regionc/compiler/background.py; static shapes only, others compile at once).
+    #: one eager forward (regionc/compiler/background.py; not under autocast, which compiles at once).
     background_compile: bool = False
     #: Raise instead of falling back to eager when a piece fails to compile (tests, CI).
     strict: bool = False

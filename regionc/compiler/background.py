@@ -18,9 +18,10 @@ What keeps it safe, and what it costs:
   compile at a time. A new Dynamo trace in the caller's thread waits for the piece being compiled
   at that moment, not for the whole job; ``regionc.compile`` therefore holds the jobs back until a
   model's first call has returned (:func:`held`), so that call's later block frames never wait.
-* Only graphs whose inputs have static shapes, under no autocast: Dynamo has installed the graph's
-  guards by the time a background compile runs, so a guard Inductor adds on a symbolic size, or a
-  global state it reads, would be missed. Other graphs compile in the calling thread (logged).
+* Dynamo has installed the graph's guards by the time a background compile runs, so a guard Inductor
+  adds on a symbolic size would be missed: the piece checks it on each call instead, and runs eagerly
+  where it fails (regionc/compiler/guards.py). A graph traced under autocast, a global state Inductor
+  reads, compiles in the calling thread (logged).
 * Nothing is captured as a CUDA graph while a job runs anywhere in the process (:func:`busy`): a
   capture must be the only CUDA work of the process, and a piece captured while still eager would
   keep its eager code for good.

@@ -28,7 +28,8 @@ from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
 from regionc.compiler import background
-from regionc.compiler.inductor import PIECE_DEFAULTS, compile_piece, load_stored_piece
+from regionc.compiler.guards import ShapeGuards, guard_count, guarded
+from regionc.compiler.inductor import PIECE_DEFAULTS, CompiledPiece, compile_piece, load_stored_piece
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
 
@@ -55,6 +56,7 @@ class GraphCompiler:
         """The split module, each piece's forward replaced by its compiled code, the pieces in order,
         and, when the pieces compile in the background, that job (the split module's pieces then run
         eagerly, each until the job installs its compiled code)."""
+        guards_since = guard_count(example_inputs)  # Dynamo's guards; later ones are the pieces' (guards.py)
         with report.phase("detect"):
             self._inline_nested_regions(gm, report)
             owners = detect_blocks(gm.graph, self.config.min_instances)
@@ -90,9 +92,12 @@ class GraphCompiler:
             for piece, record, unique in instances:
                 record.key = unique.keyed[0]
 
-        def obtain(unique: _Unique) -> None:
+        def obtain(unique: _Unique, in_background: bool) -> None:
             submodule = split._modules[unique.piece.name]  # the piece's graph, under any eager copy installed over it
-            unique.fn = self._obtain(unique, submodule, inputs[unique.piece.name], patches, report)
+            unique.fn, guards = self._obtain(unique, submodule, inputs[unique.piece.name], patches, guards_since,
+                                             report)
+            if not in_background and unique.record.source == "compiled":
+                guards = None  # compiled inside Dynamo's call: its guards are Dynamo's now
             if self.passes is not None:
                 unique.record.pass_matches = self.passes.take_matches()
                 report.pass_matches.update(unique.record.pass_matches)
@@ -104,12 +109,13 @@ class GraphCompiler:
                     record.key = unique.record.key
                     if unique.fn is None:
                         record.source, record.reason = "eager", "its fingerprint failed to compile"
-                if unique.fn is not None:
-                    split.__dict__[piece.name] = unique.fn  # shadows the submodule: the FX code calls self.<name>(...)
+                if unique.fn is not None:  # shadows the submodule: the FX code calls self.<name>(...)
+                    eager = split.__dict__.get(piece.name, split._modules[piece.name])  # an untouched graph
+                    split.__dict__[piece.name] = guarded(unique.fn, guards, eager, f"{piece.name} ({piece.label})")
 
-        if not self._in_background(example_inputs):
+        if not self._in_background():
             for unique in uniques.values():
-                obtain(unique)
+                obtain(unique, in_background=False)
             return split, pieces, None
         # the eager pieces run copies of the piece graphs, never the graphs Inductor is compiling
         # (its passes rewrite them in place)
@@ -121,7 +127,7 @@ class GraphCompiler:
         def obtain_all() -> None:
             for unique in uniques.values():
                 with callers_state():
-                    obtain(unique)
+                    obtain(unique, in_background=True)
             log.info("%s (in the background)", report.summary())
 
         job = background.submit(obtain_all)
@@ -131,33 +137,40 @@ class GraphCompiler:
 
     # ------------------------------------------------------------------ one unique piece
     def _obtain(self, unique: _Unique, submodule: torch.fx.GraphModule, inputs: list[Any], patches: dict,
-                report: Report):
-        """Compiled callable for a new fingerprint: from the disk cache, else Inductor; None → eager."""
+                guards_since: int, report: Report) -> tuple[Callable[..., Any] | None, ShapeGuards | None]:
+        """Compiled callable for a new fingerprint, from the disk cache, else Inductor (None → eager),
+        and the size guards its code carries."""
         piece, record = unique.piece, unique.record
         if unique.keyed is None:
-            return self._compile(piece, submodule, inputs, patches, record, report)[0]
+            compiled = self._compile(piece, submodule, inputs, patches, guards_since, record, report)
+            return (compiled.fn, compiled.guards) if compiled is not None else (None, None)
         key, factors = unique.keyed
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
             try:
-                fn = load_stored_piece(self.store, key, record, report)
+                loaded = load_stored_piece(self.store, key, record, report)
             except Exception as exc:  # a verified entry that still fails: drop it, recompile
                 log.warning("regionc: cache entry %s for %s (%s) failed to load (%s); recompiling",
                             key[:12], piece.name, piece.label, exc)
                 self.store.remove(key)
             else:
-                if fn is not None:
-                    return fn
+                if loaded is not None and (loaded[1] is None or loaded[1].holds(inputs)):
+                    return loaded
+                if loaded is not None:  # Inductor specialized the entry on sizes this graph does not have
+                    log.info("regionc: cache entry %s for %s (%s) assumes %s, which this graph's sizes break; "
+                             "compiling it for them (the entry is replaced)", key[:12], piece.name, piece.label,
+                             loaded[1].code)
             self.store.record_miss(key)
             report.add_cache(misses=1)
-            fn, payload = self._compile(piece, submodule, inputs, patches, record, report)
+            compiled = self._compile(piece, submodule, inputs, patches, guards_since, record, report)
             with report.phase("cache_write"):
-                saved = payload is not None and self.store.save(key, payload, factors)
+                saved = compiled is not None and compiled.payload is not None and self.store.save(
+                    key, compiled.payload, factors)
             if saved:
-                report.add_cache(bytes_written=len(payload))
+                report.add_cache(bytes_written=len(compiled.payload))
             else:
                 record.key = ""
-            return fn
+            return (compiled.fn, compiled.guards) if compiled is not None else (None, None)
 
     @property
     def _cached(self) -> bool:
@@ -169,25 +182,22 @@ class GraphCompiler:
         return piece_key(fingerprint.digest, [describe_value(v) for v in inputs], self.codegen,
                          environment_factors(device))
 
-    def _in_background(self, example_inputs: Sequence[Any]) -> bool:
+    def _in_background(self) -> bool:
         """Whether this graph's pieces compile in the background (when asked and safe; if not safe, says why)."""
         if not self.config.background_compile:
             return False
-        if any(_symbolic(v) for v in example_inputs):
-            why = "its inputs have symbolic sizes (Inductor may add guards on them while it compiles)"
-        elif torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
-            why = "autocast is on"
-        else:
-            return True
-        log.info("regionc: compiling in the calling thread, not in the background: %s", why)
-        return False
+        if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
+            log.info("regionc: compiling in the calling thread, not in the background: autocast is on")
+            return False
+        return True
 
-    def _compile(self, piece, submodule, inputs, patches, record, report):
-        """(callable, serialized payload); (None, None) when the piece falls back to eager."""
+    def _compile(self, piece, submodule, inputs, patches, guards_since, record, report) -> CompiledPiece | None:
+        """The piece compiled (with its payload, None when it cannot be serialized); None when it falls
+        back to eager."""
         start = time.perf_counter()
         serialize_s = 0.0
         try:
-            compiled = compile_piece(submodule, inputs, patches)
+            compiled = compile_piece(submodule, inputs, patches, guards_since=guards_since)
             serialize_s = compiled.serialize_s
         except Exception as exc:
             if self.config.strict:
@@ -196,14 +206,14 @@ class GraphCompiler:
             log.warning("regionc: %s (%s) falls back to eager: %s", piece.name, piece.label, reason)
             record.source, record.reason = "eager", reason
             report.fallbacks.append(f"{piece.name} ({piece.label}): {reason}")
-            return None, None
+            return None
         finally:
             record.seconds = time.perf_counter() - start
             report.phases["compile"] += record.seconds - serialize_s
             if serialize_s:
                 report.phases["serialize"] += serialize_s
         record.source = "compiled"
-        return compiled.fn, compiled.payload
+        return compiled
 
     @staticmethod
     def _inline_nested_regions(gm: torch.fx.GraphModule, report: Report) -> None:
@@ -242,14 +252,6 @@ class _Unique:
     record: PieceRecord
     fn: Callable[..., Any] | None = None
     keyed: tuple[str, dict] | None = None  # (store key, its factors); None when the cache is off
-
-
-def _symbolic(value: Any) -> bool:
-    if isinstance(value, torch.SymInt):
-        return True
-    if isinstance(value, torch.Tensor):
-        return any(isinstance(x, torch.SymInt) for x in (*value.shape, *value.stride(), value.storage_offset()))
-    return False
 
 
 def bare_graph(module: torch.fx.GraphModule) -> torch.fx.Graph:

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
+
 log = logging.getLogger("regionc")
 
 
@@ -53,15 +55,18 @@ class CompiledPiece:
     fn: Callable[..., Any]
     payload: bytes | None  # None when the artifact cannot be serialized (then it is not cached)
     serialize_s: float  # of the compile's time, what turning the artifact into ``payload`` took
+    guards: ShapeGuards | None  # what the compile assumed of symbolic sizes (regionc/compiler/guards.py)
 
 
-def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
-                  config_patches: dict[str, Any]) -> CompiledPiece:
+def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_patches: dict[str, Any],
+                  guards_since: int | None = None) -> CompiledPiece:
     """Compile ``gm`` for inputs like ``example_inputs`` (fake tensors / SymInts of Dynamo's trace).
 
     Symbolic dims come from the ambient Dynamo tracing context, so one artifact serves
-    every size the guards admit.
+    every size the guards admit. The guards added on them since the ShapeEnv held ``guards_since``
+    (by default: since this call) come back with the artifact, and in its payload.
     """
+    since = guard_count(example_inputs) if guards_since is None else guards_since
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
         start_compile_workers()
 
@@ -82,11 +87,12 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             libraries.clear()
             artifact = standalone_compile({})
+    guards = guards_added(example_inputs, since)
     start = time.perf_counter()
     payload = _serialize(artifact)
     if payload is not None:
-        payload = _bundle(libraries, payload)
-    return CompiledPiece(artifact, payload, time.perf_counter() - start)
+        payload = _bundle(libraries, payload, guards)
+    return CompiledPiece(artifact, payload, time.perf_counter() - start, guards)
 
 
 _AOT_MODE = {"aot": True} if "aot" in inspect.signature(torch._inductor.standalone_compile).parameters else {}
@@ -113,34 +119,36 @@ def start_compile_workers() -> None:
 _OP_REFERENCES = (b"torch.ops.regionc.", b"regionc::")
 
 
-def load_piece(payload: bytes) -> Callable[..., Any]:
-    """Rebuild a compiled piece from :func:`compile_piece`'s payload (raises if it is unusable).
+def load_piece(payload: bytes) -> tuple[Callable[..., Any], ShapeGuards | None]:
+    """Rebuild a compiled piece from :func:`compile_piece`'s payload, with the size guards its code
+    carries (raises if it is unusable).
 
     regionc's ops are registered first only if the piece calls one: a warm start whose pieces swap
     nothing never imports the passes or the ops (see regionc/passes/version.py)."""
     if any(reference in payload for reference in _OP_REFERENCES):
         import regionc.ops  # noqa: F401
-    artifact = _unbundle(payload)
+    artifact, guards = _unbundle(payload)
     with tempfile.TemporaryDirectory(prefix="regionc-load-") as tmp:
         path = os.path.join(tmp, "artifact.bin")
         with open(path, "wb") as f:
             f.write(artifact)
-        return torch._inductor.CompiledArtifact.load(path=path, format="binary")
+        return torch._inductor.CompiledArtifact.load(path=path, format="binary"), guards
 
 
-def load_stored_piece(store, key: str, record, report) -> Callable[..., Any] | None:
-    """The compiled piece stored under ``key`` (None when the store has none), its load timed into the
-    piece's ``record`` and the graph's ``report``; raises if the stored artifact is unusable."""
+def load_stored_piece(store, key: str, record, report) -> tuple[Callable[..., Any], ShapeGuards | None] | None:
+    """The compiled piece stored under ``key`` and its size guards (None when the store has none), its
+    load timed into the piece's ``record`` and the graph's ``report``; raises if the stored artifact is
+    unusable."""
     start = time.perf_counter()
     payload = store.load(key)
     if payload is None:
         return None
-    fn = load_piece(payload)
+    loaded = load_piece(payload)
     record.seconds = time.perf_counter() - start
     record.source = store.origin(key)
     report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
     report.phases["load"] += record.seconds
-    return fn
+    return loaded
 
 
 def _serialize(artifact: Any) -> bytes | None:
@@ -160,9 +168,10 @@ def _serialize(artifact: Any) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------- C++ libraries in the payload
-#: payload = MAGIC | u32 count | count x (u32 name length | name | u64 size | library) | artifact;
-#: a name is the library's path under Inductor's cache directory.
-_BUNDLE_MAGIC = b"RGNCLIB1"
+#: payload = MAGIC | u32 guards length | guards | u32 count | count x (u32 name length | name | u64 size |
+#: library) | artifact; a name is the library's path under Inductor's cache directory, the guards are
+#: :meth:`ShapeGuards.to_bytes` (empty when the code carries none).
+_BUNDLE_MAGIC = b"RGNCLIB2"
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 #: Where Inductor keeps a built library under its cache directory: <2 characters of its hash>/<hash...>.so
 _LIBRARY_NAME = re.compile(r"[0-9a-z_]{2}/[0-9a-z_][0-9a-z_.]*\.so")
@@ -190,8 +199,9 @@ def _recording_cpp_libraries() -> Iterator[list[Callable[[], Any]]]:
         CppCodeCache.load_async = original
 
 
-def _bundle(loaders: list[Callable[[], Any]], artifact: bytes) -> bytes:
-    """``artifact`` with the C++ libraries ``loaders`` load in front of it (see the module docstring)."""
+def _bundle(loaders: list[Callable[[], Any]], artifact: bytes, guards: ShapeGuards | None) -> bytes:
+    """``artifact`` with its size guards and the C++ libraries ``loaders`` load in front of it (see the
+    module docstring)."""
     from torch._inductor.codecache import cache_dir
 
     base = Path(cache_dir()).resolve()
@@ -205,14 +215,16 @@ def _bundle(loaders: list[Callable[[], Any]], artifact: bytes) -> bytes:
             continue
         if name not in files:
             files[name] = path.read_bytes()
-    parts = [_BUNDLE_MAGIC, _U32.pack(len(files))]
+    guard_bytes = guards.to_bytes() if guards is not None else b""
+    parts = [_BUNDLE_MAGIC, _U32.pack(len(guard_bytes)), guard_bytes, _U32.pack(len(files))]
     for name, data in sorted(files.items()):
         parts += [_U32.pack(len(name)), name.encode(), _U64.pack(len(data)), data]
     return b"".join(parts) + artifact
 
 
-def _unbundle(payload: bytes) -> memoryview:
-    """The artifact of ``payload``, once its C++ libraries are where Inductor looks for them."""
+def _unbundle(payload: bytes) -> tuple[memoryview, ShapeGuards | None]:
+    """The artifact of ``payload`` and its size guards, once its C++ libraries are where Inductor looks
+    for them."""
     from torch._inductor.codecache import cache_dir
 
     from regionc.cache.store import make_private_dir
@@ -221,6 +233,10 @@ def _unbundle(payload: bytes) -> memoryview:
     if view[:len(_BUNDLE_MAGIC)] != _BUNDLE_MAGIC:
         raise ValueError("not a regionc payload (no C++ library table)")
     offset = len(_BUNDLE_MAGIC)
+    (guards_len,) = _U32.unpack_from(view, offset)
+    offset += _U32.size
+    guards = ShapeGuards.from_bytes(bytes(view[offset:offset + guards_len])) if guards_len else None
+    offset += guards_len
     (count,) = _U32.unpack_from(view, offset)
     offset += _U32.size
     base = Path(cache_dir())
@@ -250,4 +266,4 @@ def _unbundle(payload: bytes) -> memoryview:
         except OSError as exc:  # Inductor builds it again, as without the bundle
             log.info("regionc: C++ library %s of a cached piece not placed in Inductor's cache (%s); it is built "
                      "again", name, exc.strerror or exc)
-    return view[offset:]
+    return view[offset:], guards

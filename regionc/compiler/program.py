@@ -31,6 +31,7 @@ from regionc.blocks.split import Piece
 from regionc.cache import open_store
 from regionc.compiler import background
 from regionc.compiler.graph import bare_graph
+from regionc.compiler.guards import ShapeGuards, guarded
 from regionc.compiler.inductor import load_stored_piece
 from regionc.config import Config
 from regionc.cudagraph.piecewise import CudagraphPlan, install_cudagraphs
@@ -174,24 +175,31 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
                for p in recipe.pieces]
     report.pieces.extend(records)
 
+
+    @functools.cache
+    def eager() -> dict[str, torch.fx.GraphModule]:  # the pieces' graphs, unpickled when first needed
+        graphs = pickle.loads(recipe.eager_graphs) if recipe.eager_graphs else {}
+        return {name: torch.fx.GraphModule(attributes, graph) for name, (graph, attributes) in graphs.items()}
+
     def load_all(state=contextlib.nullcontext) -> None:
-        loaded: dict[str, Callable[..., Any]] = {}
+        loaded: dict[str, tuple[Callable[..., Any], ShapeGuards | None]] = {}
         for piece, record in zip(recipe.pieces, records):
             if record.key in loaded:
                 record.source = "reused"
             else:
                 with state():
-                    fn = load_stored_piece(store, record.key, record, report)
-                if fn is None:
+                    found = load_stored_piece(store, record.key, record, report)
+                if found is None:
                     raise RuntimeError(f"regionc: the artifact of {piece.name} ({piece.label}) is no longer in the cache")
-                loaded[record.key] = fn
-            split.__dict__[piece.name] = loaded[record.key]
+                loaded[record.key] = found
+            fn, guards = loaded[record.key]
+            split.__dict__[piece.name] = guarded(fn, guards, eager().get(piece.name) if guards else None,
+                                                 f"{piece.name} ({piece.label})")
 
     if not (config.background_compile and recipe.eager_graphs):
         load_all()
         return _program(split, recipe.pieces, plan, config, report, recipe)
-    for name, (graph, attributes) in pickle.loads(recipe.eager_graphs).items():
-        split.__dict__[name] = torch.fx.GraphModule(attributes, graph)
+    split.__dict__.update(eager())
     state = background.callers_state()
     job = background.submit(lambda: load_all(state))
     log.info("regionc: graph %d runs eagerly while %d piece artifact(s) load in the background",

@@ -158,10 +158,10 @@ def test_piece_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
 
     real = graph.compile_piece
 
-    def fail_on_blocks(gm, inputs, patches):
+    def fail_on_blocks(gm, inputs, patches, **kwargs):
         if any("linear" in str(n.target) for n in gm.graph.nodes) and len(list(gm.graph.nodes)) > 20:
             raise RuntimeError("injected lowering failure")
-        return real(gm, inputs, patches)
+        return real(gm, inputs, patches, **kwargs)
 
     monkeypatch.setattr(graph, "compile_piece", fail_on_blocks)
     model = build_demo_model(LlamaConfig.tiny(2))
@@ -184,9 +184,9 @@ def test_pieces_compile_with_regionc_defaults_under_user_config(monkeypatch, use
     seen = []
     real = graph.compile_piece
 
-    def record(gm, inputs, patches):
+    def record(gm, inputs, patches, **kwargs):
         seen.append(patches.get("triton.autotune_pointwise"))
-        return real(gm, inputs, patches)
+        return real(gm, inputs, patches, **kwargs)
 
     monkeypatch.setattr(graph, "compile_piece", record)
     model = build_demo_model(LlamaConfig.tiny(2))

@@ -1,0 +1,166 @@
+"""Size guards a piece's compiled code carries: what Inductor assumed of symbolic sizes that Dynamo's
+guards may not check.
+
+Inductor can add a guard on a symbolic size while it compiles (a specialization, a divisibility or a
+bound). Compiled inside Dynamo's call to the backend, the guard lands in the frame's ShapeEnv before
+Dynamo builds the frame's guards, so Dynamo checks it. It is missed in two cases: a piece compiled in
+the background (Dynamo installed the guards before the compile ran), and a piece loaded from regionc's
+store (the loading process never ran Inductor, so its ShapeEnv never saw the guard). Torch's own
+FX graph cache keeps such guards with the entry for the same reason (``guards_expr``).
+
+So each compile takes the guards added since Dynamo handed the graph over (:func:`guards_added`),
+the store keeps them with the artifact, and a piece whose code carries any is installed as a :class:`GuardedPiece`: each call
+checks the guards on its inputs' sizes and runs the piece's graph eagerly, logged once, when they do
+not hold. A compile that adds no guard, the common case, installs the compiled code bare.
+
+The guards are checked in their raw form, over the symbols the piece's inputs were traced with:
+ShapeEnv's own guard printer drops a guard whose symbol a specialization has since replaced by a
+constant (``s0 == 6`` after ``guard_int(s0)``), which is exactly the guard that matters here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import sympy
+import torch
+
+log = logging.getLogger("regionc")
+
+
+class UncheckableGuard(RuntimeError):
+    """Inductor added a guard on a symbol none of the piece's inputs carries: it cannot be checked per call."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeGuards:
+    """A Python expression over symbol names, and where each symbol's value is read from a call's inputs."""
+
+    code: str
+    bindings: tuple[tuple[str, int, str, int], ...]  # (symbol, input index, "int"|"size"|"stride"|"offset", dim)
+
+    def holds(self, args: Sequence[Any]) -> bool:
+        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
+
+        values = {name: _read(args[index], kind, dim) for name, index, kind, dim in self.bindings}
+        return bool(eval(self._compiled, SYMPY_INTERP, values))  # noqa: S307 - our own printed sympy expression
+
+    @functools.cached_property
+    def _compiled(self):
+        return compile(self.code, "<regionc piece guards>", "eval")
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"code": self.code, "bindings": self.bindings}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShapeGuards:
+        fields = json.loads(data)
+        return cls(fields["code"], tuple(tuple(b) for b in fields["bindings"]))
+
+
+def _read(value: Any, kind: str, dim: int) -> int:
+    """The value a binding names; on fake inputs, the size they were traced with (reading it adds no guard)."""
+    if kind == "int":
+        read = value
+    elif kind == "size":
+        read = value.size(dim)
+    elif kind == "stride":
+        read = value.stride(dim)
+    else:
+        read = value.storage_offset()
+    return read.node.hint if isinstance(read, torch.SymInt) else int(read)
+
+
+def guard_count(example_inputs: Sequence[Any]) -> int:
+    """How many guards the ShapeEnv of ``example_inputs`` holds now (0 when they have no symbolic size):
+    what :func:`guards_added` counts from."""
+    env = _shape_env(example_inputs)
+    return len(env.guards) if env is not None else 0
+
+
+def guards_added(example_inputs: Sequence[Any], since: int) -> ShapeGuards | None:
+    """The guards added to the ShapeEnv of ``example_inputs`` after its first ``since`` that bear on
+    their symbols (None when there are none). Counted from the moment Dynamo handed the graph over, not
+    from this piece's compile: a symbol an earlier piece's compile specialized is a constant in this
+    piece's code too. Raises :class:`UncheckableGuard` when such a guard also names a symbol the inputs
+    do not carry."""
+    env = _shape_env(example_inputs)
+    if env is None or len(env.guards) <= since:
+        return None
+    bindings = _bindings(example_inputs, env)
+    bound = {b[0] for b in bindings}
+    exprs = [g.expr for g in env.guards[since:] if {str(s) for s in g.expr.free_symbols} & bound]
+    if not exprs:
+        return None
+    unbound = {str(s) for e in exprs for s in e.free_symbols} - bound
+    if unbound:
+        raise UncheckableGuard(f"Inductor guarded on {', '.join(sorted(unbound))}, which no input of the piece "
+                               f"carries ({'; '.join(map(str, exprs))})")
+    from torch.utils._sympy.printers import PythonPrinter
+
+    used = {str(s) for e in exprs for s in e.free_symbols}
+    return ShapeGuards(PythonPrinter().doprint(sympy.And(*exprs)), tuple(b for b in bindings if b[0] in used))
+
+
+def _symints(value: Any) -> Iterator[tuple[torch.SymInt, str, int]]:
+    if isinstance(value, torch.SymInt):
+        yield value, "int", 0
+    elif isinstance(value, torch.Tensor):
+        yield from ((s, "size", d) for d, s in enumerate(value.shape) if isinstance(s, torch.SymInt))
+        yield from ((s, "stride", d) for d, s in enumerate(value.stride()) if isinstance(s, torch.SymInt))
+        if isinstance(offset := value.storage_offset(), torch.SymInt):
+            yield offset, "offset", 0
+
+
+def _shape_env(example_inputs: Sequence[Any]):
+    for value in example_inputs:
+        for symint, _, _ in _symints(value):
+            return symint.node.shape_env
+    return None
+
+
+def _bindings(example_inputs: Sequence[Any], env) -> tuple[tuple[str, int, str, int], ...]:
+    """Each symbol an input was traced with (and the symbol it was renamed to since), bound to the
+    first input position that carries it."""
+    bound: dict[str, tuple[str, int, str, int]] = {}
+    for index, value in enumerate(example_inputs):
+        for symint, kind, dim in _symints(value):
+            raw = symint.node._expr
+            for symbol in (raw, env.replace(raw)):
+                if isinstance(symbol, sympy.Symbol) and str(symbol) not in bound:
+                    bound[str(symbol)] = (str(symbol), index, kind, dim)
+    return tuple(bound.values())
+
+
+class GuardedPiece:
+    """A compiled piece that runs only where its size guards hold, and its graph eagerly elsewhere."""
+
+    def __init__(self, compiled: Callable[..., Any], guards: ShapeGuards, eager: Callable[..., Any], name: str):
+        self.compiled, self.guards, self.eager, self.name = compiled, guards, eager, name
+        self._warned = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.guards.holds(args):
+            return self.compiled(*args)
+        if not self._warned:
+            self._warned = True
+            log.warning("regionc: %s runs eagerly for these inputs: its compiled code assumes %s, which they break",
+                        self.name, self.guards.code)
+        return self.eager(*args)
+
+
+def guarded(compiled: Callable[..., Any], guards: ShapeGuards | None, eager: Callable[..., Any] | None,
+            name: str) -> Callable[..., Any]:
+    """``compiled`` itself when it carries no guards, else a :class:`GuardedPiece` over ``eager``."""
+    if guards is None:
+        return compiled
+    if eager is None:
+        raise RuntimeError(f"regionc: {name}'s compiled code assumes {guards.code} of its input sizes, and no "
+                           f"graph of it is at hand to run eagerly where that fails")
+    log.info("regionc: %s checks its input sizes on each call: its compiled code assumes %s", name, guards.code)
+    return GuardedPiece(compiled, guards, eager, name)

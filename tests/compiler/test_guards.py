@@ -1,0 +1,176 @@
+"""Size guards a piece's compiled code carries (regionc/compiler/guards.py): what Inductor assumed of
+symbolic sizes where Dynamo's guards do not check it (background compiles, pieces loaded from the store)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch._dynamo.source import LocalSource
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext, guard_int
+
+import regionc
+from regionc.compiler.guards import GuardedPiece, ShapeGuards, UncheckableGuard, guard_count, guards_added
+from regionc.models.llama import LlamaConfig, build_demo_model
+from tests.helpers import assert_close
+
+
+def fake(mode, rows, name):
+    dynamic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    return mode.from_tensor(torch.randn(rows, 4), source=LocalSource(name), symbolic_context=dynamic)
+
+
+def test_the_guards_a_compile_adds_are_checked_on_real_sizes():
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x, y = fake(mode, 6, "x"), fake(mode, 9, "y")
+    since = guard_count([x, y])
+    assert bool(y.shape[0] % 3 == 0)  # a divisibility, as a tiling may assume
+    guard_int(x.shape[0])  # a specialization: ShapeEnv's own printer drops this one
+    found = guards_added([x, y], since)
+    assert found is not None
+    assert found.holds([torch.empty(6, 4), torch.empty(12, 4)])
+    assert not found.holds([torch.empty(7, 4), torch.empty(12, 4)])
+    assert not found.holds([torch.empty(6, 4), torch.empty(10, 4)])
+    assert ShapeGuards.from_bytes(found.to_bytes()) == found
+
+
+def test_a_compile_that_adds_no_guard_carries_none():
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x = fake(mode, 6, "x")
+    since = guard_count([x, torch.empty(3)])
+    assert x.shape[0] + 1 == x.shape[0] + 1  # static truth: no guard
+    assert guards_added([x, torch.empty(3)], since) is None
+    assert guard_count([torch.empty(3)]) == 0 and guards_added([torch.empty(3)], 0) is None
+
+
+def test_a_guard_an_earlier_compile_added_counts_for_every_piece_that_carries_its_symbol():
+    """A symbol one piece's compile specialized is a constant in the next piece's code as well."""
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x, unrelated = fake(mode, 6, "x"), fake(mode, 4, "unrelated")
+    since = guard_count([x])
+    guard_int(x.shape[0])  # the first piece's compile
+    assert guards_added([x], since).holds([torch.empty(6, 4)])
+    assert not guards_added([x], since).holds([torch.empty(7, 4)])
+    assert guards_added([unrelated], since) is None  # its code does not depend on that symbol
+
+
+def test_a_guard_on_a_symbol_no_input_carries_cannot_be_checked():
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x, other = fake(mode, 6, "x"), fake(mode, 8, "other")
+    since = guard_count([x])
+    assert bool(x.shape[0] < other.shape[0])
+    with pytest.raises(UncheckableGuard, match="which no input of the piece carries"):
+        guards_added([x], since)
+
+
+def test_a_guarded_piece_runs_eagerly_where_its_guards_fail(caplog):
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x = fake(mode, 6, "x")
+    since = guard_count([x])
+    guard_int(x.shape[0])
+    piece = GuardedPiece(lambda t: "compiled", guards_added([x], since), lambda t: "eager", "submod_0 (layers.0)")
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        assert piece(torch.empty(6, 4)) == "compiled"
+        assert piece(torch.empty(5, 4)) == "eager"
+        assert piece(torch.empty(7, 4)) == "eager"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "submod_0 (layers.0) runs eagerly for these inputs" in warnings[0]
+
+
+# ---------------------------------------------------------------------------- end to end
+def tokens(seq, batch=2):
+    x = torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(seq))
+    torch._dynamo.maybe_mark_dynamic(x, 1)  # the sequence length is symbolic (a compile may specialize it)
+    return x
+
+
+@pytest.fixture
+def specializing_inductor(monkeypatch):
+    """Inductor as if it specialized every compile on the sequence length it saw (8): it guards on that
+    length and its code is wrong for any other one. Without regionc's checks a background compile (whose
+    guard Dynamo never sees) would then give wrong outputs for other lengths."""
+    real = torch._inductor.standalone_compile
+
+    class Specialized:
+        def __init__(self, artifact, positions):
+            self.artifact, self.positions = artifact, positions
+
+        def __call__(self, *args):
+            out = self.artifact(*args)
+            if any(args[i].size(d) != 8 for i, d in self.positions):
+                return [torch.full_like(o, 7.0) if isinstance(o, torch.Tensor) else o for o in out]
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.artifact, name)
+
+    def standalone_compile(gm, inputs, **kwargs):
+        artifact = real(gm, inputs, **kwargs)
+        positions = [(i, d) for i, v in enumerate(inputs) if isinstance(v, torch.Tensor)
+                     for d, s in enumerate(v.shape) if isinstance(s, torch.SymInt) and s.node.hint == 8]
+        for i, d in positions:
+            guard_int(inputs[i].shape[d])
+        return Specialized(artifact, positions)
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", standalone_compile)
+
+
+def test_a_guard_a_background_compile_adds_is_checked_on_each_call(specializing_inductor, caplog, tmp_path):
+    torch.manual_seed(0)
+    model = build_demo_model(LlamaConfig.tiny(n_layers=2))
+    compiled = torch.compile(model, backend="regionc",
+                             options={"cache_dir": str(tmp_path), "strict": True, "background_compile": True})
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        compiled(tokens(8))
+        assert regionc.wait_compiled(timeout=600)
+        same = compiled(tokens(8))
+        other = compiled(tokens(5))
+        assert_close(same, model(tokens(8)))
+        assert_close(other, model(tokens(5)))
+    messages = [r.getMessage() for r in caplog.records]
+    assert regionc.last_report().count("compiled") > 0
+    assert any("checks its input sizes on each call" in m for m in messages)
+    assert any("runs eagerly for these inputs" in m for m in messages)
+
+
+def test_a_piece_loaded_from_the_store_checks_the_guards_its_compile_added(caplog, tmp_path, monkeypatch):
+    """The guards of a compile inside Dynamo's call are Dynamo's in that process, but a later process that
+    loads the piece never ran Inductor: they come with the artifact. An entry whose guards the new graph's
+    own sizes break is compiled again for them."""
+    torch.manual_seed(0)
+    model = build_demo_model(LlamaConfig.tiny(n_layers=2))
+    options = {"cache_dir": str(tmp_path), "strict": True}
+    real = torch._inductor.standalone_compile
+
+    def guarding(gm, inputs, **kwargs):  # Inductor specializing the sequence length (8) without using it
+        artifact = real(gm, inputs, **kwargs)
+        for v in inputs:
+            for size in (v.shape if isinstance(v, torch.Tensor) else ()):
+                if isinstance(size, torch.SymInt) and size.node.hint == 8:
+                    guard_int(size)
+        return artifact
+
+    def run(*lengths):
+        torch._dynamo.reset()
+        caplog.clear()
+        compiled = torch.compile(model, backend="regionc", options=options)
+        with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+            for seq in lengths:
+                assert_close(compiled(tokens(seq)), model(tokens(seq)))
+        return [r.getMessage() for r in caplog.records], {p.source for p in regionc.last_report().pieces}
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", guarding)
+    messages, sources = run(8)  # cold: Dynamo holds the guard, no per-call check
+    assert "compiled" in sources and not any("checks its input sizes" in m for m in messages)
+    monkeypatch.undo()
+
+    messages, sources = run(8, 5)  # warm: the loaded pieces check it
+    assert "cache" in sources and "compiled" not in sources
+    assert any("checks its input sizes on each call: its compiled code assumes s" in m for m in messages)
+    assert any("runs eagerly for these inputs" in m for m in messages)
+
+    messages, sources = run(5)  # a graph traced at another length compiles its own code
+    assert "compiled" in sources
+    assert any("which this graph's sizes break; compiling it for them" in m for m in messages)
