@@ -148,18 +148,14 @@ class GraphCompiler:
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
             try:
-                loaded = load_stored_piece(self.store, key, record, report)
+                loaded = load_stored_piece(self.store, key, record, report, inputs)
             except Exception as exc:  # a verified entry that still fails: drop it, recompile
                 log.warning("regionc: cache entry %s for %s (%s) failed to load (%s); recompiling",
                             key[:12], piece.name, piece.label, exc)
                 self.store.remove(key)
             else:
-                if loaded is not None and (loaded[1] is None or loaded[1].holds(inputs)):
+                if loaded is not None:
                     return loaded
-                if loaded is not None:  # Inductor specialized the entry on sizes this graph does not have
-                    log.info("regionc: cache entry %s for %s (%s) assumes %s, which this graph's sizes break; "
-                             "compiling it for them (the entry is replaced)", key[:12], piece.name, piece.label,
-                             loaded[1].code)
             self.store.record_miss(key)
             report.add_cache(misses=1)
             compiled = self._compile(piece, submodule, inputs, patches, guards_since, record, report)

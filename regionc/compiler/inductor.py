@@ -135,20 +135,26 @@ def load_piece(payload: bytes) -> tuple[Callable[..., Any], ShapeGuards | None]:
         return torch._inductor.CompiledArtifact.load(path=path, format="binary"), guards
 
 
-def load_stored_piece(store, key: str, record, report) -> tuple[Callable[..., Any], ShapeGuards | None] | None:
-    """The compiled piece stored under ``key`` and its size guards (None when the store has none), its
-    load timed into the piece's ``record`` and the graph's ``report``; raises if the stored artifact is
-    unusable."""
+def load_stored_piece(store, key: str, record, report,
+                      example_inputs: Sequence[Any] | None = None) -> tuple[Callable[..., Any], ShapeGuards | None] | None:
+    """The compiled piece stored under ``key`` and its size guards, its load timed into the piece's
+    ``record`` and the graph's ``report``; None when the store has none, or when its guards fail for
+    ``example_inputs`` (Inductor specialized it on sizes other than the graph's; logged). Raises if the
+    stored artifact is unusable."""
     start = time.perf_counter()
     payload = store.load(key)
     if payload is None:
         return None
-    loaded = load_piece(payload)
+    fn, guards = load_piece(payload)
+    if guards is not None and example_inputs is not None and not guards.holds(example_inputs):
+        log.info("regionc: cache entry %s for %s assumes %s, which this graph's sizes break: compiling it for "
+                 "them", key[:12], record.block or record.name, guards.code)
+        return None
     record.seconds = time.perf_counter() - start
     record.source = store.origin(key)
     report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
     report.phases["load"] += record.seconds
-    return loaded
+    return fn, guards
 
 
 def _serialize(artifact: Any) -> bytes | None:

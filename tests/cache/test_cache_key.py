@@ -36,6 +36,21 @@ def test_environment_factors_content(env):
         assert local not in text or local in ("", "/"), local
 
 
+def test_the_cpu_factor_names_the_cpus_extensions_without_compiling_probes(monkeypatch):
+    """Inductor's ``pick_vec_isa`` builds a C++ probe per extension (seconds before a first key on a
+    small host); the key reads the CPU's extensions instead."""
+    import torch._inductor.cpu_vec_isa as vec_isa
+
+    def probe(*args, **kwargs):
+        raise AssertionError("compiled a vector-extension probe")
+
+    monkeypatch.setattr(vec_isa, "pick_vec_isa", probe)
+    monkeypatch.setattr(vec_isa, "valid_vec_isa_list", probe)
+    isa = environment_factors(torch.device("cpu"))["cpu_isa"]
+    assert isa.split(",")[0] == torch.backends.cpu.get_cpu_capability()
+    assert ("avx2" in isa.split(",")) == torch.cpu._is_avx2_supported()
+
+
 def test_key_is_sha256_of_readable_factors(env):
     key, factors = piece_key("fp0", META, Config.build().codegen_options(), env)
     assert len(key) == 64 and int(key, 16) >= 0

@@ -173,4 +173,4 @@ def test_a_piece_loaded_from_the_store_checks_the_guards_its_compile_added(caplo
 
     messages, sources = run(5)  # a graph traced at another length compiles its own code
     assert "compiled" in sources
-    assert any("which this graph's sizes break; compiling it for them" in m for m in messages)
+    assert any("which this graph's sizes break: compiling it for them" in m for m in messages)
