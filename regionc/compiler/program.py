@@ -175,7 +175,6 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
                for p in recipe.pieces]
     report.pieces.extend(records)
 
-
     @functools.cache
     def eager() -> dict[str, torch.fx.GraphModule]:  # the pieces' graphs, unpickled when first needed
         graphs = pickle.loads(recipe.eager_graphs) if recipe.eager_graphs else {}

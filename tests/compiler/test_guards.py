@@ -174,3 +174,40 @@ def test_a_piece_loaded_from_the_store_checks_the_guards_its_compile_added(caplo
     messages, sources = run(5)  # a graph traced at another length compiles its own code
     assert "compiled" in sources
     assert any("which this graph's sizes break: compiling it for them" in m for m in messages)
+
+
+def test_a_saved_trace_installs_its_pieces_with_their_guards(caplog, tmp_path, monkeypatch):
+    """regionc.compile's saved trace (a warm start without Dynamo) loads pieces whose code carries guards:
+    they are installed over the recipe's piece graphs, which run where the guards fail."""
+    from regionc.tracing.saved import traces_can_be_saved
+
+    if not traces_can_be_saved():
+        pytest.skip("this torch cannot save a Dynamo trace")
+    torch.manual_seed(0)
+    model = build_demo_model(LlamaConfig.tiny(n_layers=2))
+    options = {"cache_dir": str(tmp_path), "strict": True, "background_compile": True}
+    real = torch._inductor.standalone_compile
+
+    def guarding(gm, inputs, **kwargs):  # a compile that specializes the sequence length (8) in the background
+        artifact = real(gm, inputs, **kwargs)
+        for v in inputs:
+            for size in (v.shape if isinstance(v, torch.Tensor) else ()):
+                if isinstance(size, torch.SymInt) and size.node.hint == 8:
+                    guard_int(size)
+        return artifact
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", guarding)
+    for start in ("cold", "warm"):
+        torch._dynamo.reset()
+        caplog.clear()
+        compiled = regionc.compile(build_demo_model(LlamaConfig.tiny(n_layers=2)), options=options)
+        compiled.load_state_dict(model.state_dict())
+        with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+            compiled(tokens(8))
+            assert regionc.wait_compiled(timeout=600)
+            for seq in (8, 5):
+                assert_close(compiled(tokens(seq)), model(tokens(seq)))
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("checks its input sizes on each call" in m for m in messages), start
+    assert any("loaded saved trace" in m or "load in the background" in m for m in messages)
+    assert any("runs eagerly for these inputs" in m for m in messages)
