@@ -183,7 +183,7 @@ def _cpu_isa() -> str:
     made of them."""
     import torch
 
-    flags = sorted(name[4:-10] for name in dir(torch.cpu)
+    flags = sorted(name.removeprefix("_is_").removesuffix("_supported") for name in dir(torch.cpu)
                    if name.startswith("_is_") and name.endswith("_supported") and getattr(torch.cpu, name)())
     return ",".join([torch.backends.cpu.get_cpu_capability(), *flags])
 

@@ -142,8 +142,7 @@ class GraphCompiler:
         and the size guards its code carries."""
         piece, record = unique.piece, unique.record
         if unique.keyed is None:
-            compiled = self._compile(piece, submodule, inputs, patches, guards_since, record, report)
-            return (compiled.fn, compiled.guards) if compiled is not None else (None, None)
+            return _fn_and_guards(self._compile(piece, submodule, inputs, patches, guards_since, record, report))
         key, factors = unique.keyed
         with self.store.lock(key) as waited:
             report.add_cache(waited_s=waited)
@@ -166,7 +165,7 @@ class GraphCompiler:
                 report.add_cache(bytes_written=len(compiled.payload))
             else:
                 record.key = ""
-            return (compiled.fn, compiled.guards) if compiled is not None else (None, None)
+            return _fn_and_guards(compiled)
 
     @property
     def _cached(self) -> bool:
@@ -248,6 +247,10 @@ class _Unique:
     record: PieceRecord
     fn: Callable[..., Any] | None = None
     keyed: tuple[str, dict] | None = None  # (store key, its factors); None when the cache is off
+
+
+def _fn_and_guards(compiled: CompiledPiece | None) -> tuple[Callable[..., Any] | None, ShapeGuards | None]:
+    return (compiled.fn, compiled.guards) if compiled is not None else (None, None)
 
 
 def bare_graph(module: torch.fx.GraphModule) -> torch.fx.Graph:

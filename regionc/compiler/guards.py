@@ -9,9 +9,9 @@ store (the loading process never ran Inductor, so its ShapeEnv never saw the gua
 FX graph cache keeps such guards with the entry for the same reason (``guards_expr``).
 
 So each compile takes the guards added since Dynamo handed the graph over (:func:`guards_added`),
-the store keeps them with the artifact, and a piece whose code carries any is installed as a :class:`GuardedPiece`: each call
-checks the guards on its inputs' sizes and runs the piece's graph eagerly, logged once, when they do
-not hold. A compile that adds no guard, the common case, installs the compiled code bare.
+the store keeps them with the artifact, and a piece whose code carries any is installed as a
+:class:`GuardedPiece`: each call checks the guards on its inputs' sizes and runs the piece's graph
+eagerly, logged once, when they do not hold. A compile that adds no guard, the common case, installs the compiled code bare.
 
 The guards are checked in their raw form, over the symbols the piece's inputs were traced with:
 ShapeEnv's own guard printer drops a guard whose symbol a specialization has since replaced by a
@@ -45,14 +45,16 @@ class ShapeGuards:
     bindings: tuple[tuple[str, int, str, int], ...]  # (symbol, input index, "int"|"size"|"stride"|"offset", dim)
 
     def holds(self, args: Sequence[Any]) -> bool:
-        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
-
+        code, interp = self._compiled
         values = {name: _read(args[index], kind, dim) for name, index, kind, dim in self.bindings}
-        return bool(eval(self._compiled, SYMPY_INTERP, values))  # noqa: S307 - our own printed sympy expression
+        return bool(eval(code, interp, values))  # noqa: S307 - our own printed sympy expression
 
     @functools.cached_property
     def _compiled(self):
-        return compile(self.code, "<regionc piece guards>", "eval")
+        """The expression compiled once, and the names it may call (ShapeEnv's, as its own guards use)."""
+        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
+
+        return compile(self.code, "<regionc piece guards>", "eval"), SYMPY_INTERP
 
     def to_bytes(self) -> bytes:
         return json.dumps({"code": self.code, "bindings": self.bindings}).encode()
