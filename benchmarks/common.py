@@ -56,9 +56,11 @@ def write_results(out_dir: str | os.PathLike, name: str, payload: dict[str, Any]
     return path
 
 
-def decode_attention_swapped() -> dict[str, Any]:
-    """regionc options that swap in the decode-attention op whatever the decision table says, and
-    leave every other pass's kernel out: the A/B that decides that table row."""
+def decode_ops_swapped() -> dict[str, Any]:
+    """regionc options that swap in the decode ops (decode attention over the un-expanded cache, the
+    skinny linears) whatever the decision table says, and leave every other pass's kernel out: the
+    A/B that decides those table rows."""
     from regionc.config import PASS_NAMES
 
-    return {"kernel_choice": "always", "passes": {name: name == "decode_attention" for name in PASS_NAMES}}
+    return {"kernel_choice": "always",
+            "passes": {name: name in ("decode_attention", "skinny_linear") for name in PASS_NAMES}}

@@ -4,7 +4,7 @@ Batch 1, 8 and 32 with one token each, without a KV cache (the TARGETS.md "decod
 shape) and, at batch 8, one decode step on the static per-layer KV cache. Compared: eager,
 full-graph ``torch.compile``, full graph ``mode="reduce-overhead"``, per-block ``.compile()``,
 regionc without graphs, regionc with one graph over all pieces (``cudagraph_mode="full"``, the
-default) and with a graph per piece, and ``regionc.compile`` with graphs; ``*_dattn``: the same with the decode-attention op swapped in
+default) and with a graph per piece, and ``regionc.compile`` with graphs; ``*_swap``: the same with the decode ops (decode attention, skinny linears) swapped in
 whatever the decision table says (its A/B).
 
 Latency drifts within a process by as much as the differences measured here (``reduce-overhead``
@@ -29,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = ("eager", "full_graph", "reduce_overhead", "per_block", "regionc", "regionc_graphs",
-            "regionc_piecewise_graphs", "regionc_compile_graphs", "regionc_graphs_dattn", "regionc_compile_graphs_dattn")
+            "regionc_piecewise_graphs", "regionc_compile_graphs", "regionc_graphs_swap", "regionc_compile_graphs_swap")
 
 #: Variants that compile the model's blocks in place: they get their own copy of the model.
-CHANGE_BLOCKS = ("per_block", "regionc_compile_graphs", "regionc_compile_graphs_dattn")
+CHANGE_BLOCKS = ("per_block", "regionc_compile_graphs", "regionc_compile_graphs_swap")
 
 
 def make_runner(variant: str, model, cache_dir: str):
@@ -50,10 +50,10 @@ def make_runner(variant: str, model, cache_dir: str):
         return model
     options = {"cache_dir": cache_dir, "cudagraphs": "_graphs" in variant,
                "cudagraph_mode": "piecewise" if "piecewise" in variant else "full"}
-    if variant.endswith("_dattn"):
-        from benchmarks.common import decode_attention_swapped
+    if variant.endswith("_swap"):
+        from benchmarks.common import decode_ops_swapped
 
-        options.update(decode_attention_swapped())
+        options.update(decode_ops_swapped())
     if variant.startswith("regionc_compile"):
         import regionc
 

@@ -4,8 +4,8 @@ Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 2
 batch 8 (``max_cache_len`` 4096, positions 512 and 3900) and batch 32 (4096, position 512). Variants in the same run, each on its own
 cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead", fullgraph=True)`` (HF's
 recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
-``regionc.compile(model, mode="reduce-overhead")``, and both regionc entries with the decode-attention op
-swapped in whatever the decision table says (``*_dattn``, its A/B). Each row has ms per step (CUDA events, median of
+``regionc.compile(model, mode="reduce-overhead")``, and both regionc entries with the decode ops (decode
+attention, skinny linears) swapped in whatever the decision table says (``*_swap``, its A/B). Each row has ms per step (CUDA events, median of
 interleaved rounds), the relative error of the first step against eager, and regionc's CUDA-graph stats.
 The cache's position counters are reset in place between timing windows, so every window decodes at
 (about) the stated position.
@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile", "regionc_backend_dattn",
-                   "regionc_compile_dattn")
+DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile", "regionc_backend_swap",
+                   "regionc_compile_swap")
 PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
 DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)), (32, 4096, (512,)))  # batch, max_cache_len, positions
 
@@ -52,10 +52,10 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
     import torch
 
     import regionc
-    from benchmarks.common import decode_attention_swapped
+    from benchmarks.common import decode_ops_swapped
 
     mode = "reduce-overhead" if decode else None
-    options = {"cache_dir": cache_dir, **(decode_attention_swapped() if variant.endswith("_dattn") else {})}
+    options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {})}
     if variant == "eager":
         return model
     if variant == "reduce_overhead":

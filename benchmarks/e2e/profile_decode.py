@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = {"demo": ("reduce_overhead", "regionc_graphs"),  # names of bench_decode.make_runner
-            "hf_llama": ("reduce_overhead", "regionc_backend_dattn")}  # names of bench_hf_llama.compiled
+            "hf_llama": ("reduce_overhead", "regionc_backend_swap")}  # names of bench_hf_llama.compiled
 
 
 def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, list[dict]]:

@@ -1,9 +1,10 @@
-"""regionc custom ops (``torch.ops.regionc.*``); importing this package registers all five.
+"""regionc custom ops (``torch.ops.regionc.*``); importing this package registers all six.
 
 * ``rms_norm(x, weight, eps)`` and ``fused_add_rms_norm(x, residual, weight, eps)``  (rms_norm.py)
 * ``rope(q, k, cos, sin, style, layout)``                                            (rope.py)
 * ``attention(q, k, v, causal, scale)``                                              (attention.py)
 * ``decode_attention(q, k_cache, v_cache, mask, kv_len, scale)``                     (decode_attention.py)
+* ``skinny_linear(x, weights, biases)``                                              (skinny_linear.py)
 
 Each has a fake kernel (torch.compile), a CUDA kernel (Triton) and a CPU kernel: the C++ one
 from ``regionc._C`` for rms_norm / fused_add_rms_norm / rope when the extension is built (and
@@ -39,11 +40,12 @@ The submodules keep their names (``regionc.ops.rms_norm`` is the module; the op 
 ``torch.ops.regionc.rms_norm``).
 """
 
-from regionc.ops import _extension, attention, decode_attention, rms_norm, rope  # noqa: F401  (importing registers the ops)
+from regionc.ops import _extension, attention, decode_attention, rms_norm, rope, skinny_linear  # noqa: F401  (importing registers the ops)
 from regionc.ops.attention import attention_reference
 from regionc.ops.decode_attention import decode_attention_reference
 from regionc.ops.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
 from regionc.ops.rope import rope_reference
+from regionc.ops.skinny_linear import skinny_linear_reference
 
 
 def extension_loaded() -> bool:
@@ -58,4 +60,5 @@ __all__ = [
     "fused_add_rms_norm_reference",
     "rms_norm_reference",
     "rope_reference",
+    "skinny_linear_reference",
 ]

@@ -160,10 +160,13 @@ def forward_only_error(op: str) -> RuntimeError:
 
 
 def check_no_grad(op: str, *tensors) -> None:
-    """Raise the forward-only error when grad mode is on and a tensor input requires grad."""
+    """Raise the forward-only error when grad mode is on and a tensor input (or a tensor in a list
+    input, ``Tensor[]``) requires grad."""
     if _grad_enabled():
         for t in tensors:
-            if isinstance(t, torch.Tensor) and t.requires_grad:
+            if isinstance(t, (list, tuple)):
+                check_no_grad(op, *t)
+            elif isinstance(t, torch.Tensor) and t.requires_grad:
                 raise forward_only_error(op)
 
 

@@ -11,6 +11,8 @@ Shape classes (see :func:`shape_class`):
 
 * norms and RoPE: ``"small"`` (≤ 64 rows/tokens: decode-like, latency bound), ``"large"``
   (> 64: prefill-like, bandwidth bound), ``"dynamic"`` (a symbolic size without a hint).
+* skinny_linear: ``"rows<=16"``, ``"rows<=64"`` (the linear's static row count: a decode step's
+  tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``).
 * attention and decode_attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
   and v in front of SDPA) or ``"native"`` (SDPA read k/v as they are: MHA or ``enable_gqa``).
 
@@ -76,6 +78,8 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
                "(~40-55 us host a call) where aten's SDPA launches from C++, with no CUDA graph at prefill "
                "(benchmarks/results/attention/h100-2026-11-25.json, prefill/h100-2026-11-25-attention-swap.json, torch 2.11.0+cu130, "
                "triton 3.6.0, 2026-11-25); elsewhere the Triton kernel is 0.80-0.88x cuDNN"),
+    ("cpu", "skinny_linear", "*"): Decision(
+        False, "the cpu kernel is torch's linear (what it replaces), one call per weight: nothing to gain"),
     ("cpu", "decode_attention", "*"): Decision(
         False, "the cpu kernel is the fp32 torch reference; the aten flash kernel it would replace is never "
                "slower on cpu (no measurement shows otherwise)"),
@@ -114,4 +118,6 @@ def rows_class(rows: int | None) -> str:
 def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False) -> str:
     if op in ("attention", "decode_attention"):
         return "gqa_expanded" if gqa_expanded else "native"
+    if op == "skinny_linear":
+        return "dynamic" if rows is None else "rows<=16" if rows <= 16 else "rows<=64"
     return rows_class(rows)

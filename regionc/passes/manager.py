@@ -8,7 +8,7 @@ Inductor's FX cache and regionc's keys both hold.
 
 Order inside one graph: find RMSNorms → fuse the ones on a residual add → plain RMSNorms →
 RoPE (q and k pairs) → decode attention over a KV cache → attention (an SDPA the decode pass took is gone
-before the attention pass looks). ``take_matches()`` / ``take_skips()`` return what happened
+before the attention pass looks) → linears over few rows. ``take_matches()`` / ``take_skips()`` return what happened
 since the last call (the compiler calls them after each piece). Matches are only counted
 when the pass runs: a piece loaded from regionc's store or Inductor's FX cache reports none.
 """
@@ -28,7 +28,16 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import regionc.ops  # noqa: F401  (the passes insert torch.ops.regionc.*)
 from regionc.config import PASS_NAMES, Config
-from regionc.passes import attention, decisions, decode_attention, fused_add_rms_norm, rms_norm, rope, version
+from regionc.passes import (
+    attention,
+    decisions,
+    decode_attention,
+    fused_add_rms_norm,
+    rms_norm,
+    rope,
+    skinny_linear,
+    version,
+)
 from regionc.passes._graph import finish
 
 log = logging.getLogger("regionc")
@@ -125,7 +134,8 @@ class PassManager:
                 if on["rms_norm"]:
                     rms_norm.run(graph, ctx, norms)
                 finish(graph)
-            for name, module in (("rope", rope), ("decode_attention", decode_attention), ("attention", attention)):
+            for name, module in (("rope", rope), ("decode_attention", decode_attention), ("attention", attention),
+                                 ("skinny_linear", skinny_linear)):
                 if on[name]:
                     module.run(graph, ctx, self._find(module, graph))
                     finish(graph)

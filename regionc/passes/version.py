@@ -34,6 +34,7 @@ PASS_SOURCES = {
     "rope": ("passes/rope.py", "ops/rope.py"),
     "attention": ("passes/attention.py", "ops/attention.py", "ops/attention_hopper.py"),
     "decode_attention": ("passes/decode_attention.py", "ops/decode_attention.py"),
+    "skinny_linear": ("passes/skinny_linear.py", "ops/skinny_linear.py"),
 }
 
 

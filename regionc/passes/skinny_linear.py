@@ -1,0 +1,130 @@
+"""Linears over few rows → ``regionc.skinny_linear``, the projections that read one input in one call.
+
+What it looks for in the post-grad graph: a linear as AOTAutograd leaves it, ::
+
+    mm(reshape(x, [M, K]), permute(W, [1, 0]))            # or aten.t(W); addmm(b, ...) with a bias
+                                                          # (a [N] bias goes into the op; any other
+                                                          # addend, e.g. a residual Inductor folded
+                                                          # in, is added after it)
+
+with ``M`` a static number of rows at most ``ops.skinny_linear.MAX_ROWS`` (a decode step's tokens),
+x and W of one float dtype and W's rows unit-strided on K. Linears whose inputs are the same
+tensor (the reshapes of one node, as HF's q/k/v and gate/up projections each reshape the normed
+hidden state) become one call, their weights a list: a decoder layer's seven projections become
+four launches that read each weight once.
+
+Only weights that are graph inputs (the parameters, lifted) are grouped: a weight computed in the
+graph could depend on a sibling's output, and one call for both would be a cycle; such a linear
+is swapped alone. Everything else (bias-free and biased linears alike) keeps its meaning: the op
+computes ``x @ W.T + b`` per weight.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+
+from regionc.ops.skinny_linear import MAX_ROWS
+from regionc.passes import _graph
+from regionc.passes._graph import aten, is_call, same, shape_str, tensor_val
+
+NAME = "skinny_linear"
+
+
+def _weight_of(node):
+    """W when ``node`` is ``permute(W, [1, 0])`` or ``t(W)`` of a 2-D W, else None."""
+    if is_call(node, aten.permute.default) and list(node.args[1]) in ([1, 0], [-1, -2], [1, -2], [-1, 0]):
+        w = node.args[0]
+    elif is_call(node, aten.t.default):
+        w = node.args[0]
+    else:
+        return None
+    wt = tensor_val(w)
+    return w if wt is not None and wt.dim() == 2 else None
+
+
+def _source(node):
+    """The node behind a chain of reshapes/views: siblings reshape one tensor each on their own."""
+    while is_call(node, *_graph.VIEW_TARGETS):
+        node = node.args[0]
+    return node
+
+
+def match_at(node: torch.fx.Node):
+    """(linear spec, None) | (None, skip reason) | (None, None) when ``node`` is not a linear."""
+    if is_call(node, aten.mm.default):
+        x, wt_node = node.args[:2]
+        bias = None
+    elif is_call(node, aten.addmm.default):
+        bias, x, wt_node = node.args[:3]
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            return None, None
+    else:
+        return None, None
+    w = _weight_of(wt_node)
+    xt, wv = tensor_val(x), tensor_val(w)
+    if w is None or xt is None or xt.dim() != 2:
+        return None, None
+    rows, k = xt.shape
+    desc = f"{NAME} at x{shape_str(xt)} weight{shape_str(wv)} {_graph.dtype_str(xt.dtype)}"
+    if not isinstance(rows, int):
+        return None, f"{desc}: the row count is symbolic"
+    if rows > MAX_ROWS:
+        return None, None  # a GEMM: nothing for this pass, not worth a report line per linear
+    if xt.dtype not in _graph.FLOAT_DTYPES or wv.dtype != xt.dtype:
+        return None, f"{desc}: x and weight dtypes {xt.dtype} / {wv.dtype}"
+    if not same(wv.shape[1], k) or not same(wv.stride(1), 1):
+        return None, f"{desc}: the weight is not [N, K] with unit stride on K"
+    added = None
+    if bias is not None:
+        bt = tensor_val(bias)
+        if bt is None or bt.dtype != xt.dtype:
+            return None, f"{desc}: a bias of another dtype"
+        if bt.dim() != 1 or not same(bt.shape[0], wv.shape[0]):
+            # Inductor folds a following add into addmm (a residual, a repeated sibling): the op
+            # computes the product, the add stays an add (Inductor fuses it with its consumer)
+            bias, added = None, bias
+    return {"out": node, "x": x, "w": w, "b": bias, "added": added, "rows": rows, "dtype": xt.dtype}, None
+
+
+def find(graph: torch.fx.Graph):
+    """The linears, grouped: ``[{"x", "weights", "biases", "outs", "rows", "desc"}, ...]``."""
+    linears, skips = _graph.split_matches(match_at(node) for node in list(graph.nodes))
+    groups: dict = {}
+    for spec in linears:
+        shape = tuple(tensor_val(spec["x"]).shape)
+        lifted = spec["w"].op in ("placeholder", "get_attr")
+        key = (_source(spec["x"]), shape) if lifted else spec["out"]
+        groups.setdefault(key, []).append(spec)
+    found = []
+    for members in groups.values():
+        first = members[0]
+        xt = tensor_val(first["x"])
+        columns = "+".join(str(_graph.hint(tensor_val(m["w"]).shape[0])) for m in members)
+        found.append({
+            "x": first["x"], "weights": [m["w"] for m in members], "biases": [m["b"] for m in members],
+            "added": [m["added"] for m in members], "outs": [m["out"] for m in members], "rows": first["rows"], "device": xt.device,
+            "desc": f"{NAME} at x{shape_str(xt)} × {len(members)} weight(s) of {columns} columns "
+                    f"{_graph.dtype_str(first['dtype'])}",
+        })
+    return found, skips
+
+
+def rewrite(graph: torch.fx.Graph, group) -> None:
+    """One call before the group's first linear (``finish`` reorders if a bias comes later)."""
+    first = group["outs"][0]
+    call = _graph.insert_call(graph, first, torch.ops.regionc.skinny_linear.default,
+                              (group["x"], list(group["weights"]), list(group["biases"])))
+    for i, (out, added) in enumerate(zip(group["outs"], group["added"])):
+        result = _graph.insert_call(graph, first, operator.getitem, (call, i))
+        if added is not None:
+            result = _graph.insert_call(graph, out, aten.add.Tensor, (result, added))
+        out.replace_all_uses_with(result)
+
+
+def run(graph: torch.fx.Graph, ctx, matches) -> None:
+    for group in matches:
+        if ctx.allow(NAME, group["desc"], device=group["device"], rows=group["rows"]):
+            rewrite(graph, group)

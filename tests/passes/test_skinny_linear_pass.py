@@ -1,0 +1,207 @@
+"""The skinny-linear pass: linears over few rows → ``regionc.skinny_linear``, the projections that read
+one input grouped into one call. Whole models (HF Llama and Qwen2 on a StaticCache, the demo decoder)
+and small functions for what it must group, swap alone, or leave to Inductor."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import regionc
+from regionc.config import Config
+from regionc.models.llama import LlamaConfig, build_demo_model
+from regionc.ops.skinny_linear import MAX_ROWS
+from regionc.passes import PassManager
+from tests.helpers import assert_close
+from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes
+
+SKINNY = torch.ops.regionc.skinny_linear.default
+ALWAYS = {"kernel_choice": "always"}
+MM = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+
+
+def calls(cap):
+    return [n for g in cap.graphs for n in g.nodes if n.target is SKINNY]
+
+
+def weight_counts(cap) -> list[int]:
+    return sorted(len(n.args[1]) for n in calls(cap))
+
+
+def mm_count(cap) -> int:
+    return sum(1 for g in cap.graphs for n in g.nodes if n.target in MM)
+
+
+# ---------------------------------------------------------------- whole models
+
+
+@pytest.mark.parametrize("arch", ["Llama", "Qwen2"])  # Qwen2: q/k/v biases
+def test_hf_decoder_static_cache_decode(arch):
+    """A layer's seven projections become four calls (q/k/v, o, gate/up, down), every step equals eager."""
+    transformers = pytest.importorskip("transformers")
+    cfg = getattr(transformers, f"{arch}Config")(hidden_size=256, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                                 head_dim=64)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{arch}Model")(cfg).eval()
+    batch, prompt = 3, 5
+
+    def prefilled():
+        cache = transformers.StaticCache(config=cfg, max_cache_len=16)
+        model(torch.arange(batch * prompt).view(batch, prompt), past_key_values=cache, use_cache=True,
+              cache_position=torch.arange(prompt))
+        return cache
+
+    with capture() as cap, torch.no_grad():
+        eager_cache, compiled_cache = prefilled(), prefilled()
+        compiled = compile_with_passes(model, ALWAYS, cap)
+        for pos in (prompt, prompt + 1):
+            tok = torch.randint(0, 128, (batch, 1))
+            expected = model(tok, past_key_values=eager_cache, use_cache=True, cache_position=torch.tensor([pos]))
+            actual = compiled(tok, past_key_values=compiled_cache, use_cache=True, cache_position=torch.tensor([pos]))
+            assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=1e-4)
+    assert weight_counts(cap) == [1, 1, 2, 3], weight_counts(cap)
+    assert mm_count(cap) == 0
+    biased = [n for n in calls(cap) if any(b is not None for b in n.args[2])]
+    assert len(biased) == (1 if arch == "Qwen2" else 0)
+    assert cap.matches.get("skinny_linear") == 4, cap.matches
+
+
+def test_demo_decoder_decode_and_prefill():
+    """Decode rows are swapped; a prefill of more than MAX_ROWS tokens keeps its GEMMs, without a report line."""
+    model = build_demo_model(LlamaConfig.tiny(2, dim=256, max_seq=128))
+    model.setup_kv_cache(2, torch.float32)
+    eager = copy.deepcopy(model)
+    prompt = MAX_ROWS // 2 + 1  # 2 sequences: more rows than MAX_ROWS
+    with capture() as cap, torch.no_grad():
+        compiled = compile_with_passes(model, ALWAYS, cap)
+        tokens = torch.randint(0, 128, (2, prompt))
+        assert_close(compiled(tokens, torch.arange(prompt)), eager(tokens, torch.arange(prompt)), atol=1e-5, rtol=1e-4)
+        assert not calls(cap) and mm_count(cap) > 0
+        assert not [s for s in cap.skips if "skinny_linear" in s]
+        cap.graphs.clear()
+        for pos in (prompt, prompt + 1):
+            tok = torch.randint(0, 128, (2, 1))
+            assert_close(compiled(tok, torch.tensor([pos])), eager(tok, torch.tensor([pos])), atol=1e-5, rtol=1e-4)
+    assert calls(cap) and mm_count(cap) == 0 and cap.matches.get("skinny_linear", 0) >= 4
+
+
+# ---------------------------------------------------------------- small functions
+
+
+def run_fn(fn, *args, options=None):
+    run, _ = compile_fn_with_passes(fn, options)
+    with capture() as cap, torch.no_grad():
+        out = run(*args)
+    assert_close(out, fn(*args), atol=1e-5, rtol=1e-4)
+    return cap
+
+
+def test_siblings_grouped_by_input_biases_kept():
+    """Two linears of x in one call, one with its [N] bias; the sum Inductor folds into the other's
+    addmm (a [M, N] addend) is added after the call."""
+    x, w1, w2, w3, b2 = torch.randn(4, 32), torch.randn(16, 32), torch.randn(8, 32), torch.randn(8, 16), torch.randn(8)
+
+    def fn(x, w1, w2, w3, b2):
+        h = F.linear(x, w1) + F.linear(x, w2, b2).repeat(1, 2)
+        return F.linear(torch.tanh(h), w3)
+
+    cap = run_fn(fn, x, w1, w2, w3, b2)
+    assert weight_counts(cap) == [1, 2]
+    group = next(n for n in calls(cap) if len(n.args[1]) == 2)
+    assert sorted(b is None for b in group.args[2]) == [False, True]
+    assert any(n.target is torch.ops.aten.add.Tensor for g in cap.graphs for n in g.nodes)
+
+
+def test_computed_weight_is_swapped_alone():
+    """A weight computed in the graph (here from a sibling's output) is never grouped: one call for
+    both would read its own output."""
+    x, w1 = torch.randn(4, 16), torch.randn(16, 16)
+
+    def fn(x, w1):
+        a = F.linear(x, w1)
+        return F.linear(x, w1 * a.mean())
+
+    cap = run_fn(fn, x, w1)
+    assert weight_counts(cap) == [1, 1]
+
+
+def test_three_dimensional_input_and_rows_limit():
+    w = torch.randn(24, 32)
+    cap = run_fn(lambda x, w: F.linear(x, w), torch.randn(2, 3, 32), w)  # 6 rows
+    assert weight_counts(cap) == [1]
+    cap = run_fn(lambda x, w: F.linear(x, w), torch.randn(MAX_ROWS + 1, 32), w)
+    assert not calls(cap)
+
+
+def test_symbolic_rows_are_kept_and_said():
+    """A row count only known at run time may be a prefill: the linear stays a GEMM, with a reason."""
+    def fn(x, w):
+        return F.linear(x, w)
+
+    pm = PassManager(Config.build(ALWAYS), "cpu")
+    compiled = torch.compile(fn, backend="inductor", dynamic=True)
+    with torch._inductor.config.patch(pm.inductor_config_patches()), capture() as cap, torch.no_grad():
+        x, w = torch.randn(5, 32), torch.randn(8, 32)
+        assert_close(compiled(x, w), fn(x, w))
+    assert not calls(cap)
+    assert any("skinny_linear" in s and "symbolic" in s for s in pm.take_skips())
+
+
+def test_auto_on_cpu_keeps_the_gemm_and_says_why():
+    model = build_demo_model(LlamaConfig.tiny(2, dim=256, max_seq=16))
+    model.setup_kv_cache(1, torch.float32)
+    with capture() as cap, torch.no_grad():
+        compiled = compile_with_passes(model, {"kernel_choice": "auto"}, cap)
+        compiled(torch.randint(0, 128, (1, 1)), torch.tensor([3]))
+    assert not calls(cap) and "skinny_linear" not in cap.matches
+    assert any("skinny_linear at" in s and "kept (rows<=16)" in s for s in cap.skips), cap.skips
+
+
+def test_pass_can_be_turned_off():
+    x, w = torch.randn(4, 32), torch.randn(8, 32)
+    run, pm = compile_fn_with_passes(lambda x, w: F.linear(x, w), {"passes": {"skinny_linear": False}})
+    with capture() as cap, torch.no_grad():
+        run(x, w)
+    assert not calls(cap)
+    assert PassManager(Config.build(ALWAYS), "cpu").uuid() != pm.uuid()
+
+
+# ---------------------------------------------------------------- CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cuda_hf_llama_static_cache(batch):
+    """bf16 decode on the GPU: the pass finds the projections on the GPU's torch and the kernel's
+    output stays within bf16 noise of eager through every step."""
+    transformers = pytest.importorskip("transformers")
+    cuda = torch.device("cuda")
+    cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                                   num_key_value_heads=2, vocab_size=128, head_dim=64)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(cfg).to(cuda, torch.bfloat16).eval()
+
+    def prefilled():
+        cache = transformers.StaticCache(config=cfg, max_cache_len=64)
+        model(torch.arange(batch * 6, device=cuda).view(batch, 6) % 128, past_key_values=cache, use_cache=True,
+              cache_position=torch.arange(6, device=cuda))
+        return cache
+
+    with torch.no_grad():
+        eager_cache, compiled_cache = prefilled(), prefilled()
+        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": "always"})
+        for pos in (6, 7, 8):
+            tok = torch.randint(0, 128, (batch, 1), device=cuda)
+            pos_t = torch.tensor([pos], device=cuda)
+            expected = model(tok, past_key_values=eager_cache, use_cache=True, cache_position=pos_t).last_hidden_state
+            actual = compiled(tok, past_key_values=compiled_cache, use_cache=True, cache_position=pos_t).last_hidden_state
+            err = ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+            assert err < 2e-2, (pos, err)
+    report = regionc.last_report()
+    assert report.pass_matches.get("skinny_linear", 0) == 4, (report.pass_matches, report.pass_skips)
