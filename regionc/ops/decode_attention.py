@@ -150,7 +150,11 @@ if _utils.HAS_TRITON:
                 elif MASK_KIND == 2:
                     bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
                     valid = valid & (bias > MASK_FLOOR)
+                # K and V in flight together: V does not wait for the softmax, so a block costs
+                # one memory latency, not two
                 k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                            mask=in_range[:, None], other=0.0)
+                v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
                             mask=in_range[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
                 if MASK_KIND == 2:
@@ -161,8 +165,6 @@ if _utils.HAS_TRITON:
                 p = tl.math.exp2(s - m_use[:, None])
                 alpha = tl.math.exp2(m_i - m_use)
                 l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                            mask=in_range[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
                 m_i = m_new
 
