@@ -191,122 +191,38 @@ def bandwidth_rows(shape: str, providers: dict[str, Callable], next_args, nbytes
     return rows
 
 
-def report(out_dir: str, op: str, rows: list[dict], metric: str, unit: str, **fields) -> dict:
-    """Builds the payload ``{op, env, **fields, results}``, prints the table, writes JSON + plot."""
+def report(out_dir: str, op: str, rows: list[dict], metric: str, unit: str, *, panels: bool = False,
+           **fields) -> dict:
+    """Builds the payload ``{op, env, **fields, results}``, prints the table, writes JSON + plot
+    (``panels``: one panel per shape, each on its own scale)."""
     payload = {"op": op, "env": env_info(), **fields, "results": rows}
     print_table(rows, metric)
-    write_results(out_dir, op, payload, metric, unit)
+    write_results(out_dir, op, payload, metric, unit, panels=panels)
     return payload
 
 
 def bench_main(script: str, run: Callable[..., object], doc: str | None, *,
-               check: Callable[[list[str]], None] | None = None,
                cpu_host_overhead: Callable[[], object] | None = None) -> None:
     """Command line of one bench script: ``--out DIR [--no-sweep]``, then ``run(DIR, sweep=...)``;
-    exits 0 without CUDA. Scripts with launch variants also take ``--check-variants A,B`` (the
-    preflight child, see ``preflight``) and ``--cpu-host-overhead`` (no GPU needed)."""
+    exits 0 without CUDA. Scripts given ``cpu_host_overhead`` also take ``--cpu-host-overhead``
+    (no GPU needed)."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--no-sweep", action="store_true", help="skip the launch-parameter sweeps")
-    if check is not None:
-        ap.add_argument("--check-variants", default=None, help=argparse.SUPPRESS)
     if cpu_host_overhead is not None:
         ap.add_argument("--cpu-host-overhead", action="store_true",
-                        help="CPU only: Python cost per op call of every variant, Triton's compiler and C launcher stubbed")
+                        help="CPU only: Python cost per op call, Triton's compiler and C launcher stubbed")
     args = ap.parse_args()
     if cpu_host_overhead is not None and args.cpu_host_overhead:
         cpu_host_overhead()
         return
     require_cuda(script)
-    if check is not None and args.check_variants is not None:
-        check(args.check_variants.split(","))
-        return
     run(args.out, sweep=not args.no_sweep)
-
-
-# --------------------------------------------------------------------------------------
-# launch variants: checked in a child process first (a kernel that faults the GPU must not take
-# the run down), timed side by side, the best one recommended
-# --------------------------------------------------------------------------------------
-
-
-def preflight(script: str, names: list[str], timeout: float = 150.0) -> dict[str, str | None]:
-    """Runs ``script --check-variants <names>`` in a child process, which checks each variant's
-    results (and compiles its kernels into Triton's disk cache for this process) and prints
-    ``START n`` / ``OK n`` / ``FAIL n: why`` lines. A child that dies (an illegal memory access
-    poisons the CUDA context) is blamed on the variant it had started; the rest are checked again
-    in a new child. Returns {name: None if usable, else the error string}."""
-    import subprocess
-
-    status: dict[str, str | None] = {}
-    todo = list(names)
-    while todo:
-        started = None
-        cmd = [sys.executable, script, "--check-variants", ",".join(todo)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            out, err, rc = proc.stdout, proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            err, rc = f"timed out after {timeout:.0f} s", "timeout"
-        for line in out.splitlines():
-            if line.startswith("START "):
-                started = line[6:].strip()
-            elif line.startswith("OK "):
-                status[line[3:].strip()] = None
-            elif line.startswith("FAIL "):
-                n, _, why = line[5:].partition(": ")
-                status[n.strip()] = why.strip() or "failed"
-        if rc != 0:
-            tail = " | ".join(err.strip().splitlines()[-3:])[-400:]
-            if started is None:  # died before any variant started: blame them all
-                for n in todo:
-                    status.setdefault(n, f"preflight process failed (rc {rc}): {tail}")
-            elif started not in status:  # died inside a variant
-                status[started] = f"crashed the process (rc {rc}): {tail}"
-            # else: it stopped after reporting a failure (a CUDA error is sticky): check the rest anew
-        else:
-            for n in todo:
-                status.setdefault(n, "not reported by the preflight process")
-        todo = [n for n in todo if n not in status]
-    for n, why in status.items():
-        print(f"  preflight {n}: {'ok' if why is None else why}")
-    return status
-
-
-def check_child(names: list[str], check_one: Callable[[str], None]) -> None:
-    """The preflight child's loop (see ``preflight``). Stops at the first failure (exit code 3):
-    after a CUDA error every later call in this process would fail too, so the parent checks the
-    remaining variants in a new process."""
-    for n in names:
-        print(f"START {n}", flush=True)
-        try:
-            check_one(n)
-            torch.cuda.synchronize()
-        except Exception as exc:
-            print(f"FAIL {n}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", flush=True)
-            sys.stderr.flush()
-            os._exit(3)
-        print(f"OK {n}", flush=True)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-class use_variant:
-    """``with use_variant(module, name):`` sets ``module.VARIANT`` (the op's switch) for the block."""
-
-    def __init__(self, module, name: str):
-        self.module, self.name = module, name
-
-    def __enter__(self):
-        self.saved = self.module.VARIANT
-        self.module.VARIANT = self.name
-
-    def __exit__(self, *exc):
-        self.module.VARIANT = self.saved
 
 
 def timed_row(shape: str, provider: str, fn: Callable[[], object], nbytes: int, copy_bw: float, copies: int,
@@ -327,47 +243,9 @@ def timed_row(shape: str, provider: str, fn: Callable[[], object], nbytes: int, 
     return row
 
 
-def recommend(rows: list[dict], variants: list[str], baseline: str, bandwidth_shapes: list[str],
-              latency_shapes: list[str], current: str, slack: float = 0.10) -> dict:
-    """The variant to set: among variants whose eager latency on the latency shapes is within
-    ``slack`` of the best one there (host-bound: the launch path decides; host timings are noisy,
-    the cached-vs-JIT launch gap is far larger than 10%), the highest geometric mean of GB/s over
-    the bandwidth shapes. Variants without a time on every shape are not candidates. Also lists,
-    per bandwidth shape, every variant's GB/s and the copy ceiling (``copy`` rows)."""
-    def get(v, shape, key="ms", provider="regionc"):
-        for r in rows:
-            if r.get("variant") == v and r["shape"] == shape and r["provider"] == provider:
-                return r.get(key)
-        return None
-
-    ok = [v for v in variants
-          if all(get(v, s) is not None for s in bandwidth_shapes + latency_shapes)]
-    if not ok:
-        return {"variant": None, "why": "no variant measured on every shape"}
-    lat = {v: sum(get(v, s) for s in latency_shapes) for v in ok}
-    best_lat = min(lat.values())
-    cands = [v for v in ok if lat[v] <= (1 + slack) * best_lat]
-
-    def gmean(v):
-        return math.exp(sum(math.log(get(v, s, "GBps")) for s in bandwidth_shapes) / len(bandwidth_shapes))
-
-    best = max(cands, key=gmean)
-    out = {"variant": best, "current": current,
-           "rule": f"eager latency within {slack:.0%} of the best on " + ", ".join(latency_shapes)
-                   + ", then the highest geomean GB/s on " + ", ".join(bandwidth_shapes),
-           "geomean_GBps": {v: round(gmean(v), 1) for v in ok},
-           "latency_us": {v: round(lat[v] * 1e3, 2) for v in ok},
-           "GBps": {s: {v: round(get(v, s, "GBps"), 1) for v in ok} for s in bandwidth_shapes},
-           "copy_GBps": {s: (round(g, 1) if (g := get(None, s, "GBps", "copy")) else None) for s in bandwidth_shapes}}
-    if baseline in ok:
-        out["vs_baseline_pct"] = round(100 * (gmean(best) / gmean(baseline) - 1), 2)
-    print(f"  recommended VARIANT = {best!r} (current {current!r}; geomean GB/s "
-          + ", ".join(f"{v} {g:.0f}" for v, g in out["geomean_GBps"].items()) + ")")
-    return out
-
-
-def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) -> str:
-    """Writes ``<out_dir>/<op>.json`` and ``<op>.png`` (grouped bars of ``metric`` per shape)."""
+def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str, *, panels: bool = False) -> str:
+    """Writes ``<out_dir>/<op>.json`` and ``<op>.png``: grouped bars of ``metric`` per shape, or with
+    ``panels`` one horizontal-bar panel per shape."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{op}.json")
     with open(path, "w") as f:
@@ -381,17 +259,17 @@ def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) 
         print("matplotlib not installed: no plot")
         return path
     rows = payload["results"]
-    if any(r.get("variant") for r in rows):
+    if panels:
         _plot_panels(out_dir, op, payload, metric, unit, plt)
         return path
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    providers = list(dict.fromkeys(series(r) for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
     width = 0.8 / max(len(providers), 1)
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(providers) * len(shapes) + 2), 4.5))
     for i, p in enumerate(providers):
         vals = []
         for s in shapes:
-            v = [r.get(metric) for r in rows if r["shape"] == s and series(r) == p]
+            v = [r.get(metric) for r in rows if r["shape"] == s and r["provider"] == p]
             vals.append(v[0] if v and v[0] is not None else 0.0)
         ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=p)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
@@ -409,8 +287,8 @@ def write_results(out_dir: str, op: str, payload: dict, metric: str, unit: str) 
 
 
 def _plot_panels(out_dir: str, op: str, payload: dict, metric: str, unit: str, plt) -> None:
-    """One horizontal-bar panel per shape (its own scale), a bar per series with its value; the
-    op's current variant is starred, rows with an error say so."""
+    """One horizontal-bar panel per shape (its own scale), a bar per provider with its value; rows
+    with an error say so."""
     rows = payload["results"]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     ncol = min(3, len(shapes))
@@ -419,10 +297,9 @@ def _plot_panels(out_dir: str, op: str, payload: dict, metric: str, unit: str, p
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 0.28 * per * nrow + 1.2 * nrow), squeeze=False)
     for ax, shape in zip(axes.flat, shapes):
         rs = [r for r in rows if r["shape"] == shape]
-        names = [series(r) + (" *" if r.get("current") else "") for r in rs]
+        names = [r["provider"] for r in rs]
         vals = [r.get(metric) or 0.0 for r in rs]
-        colors = ["tab:orange" if r.get("current") else "tab:blue" if r["provider"].startswith("regionc")
-                  else "tab:gray" for r in rs]
+        colors = ["tab:blue" if r["provider"].startswith("regionc") else "tab:gray" for r in rs]
         ax.barh(range(len(rs)), vals, color=colors)
         ax.set_yticks(range(len(rs)))
         ax.set_yticklabels(names, fontsize=7)
@@ -442,17 +319,11 @@ def _plot_panels(out_dir: str, op: str, payload: dict, metric: str, unit: str, p
     for ax in list(axes.flat)[len(shapes):]:
         ax.axis("off")
     env = payload["env"]
-    fig.suptitle(f"{op} on {env['device']} (torch {env['torch']}, triton {env['triton']}); * = current "
-                 f"{payload.get('variant_setting', 'VARIANT')} = {payload.get('current_variant')!r}, "
-                 f"dashed = device copy", fontsize=9)
+    fig.suptitle(f"{op} on {env['device']} (torch {env['torch']}, triton {env['triton']}); dashed = device copy",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, f"{op}.png"), dpi=110)
     plt.close(fig)
-
-
-def series(r: dict) -> str:
-    """A row's series name: ``provider``, or ``provider[variant]`` for the variant rows."""
-    return f"{r['provider']}[{r['variant']}]" if r.get("variant") else r["provider"]
 
 
 def print_table(rows: list[dict], metric: str) -> None:
@@ -463,7 +334,7 @@ def print_table(rows: list[dict], metric: str) -> None:
         ms = "n/a" if r.get("ms") is None else f"{r['ms'] * 1e3:9.1f} us"
         err = f"  ERROR {r['error']}" if r.get("error") else ""
         host = f"  host {r['host_us']:.2f} us/call" if r.get("host_us") is not None else ""
-        print(f"  {r['shape']:<34} {series(r):<30} {ms} {vs} {metric}{extra}{host}{err}")
+        print(f"  {r['shape']:<34} {r['provider']:<30} {ms} {vs} {metric}{extra}{host}{err}")
 
 
 # --------------------------------------------------------------------------------------
@@ -474,7 +345,7 @@ def print_table(rows: list[dict], metric: str) -> None:
 
 def _stub_compiled(num_warps: int):
     """A ``CompiledKernel`` (real class, so the JIT's ``launch_metadata`` runs its real code) whose
-    launcher is a Python no-op: what a launch costs beyond it is common to both launch paths."""
+    launcher is a Python no-op: what a launch costs beyond it (the C launcher) is left out."""
     from collections import namedtuple
 
     from triton.compiler.compiler import CompiledKernel

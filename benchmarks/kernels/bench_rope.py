@@ -1,23 +1,20 @@
 """RoPE microbenchmark (rotate-half, q and k, bf16 tables like HF) in both layouts: regionc
-(Triton) vs eager HF apply_rotary_pos_emb vs torch.compile of it vs Liger (bhsd only), and every
-launch variant of the regionc op side by side. GB/s counts q, k, cos, sin read + q_out, k_out
-written once. Inputs rotate through >= 256 MiB.
+(Triton) vs eager HF apply_rotary_pos_emb vs torch.compile of it vs Liger (bhsd only). GB/s counts
+q, k, cos, sin read + q_out, k_out written once. Inputs rotate through >= 256 MiB.
 
-Rows per shape and layout (``provider``, ``variant``):
+Rows per shape and layout (``provider``):
 
-* ``regionc`` once per entry of ``regionc.ops.rope.VARIANTS`` (``variant`` column; ``current``
-  marks the op's ``VARIANT``), called through ``torch.ops.regionc.rope`` (do_bench, host cost
-  included);
+* ``regionc``: ``torch.ops.regionc.rope`` (do_bench, host cost included), with ``rel_err``: the
+  larger relative error of q_out and k_out against the torch reference on one input;
 * ``eager``, ``inductor``, ``liger`` (bhsd, when installed) and ``copy`` (``q.clone(), k.clone()``:
   the bandwidth plain copies of q and k reach under the same timing; GB/s of their own bytes);
 * decode-like shape (8 tokens) only: ``<provider>+graph`` rows (device time per call inside a CUDA
-  graph) and ``host_us`` (host microseconds per op call) for every variant.
+  graph) and, on the ``regionc`` row, ``host_us`` (host microseconds per op call).
 
-Before timing, a child process checks every variant on every shape and layout
-(``--check-variants``); a variant that fails or crashes is recorded with its error and left out.
-The JSON's ``recommendation`` names the variant to set as ``VARIANT``; ``targets`` repeats
-TARGETS.md. Unless ``--no-sweep``: a few tiles with more tokens per head on the bhsd shapes (under
-the ``evict`` variant), to see whether bhsd wants another tiling.
+``regionc_params`` records the launch heuristic's tiling per shape; ``targets`` repeats TARGETS.md.
+Unless ``--no-sweep``: a few tiles with more tokens per head on the bhsd shapes, to see whether bhsd
+wants another tiling. The sweep of launch variants (persistent grid, eviction hints, cached launch)
+is an experiment under benchmarks/experiments/.
 
     python benchmarks/kernels/bench_rope.py --out benchmarks/results/kernels
     python benchmarks/kernels/bench_rope.py --cpu-host-overhead   # no GPU: Python cost per call
@@ -41,8 +38,7 @@ SHAPES = [(1, 4096, 32, 8, 128), (16, 1024, 32, 8, 128)]
 LATENCY_SHAPES = [(8, 1, 32, 8, 128)]
 LAYOUTS = ("bhsd", "bshd")
 TARGETS = {"1x4096 tok, 32/8h d128": ">= 2700 GB/s", "16x1024 tok, 32/8h d128": ">= 2850 GB/s"}
-SWEEP = [{"variant": "evict", "block_s": bs, "heads_per_block": h, "num_warps": 4}
-         for bs, h in ((4, 8), (16, 2), (32, 1))]
+SWEEP = [{"block_s": bs, "heads_per_block": h, "num_warps": 4} for bs, h in ((4, 8), (16, 2), (32, 1))]
 
 
 def eager_rope_bshd(q, k, cos, sin):
@@ -77,26 +73,16 @@ def make_inputs(B, S, Hq, Hk, D, layout, dtype, gen=None):
             ang.cos().to(dtype), ang.sin().to(dtype))
 
 
-def check_variants(names: list[str], dtype=torch.bfloat16) -> None:
-    """Preflight child: every variant on every shape and layout through the op, twice (the second
-    call takes the launch cache where the variant has one), against the torch reference."""
+def op_rel_err(args: tuple, layout: str) -> float | str:
+    """The larger relative error of q_out and k_out against the torch reference, or the error the
+    op raised."""
     from regionc.ops import rope as P
 
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    cases = [(s, lay, make_inputs(*s, lay, dtype, gen)) for s in SHAPES + LATENCY_SHAPES for lay in LAYOUTS]
-    with torch.inference_mode():
-        refs = [P.rope_reference(*args, "rotate_half", lay) for _, lay, args in cases]
-
-        def check_one(name):
-            with C.use_variant(P, name):
-                for (s, lay, args), ref in zip(cases, refs):
-                    for call in (1, 2):
-                        out = torch.ops.regionc.rope(*args, "rotate_half", lay)
-                        err = max(C.rel_err(o, e) for o, e in zip(out, ref))
-                        if err > 1e-2:
-                            raise AssertionError(f"wrong result on {label(*s, lay)} (call {call}): rel err {err:.3g}")
-
-        C.check_child(names, check_one)
+    try:
+        out = torch.ops.regionc.rope(*args, "rotate_half", layout)
+        return max(C.rel_err(o, e) for o, e in zip(out, P.rope_reference(*args, "rotate_half", layout)))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
 
 def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
@@ -104,65 +90,43 @@ def run(out_dir: str, dtype=torch.bfloat16, sweep: bool = True) -> dict:
     from regionc.ops._utils import sm_count
 
     bw = C.copy_bandwidth_gbps()
-    variants = list(P.VARIANTS)
-    current = P.VARIANT  # the op's setting (use_variant changes it while a variant is timed)
-    status = C.preflight(os.path.abspath(__file__), variants)
     rows, params, sweeps = [], {}, []
     esz = torch.finfo(dtype).bits // 8
     with torch.inference_mode():
         for layout in LAYOUTS:
             ps = C.eager_providers(regionc_rope(layout), eager_rope_bhsd if layout == "bhsd" else eager_rope_bshd,
                                    liger_rope if layout == "bhsd" else no_liger)
-            op = ps.pop("regionc")  # timed per variant below
+            op = ps["regionc"]
             for shape in SHAPES + LATENCY_SHAPES:
                 B, S, Hq, Hk, D = shape
                 nbytes = (2 * B * S * (Hq + Hk) * D + 2 * B * S * D) * esz
                 lab = label(*shape, layout)
                 nxt = C.rotating(lambda: make_inputs(*shape, layout, dtype), nbytes)
-                for v in variants:
-                    if status.get(v) is not None:
-                        rows.append({"shape": lab, "provider": "regionc", "variant": v, "current": v == current,
-                                     "ms": None, "GBps": None, "pct_copy_bw": None, "error": status[v]})
-                        continue
-                    with C.use_variant(P, v):
-                        row = C.timed_row(lab, "regionc", lambda: op(*nxt()), nbytes, bw, nxt.copies,
-                                          variant=v, current=v == current)
-                        if shape in LATENCY_SHAPES and row.get("error") is None:
-                            a0 = nxt()
-                            row["host_us"] = C.host_us_per_call(lambda: op(*a0))
-                    rows.append(row)
-                rows += C.bandwidth_rows(lab, ps, nxt, nbytes, bw)
+                shape_rows = C.bandwidth_rows(lab, ps, nxt, nbytes, bw)
+                op_row = next(r for r in shape_rows if r["provider"] == "regionc")
+                a0 = nxt()
+                op_row["rel_err"] = op_rel_err(a0, layout)
+                if shape in LATENCY_SHAPES and op_row["ms"] is not None:
+                    op_row["host_us"] = C.host_us_per_call(lambda: op(*a0))
+                rows += shape_rows
                 rows.append(C.timed_row(lab, "copy", lambda: [t.clone() for t in nxt()[:2]],
                                         2 * B * S * (Hq + Hk) * D * esz, bw, nxt.copies))
-                q0 = nxt()[0]
                 params[lab] = dict(zip(("BLOCK_S", "BLOCK_HQ", "BLOCK_HK", "n_groups", "num_warps"),
-                                       P._launch_params(B, S, Hq, Hk, D, False, sm_count(q0))))
+                                       P._launch_params(B, S, Hq, Hk, D, False, sm_count(a0[0]))))
                 if shape in LATENCY_SHAPES:
-                    a0 = nxt()
-                    for v in variants:
-                        if status.get(v) is None:
-                            with C.use_variant(P, v):
-                                for r in C.graph_rows(lab, {"regionc": op}, a0, nbytes, bw):
-                                    rows.append({**r, "variant": v, "current": v == current})
                     rows += C.graph_rows(lab, ps, a0, nbytes, bw)
                 elif sweep and layout == "bhsd":
-                    cfgs = [c for c in SWEEP if status.get(c["variant"]) is None]
-                    sweeps += C.sweep(lab, cfgs, lambda cfg: (
+                    sweeps += C.sweep(lab, SWEEP, lambda cfg: (
                         lambda: P.rope_triton(*nxt(), "rotate_half", layout, **cfg)), nbytes)
-    rec = C.recommend(rows, [v for v in variants if status.get(v) is None], "s2",
-                      [label(*s, lay) for s in SHAPES for lay in LAYOUTS],
-                      [label(*s, lay) for s in LATENCY_SHAPES for lay in LAYOUTS], current)
-    return C.report(out_dir, "rope", rows, "GBps", "GB/s", dtype=str(dtype), copy_bandwidth_GBps=bw,
+    return C.report(out_dir, "rope", rows, "GBps", "GB/s", panels=True, dtype=str(dtype), copy_bandwidth_GBps=bw,
                     bytes="q, k, cos, sin read + q_out, k_out written, once (copy rows: q, k read + written)",
-                    variant_setting="regionc.ops.rope.VARIANT", current_variant=current,
-                    variants={v: vars(P.VARIANTS[v]) for v in variants}, preflight=status, recommendation=rec,
                     targets=TARGETS, regionc_params=params, sweep=sweeps)
 
 
 def cpu_host_overhead() -> None:
     """CPU only (no GPU, TRITON_INTERPRET unset): Python microseconds per op-kernel call
-    (``_rope_cuda``) for every variant on the decode shape, Triton's compiler and C launcher stubbed
-    (see bench_rms_norm.cpu_host_overhead for what is left out)."""
+    (``_rope_cuda``) on the decode shape, Triton's compiler and C launcher stubbed (see
+    bench_rms_norm.cpu_host_overhead for what is left out)."""
     import triton
 
     from regionc.ops import rope as P
@@ -176,17 +140,15 @@ def cpu_host_overhead() -> None:
         for _ in range(3):
             res.setdefault("2x torch.empty_like alone", []).append(
                 C.time_calls_us(lambda: (torch.empty_like(q), torch.empty_like(k)), 5000, 5))
-            for v in P.VARIANTS:
-                with C.use_variant(P, v):
-                    res.setdefault(f"rope {v}", []).append(
-                        C.time_calls_us(lambda: P._rope_cuda(q, k, cos, sin, "rotate_half", "bhsd"), 5000, 5))
+            res.setdefault("rope", []).append(
+                C.time_calls_us(lambda: P._rope_cuda(q, k, cos, sin, "rotate_half", "bhsd"), 5000, 5))
     print(f"triton {triton.__version__}, torch {torch.__version__}: Python us per call, {B}x{S} tok bhsd (min of 3)")
     for k_, v in res.items():
         print(f"  {k_:<40} {min(v):7.2f} us")
 
 
 def main():
-    C.bench_main("bench_rope", run, __doc__, check=check_variants, cpu_host_overhead=cpu_host_overhead)
+    C.bench_main("bench_rope", run, __doc__, cpu_host_overhead=cpu_host_overhead)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ import logging
 
 import torch
 
-from regionc.logs import log_once
-
 log = logging.getLogger("regionc")
 
 try:  # triton is optional (CPU-only machines, macOS)
@@ -203,7 +201,7 @@ def register_cpu(name: str, fn) -> None:
 # --------------------------------------------------------------------------------------
 # cached launches: a repeat call launches the kernel Triton compiled for it before, without the
 # JIT's per-call work (binding and specialising every argument, building the cache key, launch
-# metadata and hook objects). See ``CompiledLaunch`` and the ops' ``VARIANT`` settings.
+# metadata and hook objects). See ``CompiledLaunch``; the Hopper attention kernel uses it.
 # --------------------------------------------------------------------------------------
 
 #: tests set this under TRITON_INTERPRET=1, where a launch returns no compiled kernel: cache entries
@@ -290,34 +288,3 @@ class LaunchCache(dict):
         if len(self) >= self.limit:
             self.clear()
         self[key] = value
-
-
-def resident_programs(kernel, args: tuple, num_warps: int, device_index: int) -> int | None:
-    """How many programs of this kernel (compiled for ``args``) fit on one SM at once, from its
-    register and shared-memory use (as in Triton's fused-softmax tutorial); None where that cannot
-    be known (interpreter, a triton without ``warmup``/``n_regs``). Used to size persistent grids:
-    a persistent program that is not resident from the start runs after the others finish."""
-    if device_index < 0:
-        return None
-    try:
-        compiled = kernel.warmup(*args, grid=(1,), num_warps=num_warps)
-        if hasattr(compiled, "result"):
-            compiled = compiled.result()
-        init = getattr(compiled, "_init_handles", None)
-        if init is not None:
-            init()
-        n_regs = int(compiled.n_regs)
-        shared = int(getattr(compiled.metadata, "shared", 0) or 0)
-    except Exception as exc:  # pragma: no cover - depends on the triton version
-        log_once("resident", "regionc: cannot read a kernel's register use (%s); persistent grids use a default",
-                 exc)
-        return None
-    props = device_properties(device_index)
-    regs_sm = getattr(props, "regs_per_multiprocessor", 65536)
-    threads_sm = getattr(props, "max_threads_per_multi_processor", 2048)
-    smem_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
-    regs_warp = -(-max(n_regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
-    by_regs = (regs_sm // regs_warp) // num_warps
-    by_threads = threads_sm // (32 * num_warps)
-    by_smem = smem_sm // shared if shared else 32
-    return max(1, min(by_regs, by_threads, by_smem, 32))

@@ -27,43 +27,24 @@ rows up to 32768 wide live in registers, one row per program, ``num_warps`` by w
 Liger-Kernel / Inductor's persistent reductions (4 up to 1024, 8 up to 4096, 16 up to 32768);
 rows narrower than 1024 take several rows per program (up to 16, about 4096 elements) as long
 as the grid keeps two programs per SM; wider rows loop over 4096-element chunks (two passes).
+One program per row block, launched through the Triton JIT; CUDA-graph safe (no host sync, the
+outputs are the only allocations). Launch variants (a persistent grid, L2 eviction hints, a cached
+launch that skips the JIT's per-call argument binding) were measured and not kept: on an H100 none
+was more than 0.8% faster in geomean GB/s over the bandwidth shapes or 0.11 us faster at 8x4096 (the
+cached launch cut a call's host time from 44 to 18 us, not its latency), and the decision table never
+swaps the op in (``benchmarks/experiments/norm_rope_launch_variants.py``,
+``benchmarks/results/rms_norm/h100-2026-11-25.json``).
 
-**The switch: ``VARIANT``** (a module constant, the variant measured fastest; read on every call,
-so a test or a benchmark can set another for a while). It names one entry of
-``VARIANTS``, each a ``Variant`` of three independent choices on top of the heuristic above:
-
-* schedule: one program per row block (``"s2"``, the baseline schedule) or a *persistent* grid
-  of one wave (as many programs per SM as the compiled kernel's register use lets be resident,
-  or ``programs_per_sm``), each program looping over row blocks with the weight loaded once and
-  the next block's loads issued before the current block is reduced;
-* L2 eviction hints (``evict``): x/residual loads ``evict_first`` and the weight ``evict_last``
-  (``"loads"``), plus the stores ``evict_first`` (``"all"``);
-* launch path (``cached_launch``): a repeat call with the same (variant, x shape, dtypes,
-  residual or not, device) and contiguous 16-byte-aligned inputs launches the compiled kernel it
-  cached on the first call (``_utils.CompiledLaunch``: ``compiled.run(grid, ..., *args)`` with the
-  same argument tuple the JIT got) instead of going through ``kernel[grid](...)``, which binds and
-  specialises every argument, builds its cache key and the launch metadata on each call. Same
-  kernel, same grid: only host time changes (the eager latency of small shapes). Not used while a
-  Triton launch hook (profiler) is installed. Measured on the 2-core dev CPU with triton 3.6 (the
-  GPU machine's), Triton's compiler and C launcher stubbed (``bench_rms_norm.py
-  --cpu-host-overhead``): the op's Python per 8x4096 call drops from ~19 us to ~5 us, of which
-  ~1.3 us is ``empty_like``; the GPU run's ``host_us`` column measures it on the real host.
-
-``benchmarks/kernels/bench_rms_norm.py`` times every variant on the TARGETS shapes (a row per
-variant: ``variant`` column, eager and CUDA-graph latency rows for 8x4096, host microseconds per
-call) and prints the variant it would pick; set ``VARIANT`` to it. Every variant is CUDA-graph
-safe: no host sync, the only allocations are the outputs (the first call of a persistent variant
-compiles the kernel before launching it, like any first call).
+``benchmarks/kernels/bench_rms_norm.py`` times the op against eager torch, Inductor, Liger and a
+plain copy of the same bytes on the TARGETS shapes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from regionc.ops import _extension, _utils, _variants
+from regionc.ops import _extension, _utils
 from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
-from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, Variant, lookup, persistent_programs
-from regionc.ops._variants import HINTS as _HINTS
 
 # --------------------------------------------------------------------------------------
 # Triton kernel
@@ -73,39 +54,6 @@ from regionc.ops._variants import HINTS as _HINTS
 MAX_FUSED_BLOCK = 32768
 
 if _utils.HAS_TRITON:
-
-    @triton.jit
-    def _rms_load(X, R, rows, stride_x, stride_r, n_rows, cols, col_mask,
-                  HAS_RES: tl.constexpr, LD_EV: tl.constexpr):
-        """x (and residual) tiles [ROWS, BLOCK_N] of ``rows``; rows >= n_rows are masked off."""
-        rows64 = rows.to(tl.int64)
-        mask = (rows < n_rows)[:, None] & col_mask[None, :]
-        x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0, eviction_policy=LD_EV)
-        if HAS_RES:
-            r = tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0,
-                        eviction_policy=LD_EV)
-        else:
-            r = x
-        return x, r
-
-    @triton.jit
-    def _rms_finish(x, r, w, W, Y, RES_OUT, rows, n_rows, N, eps, cols, col_mask,
-                    HAS_RES: tl.constexpr, W_LOADED: tl.constexpr, W_EV: tl.constexpr, ST_EV: tl.constexpr):
-        """Normalise the loaded tile and store it (and x + residual). ``w`` is the weight row in
-        fp32 when W_LOADED, else it is loaded here, after the reduction, so it holds no registers
-        while x is reduced."""
-        rows64 = rows.to(tl.int64)
-        mask = (rows < n_rows)[:, None] & col_mask[None, :]
-        if HAS_RES:
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-            tl.store(RES_OUT + rows64[:, None] * N + cols[None, :], x, mask=mask, eviction_policy=ST_EV)
-        xf = x.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(xf * xf, axis=1) / N + eps)
-        if not W_LOADED:
-            w = tl.load(W + cols, mask=col_mask, other=0.0, eviction_policy=W_EV).to(tl.float32)
-        y = xf * rstd[:, None] * w[None, :]
-        tl.store(Y + rows64[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask,
-                 eviction_policy=ST_EV)
 
     @triton.jit
     def _rms_norm_fwd_kernel(
@@ -123,53 +71,31 @@ if _utils.HAS_TRITON:
         ROWS: tl.constexpr,
         BLOCK_N: tl.constexpr,
         LOOP: tl.constexpr,
-        PERSISTENT: tl.constexpr,
-        W_FIRST: tl.constexpr,
-        LD_EV: tl.constexpr,
-        W_EV: tl.constexpr,
-        ST_EV: tl.constexpr,
     ):
         """Y and RES_OUT are contiguous [n_rows, N].
 
-        * LOOP=False, PERSISTENT=False: program i owns rows [i*ROWS, (i+1)*ROWS); the whole row
-          (BLOCK_N >= N) lives in registers. W_FIRST loads the weight before x (else after the
-          reduction, so it holds no registers while x is reduced).
-        * LOOP=False, PERSISTENT=True: a grid of at most one wave of programs; program i owns row
-          blocks i, i + grid, i + 2*grid, ...; the weight is loaded once, and the next block's x
-          (and residual) is loaded before the current block is reduced and stored (register
-          double-buffering, so every program keeps a load in flight).
+        * LOOP=False: program i owns rows [i*ROWS, (i+1)*ROWS); the whole row (BLOCK_N >= N)
+          lives in registers. The weight is loaded after the reduction, so it holds no registers
+          while x is reduced.
         * LOOP=True: one row per program (ROWS == 1), chunks of BLOCK_N: pass 1 sums squares (and
-          writes x + residual), pass 2 normalises. No eviction hints (pass 2 re-reads the row).
-
-        LD_EV / W_EV / ST_EV: eviction policies ("" = default) of the x/residual loads, the weight
-        load and the stores."""
+          writes x + residual), pass 2 normalises."""
         pid = tl.program_id(0)
         if not LOOP:
             cols = tl.arange(0, BLOCK_N)
             col_mask = cols < N
-            if PERSISTENT:
-                nprog = tl.num_programs(0)
-                w = tl.load(W + cols, mask=col_mask, other=0.0, eviction_policy=W_EV).to(tl.float32)
-                n_blocks = tl.cdiv(n_rows, ROWS)
-                rows = pid * ROWS + tl.arange(0, ROWS)
-                x, r = _rms_load(X, R, rows, stride_x, stride_r, n_rows, cols, col_mask, HAS_RES, LD_EV)
-                for _blk in range(pid, n_blocks, nprog):
-                    nrows = rows + nprog * ROWS
-                    xn, rn = _rms_load(X, R, nrows, stride_x, stride_r, n_rows, cols, col_mask, HAS_RES, LD_EV)
-                    _rms_finish(x, r, w, W, Y, RES_OUT, rows, n_rows, N, eps, cols, col_mask,
-                                HAS_RES, True, W_EV, ST_EV)
-                    x = xn
-                    r = rn
-                    rows = nrows
-            else:
-                if W_FIRST:
-                    w = tl.load(W + cols, mask=col_mask, other=0.0, eviction_policy=W_EV).to(tl.float32)
-                else:
-                    w = 0.0  # loaded after the reduction by _rms_finish
-                rows = pid * ROWS + tl.arange(0, ROWS)
-                x, r = _rms_load(X, R, rows, stride_x, stride_r, n_rows, cols, col_mask, HAS_RES, LD_EV)
-                _rms_finish(x, r, w, W, Y, RES_OUT, rows, n_rows, N, eps, cols, col_mask,
-                            HAS_RES, W_FIRST, W_EV, ST_EV)
+            rows = pid * ROWS + tl.arange(0, ROWS)
+            rows64 = rows.to(tl.int64)
+            mask = (rows < n_rows)[:, None] & col_mask[None, :]
+            x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+            if HAS_RES:
+                r = tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
+                x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+                tl.store(RES_OUT + rows64[:, None] * N + cols[None, :], x, mask=mask)
+            xf = x.to(tl.float32)
+            rstd = tl.rsqrt(tl.sum(xf * xf, axis=1) / N + eps)
+            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+            y = xf * rstd[:, None] * w[None, :]
+            tl.store(Y + rows64[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
         else:
             # one row per program (ROWS == 1)
             row = pid.to(tl.int64)
@@ -197,10 +123,14 @@ if _utils.HAS_TRITON:
                 tl.store(Y + row * N + cols, y.to(Y.dtype.element_ty), mask=m)
 
 
+#: (at least this many elements in a tile, num_warps), largest first
+_WARP_STEPS = ((65536, 32), (8192, 16), (2048, 8))
+
+
 def _warps_for(elems: int) -> int:
     """num_warps for a tile of ``elems`` elements held in registers (Liger / Inductor-like:
     ~8-16 elements per thread, at most 32 warps)."""
-    return _variants.warps_for(elems, ((65536, 32), (8192, 16), (2048, 8)), max(1, min(4, elems // 256)))
+    return next((warps for at_least, warps in _WARP_STEPS if elems >= at_least), max(1, min(4, elems // 256)))
 
 
 def _compute_params(n_rows: int, n: int, sms: int) -> tuple[int, int, int, bool]:
@@ -231,49 +161,6 @@ def _launch_params(n_rows: int, n: int, sms: int = 132) -> tuple[int, int, int, 
     return p
 
 
-# --------------------------------------------------------------------------------------
-# variants: which schedule, cache hints and launch path the op uses (see the module docstring)
-# --------------------------------------------------------------------------------------
-
-
-#: rows wider than ``MAX_FUSED_BLOCK`` are never persistent, and the chunked path takes no eviction hints.
-#: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rms_norm.py``
-#: writes one row per variant and shape: the ``variant`` column)
-VARIANTS: dict[str, Variant] = {
-    **_variants.COMMON_VARIANTS,
-    "persistent2+evict": Variant(persistent=True, programs_per_sm=2, evict="all"),
-}
-
-#: The switch: the variant ``torch.ops.regionc.rms_norm`` / ``fused_add_rms_norm`` use on CUDA.
-#: Flip it to the name of the best ``variant`` row of a GPU run of bench_rms_norm.py.
-#: "s2": on the large shapes every variant is within 3% of a plain copy of the same bytes (the kernel
-#: is bound by memory bandwidth), so the choice is the small-shape eager latency, where s2 is lowest
-#: (8x4096: 5.1 us against 6.2 us with the cached launch, H100,
-#: benchmarks/results/rms_norm/h100-2026-11-25.json).
-VARIANT = "s2"
-
-_LAUNCHES = _utils.LaunchCache()
-#: (variant, x dtype, weight dtype, has residual, ROWS, BLOCK_N, num_warps, device) -> programs per SM
-_RESIDENT: dict[tuple, int] = {}
-
-
-def _variant(name: str) -> Variant:
-    return lookup("rms_norm", VARIANTS, name)
-
-
-def _persistent_programs(name: str, v: Variant, args: tuple, warps: int, x: torch.Tensor) -> int:
-    key = (name, x.dtype, args[2].dtype, args[10], args[11], args[12], warps, x.get_device())
-    return persistent_programs(_RESIDENT, key, _rms_norm_fwd_kernel, args, warps, v, x, DEFAULT_PROGRAMS_PER_SM)
-
-
-def _aligned(*ts) -> bool:
-    """All data pointers 16-byte aligned (what the JIT specialises pointers on)."""
-    a = 0
-    for t in ts:
-        a |= t.data_ptr()
-    return not (a & 15)
-
-
 def rms_norm_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -284,50 +171,18 @@ def rms_norm_triton(
     rows: int | None = None,
     loop: bool | None = None,
     num_warps: int | None = None,
-    programs: int | None = None,
-    variant: str | None = None,
 ):
     """Launch the Triton kernel. Returns ``y`` or ``(y, x + residual)`` when residual is given.
 
-    ``variant`` names an entry of ``VARIANTS`` (default: the module's ``VARIANT``).
-    ``block_n``/``rows``/``loop``/``num_warps`` override the heuristics and ``programs`` the
-    persistent grid size (tests use them to exercise the multi-row, chunked and multi-block
-    persistent paths on tiny shapes under TRITON_INTERPRET=1; the benchmark sweeps them); calls
-    with overrides never use or fill the launch cache.
+    ``block_n``/``rows``/``loop``/``num_warps`` override the heuristics (tests use them to exercise
+    the multi-row and chunked paths on tiny shapes under TRITON_INTERPRET=1).
 
-    Cached path (repeat call, contiguous and aligned inputs): a dict lookup, one or two
-    ``empty_like`` and the launch. Otherwise: reshape (a copy only when the last dim is not
-    unit-stride), cached heuristics, the JIT launch, and the cache entry for the next call."""
+    Rows are read in place when the last dim is unit-stride (a copy otherwise); one program per
+    block of ``ROWS`` rows."""
     if _utils.needs_device_switch(x):
         with torch.cuda.device(x.device):
             return rms_norm_triton(x, weight, eps, residual, block_n=block_n, rows=rows, loop=loop,
-                                   num_warps=num_warps, programs=programs, variant=variant)
-    name = VARIANT if variant is None else variant
-    v = _variant(name)
-    dev = x.get_device()
-    tuned = block_n is not None or rows is not None or loop is not None or num_warps is not None or programs is not None
-    if v.cached_launch and not tuned:
-        key = (name, x.shape, x.dtype, weight.dtype, residual is None, dev)
-        ent = _LAUNCHES.get(key)
-        if (
-            ent is not None
-            and x.is_contiguous()
-            and weight.is_contiguous()
-            and not _utils.launch_hooks_active()
-        ):
-            m, n, consts = ent.extra
-            if residual is None:
-                if not ((x.data_ptr() | weight.data_ptr()) & 15):
-                    y = torch.empty_like(x)
-                    ent.run(ent.grid, 1, 1, _utils.cuda_stream(dev), ent.function, ent.meta, None, None, None,
-                            x, x, weight, y, y, n, n, m, n, float(eps), *consts)
-                    return y
-            elif residual.is_contiguous() and not ((x.data_ptr() | weight.data_ptr() | residual.data_ptr()) & 15):
-                y = torch.empty_like(x)
-                res_out = torch.empty_like(x)
-                ent.run(ent.grid, 1, 1, _utils.cuda_stream(dev), ent.function, ent.meta, None, None, None,
-                        x, residual, weight, y, res_out, n, n, m, n, float(eps), *consts)
-                return y, res_out
+                                   num_warps=num_warps)
     n = x.shape[-1]
     if x.is_contiguous():
         x2, sx = x, n
@@ -357,29 +212,8 @@ def rms_norm_triton(
         if lp:
             rws = 1
         warps = num_warps or warps
-    persistent = v.persistent and not lp
-    evict = "" if lp else v.evict
-    args = (x2, r2, w, y, res_out, sx, sr, m, n, float(eps), residual is not None, rws, block, lp, persistent,
-            bool(evict), *_HINTS[evict])
-    n_blocks = (m + rws - 1) // rws
-    if persistent:
-        grid = min(n_blocks, programs or _persistent_programs(name, v, args, warps, x))
-    else:
-        grid = n_blocks
-    compiled = _rms_norm_fwd_kernel[(grid,)](*args, num_warps=warps)
-    if (
-        v.cached_launch
-        and not tuned
-        and x2 is x
-        and r2 is (x if residual is None else residual)
-        and w is weight
-        and sx == n
-        and sr == n
-        and _aligned(x, weight, r2)
-    ):
-        ent = _utils.CompiledLaunch.make(_rms_norm_fwd_kernel, compiled, grid, warps, extra=(m, n, args[10:]))
-        if ent is not None:
-            _LAUNCHES.put((name, x.shape, x.dtype, weight.dtype, residual is None, dev), ent)
+    _rms_norm_fwd_kernel[((m + rws - 1) // rws,)](
+        x2, r2, w, y, res_out, sx, sr, m, n, float(eps), residual is not None, rws, block, lp, num_warps=warps)
     return y if residual is None else (y, res_out)
 
 

@@ -25,37 +25,24 @@ memory in both layouts (``bshd``: all heads of a token are adjacent; ``bhsd``: t
 head are adjacent). The group index varies fastest over the grid, so the programs that share a
 token block's cos/sin run together. Offsets are 64-bit.
 
-**The switch: ``VARIANT``** (a module constant, the variant measured fastest; read on every call,
-so a test or a benchmark can set another for a while). It names one entry of ``VARIANTS``,
-each a ``Variant`` of three independent choices on top of the tiling heuristic
-(``_compute_params``):
+One program per tile, launched through the Triton JIT; CUDA-graph safe (no host sync, the outputs
+are the only allocations). Launch variants (a persistent grid, L2 eviction hints, a cached launch
+that skips the JIT's per-call argument binding) were measured and not kept: on an H100 none beat this
+launch in geomean GB/s, the cached launch only shortened eager calls outside CUDA graphs (about 5 us
+against 38-48 us at 8 tokens; inside a graph this launch was 1.5-1.6 us against 1.6-1.7), and the
+decision table never swaps the op in (``benchmarks/experiments/norm_rope_launch_variants.py``,
+``benchmarks/results/rope/h100-2026-11-25.json``).
 
-* schedule: one program per tile (``"s2"``, the baseline schedule) or a *persistent* grid of
-  one wave (as many programs per SM as the compiled kernel's register use lets be resident, or
-  ``programs_per_sm``), program i running tiles i, i + grid, ...;
-* L2 eviction hints (``evict``): q/k loads ``evict_first`` and cos/sin ``evict_last``
-  (``"loads"``), plus the stores ``evict_first`` (``"all"``);
-* launch path (``cached_launch``): a repeat call with the same (variant, style, layout, shapes,
-  strides, dtypes, device), 16-byte-aligned inputs and no input copy launches the compiled kernel
-  cached on the first call (``_utils.CompiledLaunch``) instead of going through the Triton JIT's
-  per-call argument binding. Same kernel and grid: only host time changes. Not used while a
-  Triton launch hook (profiler) is installed. On the 2-core dev CPU with triton 3.6, compiler and
-  C launcher stubbed (``bench_rope.py --cpu-host-overhead``): ~29 us -> ~9 us of Python per
-  decode-shape call.
-
-``benchmarks/kernels/bench_rope.py`` times every variant on the TARGETS shapes in both layouts (a
-row per variant: ``variant`` column) and prints the variant it would pick; set ``VARIANT`` to it.
-Every variant is CUDA-graph safe (no host sync; the outputs are the only allocations).
+``benchmarks/kernels/bench_rope.py`` times the op against eager HF RoPE, Inductor, Liger and plain
+copies of q and k on the TARGETS shapes, in both layouts.
 """
 
 from __future__ import annotations
 
 import torch
 
-from regionc.ops import _extension, _utils, _variants
+from regionc.ops import _extension, _utils
 from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
-from regionc.ops._variants import DEFAULT_PROGRAMS_PER_SM, Variant, lookup, persistent_programs
-from regionc.ops._variants import HINTS as _HINTS
 
 STYLES = ("rotate_half", "interleaved")
 LAYOUTS = ("bhsd", "bshd")
@@ -70,7 +57,7 @@ if _utils.HAS_TRITON:
     def _rope_tile(
         X, XO, b, offs_s, s_mask, s64, offs_h, H, S, sx_b, sx_s, sx_h,
         offs_d, d_mask, c1, s1, c2, s2,
-        D: tl.constexpr, BHSD: tl.constexpr, INTERLEAVED: tl.constexpr, LD_EV: tl.constexpr, ST_EV: tl.constexpr,
+        D: tl.constexpr, BHSD: tl.constexpr, INTERLEAVED: tl.constexpr,
     ):
         """Rotate the [BLOCK_S, BLOCK_H, BLOCK_D] tile of X (heads offs_h) into XO (contiguous)."""
         h_mask = offs_h < H
@@ -84,32 +71,39 @@ if _utils.HAS_TRITON:
         d3 = offs_d[None, None, :]
         if INTERLEAVED:
             # the tile covers the whole head dim; the partner of d is d ^ 1 (same cache lines)
-            x = tl.load(X + in_off + d3, mask=mask, other=0.0, eviction_policy=LD_EV).to(tl.float32)
-            xp = tl.load(X + in_off + (offs_d ^ 1)[None, None, :], mask=mask, other=0.0,
-                         eviction_policy=LD_EV).to(tl.float32)
+            x = tl.load(X + in_off + d3, mask=mask, other=0.0).to(tl.float32)
+            xp = tl.load(X + in_off + (offs_d ^ 1)[None, None, :], mask=mask, other=0.0).to(tl.float32)
             even = ((offs_d % 2) == 0)[None, None, :]
             out = x * c1 + tl.where(even, -xp, xp) * s1
-            tl.store(XO + out_off + d3, out.to(XO.dtype.element_ty), mask=mask, eviction_policy=ST_EV)
+            tl.store(XO + out_off + d3, out.to(XO.dtype.element_ty), mask=mask)
         else:
             # the tile covers one half; both halves are loaded (each element read once)
-            x1 = tl.load(X + in_off + d3, mask=mask, other=0.0, eviction_policy=LD_EV).to(tl.float32)
-            x2 = tl.load(X + in_off + D // 2 + d3, mask=mask, other=0.0, eviction_policy=LD_EV).to(tl.float32)
+            x1 = tl.load(X + in_off + d3, mask=mask, other=0.0).to(tl.float32)
+            x2 = tl.load(X + in_off + D // 2 + d3, mask=mask, other=0.0).to(tl.float32)
             o1 = x1 * c1 - x2 * s1
             o2 = x2 * c2 + x1 * s2
-            tl.store(XO + out_off + d3, o1.to(XO.dtype.element_ty), mask=mask, eviction_policy=ST_EV)
-            tl.store(XO + out_off + D // 2 + d3, o2.to(XO.dtype.element_ty), mask=mask, eviction_policy=ST_EV)
+            tl.store(XO + out_off + d3, o1.to(XO.dtype.element_ty), mask=mask)
+            tl.store(XO + out_off + D // 2 + d3, o2.to(XO.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_block(
-        t, Q, K, COS, SIN, QO, KO,
-        sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
+    def _rope_fwd_kernel(
+        Q, K, COS, SIN, QO, KO,
+        sq_b, sq_s, sq_h,
+        sk_b, sk_s, sk_h,
+        sc_b, sc_s,
         S, HQ, HK, n_sblocks, n_groups,
-        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_HQ: tl.constexpr,
-        BLOCK_HK: tl.constexpr, INTERLEAVED: tl.constexpr, BHSD: tl.constexpr,
-        LD_EV: tl.constexpr, TAB_EV: tl.constexpr, ST_EV: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        BLOCK_HQ: tl.constexpr,
+        BLOCK_HK: tl.constexpr,
+        INTERLEAVED: tl.constexpr,
+        BHSD: tl.constexpr,
     ):
-        """Tile t = (batch b, token block, head group g), g fastest. cos/sin [BLOCK_S, 1, BLOCK_D]
-        loaded once and reused for every q and k head of the group. cos and sin share strides."""
+        """One program per tile: program t = (batch b, token block, head group g), g fastest, of
+        B * n_sblocks * n_groups. cos/sin [BLOCK_S, 1, BLOCK_D] loaded once and reused for every q
+        and k head of the group. cos and sin share strides."""
+        t = tl.program_id(0)
         g = t % n_groups
         rest = t // n_groups
         sblk = rest % n_sblocks
@@ -124,55 +118,20 @@ if _utils.HAS_TRITON:
             d_mask = offs_d < D // 2
         t_off = b * sc_b + (s64 * sc_s)[:, None, None] + offs_d[None, None, :]
         t_mask = s_mask[:, None, None] & d_mask[None, None, :]
-        c1 = tl.load(COS + t_off, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
-        s1 = tl.load(SIN + t_off, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
+        c1 = tl.load(COS + t_off, mask=t_mask, other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + t_off, mask=t_mask, other=0.0).to(tl.float32)
         if INTERLEAVED:
             c2 = c1
             s2 = s1
         else:
-            c2 = tl.load(COS + t_off + D // 2, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
-            s2 = tl.load(SIN + t_off + D // 2, mask=t_mask, other=0.0, eviction_policy=TAB_EV).to(tl.float32)
+            c2 = tl.load(COS + t_off + D // 2, mask=t_mask, other=0.0).to(tl.float32)
+            s2 = tl.load(SIN + t_off + D // 2, mask=t_mask, other=0.0).to(tl.float32)
         offs_hq = g * BLOCK_HQ + tl.arange(0, BLOCK_HQ)
         _rope_tile(Q, QO, b, offs_s, s_mask, s64, offs_hq, HQ, S, sq_b, sq_s, sq_h,
-                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED, LD_EV, ST_EV)
+                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED)
         offs_hk = g * BLOCK_HK + tl.arange(0, BLOCK_HK)
         _rope_tile(K, KO, b, offs_s, s_mask, s64, offs_hk, HK, S, sk_b, sk_s, sk_h,
-                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED, LD_EV, ST_EV)
-
-    @triton.jit
-    def _rope_fwd_kernel(
-        Q, K, COS, SIN, QO, KO,
-        sq_b, sq_s, sq_h,
-        sk_b, sk_s, sk_h,
-        sc_b, sc_s,
-        S, HQ, HK, n_sblocks, n_groups, n_tiles,
-        D: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_S: tl.constexpr,
-        BLOCK_HQ: tl.constexpr,
-        BLOCK_HK: tl.constexpr,
-        INTERLEAVED: tl.constexpr,
-        BHSD: tl.constexpr,
-        PERSISTENT: tl.constexpr,
-        LD_EV: tl.constexpr,
-        TAB_EV: tl.constexpr,
-        ST_EV: tl.constexpr,
-    ):
-        """n_tiles = B * n_sblocks * n_groups tiles (see ``_rope_block``). PERSISTENT=False: one
-        tile per program. PERSISTENT=True: a grid of at most one wave; program i runs tiles i,
-        i + grid, ... (neighbouring programs still work on neighbouring tiles at any time).
-        LD_EV / TAB_EV / ST_EV: eviction policies ("" = default) of the q/k loads, the cos/sin
-        loads and the stores."""
-        pid = tl.program_id(0)
-        if PERSISTENT:
-            for t in range(pid, n_tiles, tl.num_programs(0)):
-                _rope_block(t, Q, K, COS, SIN, QO, KO, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
-                            S, HQ, HK, n_sblocks, n_groups, D, BLOCK_D, BLOCK_S, BLOCK_HQ, BLOCK_HK,
-                            INTERLEAVED, BHSD, LD_EV, TAB_EV, ST_EV)
-        else:
-            _rope_block(pid, Q, K, COS, SIN, QO, KO, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s,
-                        S, HQ, HK, n_sblocks, n_groups, D, BLOCK_D, BLOCK_S, BLOCK_HQ, BLOCK_HK,
-                        INTERLEAVED, BHSD, LD_EV, TAB_EV, ST_EV)
+                   offs_d, d_mask, c1, s1, c2, s2, D, BHSD, INTERLEAVED)
 
 
 #: elements (q + k, whole head dims) one program's tiles may hold
@@ -181,9 +140,13 @@ TILE_ELEMS = 4096
 MIN_PROGRAMS_PER_SM = 4
 
 
+#: (at least this many elements in a tile, num_warps), largest first
+_WARP_STEPS = ((4096, 8), (2048, 4), (1024, 2))
+
+
 def _warps_for(elems: int) -> int:
     """~8-16 elements per thread: memory-bound, keep registers low and occupancy high."""
-    return _variants.warps_for(elems, ((4096, 8), (2048, 4), (1024, 2)), 1)
+    return next((warps for at_least, warps in _WARP_STEPS if elems >= at_least), 1)
 
 
 def _compute_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, sms: int):
@@ -234,64 +197,16 @@ def _launch_params(B: int, S: int, HQ: int, HK: int, D: int, interleaved: bool, 
     return p
 
 
-# --------------------------------------------------------------------------------------
-# variants: which schedule, cache hints and launch path the op uses (see the module docstring)
-# --------------------------------------------------------------------------------------
-
-
-#: the named choices the benchmark measures side by side (``benchmarks/kernels/bench_rope.py``
-#: writes one row per variant, shape and layout: the ``variant`` column)
-VARIANTS: dict[str, Variant] = dict(_variants.COMMON_VARIANTS)
-
-#: The switch: the variant ``torch.ops.regionc.rope`` uses on CUDA. Flip it to the name of the
-#: best ``variant`` row of a GPU run of bench_rope.py.
-#: "s2+cached": on the large shapes every variant is within a few % of a plain copy of the same bytes,
-#: and at decode shapes (8x1 tokens) the op is bound by host time, which the cached launch cuts
-#: (4.4 -> 32 GB/s eager on an H100, benchmarks/results/rope/h100-2026-11-25.json).
-VARIANT = "s2+cached"
-
-_LAUNCHES = _utils.LaunchCache()
-_RESIDENT: dict[tuple, int] = {}
-
-
-def _variant(name: str) -> Variant:
-    return lookup("rope", VARIANTS, name)
-
-
 def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None = None,
-                heads_per_block: int | None = None, num_warps: int | None = None,
-                programs: int | None = None, variant: str | None = None):
-    """Launch the Triton kernel. ``variant`` names an entry of ``VARIANTS`` (default: the
-    module's ``VARIANT``). ``block_s`` (tokens per program), ``heads_per_block`` (q heads per
-    program; k heads scale by Hk/Hq), ``num_warps`` and ``programs`` (persistent grid size)
-    override the heuristics (tests, benchmark sweeps); calls with overrides never use or fill the
-    launch cache."""
+                heads_per_block: int | None = None, num_warps: int | None = None):
+    """Launch the Triton kernel, one program per tile. ``block_s`` (tokens per program),
+    ``heads_per_block`` (q heads per program; k heads scale by Hk/Hq) and ``num_warps`` override
+    the heuristics (tests use them for ragged and multi-group tiles on tiny shapes)."""
     if _utils.needs_device_switch(q):
         with torch.cuda.device(q.device):
             return rope_triton(q, k, cos, sin, style, layout, block_s=block_s, heads_per_block=heads_per_block,
-                               num_warps=num_warps, programs=programs, variant=variant)
-    name = VARIANT if variant is None else variant
-    v = _variant(name)
-    dev = q.get_device()
+                               num_warps=num_warps)
     qst, kst, cst = q.stride(), k.stride(), cos.stride()
-    tuned = block_s is not None or heads_per_block is not None or num_warps is not None or programs is not None
-    key = None
-    if v.cached_launch and not tuned:
-        key = (name, style, layout, q.shape, k.shape, qst, kst, cos.shape, cst, sin.stride(), q.dtype, cos.dtype,
-               sin.dtype, dev)
-        ent = _LAUNCHES.get(key)
-        if (
-            ent is not None
-            and not ((q.data_ptr() | k.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15)
-            and not _utils.launch_hooks_active()
-        ):
-            q_contig, k_contig, ints, consts = ent.extra
-            qo = torch.empty_like(q) if q_contig else torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            ko = torch.empty_like(k) if k_contig else torch.empty(k.shape, dtype=k.dtype, device=k.device)
-            ent.run(ent.grid, 1, 1, _utils.cuda_stream(dev), ent.function, ent.meta, None, None, None,
-                    q, k, cos, sin, qo, ko, *ints, *consts)
-            return qo, ko
-    q_in, k_in, cos_in, sin_in = q, k, cos, sin
     if qst[3] != 1:
         q = q.contiguous()
         qst = q.stride()
@@ -301,9 +216,8 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
     if cst[-1] != 1 or sin.stride() != cst:
         cos, sin = cos.contiguous(), sin.contiguous()
         cst = cos.stride()
-    q_contig, k_contig = q.is_contiguous(), k.is_contiguous()
-    qo = torch.empty_like(q) if q_contig else torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    ko = torch.empty_like(k) if k_contig else torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    qo = torch.empty_like(q) if q.is_contiguous() else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    ko = torch.empty_like(k) if k.is_contiguous() else torch.empty(k.shape, dtype=k.dtype, device=k.device)
     bhsd = layout == "bhsd"
     if bhsd:
         B, HQ, S, D = q.shape
@@ -332,33 +246,10 @@ def rope_triton(q, k, cos, sin, style: str, layout: str, *, block_s: int | None 
             groups = max(-(-HQ // bhq), -(-HK // bhk))
         warps = num_warps or warps
     n_sblocks = -(-S // bs)
-    n_tiles = B * n_sblocks * groups
-    ints = (sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s, S, HQ, HK, n_sblocks, groups, n_tiles)
-    consts = (D, _utils.next_power_of_2(D if interleaved else D // 2), bs, bhq, bhk, interleaved, bhsd, v.persistent,
-              *_HINTS[v.evict])
-    args = (q, k, cos, sin, qo, ko, *ints, *consts)
-    if v.persistent:
-        grid = min(n_tiles, programs or _persistent_programs(name, v, args, warps, q))
-    else:
-        grid = n_tiles
-    compiled = _rope_fwd_kernel[(grid,)](*args, num_warps=warps)
-    if (
-        key is not None
-        and q is q_in
-        and k is k_in
-        and cos is cos_in
-        and sin is sin_in
-        and not ((q.data_ptr() | k.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15)
-    ):
-        ent = _utils.CompiledLaunch.make(_rope_fwd_kernel, compiled, grid, warps, extra=(q_contig, k_contig, ints, consts))
-        if ent is not None:
-            _LAUNCHES.put(key, ent)
+    _rope_fwd_kernel[(B * n_sblocks * groups,)](
+        q, k, cos, sin, qo, ko, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_b, sc_s, S, HQ, HK, n_sblocks, groups,
+        D, _utils.next_power_of_2(D if interleaved else D // 2), bs, bhq, bhk, interleaved, bhsd, num_warps=warps)
     return qo, ko
-
-
-def _persistent_programs(name: str, v: Variant, args: tuple, warps: int, q: torch.Tensor) -> int:
-    key = (name, q.dtype, args[2].dtype, args[3].dtype, args[20:], warps, q.get_device())
-    return persistent_programs(_RESIDENT, key, _rope_fwd_kernel, args, warps, v, q, DEFAULT_PROGRAMS_PER_SM)
 
 
 def _dims(t: torch.Tensor, layout: str):

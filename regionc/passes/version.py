@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 #: Sources every pass shares (relative to the package): the manager, the graph helpers, the op
 #: registration and launch helpers. They shape every rewritten graph, swaps or not.
-COMMON_SOURCES = ("passes/manager.py", "passes/_graph.py", "ops/__init__.py", "ops/_utils.py", "ops/_variants.py")
+COMMON_SOURCES = ("passes/manager.py", "passes/_graph.py", "ops/__init__.py", "ops/_utils.py")
 #: Per pass: its own source and the op it swaps in (whose Triton kernels Inductor compiles into the piece).
 PASS_SOURCES = {
     "rms_norm": ("passes/rms_norm.py", "ops/rms_norm.py"),

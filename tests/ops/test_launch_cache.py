@@ -1,12 +1,8 @@
-"""The launch variants and the cached launch path of rms_norm and rope, without a GPU or the
-interpreter: the Triton kernel is replaced by a stand-in that records what the JIT launch would
-receive, and the stand-in's compiled kernel records what a cached launch passes to ``run``.
-
-The contract checked: a cached launch calls ``compiled.run(grid, 1, 1, stream, function,
-packed_metadata, None, None, None, *args)`` with ``args`` the same tuple, in the same order, the
-JIT launch got (fresh outputs in the output slots); inputs the entry cannot serve (another shape,
-non-contiguous, misaligned, launch hooks installed, explicit overrides, a variant without the
-cache) go through the JIT."""
+"""How rms_norm and rope launch their Triton kernels, without a GPU or the interpreter: the kernel is
+replaced by a stand-in that records what each launch receives (grid, arguments, options). Each call
+goes through the Triton JIT with one program per tile and the arguments in the kernel's signature
+order. Also the cached-launch helpers of ``_utils`` (``LaunchCache``, ``launch_hooks_active``) that
+the Hopper attention kernel's cached launch relies on."""
 
 import pytest
 import torch
@@ -21,8 +17,6 @@ from tests.ops.fakes import FakeKernel
 def rms_kernel(monkeypatch):
     k = FakeKernel()
     monkeypatch.setattr(R, "_rms_norm_fwd_kernel", k, raising=False)
-    monkeypatch.setattr(R, "_LAUNCHES", _utils.LaunchCache())
-    monkeypatch.setattr(R, "_RESIDENT", {})
     return k
 
 
@@ -30,115 +24,63 @@ def rms_kernel(monkeypatch):
 def rope_kernel(monkeypatch):
     k = FakeKernel()
     monkeypatch.setattr(P, "_rope_fwd_kernel", k, raising=False)
-    monkeypatch.setattr(P, "_LAUNCHES", _utils.LaunchCache())
-    monkeypatch.setattr(P, "_RESIDENT", {})
     return k
 
 
-def _same_args(cached_args, jit_args, outputs):
-    """cached_args == jit_args position by position; tensors: the same object, except in the
-    ``outputs`` slots (fresh tensors of the same shape and dtype)."""
-    assert len(cached_args) == len(jit_args)
-    for i, (a, b) in enumerate(zip(cached_args, jit_args)):
-        if isinstance(b, torch.Tensor):
-            if i in outputs:
-                assert a is not b and a.shape == b.shape and a.dtype == b.dtype and a.is_contiguous()
-            else:
-                assert a is b, f"argument {i}"
-        else:
-            assert type(a) is type(b) and a == b, f"argument {i}: {a!r} != {b!r}"
-
-
 @pytest.mark.parametrize("residual", [False, True])
-def test_rms_cached_launch_repeats_the_jit_arguments(rms_kernel, residual):
+def test_rms_launch_every_call_through_the_jit(rms_kernel, residual):
     x = torch.randn(6, 64)
     w = torch.randn(64)
     r = torch.randn(6, 64) if residual else None
-    R.rms_norm_triton(x, w, 1e-6, r, variant="s2+cached")
-    assert len(rms_kernel.jit_calls) == 1 and len(R._LAUNCHES) == 1
-    (grid,), jit_args, _ = rms_kernel.jit_calls[0]
-    out = R.rms_norm_triton(x, w, 1e-6, r, variant="s2+cached")
-    assert len(rms_kernel.jit_calls) == 1, "the second call must not go through the JIT"
-    (call,) = rms_kernel.compiled.calls
-    assert call[:9] == (grid, 1, 1, 0, "cufunction", (8, 1, 0), None, None, None)
-    _same_args(call[9:], jit_args, outputs={3, 4} if residual else {3, 4})
+    outs = [R.rms_norm_triton(x, w, 1e-6, r) for _ in range(2)]
+    assert len(rms_kernel.jit_calls) == 2, "no launch cache: every call goes through the JIT"
+    assert not rms_kernel.compiled.calls
+    block, rows, warps, loop = R._launch_params(6, 64, 132)
+    for ((grid,), args, options), out in zip(rms_kernel.jit_calls, outs):
+        assert grid == -(-6 // rows) and options == {"num_warps": warps}
+        y, res_out = out if residual else (out, out)
+        assert args[0] is x and args[1] is (r if residual else x) and args[2] is w
+        assert args[3] is y and args[4] is res_out and y.shape == x.shape and y.is_contiguous()
+        assert args[5:] == (64, 64, 6, 64, 1e-6, residual, rows, block, loop)
     if residual:
-        y, res_out = out
-        assert call[9 + 3] is y and call[9 + 4] is res_out and call[9 + 1] is r
-    else:
-        assert call[9 + 3] is out and call[9 + 4] is out and call[9 + 1] is x
+        assert outs[0][0] is not outs[1][0], "fresh outputs per call"
 
 
-def test_rms_cache_misses(rms_kernel, monkeypatch):
-    x = torch.randn(6, 64)
+def test_rms_launch_strided_inputs_and_overrides(rms_kernel):
+    """A row stride other than the hidden size is read in place, a non-unit last stride is copied;
+    ``rows``/``num_warps`` and ``loop`` (one row per program, chunks of ``block_n``) override the heuristic."""
+    big = torch.randn(10, 128)
+    x = big[:, :64]  # row stride 128, unit last stride
     w = torch.randn(64)
-    R.rms_norm_triton(x, w, 1e-6, variant="s2+cached")
-    R.rms_norm_triton(x, w, 1e-6, variant="s2+cached")
-    assert len(rms_kernel.jit_calls) == 1 and len(rms_kernel.compiled.calls) == 1
-
-    def jit_again(*args, **kw):
-        before = len(rms_kernel.jit_calls)
-        R.rms_norm_triton(*args, **kw)
-        assert len(rms_kernel.jit_calls) == before + 1
-
-    jit_again(torch.randn(7, 64), w, 1e-6, variant="s2+cached")  # another shape (then cached too)
-    jit_again(torch.randn(64, 6).t(), w, 1e-6, variant="s2+cached")  # same shape, not contiguous
-    mis = torch.randn(6 * 64 + 1)[1:].view(6, 64)  # contiguous, 4 bytes off 16-byte alignment
-    jit_again(mis, w, 1e-6, variant="s2+cached")
-    jit_again(x, torch.randn(128)[::2], 1e-6, variant="s2+cached")  # strided weight
-    jit_again(x, w, 1e-6, variant="s2")  # a variant without the cache
-    jit_again(x, w, 1e-6, variant="s2+cached", num_warps=4)  # overrides
-    jit_again(x, w.half(), 1e-6, variant="s2+cached")  # another weight dtype: another key
-    monkeypatch.setattr(R._utils, "launch_hooks_active", lambda: True)
-    jit_again(x, w, 1e-6, variant="s2+cached")  # a launch hook installed (profiler)
-    assert not any(k[0] == "s2" for k in R._LAUNCHES)
-    assert len(rms_kernel.compiled.calls) == 1
+    R.rms_norm_triton(x, w, 1e-6)
+    (_, args, _) = rms_kernel.jit_calls[-1]
+    assert args[0].data_ptr() == x.data_ptr() and args[5] == 128
+    xt = torch.randn(64, 10).t()  # last stride 10: copied
+    R.rms_norm_triton(xt, w, 1e-6)
+    (_, args, _) = rms_kernel.jit_calls[-1]
+    assert args[0].is_contiguous() and torch.equal(args[0], xt) and args[5] == 64
+    R.rms_norm_triton(torch.randn(9, 64), w, 1e-6, rows=4, num_warps=2)
+    (grid,), args, options = rms_kernel.jit_calls[-1]
+    assert grid == 3 and args[11] == 4 and not args[13] and options == {"num_warps": 2}
+    R.rms_norm_triton(torch.randn(3, 50), torch.randn(50), 1e-6, rows=4, loop=True, block_n=16)
+    (grid,), args, _ = rms_kernel.jit_calls[-1]
+    assert grid == 3 and args[11:] == (1, 16, True)
+    # rows wider than MAX_FUSED_BLOCK take the chunked path on their own
+    R.rms_norm_triton(torch.randn(2, R.MAX_FUSED_BLOCK + 8), torch.randn(R.MAX_FUSED_BLOCK + 8), 1e-6)
+    (grid,), args, _ = rms_kernel.jit_calls[-1]
+    assert grid == 2 and args[11:] == (1, 4096, True)
 
 
-def test_rms_persistent_grid(rms_kernel):
-    """Persistent variants launch at most one wave: resident programs per SM (a default on CPU
-    tensors, where no compiled kernel can be asked) times the SM count, never more than the blocks."""
-    R.rms_norm_triton(torch.randn(5000, 64), torch.randn(64), 1e-6, variant="persistent")
-    R.rms_norm_triton(torch.randn(100, 64), torch.randn(64), 1e-6, variant="persistent")
-    R.rms_norm_triton(torch.randn(5000, 64), torch.randn(64), 1e-6, variant="persistent", programs=7)
-    R.rms_norm_triton(torch.randn(5000, 64), torch.randn(64), 1e-6, variant="s2")
-    block, rows, warps, loop = R._launch_params(5000, 64, 132)
-    grids = [c[0][0] for c in rms_kernel.jit_calls]
-    assert grids == [R.DEFAULT_PROGRAMS_PER_SM * 132, -(-100 // R._launch_params(100, 64, 132)[1]), 7,
-                     -(-5000 // rows)]
-    persistent_flags = [c[1][14] for c in rms_kernel.jit_calls]
-    assert persistent_flags == [True, True, True, False]
-
-
-def test_rms_evict_hints_and_chunked_path(rms_kernel):
-    R.rms_norm_triton(torch.randn(4, 64), torch.randn(64), 1e-6, variant="evict")
-    R.rms_norm_triton(torch.randn(2, 40000), torch.randn(40000), 1e-6, variant="persistent+evict")
-    R.rms_norm_triton(torch.randn(4, 64), torch.randn(64), 1e-6, variant="evict-loads")
-    R.rms_norm_triton(torch.randn(4, 64), torch.randn(64), 1e-6, variant="s2")
-    (_, a, _), (_, b, _), (_, c, _), (_, d, _) = rms_kernel.jit_calls
-    assert a[13:] == (False, False, True, "evict_first", "evict_last", "evict_first")
-    assert c[13:] == (False, False, True, "evict_first", "evict_last", "")
-    assert d[13:] == (False, False, False, "", "", "")
-    # rows wider than MAX_FUSED_BLOCK: chunked, never persistent, no hints (pass 2 re-reads the row)
-    assert b[13:] == (True, False, False, "", "", "")
-
-
-def test_rms_variant_names(monkeypatch):
-    assert R.VARIANT in R.VARIANTS and P.VARIANT in P.VARIANTS
-    monkeypatch.setitem(R.VARIANTS, "bad", R.Variant(evict="some"))
-    with pytest.raises(ValueError, match="evict='some'"):
-        R.rms_norm_triton(torch.randn(2, 8), torch.randn(8), 1e-6, variant="bad")
-    assert "VARIANT" in R.__doc__ and "VARIANT" in P.__doc__
-    with pytest.raises(ValueError, match="unknown variant 'nope'; valid: s2, s2\\+cached"):
-        R.rms_norm_triton(torch.randn(2, 8), torch.randn(8), 1e-6, variant="nope")
-    with pytest.raises(ValueError, match="unknown variant 'nope'; valid: s2, s2\\+cached"):
-        P.rope_triton(torch.randn(1, 2, 3, 8), torch.randn(1, 1, 3, 8), torch.randn(3, 8), torch.randn(3, 8),
-                      "rotate_half", "bhsd", variant="nope")
+def test_rms_empty_launches_nothing(rms_kernel):
+    y, res = R.rms_norm_triton(torch.randn(0, 64), torch.randn(64), 1e-6, torch.randn(0, 64))
+    assert y.shape == (0, 64) and res.shape == (0, 64) and not rms_kernel.jit_calls
 
 
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 @pytest.mark.parametrize("view", [False, True])
-def test_rope_cached_launch_repeats_the_jit_arguments(rope_kernel, layout, view):
+def test_rope_launch_every_call_through_the_jit(rope_kernel, layout, view):
+    """Strides are passed as the tensors have them (a transpose view is read in place), outputs are
+    contiguous in the layout, one program per (batch, token block, head group)."""
     B, S, Hq, Hk, D = 2, 5, 4, 2, 16
     other = view == (layout == "bhsd")
     shp = (lambda h: (B, S, h, D)) if other else (lambda h: (B, h, S, D))
@@ -146,49 +88,35 @@ def test_rope_cached_launch_repeats_the_jit_arguments(rope_kernel, layout, view)
     if view:
         q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = torch.randn(1, S, D), torch.randn(1, S, D)
-    P.rope_triton(q, k, cos, sin, "rotate_half", layout, variant="evict")
-    (grid,), jit_args, _ = rope_kernel.jit_calls[0]
-    qo, ko = P.rope_triton(q, k, cos, sin, "rotate_half", layout, variant="evict")
-    assert len(rope_kernel.jit_calls) == 1
-    (call,) = rope_kernel.compiled.calls
-    assert call[:9] == (grid, 1, 1, 0, "cufunction", (8, 1, 0), None, None, None)
-    _same_args(call[9:], jit_args, outputs={4, 5})
-    assert call[9 + 4] is qo and call[9 + 5] is ko and qo.is_contiguous() and ko.is_contiguous()
+    outs = [P.rope_triton(q, k, cos, sin, "rotate_half", layout) for _ in range(2)]
+    assert len(rope_kernel.jit_calls) == 2 and not rope_kernel.compiled.calls
+    bs, bhq, bhk, groups, warps = P._launch_params(B, S, Hq, Hk, D, False, 132)
+    n_sblocks = -(-S // bs)
+    h, s_ = (1, 2) if layout == "bhsd" else (2, 1)
+    for ((grid,), args, options), (qo, ko) in zip(rope_kernel.jit_calls, outs):
+        assert grid == B * n_sblocks * groups and options == {"num_warps": warps}
+        assert args[0] is q and args[1] is k and args[2] is cos and args[3] is sin
+        assert args[4] is qo and args[5] is ko and qo.is_contiguous() and ko.is_contiguous()
+        assert qo.shape == q.shape and ko.shape == k.shape
+        qst, kst = q.stride(), k.stride()
+        assert args[6:14] == (qst[0], qst[s_], qst[h], kst[0], kst[s_], kst[h], 0, D)  # cos broadcast over batch
+        assert args[14:19] == (S, Hq, Hk, n_sblocks, groups)
+        assert args[19:] == (D, D // 2, bs, bhq, bhk, False, layout == "bhsd")
 
 
-def test_rope_cache_misses(rope_kernel):
-    B, S, Hq, Hk, D = 1, 4, 4, 2, 8
+def test_rope_launch_copies_and_overrides(rope_kernel):
+    B, S, Hq, Hk, D = 1, 7, 6, 3, 16
     q, k = torch.randn(B, Hq, S, D), torch.randn(B, Hk, S, D)
     cos, sin = torch.randn(S, D), torch.randn(S, D)
-
-    def jit_again(*args, **kw):
-        before = len(rope_kernel.jit_calls)
-        P.rope_triton(*args, **kw)
-        assert len(rope_kernel.jit_calls) == before + 1
-
-    jit_again(q, k, cos, sin, "rotate_half", "bhsd")
-    P.rope_triton(q, k, cos, sin, "rotate_half", "bhsd")
-    assert len(rope_kernel.compiled.calls) == (1 if P.VARIANTS[P.VARIANT].cached_launch else 0)
-    jit_again(q, k, cos, sin, "interleaved", "bhsd")  # another style
-    strided = torch.randn(B, Hq, S, 2 * D)[..., ::2]  # D stride 2: copied, so never cached
-    jit_again(strided, k, cos, sin, "rotate_half", "bhsd")
-    jit_again(strided, k, cos, sin, "rotate_half", "bhsd")
-    jit_again(q, k, cos, sin, "rotate_half", "bhsd", block_s=2)  # overrides
-    mis = torch.randn(B * Hq * S * D + 2)[2:].view(B, Hq, S, D)
-    jit_again(mis, k, cos, sin, "rotate_half", "bhsd", variant="s2+cached")
-    jit_again(mis, k, cos, sin, "rotate_half", "bhsd", variant="s2+cached")
-
-
-def test_rope_persistent_grid(rope_kernel):
-    q, k = torch.randn(1, 32, 4096, 128), torch.randn(1, 8, 4096, 128)
-    cos = sin = torch.randn(4096, 128)
-    P.rope_triton(q, k, cos, sin, "rotate_half", "bhsd", variant="persistent+evict")
-    P.rope_triton(q, k, cos, sin, "rotate_half", "bhsd", variant="evict")
-    (g1, a1, _), (g2, a2, _) = rope_kernel.jit_calls
-    n_tiles = a1[19]
-    assert g1 == (min(n_tiles, P.DEFAULT_PROGRAMS_PER_SM * 132),) and g2 == (n_tiles,)
-    assert a1[27:] == (True, "evict_first", "evict_last", "evict_first")
-    assert a2[27:] == (False, "evict_first", "evict_last", "evict_first")
+    strided = torch.randn(B, Hq, S, 2 * D)[..., ::2]  # D stride 2: copied
+    P.rope_triton(strided, k, cos, sin, "interleaved", "bhsd")
+    (_, args, _) = rope_kernel.jit_calls[-1]
+    assert args[0].is_contiguous() and torch.equal(args[0], strided) and args[12:14] == (0, D)
+    assert args[19:21] == (D, D) and args[24] is True  # interleaved: the tile spans the whole head dim
+    P.rope_triton(q, k, cos, sin, "rotate_half", "bhsd", block_s=4, heads_per_block=2, num_warps=2)
+    (grid,), args, options = rope_kernel.jit_calls[-1]
+    # 3 q-head groups of 2 (k: 1 head per group), 2 token blocks of 4
+    assert args[17:19] == (2, 3) and args[21:24] == (4, 2, 1) and grid == 6 and options == {"num_warps": 2}
 
 
 def test_launch_cache_is_bounded():
@@ -219,7 +147,3 @@ def test_launch_hooks_active_follows_triton_knobs():
         finally:
             knobs.runtime.launch_enter_hook = hook
     assert not _utils.launch_hooks_active()
-
-
-def test_resident_programs_needs_a_gpu():
-    assert _utils.resident_programs(None, (), 4, -1) is None

@@ -204,61 +204,17 @@ def test_rms_norm_cuda_strided(gen, cuda, assert_rel):
     assert_rel(out, ref64(x + r, w, EPS), torch.bfloat16)
 
 
-# ------------------------------------------------------------- launch variants (GPU)
-
-
-def _variants():
-    from regionc.ops.rms_norm import VARIANTS
-
-    return list(VARIANTS)
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", _variants())
-@pytest.mark.parametrize("shape", [(8, 4096), (4096, 200), (20000, 64), (3, 40000), (2, 7, 2048)])
-def test_rms_norm_cuda_variants(variant, shape, gen, cuda, assert_rel):
-    """Every variant (regionc.ops.rms_norm.VARIANTS), twice per input (JIT launch, then the launch
-    cache); persistent variants loop over several row blocks per program on the larger shapes."""
-    from regionc.ops.rms_norm import rms_norm_triton
-
+@pytest.mark.parametrize("shape", [(2, 7, 2048), (64, 4096)])
+def test_rms_norm_cuda_repeat_and_misaligned(shape, gen, cuda, assert_rel):
+    """Each call goes through the Triton JIT: a repeat call on the same tensors, then an input 2
+    bytes off 16-byte alignment (another specialisation of the kernel), give the right answer."""
     x, w = make(shape, torch.bfloat16, gen, device=cuda)
     r = torch.randn(shape, generator=gen).bfloat16().to(cuda)
-    for _ in range(2):
-        assert_rel(rms_norm_triton(x, w, EPS, variant=variant), ref64(x, w, EPS), torch.bfloat16)
-        out, res = rms_norm_triton(x, w, EPS, r, variant=variant)
-        torch.testing.assert_close(res, x + r, rtol=0, atol=0)
-        assert_rel(out, ref64(x + r, w, EPS), torch.bfloat16)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("variant", _variants())
-def test_rms_norm_cuda_graph_variants(variant, gen, cuda, assert_rel, monkeypatch):
-    """The op under each VARIANT setting, captured in a CUDA graph after warm-up (the cached launch
-    path inside capture), replayed on new data; a misaligned input takes the JIT path."""
-    from regionc.ops import rms_norm as R
-
-    monkeypatch.setattr(R, "VARIANT", variant)
-    x, w = make((64, 4096), torch.bfloat16, gen, device=cuda)
-    r = torch.randn_like(x)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            torch.ops.regionc.rms_norm(x, w, EPS)
-            torch.ops.regionc.fused_add_rms_norm(x, r, w, EPS)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = torch.ops.regionc.rms_norm(x, w, EPS)
-        n, res = torch.ops.regionc.fused_add_rms_norm(x, r, w, EPS)
-    for _ in range(2):
-        x.copy_(torch.randn_like(x))
-        r.copy_(torch.randn_like(r))
-        g.replay()
-        torch.cuda.synchronize()
-        assert_rel(y, ref64(x, w, EPS), torch.bfloat16)
-        torch.testing.assert_close(res, x + r, rtol=0, atol=0)
-        assert_rel(n, ref64(x + r, w, EPS), torch.bfloat16)
-    mis = torch.randn(64 * 4096 + 1, device=cuda).bfloat16()[1:].view(64, 4096)
-    for _ in range(2):
-        assert_rel(torch.ops.regionc.rms_norm(mis, w, EPS), ref64(mis, w, EPS), torch.bfloat16)
+    mis = torch.randn(x.numel() + 1, generator=gen).bfloat16().to(cuda)[1:].view(shape)
+    assert mis.data_ptr() % 16
+    for xi in (x, x, mis):
+        assert_rel(torch.ops.regionc.rms_norm(xi, w, EPS), ref64(xi, w, EPS), torch.bfloat16)
+        out, res = torch.ops.regionc.fused_add_rms_norm(xi, r, w, EPS)
+        torch.testing.assert_close(res, xi + r, rtol=0, atol=0)
+        assert_rel(out, ref64(xi + r, w, EPS), torch.bfloat16)
