@@ -48,32 +48,36 @@ MAX_WEIGHTS = 4
 
 if _utils.HAS_TRITON:
 
-    # the per-weight values are chosen at run time by branch, so each must keep one type: none may
-    # become a constant (Triton specialises an int argument equal to 1)
-    @triton.jit(do_not_specialize=[f"{name}{i}" for name in ("N", "SW", "HB") for i in range(4)])
+    # The per-weight values are chosen at run time by branch, so each must keep one type: a column
+    # count may be 1, which Triton would turn into a constant, so those are not specialised. The
+    # row strides are (the launcher never passes 1): their divisibility by 16, like the pointers'
+    # alignment, is what lets the weight loads be 16-byte vectors.
+    @triton.jit(do_not_specialize=[f"N{i}" for i in range(4)])
     def _skinny_kernel(
         X, W0, W1, W2, W3, B0, B1, B2, B3, Y0, Y1, Y2, Y3,
         M, K, stride_xm,
-        N0, N1, N2, N3, SW0, SW1, SW2, SW3, HB0, HB1, HB2, HB3,
-        NUM_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        N0, N1, N2, N3, SW0, SW1, SW2, SW3,
+        NUM_W: tl.constexpr, BIAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         pid = tl.program_id(0)
         pid_m = tl.program_id(1)
         # which weight this column block belongs to: weights are laid end to end over the grid
-        w, bias, y, n_cols, sw, has_bias, blk = W0, B0, Y0, N0, SW0, HB0, pid
         c1 = tl.cdiv(N0, BLOCK_N)
-        if NUM_W > 1:
-            if pid >= c1:
-                w, bias, y, n_cols, sw, has_bias, blk = W1, B1, Y1, N1, SW1, HB1, pid - c1
         c2 = c1 + tl.cdiv(N1, BLOCK_N)
-        if NUM_W > 2:
-            if pid >= c2:
-                w, bias, y, n_cols, sw, has_bias, blk = W2, B2, Y2, N2, SW2, HB2, pid - c2
         c3 = c2 + tl.cdiv(N2, BLOCK_N)
+        which = (pid >= c1).to(tl.int32) + (pid >= c2).to(tl.int32) + (pid >= c3).to(tl.int32)
+        w, bias, y, n_cols, sw, blk = W0, B0, Y0, N0, SW0, pid
+        if NUM_W > 1:
+            if which == 1:
+                w, bias, y, n_cols, sw, blk = W1, B1, Y1, N1, SW1, pid - c1
+        if NUM_W > 2:
+            if which == 2:
+                w, bias, y, n_cols, sw, blk = W2, B2, Y2, N2, SW2, pid - c2
         if NUM_W > 3:
-            if pid >= c3:
-                w, bias, y, n_cols, sw, has_bias, blk = W3, B3, Y3, N3, SW3, HB3, pid - c3
+            if which == 3:
+                w, bias, y, n_cols, sw, blk = W3, B3, Y3, N3, SW3, pid - c3
+        has_bias = (BIAS_MASK >> which) & 1
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -108,11 +112,12 @@ if _utils.HAS_TRITON:
 def _config(rows: int, k: int, columns: int, sms: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for ``rows`` × ``k`` against ``columns``
     weight rows in all: the narrowest column block that still gives every SM a program (more
-    programs in flight keep more bytes in flight), a K block of 256 bytes per weight row and up."""
+    programs in flight keep more bytes in flight), K blocks of 512 in a 3-deep pipeline (the
+    fastest at 1 and 8 rows on an H200: benchmarks/results/skinny_linear/)."""
     block_m = max(16, _utils.next_power_of_2(rows))
     block_n = 64 if columns >= 64 * 2 * sms else 32 if columns >= 32 * 2 * sms else 16
-    block_k = min(256, max(32, _utils.next_power_of_2(k)))
-    return block_m, block_n, block_k, 4, 4
+    block_k = min(512, max(32, _utils.next_power_of_2(k)))
+    return block_m, block_n, block_k, 4, 3
 
 
 def skinny_linear_triton(x, weights, biases, *, config: tuple[int, int, int, int, int] | None = None):
@@ -138,15 +143,16 @@ def skinny_linear_triton(x, weights, biases, *, config: tuple[int, int, int, int
         n = len(ws)
         blocks = sum(-(-w.shape[0] // bn) for w in ws)
         pad = MAX_WEIGHTS - n
-        has = [int(b is not None) for b in bs] + [0] * pad
+        bias_mask = sum(1 << i for i, b in enumerate(bs) if b is not None)
         bs = [b if b is not None else x for b in bs] + [x] * pad
         sizes = [w.shape[0] for w in ws] + [0] * pad
-        strides = [w.stride(0) for w in ws] + [0] * pad
+        # a one-row weight's row stride is never used: K keeps every stride a non-constant
+        strides = [w.stride(0) if w.shape[0] > 1 else K for w in ws] + [K] * pad
         _skinny_kernel[(blocks, -(-M // bm))](
             x, *ws, *[x] * pad, *bs, *ys, *[x] * pad,  # unused slots: x (never written; no output aliased)
             M, K, x.stride(0),
-            *sizes, *strides, *has,
-            NUM_W=n, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
+            *sizes, *strides,
+            NUM_W=n, BIAS_MASK=bias_mask, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             num_warps=warps, num_stages=stages,
         )
@@ -154,7 +160,8 @@ def skinny_linear_triton(x, weights, biases, *, config: tuple[int, int, int, int
 
 
 def triton_supported(x: torch.Tensor) -> bool:
-    return _utils.HAS_TRITON and x.dtype in FLOAT_DTYPES and x.shape[0] <= MAX_ROWS
+    """Few rows, a float dtype, and K past one (a weight's row stride of 1 would become a constant)."""
+    return _utils.HAS_TRITON and x.dtype in FLOAT_DTYPES and x.shape[0] <= MAX_ROWS and x.shape[1] > 1
 
 
 # --------------------------------------------------------------------------------------
