@@ -11,8 +11,9 @@ Shape classes (see :func:`shape_class`):
 
 * norms and RoPE: ``"small"`` (≤ 64 rows/tokens: decode-like, latency bound), ``"large"``
   (> 64: prefill-like, bandwidth bound), ``"dynamic"`` (a symbolic size without a hint).
-* skinny_linear: ``"rows<=16"``, ``"rows<=64"`` (the linear's static row count: a decode step's
-  tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``).
+* skinny_linear: ``"group, rows<=16"``, ``"single, rows<=16"``, ``"group, rows<=64"``, ``"single,
+  rows<=64"``: several weights that read one input (q/k/v, gate/up) or one alone, and the static
+  row count (a decode step's tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``).
 * attention and decode_attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
   and v in front of SDPA) or ``"native"`` (SDPA read k/v as they are: MHA or ``enable_gqa``).
 
@@ -94,6 +95,23 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
         True, "faster end to end: HF Llama batch 8 cache 4096: 7.84 -> 3.67 ms at position 512, 7.83 -> 3.67 at "
               "3900; batch 32 cache 4096: 22.15 -> 6.81; batch 1 cache 256: 3.10 -> 3.04; demo decoder batch 8: "
               "3.13 -> 2.87, batch 32: 4.29 -> 3.02 (H200, 2026-12-02)"),
+    # ---------------------------------------------------------------- CUDA skinny linears (bf16, one H200)
+    # benchmarks/results/skinny_linear/h200-2026-12-03.json: device µs per call in a CUDA graph over rotated
+    # weight copies (HBM reads), regionc vs cuBLAS per weight (what Inductor emits); end to end,
+    # benchmarks/results/hf_llama/h200-2026-12-03-decode-skinny-all.json (every group swapped, o and down too).
+    ("cuda", "skinny_linear", "group, rows<=16"): Decision(
+        True, "faster: one launch reads all the weights of one input; at 8 rows q/k/v of a 2048-wide GQA layer "
+              "8.6 vs 18.0 us, gate/up 22.8 vs 23.2 (4096-wide: 18.9 vs 28.7, 65.3 vs 63.4); HF Llama 32 x 2048 "
+              "batch 8 decode with every group swapped, o and down too: 3.26 -> 3.08 ms at position 512, "
+              "3.54 -> 3.36 at 3900 (H200, torch 2.11.0+cu130, triton 3.6.0, 2026-12-03)"),
+    ("cuda", "skinny_linear", "single, rows<=16"): Decision(
+        False, "cuBLAS faster for one weight: o 2048x2048 7.1 vs 6.1 us, down 8192->2048 19.5 vs 14.1 at 8 rows "
+               "(H200, 2026-12-03)"),
+    ("cuda", "skinny_linear", "group, rows<=64"): Decision(
+        False, "slower at 32 rows for the largest group: gate/up 2048->2x8192 28.7 vs 23.2 us (q/k/v 9.3 vs 17.8); "
+               "batch 32 decode is not weight-bound alone (H200, 2026-12-03)"),
+    ("cuda", "skinny_linear", "single, rows<=64"): Decision(
+        False, "cuBLAS faster for one weight at 32 rows: o 7.3 vs 6.3 us, down 19.8 vs 14.5 (H200, 2026-12-03)"),
     ("cuda", "decode_attention", "native"): Decision(
         False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
                "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"
@@ -115,9 +133,9 @@ def rows_class(rows: int | None) -> str:
     return "small" if rows <= SMALL_ROWS else "large"
 
 
-def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False) -> str:
+def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False, weights: int = 1) -> str:
     if op in ("attention", "decode_attention"):
         return "gqa_expanded" if gqa_expanded else "native"
     if op == "skinny_linear":
-        return "dynamic" if rows is None else "rows<=16" if rows <= 16 else "rows<=64"
+        return f"{'group' if weights > 1 else 'single'}, " + ("rows<=16" if rows <= 16 else "rows<=64")
     return rows_class(rows)

@@ -63,12 +63,12 @@ class _Context:
         self.owner = owner
 
     def allow(self, op: str, desc: str, *, device: torch.device, rows: int | None = None,
-              gqa_expanded: bool = False) -> bool:
+              gqa_expanded: bool = False, weights: int = 1) -> bool:
         owner = self.owner
         if owner.kernel_choice == "always":
             owner._record_match(op)
             return True
-        cls = decisions.shape_class(op, rows=rows, gqa_expanded=gqa_expanded)
+        cls = decisions.shape_class(op, rows=rows, gqa_expanded=gqa_expanded, weights=weights)
         decision = decisions.decide(device.type, op, cls)
         if decision.swap:
             owner._record_match(op)

@@ -126,5 +126,5 @@ def rewrite(graph: torch.fx.Graph, group) -> None:
 
 def run(graph: torch.fx.Graph, ctx, matches) -> None:
     for group in matches:
-        if ctx.allow(NAME, group["desc"], device=group["device"], rows=group["rows"]):
+        if ctx.allow(NAME, group["desc"], device=group["device"], rows=group["rows"], weights=len(group["weights"])):
             rewrite(graph, group)

@@ -145,7 +145,7 @@ def test_uuid_follows_the_code_a_pass_can_insert_on_the_device(monkeypatch):
 
     auto, always = Config.build({}), Config.build({"kernel_choice": "always"})
     assert PassManager(auto, "cpu").acting_passes() == []
-    assert PassManager(auto, "cuda").acting_passes() == ["decode_attention"]
+    assert PassManager(auto, "cuda").acting_passes() == ["decode_attention", "skinny_linear"]
     before = {name: PassManager(config, "cpu").uuid() for name, config in (("auto", auto), ("always", always))}
     monkeypatch.setitem(version.PASS_SOURCES, "rope", ("passes/rope.py", "ops/rms_norm.py"))  # "rope's kernel edited"
     assert PassManager(auto, "cpu").uuid() == before["auto"]

@@ -159,7 +159,8 @@ def test_auto_on_cpu_keeps_the_gemm_and_says_why():
         compiled = compile_with_passes(model, {"kernel_choice": "auto"}, cap)
         compiled(torch.randint(0, 128, (1, 1)), torch.tensor([3]))
     assert not calls(cap) and "skinny_linear" not in cap.matches
-    assert any("skinny_linear at" in s and "kept (rows<=16)" in s for s in cap.skips), cap.skips
+    kept = [s for s in cap.skips if "skinny_linear at" in s]
+    assert any("kept (group, rows<=16)" in s for s in kept) and any("kept (single, rows<=16)" in s for s in kept), kept
 
 
 def test_pass_can_be_turned_off():
@@ -171,14 +172,25 @@ def test_pass_can_be_turned_off():
     assert PassManager(Config.build(ALWAYS), "cpu").uuid() != pm.uuid()
 
 
+def test_decision_table_swaps_on_cuda_only_groups_of_few_rows():
+    from regionc.passes.decisions import decide, shape_class
+
+    assert shape_class("skinny_linear", rows=8, weights=3) == "group, rows<=16"
+    assert decide("cuda", "skinny_linear", shape_class("skinny_linear", rows=8, weights=2)).swap
+    for rows, weights in ((8, 1), (32, 2), (32, 1)):
+        assert not decide("cuda", "skinny_linear", shape_class("skinny_linear", rows=rows, weights=weights)).swap
+    assert not decide("cpu", "skinny_linear", "group, rows<=16").swap
+
+
 # ---------------------------------------------------------------- CUDA
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch", [1, 8])
-def test_cuda_hf_llama_static_cache(batch):
+@pytest.mark.parametrize("batch, kernel_choice, swapped", [(1, "always", 4), (8, "always", 4), (8, "auto", 2)])
+def test_cuda_hf_llama_static_cache(batch, kernel_choice, swapped):
     """bf16 decode on the GPU: the pass finds the projections on the GPU's torch and the kernel's
-    output stays within bf16 noise of eager through every step."""
+    output stays within bf16 noise of eager through every step; by default (the decision table) only
+    the groups (q/k/v, gate/up) are swapped."""
     transformers = pytest.importorskip("transformers")
     cuda = torch.device("cuda")
     cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
@@ -195,7 +207,7 @@ def test_cuda_hf_llama_static_cache(batch):
 
     with torch.no_grad():
         eager_cache, compiled_cache = prefilled(), prefilled()
-        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": "always"})
+        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": kernel_choice})
         for pos in (6, 7, 8):
             tok = torch.randint(0, 128, (batch, 1), device=cuda)
             pos_t = torch.tensor([pos], device=cuda)
@@ -204,4 +216,4 @@ def test_cuda_hf_llama_static_cache(batch):
             err = ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
             assert err < 2e-2, (pos, err)
     report = regionc.last_report()
-    assert report.pass_matches.get("skinny_linear", 0) == 4, (report.pass_matches, report.pass_skips)
+    assert report.pass_matches.get("skinny_linear", 0) == swapped, (report.pass_matches, report.pass_skips)
