@@ -98,12 +98,14 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
     # ---------------------------------------------------------------- CUDA skinny linears (bf16, one H200)
     # benchmarks/results/skinny_linear/h200-2026-12-03.json: device µs per call in a CUDA graph over rotated
     # weight copies (HBM reads), regionc vs cuBLAS per weight (what Inductor emits); end to end,
-    # benchmarks/results/hf_llama/h200-2026-12-03-decode-skinny-all.json (every group swapped, o and down too).
+    # benchmarks/results/hf_llama/h200-2026-12-03-decode-skinny-all.json (every group swapped, o and down too),
+    # and with this table (groups only) benchmarks/results/hf_llama/h200-2026-12-03-decode.json.
     ("cuda", "skinny_linear", "group, rows<=16"): Decision(
         True, "faster: one launch reads all the weights of one input; at 8 rows q/k/v of a 2048-wide GQA layer "
               "8.6 vs 18.0 us, gate/up 22.8 vs 23.2 (4096-wide: 18.9 vs 28.7, 65.3 vs 63.4); HF Llama 32 x 2048 "
               "batch 8 decode with every group swapped, o and down too: 3.26 -> 3.08 ms at position 512, "
-              "3.54 -> 3.36 at 3900 (H200, torch 2.11.0+cu130, triton 3.6.0, 2026-12-03)"),
+              "3.54 -> 3.36 at 3900; with the groups only, 2.46 ms at 512 and 2.96 at 3900 against "
+              "reduce-overhead's 7.86, batch 1 2.32 against 3.06 (H200, torch 2.11.0+cu130, triton 3.6.0, 2026-12-03)"),
     ("cuda", "skinny_linear", "single, rows<=16"): Decision(
         False, "cuBLAS faster for one weight: o 2048x2048 7.1 vs 6.1 us, down 8192->2048 19.5 vs 14.1 at 8 rows "
                "(H200, 2026-12-03)"),
