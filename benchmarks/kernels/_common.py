@@ -326,6 +326,45 @@ def _plot_panels(out_dir: str, op: str, payload: dict, metric: str, unit: str, p
     plt.close(fig)
 
 
+def plot_lines(path: str, rows: list[dict], panel: Callable[[dict], str], x: str, xlabel: str, ylabel: str,
+               copy_bw: float, title: str) -> None:
+    """GB/s against ``x`` (log 2), one line per provider, one panel per ``panel(row)``, the device copy
+    bandwidth dashed; nothing (a line printed) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    rows = [r for r in rows if "GBps" in r]
+    panels = list(dict.fromkeys(panel(r) for r in rows))
+    if not panels:
+        return
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    for ax, name in zip(axes.flat, panels):
+        for provider in dict.fromkeys(r["provider"] for r in rows):
+            pts = sorted((r[x], r["GBps"]) for r in rows if r["provider"] == provider and panel(r) == name)
+            if pts:
+                ax.plot([p for p, _ in pts], [g for _, g in pts], marker="o", ms=3, label=provider)
+        ax.axhline(copy_bw, color="k", ls="--", lw=0.8, label="device copy")
+        ax.set_xscale("log", base=2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def print_table(rows: list[dict], metric: str) -> None:
     for r in rows:
         extra = f" {r['pct_copy_bw']:5.1f}% copy" if r.get("pct_copy_bw") is not None else ""

@@ -148,42 +148,12 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def plot(out_dir: str, payload: dict) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    rows = [r for r in payload["results"] if "GBps" in r]
-    panels = sorted({(r["head_dim"], r["batch"]) for r in rows})
-    if not panels:
-        return
-    ncol = min(4, len(panels))
-    nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    for ax, (d, b) in zip(axes.flat, panels):
-        for name in dict.fromkeys(r["provider"] for r in rows):
-            pts = sorted((r["pos"], r["GBps"]) for r in rows if r["provider"] == name and r["head_dim"] == d
-                         and r["batch"] == b)
-            if pts:
-                ax.plot([p for p, _ in pts], [g for _, g in pts], marker="o", ms=3, label=name)
-        ax.axhline(payload["copy_bandwidth_GBps"], color="k", ls="--", lw=0.8, label="device copy")
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"batch {b}, head dim {d}", fontsize=9)
-        ax.set_xlabel("cache position", fontsize=8)
-        ax.set_ylabel("useful GB/s", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
     env = payload["env"]
-    fig.suptitle(f"decode attention, {HQ}/{HKV} heads, bf16, cache {payload['capacity']} slots, on {env['device']} "
-                 f"(torch {env['torch']}, triton {env['triton']})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "decode_attention.png"), dpi=110)
-    plt.close(fig)
+    C.plot_lines(os.path.join(out_dir, "decode_attention.png"), payload["results"],
+                 lambda r: f"batch {r['batch']}, head dim {r['head_dim']}", "pos", "cache position", "useful GB/s",
+                 payload["copy_bandwidth_GBps"],
+                 f"decode attention, {HQ}/{HKV} heads, bf16, cache {payload['capacity']} slots, on {env['device']} "
+                 f"(torch {env['torch']}, triton {env['triton']})")
 
 
 def main():

@@ -156,41 +156,10 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def plot(out_dir: str, payload: dict) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    rows = [r for r in payload["results"] if "GBps" in r]
-    panels = list(dict.fromkeys(r["group"] for r in rows))
-    if not panels:
-        return
-    ncol = min(4, len(panels))
-    nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    for ax, group in zip(axes.flat, panels):
-        for name in dict.fromkeys(r["provider"] for r in rows):
-            pts = sorted((r["rows"], r["GBps"]) for r in rows if r["provider"] == name and r["group"] == group)
-            if pts:
-                ax.plot([p for p, _ in pts], [g for _, g in pts], marker="o", ms=3, label=name)
-        ax.axhline(payload["copy_bandwidth_GBps"], color="k", ls="--", lw=0.8, label="device copy")
-        ax.set_xscale("log", base=2)
-        ax.set_title(group, fontsize=9)
-        ax.set_xlabel("rows (tokens)", fontsize=8)
-        ax.set_ylabel("weight GB/s", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
     env = payload["env"]
-    fig.suptitle(f"linears over few rows, bf16, on {env['device']} (torch {env['torch']}, triton {env['triton']})",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "skinny_linear.png"), dpi=110)
-    plt.close(fig)
+    C.plot_lines(os.path.join(out_dir, "skinny_linear.png"), payload["results"], lambda r: r["group"], "rows",
+                 "rows (tokens)", "weight GB/s", payload["copy_bandwidth_GBps"],
+                 f"linears over few rows, bf16, on {env['device']} (torch {env['torch']}, triton {env['triton']})")
 
 
 def main():

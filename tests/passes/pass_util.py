@@ -71,3 +71,21 @@ def compile_fn_with_passes(fn, options: dict | None = None, device="cpu"):
             return compiled(*args)
 
     return run, pm
+
+
+def hf_decoder(transformers, arch: str = "Llama", **overrides):
+    """A tiny HF decoder of ``arch`` (2 layers, 4 / 2 heads of 64) on SDPA, in eval mode: (model, config)."""
+    cfg = getattr(transformers, f"{arch}Config")(hidden_size=256, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                                 head_dim=64, **overrides)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return getattr(transformers, f"{arch}Model")(cfg).eval(), cfg
+
+
+def prefilled_cache(transformers, model, cfg, batch: int, prompt: int, max_cache_len: int):
+    """A ``StaticCache`` holding an eager prefill of ``batch`` × ``prompt`` tokens."""
+    cache = transformers.StaticCache(config=cfg, max_cache_len=max_cache_len)
+    model(torch.arange(batch * prompt).view(batch, prompt), past_key_values=cache, use_cache=True,
+          cache_position=torch.arange(prompt))
+    return cache

@@ -16,7 +16,7 @@ from regionc.config import Config
 from regionc.models.llama import LlamaConfig, build_demo_model
 from regionc.passes import PassManager
 from tests.helpers import assert_close
-from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes
+from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes, hf_decoder, prefilled_cache
 
 DECODE = torch.ops.regionc.decode_attention.default
 ALWAYS = {"kernel_choice": "always"}
@@ -36,27 +36,13 @@ def assert_reads_cache(node, kv_heads: int):
 # ---------------------------------------------------------------- whole models
 
 
-def hf_llama(transformers, **overrides):
-    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=128, head_dim=64, **overrides)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    return transformers.LlamaModel(cfg).eval(), cfg
-
-
 def test_hf_llama_static_cache_decode():
     transformers = pytest.importorskip("transformers")
-    model, cfg = hf_llama(transformers)
+    model, cfg = hf_decoder(transformers)
     batch, prompt = 2, 5
 
-    def prefilled():
-        cache = transformers.StaticCache(config=cfg, max_cache_len=32)
-        model(torch.arange(batch * prompt).view(batch, prompt), past_key_values=cache, use_cache=True,
-              cache_position=torch.arange(prompt))
-        return cache
-
     with capture() as cap, torch.no_grad():
-        eager_cache, compiled_cache = prefilled(), prefilled()
+        eager_cache, compiled_cache = (prefilled_cache(transformers, model, cfg, batch, prompt, 32) for _ in range(2))
         compiled = compile_with_passes(model, ALWAYS, cap)
         for pos in (prompt, prompt + 1):  # one compile serves every position
             tok = torch.randint(0, 128, (batch, 1))
@@ -85,22 +71,11 @@ def test_other_hf_decoders_on_a_static_cache(arch, overrides, swapped):
     """Held-out architectures: every step equals eager, and where the op is swapped in it reads the
     un-expanded cache and the bool mask."""
     transformers = pytest.importorskip("transformers")
-    cfg = getattr(transformers, f"{arch}Config")(hidden_size=256, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                                 head_dim=64, **overrides)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = getattr(transformers, f"{arch}Model")(cfg).eval()
+    model, cfg = hf_decoder(transformers, arch, **overrides)
     batch, prompt = 2, 5
 
-    def prefilled():
-        cache = transformers.StaticCache(config=cfg, max_cache_len=16)
-        model(torch.arange(batch * prompt).view(batch, prompt), past_key_values=cache, use_cache=True,
-              cache_position=torch.arange(prompt))
-        return cache
-
     with capture() as cap, torch.no_grad():
-        eager_cache, compiled_cache = prefilled(), prefilled()
+        eager_cache, compiled_cache = (prefilled_cache(transformers, model, cfg, batch, prompt, 16) for _ in range(2))
         compiled = compile_with_passes(model, ALWAYS, cap)
         for pos in range(prompt, prompt + 4):  # past the window: the oldest keys drop out of the mask
             tok = torch.randint(0, 128, (batch, 1))

@@ -16,7 +16,7 @@ from regionc.models.llama import LlamaConfig, build_demo_model
 from regionc.ops.skinny_linear import MAX_ROWS
 from regionc.passes import PassManager
 from tests.helpers import assert_close
-from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes
+from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes, hf_decoder, prefilled_cache
 
 SKINNY = torch.ops.regionc.skinny_linear.default
 ALWAYS = {"kernel_choice": "always"}
@@ -42,22 +42,11 @@ def mm_count(cap) -> int:
 def test_hf_decoder_static_cache_decode(arch):
     """A layer's seven projections become four calls (q/k/v, o, gate/up, down), every step equals eager."""
     transformers = pytest.importorskip("transformers")
-    cfg = getattr(transformers, f"{arch}Config")(hidden_size=256, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                                 head_dim=64)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = getattr(transformers, f"{arch}Model")(cfg).eval()
+    model, cfg = hf_decoder(transformers, arch)
     batch, prompt = 3, 5
 
-    def prefilled():
-        cache = transformers.StaticCache(config=cfg, max_cache_len=16)
-        model(torch.arange(batch * prompt).view(batch, prompt), past_key_values=cache, use_cache=True,
-              cache_position=torch.arange(prompt))
-        return cache
-
     with capture() as cap, torch.no_grad():
-        eager_cache, compiled_cache = prefilled(), prefilled()
+        eager_cache, compiled_cache = (prefilled_cache(transformers, model, cfg, batch, prompt, 16) for _ in range(2))
         compiled = compile_with_passes(model, ALWAYS, cap)
         for pos in (prompt, prompt + 1):
             tok = torch.randint(0, 128, (batch, 1))
