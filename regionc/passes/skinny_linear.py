@@ -11,7 +11,9 @@ with ``M`` a static number of rows at most ``ops.skinny_linear.MAX_ROWS`` (a dec
 x and W of one float dtype and W's rows unit-strided on K. Linears whose inputs are the same
 tensor (the reshapes of one node, as HF's q/k/v and gate/up projections each reshape the normed
 hidden state) become one call, their weights a list: a decoder layer's seven projections become
-four launches that read each weight once.
+four calls (q/k/v, o, gate/up, down). The decision table swaps a call in by its class, ``group`` or
+``single`` and its row count: on CUDA only the groups at 16 rows or fewer, where one launch over
+several weights beats cuBLAS's launch per weight (a lone o or down projection is faster on cuBLAS).
 
 Only weights that are graph inputs (the parameters, lifted) are grouped: a weight computed in the
 graph could depend on a sibling's output, and one call for both would be a cycle; such a linear
