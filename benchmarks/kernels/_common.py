@@ -138,9 +138,14 @@ def copy_bandwidth_gbps() -> float:
     return _copy_bw["v"]
 
 
+def copies_for(bytes_per_set: int) -> int:
+    """Input copies that together pass ``L2_FLUSH_BYTES`` (at most ``MAX_COPIES``)."""
+    return max(1, min(MAX_COPIES, math.ceil(L2_FLUSH_BYTES / max(bytes_per_set, 1))))
+
+
 def rotating(make: Callable[[], tuple], bytes_per_set: int) -> Callable[[], tuple]:
     """Returns ``next_args()`` cycling through enough input copies to exceed L2."""
-    copies = max(1, min(MAX_COPIES, math.ceil(L2_FLUSH_BYTES / max(bytes_per_set, 1))))
+    copies = copies_for(bytes_per_set)
     sets = [make() for _ in range(copies)]
     state = {"i": 0}
 

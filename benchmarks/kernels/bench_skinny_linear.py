@@ -49,13 +49,6 @@ GROUPS = {
 }
 ROWS = (1, 8, 16, 32, 64)
 SWEEP = {"block_n": (16, 32), "block_k": (256, 512), "stages": (3, 4, 6), "warps": (4,)}
-ROTATE_BYTES = 256 << 20
-
-
-def copies_for(nbytes: int) -> int:
-    return max(2, min(64, -(-ROTATE_BYTES // nbytes)))
-
-
 def time_rotating(call, sets) -> float:
     """Device ms per call: one call per weight set captured in a CUDA graph, replayed."""
     it = itertools.cycle(sets)
@@ -77,7 +70,7 @@ def run(out_dir: str, groups: list[str], rows_list, sweep: bool, budget_s: float
     for name in groups:
         k, ns = GROUPS[name]
         wbytes = sum(ns) * k * 2
-        n_sets = copies_for(wbytes)
+        n_sets = max(2, C.copies_for(wbytes))
         torch.manual_seed(0)
         sets = [[torch.randn(n, k, device="cuda", dtype=dt) * 0.02 for n in ns] for _ in range(n_sets)]
         packed = [torch.cat(ws) for ws in sets]

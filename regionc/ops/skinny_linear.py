@@ -24,9 +24,9 @@ CUDA kernel ``_skinny_kernel`` (bf16/fp16/fp32): grid ``(column blocks of all we
 blocks)``; a program owns ``BLOCK_N`` output columns of one weight and every row of its row
 block, streams that weight's ``BLOCK_N × K`` slab once through a ``num_stages`` software pipeline,
 and multiplies with ``tl.dot`` in fp32. Launch parameters come from ``_config`` (measured by
-benchmarks/kernels/bench_skinny_linear.py). Past ``MAX_ROWS`` rows, or for more than
-``MAX_WEIGHTS`` weights per launch, the launcher calls ``torch.mm`` / launches again: the op is
-correct for any size, fast where it is meant to be.
+benchmarks/kernels/bench_skinny_linear.py). Past ``MAX_ROWS`` rows the op calls torch's linear, and
+the launcher launches again for every ``MAX_WEIGHTS`` weights: the op is correct for any size, fast
+where it is meant to be.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def triton_supported(x: torch.Tensor) -> bool:
 
 def skinny_linear_reference(x, weights, biases):
     """``F.linear`` per weight, in the inputs' dtype (what the replaced linears computed)."""
-    return [torch.nn.functional.linear(x, w, b).contiguous() for w, b in zip(weights, biases)]
+    return [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases)]
 
 
 # --------------------------------------------------------------------------------------
@@ -227,9 +227,9 @@ def _skinny_cuda(x, weights, biases):
     _utils.check_no_grad(_OP, x, weights, biases)
     if triton_supported(x):
         return skinny_linear_triton(x, weights, biases)
-    if x.shape[0] <= MAX_ROWS:
-        log_once(f"skinny-fallback-{x.dtype}", "regionc.skinny_linear: no Triton kernel for dtype=%s "
-                 "(triton=%s); using torch's linear", x.dtype, _utils.HAS_TRITON)
+    if x.shape[0] <= MAX_ROWS:  # a fallback (more rows are a GEMM's job, by design)
+        why = "triton is not installed" if not _utils.HAS_TRITON else f"K={x.shape[1]}"
+        log_once(f"skinny-fallback-{why}", "regionc.skinny_linear: no Triton kernel (%s); using torch's linear", why)
     return skinny_linear_reference(x, weights, biases)
 
 

@@ -106,6 +106,13 @@ def strip_converts(node: Any) -> Any:
     return node
 
 
+def strip_views(node: Any) -> Any:
+    """The node behind a chain of reshapes/views."""
+    while is_call(node, *VIEW_TARGETS):
+        node = node.args[0]
+    return node
+
+
 def is_full_slice(node: torch.fx.Node) -> bool:
     """``aten.slice`` that keeps every element (a no-op ``x[:, :]`` left in the graph)."""
     if not is_call(node, aten.slice.Tensor):

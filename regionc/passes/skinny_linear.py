@@ -47,13 +47,6 @@ def _weight_of(node):
     return w if wt is not None and wt.dim() == 2 else None
 
 
-def _source(node):
-    """The node behind a chain of reshapes/views: siblings reshape one tensor each on their own."""
-    while is_call(node, *_graph.VIEW_TARGETS):
-        node = node.args[0]
-    return node
-
-
 def match_at(node: torch.fx.Node):
     """(linear spec, None) | (None, skip reason) | (None, None) when ``node`` is not a linear."""
     if is_call(node, aten.mm.default):
@@ -98,7 +91,8 @@ def find(graph: torch.fx.Graph):
     for spec in linears:
         shape = tuple(tensor_val(spec["x"]).shape)
         lifted = spec["w"].op in ("placeholder", "get_attr")
-        key = (_source(spec["x"]), shape) if lifted else spec["out"]
+        # siblings reshape one tensor each on their own: grouped by what is behind the reshapes
+        key = (_graph.strip_views(spec["x"]), shape) if lifted else spec["out"]
         groups.setdefault(key, []).append(spec)
     found = []
     for members in groups.values():
