@@ -6,7 +6,9 @@ bytes over the memory bandwidth. Groups are a decoder layer's projections (HF Ll
 8 KV heads, and Llama-3-8B's 4096 / 14336 / 8 KV heads): q/k/v and gate/up read one input, o and
 down alone. Providers:
 
-* ``regionc``: the op, one call per group (what the pass emits);
+* ``regionc``: the op, one call per group at the split count the pass picks (``splits_for``). It
+  writes fp32 partials; in a model their sum and the cast are loads in the consumer's kernel, so
+  this is the op's share of a step;
 * ``cublas``: ``F.linear`` per weight (what Inductor emits);
 * ``cublas_packed``: one ``F.linear`` over the group's weights concatenated once (vLLM's
   ``QKVParallelLinear`` / ``MergedColumnParallelLinear``: a packed copy of the weights, stale after
@@ -14,8 +16,9 @@ down alone. Providers:
 
 Each timing is device time in a CUDA graph of one call per weight copy, over enough copies to
 pass 256 MiB, so every call reads its weights from HBM as in a model (a layer's weights are
-far larger than L2). ``--sweep`` also times the kernel's launch configurations at each shape
-(``config_sweep`` in the JSON: what ``ops.skinny_linear._config`` is chosen from). Writes
+far larger than L2). ``--sweep`` also times, at 8 rows, the kernel's launch configurations
+(``config_sweep``: what ``ops.skinny_linear._config`` is chosen from) and split counts 1-8
+(``split_sweep``: what ``TARGET_PROGRAMS`` is chosen from). Writes
 ``skinny_linear.json`` and ``skinny_linear.png`` (GB/s against rows, a panel per group).
 
     python benchmarks/kernels/bench_skinny_linear.py --out benchmarks/results/skinny_linear --sweep
@@ -48,7 +51,10 @@ GROUPS = {
     "4096 down": (14336, [4096]),
 }
 ROWS = (1, 8, 16, 32, 64)
-SWEEP = {"block_n": (16, 32), "block_k": (256, 512), "stages": (3, 4, 6), "warps": (4,)}
+SWEEP = {"block_n": (16, 32, 64), "block_k": (128, 256, 512), "stages": (3, 4), "warps": (4,)}
+SPLITS = (1, 2, 4, 8)
+
+
 def time_rotating(call, sets) -> float:
     """Device ms per call: one call per weight set captured in a CUDA graph, replayed."""
     it = itertools.cycle(sets)
@@ -58,13 +64,13 @@ def time_rotating(call, sets) -> float:
 def run(out_dir: str, groups: list[str], rows_list, sweep: bool, budget_s: float) -> dict:
     C.require_cuda("bench_skinny_linear")
     import regionc.ops  # noqa: F401  (registers torch.ops.regionc.*)
-    from regionc.ops.skinny_linear import _config, skinny_linear_triton
+    from regionc.ops.skinny_linear import _config, skinny_linear_triton, splits_for
 
     op = torch.ops.regionc.skinny_linear
     copy_bw = C.copy_bandwidth_gbps()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"device copy bandwidth: {copy_bw:.0f} GB/s, {sms} SMs")
-    rows, sweeps, skipped, errors = [], [], [], {}
+    rows, sweeps, split_sweeps, skipped, errors = [], [], [], [], {}
     start = time.perf_counter()
     dt = torch.bfloat16
     for name in groups:
@@ -80,9 +86,9 @@ def run(out_dir: str, groups: list[str], rows_list, sweep: bool, budget_s: float
                 skipped.append(shape)
                 continue
             x = torch.randn(m, k, device="cuda", dtype=dt)
-            nones = [None] * len(ns)
+            splits = splits_for(m, ns, k, most=8)
             providers = {
-                "regionc": (lambda ws: op(x, ws, nones), [(ws,) for ws in sets]),
+                "regionc": (lambda ws: op(x, ws, splits), [(ws,) for ws in sets]),
                 "cublas": (lambda ws: [F.linear(x, w) for w in ws], [(ws,) for ws in sets]),
             }
             if len(ns) > 1:
@@ -95,10 +101,11 @@ def run(out_dir: str, groups: list[str], rows_list, sweep: bool, budget_s: float
                     ms = time_rotating(call, args)
                     row.update(ms=ms, GBps=wbytes / (ms * 1e-3) / 1e9)
                     row["pct_copy_bw"] = 100 * row["GBps"] / copy_bw
+                    out = call(*args[0])
                     if provider == "regionc":
-                        row["config"] = list(_config(m, k))
-                        out = call(*args[0])
-                        row["rel_err"] = max(((o.float() - r).norm() / r.norm()).item() for o, r in zip(out, ref))
+                        row.update(config=list(_config(m, k)), splits=splits)
+                        out = [p.sum(0) for p in out]
+                    row["rel_err"] = max(((o.float() - r).norm() / r.norm()).item() for o, r in zip(out, ref))
                 except Exception as exc:  # recorded, the run goes on
                     errors[f"{shape} {provider}"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                     row["error"] = errors[f"{shape} {provider}"]
@@ -107,27 +114,31 @@ def run(out_dir: str, groups: list[str], rows_list, sweep: bool, budget_s: float
                     print(f"{shape:20s} {provider:14s} {row['ms'] * 1e3:8.1f} us {row['GBps']:7.0f} GB/s "
                           f"({row['pct_copy_bw']:5.1f}% copy)")
             if sweep and m == 8:
-                best = None
-                for bn, bk, stages, warps in itertools.product(*SWEEP.values()):
-                    cfg = (max(16, 1 << (m - 1).bit_length()), bn, bk, warps, stages)
+                cases = [("config_sweep", (max(16, 1 << (m - 1).bit_length()), bn, bk, warps, stages), splits)
+                         for bn, bk, stages, warps in itertools.product(*SWEEP.values())]
+                cases += [("split_sweep", _config(m, k), s) for s in SPLITS]
+                best = {}
+                for table, cfg, s in cases:
+                    entry = {"shape": shape, "config": list(cfg), "splits": s}
                     try:
-                        ms = time_rotating(lambda ws: skinny_linear_triton(x, ws, nones, config=cfg),
+                        ms = time_rotating(lambda ws: skinny_linear_triton(x, ws, s, config=cfg),
                                            [(ws,) for ws in sets])
                     except Exception as exc:  # e.g. out of shared memory for this tile
-                        sweeps.append({"shape": shape, "config": list(cfg), "error": str(exc)[:120]})
+                        (sweeps if table == "config_sweep" else split_sweeps).append({**entry, "error": str(exc)[:120]})
                         continue
-                    sweeps.append({"shape": shape, "config": list(cfg), "ms": ms, "GBps": wbytes / (ms * 1e-3) / 1e9})
-                    if best is None or ms < best[0]:
-                        best = (ms, cfg)
-                if best:
-                    print(f"{shape:20s} best config {best[1]}: {best[0] * 1e3:.1f} us "
-                          f"{wbytes / (best[0] * 1e-3) / 1e9:.0f} GB/s")
+                    entry.update(ms=ms, GBps=wbytes / (ms * 1e-3) / 1e9)
+                    (sweeps if table == "config_sweep" else split_sweeps).append(entry)
+                    if table not in best or ms < best[table][0]:
+                        best[table] = (ms, cfg, s)
+                for table, (ms, cfg, s) in best.items():
+                    print(f"{shape:20s} {table}: best {cfg} splits {s}: {ms * 1e3:.1f} us "
+                          f"{wbytes / (ms * 1e-3) / 1e9:.0f} GB/s")
         del sets, packed
         torch.cuda.empty_cache()
     payload = {"op": "skinny_linear", "env": C.env_info(), "copy_bandwidth_GBps": copy_bw, "sms": sms,
                "timing": "CUDA graph replay over rotated weight copies (HBM reads), device ms per call",
                "summary": summarize(rows), "skipped": skipped, "errors": errors, "results": rows,
-               "config_sweep": sweeps, "seconds": round(time.perf_counter() - start, 1)}
+               "config_sweep": sweeps, "split_sweep": split_sweeps, "seconds": round(time.perf_counter() - start, 1)}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "skinny_linear.json"), "w") as f:
         json.dump(payload, f, indent=2)
@@ -160,7 +171,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/skinny_linear")
     ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS), metavar="GROUP")
     ap.add_argument("--rows", type=int, nargs="+", default=list(ROWS))
-    ap.add_argument("--sweep", action="store_true", help="also time every launch configuration at 8 rows")
+    ap.add_argument("--sweep", action="store_true", help="also time launch configurations and split counts at 8 rows")
     ap.add_argument("--budget-s", type=float, default=240.0, help="skip the remaining shapes after this long")
     args = ap.parse_args()
     run(args.out, args.groups, args.rows, args.sweep, args.budget_s)

@@ -3,30 +3,33 @@ kernel, launcher, torch reference, op registration.
 
 Op (namespace ``regionc``)::
 
-    skinny_linear(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]
+    skinny_linear(Tensor x, Tensor[] weights, int splits=1) -> Tensor[]
 
 * x ``[M, K]``; each weight ``[N_i, K]`` as ``nn.Linear`` stores it (any row stride, unit stride
-  on K); bias ``i`` ``[N_i]`` or None. Output ``i`` is ``x @ weights[i].T + biases[i]``, ``[M, N_i]``
-  contiguous in x's dtype. x, the weights and the biases share one float dtype.
-* ``M`` is a batch of decode tokens: at ``M`` ≤ ``MAX_ROWS`` a step reads every weight byte once and
-  does almost no arithmetic per byte, so the time is the weight bytes over the memory bandwidth,
-  and a GEMM library tuned for large tiles leaves much of that bandwidth unused: on an H200 at
-  ``M`` = 8 cuBLAS reads a 2048 × 512 weight (HF Llama's k and v projections) at 0.4 TB/s and a
-  2048 × 2048 one at 1.4 TB/s, of ≈ 4.3 (benchmarks/results/decode_profile/h200-2026-12-02-hf-llama-b8-cudnn-mask.log).
+  on K). Output ``i`` is ``[splits, M, N_i]`` in fp32: partial products over ``splits`` ranges of
+  K whose sum over dim 0 is ``x @ weights[i].T`` (how K is divided is the kernel's business).
+  x and the weights share one float dtype.
+* Why partials: at ``M`` ≤ ``MAX_ROWS`` a linear is a read of its weight, and a 2048 × 2048
+  weight cut into 32-column slabs is 64 programs on a 132-SM GPU — too few to keep HBM busy
+  (cuBLAS reads it at a third of copy bandwidth on an H200). Splitting K multiplies the programs;
+  the sum of the partials, the bias and the cast to the model's dtype are left to the graph, where
+  Inductor folds them into the consumer's kernel (RoPE, the residual add, SiLU·mul) as a few extra
+  loads: no reduction launch, no zeroed workspace, no atomics, the same result on every run.
+  ``passes/skinny_linear.py`` emits that; ``splits_for`` picks the split count from the shapes.
 
 Why several weights in one call: the projections that read the same input (q, k and v; gate and
-up) are small alone (a k projection is 512 columns: 32 programs, a quarter of the SMs); one
-launch over all of them fills the GPU. The weights stay where the model keeps them — nothing is
-packed or copied — so an in-place update of a weight (``load_state_dict``, a LoRA merge, a
-weight swap between requests) is read on the next call, as by the linears this op replaces.
+up) are small alone (a k projection is 512 columns: 16 programs); one launch over all of them
+fills the GPU. The weights stay where the model keeps them — nothing is packed or copied — so an
+in-place update of a weight (``load_state_dict``, a LoRA merge, a weight swap between requests)
+is read on the next call, as by the linears this op replaces.
 
-CUDA kernel ``_skinny_kernel`` (bf16/fp16/fp32): grid ``(column blocks of all weights, row
-blocks)``; a program owns ``BLOCK_N`` output columns of one weight and every row of its row
-block, streams that weight's ``BLOCK_N × K`` slab once through a ``num_stages`` software pipeline,
-and multiplies with ``tl.dot`` in fp32. Launch parameters come from ``_config`` (measured by
-benchmarks/kernels/bench_skinny_linear.py). Past ``MAX_ROWS`` rows the op calls torch's linear, and
-the launcher launches again for every ``MAX_WEIGHTS`` weights: the op is correct for any size, fast
-where it is meant to be.
+CUDA kernel ``_skinny_kernel`` (bf16/fp16/fp32): grid ``(column blocks of all weights, splits,
+row blocks)``; a program owns ``BLOCK_N`` output columns of one weight, one range of K and every
+row of its row block, streams that ``BLOCK_N × K / splits`` slab of the weight once through a
+``num_stages`` software pipeline, and multiplies with ``tl.dot`` in fp32. Launch parameters come
+from ``_config`` (measured by benchmarks/kernels/bench_skinny_linear.py). Past ``MAX_ROWS`` rows
+the op computes with torch's linear, and the launcher launches again for every ``MAX_WEIGHTS``
+weights: the op is correct for any size, fast where it is meant to be.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
 MAX_ROWS = 64
 #: weights per launch (the kernel's pointer slots)
 MAX_WEIGHTS = 4
+#: programs a launch aims at when ``splits_for`` picks the split count: a few per SM of a 132-SM
+#: H100/H200 (benchmarks/results/skinny_linear/, ``split_sweep``)
+TARGET_PROGRAMS = 512
 
 # --------------------------------------------------------------------------------------
 # Triton kernel
@@ -54,54 +60,56 @@ if _utils.HAS_TRITON:
     # alignment, is what lets the weight loads be 16-byte vectors.
     @triton.jit(do_not_specialize=[f"N{i}" for i in range(4)])
     def _skinny_kernel(
-        X, W0, W1, W2, W3, B0, B1, B2, B3, Y0, Y1, Y2, Y3,
-        M, K, stride_xm,
+        X, W0, W1, W2, W3, Y0, Y1, Y2, Y3,
+        M, K, K_SPLIT, stride_xm,
         N0, N1, N2, N3, SW0, SW1, SW2, SW3,
-        NUM_W: tl.constexpr, BIAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        NUM_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        pid_m = tl.program_id(1)
+        split = tl.program_id(1)
+        pid_m = tl.program_id(2)
         # which weight this column block belongs to: weights are laid end to end over the grid
         c1 = tl.cdiv(N0, BLOCK_N)
         c2 = c1 + tl.cdiv(N1, BLOCK_N)
         c3 = c2 + tl.cdiv(N2, BLOCK_N)
         which = (pid >= c1).to(tl.int32) + (pid >= c2).to(tl.int32) + (pid >= c3).to(tl.int32)
-        w, bias, y, n_cols, sw, blk = W0, B0, Y0, N0, SW0, pid
+        w, y, n_cols, sw, blk = W0, Y0, N0, SW0, pid
         if NUM_W > 1:
             if which == 1:
-                w, bias, y, n_cols, sw, blk = W1, B1, Y1, N1, SW1, pid - c1
+                w, y, n_cols, sw, blk = W1, Y1, N1, SW1, pid - c1
         if NUM_W > 2:
             if which == 2:
-                w, bias, y, n_cols, sw, blk = W2, B2, Y2, N2, SW2, pid - c2
+                w, y, n_cols, sw, blk = W2, Y2, N2, SW2, pid - c2
         if NUM_W > 3:
             if which == 3:
-                w, bias, y, n_cols, sw, blk = W3, B3, Y3, N3, SW3, pid - c3
-        has_bias = (BIAS_MASK >> which) & 1
+                w, y, n_cols, sw, blk = W3, Y3, N3, SW3, pid - c3
 
+        # this program's range of K: [k_lo, k_lo + k_len), K_SPLIT a multiple of BLOCK_K (the last
+        # split may be shorter, or empty: it then writes zeros)
+        k_lo = split * K_SPLIT
+        k_len = tl.minimum(K - k_lo, K_SPLIT)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
         m_ok = offs_m < M
         n_ok = offs_n < n_cols
-        x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
-        w_ptrs = w + offs_n[:, None].to(tl.int64) * sw + offs_k[None, :]
+        x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + k_lo + offs_k[None, :]
+        w_ptrs = w + offs_n[:, None].to(tl.int64) * sw + k_lo + offs_k[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
+        for k in range(0, tl.cdiv(k_len, BLOCK_K)):
             if EVEN_K:
                 xt = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
                 wt = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
             else:
-                k_ok = offs_k < K - k * BLOCK_K
+                k_ok = offs_k < k_len - k * BLOCK_K
                 xt = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
                 wt = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             acc += tl.dot(xt, tl.trans(wt), input_precision=DOT_PRECISION)
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
-        if has_bias:
-            acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(y + offs_m[:, None].to(tl.int64) * n_cols + offs_n[None, :], acc.to(y.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
+        rows = split * M + offs_m
+        tl.store(y + rows[:, None].to(tl.int64) * n_cols + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
 # --------------------------------------------------------------------------------------
@@ -117,38 +125,49 @@ def _config(rows: int, k: int) -> tuple[int, int, int, int, int]:
     return max(16, _utils.next_power_of_2(rows)), 32, min(256, max(32, _utils.next_power_of_2(k))), 4, 3
 
 
-def skinny_linear_triton(x, weights, biases, *, config: tuple[int, int, int, int, int] | None = None):
+def splits_for(rows: int, columns: list[int], k: int, most: int) -> int:
+    """The split count (a power of two, at most ``most``) that brings a launch over weights of
+    ``columns`` output columns each to ``TARGET_PROGRAMS`` programs, as long as every split keeps
+    at least one full ``BLOCK_K`` step of K."""
+    bm, bn, bk, _, _ = _config(rows, k)
+    programs = sum(-(-n // bn) for n in columns) * -(-rows // bm)
+    splits = 1
+    while splits * 2 <= most and programs * splits < TARGET_PROGRAMS and k // (splits * 2) >= bk:
+        splits *= 2
+    return splits
+
+
+def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int, int, int, int] | None = None):
     """Launch ``_skinny_kernel`` over ``weights`` (in launches of at most ``MAX_WEIGHTS``).
 
     ``config`` overrides ``_config`` (tests use it to exercise ragged blocks on tiny shapes under
     TRITON_INTERPRET=1; the benchmark sweeps it)."""
     if _utils.needs_device_switch(x):
         with torch.cuda.device(x.device):
-            return skinny_linear_triton(x, weights, biases, config=config)
+            return skinny_linear_triton(x, weights, splits, config=config)
     (x,) = _utils.unit_stride_last(x)
     weights = _utils.unit_stride_last(*weights)
     M, K = x.shape
-    outs = [torch.empty((M, w.shape[0]), dtype=x.dtype, device=x.device) for w in weights]
+    outs = [torch.empty((splits, M, w.shape[0]), dtype=torch.float32, device=x.device) for w in weights]
     if M == 0:
         return outs
     if K == 0:
-        return [o.zero_() if b is None else o.copy_(b.expand_as(o)) for o, b in zip(outs, biases)]
+        return [o.zero_() for o in outs]
     bm, bn, bk, warps, stages = config or _config(M, K)
+    k_split = -(-K // (splits * bk)) * bk  # whole BLOCK_K steps per split
     for lo in range(0, len(weights), MAX_WEIGHTS):
-        ws, bs, ys = (list(seq[lo:lo + MAX_WEIGHTS]) for seq in (weights, biases, outs))
+        ws, ys = weights[lo:lo + MAX_WEIGHTS], outs[lo:lo + MAX_WEIGHTS]
         n = len(ws)
         blocks = sum(-(-w.shape[0] // bn) for w in ws)
         pad = MAX_WEIGHTS - n
-        bias_mask = sum(1 << i for i, b in enumerate(bs) if b is not None)
-        bs = [b if b is not None else x for b in bs] + [x] * pad
         sizes = [w.shape[0] for w in ws] + [0] * pad
         # a one-row weight's row stride is never used: K keeps every stride a non-constant
         strides = [w.stride(0) if w.shape[0] > 1 else K for w in ws] + [K] * pad
-        _skinny_kernel[(blocks, -(-M // bm))](
-            x, *ws, *[x] * pad, *bs, *ys, *[x] * pad,  # unused slots: x (never written; no output aliased)
-            M, K, x.stride(0),
+        _skinny_kernel[(blocks, splits, -(-M // bm))](
+            x, *ws, *[x] * pad, *ys, *[x] * pad,  # unused slots: x (never written; no output aliased)
+            M, K, k_split, x.stride(0),
             *sizes, *strides,
-            NUM_W=n, BIAS_MASK=bias_mask, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
+            NUM_W=n, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             num_warps=warps, num_stages=stages,
         )
@@ -165,9 +184,16 @@ def triton_supported(x: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def skinny_linear_reference(x, weights, biases):
-    """``F.linear`` per weight, in the inputs' dtype (what the replaced linears computed)."""
-    return [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases)]
+def skinny_linear_reference(x, weights, splits: int = 1):
+    """fp32 partial products over ``splits`` near-equal ranges of K (an empty range gives zeros),
+    computed with torch's matmul."""
+    xf = x.float()
+    ranges = torch.arange(x.shape[1], device=x.device).tensor_split(splits)
+    out = []
+    for w in weights:
+        wf = w.float()
+        out.append(torch.stack([xf[:, r] @ wf[:, r].T for r in ranges]) if splits > 1 else (xf @ wf.T)[None])
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -177,43 +203,30 @@ def skinny_linear_reference(x, weights, biases):
 _OP = "skinny_linear"
 
 
-def _check(x, weights, biases) -> None:
+def _check(x, weights, splits) -> None:
     """Full validation with messages naming the bad argument; works on symbolic sizes."""
     _utils.check_tensor(x, "x", _OP)
     _utils.check_float_dtype(x, "x", _OP)
     check(x.dim() == 2, f"regionc.{_OP}: x must be 2-D [M, K], got shape {tuple(x.shape)}")
     check(len(weights) > 0, f"regionc.{_OP}: weights is empty")
-    check(len(biases) == len(weights),
-          f"regionc.{_OP}: {len(weights)} weights but {len(biases)} biases (one per weight, None for none)")
+    check(splits >= 1, f"regionc.{_OP}: splits must be at least 1, got {splits}")
     tensors = {"x": x}
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, w in enumerate(weights):
         _utils.check_tensor(w, f"weights[{i}]", _OP)
         check(w.dim() == 2, f"regionc.{_OP}: weights[{i}] must be 2-D [N, K], got shape {tuple(w.shape)}")
         check(w.shape[1] == x.shape[1], f"regionc.{_OP}: weights[{i}] has K={w.shape[1]}, x has K={x.shape[1]}")
         if w.dtype != x.dtype:
             raise TypeError(f"regionc.{_OP}: weights[{i}] dtype {w.dtype} != x dtype {x.dtype}")
         tensors[f"weights[{i}]"] = w
-        if b is not None:
-            _utils.check_tensor(b, f"biases[{i}]", _OP)
-            check(b.dim() == 1 and b.shape[0] == w.shape[0],
-                  f"regionc.{_OP}: biases[{i}] must be [{w.shape[0]}], got shape {tuple(b.shape)}")
-            if b.dtype != x.dtype:
-                raise TypeError(f"regionc.{_OP}: biases[{i}] dtype {b.dtype} != x dtype {x.dtype}")
-            tensors[f"biases[{i}]"] = b
     _utils.check_same_device(_OP, **tensors)
 
 
-def _ok(x, weights, biases) -> bool:
+def _ok(x, weights, splits) -> bool:
     """Cheap happy-path validation for real tensors: attribute comparisons, no formatting."""
-    if x.dim() != 2 or x.dtype not in FLOAT_DTYPES or len(weights) == 0 or len(biases) != len(weights):
+    if x.dim() != 2 or x.dtype not in FLOAT_DTYPES or len(weights) == 0 or splits < 1:
         return False
     K, dt, dev = x.shape[1], x.dtype, x.get_device()
-    for w, b in zip(weights, biases):
-        if w.dim() != 2 or w.shape[1] != K or w.dtype != dt or w.get_device() != dev:
-            return False
-        if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0] or b.dtype != dt or b.get_device() != dev):
-            return False
-    return True
+    return all(w.dim() == 2 and w.shape[1] == K and w.dtype == dt and w.get_device() == dev for w in weights)
 
 
 # --------------------------------------------------------------------------------------
@@ -221,29 +234,29 @@ def _ok(x, weights, biases) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _skinny_cuda(x, weights, biases):
-    if not _ok(x, weights, biases):
-        _check(x, weights, biases)
-    _utils.check_no_grad(_OP, x, weights, biases)
+def _skinny_cuda(x, weights, splits=1):
+    if not _ok(x, weights, splits):
+        _check(x, weights, splits)
+    _utils.check_no_grad(_OP, x, weights)
     if triton_supported(x):
-        return skinny_linear_triton(x, weights, biases)
+        return skinny_linear_triton(x, weights, splits)
     if x.shape[0] <= MAX_ROWS:  # a fallback (more rows are a GEMM's job, by design)
         why = "triton is not installed" if not _utils.HAS_TRITON else f"K={x.shape[1]}"
-        log_once(f"skinny-fallback-{why}", "regionc.skinny_linear: no Triton kernel (%s); using torch's linear", why)
-    return skinny_linear_reference(x, weights, biases)
+        log_once(f"skinny-fallback-{why}", "regionc.skinny_linear: no Triton kernel (%s); using torch's matmul", why)
+    return skinny_linear_reference(x, weights, splits)
 
 
-def _skinny_fake(x, weights, biases):
-    _check(x, weights, biases)
-    _utils.check_no_grad(_OP, x, weights, biases)
-    return [x.new_empty((x.shape[0], w.shape[0])) for w in weights]
+def _skinny_fake(x, weights, splits=1):
+    _check(x, weights, splits)
+    _utils.check_no_grad(_OP, x, weights)
+    return [x.new_empty((splits, x.shape[0], w.shape[0]), dtype=torch.float32) for w in weights]
 
 
-def _skinny_cpu(x, weights, biases):
-    _check(x, weights, biases)
-    return skinny_linear_reference(x, weights, biases)
+def _skinny_cpu(x, weights, splits=1):
+    _check(x, weights, splits)
+    return skinny_linear_reference(x, weights, splits)
 
 
-_utils.define_op(_OP, "(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]", cuda=_skinny_cuda,
+_utils.define_op(_OP, "(Tensor x, Tensor[] weights, int splits=1) -> Tensor[]", cuda=_skinny_cuda,
                  fake=_skinny_fake)
 _utils.register_cpu(_OP, _skinny_cpu)

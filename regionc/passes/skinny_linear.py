@@ -2,23 +2,28 @@
 
 What it looks for in the post-grad graph: a linear as AOTAutograd leaves it, ::
 
-    mm(reshape(x, [M, K]), permute(W, [1, 0]))            # or aten.t(W); addmm(b, ...) with a bias
-                                                          # (a [N] bias goes into the op; any other
-                                                          # addend, e.g. a residual Inductor folded
-                                                          # in, is added after it)
+    mm(reshape(x, [M, K]), permute(W, [1, 0]))            # or aten.t(W); addmm(b, ...) with a bias,
+                                                          # or with any addend Inductor folded in
+                                                          # (a residual)
 
 with ``M`` a static number of rows at most ``ops.skinny_linear.MAX_ROWS`` (a decode step's tokens),
-x and W of one float dtype and W's rows unit-strided on K. Linears whose inputs are the same
-tensor (the reshapes of one node, as HF's q/k/v and gate/up projections each reshape the normed
-hidden state) become one call, their weights a list: a decoder layer's seven projections become
-four calls (q/k/v, o, gate/up, down). The decision table swaps a call in by its class, ``group`` or
-``single`` and its row count: on CUDA only the groups at 16 rows or fewer, where one launch over
-several weights beats cuBLAS's launch per weight (a lone o or down projection is faster on cuBLAS).
+x and W of one float dtype and W's rows unit-strided on K. Each becomes, in the graph, ::
+
+    parts = regionc.skinny_linear(x, [W, ...], splits)      # fp32 partial products over K
+    y = convert_element_type(sum(parts[i], [0]) + b, dtype)
+
+so the sum over the splits, the bias or addend and the cast are pointwise work that Inductor folds
+into the consumer's kernel (``splits`` is at most Inductor's ``unroll_reductions_threshold``, below
+which it inlines a sum as loads), with one rounding to the model's dtype as in cuBLAS's epilogue.
+
+Linears whose inputs are the same tensor (the reshapes of one node, as HF's q/k/v and gate/up
+projections each reshape the normed hidden state) become one call, their weights a list: a decoder
+layer's seven projections become four calls (q/k/v, o, gate/up, down). The decision table swaps a
+call in by its class, ``group`` or ``single``, and its row count.
 
 Only weights that are graph inputs (the parameters, lifted) are grouped: a weight computed in the
 graph could depend on a sibling's output, and one call for both would be a cycle; such a linear
-is swapped alone. Everything else (bias-free and biased linears alike) keeps its meaning: the op
-computes ``x @ W.T + b`` per weight.
+is swapped alone.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import operator
 
 import torch
 import torch.fx
+from torch._inductor import config as inductor_config
 
-from regionc.ops.skinny_linear import MAX_ROWS
+from regionc.ops.skinny_linear import MAX_ROWS, splits_for
 from regionc.passes import _graph
 from regionc.passes._graph import aten, is_call, same, shape_str, tensor_val
 
@@ -51,9 +57,9 @@ def match_at(node: torch.fx.Node):
     """(linear spec, None) | (None, skip reason) | (None, None) when ``node`` is not a linear."""
     if is_call(node, aten.mm.default):
         x, wt_node = node.args[:2]
-        bias = None
+        addend = None
     elif is_call(node, aten.addmm.default):
-        bias, x, wt_node = node.args[:3]
+        addend, x, wt_node = node.args[:3]
         if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
             return None, None
     else:
@@ -72,20 +78,11 @@ def match_at(node: torch.fx.Node):
         return None, f"{desc}: x and weight dtypes {xt.dtype} / {wv.dtype}"
     if not same(wv.shape[1], k) or not same(wv.stride(1), 1):
         return None, f"{desc}: the weight is not [N, K] with unit stride on K"
-    added = None
-    if bias is not None:
-        bt = tensor_val(bias)
-        if bt is None or bt.dtype != xt.dtype:
-            return None, f"{desc}: a bias of another dtype"
-        if bt.dim() != 1 or not same(bt.shape[0], wv.shape[0]):
-            # Inductor folds a following add into addmm (a residual, a repeated sibling): the op
-            # computes the product, the add stays an add (Inductor fuses it with its consumer)
-            bias, added = None, bias
-    return {"out": node, "x": x, "w": w, "b": bias, "added": added, "rows": rows, "dtype": xt.dtype}, None
+    return {"out": node, "x": x, "w": w, "addend": addend, "rows": rows, "dtype": xt.dtype}, None
 
 
 def find(graph: torch.fx.Graph):
-    """The linears, grouped: ``[{"x", "weights", "biases", "outs", "rows", "desc"}, ...]``."""
+    """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "dtype", "device", "desc"}, ...]``."""
     linears, skips = _graph.split_matches(match_at(node) for node in list(graph.nodes))
     groups: dict = {}
     for spec in linears:
@@ -100,8 +97,9 @@ def find(graph: torch.fx.Graph):
         xt = tensor_val(first["x"])
         columns = "+".join(str(_graph.hint(tensor_val(m["w"]).shape[0])) for m in members)
         found.append({
-            "x": first["x"], "weights": [m["w"] for m in members], "biases": [m["b"] for m in members],
-            "added": [m["added"] for m in members], "outs": [m["out"] for m in members], "rows": first["rows"], "device": xt.device,
+            "x": first["x"], "weights": [m["w"] for m in members], "addends": [m["addend"] for m in members],
+            "outs": [m["out"] for m in members], "rows": first["rows"],
+            "dtype": first["dtype"], "device": xt.device,
             "desc": f"{NAME} at x{shape_str(xt)} × {len(members)} weight(s) of {columns} columns "
                     f"{_graph.dtype_str(first['dtype'])}",
         })
@@ -109,14 +107,20 @@ def find(graph: torch.fx.Graph):
 
 
 def rewrite(graph: torch.fx.Graph, group) -> None:
-    """One call before the group's first linear (``finish`` reorders if a bias comes later)."""
+    """One call before the group's first linear (``finish`` reorders if a bias comes later), then per
+    linear the sum of its partials, its bias (or other addend) in fp32, and one cast to the model's dtype."""
     first = group["outs"][0]
+    columns = [_graph.hint(tensor_val(w).shape[0]) for w in group["weights"]]
+    k = _graph.hint(tensor_val(group["x"]).shape[1])
+    splits = splits_for(group["rows"], columns, k, most=inductor_config.unroll_reductions_threshold)
     call = _graph.insert_call(graph, first, torch.ops.regionc.skinny_linear.default,
-                              (group["x"], list(group["weights"]), list(group["biases"])))
-    for i, (out, added) in enumerate(zip(group["outs"], group["added"])):
+                              (group["x"], list(group["weights"]), splits))
+    for i, (out, addend) in enumerate(zip(group["outs"], group["addends"])):
         result = _graph.insert_call(graph, first, operator.getitem, (call, i))
-        if added is not None:
-            result = _graph.insert_call(graph, out, aten.add.Tensor, (result, added))
+        result = _graph.insert_call(graph, first, aten.sum.dim_IntList, (result, [0]))
+        if addend is not None:
+            result = _graph.insert_call(graph, out, aten.add.Tensor, (result, addend))
+        result = _graph.insert_call(graph, out, torch.ops.prims.convert_element_type.default, (result, group["dtype"]))
         out.replace_all_uses_with(result)
 
 

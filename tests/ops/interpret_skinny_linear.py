@@ -1,7 +1,7 @@
 """Runs the skinny-linear Triton kernel through its launcher on CPU tensors under
-TRITON_INTERPRET=1 (tiny shapes) and checks it against float64 linears. Executed in a subprocess by
-test_skinny_linear.py (the variable must be set before triton is imported). Prints one line per
-case; exits non-zero on failure.
+TRITON_INTERPRET=1 (tiny shapes) and checks its summed partials against float64 linears. Executed
+in a subprocess by test_skinny_linear.py (the variable must be set before triton is imported).
+Prints one line per case; exits non-zero on failure.
 
 fp16/fp32 only: the interpreter's tl.dot on bfloat16 returns garbage on the CPU (see
 interpret_kernels.py); bf16 is covered by the GPU tests.
@@ -25,12 +25,12 @@ def rand(*shape, dtype):
     return (torch.randn(*shape, generator=gen) / shape[-1] ** 0.25).to(dtype)
 
 
-def expect(name, outs, x, weights, biases, atol):
-    refs = [torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
-            for w, b in zip(weights, biases)]
-    errs = [(o.double() - r).abs().max().item() if o.shape == r.shape else float("inf") for o, r in zip(outs, refs)]
-    ok = len(outs) == len(refs) and all(e <= atol for e in errs) and all(o.dtype == x.dtype for o in outs) \
-        and all(o.is_contiguous() for o in outs)
+def expect(name, parts, x, weights, splits, atol):
+    refs = [torch.nn.functional.linear(x.double(), w.double()) for w in weights]
+    shapes_ok = all(p.shape == (splits, *r.shape) and p.dtype == torch.float32 and p.is_contiguous()
+                    for p, r in zip(parts, refs))
+    errs = [(p.double().sum(0) - r).abs().max().item() if shapes_ok else float("inf") for p, r in zip(parts, refs)]
+    ok = len(parts) == len(refs) and shapes_ok and all(e <= atol for e in errs)
     print(f"{'ok ' if ok else 'BAD'} {name}: max abs err {max(errs):.2e}")
     if not ok:
         failures.append(name)
@@ -40,34 +40,33 @@ for dtype in (torch.float16, torch.float32):
     # q/k/v: three weights in one launch, column counts that do not fill a block, K a multiple of BLOCK_K
     x = rand(8, 64, dtype=dtype)
     ws = [rand(48, 64, dtype=dtype), rand(16, 64, dtype=dtype), rand(20, 64, dtype=dtype)]
-    bs = [None, None, None]
-    expect(f"three weights {dtype}", skinny_linear_triton(x, ws, bs, config=(16, 16, 32, 4, 2)), x, ws, bs,
+    expect(f"three weights {dtype}", skinny_linear_triton(x, ws, config=(16, 16, 32, 4, 2)), x, ws, 1, ATOL[dtype])
+    # two splits of K, then three over two K steps (the last split is empty: zeros)
+    expect(f"two splits {dtype}", skinny_linear_triton(x, ws, 2, config=(16, 16, 32, 4, 2)), x, ws, 2, ATOL[dtype])
+    expect(f"an empty split {dtype}", skinny_linear_triton(x, ws, 3, config=(16, 16, 32, 4, 2)), x, ws, 3,
            ATOL[dtype])
-    # a ragged K (masked tail), biases on some weights, one row
+    # a ragged K (masked tail), split, one row
     x = rand(1, 40, dtype=dtype)
     ws = [rand(20, 40, dtype=dtype), rand(7, 40, dtype=dtype)]
-    bs = [rand(20, dtype=dtype), None]
-    expect(f"ragged K, one bias, one row {dtype}", skinny_linear_triton(x, ws, bs, config=(16, 16, 16, 4, 2)),
-           x, ws, bs, ATOL[dtype])
+    expect(f"ragged K, two splits, one row {dtype}", skinny_linear_triton(x, ws, 2, config=(16, 16, 16, 4, 2)),
+           x, ws, 2, ATOL[dtype])
     # six weights: two launches (four pointer slots each)
     x = rand(5, 32, dtype=dtype)
     ws = [rand(n, 32, dtype=dtype) for n in (16, 3, 33, 8, 17, 1)]
-    bs = [rand(n, dtype=dtype) if i % 2 else None for i, n in enumerate((16, 3, 33, 8, 17, 1))]
-    expect(f"six weights in two launches {dtype}", skinny_linear_triton(x, ws, bs, config=(16, 16, 32, 4, 2)),
-           x, ws, bs, ATOL[dtype])
+    expect(f"six weights in two launches {dtype}", skinny_linear_triton(x, ws, config=(16, 16, 32, 4, 2)),
+           x, ws, 1, ATOL[dtype])
     # more rows than a row block; weights that are row slices of a wider matrix (row stride > K); an x
     # whose K is strided (copied by the launcher)
     big = rand(24, 96, dtype=dtype)
     x = rand(40, 2 * 64, dtype=dtype)[:, ::2]
     ws = [big[:, :64], big[:10, 32:]]
-    bs = [None, rand(10, dtype=dtype)]
-    expect(f"row blocks, strided weights and x {dtype}", skinny_linear_triton(x, ws, bs, config=(16, 32, 32, 4, 2)),
-           x, ws, bs, ATOL[dtype])
+    expect(f"row blocks, strided weights and x, two splits {dtype}",
+           skinny_linear_triton(x, ws, 2, config=(16, 32, 32, 4, 2)), x, ws, 2, ATOL[dtype])
 
-# the default launch parameters (a column block chosen from the GPU's size, a 256-wide K block)
+# the default launch parameters (a 256-wide K block)
 x = rand(3, 300, dtype=torch.float16)
 ws = [rand(70, 300, dtype=torch.float16), rand(9, 300, dtype=torch.float16)]
-expect("default config", skinny_linear_triton(x, ws, [None, None]), x, ws, [None, None], ATOL[torch.float16])
+expect("default config", skinny_linear_triton(x, ws), x, ws, 1, ATOL[torch.float16])
 
 if failures:
     print(f"{len(failures)} FAILED: {failures}")
