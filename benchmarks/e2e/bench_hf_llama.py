@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,10 @@ def build(layers: int):
         return transformers.LlamaModel(cfg).to(torch.bfloat16).eval()
 
 
+#: extra regionc options for every regionc variant (``--options``, an A/B such as Inductor's combo kernels)
+EXTRA_OPTIONS: dict = {}
+
+
 def compiled(variant: str, model, cache_dir: str, decode: bool):
     import torch
 
@@ -55,7 +60,7 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
     from benchmarks.common import decode_ops_swapped
 
     mode = "reduce-overhead" if decode else None
-    options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {})}
+    options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {}), **EXTRA_OPTIONS}
     if variant == "eager":
         return model
     if variant == "reduce_overhead":
@@ -190,7 +195,11 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(DECODE_VARIANTS), choices=DECODE_VARIANTS,
                         help="decode variants (eager always runs: it is the reference)")
     parser.add_argument("--batches", type=int, nargs="+", help="decode cases of these batch sizes only")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='extra regionc options (JSON) for the regionc variants, e.g. \'{"inductor_config": '
+                             '{"combo_kernels": true}}\'')
     args = parser.parse_args()
+    EXTRA_OPTIONS.update(args.options)
     import torch
 
     from benchmarks.common import write_results
@@ -205,7 +214,7 @@ def main() -> int:
             rows += prefill_rows(model, cache_dir, args.rounds)
         if "decode" not in args.skip:
             rows += decode_rows(model, args.layers, cache_dir, args.rounds, args.variants, args.batches)
-    print(write_results(args.out, "hf_llama", {"layers": args.layers, "rows": rows}))
+    print(write_results(args.out, "hf_llama", {"layers": args.layers, "options": args.options, "rows": rows}))
     return 0
 
 
