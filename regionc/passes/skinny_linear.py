@@ -13,8 +13,9 @@ x and W of one float dtype and W's rows unit-strided on K. Each becomes, in the 
     y = convert_element_type(sum(parts[i], [0]) + b, dtype)
 
 so the sum over the splits, the bias or addend and the cast are pointwise work that Inductor folds
-into the consumer's kernel (``splits`` is at most Inductor's ``unroll_reductions_threshold``, below
-which it inlines a sum as loads), with one rounding to the model's dtype as in cuBLAS's epilogue.
+into the consumer's kernel (``splits`` stays below Inductor's ``unroll_reductions_threshold``, under
+which it inlines a sum as loads; at the threshold the sum is a kernel of its own), with one rounding
+to the model's dtype as in cuBLAS's epilogue.
 
 Linears whose inputs are the same tensor (the reshapes of one node, as HF's q/k/v and gate/up
 projections each reshape the normed hidden state) become one call, their weights a list: a decoder
@@ -112,7 +113,7 @@ def rewrite(graph: torch.fx.Graph, group) -> None:
     first = group["outs"][0]
     columns = [_graph.hint(tensor_val(w).shape[0]) for w in group["weights"]]
     k = _graph.hint(tensor_val(group["x"]).shape[1])
-    splits = splits_for(group["rows"], columns, k, most=inductor_config.unroll_reductions_threshold)
+    splits = splits_for(group["rows"], columns, k, most=inductor_config.unroll_reductions_threshold - 1)
     call = _graph.insert_call(graph, first, torch.ops.regionc.skinny_linear.default,
                               (group["x"], list(group["weights"]), splits))
     for i, (out, addend) in enumerate(zip(group["outs"], group["addends"])):
