@@ -16,7 +16,7 @@ down alone. Providers:
 
 Each timing is device time in a CUDA graph of one call per weight copy, over enough copies to
 pass 256 MiB, so every call reads its weights from HBM as in a model (a layer's weights are
-far larger than L2). ``--sweep`` also times, at 8 rows, the kernel's launch configurations
+far larger than L2). ``--sweep`` also times, at 8 and 32 rows, the kernel's launch configurations
 (``config_sweep``: what ``ops.skinny_linear._config`` is chosen from) and split counts 1-8
 (``split_sweep``: what ``TARGET_PROGRAMS`` is chosen from). Writes
 ``skinny_linear.json`` and ``skinny_linear.png`` (GB/s against rows, a panel per group).
@@ -53,6 +53,7 @@ GROUPS = {
 ROWS = (1, 8, 16, 32, 64)
 SWEEP = {"block_n": (16, 32, 64), "block_k": (128, 256, 512), "stages": (3, 4), "warps": (4,)}
 SPLITS = (1, 2, 4, 8)
+SWEEP_ROWS = (8, 32)
 
 
 def time_rotating(call, sets) -> float:
@@ -113,7 +114,7 @@ def run(out_dir: str, groups: list[str], rows_list, sweep: bool, budget_s: float
                 if "ms" in row:
                     print(f"{shape:20s} {provider:14s} {row['ms'] * 1e3:8.1f} us {row['GBps']:7.0f} GB/s "
                           f"({row['pct_copy_bw']:5.1f}% copy)")
-            if sweep and m == 8:
+            if sweep and m in SWEEP_ROWS:
                 cases = [("config_sweep", (max(16, 1 << (m - 1).bit_length()), bn, bk, warps, stages), splits)
                          for bn, bk, stages, warps in itertools.product(*SWEEP.values())]
                 cases += [("split_sweep", _config(m, k), s) for s in SPLITS]
@@ -171,7 +172,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/skinny_linear")
     ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS), metavar="GROUP")
     ap.add_argument("--rows", type=int, nargs="+", default=list(ROWS))
-    ap.add_argument("--sweep", action="store_true", help="also time launch configurations and split counts at 8 rows")
+    ap.add_argument("--sweep", action="store_true", help="also time launch configurations and split counts at 8 and 32 rows")
     ap.add_argument("--budget-s", type=float, default=240.0, help="skip the remaining shapes after this long")
     args = ap.parse_args()
     run(args.out, args.groups, args.rows, args.sweep, args.budget_s)
