@@ -121,7 +121,7 @@ def _config(rows: int, k: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): 32 columns × 128 of K per step in a
     3-deep pipeline. With K split, the best or within 0.2 µs of it for all four projections of a
     2048-wide GQA layer at 8 rows on an H200 (q/k/v 6.4 µs, o 5.2, gate/up 20.7, down 11.5, against
-    cuBLAS's 17.7, 6.2, 23.5, 14.0; benchmarks/results/skinny_linear/h200-2026-12-03-split-k.json,
+    cuBLAS's 17.7, 6.2, 23.5, 14.0; benchmarks/results/skinny_linear/h200-2026-12-03-split-k-sweep.json,
     ``config_sweep``)."""
     return max(16, _utils.next_power_of_2(rows)), 32, min(128, max(32, _utils.next_power_of_2(k))), 4, 3
 

@@ -96,24 +96,25 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
               "3900; batch 32 cache 4096: 22.15 -> 6.81; batch 1 cache 256: 3.10 -> 3.04; demo decoder batch 8: "
               "3.13 -> 2.87, batch 32: 4.29 -> 3.02 (H200, 2026-12-02)"),
     # ---------------------------------------------------------------- CUDA skinny linears (bf16, one H200)
-    # benchmarks/results/skinny_linear/h200-2026-12-03.json: device µs per call in a CUDA graph over rotated
-    # weight copies (HBM reads), regionc vs cuBLAS per weight (what Inductor emits); end to end,
-    # benchmarks/results/hf_llama/h200-2026-12-03-decode-skinny-all.json (every group swapped, o and down too),
-    # and with this table (groups only) benchmarks/results/hf_llama/h200-2026-12-03-decode.json.
+    # benchmarks/results/skinny_linear/h200-2026-12-03-split-k.json: device µs per call in a CUDA graph over rotated
+    # weight copies (HBM reads), the op with K split (its partials summed later, in the consumer's kernel) vs
+    # cuBLAS per weight (what Inductor emits). End to end, HF Llama 32 x 2048 on a StaticCache, ms per step,
+    # benchmarks/results/hf_llama/h200-2026-12-03-decode-split-k.json: regionc_backend (groups at <= 16 rows
+    # swapped) vs regionc_backend_swap (every linear swapped); H200, torch 2.11.0+cu130, triton 3.6.0, 2026-12-03.
     ("cuda", "skinny_linear", "group, rows<=16"): Decision(
-        True, "faster: one launch reads all the weights of one input; at 8 rows q/k/v of a 2048-wide GQA layer "
-              "8.6 vs 18.0 us, gate/up 22.8 vs 23.2 (4096-wide: 18.9 vs 28.7, 65.3 vs 63.4); HF Llama 32 x 2048 "
-              "batch 8 decode with every group swapped, o and down too: 3.26 -> 3.08 ms at position 512, "
-              "3.54 -> 3.36 at 3900; with the groups only, 2.46 ms at 512 and 2.96 at 3900 against "
-              "reduce-overhead's 7.86, batch 1 2.32 against 3.06 (H200, torch 2.11.0+cu130, triton 3.6.0, 2026-12-03)"),
+        True, "faster: one launch reads every weight of one input; at 8 rows q/k/v of a 2048-wide GQA layer 6.2 "
+              "vs 17.5 us (6.5 on packed weights), gate/up 19.7 vs 22.3 (4096-wide: 15.8 vs 29.1, 59.9 vs 62.2); "
+              "HF Llama batch 8: 7.87 ms with reduce-overhead, 2.40 at position 512 with these groups swapped"),
     ("cuda", "skinny_linear", "single, rows<=16"): Decision(
-        False, "cuBLAS faster for one weight: o 2048x2048 7.1 vs 6.1 us, down 8192->2048 19.5 vs 14.1 at 8 rows "
-               "(H200, 2026-12-03)"),
-    ("cuda", "skinny_linear", "group, rows<=64"): Decision(
-        False, "slower at 32 rows for the largest group: gate/up 2048->2x8192 28.7 vs 23.2 us (q/k/v 9.3 vs 17.8); "
-               "batch 32 decode is not weight-bound alone (H200, 2026-12-03)"),
+        True, "faster with K split over more programs: at 8 rows o 2048x2048 5.0 vs 6.1 us, down 8192->2048 10.9 "
+              "vs 13.8 (4096-wide 11.0 vs 13.3, 31.5 vs 33.2); HF Llama with the singles swapped too: batch 8 "
+              "2.401 -> 2.332 ms at position 512, 2.893 -> 2.824 at 3900, batch 1 2.213 -> 2.144"),
     ("cuda", "skinny_linear", "single, rows<=64"): Decision(
-        False, "cuBLAS faster for one weight at 32 rows: o 7.3 vs 6.3 us, down 19.8 vs 14.5 (H200, 2026-12-03)"),
+        True, "faster at 32 rows: o 5.5 vs 6.2 us, down 11.8 vs 14.4 (4096-wide 11.7 vs 13.9, 33.1 vs 34.4)"),
+    ("cuda", "skinny_linear", "group, rows<=64"): Decision(
+        False, "mixed at 32 rows: q/k/v 7.0 vs 17.7 us and gate/up 21.2 vs 23.1 at 2048 wide, but the 4096-wide "
+               "gate/up 89.0 vs 64.9 (its input, re-read by every 32-column program, is as many bytes as the "
+               "weights); HF Llama batch 32 with every linear swapped: 3.202 -> 2.747 ms"),
     ("cuda", "decode_attention", "native"): Decision(
         False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
                "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"

@@ -188,13 +188,13 @@ def test_pass_can_be_turned_off():
     assert PassManager(Config.build(ALWAYS), "cpu").uuid() != pm.uuid()
 
 
-def test_decision_table_swaps_on_cuda_only_groups_of_few_rows():
+def test_decision_table_swaps_on_cuda_all_but_groups_past_16_rows():
     from regionc.passes.decisions import decide, shape_class
 
     assert shape_class("skinny_linear", rows=8, weights=3) == "group, rows<=16"
-    assert decide("cuda", "skinny_linear", shape_class("skinny_linear", rows=8, weights=2)).swap
-    for rows, weights in ((8, 1), (32, 2), (32, 1)):
-        assert not decide("cuda", "skinny_linear", shape_class("skinny_linear", rows=rows, weights=weights)).swap
+    for rows, weights in ((8, 2), (8, 1), (32, 1)):
+        assert decide("cuda", "skinny_linear", shape_class("skinny_linear", rows=rows, weights=weights)).swap
+    assert not decide("cuda", "skinny_linear", shape_class("skinny_linear", rows=32, weights=2)).swap
     assert not decide("cpu", "skinny_linear", "group, rows<=16").swap
 
 
@@ -202,11 +202,12 @@ def test_decision_table_swaps_on_cuda_only_groups_of_few_rows():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch, kernel_choice, swapped", [(1, "always", 4), (8, "always", 4), (8, "auto", 2)])
+@pytest.mark.parametrize("batch, kernel_choice, swapped", [(1, "always", 4), (8, "always", 4), (8, "auto", 4),
+                                                           (32, "auto", 2)])
 def test_cuda_hf_llama_static_cache(batch, kernel_choice, swapped):
     """bf16 decode on the GPU: the pass finds the projections on the GPU's torch and the kernel's
-    output stays within bf16 noise of eager through every step; by default (the decision table) only
-    the groups (q/k/v, gate/up) are swapped."""
+    output stays within bf16 noise of eager through every step; by default (the decision table) all
+    four projections are swapped at 8 rows, and at 32 rows only the single ones (o, down)."""
     transformers = pytest.importorskip("transformers")
     cuda = torch.device("cuda")
     cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
