@@ -4,7 +4,7 @@
 * ``rope(q, k, cos, sin, style, layout)``                                            (rope.py)
 * ``attention(q, k, v, causal, scale)``                                              (attention.py)
 * ``decode_attention(q, k_cache, v_cache, mask, kv_len, scale)``                     (decode_attention.py)
-* ``skinny_linear(x, weights, biases)``                                              (skinny_linear.py)
+* ``skinny_linear(x, weights, splits)``                                              (skinny_linear.py)
 
 Each has a fake kernel (torch.compile), a CUDA kernel (Triton) and a CPU kernel: the C++ one
 from ``regionc._C`` for rms_norm / fused_add_rms_norm / rope when the extension is built (and

@@ -16,7 +16,14 @@ from regionc.config import Config
 from regionc.models.llama import LlamaConfig, build_demo_model
 from regionc.passes import PassManager
 from tests.helpers import assert_close
-from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes, hf_decoder, prefilled_cache
+from tests.passes.pass_util import (
+    capture,
+    compile_fn_with_passes,
+    compile_with_passes,
+    cuda_hf_decode,
+    hf_decoder,
+    prefilled_cache,
+)
 
 DECODE = torch.ops.regionc.decode_attention.default
 ALWAYS = {"kernel_choice": "always"}
@@ -335,31 +342,7 @@ def test_cuda_hf_llama_static_cache(kernel_choice):
     """On the GPU's torch (its SDPA overloads and mask conversions) the pass still finds HF decode, and
     swaps by default (the decision table's measured row)."""
     transformers = pytest.importorskip("transformers")
-    cuda = torch.device("cuda")
-
-    cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
-                                   num_key_value_heads=2, vocab_size=128, head_dim=64)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = transformers.LlamaModel(cfg).to(cuda, torch.bfloat16).eval()
-
-    def prefilled():
-        cache = transformers.StaticCache(config=cfg, max_cache_len=256)
-        model(torch.arange(12, device=cuda).view(2, 6), past_key_values=cache, use_cache=True,
-              cache_position=torch.arange(6, device=cuda))
-        return cache
-
-    with torch.no_grad():
-        eager_cache, compiled_cache = prefilled(), prefilled()
-        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": kernel_choice})
-        for pos in (6, 7, 8):
-            tok = torch.randint(0, 128, (2, 1), device=cuda)
-            pos_t = torch.tensor([pos], device=cuda)
-            expected = model(tok, past_key_values=eager_cache, use_cache=True, cache_position=pos_t).last_hidden_state
-            actual = compiled(tok, past_key_values=compiled_cache, use_cache=True, cache_position=pos_t).last_hidden_state
-            err = ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
-            assert err < 2e-2, (pos, err)
-    report = regionc.last_report()
+    report = cuda_hf_decode(transformers, kernel_choice, batch=2, max_cache_len=256, intermediate_size=256)
     assert report.pass_matches.get("decode_attention", 0) >= 1, (report.pass_matches, report.pass_skips)
 
 

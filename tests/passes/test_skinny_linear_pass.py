@@ -10,13 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import regionc
 from regionc.config import Config
 from regionc.models.llama import LlamaConfig, build_demo_model
 from regionc.ops.skinny_linear import MAX_ROWS
 from regionc.passes import PassManager
 from tests.helpers import assert_close
-from tests.passes.pass_util import capture, compile_fn_with_passes, compile_with_passes, hf_decoder, prefilled_cache
+from tests.passes.pass_util import (
+    capture,
+    compile_fn_with_passes,
+    compile_with_passes,
+    cuda_hf_decode,
+    hf_decoder,
+    prefilled_cache,
+)
 
 SKINNY = torch.ops.regionc.skinny_linear.default
 ALWAYS = {"kernel_choice": "always"}
@@ -209,28 +215,5 @@ def test_cuda_hf_llama_static_cache(batch, kernel_choice, swapped):
     output stays within bf16 noise of eager through every step; by default (the decision table) all
     four projections are swapped at 8 rows, and at 32 rows only the single ones (o, down)."""
     transformers = pytest.importorskip("transformers")
-    cuda = torch.device("cuda")
-    cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
-                                   num_key_value_heads=2, vocab_size=128, head_dim=64)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = transformers.LlamaModel(cfg).to(cuda, torch.bfloat16).eval()
-
-    def prefilled():
-        cache = transformers.StaticCache(config=cfg, max_cache_len=64)
-        model(torch.arange(batch * 6, device=cuda).view(batch, 6) % 128, past_key_values=cache, use_cache=True,
-              cache_position=torch.arange(6, device=cuda))
-        return cache
-
-    with torch.no_grad():
-        eager_cache, compiled_cache = prefilled(), prefilled()
-        compiled = torch.compile(model, backend="regionc", options={"cache": False, "kernel_choice": kernel_choice})
-        for pos in (6, 7, 8):
-            tok = torch.randint(0, 128, (batch, 1), device=cuda)
-            pos_t = torch.tensor([pos], device=cuda)
-            expected = model(tok, past_key_values=eager_cache, use_cache=True, cache_position=pos_t).last_hidden_state
-            actual = compiled(tok, past_key_values=compiled_cache, use_cache=True, cache_position=pos_t).last_hidden_state
-            err = ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
-            assert err < 2e-2, (pos, err)
-    report = regionc.last_report()
+    report = cuda_hf_decode(transformers, kernel_choice, batch=batch, max_cache_len=64, intermediate_size=1024)
     assert report.pass_matches.get("skinny_linear", 0) == swapped, (report.pass_matches, report.pass_skips)
