@@ -187,14 +187,11 @@ def triton_supported(x: torch.Tensor) -> bool:
 
 def skinny_linear_reference(x, weights, splits: int = 1):
     """fp32 partial products over ``splits`` near-equal ranges of K (an empty range gives zeros),
-    computed with torch's matmul."""
-    xf = x.float()
-    ranges = torch.arange(x.shape[1], device=x.device).tensor_split(splits)
-    out = []
-    for w in weights:
-        wf = w.float()
-        out.append(torch.stack([xf[:, r] @ wf[:, r].T for r in ranges]) if splits > 1 else (xf @ wf.T)[None])
-    return out
+    computed with torch's matmul on views of x and the weights."""
+    xf, k = x.float(), x.shape[1]
+    bounds = [k * i // splits for i in range(splits + 1)]
+    return [torch.stack([xf[:, lo:hi] @ w[:, lo:hi].float().T for lo, hi in zip(bounds, bounds[1:])])
+            for w in weights]
 
 
 # --------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def match_at(node: torch.fx.Node):
 
 
 def find(graph: torch.fx.Graph):
-    """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "dtype", "device", "desc"}, ...]``."""
+    """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "columns", "dtype", "device", "desc"}, ...]``."""
     linears, skips = _graph.split_matches(match_at(node) for node in list(graph.nodes))
     groups: dict = {}
     for spec in linears:
@@ -96,12 +96,12 @@ def find(graph: torch.fx.Graph):
     for members in groups.values():
         first = members[0]
         xt = tensor_val(first["x"])
-        columns = "+".join(str(_graph.hint(tensor_val(m["w"]).shape[0])) for m in members)
+        columns = [_graph.hint(tensor_val(m["w"]).shape[0]) for m in members]
         found.append({
             "x": first["x"], "weights": [m["w"] for m in members], "addends": [m["addend"] for m in members],
             "outs": [m["out"] for m in members], "rows": first["rows"],
-            "dtype": first["dtype"], "device": xt.device,
-            "desc": f"{NAME} at x{shape_str(xt)} × {len(members)} weight(s) of {columns} columns "
+            "columns": columns, "dtype": first["dtype"], "device": xt.device,
+            "desc": f"{NAME} at x{shape_str(xt)} × {len(members)} weight(s) of {'+'.join(map(str, columns))} columns "
                     f"{_graph.dtype_str(first['dtype'])}",
         })
     return found, skips
@@ -111,9 +111,8 @@ def rewrite(graph: torch.fx.Graph, group) -> None:
     """One call before the group's first linear (``finish`` reorders if a bias comes later), then per
     linear the sum of its partials, its bias (or other addend) in fp32, and one cast to the model's dtype."""
     first = group["outs"][0]
-    columns = [_graph.hint(tensor_val(w).shape[0]) for w in group["weights"]]
     k = _graph.hint(tensor_val(group["x"]).shape[1])
-    splits = splits_for(group["rows"], columns, k, most=inductor_config.unroll_reductions_threshold - 1)
+    splits = splits_for(group["rows"], group["columns"], k, most=inductor_config.unroll_reductions_threshold - 1)
     call = _graph.insert_call(graph, first, torch.ops.regionc.skinny_linear.default,
                               (group["x"], list(group["weights"]), splits))
     for i, (out, addend) in enumerate(zip(group["outs"], group["addends"])):
