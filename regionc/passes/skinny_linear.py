@@ -83,7 +83,8 @@ def match_at(node: torch.fx.Node):
 
 
 def find(graph: torch.fx.Graph):
-    """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "columns", "dtype", "device", "desc"}, ...]``."""
+    """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "columns", "dtype", "device",
+    "desc"}, ...]``."""
     linears, skips = _graph.split_matches(match_at(node) for node in list(graph.nodes))
     groups: dict = {}
     for spec in linears:
