@@ -1,5 +1,5 @@
 """Which split shape should ``regionc.decode_attention`` launch? A sweep of keys per program
-(``block_n`` × blocks per split, via ``num_splits``) and warps, on the HF-style boolean mask over a
+(``block_n`` × blocks per split, via ``num_splits``), warps and pipeline stages, on the HF-style boolean mask over a
 4096-slot cache (bf16, 32 query / 8 KV heads), against the launcher's default choice.
 
 Times are device µs per call inside a CUDA graph (``bench_decode_attention.time_in_graph``); the
@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--positions", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    ap.add_argument("--stages", type=int, nargs="+", default=[2])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured")
@@ -48,8 +49,8 @@ def main() -> int:
         for pos in args.positions:
             mask = (torch.arange(CAPACITY, device="cuda") < pos).view(1, 1, 1, -1).expand(b, 1, 1, -1).contiguous()
             best = None
-            configs = [None] + [dict(block_n=n, num_splits=s, num_warps=w) for n, s, w in
-                                itertools.product((32, 64, 128), (4, 8, 16, 32, 64, 128), (4, 8))
+            configs = [None] + [dict(block_n=n, num_splits=s, num_warps=w, num_stages=st) for n, s, w, st in
+                                itertools.product((32, 64, 128), (4, 8, 16, 32, 64, 128), (4, 8), args.stages)
                                 if CAPACITY // n >= s]
             for kw in configs:
                 try:
