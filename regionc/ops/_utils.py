@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 
@@ -134,18 +133,6 @@ def sm_count(t: torch.Tensor) -> int:
     """Streaming multiprocessors of ``t``'s GPU; 132 (an H100) for CPU tensors (interpreter)."""
     idx = t.get_device()
     return device_properties(idx).multi_processor_count if idx >= 0 else 132
-
-
-#: programmatic dependent launch for regionc's decode kernels: 0 off, 1 on, 2 on and the skinny
-#: linear's weights prefetched into L2 before the wait (``REGIONC_PDL``, an A/B)
-PDL_LEVEL = int(os.environ.get("REGIONC_PDL", "0"))
-
-
-def pdl(t: torch.Tensor) -> int:
-    """The programmatic-dependent-launch level for a launch on ``t``'s GPU (0: none): a kernel's
-    blocks start while the kernel before it finishes, and wait (``gdc_wait``) before their first
-    read of a tensor an earlier kernel may write. Hopper (sm90) and newer only."""
-    return PDL_LEVEL if t.is_cuda and capability(t.get_device())[0] >= 9 else 0
 
 
 def next_power_of_2(n: int) -> int:

@@ -91,10 +91,7 @@ if _utils.HAS_TRITON:
         HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, SINGLE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_P2: tl.constexpr,
         MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr, MASK_FLOOR: tl.constexpr,
-        PDL: tl.constexpr,
     ):
-        if PDL != 0:
-            tl.extra.cuda.gdc_wait()  # q and the cache are written by the kernels before
         split = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // HKV).to(tl.int64)
@@ -176,8 +173,6 @@ if _utils.HAS_TRITON:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
 
-        if PDL != 0:
-            tl.extra.cuda.gdc_launch_dependents()
         if SINGLE:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(OUT + b * stride_ob + h[:, None] * stride_oh + qi[:, None] * stride_om + offs_d[None, :],
@@ -193,10 +188,8 @@ if _utils.HAS_TRITON:
     @triton.jit(do_not_specialize=["HQ", "N_SPLITS"])
     def _decode_reduce_kernel(
         PART, OUT, stride_ob, stride_oh, stride_om, HQ, N_SPLITS,
-        HEAD_DIM: tl.constexpr, LQ: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr,
+        HEAD_DIM: tl.constexpr, LQ: tl.constexpr, SPLITS_P2: tl.constexpr,
     ):
-        if PDL != 0:
-            tl.extra.cuda.gdc_wait()
         row = tl.program_id(0).to(tl.int64)
         offs_s = tl.arange(0, SPLITS_P2)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -286,8 +279,6 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     part = (torch.empty((B * HQ * LQ, splits, D + 2), dtype=torch.float32, device=q.device)
             if splits > 1 else out)
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    pdl = _utils.pdl(q)
-    launch = {"launch_pdl": True} if pdl else {}
     qs, ks, vs, os_ = q.stride(), k_cache.stride(), v_cache.stride(), out.stride()
     _decode_split_kernel[(splits, B * HKV)](
         q, k_cache, v_cache, m, lens, part, out, sm_scale * LOG2E,
@@ -302,13 +293,13 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
         BLOCKS_P2=max(2, _utils.next_power_of_2(per_split)),
         MASK_KIND=kind, HAS_LEN=kv_len is not None, MASK_FLOOR=_mask_floor(m) if kind == _MASK_ADD else 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
-        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES, **launch,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
     )
     if splits > 1:
         _decode_reduce_kernel[(B * HQ * LQ,)](
             part, out, os_[0], os_[1], os_[2], HQ, splits,
-            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), PDL=pdl, num_warps=4, **launch,
+            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), num_warps=4,
         )
     return out
 

@@ -58,22 +58,13 @@ if _utils.HAS_TRITON:
     # count may be 1, which Triton would turn into a constant, so those are not specialised. The
     # row strides are (the launcher never passes 1): their divisibility by 16, like the pointers'
     # alignment, is what lets the weight loads be 16-byte vectors.
-    @triton.jit
-    def _prefetch_l2(ptrs, ok):
-        """Ask for the 128-byte lines at ``ptrs`` (where ``ok``) to be brought into L2, without
-        waiting for them or holding registers."""
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-            "=r,l,r", [ptrs, ok.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
     @triton.jit(do_not_specialize=[f"N{i}" for i in range(4)])
     def _skinny_kernel(
         X, W0, W1, W2, W3, Y0, Y1, Y2, Y3,
         M, K, K_SPLIT, stride_xm,
         N0, N1, N2, N3, SW0, SW1, SW2, SW3,
         NUM_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
-        LINES: tl.constexpr,
+        BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         pid = tl.program_id(0)
         split = tl.program_id(1)
@@ -105,15 +96,6 @@ if _utils.HAS_TRITON:
         n_ok = offs_n < n_cols
         x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + k_lo + offs_k[None, :]
         w_ptrs = w + offs_n[:, None].to(tl.int64) * sw + k_lo + offs_k[None, :]
-        if PDL == 2:
-            # the weights do not depend on the kernel before: start their trip to L2 now
-            offs_line = tl.arange(0, LINES) * (BLOCK_K // LINES)  # one address per 128-byte line
-            lines = w + offs_n[:, None].to(tl.int64) * sw + k_lo + offs_line[None, :]
-            for k in range(0, tl.cdiv(k_len, BLOCK_K)):
-                _prefetch_l2(lines, n_ok[:, None] & (offs_line[None, :] < k_len - k * BLOCK_K))
-                lines += BLOCK_K
-        if PDL != 0:
-            tl.extra.cuda.gdc_wait()  # x is written by the kernel before
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in range(0, tl.cdiv(k_len, BLOCK_K)):
             if EVEN_K:
@@ -126,8 +108,6 @@ if _utils.HAS_TRITON:
             acc += tl.dot(xt, tl.trans(wt), input_precision=DOT_PRECISION)
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
-        if PDL != 0:
-            tl.extra.cuda.gdc_launch_dependents()
         rows = split * M + offs_m
         tl.store(y + rows[:, None].to(tl.int64) * n_cols + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
 
@@ -176,8 +156,6 @@ def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int,
         return [o.zero_() for o in outs]
     bm, bn, bk, warps, stages = config or _config(M, K)
     k_split = -(-K // (splits * bk)) * bk  # whole BLOCK_K steps per split
-    pdl = _utils.pdl(x)
-    launch = {"launch_pdl": True} if pdl else {}
     for lo in range(0, len(weights), MAX_WEIGHTS):
         ws, ys = weights[lo:lo + MAX_WEIGHTS], outs[lo:lo + MAX_WEIGHTS]
         n = len(ws)
@@ -191,8 +169,8 @@ def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int,
             M, K, k_split, x.stride(0),
             *sizes, *strides,
             NUM_W=n, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
-            DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl,
-            LINES=max(1, bk * x.element_size() // 128), num_warps=warps, num_stages=stages, **launch,
+            DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            num_warps=warps, num_stages=stages,
         )
     return outs
 
