@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -198,7 +199,13 @@ def main() -> int:
     parser.add_argument("--position", type=int, default=512, help="hf_llama: the position every step decodes at")
     parser.add_argument("--variants", nargs="+",
                         help="in this order; a name may repeat (latency drifts with the order in a process)")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help="hf_llama: extra regionc options (JSON) for the regionc variants, as bench_hf_llama.py's")
     args = parser.parse_args()
+    if args.options:
+        from benchmarks.e2e.bench_hf_llama import EXTRA_OPTIONS
+
+        EXTRA_OPTIONS.update(args.options)
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -208,7 +215,7 @@ def main() -> int:
         return 0
     from benchmarks.common import cuda_median_ms, write_results
 
-    results = {"model": args.model, "layers": args.layers, "rows": []}
+    results = {"model": args.model, "layers": args.layers, "options": args.options, "rows": []}
     if args.model == "hf_llama":
         results.update(cache_len=args.cache_len, position=args.position)
     with tempfile.TemporaryDirectory(prefix="profile-decode-") as cache_dir, torch.no_grad():
@@ -241,7 +248,7 @@ def main() -> int:
                       f"before replay {before_us:6.1f} us  after {after_us:6.1f} us", flush=True)
                 for call in op_calls:
                     print(f"    decode-attention op: {call}")
-                for k in kernels[:12]:
+                for k in kernels[:16]:
                     print(f"      {k['us_per_step']:8.1f} us  x{k['per_step']:5.1f}  {k['kernel'][:100]}")
                 print("    idle before:")
                 for g in gaps[:8]:

@@ -57,14 +57,17 @@ from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
 TRITON_HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 
-#: keys per program and launch shape (measured by benchmarks/kernels/bench_decode_attention.py)
-BLOCK_N = 64
+#: keys per block and launch shape, and programs per SM the split count aims at over the whole
+#: cache (a short valid length uses fewer): the best of a sweep over block size, split count,
+#: warps and stages at batch 8 on a 4096-slot cache, positions 512 and 3900 on an H200 — 7.5 and
+#: 22.8 µs against 9.4 and 25.5 with 64-key blocks at 8 programs per SM
+#: (benchmarks/results/decode_attention/h200-2026-12-03-split-sweep.json)
+BLOCK_N = 128
 NUM_WARPS = 4
 NUM_STAGES = 2
+PROGRAMS_PER_SM = 4
 #: a split covers at least this many keys (a shorter one spends more on its partial row than it reads)
 MIN_SPLIT_KEYS = 256
-#: programs per SM the split count aims at over the whole cache (a short valid length uses fewer)
-PROGRAMS_PER_SM = 8
 MAX_SPLITS = 64
 #: a split owns at most this many key blocks (their mask is one register tile); past
 #: MAX_SPLITS * this many blocks the split count grows instead
