@@ -29,7 +29,7 @@ from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
 from regionc.compiler import background
 from regionc.compiler.guards import ShapeGuards, guard_count, guarded
-from regionc.compiler.inductor import PIECE_DEFAULTS, CompiledPiece, compile_piece, load_stored_piece
+from regionc.compiler.inductor import CompiledPiece, compile_piece, load_stored_piece, piece_defaults
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
 
@@ -71,9 +71,8 @@ class GraphCompiler:
             prints = {p.name: fingerprint_piece(split.get_submodule(p.name), inputs[p.name]) for p in pieces}
         self._report_reuse_breakers(pieces, prints, report)
 
-        patches = {**PIECE_DEFAULTS, **self.config.inductor_config,
-                   **(self.passes.inductor_config_patches() if self.passes is not None else {})}
         device = device_of(example_inputs)
+        passes = self.passes.inductor_config_patches() if self.passes is not None else {}
         uniques: dict[str, _Unique] = {}
         instances: list[tuple[Piece, PieceRecord, _Unique]] = []
         for piece in pieces:
@@ -94,6 +93,7 @@ class GraphCompiler:
 
         def obtain(unique: _Unique, in_background: bool) -> None:
             submodule = split._modules[unique.piece.name]  # the piece's graph, under any eager copy installed over it
+            patches = {**piece_defaults(submodule, device), **self.config.inductor_config, **passes}
             unique.fn, guards = self._obtain(unique, submodule, inputs[unique.piece.name], patches, guards_since,
                                              report)
             if not in_background and unique.record.source == "compiled":
