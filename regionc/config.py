@@ -84,7 +84,7 @@ class Config:
     #: emits on that device and shape (decision table); "always" at every match (tests, experiments).
     kernel_choice: str = "auto"
     #: Extra Inductor config patches for every piece (they change generated code: part of the cache key);
-    #: they override regionc's piece defaults (``regionc.compiler.inductor.PIECE_DEFAULTS``).
+    #: they override regionc's piece defaults (``regionc.compiler.inductor.piece_defaults``).
     inductor_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: ``regionc.compile`` only: "nested_region" traces one block and stamps out the rest (torch
     #: >= 2.12), "per_block" compiles each block as its own Dynamo frame (the glue runs eagerly),

@@ -69,6 +69,7 @@ def piece_defaults(gm: torch.fx.GraphModule, device: torch.device) -> dict[str, 
     """The Inductor settings ``gm`` compiles with before the user's: :data:`PIECE_DEFAULTS`, and
     :data:`DECODE_DEFAULTS` for a decode step's piece (:func:`is_decode_step`) on CUDA."""
     if device.type == "cuda" and is_decode_step(gm):
+        log.debug("regionc: a decode step's piece: compiling it with %s", DECODE_DEFAULTS)
         return {**PIECE_DEFAULTS, **DECODE_DEFAULTS}
     return PIECE_DEFAULTS
 
