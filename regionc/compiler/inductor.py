@@ -38,6 +38,7 @@ import torch
 import torch.fx
 
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
+from regionc.passes.decisions import SMALL_ROWS
 
 log = logging.getLogger("regionc")
 
@@ -54,12 +55,9 @@ PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
 #: kernels as one. A decoder layer's q RoPE, k RoPE with its cache write and v's cache write are
 #: three small kernels of different sizes that read different tensors; as one launch, an HF Llama
 #: 32 × 2048 decode step at batch 8 runs 390 kernels instead of 458 and its GPU span is 2110 µs
-#: instead of 2241 on an H200 (benchmarks/results/decode_profile/h200-2026-12-03-hf-llama-b8-combo-kernels.json).
+#: instead of 2241 on an H200 (benchmarks/results/decode_profile/h200-2026-12-03-hf-llama-b8-combo-kernels.log).
 #: Prefill pieces keep Inductor's default: their kernels are large, and combo kernels were not measured there.
 DECODE_DEFAULTS: dict[str, Any] = {"combo_kernels": True}
-
-#: A piece is a decode step's when every linear in it reads at most this many rows (tokens)
-DECODE_ROWS = 64
 
 _LINEARS = frozenset({torch._C._nn.linear, torch.nn.functional.linear, torch.matmul, torch.mm, torch.addmm,
                       operator.matmul})
@@ -76,7 +74,7 @@ def piece_defaults(gm: torch.fx.GraphModule, device: torch.device) -> dict[str, 
 
 def is_decode_step(gm: torch.fx.GraphModule) -> bool:
     """Whether ``gm`` (a piece as Dynamo traced it) calls a linear and every linear reads a known
-    number of rows, at most :data:`DECODE_ROWS` (rows: all but the input's last dim)."""
+    number of rows, at most the decision table's ``SMALL_ROWS`` (rows: all but the input's last dim)."""
     found = False
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in _LINEARS or not node.args:
@@ -90,7 +88,7 @@ def is_decode_step(gm: torch.fx.GraphModule) -> bool:
             if not isinstance(size, int):
                 return False
             rows *= size
-        if rows > DECODE_ROWS:
+        if rows > SMALL_ROWS:
             return False
         found = True
     return found

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from regionc.compiler.inductor import DECODE_DEFAULTS, DECODE_ROWS, PIECE_DEFAULTS, is_decode_step, piece_defaults
+from regionc.compiler.inductor import DECODE_DEFAULTS, PIECE_DEFAULTS, is_decode_step, piece_defaults
+from regionc.passes.decisions import SMALL_ROWS
 
 
 class _Block(torch.nn.Module):
@@ -31,11 +32,11 @@ def _dynamo_graph(fn, *args, dynamic=False) -> torch.fx.GraphModule:
     return gm
 
 
-def test_decode_step_is_every_linear_at_most_decode_rows():
+def test_decode_step_is_every_linear_at_most_small_rows():
     block = _Block()
     assert is_decode_step(_dynamo_graph(block, torch.randn(2, 1, 32)))
-    assert is_decode_step(_dynamo_graph(block, torch.randn(DECODE_ROWS, 32)))
-    assert not is_decode_step(_dynamo_graph(block, torch.randn(DECODE_ROWS + 1, 32)))
+    assert is_decode_step(_dynamo_graph(block, torch.randn(SMALL_ROWS, 32)))
+    assert not is_decode_step(_dynamo_graph(block, torch.randn(SMALL_ROWS + 1, 32)))
     assert not is_decode_step(_dynamo_graph(block, torch.randn(4, 128, 32)))  # a prefill
     assert not is_decode_step(_dynamo_graph(block, torch.randn(2, 1, 32), dynamic=True))  # rows not known
     assert not is_decode_step(_dynamo_graph(torch.nn.LayerNorm(32), torch.randn(2, 1, 32)))  # no linear
