@@ -29,7 +29,8 @@ OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_NATIVE")
 log = logging.getLogger("regionc")
 
 #: Fusion passes regionc knows; ``options={"passes": {...}}`` toggles them one by one.
-PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention", "decode_attention", "skinny_linear")
+PASS_NAMES = ("rms_norm", "fused_add_rms_norm", "rope", "attention", "decode_attention", "skinny_linear",
+              "skinny_swiglu")
 
 KERNEL_CHOICES = ("auto", "always")
 

@@ -1,10 +1,10 @@
-"""regionc custom ops (``torch.ops.regionc.*``); importing this package registers all six.
+"""regionc custom ops (``torch.ops.regionc.*``); importing this package registers all seven.
 
 * ``rms_norm(x, weight, eps)`` and ``fused_add_rms_norm(x, residual, weight, eps)``  (rms_norm.py)
 * ``rope(q, k, cos, sin, style, layout)``                                            (rope.py)
 * ``attention(q, k, v, causal, scale)``                                              (attention.py)
 * ``decode_attention(q, k_cache, v_cache, mask, kv_len, scale)``                     (decode_attention.py)
-* ``skinny_linear(x, weights, splits)``                                              (skinny_linear.py)
+* ``skinny_linear(x, weights, splits)`` and ``skinny_swiglu(x, w_gate, w_up)``       (skinny_linear.py)
 
 Each has a fake kernel (torch.compile), a CUDA kernel (Triton) and a CPU kernel: the C++ one
 from ``regionc._C`` for rms_norm / fused_add_rms_norm / rope when the extension is built (and
@@ -45,7 +45,7 @@ from regionc.ops.attention import attention_reference
 from regionc.ops.decode_attention import decode_attention_reference
 from regionc.ops.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
 from regionc.ops.rope import rope_reference
-from regionc.ops.skinny_linear import skinny_linear_reference
+from regionc.ops.skinny_linear import skinny_linear_reference, skinny_swiglu_reference
 
 
 def extension_loaded() -> bool:
@@ -61,4 +61,5 @@ __all__ = [
     "rms_norm_reference",
     "rope_reference",
     "skinny_linear_reference",
+    "skinny_swiglu_reference",
 ]

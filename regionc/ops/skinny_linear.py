@@ -1,9 +1,10 @@
 """Linears over few rows (decode), several weights that read one input in one launch: Triton
 kernel, launcher, torch reference, op registration.
 
-Op (namespace ``regionc``)::
+Ops (namespace ``regionc``)::
 
     skinny_linear(Tensor x, Tensor[] weights, int splits=1) -> Tensor[]
+    skinny_swiglu(Tensor x, Tensor w_gate, Tensor w_up) -> Tensor
 
 * x ``[M, K]``; each weight ``[N_i, K]`` as ``nn.Linear`` stores it (any row stride, unit stride
   on K). Output ``i`` is ``[splits, M, N_i]`` in fp32: partial products over ``splits`` ranges of
@@ -22,6 +23,15 @@ up) are small alone (a k projection is 512 columns: 16 programs); one launch ove
 fills the GPU. The weights stay where the model keeps them — nothing is packed or copied — so an
 in-place update of a weight (``load_state_dict``, a LoRA merge, a weight swap between requests)
 is read on the next call, as by the linears this op replaces.
+
+``skinny_swiglu`` is a SwiGLU MLP's first half, ``silu(x @ w_gate.T) * (x @ w_up.T)`` in x's dtype,
+``[M, N]``: gate and up read the same input and are consumed only by that product, so one kernel
+computes both over the whole of K and applies the product in its epilogue — no fp32 partials
+written and read back, and no pointwise launch between the projection and ``down`` (one launch a
+decoder layer fewer). Each product rounds as the model's graph does: both projections to x's
+dtype, SiLU to x's dtype, the product to x's dtype. Without a K split a program reads
+``2 × BLOCK_N × K`` weights, so the swap is only worth it where the column blocks alone fill the
+GPU (``SWIGLU_MIN_PROGRAMS``, checked by the pass).
 
 CUDA kernel ``_skinny_kernel`` (bf16/fp16/fp32): grid ``(column blocks of all weights, splits,
 row blocks)``; a program owns ``BLOCK_N`` output columns of one weight, one range of K and every
@@ -47,6 +57,9 @@ MAX_WEIGHTS = 4
 #: programs a launch aims at when ``splits_for`` picks the split count: a few per SM of a 132-SM
 #: H100/H200 (benchmarks/results/skinny_linear/, ``split_sweep``)
 TARGET_PROGRAMS = 512
+#: fewest programs (column blocks × row blocks) ``skinny_swiglu`` is swapped in with: about two per
+#: SM of a 132-SM GPU; below that, ``skinny_linear``'s K split keeps more of HBM busy
+SWIGLU_MIN_PROGRAMS = 256
 
 # --------------------------------------------------------------------------------------
 # Triton kernel
@@ -110,6 +123,46 @@ if _utils.HAS_TRITON:
             w_ptrs += BLOCK_K
         rows = split * M + offs_m
         tl.store(y + rows[:, None].to(tl.int64) * n_cols + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def _swiglu_kernel(
+        X, WG, WU, Y, M, N, K, stride_xm, stride_wg, stride_wu, stride_ym,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        m_ok = offs_m < M
+        n_ok = offs_n < N
+        x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        g_ptrs = WG + offs_n[:, None].to(tl.int64) * stride_wg + offs_k[None, :]
+        u_ptrs = WU + offs_n[:, None].to(tl.int64) * stride_wu + offs_k[None, :]
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:
+                xt = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+                gt = tl.load(g_ptrs, mask=n_ok[:, None], other=0.0)
+                ut = tl.load(u_ptrs, mask=n_ok[:, None], other=0.0)
+            else:
+                k_ok = offs_k < K - k * BLOCK_K
+                xt = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                gt = tl.load(g_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                ut = tl.load(u_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc_g += tl.dot(xt, tl.trans(gt), input_precision=DOT_PRECISION)
+            acc_u += tl.dot(xt, tl.trans(ut), input_precision=DOT_PRECISION)
+            x_ptrs += BLOCK_K
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+        dt = Y.dtype.element_ty
+        g = acc_g.to(dt).to(tl.float32)  # each projection rounds to the model's dtype, as its linear does
+        u = acc_u.to(dt).to(tl.float32)
+        act = (g * tl.sigmoid(g)).to(dt).to(tl.float32)
+        tl.store(Y + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :], (act * u).to(dt),
+                 mask=m_ok[:, None] & n_ok[None, :])
 
 
 # --------------------------------------------------------------------------------------
@@ -175,6 +228,34 @@ def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int,
     return outs
 
 
+def swiglu_programs(rows: int, columns: int, k: int) -> int:
+    """Programs ``skinny_swiglu``'s kernel launches for ``rows`` × ``columns`` outputs."""
+    bm, bn, _, _, _ = _config(rows, k)
+    return -(-columns // bn) * -(-rows // bm)
+
+
+def skinny_swiglu_triton(x, w_gate, w_up, *, config: tuple[int, int, int, int, int] | None = None):
+    """Launch ``_swiglu_kernel`` (``config`` overrides ``_config``, as for ``skinny_linear_triton``)."""
+    if _utils.needs_device_switch(x):
+        with torch.cuda.device(x.device):
+            return skinny_swiglu_triton(x, w_gate, w_up, config=config)
+    x, w_gate, w_up = _utils.unit_stride_last(x, w_gate, w_up)
+    M, K = x.shape
+    N = w_gate.shape[0]
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.zero_()
+    bm, bn, bk, warps, stages = config or _config(M, K)
+    _swiglu_kernel[(-(-N // bn), -(-M // bm))](
+        x, w_gate, w_up, out, M, N, K, x.stride(0), w_gate.stride(0), w_up.stride(0), out.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
 def triton_supported(x: torch.Tensor) -> bool:
     """Few rows, a float dtype, and K past one (a weight's row stride of 1 would become a constant)."""
     return _utils.HAS_TRITON and x.dtype in FLOAT_DTYPES and x.shape[0] <= MAX_ROWS and x.shape[1] > 1
@@ -194,29 +275,41 @@ def skinny_linear_reference(x, weights, splits: int = 1):
             for w in weights]
 
 
+def skinny_swiglu_reference(x, w_gate, w_up):
+    """``silu(x @ w_gate.T) * (x @ w_up.T)`` with torch's linear, in x's dtype (a SwiGLU MLP's eager code)."""
+    return torch.nn.functional.silu(torch.nn.functional.linear(x, w_gate)) * torch.nn.functional.linear(x, w_up)
+
+
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
 
 _OP = "skinny_linear"
+_SWIGLU = "skinny_swiglu"
 
 
-def _check(x, weights, splits) -> None:
+def _check(x, weights, splits, op: str = _OP) -> None:
     """Full validation with messages naming the bad argument; works on symbolic sizes."""
-    _utils.check_tensor(x, "x", _OP)
-    _utils.check_float_dtype(x, "x", _OP)
-    check(x.dim() == 2, f"regionc.{_OP}: x must be 2-D [M, K], got shape {tuple(x.shape)}")
-    check(len(weights) > 0, f"regionc.{_OP}: weights is empty")
-    check(splits >= 1, f"regionc.{_OP}: splits must be at least 1, got {splits}")
+    _utils.check_tensor(x, "x", op)
+    _utils.check_float_dtype(x, "x", op)
+    check(x.dim() == 2, f"regionc.{op}: x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    check(len(weights) > 0, f"regionc.{op}: weights is empty")
+    check(splits >= 1, f"regionc.{op}: splits must be at least 1, got {splits}")
     tensors = {"x": x}
     for i, w in enumerate(weights):
-        _utils.check_tensor(w, f"weights[{i}]", _OP)
-        check(w.dim() == 2, f"regionc.{_OP}: weights[{i}] must be 2-D [N, K], got shape {tuple(w.shape)}")
-        check(w.shape[1] == x.shape[1], f"regionc.{_OP}: weights[{i}] has K={w.shape[1]}, x has K={x.shape[1]}")
+        _utils.check_tensor(w, f"weights[{i}]", op)
+        check(w.dim() == 2, f"regionc.{op}: weights[{i}] must be 2-D [N, K], got shape {tuple(w.shape)}")
+        check(w.shape[1] == x.shape[1], f"regionc.{op}: weights[{i}] has K={w.shape[1]}, x has K={x.shape[1]}")
         if w.dtype != x.dtype:
-            raise TypeError(f"regionc.{_OP}: weights[{i}] dtype {w.dtype} != x dtype {x.dtype}")
+            raise TypeError(f"regionc.{op}: weights[{i}] dtype {w.dtype} != x dtype {x.dtype}")
         tensors[f"weights[{i}]"] = w
-    _utils.check_same_device(_OP, **tensors)
+    _utils.check_same_device(op, **tensors)
+
+
+def _check_swiglu(x, w_gate, w_up) -> None:
+    _check(x, [w_gate, w_up], 1, _SWIGLU)
+    check(w_gate.shape[0] == w_up.shape[0],
+          f"regionc.{_SWIGLU}: w_gate has N={w_gate.shape[0]}, w_up has N={w_up.shape[0]}")
 
 
 def _ok(x, weights, splits) -> bool:
@@ -258,3 +351,30 @@ def _skinny_cpu(x, weights, splits=1):
 _utils.define_op(_OP, "(Tensor x, Tensor[] weights, int splits=1) -> Tensor[]", cuda=_skinny_cuda,
                  fake=_skinny_fake)
 _utils.register_cpu(_OP, _skinny_cpu)
+
+
+def _swiglu_cuda(x, w_gate, w_up):
+    if not (_ok(x, [w_gate, w_up], 1) and w_gate.shape[0] == w_up.shape[0]):
+        _check_swiglu(x, w_gate, w_up)
+    _utils.check_no_grad(_SWIGLU, x, w_gate, w_up)
+    if triton_supported(x):
+        return skinny_swiglu_triton(x, w_gate, w_up)
+    if x.shape[0] <= MAX_ROWS:
+        why = "triton is not installed" if not _utils.HAS_TRITON else f"K={x.shape[1]}"
+        log_once(f"swiglu-fallback-{why}", "regionc.skinny_swiglu: no Triton kernel (%s); using torch's linear", why)
+    return skinny_swiglu_reference(x, w_gate, w_up)
+
+
+def _swiglu_fake(x, w_gate, w_up):
+    _check_swiglu(x, w_gate, w_up)
+    _utils.check_no_grad(_SWIGLU, x, w_gate, w_up)
+    return x.new_empty((x.shape[0], w_gate.shape[0]))
+
+
+def _swiglu_cpu(x, w_gate, w_up):
+    _check_swiglu(x, w_gate, w_up)
+    return skinny_swiglu_reference(x, w_gate, w_up)
+
+
+_utils.define_op(_SWIGLU, "(Tensor x, Tensor w_gate, Tensor w_up) -> Tensor", cuda=_swiglu_cuda, fake=_swiglu_fake)
+_utils.register_cpu(_SWIGLU, _swiglu_cpu)

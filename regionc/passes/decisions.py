@@ -14,6 +14,8 @@ Shape classes (see :func:`shape_class`):
 * skinny_linear: ``"group, rows<=16"``, ``"single, rows<=16"``, ``"group, rows<=64"``, ``"single,
   rows<=64"``: several weights that read one input (q/k/v, gate/up) or one alone, and the static
   row count (a decode step's tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``).
+* skinny_swiglu: ``"rows<=16"``, ``"rows<=64"``, with ``", narrow"`` when its column blocks are fewer
+  than ``ops.skinny_linear.SWIGLU_MIN_PROGRAMS`` (a gate/up group the pass can fold into one call).
 * attention and decode_attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
   and v in front of SDPA) or ``"native"`` (SDPA read k/v as they are: MHA or ``enable_gqa``).
 
@@ -81,6 +83,8 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
                "triton 3.6.0, 2026-11-25); elsewhere the Triton kernel is 0.80-0.88x cuDNN"),
     ("cpu", "skinny_linear", "*"): Decision(
         False, "the cpu kernel is torch's linear (what it replaces), one call per weight: nothing to gain"),
+    ("cpu", "skinny_swiglu", "*"): Decision(
+        False, "the cpu kernel is torch's linears and SiLU (what it replaces): nothing to gain"),
     ("cpu", "decode_attention", "*"): Decision(
         False, "the cpu kernel is the fp32 torch reference; the aten flash kernel it would replace is never "
                "slower on cpu (no measurement shows otherwise)"),
@@ -115,6 +119,8 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
         False, "mixed at 32 rows: q/k/v 7.0 vs 17.7 us and gate/up 21.2 vs 23.1 at 2048 wide, but the 4096-wide "
                "gate/up 89.0 vs 64.9 (its input, re-read by every 32-column program, is as many bytes as the "
                "weights); HF Llama batch 32 with every linear swapped: 3.202 -> 2.747 ms"),
+    ("cuda", "skinny_swiglu", "rows<=16"): Decision(
+        True, "PENDING"),
     ("cuda", "decode_attention", "native"): Decision(
         False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
                "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"
@@ -136,9 +142,12 @@ def rows_class(rows: int | None) -> str:
     return "small" if rows <= SMALL_ROWS else "large"
 
 
-def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False, weights: int = 1) -> str:
+def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False, weights: int = 1,
+                narrow: bool = False) -> str:
     if op in ("attention", "decode_attention"):
         return "gqa_expanded" if gqa_expanded else "native"
     if op == "skinny_linear":
         return f"{'group' if weights > 1 else 'single'}, " + ("rows<=16" if rows <= 16 else "rows<=64")
+    if op == "skinny_swiglu":
+        return ("rows<=16" if rows <= 16 else "rows<=64") + (", narrow" if narrow else "")
     return rows_class(rows)

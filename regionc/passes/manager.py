@@ -8,8 +8,9 @@ Inductor's FX cache and regionc's keys both hold.
 
 Order inside one graph: find RMSNorms → fuse the ones on a residual add → plain RMSNorms →
 RoPE (q and k pairs) → decode attention over a KV cache → attention (an SDPA the decode pass took is gone
-before the attention pass looks) → linears over few rows. ``take_matches()`` / ``take_skips()`` return what happened
-since the last call (the compiler calls them after each piece). Matches are only counted
+before the attention pass looks) → linears over few rows (a SwiGLU's gate/up and their product as one
+call where ``skinny_swiglu`` is on). ``take_matches()`` / ``take_skips()`` return what happened since
+the last call (the compiler calls them after each piece). Matches are only counted
 when the pass runs: a piece loaded from regionc's store or Inductor's FX cache reports none.
 """
 
@@ -63,18 +64,22 @@ class _Context:
         self.owner = owner
 
     def allow(self, op: str, desc: str, *, device: torch.device, rows: int | None = None,
-              gqa_expanded: bool = False, weights: int = 1) -> bool:
+              gqa_expanded: bool = False, weights: int = 1, narrow: bool = False) -> bool:
         owner = self.owner
         if owner.kernel_choice == "always":
             owner._record_match(op)
             return True
-        cls = decisions.shape_class(op, rows=rows, gqa_expanded=gqa_expanded, weights=weights)
+        cls = decisions.shape_class(op, rows=rows, gqa_expanded=gqa_expanded, weights=weights, narrow=narrow)
         decision = decisions.decide(device.type, op, cls)
         if decision.swap:
             owner._record_match(op)
             return True
         owner._record_skip(f"{desc}: kept ({cls}): {decision.reason}")
         return False
+
+    def on(self, name: str) -> bool:
+        """Whether the pass ``name`` is enabled (a module that runs two passes asks per rewrite)."""
+        return self.owner.enabled[name]
 
     def skip(self, op: str, message: str) -> None:
         self.owner._record_skip(message)
@@ -134,11 +139,13 @@ class PassManager:
                 if on["rms_norm"]:
                     rms_norm.run(graph, ctx, norms)
                 finish(graph)
-            for name, module in (("rope", rope), ("decode_attention", decode_attention), ("attention", attention),
-                                 ("skinny_linear", skinny_linear)):
+            for name, module in (("rope", rope), ("decode_attention", decode_attention), ("attention", attention)):
                 if on[name]:
                     module.run(graph, ctx, self._find(module, graph))
                     finish(graph)
+            if on["skinny_linear"] or on["skinny_swiglu"]:
+                skinny_linear.run(graph, ctx, self._find(skinny_linear, graph))
+                finish(graph)
         except Exception:
             if self.config.strict:
                 raise

@@ -25,6 +25,15 @@ call in by its class, ``group`` or ``single``, and its row count.
 Only weights that are graph inputs (the parameters, lifted) are grouped: a weight computed in the
 graph could depend on a sibling's output, and one call for both would be a cycle; such a linear
 is swapped alone.
+
+A group of two (gate, up) whose outputs feed nothing but a SwiGLU product, ``silu(gate) * up``,
+becomes one ``regionc.skinny_swiglu`` call that returns the product itself (the pointwise kernel
+between the projections and ``down`` goes away). SiLU is recognised by what the elementwise ops
+between the projection and the product compute, evaluated once on a probe, not by their spelling:
+Inductor decomposes it (``x / (1 + exp(-x))`` with dtype casts), models write ``x * sigmoid(x)``,
+and another activation (GELU, say) must not match. Its decision-table class adds ``narrow`` when
+the column blocks alone are fewer than ``SWIGLU_MIN_PROGRAMS`` (the product needs the whole of K in
+one program, so there is no K split to fill the GPU with).
 """
 
 from __future__ import annotations
@@ -35,11 +44,15 @@ import torch
 import torch.fx
 from torch._inductor import config as inductor_config
 
-from regionc.ops.skinny_linear import MAX_ROWS, splits_for
+from regionc.ops.skinny_linear import MAX_ROWS, SWIGLU_MIN_PROGRAMS, splits_for, swiglu_programs
 from regionc.passes import _graph
 from regionc.passes._graph import aten, is_call, same, shape_str, tensor_val
 
 NAME = "skinny_linear"
+SWIGLU = "skinny_swiglu"
+#: where on [-8, 8] the probe's activation must equal SiLU (bf16 rounding of the graph's casts is
+#: ~0.4%; GELU, the nearest other activation, is 0.1-0.2 away around 1-2)
+_SILU_TOLERANCE = 0.02
 
 
 def _weight_of(node):
@@ -82,6 +95,78 @@ def match_at(node: torch.fx.Node):
     return {"out": node, "x": x, "w": w, "addend": addend, "rows": rows, "dtype": xt.dtype}, None
 
 
+def _elementwise(node: torch.fx.Node) -> bool:
+    """A reshape, or an op torch tags pointwise (casts included): what may lie inside a SwiGLU."""
+    if node.op != "call_function":
+        return False
+    target = node.target
+    return target in _graph.VIEW_TARGETS or (isinstance(target, torch._ops.OpOverload)
+                                              and torch.Tag.pointwise in target.tags)
+
+
+def _region(root: torch.fx.Node, source: torch.fx.Node, order: dict) -> list[torch.fx.Node] | None:
+    """The elementwise nodes that compute ``root`` from ``source`` and nothing else (in graph order),
+    or None when ``root`` reads another tensor or passes through anything else."""
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is source or node in seen:
+            continue
+        if not _elementwise(node):
+            return None
+        seen.add(node)
+        stack.extend(node.all_input_nodes)
+    return sorted(seen, key=order.__getitem__)
+
+
+def _computes_silu(region: list[torch.fx.Node], source: torch.fx.Node) -> bool:
+    """Run ``region`` on a probe in place of ``source``: does its last node give SiLU of it?"""
+    shape = [_graph.hint(d) for d in tensor_val(source).shape]
+    if None in shape:
+        return False
+    numel = 1
+    for d in shape:
+        numel *= d
+    probe = torch.linspace(-8.0, 8.0, numel).reshape(shape).to(tensor_val(source).dtype)
+    env = {source: probe}
+    try:
+        for node in region:
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+            env[node] = node.target(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - an op that does not run on a CPU probe: not recognised
+        return False
+    out = env[region[-1]]
+    return (isinstance(out, torch.Tensor) and out.numel() == numel and torch.allclose(
+        out.float().reshape(-1), torch.nn.functional.silu(probe.float()).reshape(-1),
+        rtol=_SILU_TOLERANCE, atol=_SILU_TOLERANCE))
+
+
+def _swiglu_at(members: list[dict], order: dict):
+    """``(product node, gate index)`` when two linears feed nothing but ``silu(gate) * up``, else None."""
+    if len(members) != 2 or any(m["addend"] is not None for m in members):
+        return None
+    for gate_i in (0, 1):
+        gate, up = members[gate_i]["out"], members[1 - gate_i]["out"]
+        end = up  # the up projection reaches the product through reshapes and casts only
+        while len(end.users) == 1 and is_call(next(iter(end.users)), _graph.CONVERT, *_graph.VIEW_TARGETS):
+            end = next(iter(end.users))
+        (product,) = end.users if len(end.users) == 1 else (None,)
+        if not is_call(product, _graph.MUL) or (act := _graph.other_operand(product, end)) is None:
+            continue
+        region = _region(act, gate, order) if isinstance(act, torch.fx.Node) else None
+        if not region or region[-1] is not act:
+            continue
+        inside = set(region) | {product}
+        if any(user not in inside for node in (gate, *region) for user in node.users):
+            continue  # the activation or a step of it is read elsewhere: the linears must stay
+        pv, gv = tensor_val(product), tensor_val(gate)
+        if pv is None or pv.dtype != members[0]["dtype"] or not same(pv.numel(), gv.numel()):
+            continue
+        if _computes_silu(region, gate):
+            return product, gate_i
+    return None
+
+
 def find(graph: torch.fx.Graph):
     """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "columns", "dtype", "device",
     "desc"}, ...]``."""
@@ -93,6 +178,7 @@ def find(graph: torch.fx.Graph):
         # siblings reshape one tensor each on their own: grouped by what is behind the reshapes
         key = (_graph.strip_views(spec["x"]), shape) if lifted else spec["out"]
         groups.setdefault(key, []).append(spec)
+    order = {node: i for i, node in enumerate(graph.nodes)}
     found = []
     for members in groups.values():
         first = members[0]
@@ -102,6 +188,7 @@ def find(graph: torch.fx.Graph):
             "x": first["x"], "weights": [m["w"] for m in members], "addends": [m["addend"] for m in members],
             "outs": [m["out"] for m in members], "rows": first["rows"],
             "columns": columns, "dtype": first["dtype"], "device": xt.device,
+            "swiglu": _swiglu_at(members, order),
             "desc": f"{NAME} at x{shape_str(xt)} × {len(members)} weight(s) of {'+'.join(map(str, columns))} columns "
                     f"{_graph.dtype_str(first['dtype'])}",
         })
@@ -125,7 +212,30 @@ def rewrite(graph: torch.fx.Graph, group) -> None:
         out.replace_all_uses_with(result)
 
 
+def rewrite_swiglu(graph: torch.fx.Graph, group) -> torch.fx.Node:
+    """One ``skinny_swiglu`` call in place of the two linears, the activation and the product; returns
+    what now stands for the product."""
+    product, gate_i = group["swiglu"]
+    call = _graph.insert_call(graph, group["outs"][0], torch.ops.regionc.skinny_swiglu.default,
+                              (group["x"], group["weights"][gate_i], group["weights"][1 - gate_i]))
+    shape = list(tensor_val(product).shape)
+    result = _graph.insert_call(graph, product, aten.reshape.default, (call, shape))
+    product.replace_all_uses_with(result)
+    return result
+
+
 def run(graph: torch.fx.Graph, ctx, matches) -> None:
+    moved = {}  # a product the SwiGLU call replaced -> its replacement (down's input, found before)
     for group in matches:
-        if ctx.allow(NAME, group["desc"], device=group["device"], rows=group["rows"], weights=len(group["weights"])):
+        group["x"] = moved.get(group["x"], group["x"])
+        device, rows = group["device"], group["rows"]
+        if group["swiglu"] is not None and ctx.on(SWIGLU):
+            k = _graph.hint(tensor_val(group["x"]).shape[1])
+            narrow = swiglu_programs(rows, group["columns"][0], k) < SWIGLU_MIN_PROGRAMS
+            desc = f"{SWIGLU} at x{shape_str(tensor_val(group['x']))} × gate/up of {group['columns'][0]} columns " \
+                   f"{_graph.dtype_str(group['dtype'])}"
+            if ctx.allow(SWIGLU, desc, device=device, rows=rows, weights=2, narrow=narrow):
+                moved[group["swiglu"][0]] = rewrite_swiglu(graph, group)
+                continue
+        if ctx.on(NAME) and ctx.allow(NAME, group["desc"], device=device, rows=rows, weights=len(group["weights"])):
             rewrite(graph, group)

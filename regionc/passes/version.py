@@ -35,6 +35,7 @@ PASS_SOURCES = {
     "attention": ("passes/attention.py", "ops/attention.py", "ops/attention_hopper.py"),
     "decode_attention": ("passes/decode_attention.py", "ops/decode_attention.py"),
     "skinny_linear": ("passes/skinny_linear.py", "ops/skinny_linear.py"),
+    "skinny_swiglu": ("passes/skinny_linear.py", "ops/skinny_linear.py"),
 }
 
 

@@ -1,5 +1,6 @@
-"""Runs the skinny-linear Triton kernel through its launcher on CPU tensors under
-TRITON_INTERPRET=1 (tiny shapes) and checks its summed partials against float64 linears. Executed
+"""Runs the skinny-linear and SwiGLU Triton kernels through their launchers on CPU tensors under
+TRITON_INTERPRET=1 (tiny shapes) and checks the summed partials against float64 linears, the SwiGLU
+product against the model's own code (torch's linears and SiLU in the same dtype). Executed
 in a subprocess by test_skinny_linear.py (the variable must be set before triton is imported).
 Prints one line per case; exits non-zero on failure.
 
@@ -14,7 +15,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
 import torch  # noqa: E402
 
-from regionc.ops.skinny_linear import skinny_linear_triton  # noqa: E402
+from regionc.ops.skinny_linear import skinny_linear_triton, skinny_swiglu_triton  # noqa: E402
 
 ATOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 gen = torch.Generator().manual_seed(0)
@@ -67,6 +68,28 @@ for dtype in (torch.float16, torch.float32):
 x = rand(3, 300, dtype=torch.float16)
 ws = [rand(70, 300, dtype=torch.float16), rand(9, 300, dtype=torch.float16)]
 expect("default config", skinny_linear_triton(x, ws), x, ws, 1, ATOL[torch.float16])
+
+
+def expect_swiglu(name, out, x, w_gate, w_up, atol):
+    ref = torch.nn.functional.silu(x.double() @ w_gate.double().T) * (x.double() @ w_up.double().T)
+    ok = out.shape == ref.shape and out.dtype == x.dtype and out.is_contiguous()
+    err = (out.double() - ref).abs().max().item() if ok else float("inf")
+    ok = ok and err <= atol
+    print(f"{'ok ' if ok else 'BAD'} {name}: max abs err {err:.2e}")
+    if not ok:
+        failures.append(name)
+
+
+for dtype in (torch.float16, torch.float32):
+    # columns that do not fill a block, K a multiple of BLOCK_K; then a ragged K, more rows than a row
+    # block, row-sliced weights and a K-strided x
+    x, g, u = rand(8, 64, dtype=dtype), rand(40, 64, dtype=dtype), rand(40, 64, dtype=dtype)
+    expect_swiglu(f"swiglu {dtype}", skinny_swiglu_triton(x, g, u, config=(16, 16, 32, 4, 2)), x, g, u, ATOL[dtype])
+    big = rand(24, 96, dtype=dtype)
+    x = rand(20, 2 * 40, dtype=dtype)[:, ::2]
+    g, u = big[:, :40], big[:, 50:90]
+    expect_swiglu(f"swiglu ragged K, row blocks, strided {dtype}",
+                  skinny_swiglu_triton(x, g, u, config=(16, 16, 16, 4, 2)), x, g, u, ATOL[dtype])
 
 if failures:
     print(f"{len(failures)} FAILED: {failures}")

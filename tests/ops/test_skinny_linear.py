@@ -1,7 +1,8 @@
-"""regionc.skinny_linear: the Triton kernel under the interpreter (subprocess), the CPU and fake
-kernels, the split-count choice, argument checks, and on CUDA (``gpu``) the kernel's summed
-partials against F.linear in bf16 across the decode shapes of Llama-style models and split counts,
-past its row limit, and inside a captured CUDA graph that reads a weight updated in place."""
+"""regionc.skinny_linear and regionc.skinny_swiglu: the Triton kernels under the interpreter
+(subprocess), the CPU and fake kernels, the split-count choice, argument checks, and on CUDA
+(``gpu``) the kernel's summed partials against F.linear in bf16 across the decode shapes of
+Llama-style models and split counts, past its row limit, and inside a captured CUDA graph that
+reads a weight updated in place; the SwiGLU product against the model's own bf16 code."""
 
 import os
 import subprocess
@@ -17,6 +18,7 @@ from regionc.ops.skinny_linear import MAX_ROWS, TARGET_PROGRAMS, _config, splits
 
 HERE = Path(__file__).parent
 op = torch.ops.regionc.skinny_linear
+swiglu = torch.ops.regionc.skinny_swiglu
 
 
 def linear64(x, weights):
@@ -102,6 +104,34 @@ def test_forward_only():
         assert op(torch.randn(2, 8), [w])[0].shape == (1, 2, 4)
 
 
+def swiglu_eager(x, w_gate, w_up):
+    """A SwiGLU MLP's first half as HF writes it (``act_fn(gate_proj(x)) * up_proj(x)``)."""
+    return F.silu(F.linear(x, w_gate)) * F.linear(x, w_up)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_cpu_kernel_is_the_models_code(dtype, gen):
+    x = torch.randn(8, 64, generator=gen).to(dtype)
+    g, u = torch.randn(40, 64, generator=gen).to(dtype), torch.randn(40, 64, generator=gen).to(dtype)
+    out = swiglu(x, g, u)
+    assert out.dtype == dtype and out.shape == (8, 40)
+    torch.testing.assert_close(out, swiglu_eager(x, g, u), rtol=0, atol=0)
+
+
+def test_swiglu_fake_kernel_errors_and_forward_only():
+    with FakeTensorMode():
+        out = swiglu(torch.empty(4, 256, dtype=torch.bfloat16), torch.empty(512, 256, dtype=torch.bfloat16),
+                     torch.empty(512, 256, dtype=torch.bfloat16))
+        assert out.shape == (4, 512) and out.dtype == torch.bfloat16
+    x, w = torch.randn(4, 16), torch.randn(12, 16)
+    with pytest.raises(ValueError, match="regionc.skinny_swiglu: w_gate has N=12, w_up has N=8"):
+        swiglu(x, w, w[:8])
+    with pytest.raises(ValueError, match=r"regionc.skinny_swiglu: weights\[1\] has K=8"):
+        swiglu(x, w, w[:, :8])
+    with pytest.raises(RuntimeError, match="forward-only"):
+        swiglu(x, torch.nn.Parameter(w), w)
+
+
 # ---------------------------------------------------------------- CUDA
 
 
@@ -163,3 +193,19 @@ def test_cuda_graph_replay_reads_weights_updated_in_place(cuda):
         x.normal_()
         graph.replay()
         assert max(rel_errors(outs, linear64(x, ws))) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 8, 32, MAX_ROWS, MAX_ROWS + 1])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cuda_swiglu_matches_the_models_code(cuda, rows, dtype):
+    """A 2048-wide model's gate/up (8192 columns) and a ragged one (K and N not multiples of a block):
+    within the dtype's noise of the eager code, which rounds where the kernel does."""
+    torch.manual_seed(0)
+    for k, n in ((2048, 8192), (1000, 2730)):
+        x = torch.randn(rows, k, device=cuda, dtype=dtype)
+        g, u = (torch.randn(n, k, device=cuda, dtype=dtype) * 0.03 for _ in range(2))
+        out, ref = swiglu(x, g, u), swiglu_eager(x.double(), g.double(), u.double())
+        assert out.dtype == dtype and out.shape == (rows, n)
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        assert err < (1e-5 if dtype == torch.float32 else 1e-2), (k, n, err)

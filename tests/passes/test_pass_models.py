@@ -80,8 +80,10 @@ def test_demo_decoder_all_passes():
     assert_close(actual, expected, atol=1e-4, rtol=1e-4)
     assert_block_rewritten(cap, cap.block_graph(), norms_in_block=0)
     # the final norm (glue, after the last block's add) is rewritten too; block passes counted once;
-    # 32 rows are few enough for the skinny linears: q/k/v, o, gate/up, down, and the glue's output head
-    assert cap.matches == {"fused_add_rms_norm": 3, "rope": 1, "attention": 1, "skinny_linear": 5}
+    # 32 rows are few enough for the skinny linears: q/k/v, o, down, and the glue's output head, and the
+    # SwiGLU of gate/up
+    assert cap.matches == {"fused_add_rms_norm": 3, "rope": 1, "attention": 1, "skinny_linear": 4,
+                           "skinny_swiglu": 1}
 
 
 def test_demo_decoder_bf16():
@@ -118,7 +120,7 @@ def test_auto_on_cpu_swaps_nothing_and_says_why():
     assert cap.matches == {}
     assert not any(str(t).startswith("regionc.") for g in cap.graphs for t in cap.targets(g))
     ops = {s.split(": ", 1)[1].split(" ")[0] for s in cap.skips}  # "<piece>: <op> at ...: kept ..."
-    assert ops == {"rms_norm", "fused_add_rms_norm", "rope", "attention", "skinny_linear"}
+    assert ops == {"rms_norm", "fused_add_rms_norm", "rope", "attention", "skinny_linear", "skinny_swiglu"}
     assert all("kept" in s and "cpu" in s for s in cap.skips)
 
 
@@ -145,7 +147,7 @@ def test_uuid_follows_the_code_a_pass_can_insert_on_the_device(monkeypatch):
 
     auto, always = Config.build({}), Config.build({"kernel_choice": "always"})
     assert PassManager(auto, "cpu").acting_passes() == []
-    assert PassManager(auto, "cuda").acting_passes() == ["decode_attention", "skinny_linear"]
+    assert PassManager(auto, "cuda").acting_passes() == ["decode_attention", "skinny_linear", "skinny_swiglu"]
     before = {name: PassManager(config, "cpu").uuid() for name, config in (("auto", auto), ("always", always))}
     monkeypatch.setitem(version.PASS_SOURCES, "rope", ("passes/rope.py", "ops/rms_norm.py"))  # "rope's kernel edited"
     assert PassManager(auto, "cpu").uuid() == before["auto"]

@@ -1,6 +1,7 @@
 """The skinny-linear pass: linears over few rows → ``regionc.skinny_linear``, the projections that read
-one input grouped into one call. Whole models (HF Llama and Qwen2 on a StaticCache, the demo decoder)
-and small functions for what it must group, swap alone, or leave to Inductor."""
+one input grouped into one call, and a SwiGLU's gate/up with its product → ``regionc.skinny_swiglu``.
+Whole models (HF Llama and Qwen2 on a StaticCache, the demo decoder) and small functions for what it
+must group, swap alone, fold into the SwiGLU call, or leave to Inductor."""
 
 from __future__ import annotations
 
@@ -25,12 +26,17 @@ from tests.passes.pass_util import (
 )
 
 SKINNY = torch.ops.regionc.skinny_linear.default
+SWIGLU = torch.ops.regionc.skinny_swiglu.default
 ALWAYS = {"kernel_choice": "always"}
 MM = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
 def calls(cap):
     return [n for g in cap.graphs for n in g.nodes if n.target is SKINNY]
+
+
+def swiglu_calls(cap):
+    return [n for g in cap.graphs for n in g.nodes if n.target is SWIGLU]
 
 
 def weight_counts(cap) -> list[int]:
@@ -59,7 +65,8 @@ def added_after(cap) -> list[int]:
 
 @pytest.mark.parametrize("arch", ["Llama", "Qwen2"])  # Qwen2: q/k/v biases
 def test_hf_decoder_static_cache_decode(arch):
-    """A layer's seven projections become four calls (q/k/v, o, gate/up, down), every step equals eager."""
+    """A layer's seven projections become four calls (q/k/v, o, the SwiGLU of gate/up, down), every step
+    equals eager."""
     transformers = pytest.importorskip("transformers")
     model, cfg = hf_decoder(transformers, arch)
     batch, prompt = 3, 5
@@ -72,11 +79,11 @@ def test_hf_decoder_static_cache_decode(arch):
             expected = model(tok, past_key_values=eager_cache, use_cache=True, cache_position=torch.tensor([pos]))
             actual = compiled(tok, past_key_values=compiled_cache, use_cache=True, cache_position=torch.tensor([pos]))
             assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=1e-4)
-    assert weight_counts(cap) == [1, 1, 2, 3], weight_counts(cap)
-    assert mm_count(cap) == 0
+    assert weight_counts(cap) == [1, 1, 3], weight_counts(cap)
+    assert len(swiglu_calls(cap)) == 1 and mm_count(cap) == 0
     assert added_after(cap).count(1) == (3 if arch == "Qwen2" else 0)  # Qwen2: q/k/v biases
     assert all(n.args[2] >= 1 for n in calls(cap))
-    assert cap.matches.get("skinny_linear") == 4, cap.matches
+    assert cap.matches.get("skinny_linear") == 3 and cap.matches.get("skinny_swiglu") == 1, cap.matches
 
 
 def test_demo_decoder_decode_and_prefill():
@@ -95,7 +102,8 @@ def test_demo_decoder_decode_and_prefill():
         for pos in (prompt, prompt + 1):
             tok = torch.randint(0, 128, (2, 1))
             assert_close(compiled(tok, torch.tensor([pos])), eager(tok, torch.tensor([pos])), atol=1e-5, rtol=1e-4)
-    assert calls(cap) and mm_count(cap) == 0 and cap.matches.get("skinny_linear", 0) >= 4
+    assert calls(cap) and swiglu_calls(cap) and mm_count(cap) == 0
+    assert cap.matches.get("skinny_linear", 0) >= 3 and cap.matches.get("skinny_swiglu", 0) >= 1
 
 
 # ---------------------------------------------------------------- small functions
@@ -105,7 +113,7 @@ def run_fn(fn, *args, options=None):
     run, _ = compile_fn_with_passes(fn, options)
     with capture() as cap, torch.no_grad():
         out = run(*args)
-    assert_close(out, fn(*args), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out, fn(*args), atol=1e-5, rtol=1e-4)
     return cap
 
 
@@ -137,6 +145,60 @@ def test_small_weight_is_split_over_k():
     assert added_after(cap) == [1]
     assert [n.args[1] for g in cap.graphs for n in g.nodes
             if n.target is torch.ops.prims.convert_element_type.default] == [torch.float32]
+
+
+def mlp(act, x, wg, wu, wd):
+    return F.linear(act(F.linear(x, wg)) * F.linear(x, wu), wd)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", [F.silu, lambda t: t * torch.sigmoid(t), lambda t: torch.sigmoid(t) * t],
+                         ids=["silu", "x*sigmoid", "sigmoid*x"])
+def test_swiglu_product_is_one_call(act, dtype):
+    """However SiLU is spelt (Inductor decomposes F.silu), gate, up and their product become one call
+    that reads the gate weight first; down stays a skinny_linear."""
+    x, wg, wu, wd = (torch.randn(*s).to(dtype) / 4 for s in ((6, 32), (48, 32), (48, 32), (16, 48)))
+    run, pm = compile_fn_with_passes(lambda *a: mlp(act, *a), ALWAYS)
+    with capture() as cap, torch.no_grad():
+        out = run(x, wg, wu, wd)
+    expected = mlp(F.silu, *(t.double() for t in (x, wg, wu, wd)))
+    assert ((out.double() - expected).norm() / expected.norm()).item() < (1e-6 if dtype == torch.float32 else 1e-2)
+    (call,) = swiglu_calls(cap)
+    assert [a.name for a in call.args] == ["arg0_1", "arg1_1", "arg2_1"]  # x, w_gate, w_up
+    assert weight_counts(cap) == [1] and mm_count(cap) == 0
+    assert pm.take_matches() == {"skinny_linear": 1, "skinny_swiglu": 1}
+
+
+@pytest.mark.parametrize("case", ["gelu", "activation read elsewhere", "gate read elsewhere", "bias"])
+def test_swiglu_not_taken_where_it_would_change_the_graph(case):
+    """Another activation, an activation or projection with another reader, a biased projection: the
+    two linears stay one skinny_linear group and the product stays Inductor's."""
+    x, wg, wu, wd, b = (torch.randn(*s) for s in ((6, 32), (48, 32), (48, 32), (16, 48), (48,)))
+
+    def fn(x, wg, wu, wd, b):
+        gate, up = F.linear(x, wg, b if case == "bias" else None), F.linear(x, wu)
+        act = F.gelu(gate) if case == "gelu" else F.silu(gate)
+        out = F.linear(act * up, wd)
+        if case == "activation read elsewhere":
+            return out, act.sum()
+        return (out, gate.mean()) if case == "gate read elsewhere" else out
+
+    cap = run_fn(fn, x, wg, wu, wd, b, options=ALWAYS)
+    assert not swiglu_calls(cap) and weight_counts(cap) == [1, 2]
+
+
+def test_swiglu_decision_classes():
+    """On CUDA only a gate/up that fills the GPU without a K split, at ≤ 16 rows, is measured to pay."""
+    from regionc.ops.skinny_linear import SWIGLU_MIN_PROGRAMS, swiglu_programs
+    from regionc.passes.decisions import decide, shape_class
+
+    assert swiglu_programs(8, 8192, 2048) >= SWIGLU_MIN_PROGRAMS > swiglu_programs(8, 2816, 2048)
+    assert shape_class("skinny_swiglu", rows=8) == "rows<=16"
+    assert shape_class("skinny_swiglu", rows=32, narrow=True) == "rows<=64, narrow"
+    assert decide("cuda", "skinny_swiglu", "rows<=16").swap
+    for cls in ("rows<=16, narrow", "rows<=64", "rows<=64, narrow"):
+        assert not decide("cuda", "skinny_swiglu", cls).swap
+    assert not decide("cpu", "skinny_swiglu", "rows<=16").swap
 
 
 def test_computed_weight_is_swapped_alone():
@@ -208,12 +270,18 @@ def test_decision_table_swaps_on_cuda_all_but_groups_past_16_rows():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch, kernel_choice, swapped", [(1, "always", 4), (8, "always", 4), (8, "auto", 4),
-                                                           (32, "auto", 2)])
-def test_cuda_hf_llama_static_cache(batch, kernel_choice, swapped):
-    """bf16 decode on the GPU: the pass finds the projections on the GPU's torch and the kernel's
+@pytest.mark.parametrize("batch, kernel_choice, intermediate, swapped, swiglu", [
+    (1, "always", 1024, 3, 1), (8, "always", 1024, 3, 1), (8, "auto", 1024, 4, 0), (8, "auto", 8192, 3, 1),
+    (32, "auto", 8192, 2, 0)])
+def test_cuda_hf_llama_static_cache(batch, kernel_choice, intermediate, swapped, swiglu):
+    """bf16 decode on the GPU: the pass finds the projections on the GPU's torch and the kernels'
     output stays within bf16 noise of eager through every step; by default (the decision table) all
-    four projections are swapped at 8 rows, and at 32 rows only the single ones (o, down)."""
+    four projections are swapped at 8 rows, gate/up as one SwiGLU call where its 8192 columns fill the
+    GPU without a K split (1024 do not: a skinny_linear group), and at 32 rows only the single ones (o,
+    down)."""
     transformers = pytest.importorskip("transformers")
-    report = cuda_hf_decode(transformers, kernel_choice, batch=batch, max_cache_len=64, intermediate_size=1024)
-    assert report.pass_matches.get("skinny_linear", 0) == swapped, (report.pass_matches, report.pass_skips)
+    report = cuda_hf_decode(transformers, kernel_choice, batch=batch, max_cache_len=64,
+                            intermediate_size=intermediate)
+    matches = report.pass_matches
+    assert (matches.get("skinny_linear", 0), matches.get("skinny_swiglu", 0)) == (swapped, swiglu), \
+        (matches, report.pass_skips)
