@@ -119,8 +119,18 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
         False, "mixed at 32 rows: q/k/v 7.0 vs 17.7 us and gate/up 21.2 vs 23.1 at 2048 wide, but the 4096-wide "
                "gate/up 89.0 vs 64.9 (its input, re-read by every 32-column program, is as many bytes as the "
                "weights); HF Llama batch 32 with every linear swapped: 3.202 -> 2.747 ms"),
+    # benchmarks/results/skinny_linear/h200-2026-12-03-swiglu.json (as above); end to end, one H200 host, one
+    # process each, HF Llama 32 x 2048 batch 8 at position 512 through backend="regionc" with the swap on and off
+    # (benchmarks/results/decode_profile/h200-2026-12-03-hf-llama-b8-swiglu{,-off}.log), 2026-12-03.
     ("cuda", "skinny_swiglu", "rows<=16"): Decision(
-        True, "PENDING"),
+        True, "faster: gate/up and the SwiGLU product in one launch, 19.3 us at 8 rows for a 2048-wide layer "
+              "(8192 columns each) against 19.7 for the skinny_linear group alone, whose product then takes a "
+              "pointwise launch of its own (4096-wide: 59.3 vs 59.2); HF Llama batch 8: 358 kernels and a "
+              "2.035 ms GPU span a step against 390 and 2.112 ms"),
+    ("cuda", "skinny_swiglu", "rows<=64"): Decision(
+        False, "a tie at 32 rows, where gate/up stays on cuBLAS (the group row above): 22.3 vs 23.3 us at 2048 wide "
+               "and 66.0 vs 65.2 at 4096 wide, before cuBLAS's pointwise launch for the product; not measured end "
+               "to end"),
     ("cuda", "decode_attention", "native"): Decision(
         False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
                "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"
