@@ -127,18 +127,20 @@ def _computes_silu(region: list[torch.fx.Node], source: torch.fx.Node) -> bool:
     numel = 1
     for d in shape:
         numel *= d
-    probe = torch.linspace(-8.0, 8.0, numel).reshape(shape).to(tensor_val(source).dtype)
-    env = {source: probe}
-    try:
-        for node in region:
-            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
-            env[node] = node.target(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an op that does not run on a CPU probe: not recognised
-        return False
-    out = env[region[-1]]
-    return (isinstance(out, torch.Tensor) and out.numel() == numel and torch.allclose(
-        out.float().reshape(-1), torch.nn.functional.silu(probe.float()).reshape(-1),
-        rtol=_SILU_TOLERANCE, atol=_SILU_TOLERANCE))
+    # real CPU tensors, whatever fake mode the compile has on
+    with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
+        probe = torch.linspace(-8.0, 8.0, numel).reshape(shape).to(tensor_val(source).dtype)
+        env = {source: probe}
+        try:
+            for node in region:
+                args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+                env[node] = node.target(*args, **kwargs)
+            out = env[region[-1]]
+            return (isinstance(out, torch.Tensor) and out.numel() == numel and torch.allclose(
+                out.float().reshape(-1), torch.nn.functional.silu(probe.float()).reshape(-1),
+                rtol=_SILU_TOLERANCE, atol=_SILU_TOLERANCE))
+        except Exception:  # noqa: BLE001 - an op that does not run on a CPU probe: not recognised
+            return False
 
 
 def _swiglu_at(members: list[dict], order: dict):
