@@ -171,7 +171,7 @@ def _swiglu_at(members: list[dict], order: dict):
 
 def find(graph: torch.fx.Graph):
     """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "columns", "dtype", "device",
-    "desc"}, ...]``."""
+    "swiglu", "desc"}, ...]`` (``swiglu``: ``_swiglu_at``'s answer for the group)."""
     linears, skips = _graph.split_matches(match_at(node) for node in list(graph.nodes))
     groups: dict = {}
     for spec in linears:
