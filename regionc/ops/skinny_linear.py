@@ -67,6 +67,14 @@ SWIGLU_MIN_PROGRAMS = 256
 
 if _utils.HAS_TRITON:
 
+    @triton.jit
+    def _tile(ptrs, rows_ok, k_left, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+        """One [rows, BLOCK_K] tile: masked on rows, and on K past ``k_left`` unless every step is whole."""
+        if EVEN_K:
+            return tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+        k_ok = tl.arange(0, BLOCK_K) < k_left
+        return tl.load(ptrs, mask=rows_ok[:, None] & k_ok[None, :], other=0.0)
+
     # The per-weight values are chosen at run time by branch, so each must keep one type: a column
     # count may be 1, which Triton would turn into a constant, so those are not specialised. The
     # row strides are (the launcher never passes 1): their divisibility by 16, like the pointers'
@@ -111,13 +119,8 @@ if _utils.HAS_TRITON:
         w_ptrs = w + offs_n[:, None].to(tl.int64) * sw + k_lo + offs_k[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in range(0, tl.cdiv(k_len, BLOCK_K)):
-            if EVEN_K:
-                xt = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
-                wt = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
-            else:
-                k_ok = offs_k < k_len - k * BLOCK_K
-                xt = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                wt = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            xt = _tile(x_ptrs, m_ok, k_len - k * BLOCK_K, BLOCK_K, EVEN_K)
+            wt = _tile(w_ptrs, n_ok, k_len - k * BLOCK_K, BLOCK_K, EVEN_K)
             acc += tl.dot(xt, tl.trans(wt), input_precision=DOT_PRECISION)
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
@@ -143,15 +146,9 @@ if _utils.HAS_TRITON:
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                xt = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
-                gt = tl.load(g_ptrs, mask=n_ok[:, None], other=0.0)
-                ut = tl.load(u_ptrs, mask=n_ok[:, None], other=0.0)
-            else:
-                k_ok = offs_k < K - k * BLOCK_K
-                xt = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                gt = tl.load(g_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                ut = tl.load(u_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            xt = _tile(x_ptrs, m_ok, K - k * BLOCK_K, BLOCK_K, EVEN_K)
+            gt = _tile(g_ptrs, n_ok, K - k * BLOCK_K, BLOCK_K, EVEN_K)
+            ut = _tile(u_ptrs, n_ok, K - k * BLOCK_K, BLOCK_K, EVEN_K)
             acc_g += tl.dot(xt, tl.trans(gt), input_precision=DOT_PRECISION)
             acc_u += tl.dot(xt, tl.trans(ut), input_precision=DOT_PRECISION)
             x_ptrs += BLOCK_K

@@ -143,12 +143,13 @@ def _computes_silu(region: list[torch.fx.Node], source: torch.fx.Node) -> bool:
             return False
 
 
-def _swiglu_at(members: list[dict], order: dict):
-    """``(product node, gate index)`` when two linears feed nothing but ``silu(gate) * up``, else None."""
-    if len(members) != 2 or any(m["addend"] is not None for m in members):
+def _swiglu_at(group: dict, order: dict):
+    """``(product node, gate index)`` when a group's two linears feed nothing but ``silu(gate) * up``, else None."""
+    outs = group["outs"]
+    if len(outs) != 2 or any(a is not None for a in group["addends"]):
         return None
     for gate_i in (0, 1):
-        gate, up = members[gate_i]["out"], members[1 - gate_i]["out"]
+        gate, up = outs[gate_i], outs[1 - gate_i]
         end = up  # the up projection reaches the product through reshapes and casts only
         while len(end.users) == 1 and is_call(next(iter(end.users)), _graph.CONVERT, *_graph.VIEW_TARGETS):
             end = next(iter(end.users))
@@ -162,7 +163,7 @@ def _swiglu_at(members: list[dict], order: dict):
         if any(user not in inside for node in (gate, *region) for user in node.users):
             continue  # the activation or a step of it is read elsewhere: the linears must stay
         pv, gv = tensor_val(product), tensor_val(gate)
-        if pv is None or pv.dtype != members[0]["dtype"] or not same(pv.numel(), gv.numel()):
+        if pv is None or pv.dtype != group["dtype"] or not same(pv.numel(), gv.numel()):
             continue
         if _computes_silu(region, gate):
             return product, gate_i
@@ -171,7 +172,7 @@ def _swiglu_at(members: list[dict], order: dict):
 
 def find(graph: torch.fx.Graph):
     """The linears, grouped: ``[{"x", "weights", "addends", "outs", "rows", "columns", "dtype", "device",
-    "swiglu", "desc"}, ...]`` (``swiglu``: ``_swiglu_at``'s answer for the group)."""
+    "desc"}, ...]``."""
     linears, skips = _graph.split_matches(match_at(node) for node in list(graph.nodes))
     groups: dict = {}
     for spec in linears:
@@ -180,7 +181,6 @@ def find(graph: torch.fx.Graph):
         # siblings reshape one tensor each on their own: grouped by what is behind the reshapes
         key = (_graph.strip_views(spec["x"]), shape) if lifted else spec["out"]
         groups.setdefault(key, []).append(spec)
-    order = {node: i for i, node in enumerate(graph.nodes)}
     found = []
     for members in groups.values():
         first = members[0]
@@ -190,7 +190,6 @@ def find(graph: torch.fx.Graph):
             "x": first["x"], "weights": [m["w"] for m in members], "addends": [m["addend"] for m in members],
             "outs": [m["out"] for m in members], "rows": first["rows"],
             "columns": columns, "dtype": first["dtype"], "device": xt.device,
-            "swiglu": _swiglu_at(members, order),
             "desc": f"{NAME} at x{shape_str(xt)} × {len(members)} weight(s) of {'+'.join(map(str, columns))} columns "
                     f"{_graph.dtype_str(first['dtype'])}",
         })
@@ -214,10 +213,9 @@ def rewrite(graph: torch.fx.Graph, group) -> None:
         out.replace_all_uses_with(result)
 
 
-def rewrite_swiglu(graph: torch.fx.Graph, group) -> torch.fx.Node:
+def rewrite_swiglu(graph: torch.fx.Graph, group, product: torch.fx.Node, gate_i: int) -> torch.fx.Node:
     """One ``skinny_swiglu`` call in place of the two linears, the activation and the product; returns
     what now stands for the product."""
-    product, gate_i = group["swiglu"]
     call = _graph.insert_call(graph, group["outs"][0], torch.ops.regionc.skinny_swiglu.default,
                               (group["x"], group["weights"][gate_i], group["weights"][1 - gate_i]))
     shape = list(tensor_val(product).shape)
@@ -227,17 +225,20 @@ def rewrite_swiglu(graph: torch.fx.Graph, group) -> torch.fx.Node:
 
 
 def run(graph: torch.fx.Graph, ctx, matches) -> None:
+    # SwiGLUs are looked for before any rewrite (graph order, for the probe), and only with their pass on
+    order = {node: i for i, node in enumerate(graph.nodes)} if ctx.on(SWIGLU) else None
+    swiglus = [_swiglu_at(group, order) if order is not None else None for group in matches]
     moved = {}  # a product the SwiGLU call replaced -> its replacement (down's input, found before)
-    for group in matches:
+    for group, swiglu in zip(matches, swiglus):
         group["x"] = moved.get(group["x"], group["x"])
         device, rows = group["device"], group["rows"]
-        if group["swiglu"] is not None and ctx.on(SWIGLU):
+        if swiglu is not None:
             k = _graph.hint(tensor_val(group["x"]).shape[1])
             narrow = swiglu_programs(rows, group["columns"][0], k) < SWIGLU_MIN_PROGRAMS
             desc = f"{SWIGLU} at x{shape_str(tensor_val(group['x']))} × gate/up of {group['columns'][0]} columns " \
                    f"{_graph.dtype_str(group['dtype'])}"
             if ctx.allow(SWIGLU, desc, device=device, rows=rows, weights=2, narrow=narrow):
-                moved[group["swiglu"][0]] = rewrite_swiglu(graph, group)
+                moved[swiglu[0]] = rewrite_swiglu(graph, group, *swiglu)
                 continue
         if ctx.on(NAME) and ctx.allow(NAME, group["desc"], device=device, rows=rows, weights=len(group["weights"])):
             rewrite(graph, group)

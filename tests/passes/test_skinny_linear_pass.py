@@ -188,6 +188,13 @@ def test_swiglu_not_taken_where_it_would_change_the_graph(case):
     assert not swiglu_calls(cap) and weight_counts(cap) == [1, 2]
 
 
+def test_swiglu_pass_can_be_turned_off_alone():
+    """``passes={"skinny_swiglu": False}``: gate/up stay one skinny_linear group, the product Inductor's."""
+    x, wg, wu, wd = (torch.randn(*s) for s in ((6, 32), (48, 32), (48, 32), (16, 48)))
+    cap = run_fn(lambda *a: mlp(F.silu, *a), x, wg, wu, wd, options={**ALWAYS, "passes": {"skinny_swiglu": False}})
+    assert not swiglu_calls(cap) and weight_counts(cap) == [1, 2]
+
+
 def test_swiglu_decision_classes():
     """On CUDA only a gate/up that fills the GPU without a K split, at ≤ 16 rows, is measured to pay."""
     from regionc.ops.skinny_linear import SWIGLU_MIN_PROGRAMS, swiglu_programs
