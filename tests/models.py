@@ -159,3 +159,28 @@ class GraphBreakStack(nn.Module):
         for layer in self.layers[2:]:
             x = layer(x)
         return x
+
+
+class CountingLayer(nn.Module):
+    """A block that reads the step position and its own layer's counter, as HF's sliding-window cache layers do."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, position: int, counter: int):
+        return x + self.proj(x) * position - counter * 0.5
+
+
+class PerLayerCounters(nn.Module):
+    """Blocks that each read a Python int of their own from the caller's state, layer 0's doubling as the
+    position every block reads: Dynamo makes the ints symbolic (``dynamic=True``), one symbol per layer."""
+
+    def __init__(self, dim: int = 16, n_layers: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(CountingLayer(dim) for _ in range(n_layers))
+
+    def forward(self, x, counters: list[int]):
+        for layer, counter in zip(self.layers, counters):
+            x = layer(x, counters[0], counter)
+        return x

@@ -7,6 +7,10 @@ Identical blocks can still split into pieces that differ at their edges:
   tensors. Inductor specializes on strides (and regionc's key on the offset), so the first block
   would compile alone. Here the caller copies such an input to a dense tensor before the call (one
   copy, once per forward), when the other instances receive it dense.
+- **A size read in two roles.** HF's sliding-window cache keeps a Python int per layer, which Dynamo
+  makes a symbolic size from the second step on; layer 0's int is also the position every layer's
+  RoPE reads. Layer 0's piece then takes one size input where its siblings take two (the position
+  and their own counter). Here it gets the second input too, and its call passes the same size twice.
 - **Which outputs are read.** ``split_module`` returns from a piece only the values read later, and
   the last block's second stream (a text stream nobody reads after the last block) is not; Dynamo
   may even have dropped the nodes computing it (Flux's last single block lacks its text slice). The
@@ -40,6 +44,7 @@ def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) 
         if len(modules) < 2:
             continue
         changed += _restore_dropped(modules)
+        changed += _split_shared_sizes(split, modules, [calls[name] for name in names])
         if not _line_up(modules):
             continue
         changed += _union_outputs(split, modules, [calls[name] for name in names])
@@ -98,6 +103,85 @@ def _restore_dropped(modules: list[torch.fx.GraphModule]) -> int:
             copied += 1
         module.recompile()
     return copied
+
+
+def _split_shared_sizes(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModule],
+                        calls: list[torch.fx.Node]) -> int:
+    """Give a piece that reads one non-tensor input (a symbolic size) where a sibling with the same ops
+    reads two a second placeholder for it, fed the same value by its call; returns how many were added. Tensors
+    are never split: code compiled for two tensors may assume they do not alias."""
+    added = 0
+    for module, call in zip(modules, calls):
+        mine = list(module.graph.find_nodes(op="placeholder"))
+        fuller = [m for m in modules if len(m.graph.find_nodes(op="placeholder")) > len(mine)]
+        reference, sources = next(((m, s) for m in fuller if (s := _sources(m, module)) is not None), (None, None))
+        if sources is None or sorted(set(sources)) != list(range(len(mine))):
+            continue
+        theirs = list(reference.graph.find_nodes(op="placeholder"))
+        firsts = [s for k, s in enumerate(sources) if s not in sources[:k]]
+        if firsts != sorted(firsts) or any(isinstance(mine[s].meta.get("example_value"), torch.Tensor)
+                                           for k, s in enumerate(sources) if s in sources[:k]):
+            continue
+        split_off: dict[torch.fx.Node, torch.fx.Node] = {}  # their placeholder -> my new placeholder
+        last = None
+        for k, source in enumerate(sources):
+            if source not in sources[:k]:
+                last = mine[source]
+                continue
+            with module.graph.inserting_after(last):
+                last = module.graph.placeholder(f"{mine[source].name}_{k}")
+            last.meta = dict(mine[source].meta)
+            split_off[theirs[k]] = last
+        for node, sibling in zip([*_body(module), _output(module)], [*_body(reference), _output(reference)]):
+            uses = iter(_arg_nodes(sibling))
+            node.args, node.kwargs = torch.fx.node.map_arg((node.args, node.kwargs),
+                                                           lambda arg: split_off.get(next(uses), arg))
+        call.args = tuple(call.args[source] for source in sources)
+        module.graph.lint()
+        module.recompile()
+        added += len(split_off)
+    return added
+
+
+def _sources(reference: torch.fx.GraphModule, module: torch.fx.GraphModule) -> list[int] | None:
+    """For each placeholder of ``reference``, the index of the placeholder of ``module`` read in its
+    place, where both run the same ops wired the same way (else None)."""
+    theirs, mine = _body(reference), _body(module)
+    if [(n.op, str(n.target)) for n in theirs] != [(n.op, str(n.target)) for n in mine]:
+        return None
+    their_inputs = list(reference.graph.find_nodes(op="placeholder"))
+    my_inputs = list(module.graph.find_nodes(op="placeholder"))
+    position = {node: i for i, node in enumerate(mine)}
+    body = {node: i for i, node in enumerate(theirs)}
+    sources: dict[int, int] = {}
+    for their_node, my_node in zip([*theirs, _output(reference)], [*mine, _output(module)]):
+        their_args, my_args = _arg_nodes(their_node), _arg_nodes(my_node)
+        if len(their_args) != len(my_args):
+            return None
+        for their_arg, my_arg in zip(their_args, my_args):
+            if their_arg in body:
+                if position.get(my_arg) != body[their_arg]:
+                    return None
+            elif my_arg not in my_inputs or sources.setdefault(their_inputs.index(their_arg),
+                                                               my_inputs.index(my_arg)) != my_inputs.index(my_arg):
+                return None
+    # inputs read nowhere (a size symbol passed along with the tensors that carry it) pair up in order
+    unread = iter(i for i in range(len(my_inputs)) if i not in sources.values())
+    for k in range(len(their_inputs)):
+        if k not in sources and (sources.setdefault(k, next(unread, -1)) < 0):
+            return None
+    return [sources[k] for k in range(len(their_inputs))]
+
+
+def _arg_nodes(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The nodes ``node`` reads, in argument order, repeats included."""
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def _output(module: torch.fx.GraphModule) -> torch.fx.Node:
+    return next(iter(module.graph.find_nodes(op="output")))
 
 
 def _signature(placeholders: list[torch.fx.Node]) -> list[tuple]:

@@ -7,18 +7,31 @@ input metadata (dtype, shape, stride, offset, device, requires_grad, symbolic di
 and tensor constant values; it never includes node or parameter names, which differ
 per layer. A per-layer Python constant (``layer_idx``, a scale) therefore changes the
 fingerprint, and :func:`first_difference` names it for the report.
+
+Symbolic sizes are named by where they first appear, not by Dynamo's names: a per-layer
+int that Dynamo made symbolic (the position counter of each layer of an HF sliding-window
+cache) is ``s27`` in one layer and ``s75`` in the next, yet both layers are the same code.
+What the ShapeEnv knows of each symbol (its value range, its guards) is part of the
+fingerprint, so renamed pieces share code only where their sizes obey the same facts.
+Where one piece reads one symbol in two places that its siblings read as two symbols
+(layer 0's counter doubles as the position every layer reads), :func:`share` lets it run
+the siblings' code: code compiled for two sizes is right when they happen to be equal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import sympy
 import torch
 import torch.fx
 from torch.fx.node import _get_qualified_name
+
+_SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,25 +39,121 @@ class Fingerprint:
     digest: str
     items: tuple[str, ...]  # one canonical line per placeholder/node, for diffs
     node_names: tuple[str, ...]  # the piece's node names, aligned with items (diagnostics only)
+    # Symbols, one entry per place a size reads one (in a fixed order): Dynamo's name for it, and the
+    # index of its first place. ``general`` digests the piece with every place named apart.
+    symbols: tuple[str, ...] = ()
+    classes: tuple[int, ...] = ()
+    general: str = ""
 
     @property
     def short(self) -> str:
         return self.digest[:12]
 
 
-def describe_value(value: Any) -> str:
-    """Canonical text for an input value: metadata only, never data (except Python scalars)."""
+class _Names:
+    """Canonical names for the symbols a piece reads, and the facts the ShapeEnv holds about them.
+
+    ``apart=False``: one name per symbol, in order of first appearance (equal sizes stay equal).
+    ``apart=True``: one name per place, so pieces that differ only in which places read the same
+    symbol get the same text (:func:`share` then compares the places). A fact that relates two
+    symbols cannot be written per place, so a piece whose symbols have one (``related``) is only
+    ever shared by its exact fingerprint."""
+
+    def __init__(self, apart: bool):
+        self.apart = apart
+        self.places: list[sympy.Symbol] = []
+        self.names: list[tuple[sympy.Symbol, str]] = []  # (symbol, its name), one per name given
+        self.envs: dict[sympy.Symbol, Any] = {}
+
+    def __call__(self, value: Any) -> str:
+        expr = value.node.expr if isinstance(value, _SYMBOLIC) else value
+        if not isinstance(expr, sympy.Basic) or not expr.free_symbols:
+            return str(expr)
+        named = {symbol: name for symbol, name in self.names}
+        mapping = {}
+        for symbol in sorted(expr.free_symbols, key=str):
+            self.places.append(symbol)
+            self.envs.setdefault(symbol, value.node.shape_env if isinstance(value, _SYMBOLIC) else None)
+            if self.apart or symbol not in named:
+                named[symbol] = f"${len(self.names)}"
+                self.names.append((symbol, named[symbol]))
+            mapping[symbol] = sympy.Symbol(named[symbol])
+        return str(expr.xreplace(mapping))
+
+    @functools.cached_property
+    def _known(self) -> dict[sympy.Symbol, list[sympy.Basic]]:
+        """What each symbol's ShapeEnv knows of it: its guards, runtime asserts and divisibilities."""
+        known: dict[sympy.Symbol, list[sympy.Basic]] = {}
+        for symbol, env in self.envs.items():
+            facts = [] if env is None else [guard.expr for guard in env.guards]
+            facts += [] if env is None else [a.expr for asserts in env.deferred_runtime_asserts.values() for a in asserts]
+            facts += [] if env is None else [sympy.Eq(expr, 0) for expr in env.divisible]
+            known[symbol] = [fact for fact in facts if symbol in fact.free_symbols]
+        return known
+
+    @property
+    def related(self) -> bool:
+        return any(len(fact.free_symbols) > 1 for facts in self._known.values() for fact in facts)
+
+    def facts(self) -> list[str]:
+        """Each name's value range and facts (other symbols of the piece under their own names)."""
+        everywhere = {symbol: sympy.Symbol(name) for symbol, name in reversed(self.names)}
+        lines = []
+        for symbol, name in self.names:
+            env = self.envs[symbol]
+            mapping = {**everywhere, symbol: sympy.Symbol(name)}
+            facts = sorted(str(fact.xreplace(mapping)) for fact in self._known[symbol])
+            lines.append(f"{name} in {env.var_to_range.get(symbol) if env is not None else None} {facts}")
+        return lines
+
+
+def describe_value(value: Any, name=str) -> str:
+    """Canonical text for an input value: metadata only, never data (except Python scalars).
+    ``name`` writes a symbolic size (:class:`_Names` in a fingerprint)."""
     if isinstance(value, torch.Tensor):
-        return (f"tensor({value.dtype}, shape={_dims(value.shape)}, stride={_dims(value.stride())}, "
-                f"offset={value.storage_offset()}, device={value.device.type}, grad={value.requires_grad})")
-    if isinstance(value, torch.SymInt):
-        return f"symint({value.node.expr})"
-    if isinstance(value, (torch.SymFloat, torch.SymBool)):
-        return f"{type(value).__name__.lower()}({value.node.expr})"
+        return (f"tensor({value.dtype}, shape={_dims(value.shape, name)}, stride={_dims(value.stride(), name)}, "
+                f"offset={name(value.storage_offset())}, device={value.device.type}, grad={value.requires_grad})")
+    if isinstance(value, _SYMBOLIC):
+        return f"{type(value).__name__.lower()}({name(value)})"
     return f"{type(value).__name__}({value!r})"
 
 
 def fingerprint_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Fingerprint:
+    items, names, exact = _lines(gm, example_inputs, _Names(apart=False))
+    general_items, _, apart = _lines(gm, example_inputs, _Names(apart=True))
+    digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
+    general = digest if apart.related else hashlib.sha256("\n".join(general_items).encode()).hexdigest()
+    return Fingerprint(digest, tuple(items), tuple(names), tuple(str(s) for s in exact.places),
+                       tuple(exact.places.index(s) for s in exact.places), general)
+
+
+def share(prints: Sequence[Fingerprint]) -> list[int]:
+    """For each piece, the index of the piece whose compiled code it runs (its own index: it compiles).
+
+    Pieces with equal fingerprints share. So does a piece whose text, with each symbolic place named
+    apart, equals a compiling piece's, where every two places that read one symbol in the compiling
+    piece read one symbol in it too: the compiled code assumes no more of its sizes than the piece
+    guarantees. The pieces that read the most distinct symbols compile first, so they serve the rest."""
+    owners = [-1] * len(prints)
+    compiling: dict[str, list[int]] = {}
+    for i in sorted(range(len(prints)), key=lambda i: -len(set(prints[i].classes))):
+        candidates = compiling.setdefault(prints[i].general, [])
+        owners[i] = next((r for r in candidates if _covers(prints[r], prints[i])), i)
+        if owners[i] == i:
+            candidates.append(i)
+    return owners
+
+
+def _covers(code: Fingerprint, piece: Fingerprint) -> bool:
+    if code.digest == piece.digest:
+        return True
+    if len(code.classes) != len(piece.classes):
+        return False
+    seen: dict[int, int] = {}
+    return all(seen.setdefault(mine, theirs) == theirs for mine, theirs in zip(code.classes, piece.classes))
+
+
+def _lines(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], symbols: _Names):
     index: dict[torch.fx.Node, int] = {}
     items: list[str] = [f"grad_mode={torch.is_grad_enabled()}"]
     names: list[str] = ["<context>"]
@@ -52,19 +161,21 @@ def fingerprint_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     for position, node in enumerate(gm.graph.nodes):
         index[node] = position
         if node.op == "placeholder":
-            line = f"input {describe_value(next(placeholders, None))}"
+            line = f"input {describe_value(next(placeholders, None), symbols)}"
         elif node.op == "get_attr":
             line = f"constant {_constant(gm, node.target)}"
         elif node.op == "call_module":
             # Not inlined by Dynamo: it carries its own state, so it must never be shared.
             module = gm.get_submodule(node.target)
-            line = f"module {type(module).__qualname__}@{id(module)} {_canon(node.args, index)} {_canon(node.kwargs, index)}"
+            line = (f"module {type(module).__qualname__}@{id(module)} {_canon(node.args, index, symbols)} "
+                    f"{_canon(node.kwargs, index, symbols)}")
         else:
-            line = f"{node.op} {_target(node.target)} {_canon(node.args, index)} {_canon(node.kwargs, index)}"
+            line = f"{node.op} {_target(node.target)} {_canon(node.args, index, symbols)} {_canon(node.kwargs, index, symbols)}"
         items.append(line)
         names.append(node.name)
-    digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
-    return Fingerprint(digest, tuple(items), tuple(names))
+    items.append(f"symbols {symbols.facts()}")
+    names.append("<symbols>")
+    return items, names, symbols
 
 
 def first_difference(reference: Fingerprint, other: Fingerprint) -> str:
@@ -75,8 +186,8 @@ def first_difference(reference: Fingerprint, other: Fingerprint) -> str:
     return f"graphs differ in length ({len(other.items)} vs {len(reference.items)} nodes)"
 
 
-def _dims(dims) -> str:
-    return "[" + ",".join(str(d) for d in dims) + "]"
+def _dims(dims, name=str) -> str:
+    return "[" + ",".join(name(d) for d in dims) + "]"
 
 
 def _target(target: Any) -> str:
@@ -88,20 +199,21 @@ def _target(target: Any) -> str:
         return getattr(target, "__qualname__", repr(target))
 
 
-def _canon(arg: Any, index: dict[torch.fx.Node, int]) -> str:
+def _canon(arg: Any, index: dict[torch.fx.Node, int], symbols: _Names) -> str:
     if isinstance(arg, torch.fx.Node):
         return f"%{index[arg]}"
     if isinstance(arg, (list, tuple)):
-        inner = ",".join(_canon(a, index) for a in arg)
+        inner = ",".join(_canon(a, index, symbols) for a in arg)
         return f"[{inner}]" if isinstance(arg, list) else f"({inner})"
     if isinstance(arg, dict):
-        return "{" + ",".join(f"{k}:{_canon(v, index)}" for k, v in sorted(arg.items())) + "}"
+        return "{" + ",".join(f"{k}:{_canon(v, index, symbols)}" for k, v in sorted(arg.items())) + "}"
     if isinstance(arg, slice):
-        return f"slice({_canon(arg.start, index)},{_canon(arg.stop, index)},{_canon(arg.step, index)})"
+        return (f"slice({_canon(arg.start, index, symbols)},{_canon(arg.stop, index, symbols)},"
+                f"{_canon(arg.step, index, symbols)})")
     if isinstance(arg, torch.Tensor):
         return _tensor_value(arg)
-    if isinstance(arg, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-        return describe_value(arg)
+    if isinstance(arg, _SYMBOLIC):
+        return describe_value(arg, symbols)
     if callable(arg) and not isinstance(arg, type):
         return _target(arg)
     return repr(arg)

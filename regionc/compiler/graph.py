@@ -23,7 +23,7 @@ import torch.fx
 
 from regionc.blocks.boundaries import fuse_block_boundaries
 from regionc.blocks.detect import detect_blocks, pretty_path
-from regionc.blocks.fingerprint import Fingerprint, describe_value, fingerprint_piece, first_difference
+from regionc.blocks.fingerprint import Fingerprint, fingerprint_piece, first_difference, share
 from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
@@ -69,25 +69,23 @@ class GraphCompiler:
         with report.phase("fingerprint"):
             inputs = {p.name: piece_example_inputs(split.get_submodule(p.name)) for p in pieces}
             prints = {p.name: fingerprint_piece(split.get_submodule(p.name), inputs[p.name]) for p in pieces}
-        self._report_reuse_breakers(pieces, prints, report)
 
         device = device_of(example_inputs)
         passes = self.passes.inductor_config_patches() if self.passes is not None else {}
-        uniques: dict[str, _Unique] = {}
+        owners = share([prints[p.name] for p in pieces])
+        self._report_reuse_breakers(pieces, prints, owners, report)
+        records = [PieceRecord(p.name, p.kind, p.label if p.block else None, prints[pieces[owner].name].short)
+                   for p, owner in zip(pieces, owners)]
+        uniques = {i: _Unique(pieces[i], prints[pieces[i].name], records[i]) for i in sorted(set(owners))}
         instances: list[tuple[Piece, PieceRecord, _Unique]] = []
-        for piece in pieces:
-            fingerprint = prints[piece.name]
-            record = PieceRecord(piece.name, piece.kind, piece.label if piece.block else None, fingerprint.short)
-            unique = uniques.get(fingerprint.digest)
-            if unique is None:
-                unique = uniques[fingerprint.digest] = _Unique(piece, fingerprint, record)
-            else:
+        for i, (piece, record) in enumerate(zip(pieces, records)):
+            if owners[i] != i:
                 record.source = "reused"
-            instances.append((piece, record, unique))
+            instances.append((piece, record, uniques[owners[i]]))
             report.pieces.append(record)
         if self._cached:  # the keys before any compile: a background job's program names them in its recipe
             for unique in uniques.values():
-                unique.keyed = self._key(unique.fingerprint, inputs[unique.piece.name], device)
+                unique.keyed = self._key(unique.fingerprint, device)
             for piece, record, unique in instances:
                 record.key = unique.keyed[0]
 
@@ -96,8 +94,8 @@ class GraphCompiler:
             patches = {**piece_defaults(submodule, device), **self.config.inductor_config, **passes}
             unique.fn, guards = self._obtain(unique, submodule, inputs[unique.piece.name], patches, guards_since,
                                              report)
-            if not in_background and unique.record.source == "compiled":
-                guards = None  # compiled inside Dynamo's call: its guards are Dynamo's now
+            # compiled inside Dynamo's call, its guards are Dynamo's now, on its own symbols only
+            dynamos = not in_background and unique.record.source == "compiled"
             if self.passes is not None:
                 unique.record.pass_matches = self.passes.take_matches()
                 report.pass_matches.update(unique.record.pass_matches)
@@ -111,7 +109,9 @@ class GraphCompiler:
                         record.source, record.reason = "eager", "its fingerprint failed to compile"
                 if unique.fn is not None:  # shadows the submodule: the FX code calls self.<name>(...)
                     eager = split.__dict__.get(piece.name, split._modules[piece.name])  # an untouched graph
-                    split.__dict__[piece.name] = guarded(unique.fn, guards, eager, f"{piece.name} ({piece.label})")
+                    checked = dynamos and prints[piece.name].symbols == unique.fingerprint.symbols
+                    split.__dict__[piece.name] = guarded(unique.fn, None if checked else guards, eager,
+                                                         f"{piece.name} ({piece.label})")
 
         if not self._in_background():
             for unique in uniques.values():
@@ -171,11 +171,11 @@ class GraphCompiler:
     def _cached(self) -> bool:
         return self.store is not None and self.store.readable
 
-    def _key(self, fingerprint: Fingerprint, inputs: list[Any], device: torch.device) -> tuple[str, dict]:
+    def _key(self, fingerprint: Fingerprint, device: torch.device) -> tuple[str, dict]:
         from regionc.cache.key import environment_factors, piece_key
 
-        return piece_key(fingerprint.digest, [describe_value(v) for v in inputs], self.codegen,
-                         environment_factors(device))
+        return piece_key(fingerprint.digest, [item for item in fingerprint.items if item.startswith("input ")],
+                         self.codegen, environment_factors(device))
 
     def _in_background(self) -> bool:
         """Whether this graph's pieces compile in the background (when asked and safe; if not safe, says why)."""
@@ -220,22 +220,22 @@ class GraphCompiler:
 
     # ------------------------------------------------------------------ diagnostics
     @staticmethod
-    def _report_reuse_breakers(pieces: list[Piece], prints: dict[str, Fingerprint], report: Report) -> None:
+    def _report_reuse_breakers(pieces: list[Piece], prints: dict[str, Fingerprint], owners: list[int],
+                               report: Report) -> None:
         """Name the per-layer constants that make instances of one stack compile separately."""
-        first: dict[str, Piece] = {}
-        seen: dict[str, set[str]] = defaultdict(set)
-        for piece in pieces:
+        first: dict[str, int] = {}
+        seen: dict[str, set[int]] = defaultdict(set)
+        for i, piece in enumerate(pieces):
             if piece.block is None:
                 continue
             stack = piece.block.stack
-            reference = first.setdefault(stack, piece)
-            digest = prints[piece.name].digest
-            if digest != prints[reference.name].digest and digest not in seen[stack]:
-                message = (f"{piece.label} cannot reuse {reference.label}'s compiled code: "
-                           f"{first_difference(prints[reference.name], prints[piece.name])}")
+            reference = first.setdefault(stack, i)
+            if owners[i] != owners[reference] and owners[i] not in seen[stack]:
+                message = (f"{piece.label} cannot reuse {pieces[reference].label}'s compiled code: "
+                           f"{first_difference(prints[pieces[reference].name], prints[piece.name])}")
                 log.warning("regionc: %s (a per-layer constant in the block breaks reuse)", message)
                 report.reuse_breakers.append(message)
-            seen[stack].add(digest)
+            seen[stack].add(owners[i])
 
 
 @dataclasses.dataclass

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from regionc.blocks.detect import detect_blocks, pretty_path
-from regionc.blocks.fingerprint import describe_value, fingerprint_piece, first_difference
+from regionc.blocks.fingerprint import Fingerprint, describe_value, fingerprint_piece, first_difference, share
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import split_into_pieces
 from regionc.compiler.graph import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
-from tests.models import PerLayerConstant, TinyDiT
+from tests.models import PerLayerConstant, PerLayerCounters, TinyDiT
 
 
 def dynamo_graph(model, *args, dynamic=False):
@@ -87,6 +87,45 @@ def test_fingerprint_covers_input_dtype_shape_and_symbolic_dims():
                                                 torch.randint(0, 128, (2, 8))))[2][1]
     assert len({base.digest, longer.digest, dynamic.digest, double.digest}) == 4
     assert any("symint(" in item or "s" in item.split("shape=")[-1] for item in dynamic.items if "input" in item)
+
+
+def test_pieces_that_differ_only_in_symbol_names_share_one_fingerprint():
+    """Dynamo names each layer's int its own symbol; the fingerprint names symbols by where they appear.
+    Layer 0 reads its int as the position too: it gets a second input for it, and runs its siblings' code."""
+    gm = dynamo_graph(PerLayerCounters(n_layers=4), torch.randn(2, 16), [5, 6, 7, 8], dynamic=True)
+    split, pieces, prints = split_and_fingerprint(gm)
+    assert [p.label for p in pieces] == ["layers.0", "layers.1", "layers.2", "layers.3"]
+    assert len({f.symbols[-1] for f in prints[1:]}) == 3  # three symbols ...
+    assert len({f.digest for f in prints[1:]}) == 1  # ... one fingerprint
+    inputs = [len(split.get_submodule(p.name).graph.find_nodes(op="placeholder")) for p in pieces]
+    assert len(set(inputs)) == 1
+    assert prints[0].digest != prints[1].digest and prints[0].general == prints[1].general
+    assert share(prints) == [1, 1, 1, 1]
+
+
+def test_share_runs_a_piece_on_code_that_assumes_no_more_of_its_sizes():
+    apart = Fingerprint("apart", (), (), ("s1", "s2"), (0, 1), "text")
+    merged = Fingerprint("merged", (), (), ("s3", "s3"), (0, 0), "text")
+    other = Fingerprint("other", (), (), ("s4", "s5"), (0, 1), "another text")
+    assert share([merged, apart, other]) == [1, 1, 2]  # code for two sizes serves one size read twice
+    assert share([merged, other]) == [0, 1]
+    assert share([apart, apart]) == [0, 0]
+
+
+def test_symbols_with_other_facts_do_not_share():
+    """A check on one layer's int gives its symbol a range the others lack: that layer's piece compiles alone."""
+
+    class Checked(PerLayerCounters):
+        def forward(self, x, counters):
+            torch._check(counters[2] > 4)
+            return super().forward(x, counters)
+
+    gm = dynamo_graph(Checked(n_layers=4), torch.randn(2, 16), [5, 6, 7, 8], dynamic=True)
+    _, pieces, prints = split_and_fingerprint(gm)
+    blocks = {p.label: (i, f) for i, (p, f) in enumerate(zip(pieces, prints)) if p.block is not None}
+    assert blocks["layers.1"][1].digest == blocks["layers.3"][1].digest != blocks["layers.2"][1].digest
+    owners = share(prints)
+    assert owners[blocks["layers.2"][0]] == blocks["layers.2"][0] != owners[blocks["layers.3"][0]]
 
 
 def test_describe_value_is_metadata_only():

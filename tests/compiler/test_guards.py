@@ -15,6 +15,7 @@ import regionc
 from regionc.compiler.guards import GuardedPiece, ShapeGuards, UncheckableGuard, guard_count, guards_added
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close
+from tests.models import PerLayerCounters
 
 
 def fake(mode, rows, name):
@@ -132,6 +133,45 @@ def test_a_guard_a_background_compile_adds_is_checked_on_each_call(specializing_
     messages = [r.getMessage() for r in caplog.records]
     assert regionc.last_report().count("compiled") > 0
     assert any("checks its input sizes on each call" in m for m in messages)
+    assert any("runs eagerly for these inputs" in m for m in messages)
+
+
+def test_a_piece_reused_under_other_symbols_checks_the_guards_its_compile_added(monkeypatch, caplog):
+    """Layers whose ints are distinct symbols share one compile. A guard that compile adds names the compiled
+    layer's symbols, which Dynamo checks; the layers that reuse the code check it on their own ints."""
+    torch.manual_seed(0)
+    model = PerLayerCounters(n_layers=4)
+    real = torch._inductor.standalone_compile
+
+    class Specialized:  # code right only for the ints it was compiled at (and guarded on)
+        def __init__(self, artifact, ints):
+            self.artifact, self.ints = artifact, ints
+
+        def __call__(self, *args):
+            out = self.artifact(*args)
+            if any(args[i] != value for i, value in self.ints.items()):
+                return [torch.full_like(o, 7.0) if isinstance(o, torch.Tensor) else o for o in out]
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.artifact, name)
+
+    def standalone_compile(gm, inputs, **kwargs):
+        artifact = real(gm, inputs, **kwargs)
+        ints = {i: v.node.hint for i, v in enumerate(inputs) if isinstance(v, torch.SymInt)}
+        for i in ints:
+            guard_int(inputs[i])
+        return Specialized(artifact, ints)
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", standalone_compile)
+    compiled = torch.compile(model, backend="regionc", dynamic=True, options={"cache": False})
+    x, counters = torch.randn(3, 16), [5, 6, 7, 8]
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        assert_close(compiled(x, counters), model(x, counters))
+    report = regionc.last_report()
+    assert report.count("compiled", "block") == 1 and report.count("reused", "block") == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("checks its input sizes on each call" in m for m in messages) == 3  # every layer but the compiled one
     assert any("runs eagerly for these inputs" in m for m in messages)
 
 

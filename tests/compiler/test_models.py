@@ -11,7 +11,7 @@ import torch
 import regionc
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
-from tests.models import GraphBreakStack, NoRepeats, PerLayerConstant, TinyDiT
+from tests.models import GraphBreakStack, NoRepeats, PerLayerConstant, PerLayerCounters, TinyDiT
 
 
 @pytest.mark.parametrize("n_layers", [2, 6])
@@ -139,6 +139,23 @@ def test_dynamic_sizes_share_one_compile():
     new = regionc.reports()[before:]
     assert len(new) == 1  # one symbolic graph served every size
     assert block_compiles(new[0]) == 1
+
+
+def test_a_size_symbol_per_layer_shares_one_compile():
+    """Each layer reads an int of its own that Dynamo makes a symbol (HF's sliding-window cache counters),
+    layer 0's doubling as the position: one block compiles, and every layer, layer 0 included, runs it."""
+    torch.manual_seed(0)
+    model = PerLayerCounters(n_layers=4)
+    compiled = torch.compile(model, backend="regionc", dynamic=True, options={"cache": False})
+    before = len(regionc.reports())
+    with torch.no_grad():
+        for counters in ([5, 6, 7, 8], [9, 3, 12, 1]):
+            x = torch.randn(3, 16)
+            assert_close(compiled(x, counters), model(x, counters))
+    new = regionc.reports()[before:]
+    assert len(new) == 1
+    assert block_compiles(new[0]) == 1 and new[0].count("reused", "block") == 3
+    assert new[0].reuse_breakers == []
 
 
 def test_training_gradients_match_eager():
