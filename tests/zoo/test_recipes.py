@@ -25,10 +25,12 @@ def _causal_lm(name: str, depth: int = 2):
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-@pytest.mark.parametrize("name", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "phi3", "gemma2", "gemma3_text"])
 def test_static_cache_decode_matches_eager_outputs_and_cache(name, entry):
     """Prefill eagerly, then decode one token per step through regionc: logits and every layer's
-    cached keys and values equal eager's (HF's StaticCache counts positions in place, per layer)."""
+    cached keys and values equal eager's (HF's StaticCache counts positions in place, per layer), and
+    each graph compiles one block per attention type. Gemma's sliding-window layers keep a Python int
+    each, which Dynamo makes a symbol per layer from the second step on: they still share one block."""
     from transformers import StaticCache
 
     model, _ = ARCHITECTURES[name].build(3)
@@ -56,8 +58,10 @@ def test_static_cache_decode_matches_eager_outputs_and_cache(name, entry):
         torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mine.values, theirs.values, atol=1e-5, rtol=1e-5)
     reports = compiled.forward.reports if isinstance(compiled.forward, CompiledForward) else regionc.reports()[before:]
-    blocks = [p for r in reports for p in r.pieces if p.kind == "block"]
-    assert blocks and len({p.fingerprint for p in blocks}) == 1, [r.reuse_breakers for r in reports]
+    kinds = len(set((getattr(model.config, "layer_types", None) or ["one"])[:model.config.num_hidden_layers]))
+    for report in reports:
+        blocks = [p for p in report.pieces if p.kind == "block"]
+        assert blocks and len({p.fingerprint or p.key for p in blocks}) == kinds, report.reuse_breakers  # a loaded trace: keys
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
