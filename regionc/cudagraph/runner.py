@@ -209,6 +209,12 @@ class GraphPool:
 
 
 # ====================================================================== one piece
+#: New keys a piece may meet after its bucket's capture before its graphs are turned off. Each is warmed up
+#: and, when it comes again, captured into a private pool; a key that is new on every call (an int
+#: argument counting steps: the layers of HF's sliding-window cache) would warm up forever.
+LATE_KEYS = 8
+
+
 @dataclasses.dataclass
 class _Entry:
     key: tuple
@@ -253,6 +259,7 @@ class PieceGraphRunner:
         self.user_outputs = None if user_output_indices is None else frozenset(user_output_indices)
         self.check_addresses = bool(getattr(self.config, "cudagraph_check_addresses", False))
         self._entries: dict[tuple, _Entry] = {}
+        self._late_keys = 0
         self._positions_by_count: dict[int, list[int]] = {}
         self._no_capture: str | None = None
         self._log_key = object()
@@ -308,7 +315,16 @@ class PieceGraphRunner:
         if self._no_capture is not None:
             return self.fn(*args)
         if entry is None:
-            self._entries[key] = _Entry(key, late=fwd.phase != "warmup", size=size)
+            late = fwd.phase != "warmup"
+            self._late_keys += late
+            if self._late_keys > LATE_KEYS:
+                first = next(iter(self._entries.values())).key[0]
+                changing = [i for i, mine, theirs in zip(self._positions(len(args)), key[0][1:], first[1:])
+                            if mine != theirs]
+                self.disable(f"{self._late_keys} new keys since its first capture: argument(s) {changing} change "
+                             "from call to call (an int such as a step counter needs a graph per value)")
+                return self.fn(*args)
+            self._entries[key] = _Entry(key, late=late, size=size)
             return self._warmup(args, n, size)
         return self._capture(entry, args, n, size, private=entry.late or fwd.phase != "capture")
 

@@ -229,6 +229,23 @@ def test_late_shape_is_captured_into_a_private_pool():
     assert backend.handles[0] is backend._shared and backend.handles[1] is not backend._shared
 
 
+def test_an_int_that_changes_on_every_call_turns_graphs_off_with_one_log(caplog):
+    from regionc.cudagraph.runner import LATE_KEYS
+
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    w = torch.randn(8, 8)
+    runner = PieceGraphRunner(lambda x, w, step: (x @ w + step,), name="p", static_input_indices={1}, pool=pool)
+    x = torch.randn(2, 8)
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        for step in range(2 * LATE_KEYS + 2):
+            with pool.forward():
+                torch.testing.assert_close(runner(x, w, step if step > 1 else 0)[0], x @ w + (step if step > 1 else 0))
+    assert backend.captures == 1 and not runner.capturable
+    warnings = [r.getMessage() for r in caplog.records if "no CUDA graphs for p" in r.getMessage()]
+    assert len(warnings) == 1 and "argument(s) [2] change from call to call" in warnings[0]
+
+
 def test_static_piece_gets_one_graph_per_bucket():
     backend = FakeBackend()
     pool = make_pool(backend)
