@@ -96,7 +96,7 @@ def _restore_dropped(modules: list[torch.fx.GraphModule]) -> int:
         env.update(_pairs(theirs, mine, {node for node, _ in plan}))
         if not all(arg in env or any(arg is n for n, _ in plan) for node, _ in plan for arg in node.all_input_nodes):
             continue
-        output = next(iter(module.graph.find_nodes(op="output")))
+        output = _output(module)
         for node, before in plan:
             with module.graph.inserting_before(before if before is not None else output):
                 env[node] = module.graph.node_copy(node, lambda arg: env[arg])
@@ -108,8 +108,8 @@ def _restore_dropped(modules: list[torch.fx.GraphModule]) -> int:
 def _split_shared_sizes(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModule],
                         calls: list[torch.fx.Node]) -> int:
     """Give a piece that reads one non-tensor input (a symbolic size) where a sibling with the same ops
-    reads two a second placeholder for it, fed the same value by its call; returns how many were added. Tensors
-    are never split: code compiled for two tensors may assume they do not alias."""
+    reads two a second placeholder for it, fed the same value by its call; returns how many were added.
+    Tensors are never split: code compiled for two tensors may assume they do not alias."""
     added = 0
     for module, call in zip(modules, calls):
         mine = list(module.graph.find_nodes(op="placeholder"))
@@ -166,10 +166,11 @@ def _sources(reference: torch.fx.GraphModule, module: torch.fx.GraphModule) -> l
                                                                my_inputs.index(my_arg)) != my_inputs.index(my_arg):
                 return None
     # inputs read nowhere (a size symbol passed along with the tensors that carry it) pair up in order
-    unread = iter(i for i in range(len(my_inputs)) if i not in sources.values())
-    for k in range(len(their_inputs)):
-        if k not in sources and (sources.setdefault(k, next(unread, -1)) < 0):
-            return None
+    unread = [i for i in range(len(my_inputs)) if i not in set(sources.values())]
+    missing = [k for k in range(len(their_inputs)) if k not in sources]
+    if len(unread) != len(missing):
+        return None
+    sources.update(zip(missing, unread))
     return [sources[k] for k in range(len(their_inputs))]
 
 
@@ -200,7 +201,7 @@ def _union_outputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModu
     bodies = [_body(module) for module in modules]
     returned = []
     for module, body in zip(modules, bodies):
-        output = next(iter(module.graph.find_nodes(op="output")))
+        output = _output(module)
         values = output.args[0]
         if not isinstance(values, tuple) or not all(isinstance(v, torch.fx.Node) and v in body for v in values):
             return 0  # a piece returning an input or a constant: leave the stack alone
@@ -211,7 +212,7 @@ def _union_outputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModu
         missing = sorted(union - mine)
         if not missing:
             continue
-        output = next(iter(module.graph.find_nodes(op="output")))
+        output = _output(module)
         values = output.args[0]
         output.args = ((*values, *(body[i] for i in missing)),)
         module.recompile()

@@ -87,20 +87,21 @@ def tokens(seq, batch=2):
     return x
 
 
-@pytest.fixture
-def specializing_inductor(monkeypatch):
-    """Inductor as if it specialized every compile on the sequence length it saw (8): it guards on that
-    length and its code is wrong for any other one. Without regionc's checks a background compile (whose
-    guard Dynamo never sees) would then give wrong outputs for other lengths."""
+def specialize(monkeypatch, places):
+    """Inductor as if each compile guarded on the sizes ``places(inputs)`` names ((input, dim), dim None for an
+    int input) at the values it saw, its code wrong (all 7s) for any other values."""
     real = torch._inductor.standalone_compile
 
+    def read(args, index, dim):
+        return args[index] if dim is None else args[index].size(dim)
+
     class Specialized:
-        def __init__(self, artifact, positions):
-            self.artifact, self.positions = artifact, positions
+        def __init__(self, artifact, values):
+            self.artifact, self.values = artifact, values
 
         def __call__(self, *args):
             out = self.artifact(*args)
-            if any(args[i].size(d) != 8 for i, d in self.positions):
+            if any(read(args, i, d) != value for (i, d), value in self.values.items()):
                 return [torch.full_like(o, 7.0) if isinstance(o, torch.Tensor) else o for o in out]
             return out
 
@@ -109,13 +110,21 @@ def specializing_inductor(monkeypatch):
 
     def standalone_compile(gm, inputs, **kwargs):
         artifact = real(gm, inputs, **kwargs)
-        positions = [(i, d) for i, v in enumerate(inputs) if isinstance(v, torch.Tensor)
-                     for d, s in enumerate(v.shape) if isinstance(s, torch.SymInt) and s.node.hint == 8]
-        for i, d in positions:
-            guard_int(inputs[i].shape[d])
-        return Specialized(artifact, positions)
+        values = {(i, d): read(inputs, i, d).node.hint for i, d in places(inputs)}
+        for i, d in values:
+            guard_int(read(inputs, i, d))
+        return Specialized(artifact, values)
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", standalone_compile)
+
+
+@pytest.fixture
+def specializing_inductor(monkeypatch):
+    """Inductor as if it specialized every compile on the sequence length it saw (8). Without regionc's
+    checks a background compile (whose guard Dynamo never sees) would give wrong outputs for other lengths."""
+    specialize(monkeypatch, lambda inputs: [(i, d) for i, v in enumerate(inputs) if isinstance(v, torch.Tensor)
+                                            for d, s in enumerate(v.shape)
+                                            if isinstance(s, torch.SymInt) and s.node.hint == 8])
 
 
 def test_a_guard_a_background_compile_adds_is_checked_on_each_call(specializing_inductor, caplog, tmp_path):
@@ -141,29 +150,7 @@ def test_a_piece_reused_under_other_symbols_checks_the_guards_its_compile_added(
     layer's symbols, which Dynamo checks; the layers that reuse the code check it on their own ints."""
     torch.manual_seed(0)
     model = PerLayerCounters(n_layers=4)
-    real = torch._inductor.standalone_compile
-
-    class Specialized:  # code right only for the ints it was compiled at (and guarded on)
-        def __init__(self, artifact, ints):
-            self.artifact, self.ints = artifact, ints
-
-        def __call__(self, *args):
-            out = self.artifact(*args)
-            if any(args[i] != value for i, value in self.ints.items()):
-                return [torch.full_like(o, 7.0) if isinstance(o, torch.Tensor) else o for o in out]
-            return out
-
-        def __getattr__(self, name):
-            return getattr(self.artifact, name)
-
-    def standalone_compile(gm, inputs, **kwargs):
-        artifact = real(gm, inputs, **kwargs)
-        ints = {i: v.node.hint for i, v in enumerate(inputs) if isinstance(v, torch.SymInt)}
-        for i in ints:
-            guard_int(inputs[i])
-        return Specialized(artifact, ints)
-
-    monkeypatch.setattr(torch._inductor, "standalone_compile", standalone_compile)
+    specialize(monkeypatch, lambda inputs: [(i, None) for i, v in enumerate(inputs) if isinstance(v, torch.SymInt)])
     compiled = torch.compile(model, backend="regionc", dynamic=True, options={"cache": False})
     x, counters = torch.randn(3, 16), [5, 6, 7, 8]
     with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
