@@ -24,6 +24,11 @@ def _causal_lm(name: str, depth: int = 2):
     return cls(base.config).eval()
 
 
+def _attention_kinds(config) -> int:
+    """How many attention types (full, sliding) the model's layers have: its block pieces' distinct codes."""
+    return len(set((getattr(config, "layer_types", None) or ["one"])[:config.num_hidden_layers]))
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("name", ["llama", "qwen3", "phi3", "gemma2", "gemma3_text"])
 def test_static_cache_decode_matches_eager_outputs_and_cache(name, entry):
@@ -58,14 +63,16 @@ def test_static_cache_decode_matches_eager_outputs_and_cache(name, entry):
         torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mine.values, theirs.values, atol=1e-5, rtol=1e-5)
     reports = compiled.forward.reports if isinstance(compiled.forward, CompiledForward) else regionc.reports()[before:]
-    kinds = len(set((getattr(model.config, "layer_types", None) or ["one"])[:model.config.num_hidden_layers]))
+    kinds = _attention_kinds(model.config)
     for report in reports:
         blocks = [p for p in report.pieces if p.kind == "block"]
         assert blocks and len({p.fingerprint or p.key for p in blocks}) == kinds, report.reuse_breakers  # a loaded trace: keys
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2"])
 def test_generate_with_a_regionc_compile_config_gives_eager_tokens(name):
+    """HF ``generate`` with a static cache and a compile config (Gemma 2: sliding-window layers between
+    full ones) gives eager's tokens, and its decode steps compile one block per attention type."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import CompileConfig
 
@@ -80,7 +87,10 @@ def test_generate_with_a_regionc_compile_config_gives_eager_tokens(name):
         config = GenerationConfig(**settings, compile_config=compile_config, disable_compile=False)
         actual = model.generate(prompt, generation_config=config)
     assert torch.equal(actual, expected)
-    assert len(regionc.reports()) > before  # the decode steps ran through regionc
+    reports = regionc.reports()[before:]
+    assert reports  # the decode steps ran through regionc
+    kinds = _attention_kinds(model.config)
+    assert all(len({p.fingerprint for p in r.pieces if p.kind == "block"}) == kinds for r in reports)
 
 
 def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
