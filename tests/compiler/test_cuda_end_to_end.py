@@ -165,3 +165,35 @@ def test_background_compile_runs_eagerly_then_switches_to_compiled_pieces_and_gr
     report = regionc.last_report()
     assert block_compiles(report) == 1
     assert report.cudagraphs.get("graphs", 0) > 0, report.cudagraphs
+
+
+def test_sliding_window_decode_matches_eager_and_names_why_graphs_stop(caplog):
+    """HF Gemma 2 (sliding-window layers between full ones) decoding on a CUDA StaticCache: each sliding
+    layer's step counter is an int Dynamo traces as a symbol, which a CUDA graph would bake in. Outputs
+    equal eager at every step, each graph compiles one block per attention type, and the graphs are
+    turned off with one warning naming the changing arguments."""
+    import logging
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4)
+    torch.manual_seed(0)
+    model = transformers.Gemma2Model(config).eval().to("cuda")
+    prompt = torch.randint(0, 128, (2, 6), device="cuda")
+
+    def decode(fn):
+        cache = transformers.StaticCache(config=config, max_cache_len=32)
+        with torch.no_grad():
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            return [fn(input_ids=torch.full((2, 1), step % 128, device="cuda"), past_key_values=cache, use_cache=True,
+                       cache_position=torch.tensor([6 + step], device="cuda")).last_hidden_state.clone()
+                    for step in range(16)]
+
+    expected = decode(model)
+    before = len(regionc.reports())
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        actual = decode(torch.compile(model, backend="regionc", options={"cache": False}))
+    assert max(relative_error(a, e) for a, e in zip(actual, expected)) < 1e-4
+    for report in regionc.reports()[before:]:
+        assert len({p.fingerprint for p in report.pieces if p.kind == "block"}) == 2
+    assert any("change from call to call" in r.getMessage() for r in caplog.records)
