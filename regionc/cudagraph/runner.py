@@ -416,8 +416,9 @@ class PieceGraphRunner:
     def _replay(self, entry: _Entry, args: Sequence[Any], n: int | None) -> Any:
         moved = copy_in(entry.staged, args, n, entry.size)
         if moved is not None:
-            return self._eager("moved", args, f"input {moved} is not the graph output it was captured "
-                                              "reading, and that memory is not ours to write")
+            return self._eager("moved", args, f"input {moved} cannot go where the graph reads it (another "
+                                              "graph's output that is not ours to write, or a broadcast buffer "
+                                              "it does not fit)")
         if self.check_addresses:
             for i, ptr, shape in entry.static_inputs:
                 a = args[i]

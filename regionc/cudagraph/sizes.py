@@ -94,36 +94,61 @@ def padded_shape(shape: Sequence[int], dims: Sequence[int], size: int) -> tuple[
 
 
 def empty_padded_like(t: torch.Tensor, dims: Sequence[int], size: int) -> torch.Tensor:
-    """A new dense tensor like ``t`` with ``dims`` resized to ``size``, keeping ``t``'s dim order.
+    """A new tensor like ``t`` with ``dims`` resized to ``size``, laid out as ``t`` is.
 
-    Compiled code asserts input strides; keeping the stride order (e.g. a transposed input stays
-    transposed) keeps a padded buffer acceptable to it.
+    Compiled code asserts its input strides, so a buffer it is captured reading must keep them: an
+    unpadded buffer takes ``t``'s strides exactly (a broadcast dim stays broadcast, a strided view
+    keeps its gaps); a padded one is dense in ``t``'s dim order (a transposed input stays
+    transposed), its broadcast dims still broadcast.
     """
+    if not dims:
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
     shape = padded_shape(t.shape, dims, size)
-    if t.dim() == 0:
-        return torch.empty((), dtype=t.dtype, device=t.device)
+    held = [1 if _broadcast(t, k) and k not in dims else shape[k] for k in range(t.dim())]
     # dims ordered outermost (largest stride) first; ties keep the logical order
     order = sorted(range(t.dim()), key=lambda k: (-t.stride(k), k))
-    base = torch.empty([shape[k] for k in order], dtype=t.dtype, device=t.device)
+    base = torch.empty([held[k] for k in order], dtype=t.dtype, device=t.device)
     inverse = [0] * t.dim()
     for pos, k in enumerate(order):
         inverse[k] = pos
-    return base.permute(inverse)
+    return base.permute(inverse).expand(shape)
+
+
+def fits(dst: torch.Tensor, src: torch.Tensor) -> bool:
+    """Whether copying ``src`` into ``dst`` keeps its values: ``src`` is broadcast wherever ``dst`` is."""
+    return all(src.stride(k) == 0 or src.shape[k] == 1 for k in range(dst.dim()) if _broadcast(dst, k))
 
 
 def copy_padded(dst: torch.Tensor, src: torch.Tensor, dims: Sequence[int], n: int, pad_value: float | int = 0) -> None:
-    """dst[..n..] = src along ``dims``; the rest of each padded dim is filled with ``pad_value``."""
+    """dst[..n..] = src along ``dims``; the rest of each padded dim is filled with ``pad_value``. A
+    broadcast dim of ``dst`` is written once (``src`` must :func:`fits` it)."""
     if not dims or all(dst.shape[d] == n for d in dims):
-        dst.copy_(src)
+        _write(dst, src)
         return
     head = dst
     for d in dims:
         head = head.narrow(d, 0, n)
-    head.copy_(src)
+    _write(head, src)
     for d in dims:
         full = dst.shape[d]
         if full > n:
-            dst.narrow(d, n, full - n).fill_(pad_value)
+            _write(dst.narrow(d, n, full - n), pad_value)
+
+
+def _broadcast(t: torch.Tensor, k: int) -> bool:
+    return t.stride(k) == 0 and t.shape[k] > 1
+
+
+def _write(dst: torch.Tensor, value: torch.Tensor | float | int) -> None:
+    """``dst`` = ``value``, each memory location of ``dst`` written once (one slice of its broadcast dims)."""
+    for k in range(dst.dim()):
+        if _broadcast(dst, k):
+            dst = dst.narrow(k, 0, 1)
+            value = value.narrow(k, 0, 1) if isinstance(value, torch.Tensor) else value
+    if isinstance(value, torch.Tensor):
+        dst.copy_(value)
+    else:
+        dst.fill_(value)
 
 
 def pad_args(args: Sequence[Any], spec: DynamicSpec, n: int, size: int) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from regionc.cudagraph.sizes import DynamicSpec, copy_padded, empty_padded_like, padded_int_args, padded_shape
+from regionc.cudagraph.sizes import DynamicSpec, copy_padded, empty_padded_like, fits, padded_int_args, padded_shape
 
 
 @dataclasses.dataclass
@@ -89,7 +89,8 @@ def stage(args: Sequence[Any], spec: DynamicSpec, static: Collection[int], n: in
 
 def copy_in(staged: Sequence[StagedInput], args: Sequence[Any], n: int | None, size: int | None) -> int | None:
     """Put this call's ``args`` where the graph reads them; None when done, else the index of an
-    arg that is not the borrowed output the graph reads (that memory is not ours to write)."""
+    arg that cannot go there: not the borrowed output the graph reads (that memory is not ours to
+    write), or not broadcast where the graph's buffer is."""
     for s in staged:
         a = args[s.index]
         buffer = s.buffer
@@ -97,7 +98,7 @@ def copy_in(staged: Sequence[StagedInput], args: Sequence[Any], n: int | None, s
             continue
         if _occupies(a, buffer, s.dims, size):
             continue  # already in place (the previous graph's output)
-        if not s.owned:
+        if not s.owned or not fits(buffer, a):
             return s.index
         copy_padded(buffer, a, s.dims, n if s.dims else 0, s.pad_value)
     return None

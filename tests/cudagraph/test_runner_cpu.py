@@ -246,6 +246,32 @@ def test_an_int_that_changes_on_every_call_turns_graphs_off_with_one_log(caplog)
     assert len(warnings) == 1 and "argument(s) [2] change from call to call" in warnings[0]
 
 
+def test_broadcast_and_strided_inputs_are_captured_in_their_layouts(caplog):
+    """A compiled piece asserts the strides it was compiled for (an expanded mask, a strided view); its
+    graph is captured on buffers of those layouts, and a call whose mask is not broadcast runs eagerly."""
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    w = torch.randn(8, 8)
+
+    compiled_for = {"mask": (0, 1)}
+
+    def piece(mask, x, w):  # asserts the layouts it was compiled for, as Inductor's assert_size_stride does
+        assert mask.stride() == compiled_for["mask"] and x.stride() == (16, 2)
+        return ((x @ w) * mask,)
+
+    runner = PieceGraphRunner(piece, name="p", static_input_indices={2}, pool=pool)
+    for _ in range(4):
+        mask, x = torch.randn(1, 8).expand(4, 8), torch.randn(4, 16)[:, ::2]
+        with pool.forward():
+            torch.testing.assert_close(runner(mask, x, w)[0], (x @ w) * mask)
+    assert backend.captures == 1 and runner.capturable
+    dense, x = torch.randn(4, 8), torch.randn(4, 16)[:, ::2]
+    compiled_for["mask"] = (8, 1)  # code for a dense mask (a replay would read one row of it)
+    with caplog.at_level(logging.INFO, logger="regionc"), pool.forward():
+        torch.testing.assert_close(runner(dense, x, w)[0], (x @ w) * dense)
+    assert "cannot go where the graph reads it" in caplog.text
+
+
 def test_static_piece_gets_one_graph_per_bucket():
     backend = FakeBackend()
     pool = make_pool(backend)

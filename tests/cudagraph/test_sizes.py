@@ -12,6 +12,7 @@ from regionc.cudagraph.sizes import (
     bucket_for,
     copy_padded,
     empty_padded_like,
+    fits,
     keyed_shape,
     pad_args,
     runtime_size,
@@ -55,6 +56,26 @@ def test_empty_padded_like_keeps_stride_order():
     assert plain.shape == (4, 5) and plain.is_contiguous()
     scalar = empty_padded_like(torch.tensor(2.0), (), 0)
     assert scalar.shape == ()
+
+
+def test_buffers_keep_broadcast_and_strided_layouts():
+    """Compiled code asserts input strides: a staged buffer keeps an expanded mask expanded and a strided
+    view strided, and a copy writes each broadcast location once."""
+    mask = torch.randn(1, 1, 8).expand(4, 1, 8)  # stride (0, 8, 1), as HF hands a mask to every row
+    buf = empty_padded_like(mask, (), 0)
+    assert buf.shape == mask.shape and buf.stride() == mask.stride()
+    copy_padded(buf, mask, (), 0)
+    assert torch.equal(buf, mask)
+    view = torch.randn(3, 16)[:, ::2]
+    strided = empty_padded_like(view, (), 0)
+    assert strided.stride() == view.stride()
+    copy_padded(strided, view, (), 0)
+    assert torch.equal(strided, view)
+    padded = empty_padded_like(mask, (2,), 10)  # a padded dim beside a broadcast one
+    assert padded.shape == (4, 1, 10) and padded.stride()[0] == 0
+    copy_padded(padded, mask, (2,), 8, pad_value=-1.0)
+    assert torch.equal(padded[..., :8], mask) and bool((padded[..., 8:] == -1).all())
+    assert fits(buf, torch.randn(1, 1, 8).expand(4, 1, 8)) and not fits(buf, torch.randn(4, 1, 8))
 
 
 def test_copy_padded_zero_and_custom_tail():
