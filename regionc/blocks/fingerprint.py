@@ -21,7 +21,6 @@ the siblings' code: code compiled for two sizes is right when they happen to be 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -57,54 +56,54 @@ class _Names:
     ``apart=True``: one name per place, so pieces that differ only in which places read the same
     symbol get the same text (:func:`share` then compares the places). A fact that relates two
     symbols cannot be written per place, so a piece whose symbols have one (``related``) is only
-    ever shared by its exact fingerprint."""
+    ever shared by its exact fingerprint. ``known`` (symbol -> its facts) is shared by the two
+    namings of one piece, so the ShapeEnv is read once."""
 
-    def __init__(self, apart: bool):
+    def __init__(self, apart: bool, known: dict[sympy.Symbol, tuple[Any, list[sympy.Basic]]]):
         self.apart = apart
+        self.known = known
         self.places: list[sympy.Symbol] = []
         self.names: list[tuple[sympy.Symbol, str]] = []  # (symbol, its name), one per name given
-        self.envs: dict[sympy.Symbol, Any] = {}
+        self.named: dict[sympy.Symbol, str] = {}  # each symbol's latest name
 
     def __call__(self, value: Any) -> str:
         expr = value.node.expr if isinstance(value, _SYMBOLIC) else value
         if not isinstance(expr, sympy.Basic) or not expr.free_symbols:
             return str(expr)
-        named = {symbol: name for symbol, name in self.names}
         mapping = {}
         for symbol in sorted(expr.free_symbols, key=str):
             self.places.append(symbol)
-            self.envs.setdefault(symbol, value.node.shape_env if isinstance(value, _SYMBOLIC) else None)
-            if self.apart or symbol not in named:
-                named[symbol] = f"${len(self.names)}"
-                self.names.append((symbol, named[symbol]))
-            mapping[symbol] = sympy.Symbol(named[symbol])
+            if symbol not in self.known:
+                self.known[symbol] = _facts_on(symbol, value.node.shape_env if isinstance(value, _SYMBOLIC) else None)
+            if self.apart or symbol not in self.named:
+                self.named[symbol] = f"${len(self.names)}"
+                self.names.append((symbol, self.named[symbol]))
+            mapping[symbol] = sympy.Symbol(self.named[symbol])
         return str(expr.xreplace(mapping))
-
-    @functools.cached_property
-    def _known(self) -> dict[sympy.Symbol, list[sympy.Basic]]:
-        """What each symbol's ShapeEnv knows of it: its guards, runtime asserts and divisibilities."""
-        known: dict[sympy.Symbol, list[sympy.Basic]] = {}
-        for symbol, env in self.envs.items():
-            facts = [] if env is None else [guard.expr for guard in env.guards]
-            facts += [] if env is None else [a.expr for asserts in env.deferred_runtime_asserts.values() for a in asserts]
-            facts += [] if env is None else [sympy.Eq(expr, 0) for expr in env.divisible]
-            known[symbol] = [fact for fact in facts if symbol in fact.free_symbols]
-        return known
 
     @property
     def related(self) -> bool:
-        return any(len(fact.free_symbols) > 1 for facts in self._known.values() for fact in facts)
+        return any(len(fact.free_symbols) > 1 for symbol in self.places for fact in self.known[symbol][1])
 
     def facts(self) -> list[str]:
         """Each name's value range and facts (other symbols of the piece under their own names)."""
         everywhere = {symbol: sympy.Symbol(name) for symbol, name in reversed(self.names)}
         lines = []
         for symbol, name in self.names:
-            env = self.envs[symbol]
+            value_range, facts = self.known[symbol]
             mapping = {**everywhere, symbol: sympy.Symbol(name)}
-            facts = sorted(str(fact.xreplace(mapping)) for fact in self._known[symbol])
-            lines.append(f"{name} in {env.var_to_range.get(symbol) if env is not None else None} {facts}")
+            lines.append(f"{name} in {value_range} {sorted(str(fact.xreplace(mapping)) for fact in facts)}")
         return lines
+
+
+def _facts_on(symbol: sympy.Symbol, env: Any) -> tuple[Any, list[sympy.Basic]]:
+    """What ``env`` knows of ``symbol``: its value range, and its guards, runtime asserts and divisibilities."""
+    if env is None:
+        return None, []
+    facts = [guard.expr for guard in env.guards]
+    facts += [a.expr for asserts in env.deferred_runtime_asserts.values() for a in asserts]
+    facts += [sympy.Eq(expr, 0) for expr in env.divisible]
+    return env.var_to_range.get(symbol), [fact for fact in facts if symbol in fact.free_symbols]
 
 
 def describe_value(value: Any, name=str) -> str:
@@ -119,8 +118,9 @@ def describe_value(value: Any, name=str) -> str:
 
 
 def fingerprint_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Fingerprint:
-    items, names, exact = _lines(gm, example_inputs, _Names(apart=False))
-    general_items, _, apart = _lines(gm, example_inputs, _Names(apart=True))
+    known: dict[sympy.Symbol, tuple[Any, list[sympy.Basic]]] = {}
+    items, names, exact = _lines(gm, example_inputs, _Names(apart=False, known=known))
+    general_items, _, apart = _lines(gm, example_inputs, _Names(apart=True, known=known))
     digest = hashlib.sha256("\n".join(items).encode()).hexdigest()
     general = digest if apart.related else hashlib.sha256("\n".join(general_items).encode()).hexdigest()
     return Fingerprint(digest, tuple(items), tuple(names), tuple(str(s) for s in exact.places),

@@ -114,14 +114,19 @@ def empty_padded_like(t: torch.Tensor, dims: Sequence[int], size: int) -> torch.
     return base.permute(inverse).expand(shape)
 
 
-def fits(dst: torch.Tensor, src: torch.Tensor) -> bool:
-    """Whether copying ``src`` into ``dst`` keeps its values: ``src`` is broadcast wherever ``dst`` is."""
-    return all(src.stride(k) == 0 or src.shape[k] == 1 for k in range(dst.dim()) if _broadcast(dst, k))
+def broadcast_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The dims along which ``t`` repeats one slice (stride 0, more than one element)."""
+    return tuple(k for k in range(t.dim()) if _broadcast(t, k))
+
+
+def fits(src: torch.Tensor, dims: Sequence[int]) -> bool:
+    """Whether ``src`` copied into a buffer broadcast along ``dims`` keeps its values: it is broadcast there too."""
+    return all(src.stride(k) == 0 or src.shape[k] == 1 for k in dims)
 
 
 def copy_padded(dst: torch.Tensor, src: torch.Tensor, dims: Sequence[int], n: int, pad_value: float | int = 0) -> None:
     """dst[..n..] = src along ``dims``; the rest of each padded dim is filled with ``pad_value``. A
-    broadcast dim of ``dst`` is written once (``src`` must :func:`fits` it)."""
+    broadcast dim of ``dst`` is written once (``src`` must :func:`fits` them)."""
     if not dims or all(dst.shape[d] == n for d in dims):
         _write(dst, src)
         return

@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
-from regionc.cudagraph.sizes import DynamicSpec, copy_padded, empty_padded_like, fits, padded_int_args, padded_shape
+from regionc.cudagraph.sizes import (
+    DynamicSpec,
+    broadcast_dims,
+    copy_padded,
+    empty_padded_like,
+    fits,
+    padded_int_args,
+    padded_shape,
+)
 
 
 @dataclasses.dataclass
@@ -28,6 +36,7 @@ class StagedInput:
     dims: tuple[int, ...]  # the padded dims (empty: copied as it is)
     owned: bool  # False: the buffer is another graph's output, never written by us
     pad_value: float | int
+    broadcast: tuple[int, ...] = ()  # the buffer's broadcast dims: an arg must be broadcast there too
 
 
 class GraphOutputs:
@@ -83,7 +92,7 @@ def stage(args: Sequence[Any], spec: DynamicSpec, static: Collection[int], n: in
             buffer = empty_padded_like(a, dims, size if dims else 0)
             copy_padded(buffer, a, dims, n if dims else 0, pad_value)
         capture_args[i] = buffer
-        staged.append(StagedInput(i, buffer, dims, owned, pad_value))
+        staged.append(StagedInput(i, buffer, dims, owned, pad_value, broadcast_dims(buffer) if owned else ()))
     return capture_args, staged
 
 
@@ -98,7 +107,7 @@ def copy_in(staged: Sequence[StagedInput], args: Sequence[Any], n: int | None, s
             continue
         if _occupies(a, buffer, s.dims, size):
             continue  # already in place (the previous graph's output)
-        if not s.owned or not fits(buffer, a):
+        if not s.owned or (s.broadcast and not fits(a, s.broadcast)):
             return s.index
         copy_padded(buffer, a, s.dims, n if s.dims else 0, s.pad_value)
     return None

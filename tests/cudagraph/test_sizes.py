@@ -75,7 +75,7 @@ def test_buffers_keep_broadcast_and_strided_layouts():
     assert padded.shape == (4, 1, 10) and padded.stride()[0] == 0
     copy_padded(padded, mask, (2,), 8, pad_value=-1.0)
     assert torch.equal(padded[..., :8], mask) and bool((padded[..., 8:] == -1).all())
-    assert fits(buf, torch.randn(1, 1, 8).expand(4, 1, 8)) and not fits(buf, torch.randn(4, 1, 8))
+    assert fits(torch.randn(1, 1, 8).expand(4, 1, 8), (0,)) and not fits(torch.randn(4, 1, 8), (0,))
 
 
 def test_copy_padded_zero_and_custom_tail():
