@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,15 +27,19 @@ class CudaGraphBackend:
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self._shared = None
+        self._shared_graphs = weakref.WeakSet()  # the live graphs captured into ``_shared``
         self._stream = None
 
     def accepts(self, t: torch.Tensor) -> bool:
         return t.device == self.device
 
     def pool_handle(self, private: bool):
+        """A new pool, or the one the shared graphs use. A pool lives in the allocator only while a graph
+        captured into it does: once they are all gone (a runner dropped its graphs), capturing into the
+        old handle trips the allocator's ``use_count > 0`` assert, so the shared handle is renewed."""
         if private:
             return torch.cuda.graph_pool_handle()
-        if self._shared is None:
+        if not self._shared_graphs:
             self._shared = torch.cuda.graph_pool_handle()
         return self._shared
 
@@ -81,6 +86,8 @@ class CudaGraphBackend:
                     raise
                 graph.capture_end()
             current.wait_stream(self.stream)
+        if pool is self._shared:
+            self._shared_graphs.add(graph)
         return graph, out
 
     def _reset_generator_capture_state(self) -> None:

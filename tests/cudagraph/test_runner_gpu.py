@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
 import torch
 
 from regionc.config import Config
+from regionc.cudagraph.capture import CudaGraphBackend, capture_graph
 from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner
 from regionc.cudagraph.sizes import DynamicSpec
 from regionc.report import Report
@@ -101,6 +103,21 @@ def test_pool_is_shared_between_pieces():
         run(torch.randn(n, 16, device="cuda"))
     assert len(calls) == 4
     assert all(h == pool.handle for h in calls)
+
+
+def test_shared_pool_renewed_once_its_graphs_are_gone():
+    """A runner that drops its graphs leaves the shared pool with no user; the next capture into it
+    must not trip the allocator's ``use_count > 0`` assert."""
+    backend = CudaGraphBackend()
+    x = torch.randn(8, 8, device="cuda")
+    first = capture_graph(backend, lambda t: (t * 2,), (x,), private=False)
+    old = backend.pool_handle(private=False)
+    del first
+    gc.collect()
+    second = capture_graph(backend, lambda t: (t + 1,), (x,), private=False)
+    assert backend.pool_handle(private=False) != old
+    second.graph.replay()
+    torch.testing.assert_close(second.out[0], x + 1)
 
 
 def kv_step(cache, pos, k, q):
