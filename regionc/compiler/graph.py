@@ -222,7 +222,8 @@ class GraphCompiler:
     @staticmethod
     def _report_reuse_breakers(pieces: list[Piece], prints: dict[str, Fingerprint], owners: list[int],
                                report: Report) -> None:
-        """Name the per-layer constants that make instances of one stack compile separately."""
+        """Name what makes instances of one stack compile separately: a per-layer constant, or layers of
+        another kind (Gemma's sliding and full attention layers share a class)."""
         first: dict[str, int] = {}
         seen: dict[str, set[int]] = defaultdict(set)
         for i, piece in enumerate(pieces):
@@ -233,7 +234,7 @@ class GraphCompiler:
             if owners[i] != owners[reference] and owners[i] not in seen[stack]:
                 message = (f"{piece.label} cannot reuse {pieces[reference].label}'s compiled code: "
                            f"{first_difference(prints[pieces[reference].name], prints[piece.name])}")
-                log.warning("regionc: %s (a per-layer constant in the block breaks reuse)", message)
+                log.warning("regionc: %s (a per-layer constant, or a layer of another kind, compiles apart)", message)
                 report.reuse_breakers.append(message)
             seen[stack].add(owners[i])
 
