@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.fx
+from torch._dynamo.exc import RestartAnalysis
 
 from regionc.cache import open_store
 from regionc.compiler import background
@@ -22,7 +23,7 @@ from regionc.compiler.program import make_program
 from regionc.config import Config
 from regionc.logs import log_once
 from regionc.passes import PassManager
-from regionc.report import new_report
+from regionc.report import drop_report, new_report
 
 log = logging.getLogger("regionc")
 
@@ -40,8 +41,12 @@ def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config: Co
         report.phases["trace"] = trace_s
     passes = PassManager(config, device_of(example_inputs))
     compiler = GraphCompiler(config, store=open_store(config), passes=passes)
-    with report.phase("total"):
-        split, pieces, job = compiler.compile(gm, example_inputs, report)
+    try:
+        with report.phase("total"):
+            split, pieces, job = compiler.compile(gm, example_inputs, report)
+    except RestartAnalysis:
+        drop_report(report)  # Dynamo traces the frame again and hands over a new graph
+        raise
     program = make_program(gm, split, pieces, example_inputs, config, report, job)
     log.info(report.summary())
     if report.stacks and not report.inlined_regions:

@@ -209,6 +209,12 @@ def new_report() -> Report:
         return report
 
 
+def drop_report(report: Report) -> None:
+    """Forget the report of a graph that Dynamo threw away to trace its frame again."""
+    with _reports_lock:
+        _reports.remove(report)
+
+
 def last_report() -> Report | None:
     """The report of the latest graph regionc compiled in this process (None before any)."""
     with _reports_lock:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch._dynamo.exc import RestartAnalysis
 
 from regionc.blocks.boundaries import fuse_block_boundaries
 from regionc.blocks.detect import detect_blocks, pretty_path
@@ -28,6 +29,7 @@ from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
 from regionc.compiler import background
+from regionc.compiler.floats import specialize_like
 from regionc.compiler.guards import ShapeGuards, guard_count, guarded
 from regionc.compiler.inductor import CompiledPiece, compile_piece, load_stored_piece, piece_defaults
 from regionc.config import Config
@@ -92,8 +94,18 @@ class GraphCompiler:
         def obtain(unique: _Unique, in_background: bool) -> None:
             submodule = split._modules[unique.piece.name]  # the piece's graph, under any eager copy installed over it
             patches = {**piece_defaults(submodule, device), **self.config.inductor_config, **passes}
-            unique.fn, guards = self._obtain(unique, submodule, inputs[unique.piece.name], patches, guards_since,
-                                             report)
+            try:
+                unique.fn, guards = self._obtain(unique, submodule, inputs[unique.piece.name], patches,
+                                                 guards_since, report)
+            except RestartAnalysis as exc:
+                if not in_background:  # e.g. a float Inductor needs as a constant: Dynamo traces it as one
+                    log.info("regionc: %s (%s) asks Dynamo to trace the graph again: %s", unique.piece.name,
+                             unique.piece.label, type(exc).__name__)
+                    specialize_like(inputs[unique.piece.name],
+                                    [inputs[p.name] for p, _, owner in instances if owner is unique])
+                    raise
+                unique.fn, guards = None, None  # Dynamo's trace is done: nothing can trace it again
+                _fall_back(unique.piece, unique.record, report, f"{type(exc).__name__} after Dynamo's trace")
             # compiled inside Dynamo's call, its guards are Dynamo's now, on its own symbols only
             dynamos = not in_background and unique.record.source == "compiled"
             if self.passes is not None:
@@ -194,13 +206,12 @@ class GraphCompiler:
         try:
             compiled = compile_piece(submodule, inputs, patches, guards_since=guards_since)
             serialize_s = compiled.serialize_s
+        except RestartAnalysis:
+            raise
         except Exception as exc:
             if self.config.strict:
                 raise
-            reason = first_line(exc)
-            log.warning("regionc: %s (%s) falls back to eager: %s", piece.name, piece.label, reason)
-            record.source, record.reason = "eager", reason
-            report.fallbacks.append(f"{piece.name} ({piece.label}): {reason}")
+            _fall_back(piece, record, report, first_line(exc))
             return None
         finally:
             record.seconds = time.perf_counter() - start
@@ -237,6 +248,12 @@ class GraphCompiler:
                 log.warning("regionc: %s (a per-layer constant, or a layer of another kind, compiles apart)", message)
                 report.reuse_breakers.append(message)
             seen[stack].add(owners[i])
+
+
+def _fall_back(piece: Piece, record: PieceRecord, report: Report, reason: str) -> None:
+    log.warning("regionc: %s (%s) falls back to eager: %s", piece.name, piece.label, reason)
+    record.source, record.reason = "eager", reason
+    report.fallbacks.append(f"{piece.name} ({piece.label}): {reason}")
 
 
 @dataclasses.dataclass

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
 from regionc.passes.decisions import SMALL_ROWS
 
@@ -114,12 +115,14 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
         start_compile_workers()
 
+    example_inputs = in_backend_fake_mode(example_inputs)
+
     def standalone_compile(mode: dict[str, Any]):
         return torch._inductor.standalone_compile(
-            gm, list(example_inputs), dynamic_shapes="from_tracing_context",
+            gm, example_inputs, dynamic_shapes="from_tracing_context",
             options={"config_patches": config_patches}, **mode)
 
-    with _recording_cpp_libraries() as libraries:
+    with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs):
         try:
             artifact = standalone_compile(_AOT_MODE)
         except RuntimeError as exc:

@@ -158,6 +158,26 @@ def test_a_size_symbol_per_layer_shares_one_compile():
     assert new[0].reuse_breakers == []
 
 
+def test_a_float_that_changes_keeps_one_block_compile():
+    """A float every layer reads (a LoRA scale set with ``set_adapters``) changes between calls: Dynamo
+    traces it again as a tensor input read by ``.item()``, and Inductor's tensorify pass turns the float
+    math into tensor math, so later values compile nothing. Compiled a piece at a time, the block still
+    compiles once for every layer (not eagerly, not once per layer as constants)."""
+    torch.manual_seed(0)
+    model = PerLayerConstant(n_layers=4)
+    compiled = torch.compile(model, backend="regionc", options={"cache": False})
+    before = len(regionc.reports())
+    with torch.no_grad():
+        for scale in (0.5, 0.3, 0.7, 0.9):
+            for layer in model.layers:
+                layer.scale = scale
+            x = torch.randn(3, 32)
+            assert_close(compiled(x), model(x))
+    new = regionc.reports()[before:]
+    assert len(new) == 2, [r.summary() for r in new]  # the first value; then the float is an input
+    assert block_compiles(new[1]) == 1 and new[1].count("reused", "block") == 3, new[1].summary()
+
+
 def test_training_gradients_match_eager():
     model = build_demo_model(LlamaConfig.tiny(2)).train()
     tokens = torch.randint(0, 128, (2, 8))

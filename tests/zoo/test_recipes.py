@@ -147,3 +147,30 @@ def test_lora_adapter_hot_swapped_into_a_compiled_model(entry):
         hotswap_adapter_from_state_dict(first, weights, adapter_name="default", config=config)
         assert relative_error(compiled(**kwargs), expected_second) <= 1e-5
     assert len(regionc.reports()) == before  # nothing was compiled again
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_lora_scale_set_between_calls_equals_eager(entry):
+    """diffusers' ``set_adapters`` sets a LoRA scale, a float in every attention layer, between calls:
+    each call equals eager with that scale. Through the backend the block compiles once for all layers,
+    and scales after the first change compile nothing (Dynamo makes the float an input)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    model, kwargs = ARCHITECTURES["wan"].build(3)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                 init_lora_weights=False), adapter_name="style")
+    compiled = ENTRY_POINTS[entry](model)
+    reports = []
+    with torch.no_grad():
+        for scale in (1.0, 0.3, 0.7, 0.5):
+            model.set_adapters(["style"], weights=[scale])
+            before = len(regionc.reports())
+            expected = model(**kwargs)[0]
+            assert relative_error(compiled(**kwargs)[0], expected) <= 1e-5, scale
+            reports.append(regionc.reports()[before:])
+    if entry == "backend":
+        changed = reports[1]
+        assert len(changed) == 1 and changed[0].count("compiled", "block") == 1, [r.summary() for r in changed]
+        assert changed[0].count("reused", "block") == 2
+        assert reports[2] == reports[3] == []
