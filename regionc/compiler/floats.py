@@ -47,7 +47,8 @@ def tensorify_own_floats(example_inputs: Sequence[Any]) -> Iterator[None]:
     """While a piece compiles, the ShapeEnv's other float symbols count as specialized already, which the
     tensorify pass leaves alone; they are taken off the list again after."""
     state = _tensorify_state()
-    env = _shape_env(example_inputs)
+    mode = torch._guards.detect_fake_mode(example_inputs)
+    env = mode.shape_env if mode is not None else None
     if state is None or env is None:
         yield
         return
@@ -85,15 +86,6 @@ def _float_symbols(value: Any) -> set:
     if isinstance(value, torch.SymFloat):
         return set(value.node.expr.free_symbols)
     return set()
-
-
-def _shape_env(example_inputs: Sequence[Any]):
-    for value in example_inputs:
-        if isinstance(value, FakeTensor) and value.fake_mode.shape_env is not None:
-            return value.fake_mode.shape_env
-        if isinstance(value, torch.SymFloat | torch.SymInt):
-            return value.node.shape_env
-    return None
 
 
 def _tensorify_state():
