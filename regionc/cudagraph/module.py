@@ -19,9 +19,18 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 - weights and buffers (a KV cache among them) are read and written where they were at capture:
   update them in place (``copy_``), never by assigning new tensors. ``cudagraph_check_addresses``
   checks this on every call and raises :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
-- Python state the forward reads (other than the above) is frozen into the graph at capture, as
-  in every model-runner CUDA graph: a forward whose control flow depends on such state should
-  not be compiled with graphs (``cudagraphs=False``).
+- a forward that changes Python state while its graph is captured is not graphed either, and the
+  graph is dropped (one log line naming the attribute): a replay runs no Python, so the change would
+  not happen again, and what the forward computes from that state would stay as captured. This is
+  how HF caches keep their lengths: a sliding-window ``StaticCache`` layer counts tokens in a Python
+  int (``cumulative_length_int``), a ``DynamicCache`` layer assigns a longer tensor on every step.
+  The state watched is every scalar, and every tensor's address and shape, reachable from the
+  non-tensor arguments (a cache object and its layers) and the scalars and plain tensor attributes
+  of the module's submodules. A change at a key's warm-up only (a cache's lazy initialisation on its
+  first call) is allowed: the capture that follows shows whether the forward is settled;
+- Python state the forward reads but does not change (other than the above), changed by the caller
+  between calls, is frozen into the graph at capture, as in every model-runner CUDA graph: such a
+  forward should not be compiled with graphs (``cudagraphs=False``).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ class ModuleGraphs:
         self.runner: PieceGraphRunner | None = None
         self.report = None
         self._addresses: list[int] | None = None
+        self._changed: str | None = None  # what the last run of the forward changed (see _run_forward)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.runner is None:
@@ -64,14 +74,26 @@ class ModuleGraphs:
         values = (*args, *kwargs.values())
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         versions = [t._version for t in tensors]
+        captures = self.runner.captures
         with self.runner.pool.forward():
             out = self.runner(context, tuple(kwargs), len(args), *values)
         if self.runner.capturable:  # a replay leaves the arguments alone; an eager run may not
-            self._refuse_what_a_replay_would_break(tensors, versions, values, out)
+            if self.runner.captures > captures and self._changed:
+                self.runner.disable(f"the forward changed {self._changed} while its graph was captured; a replay "
+                                    "runs no Python, so it would not change it again", drop=True)
+            else:
+                self._refuse_what_a_replay_would_break(tensors, versions, values, out)
         return out
 
     def _run_forward(self, _context: tuple, names: tuple[str, ...], positional: int, *values: Any) -> Any:
-        return self.forward(*values[:positional], **dict(zip(names, values[positional:])))
+        """The forward, run by the runner's warm-up and capture (never by a replay): notes in ``_changed``
+        the first piece of Python state it changed."""
+        watch = self.runner is not None and self.runner.capturable
+        labels = [f"args[{i}]" for i in range(positional)] + list(names)
+        before = python_state(self.module, labels, values) if watch else None
+        out = self.forward(*values[:positional], **dict(zip(names, values[positional:])))
+        self._changed = first_change(before, python_state(self.module, labels, values)) if watch else None
+        return out
 
     def _start(self) -> None:
         self.report = new_report()
@@ -104,3 +126,69 @@ class ModuleGraphs:
                 f"regionc: a parameter or buffer of {type(self.module).__name__} moved since its CUDA graphs "
                 "were captured; weights and buffers must stay in place (update them with copy_())")
 
+
+
+# ====================================================================== Python state a replay would not redo
+_SCALARS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
+#: how far from an argument the walk goes: cache -> its layers list -> a layer -> the layer's attributes
+_DEPTH = 4
+#: elements of one list, tuple or dict the walk looks at
+_WIDTH = 1024
+
+
+def python_state(module: torch.nn.Module, labels: list[str], values: tuple) -> dict[str, Any]:
+    """Path -> value of the Python state a forward may change: each scalar (and each tensor's address
+    and shape) reachable from its non-tensor arguments, and each scalar or plain tensor attribute of
+    the module's submodules (parameters and buffers are not attributes of ``__dict__``)."""
+    state: dict[str, Any] = {}
+    seen: set[int] = set()
+    for label, value in zip(labels, values):
+        if not isinstance(value, (torch.Tensor, torch.nn.Module, *_SCALARS)):
+            _walk(value, label, _DEPTH, state, seen)
+    for name, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if isinstance(value, _SCALARS):
+                state[f"{name}.{key}" if name else key] = value
+            elif isinstance(value, torch.Tensor):
+                state[f"{name}.{key}" if name else key] = _tensor_identity(value)
+    return state
+
+
+def first_change(before: dict[str, Any] | None, after: dict[str, Any]) -> str | None:
+    """The first path whose value differs (or that appeared or went), as ``path (old -> new)``."""
+    if before is None or before == after:
+        return None
+    for path in (*before, *(p for p in after if p not in before)):
+        old, new = before.get(path, "absent"), after.get(path, "absent")
+        if old != new:
+            return f"{path} ({old!r} -> {new!r})"
+    return None
+
+
+def _walk(value: Any, path: str, depth: int, state: dict[str, Any], seen: set[int]) -> None:
+    if isinstance(value, _SCALARS):
+        state[path] = value
+        return
+    if isinstance(value, torch.Tensor):
+        state[path] = _tensor_identity(value)
+        return
+    if depth == 0 or id(value) in seen or isinstance(value, (torch.nn.Module, type)) or callable(value):
+        return
+    seen.add(id(value))
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value[:_WIDTH]):
+            _walk(item, f"{path}[{i}]", depth - 1, state, seen)
+    elif isinstance(value, dict):
+        for key, item in list(value.items())[:_WIDTH]:
+            _walk(item, f"{path}[{key!r}]", depth - 1, state, seen)
+    elif hasattr(value, "__dict__"):
+        for key, item in vars(value).items():
+            _walk(item, f"{path}.{key}", depth - 1, state, seen)
+
+
+def _tensor_identity(t: torch.Tensor) -> tuple:
+    """A tensor's address and shape: what an assignment of another tensor (a grown cache) changes."""
+    try:
+        return ("tensor", t.data_ptr(), tuple(t.shape))
+    except RuntimeError:  # no storage (a tensor subclass, say): its identity then
+        return ("tensor", id(t), tuple(t.shape))

@@ -263,6 +263,7 @@ class PieceGraphRunner:
         self._positions_by_count: dict[int, list[int]] = {}
         self._no_capture: str | None = None
         self._log_key = object()
+        self.captures = 0  # graphs captured so far (a caller can tell whether its call captured)
         # A piece known to write nothing in place may warm up padded (and re-run on the real args if
         # that fails); one that may write (unknown counts as may) warms up once, exactly, unpadded.
         self._pure = mutated_inputs is not None and not mutated_inputs
@@ -335,8 +336,11 @@ class PieceGraphRunner:
             self.report.add_eager_call(self.name)
         return self.fn(*args)
 
-    def disable(self, reason: str) -> None:
-        """No graphs for this piece from now on (one warning); graphs already captured stay in use."""
+    def disable(self, reason: str, *, drop: bool = False) -> None:
+        """No graphs for this piece from now on (one warning); graphs already captured stay in use
+        unless ``drop`` (a replay of them would be wrong)."""
+        if drop:
+            self._entries.clear()
         if self._no_capture is None:
             self._no_capture = reason
             log.warning("regionc: no CUDA graphs for %s from now on: %s", self.name, reason)
@@ -384,6 +388,7 @@ class PieceGraphRunner:
         entry.aliases_static = pool.outputs.keep(values, [args[i] for i, _, _ in statics], staged)
         entry.graph, entry.staged, entry.static_inputs = capture.graph, staged, statics
         entry.outputs, entry.structure = values, structure
+        self.captures += 1
 
         bucket = entry.key[0][0]
         label = f"N={size}" if size is not None else ("static" if bucket is None else f"bucket={bucket}")

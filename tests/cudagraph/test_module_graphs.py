@@ -125,6 +125,111 @@ def test_a_forward_returning_a_python_value_is_not_graphed(caplog):
     assert any("returns a int computed in Python" in r.getMessage() for r in caplog.records)
 
 
+class Layer:
+    """A cache layer as HF keeps one: tensors and Python ints, reached from the forward's arguments."""
+
+    def __init__(self):
+        self.keys, self.length, self.ready = torch.zeros(0, 8), 0, False
+
+
+class Cache:
+    def __init__(self):
+        self.layers = [Layer(), Layer()]
+
+
+class CountsInPython(nn.Module):
+    """Sliding-window HF layers: a Python int counts the tokens, and what is computed depends on it."""
+
+    def forward(self, x, cache):
+        layer = cache.layers[1]
+        layer.length += 1
+        return x * layer.length
+
+
+class GrowsByAssignment(nn.Module):
+    """HF's DynamicCache: each step assigns a longer tensor to the layer."""
+
+    def forward(self, x, cache):
+        layer = cache.layers[0]
+        layer.keys = torch.cat([layer.keys, x])
+        return layer.keys.sum(0)
+
+
+class InitialisesOnce(nn.Module):
+    """A lazily initialised cache: Python state set on the first call only, then read."""
+
+    def forward(self, x, cache):
+        layer = cache.layers[0]
+        if not layer.ready:
+            layer.keys, layer.ready = torch.full((1, 8), 2.0), True
+        return x * layer.keys
+
+
+class CountsCalls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * self.calls
+
+
+@pytest.mark.parametrize("model, path", [(CountsInPython(), "cache.layers[1].length"),
+                                         (GrowsByAssignment(), "cache.layers[0].keys"),
+                                         (CountsCalls(), "calls")])
+def test_a_forward_that_changes_python_state_is_not_replayed(model, path, caplog):
+    """A replay runs no Python: the count would stop, the cache would stop growing. The capture that
+    sees the forward change Python state drops its graph, with one warning naming the state. (The fake
+    graph's replay runs Python, so outputs here cannot show the staleness; the GPU tests show it.)"""
+    run, backend = graphed(model)
+    arguments = {"cache": Cache()} if "cache" in path else {}
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        for step in range(5):
+            run(torch.full((1, 8), float(step + 1)), **arguments)
+    assert backend.captures == 1 and backend.replays == 1  # the capture's own run, then never again
+    assert not run.runner.capturable
+    assert any(f"the forward changed {path}" in r.getMessage() for r in caplog.records)
+
+
+def test_python_state_set_at_the_first_call_only_is_replayed():
+    """Lazy initialisation changes Python state at the warm-up; the capture after it changes nothing."""
+    run, backend = graphed(InitialisesOnce())
+    cache = Cache()
+    for step in range(5):
+        x = torch.full((1, 8), float(step))
+        assert_close(run(x, cache=cache), x * 2)
+    assert backend.captures == 1 and backend.replays == 4 and run.runner.capturable
+
+
+@pytest.mark.parametrize("name, cache, changed", [
+    ("Llama", "static", None),
+    ("Gemma2", "static", "past_key_values.layers[0].cumulative_length_int"),
+    ("Llama", "dynamic", "past_key_values.layers[0].keys"),
+])
+def test_hf_decode_is_replayed_only_where_the_cache_counts_in_python(name, cache, changed, caplog):
+    """HF decode steps under one graph per key: a full-attention StaticCache is written in place and
+    replays; a sliding-window layer's Python token count and a DynamicCache's growing tensors stop the
+    graphs at the first capture."""
+    transformers = pytest.importorskip("transformers")
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, **({"sliding_window": 4} if name == "Gemma2" else {}))
+    model = getattr(transformers, f"{name}Model")(config).eval()
+    past = transformers.StaticCache(config=config, max_cache_len=16) if cache == "static" else transformers.DynamicCache()
+    run, backend = graphed(model)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        model(input_ids=torch.randint(0, 64, (1, 6)), past_key_values=past, use_cache=True)
+        for step in range(4):
+            run(input_ids=torch.tensor([[step]]), past_key_values=past, use_cache=True,
+                cache_position=torch.tensor([6 + step]))
+    if changed is None:
+        assert backend.captures == 1 and backend.replays == 3 and run.runner.capturable
+    else:
+        assert backend.replays == 1 and not run.runner.capturable
+        assert any(f"the forward changed {changed}" in r.getMessage() for r in caplog.records)
+
+
 def test_address_check_raises_when_a_weight_is_reassigned():
     model = Glue()
     run, _ = graphed(model, cudagraph_check_addresses=True)
