@@ -190,5 +190,5 @@ def _tensor_identity(t: torch.Tensor) -> tuple:
     """A tensor's address and shape: what an assignment of another tensor (a grown cache) changes."""
     try:
         return ("tensor", t.data_ptr(), tuple(t.shape))
-    except RuntimeError:  # no storage (a tensor subclass, say): its identity then
+    except (RuntimeError, NotImplementedError):  # no storage (a tensor subclass, say): its identity then
         return ("tensor", id(t), tuple(t.shape))
