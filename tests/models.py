@@ -184,3 +184,31 @@ class PerLayerCounters(nn.Module):
         for layer, counter in zip(self.layers, counters):
             x = layer(x, counters[0], counter)
         return x
+
+
+class ScaledResidual(nn.Module):
+    """A block made of ops that follow their input's layout (a channels-last input gives a channels-last output)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(channels, 1, 1))
+
+    def forward(self, x):
+        return F.gelu(x * self.scale) + x
+
+
+class ChannelsLastBetweenBlocks(nn.Module):
+    """Two blocks over an image, the second reading a channels-last view: a spatial attention's
+    ``transpose(1, 2).reshape(b, c, h, w)``, as a diffusers VAE mid-block hands its second resnet."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.blocks = nn.ModuleList(ScaledResidual(channels) for _ in range(2))
+        self.mix = nn.Linear(channels, channels)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = self.blocks[0](x)
+        x = self.mix(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+        x = self.blocks[1](x)
+        return x.sum(dim=(2, 3)) + x.amax(dim=(2, 3))

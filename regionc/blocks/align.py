@@ -6,7 +6,10 @@ Identical blocks can still split into pieces that differ at their edges:
   slice of the result (CogVideoX: stride 1280 at offset 256) while later blocks get contiguous
   tensors. Inductor specializes on strides (and regionc's key on the offset), so the first block
   would compile alone. Here the caller copies such an input to a dense tensor before the call (one
-  copy, once per forward), when the other instances receive it dense.
+  copy, once per forward), when the other instances receive it dense and the piece still returns
+  tensors laid out as traced: ops follow their input's layout (a VAE's mid-block resnet reading its
+  attention's channels-last output returns channels-last), and the pieces that read the returned
+  tensors were compiled for, and assert, the traced layout.
 - **A size read in two roles.** HF's sliding-window cache keeps a Python int per layer, which Dynamo
   makes a symbolic size from the second step on; layer 0's int is also the position every layer's
   RoPE reads. Layer 0's piece then takes one size input where its siblings take two (the position
@@ -24,11 +27,13 @@ a per-layer constant, say) is left as it is, and the fingerprint step reports wh
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections import defaultdict
 
 import torch
 import torch.fx
+from torch._prims_common import clone_preserve_strides
 
 
 def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) -> int:
@@ -234,7 +239,7 @@ def _contiguous_inputs(split: torch.fx.GraphModule, modules: list[torch.fx.Graph
         if len({(v.dtype, v.dim()) for v in values}) != 1 or not any(_dense(v) for v in values):
             continue
         for nodes, module, call, value in zip(placeholders, modules, calls, values):
-            if _dense(value):
+            if _dense(value) or not _returns_traced_layouts(module, position):
                 continue
             argument = call.args[position]
             with split.graph.inserting_before(call):
@@ -244,6 +249,29 @@ def _contiguous_inputs(split: torch.fx.GraphModule, modules: list[torch.fx.Graph
             nodes[position].meta["example_value"] = dense.meta["example_value"]
             changed += 1
     return changed
+
+
+def _returns_traced_layouts(module: torch.fx.GraphModule, position: int) -> bool:
+    """Whether the piece, run on fake inputs with a dense copy of input ``position``, returns tensors with
+    the strides and offsets Dynamo traced (False when it cannot be run so, to be safe)."""
+    inputs = [node.meta.get("example_value") for node in module.graph.find_nodes(op="placeholder")]
+    mode = torch._guards.detect_fake_mode(inputs)
+    outputs = _output(module).args[0]
+    if mode is None or not isinstance(outputs, tuple):
+        return False
+    traced = [node.meta.get("example_value") if isinstance(node, torch.fx.Node) else node for node in outputs]
+    inputs = [clone_preserve_strides(v) if isinstance(v, torch.Tensor) else v for v in inputs]  # nothing written
+    inputs[position] = inputs[position].clone(memory_format=torch.contiguous_format)
+    try:
+        with mode, mode.shape_env.suppress_guards() if mode.shape_env is not None else contextlib.nullcontext():
+            returned = torch.fx.Interpreter(module).run(*inputs)  # a trial: its guards are not Dynamo's
+    except Exception:
+        return False
+    return all(_layout(mine) == _layout(theirs) for mine, theirs in zip(returned, traced))
+
+
+def _layout(value) -> str:
+    return str((list(value.stride()), value.storage_offset())) if isinstance(value, torch.Tensor) else "-"
 
 
 def _dense(value: torch.Tensor) -> bool:

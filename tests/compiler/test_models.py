@@ -11,7 +11,8 @@ import torch
 import regionc
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
-from tests.models import GraphBreakStack, NoRepeats, PerLayerConstant, PerLayerCounters, TinyDiT
+from tests.models import (ChannelsLastBetweenBlocks, GraphBreakStack, NoRepeats, PerLayerConstant,
+                          PerLayerCounters, TinyDiT)
 
 
 @pytest.mark.parametrize("n_layers", [2, 6])
@@ -67,6 +68,18 @@ def test_diffusion_transformer_compiles_one_block_per_kind():
     assert report.stacks == {"double_blocks": 2, "single_blocks": 3}
     assert block_compiles(report) == 2
     assert report.unique_block_fingerprints == 2
+
+
+def test_a_block_reading_a_channels_last_view_keeps_its_traced_layout():
+    """The second block reads a channels-last view where the first reads a dense tensor. A dense copy of
+    that input would make the block return a dense tensor, where the next piece's code was compiled for
+    (and asserts) the traced channels-last one: the block compiles apart instead, and the output is eager's."""
+    torch.manual_seed(0)
+    model, x = ChannelsLastBetweenBlocks(), torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x), model(x))
+    report = regionc.last_report()
+    assert block_compiles(report) == 2 and len(report.reuse_breakers) == 1, report.summary()
 
 
 def test_static_kv_cache_decoder_over_decode_steps():
