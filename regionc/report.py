@@ -25,7 +25,8 @@ class PieceRecord:
     fingerprint: str
     source: str = ""  # "compiled" | "reused" | "cache" (local) | "remote" (fetched: regionc/cache/remote.py) | "eager"
     reason: str = ""  # why it fell back, when source == "eager"
-    pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # fusions in this compile
+    pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # swaps in its code (compiled or loaded)
+    pass_skips: list[str] = dataclasses.field(default_factory=list)  # patterns its compile saw but did not swap
     seconds: float = 0.0  # compiling it, or loading it from the cache (0 for reused instances)
     key: str = ""  # its artifact's key in regionc's store ("" when not cached)
 

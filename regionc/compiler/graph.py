@@ -108,10 +108,8 @@ class GraphCompiler:
                 _fall_back(unique.piece, unique.record, report, f"{type(exc).__name__} after Dynamo's trace")
             # compiled inside Dynamo's call, its guards are Dynamo's now, on its own symbols only
             dynamos = not in_background and unique.record.source == "compiled"
-            if self.passes is not None:
-                unique.record.pass_matches = self.passes.take_matches()
-                report.pass_matches.update(unique.record.pass_matches)
-                report.pass_skips.extend(f"{unique.piece.label}: {skip}" for skip in self.passes.take_skips())
+            report.pass_matches.update(unique.record.pass_matches)  # of its compile, or of the one it loaded
+            report.pass_skips.extend(f"{unique.piece.label}: {skip}" for skip in unique.record.pass_skips)
             for piece, record, owner in instances:
                 if owner is not unique:
                     continue
@@ -204,7 +202,7 @@ class GraphCompiler:
         start = time.perf_counter()
         serialize_s = 0.0
         try:
-            compiled = compile_piece(submodule, inputs, patches, guards_since=guards_since)
+            compiled = compile_piece(submodule, inputs, patches, guards_since=guards_since, passes=self.passes)
             serialize_s = compiled.serialize_s
         except RestartAnalysis:
             raise
@@ -219,6 +217,7 @@ class GraphCompiler:
             if serialize_s:
                 report.phases["serialize"] += serialize_s
         record.source = "compiled"
+        record.pass_matches, record.pass_skips = compiled.pass_matches, compiled.pass_skips
         return compiled
 
     @staticmethod

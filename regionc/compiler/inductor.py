@@ -15,13 +15,16 @@ Neither artifact holds the C++ libraries of CPU kernels (or of the C++ wrapper):
 the generated Python, which builds each library again unless Inductor's cache already has it
 (seconds per piece). So the payload carries them (:func:`_bundle`): a load on a host whose
 Inductor cache is empty, such as one fed by the remote tier, puts them where Inductor looks and
-compiles nothing. CUDA kernels need no such care: the artifact holds them.
+compiles nothing. CUDA kernels need no such care: the artifact holds them. The payload also
+carries what regionc's passes swapped in the compile, so a warm start's report says what the code it
+loaded runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import operator
 import os
@@ -101,15 +104,18 @@ class CompiledPiece:
     payload: bytes | None  # None when the artifact cannot be serialized (then it is not cached)
     serialize_s: float  # of the compile's time, what turning the artifact into ``payload`` took
     guards: ShapeGuards | None  # what the compile assumed of symbolic sizes (regionc/compiler/guards.py)
+    pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # regionc's swaps, per pattern
+    pass_skips: list[str] = dataclasses.field(default_factory=list)  # patterns seen but not swapped, and why
 
 
 def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_patches: dict[str, Any],
-                  guards_since: int | None = None) -> CompiledPiece:
+                  guards_since: int | None = None, passes=None) -> CompiledPiece:
     """Compile ``gm`` for inputs like ``example_inputs`` (fake tensors / SymInts of Dynamo's trace).
 
     Symbolic dims come from the ambient Dynamo tracing context, so one artifact serves
     every size the guards admit. The guards added on them since the ShapeEnv held ``guards_since``
-    (by default: since this call) come back with the artifact, and in its payload.
+    (by default: since this call) come back with the artifact, and in its payload; so does what
+    ``passes`` (the ``regionc.passes.PassManager`` in ``config_patches``) did in this compile.
     """
     since = guard_count(example_inputs) if guards_since is None else guards_since
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
@@ -122,24 +128,27 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
             gm, example_inputs, dynamic_shapes="from_tracing_context",
             options={"config_patches": config_patches}, **mode)
 
-    with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs):
-        try:
-            artifact = standalone_compile(_AOT_MODE)
-        except RuntimeError as exc:
-            if not _AOT_MODE or "aot" not in str(exc):
-                raise
-            # aot mode needs AOTAutograd's bundled cache entry, which some graphs do not get (an op
-            # the cache bypasses): the default mode may still compile them
-            log.warning("regionc: aot-mode compile failed (%s: %s); compiling again in the default mode",
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            libraries.clear()
-            artifact = standalone_compile({})
+    try:
+        with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs):
+            try:
+                artifact = standalone_compile(_AOT_MODE)
+            except RuntimeError as exc:
+                if not _AOT_MODE or "aot" not in str(exc):
+                    raise
+                # aot mode needs AOTAutograd's bundled cache entry, which some graphs do not get (an op
+                # the cache bypasses): the default mode may still compile them
+                log.warning("regionc: aot-mode compile failed (%s: %s); compiling again in the default mode",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                libraries.clear()
+                artifact = standalone_compile({})
+    finally:  # a failed compile's matches are dropped with it: they must not count for the next piece
+        notes = {"pass_matches": passes.take_matches(), "pass_skips": passes.take_skips()} if passes else {}
     guards = guards_added(example_inputs, since)
     start = time.perf_counter()
     payload = _serialize(artifact)
     if payload is not None:
-        payload = _bundle(libraries, payload, guards)
-    return CompiledPiece(artifact, payload, time.perf_counter() - start, guards)
+        payload = _bundle(libraries, payload, guards, notes)
+    return CompiledPiece(artifact, payload, time.perf_counter() - start, guards, **notes)
 
 
 _AOT_MODE = {"aot": True} if "aot" in inspect.signature(torch._inductor.standalone_compile).parameters else {}
@@ -166,20 +175,20 @@ def start_compile_workers() -> None:
 _OP_REFERENCES = (b"torch.ops.regionc.", b"regionc::")
 
 
-def load_piece(payload: bytes) -> tuple[Callable[..., Any], ShapeGuards | None]:
+def load_piece(payload: bytes) -> tuple[Callable[..., Any], ShapeGuards | None, dict[str, Any]]:
     """Rebuild a compiled piece from :func:`compile_piece`'s payload, with the size guards its code
-    carries (raises if it is unusable).
+    carries and what the passes did in its compile (raises if it is unusable).
 
     regionc's ops are registered first only if the piece calls one: a warm start whose pieces swap
     nothing never imports the passes or the ops (see regionc/passes/version.py)."""
     if any(reference in payload for reference in _OP_REFERENCES):
         import regionc.ops  # noqa: F401
-    artifact, guards = _unbundle(payload)
+    artifact, guards, notes = _unbundle(payload)
     with tempfile.TemporaryDirectory(prefix="regionc-load-") as tmp:
         path = os.path.join(tmp, "artifact.bin")
         with open(path, "wb") as f:
             f.write(artifact)
-        return torch._inductor.CompiledArtifact.load(path=path, format="binary"), guards
+        return torch._inductor.CompiledArtifact.load(path=path, format="binary"), guards, notes
 
 
 def load_stored_piece(store, key: str, record, report,
@@ -192,13 +201,14 @@ def load_stored_piece(store, key: str, record, report,
     payload = store.load(key)
     if payload is None:
         return None
-    fn, guards = load_piece(payload)
+    fn, guards, notes = load_piece(payload)
     if guards is not None and example_inputs is not None and not guards.holds(example_inputs):
         log.info("regionc: cache entry %s for %s assumes %s, which this graph's sizes break: compiling it for "
                  "them", key[:12], record.block or record.name, guards.code)
         return None
     record.seconds = time.perf_counter() - start
     record.source = store.origin(key)
+    record.pass_matches, record.pass_skips = notes.get("pass_matches", {}), notes.get("pass_skips", [])
     report.add_cache(hits=1, load_s=record.seconds, bytes_loaded=len(payload))
     report.phases["load"] += record.seconds
     return fn, guards
@@ -221,10 +231,11 @@ def _serialize(artifact: Any) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------- C++ libraries in the payload
-#: payload = MAGIC | u32 guards length | guards | u32 count | count x (u32 name length | name | u64 size |
-#: library) | artifact; a name is the library's path under Inductor's cache directory, the guards are
-#: :meth:`ShapeGuards.to_bytes` (empty when the code carries none).
-_BUNDLE_MAGIC = b"RGNCLIB2"
+#: payload = MAGIC | u32 notes length | notes | u32 guards length | guards | u32 count | count x (u32 name
+#: length | name | u64 size | library) | artifact; a name is the library's path under Inductor's cache
+#: directory, the guards are :meth:`ShapeGuards.to_bytes` (empty when the code carries none), the notes
+#: what the passes did (JSON).
+_BUNDLE_MAGIC = b"RGNCLIB3"
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 #: Where Inductor keeps a built library under its cache directory: <2 characters of its hash>/<hash...>.so
 _LIBRARY_NAME = re.compile(r"[0-9a-z_]{2}/[0-9a-z_][0-9a-z_.]*\.so")
@@ -252,9 +263,10 @@ def _recording_cpp_libraries() -> Iterator[list[Callable[[], Any]]]:
         CppCodeCache.load_async = original
 
 
-def _bundle(loaders: list[Callable[[], Any]], artifact: bytes, guards: ShapeGuards | None) -> bytes:
-    """``artifact`` with its size guards and the C++ libraries ``loaders`` load in front of it (see the
-    module docstring)."""
+def _bundle(loaders: list[Callable[[], Any]], artifact: bytes, guards: ShapeGuards | None,
+            notes: dict[str, Any]) -> bytes:
+    """``artifact`` with the passes' ``notes``, its size guards and the C++ libraries ``loaders`` load in
+    front of it (see the module docstring)."""
     from torch._inductor.codecache import cache_dir
 
     base = Path(cache_dir()).resolve()
@@ -269,15 +281,17 @@ def _bundle(loaders: list[Callable[[], Any]], artifact: bytes, guards: ShapeGuar
         if name not in files:
             files[name] = path.read_bytes()
     guard_bytes = guards.to_bytes() if guards is not None else b""
-    parts = [_BUNDLE_MAGIC, _U32.pack(len(guard_bytes)), guard_bytes, _U32.pack(len(files))]
+    note_bytes = json.dumps(notes, sort_keys=True).encode()
+    parts = [_BUNDLE_MAGIC, _U32.pack(len(note_bytes)), note_bytes, _U32.pack(len(guard_bytes)), guard_bytes,
+             _U32.pack(len(files))]
     for name, data in sorted(files.items()):
         parts += [_U32.pack(len(name)), name.encode(), _U64.pack(len(data)), data]
     return b"".join(parts) + artifact
 
 
-def _unbundle(payload: bytes) -> tuple[memoryview, ShapeGuards | None]:
-    """The artifact of ``payload`` and its size guards, once its C++ libraries are where Inductor looks
-    for them."""
+def _unbundle(payload: bytes) -> tuple[memoryview, ShapeGuards | None, dict[str, Any]]:
+    """The artifact of ``payload``, its size guards and the passes' notes, once its C++ libraries are
+    where Inductor looks for them."""
     from torch._inductor.codecache import cache_dir
 
     from regionc.cache.store import make_private_dir
@@ -286,6 +300,9 @@ def _unbundle(payload: bytes) -> tuple[memoryview, ShapeGuards | None]:
     if view[:len(_BUNDLE_MAGIC)] != _BUNDLE_MAGIC:
         raise ValueError("not a regionc payload (no C++ library table)")
     offset = len(_BUNDLE_MAGIC)
+    (notes_len,) = _U32.unpack_from(view, offset)
+    notes = json.loads(bytes(view[offset + _U32.size:offset + _U32.size + notes_len]))
+    offset += _U32.size + notes_len
     (guards_len,) = _U32.unpack_from(view, offset)
     offset += _U32.size
     guards = ShapeGuards.from_bytes(bytes(view[offset:offset + guards_len])) if guards_len else None
@@ -319,4 +336,4 @@ def _unbundle(payload: bytes) -> tuple[memoryview, ShapeGuards | None]:
         except OSError as exc:  # Inductor builds it again, as without the bundle
             log.info("regionc: C++ library %s of a cached piece not placed in Inductor's cache (%s); it is built "
                      "again", name, exc.strerror or exc)
-    return view[offset:], guards
+    return view[offset:], guards, notes

@@ -143,3 +143,14 @@ def test_a_saved_trace_whose_pieces_call_regionc_ops_registers_them_on_load(cold
     assert loaded["trace_source"].startswith("saved trace ") and loaded["cache"]["misses"] == 0
     assert loaded["ops_registered"]
     torch.testing.assert_close(loaded["output"], traced["output"], atol=0, rtol=0)
+
+
+def test_a_warm_start_reports_the_swaps_of_the_code_it_loads(cold):
+    """What regionc's passes swapped travels with the compiled piece: a process that loads it reports
+    the same swaps, per piece, as the one that compiled it."""
+    tmp, cache_dir, _ = cold
+    compiled = run_worker(tmp, "swaps-1", cache_dir, kernel_choice="always")
+    loaded = run_worker(tmp, "swaps-2", cache_dir, kernel_choice="always")
+    assert compiled["pass_matches"] and loaded["cache"]["misses"] == 0
+    assert loaded["pass_matches"] == compiled["pass_matches"]
+    assert [p["pass_matches"] for p in loaded["pieces"]] == [p["pass_matches"] for p in compiled["pieces"]]
