@@ -31,7 +31,7 @@ from regionc.blocks.split import Piece, split_into_pieces
 from regionc.compiler import background
 from regionc.compiler.floats import specialize_like
 from regionc.compiler.guards import ShapeGuards, guard_count, guarded
-from regionc.compiler.inductor import CompiledPiece, compile_piece, load_stored_piece, piece_defaults
+from regionc.compiler.inductor import CompiledPiece, compile_piece, known_miscompile, load_stored_piece, piece_defaults
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
 
@@ -199,6 +199,12 @@ class GraphCompiler:
     def _compile(self, piece, submodule, inputs, patches, guards_since, record, report) -> CompiledPiece | None:
         """The piece compiled (with its payload, None when it cannot be serialized); None when it falls
         back to eager."""
+        wrong = known_miscompile(submodule)
+        if wrong is not None:
+            if self.config.strict:
+                raise RuntimeError(f"regionc: {piece.name} ({piece.label}) cannot be compiled correctly: {wrong}")
+            _fall_back(piece, record, report, wrong)
+            return None
         start = time.perf_counter()
         serialize_s = 0.0
         try:

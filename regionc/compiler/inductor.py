@@ -76,6 +76,30 @@ def piece_defaults(gm: torch.fx.GraphModule, device: torch.device) -> dict[str, 
     return PIECE_DEFAULTS
 
 
+#: Whether this torch's Inductor computes a wrong gradient for some pieces that return a non-contiguous
+#: tensor requiring grad. HF T5's first decoder block returns its relative position bias as a permuted view
+#: (``[1, H, S, S]``, strides ``(H, 1, S·H, H)``); that piece compiled by torch 2.13's Inductor on its own
+#: (regionc not involved) gives the bias embedding a wrong gradient, while ``aot_eager``, torch 2.11 and the
+#: same piece returning a contiguous tensor are right. 2.12 is unchecked, so it counts as affected.
+STRIDED_GRAD_OUTPUT_BUG = torch.__version__ >= (2, 12)
+
+
+def known_miscompile(gm: torch.fx.GraphModule) -> str | None:
+    """Why Inductor would compile ``gm`` (a piece as Dynamo traced it) wrong here, or None: the piece then
+    runs eagerly. A full graph never returns such an intermediate; a split at block boundaries may."""
+    if not STRIDED_GRAD_OUTPUT_BUG:
+        return None
+    from torch.fx.experimental.symbolic_shapes import guard_or_true
+
+    output = next(iter(gm.graph.find_nodes(op="output")))
+    for i, node in enumerate(torch.utils._pytree.tree_leaves(output.args[0])):
+        value = node.meta.get("example_value") if isinstance(node, torch.fx.Node) else None
+        if isinstance(value, torch.Tensor) and value.requires_grad and not guard_or_true(value.is_contiguous()):
+            return (f"output {i} is a non-contiguous tensor that requires grad (strides {tuple(value.stride())}), "
+                    f"for which torch {torch.__version__}'s Inductor can compute a wrong gradient")
+    return None
+
+
 def is_decode_step(gm: torch.fx.GraphModule) -> bool:
     """Whether ``gm`` (a piece as Dynamo traced it) calls a linear and every linear reads a known
     number of rows, at most the decision table's ``SMALL_ROWS`` (rows: all but the input's last dim)."""
