@@ -11,8 +11,14 @@ import torch
 import regionc
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
-from tests.models import (ChannelsLastBetweenBlocks, GraphBreakStack, NoRepeats, PerLayerConstant,
-                          PerLayerCounters, TinyDiT)
+from tests.models import (
+    ChannelsLastBetweenBlocks,
+    GraphBreakStack,
+    NoRepeats,
+    PerLayerConstant,
+    PerLayerCounters,
+    TinyDiT,
+)
 
 
 @pytest.mark.parametrize("n_layers", [2, 6])
