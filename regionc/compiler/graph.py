@@ -151,6 +151,12 @@ class GraphCompiler:
         """Compiled callable for a new fingerprint, from the disk cache, else Inductor (None → eager),
         and the size guards its code carries."""
         piece, record = unique.piece, unique.record
+        wrong = known_miscompile(submodule)  # before the cache: such a piece is never compiled, so never stored
+        if wrong is not None:
+            if self.config.strict:
+                raise RuntimeError(f"regionc: {piece.name} ({piece.label}) cannot be compiled correctly: {wrong}")
+            _fall_back(piece, record, report, wrong)
+            return _fn_and_guards(None)
         if unique.keyed is None:
             return _fn_and_guards(self._compile(piece, submodule, inputs, patches, guards_since, record, report))
         key, factors = unique.keyed
@@ -199,12 +205,6 @@ class GraphCompiler:
     def _compile(self, piece, submodule, inputs, patches, guards_since, record, report) -> CompiledPiece | None:
         """The piece compiled (with its payload, None when it cannot be serialized); None when it falls
         back to eager."""
-        wrong = known_miscompile(submodule)
-        if wrong is not None:
-            if self.config.strict:
-                raise RuntimeError(f"regionc: {piece.name} ({piece.label}) cannot be compiled correctly: {wrong}")
-            _fall_back(piece, record, report, wrong)
-            return None
         start = time.perf_counter()
         serialize_s = 0.0
         try:
