@@ -209,6 +209,7 @@ class TraceSet:
             "block_tracing": self.strategy,
             "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
             "module_state": _state_signature(module),
+            "local_modules": _local_modules(module),
             "args": [_describe(a, self.dynamic) for a in args],
             "kwargs": {k: _describe(v, self.dynamic) for k, v in sorted(kwargs.items())},
             "grad_enabled": torch.is_grad_enabled(),
@@ -234,10 +235,52 @@ def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
     from torch._dynamo.guards import CheckFunctionManager
 
     unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    local = _through_local_classes(entries)
     keep = [not (e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
-                 or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure)
+                 or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure
+                 or (local is not None and local.search(e.name)))
             for e in entries]
     return keep
+
+
+def _through_local_classes(entries) -> re.Pattern | None:
+    """A pattern matching the guard sources that read an object of a class defined inside a function
+    (or anything reached through one), or ``None`` if no guard does.
+
+    torch cannot save a guard on such an object: its class has no importable name (``aot_compile``
+    refuses the save), and a loaded trace would rebuild the guards below it on a plain ``nn.Module``
+    put in its place (the load fails). The ``kernels`` package, which transformers >= 5.25 requires,
+    wraps functions such as each attention's RoPE in modules of such classes. What those guards
+    protected is in the trace's key (``_local_modules``: which of these objects a model holds and
+    whether something replaced their forward) and in the source check (the code they run)."""
+    sources = {e.name for e in entries if e.has_value and _is_local(e.value)}
+    if not sources:
+        return None
+    return re.compile("|".join(f"{re.escape(s)}(?!\\w)" for s in sorted(sources)))
+
+
+def _is_local(value: Any) -> bool:
+    cls = value if isinstance(value, type) else type(value)
+    return "<locals>" in getattr(cls, "__qualname__", "")
+
+
+def _local_modules(module: torch.nn.Module) -> list:
+    """The objects of function-local module classes (see ``_through_local_classes``) a module holds, as
+    submodules or in its attributes' dicts, lists and tuples: each one's path, class and the forward
+    put on it (``kernels.kernelize`` does), for the saved trace's key."""
+    found = []
+    for path, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            values = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+            for key, item in values:
+                if isinstance(item, torch.nn.Module) and _is_local(item):
+                    forward = vars(item).get("forward")
+                    found.append([f"{path}.{name}[{key!r}]", type(item).__qualname__,
+                                  getattr(forward, "__qualname__", None)])
+        if _is_local(sub):
+            forward = vars(sub).get("forward")
+            found.append([path, type(sub).__qualname__, getattr(forward, "__qualname__", None)])
+    return found
 
 
 @contextlib.contextmanager

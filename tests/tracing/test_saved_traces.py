@@ -32,10 +32,36 @@ class Block(nn.Module):
         return x + torch.tanh(self.lin(x)) * 0.5
 
 
+def _module_of(fn):
+    """A function as a module of a class defined here, as the kernels package (which transformers
+    >= 5.25 requires) wraps a model's functions so that they can be swapped for hub kernels."""
+    class Func(nn.Module):
+        def forward(self, *args):
+            return fn(*args)
+
+    return Func
+
+
+def scaled_tanh(x):
+    return torch.tanh(x) * 0.5
+
+
+ScaledTanh = _module_of(scaled_tanh)
+
+
+class FuncBlock(Block):
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.funcs = {"act": ScaledTanh()}  # a plain attribute, not a submodule, as kernels keeps them
+
+    def forward(self, x):
+        return x + self.funcs["act"](self.lin(x))
+
+
 class Net(nn.Module):
-    def __init__(self, dim=32, out=32, layers=3, graph_break=False):
+    def __init__(self, dim=32, out=32, layers=3, graph_break=False, local_class=False):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim) for _ in range(layers))
+        self.blocks = nn.ModuleList((FuncBlock if local_class else Block)(dim) for _ in range(layers))
         self.head = nn.Linear(dim, out)
         self.graph_break = graph_break
 
@@ -60,13 +86,15 @@ def model_module(tmp_path, monkeypatch):
     sys.modules.pop("saved_trace_model", None)
 
 
-def start(module, cache_dir, x, options=None, **model_args):
-    """One 'process start': fresh Dynamo, a new model (seeded weights), compile, first call.
-    Returns the report and how many graphs Dynamo traced."""
+def start(module, cache_dir, x, options=None, change=None, **model_args):
+    """One 'process start': fresh Dynamo, a new model (seeded weights; ``change`` edits it), compile,
+    first call. Returns the report and how many graphs Dynamo traced."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
     model = module.Net(**model_args)
+    if change is not None:
+        change(model)
     expected = model(x)
     options = {"cache_dir": str(cache_dir), "strict": True, "block_tracing": MODEL_LEVEL, **(options or {})}
     compiled = regionc.compile(model, options=options)
@@ -108,6 +136,27 @@ def test_a_changed_model_source_is_traced_again(model_module, tmp_path, caplog):
         report, traced_graphs = start(model_module, tmp_path / "cache", x_of())  # compares with the new eager
     assert report.trace_source.startswith("traced") and traced_graphs == 1
     assert any("is stale, saved_trace_model changed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_holding_modules_of_function_local_classes_saves_and_loads_its_trace(model_module, tmp_path):
+    """Torch cannot save a guard on an object whose class has no importable name; the kernels package
+    puts such modules in every HF attention. Their guards are left out of the saved trace, and the
+    trace's key says which of them the model holds and whether their forward was replaced, as
+    ``kernels.kernelize`` does: such a model is traced again, and computes what its new forward says."""
+    import types
+
+    first, traced_graphs = start(model_module, tmp_path / "cache", x_of(), local_class=True)
+    assert first.trace_source.startswith("traced, saved as ") and traced_graphs == 1
+    second, traced_graphs = start(model_module, tmp_path / "cache", x_of(), local_class=True)
+    assert second.trace_source.startswith("saved trace ") and traced_graphs == 0
+
+    def kernelize(model):  # every block's function gets another forward
+        for block in model.blocks:
+            func = block.funcs["act"]
+            func.forward = types.MethodType(lambda self, x: torch.sigmoid(x), func)
+
+    swapped, traced_graphs = start(model_module, tmp_path / "cache", x_of(), change=kernelize, local_class=True)
+    assert swapped.trace_source.startswith("traced, saved as ") and traced_graphs == 1  # and equals its eager
 
 
 def test_changed_shapes_and_weights_never_load_a_trace_that_does_not_fit(model_module, tmp_path, caplog):
