@@ -33,13 +33,14 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx
 
+from regionc.compiler.combo import sinks_last
 from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
 from regionc.passes.decisions import SMALL_ROWS
@@ -60,7 +61,8 @@ PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
 #: three small kernels of different sizes that read different tensors; as one launch, an HF Llama
 #: 32 × 2048 decode step at batch 8 runs 390 kernels instead of 458 and its GPU span is 2110 µs
 #: instead of 2241 on an H200 (benchmarks/results/decode_profile/h200-2026-12-03-hf-llama-b8-combo-kernels.log).
-#: Prefill pieces keep Inductor's default: their kernels are large, and combo kernels were not measured there.
+#: Their sinks join the last combo kernel (``regionc/compiler/combo.py``). Prefill pieces keep
+#: Inductor's default: their kernels are large, and combo kernels were not measured there.
 DECODE_DEFAULTS: dict[str, Any] = {"combo_kernels": True}
 
 _LINEARS = frozenset({torch._C._nn.linear, torch.nn.functional.linear, torch.matmul, torch.mm, torch.addmm,
@@ -152,8 +154,9 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
             gm, example_inputs, dynamic_shapes="from_tracing_context",
             options={"config_patches": config_patches}, **mode)
 
+    grouping = sinks_last() if config_patches.get("combo_kernels") else nullcontext()
     try:
-        with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs):
+        with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs), grouping:
             try:
                 artifact = standalone_compile(_AOT_MODE)
             except RuntimeError as exc:
