@@ -15,11 +15,17 @@ repeated calls of one module, so only the value path is used.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import re
 from collections import defaultdict
 
 import torch.fx
 from torch import nn
+
+from regionc.blocks.signature import difference, signature
+
+log = logging.getLogger("regionc")
 
 _INDEXED = re.compile(r"^(?P<stack>.+)\.(?P<index>\d+)$")
 
@@ -31,15 +37,21 @@ def is_repeated(classes: list[object], min_instances: int) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Stack:
-    """A stack of repeated blocks in a module tree."""
+    """Repeated blocks in a module tree: a stack's children of one class and one kind of code
+    (``regionc/blocks/signature.py``)."""
 
     path: str  # "layers", as in model.get_submodule(path)
     cls: type[nn.Module]
     instances: tuple[nn.Module, ...]
+    kind: str = ""  # "" where all the stack's children run the same code; else a name for this kind's code
 
 
 def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack]:
-    """The outermost stacks of repeated blocks in ``model`` (``named_modules`` visits parents first)."""
+    """The outermost stacks of repeated blocks in ``model`` (``named_modules`` visits parents first).
+
+    Children of one class that do not all run the same code (``regionc/blocks/signature.py``: T5's first
+    block holds the position bias, LoRA on some layers only, a hook on one layer's module) make one
+    :class:`Stack` per kind of code, each traced once; one log line says where they first differ."""
     stacks: list[Stack] = []
     for path, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
@@ -47,8 +59,20 @@ def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack
         if any(path == s.path or path.startswith(s.path + ".") for s in stacks):
             continue  # inside a block already found
         children = tuple(module.children())
-        if is_repeated([type(child) for child in children], min_instances):
+        if not is_repeated([type(child) for child in children], min_instances):
+            continue
+        kinds: dict[tuple, list[nn.Module]] = defaultdict(list)
+        for child in children:
+            kinds[signature(child)].append(child)
+        if len(kinds) == 1:
             stacks.append(Stack(path, type(children[0]), children))
+            continue
+        other = children.index(list(kinds.values())[1][0])
+        log.info("regionc: %s hold %d kinds of blocks, each traced once: block %d runs other code than block 0 (%s)",
+                 path, len(kinds), other, difference(children[0], children[other]))
+        for code, members in kinds.items():
+            kind = hashlib.sha256(repr(code).encode()).hexdigest()[:8]
+            stacks.append(Stack(path, type(children[0]), tuple(members), kind))
     return stacks
 
 
@@ -77,8 +101,8 @@ def block_of(node: torch.fx.Node) -> BlockInstance | None:
         return None
     for path, cls in stack.values():
         match = _INDEXED.match(path)
-        if match:
-            return BlockInstance(match["stack"], int(match["index"]), cls)
+        if match:  # a nested region's class stands for its block's (one per kind of code: regionc/tracing/compile.py)
+            return BlockInstance(match["stack"], int(match["index"]), getattr(cls, "regionc_block_class", cls))
     return None
 
 

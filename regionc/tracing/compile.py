@@ -49,8 +49,10 @@ from regionc.tracing.saved import TraceSet, traces_can_be_saved
 
 log = logging.getLogger("regionc")
 
-#: A block class -> its nested-region subclass, which this module hands out by name (``__getattr__``).
-_REGION_CLASSES: dict[type, type] = {}
+#: (A block class, a kind of its code) -> their nested-region subclass, which this module hands out by
+#: name (``__getattr__``). One subclass per kind: torch reuses a nested region's trace for every call of
+#: its function, so blocks that run other code (``regionc/blocks/signature.py``) need another function.
+_REGION_CLASSES: dict[tuple[type, str], type] = {}
 
 
 def __getattr__(name: str) -> type:
@@ -205,6 +207,11 @@ class CompiledForward:
             args["options"] = options
             block_config = Config.build(options)
             for stack in self.stacks:
+                if stack.kind and not self.save_traces:
+                    log.warning("regionc: the %d block(s) of one kind in %s run eagerly: without saved traces their "
+                                "frames share Dynamo's cache with the other kinds, and its guards do not tell "
+                                "hooks apart", len(stack.instances), stack.path)
+                    continue
                 traces = TraceSet(stack.cls.forward, strategy, block_config, options, self.dynamic) \
                     if self.save_traces else None
                 for block in stack.instances:
@@ -229,7 +236,7 @@ class CompiledForward:
     def _undo(self) -> None:
         for stack in self.stacks:
             for block in stack.instances:
-                if self.strategy == "nested_region" and type(block) is _REGION_CLASSES.get(stack.cls):
+                if self.strategy == "nested_region" and type(block) is _REGION_CLASSES.get((stack.cls, stack.kind)):
                     block.__class__ = stack.cls
                 if self.strategy == "per_block":
                     block.__dict__.pop("forward", None)
@@ -278,17 +285,19 @@ def nested_regions_reuse_traces() -> bool:
 
 
 def _mark_nested_region(stack: Stack) -> None:
-    region_class = _REGION_CLASSES.get(stack.cls)
+    region_class = _REGION_CLASSES.get((stack.cls, stack.kind))
     if region_class is None:
-        # named after the user's class: the next process marks the same class and finds it by this name
-        name = "region_of_" + re.sub(r"\W", "_", f"{stack.cls.__module__}.{stack.cls.__qualname__}")
+        # named after the user's class and the kind: the next process marks the same and finds it by this name
+        name = "region_of_" + re.sub(r"\W", "_", f"{stack.cls.__module__}.{stack.cls.__qualname__}") \
+            + (f"_{stack.kind}" if stack.kind else "")
         region_class = type(name, (stack.cls,), {
             "forward": torch.compiler.nested_compile_region(stack.cls.forward),
+            "regionc_block_class": stack.cls,  # blocks of every kind are one stack in the graph (blocks/detect.py)
             "__module__": __name__,
             "__qualname__": name,
             "__doc__": stack.cls.__doc__,
         })
-        _REGION_CLASSES[stack.cls] = region_class
+        _REGION_CLASSES[(stack.cls, stack.kind)] = region_class
     for block in stack.instances:
         if type(block) is stack.cls:
             block.__class__ = region_class

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from regionc.blocks.signature import signature
 from regionc.cache import open_store
 from regionc.compiler import background
 from regionc.compiler.inductor import start_compile_workers
@@ -209,7 +210,7 @@ class TraceSet:
             "block_tracing": self.strategy,
             "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
             "module_state": _state_signature(module),
-            "local_modules": _local_modules(module),
+            "module_code": signature(module),  # what guards do not cover: hooks, function-local classes
             "args": [_describe(a, self.dynamic) for a in args],
             "kwargs": {k: _describe(v, self.dynamic) for k, v in sorted(kwargs.items())},
             "grad_enabled": torch.is_grad_enabled(),
@@ -251,8 +252,8 @@ def _through_local_classes(entries) -> re.Pattern | None:
     refuses the save), and a loaded trace would rebuild the guards below it on a plain ``nn.Module``
     put in its place (the load fails). The ``kernels`` package, which transformers >= 5.25 requires,
     wraps functions such as each attention's RoPE in modules of such classes. What those guards
-    protected is in the trace's key (``_local_modules``: which of these objects a model holds and
-    whether something replaced their forward) and in the source check (the code they run)."""
+    protected is in the trace's key (the module's ``signature``: the classes of the modules it holds
+    and the forwards set on them) and in the source check (the code they run)."""
     sources = {e.name for e in entries if e.has_value and _is_local(e.value)}
     if not sources:
         return None
@@ -262,25 +263,6 @@ def _through_local_classes(entries) -> re.Pattern | None:
 def _is_local(value: Any) -> bool:
     cls = value if isinstance(value, type) else type(value)
     return "<locals>" in getattr(cls, "__qualname__", "")
-
-
-def _local_modules(module: torch.nn.Module) -> list:
-    """The objects of function-local module classes (see ``_through_local_classes``) a module holds, as
-    submodules or in its attributes' dicts, lists and tuples: each one's path, class and the forward
-    put on it (``kernels.kernelize`` does), for the saved trace's key."""
-    found = []
-    for path, sub in module.named_modules():
-        for name, value in vars(sub).items():
-            values = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
-            for key, item in values:
-                if isinstance(item, torch.nn.Module) and _is_local(item):
-                    forward = vars(item).get("forward")
-                    found.append([f"{path}.{name}[{key!r}]", type(item).__qualname__,
-                                  getattr(forward, "__qualname__", None)])
-        if _is_local(sub):
-            forward = vars(sub).get("forward")
-            found.append([path, type(sub).__qualname__, getattr(forward, "__qualname__", None)])
-    return found
 
 
 @contextlib.contextmanager
@@ -414,11 +396,11 @@ class _Entry:
         self.fn = compiled.fn  # Dynamo's bytecode, calling the compiled program
         artifacts = compiled._artifacts
         self.guards = artifacts.guard_manager
-        signature = artifacts.signature
-        self.names = list(signature.parameters)
-        self.defaults = {name: p.default for name, p in signature.parameters.items()
+        parameters = artifacts.signature.parameters
+        self.names = list(parameters)
+        self.defaults = {name: p.default for name, p in parameters.items()
                          if p.default is not inspect.Parameter.empty}
-        simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in signature.parameters.values())
+        simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters.values())
         self.fast = simple and not artifacts.runtime_env.closure
 
     def f_locals(self, module, args: tuple, kwargs: dict) -> dict[str, Any]:

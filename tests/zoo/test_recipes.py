@@ -149,6 +149,42 @@ def test_lora_adapter_hot_swapped_into_a_compiled_model(entry):
     assert len(regionc.reports()) == before  # nothing was compiled again
 
 
+@pytest.mark.parametrize("entry", LORA_ENTRIES)
+@pytest.mark.parametrize("change", ["lora_on_some_layers", "hook_on_one_layer"])
+def test_layers_of_one_class_running_other_code_equal_eager(entry, change, caplog):
+    """PEFT's LoRA on some layers only (``layers_to_transform``) and a forward hook on one layer's module
+    make layers of one class run different code. ``regionc.compile`` traces each kind of block once (one
+    log line says which layer differs and how), the backend compiles each distinct block from the graph:
+    both compile two blocks, and the output equals eager's."""
+    import logging
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model, kwargs = ARCHITECTURES["llama"].build(3)
+    if change == "lora_on_some_layers":
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=[1],
+                            layers_pattern="layers", init_lora_weights=False)
+        model = get_peft_model(model, config).eval()
+        layers = model.base_model.model.layers
+    else:
+        model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, out: out * 2.0)
+        layers = model.layers
+    assert type(layers[0]) is type(layers[1])
+    before = len(regionc.reports())
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="regionc"):
+        expected = model(**kwargs)
+        compiled = LORA_ENTRIES[entry](model)
+        for _ in range(2):
+            assert relative_error(compiled(**kwargs), expected) <= 1e-5
+    if entry != "backend":
+        assert any("hold 2 kinds of blocks, each traced once: block 1 runs other code than block 0" in r.getMessage()
+                   for r in caplog.records)
+    if entry != "per_block":  # per-block frames compile per block; their reports are per frame
+        unique = sum(r.count("compiled", "block") + r.count("cache", "block") for r in regionc.reports()[before:])
+        assert unique == 2  # compiled now, or by an earlier test of this session's cache
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_lora_scale_set_between_calls_equals_eager(entry):
     """diffusers' ``set_adapters`` sets a LoRA scale, a float in every attention layer, between calls:

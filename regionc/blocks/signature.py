@@ -1,0 +1,68 @@
+"""What code a block instance runs, beyond its class: the classes of the modules it holds, the forwards
+set on them and their hooks.
+
+Blocks of one class are traced once and that trace is run for all of them, which is right only if
+they run the same code. Three things make one instance run other code than its siblings while its
+class is the same, and neither of torch's ways of tracing a block once sees them: a nested region
+(torch 2.13) is reused over a submodule of another class, a forward set on an instance and a forward
+hook, and a per-block frame's guards do not cover hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``).
+Each happens in practice: PEFT's LoRA on some layers only (``layers_to_transform``) swaps those layers'
+linears for LoRA modules, accelerate's hooks set ``forward`` on the modules they wrap, and
+``kernels.kernelize`` sets it on the function modules that transformers keeps in dicts.
+
+A module's held modules are its submodules and the modules in its attributes' dicts, lists and
+tuples (how the ``kernels`` package keeps them, unregistered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+
+def held_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(path, module)`` for ``module``, its submodules and the modules in their dict, list and tuple attributes."""
+    for path, sub in module.named_modules():
+        yield path, sub
+        for name, value in vars(sub).items():
+            if name == "_modules":
+                continue  # the submodules, visited by named_modules
+            items = value.items() if isinstance(value, dict) else enumerate(value) \
+                if isinstance(value, (list, tuple)) else ()
+            for key, item in items:
+                if isinstance(item, nn.Module):
+                    yield f"{path}.{name}[{key!r}]".lstrip("."), item
+
+
+def signature(block: nn.Module) -> tuple:
+    """What decides the code ``block`` runs besides its class: each held module's path and class, the
+    forward set on it (by name) and its forward hooks (by name). Equal for instances that run the same code."""
+    return tuple((path, _name(type(sub)), _name(vars(sub).get("forward")),
+                  tuple(_name(hook) for hook in sub._forward_pre_hooks.values()),
+                  tuple(_name(hook) for hook in sub._forward_hooks.values()))
+                 for path, sub in held_modules(block))
+
+
+def difference(first: nn.Module, other: nn.Module) -> str | None:
+    """Where ``other`` runs other code than ``first`` (its class aside), in words; ``None`` where it does not."""
+    mine, theirs = dict((row[0], row[1:]) for row in signature(first)), dict((row[0], row[1:]) for row in signature(other))
+    for path in [*mine, *(p for p in theirs if p not in mine)]:
+        a, b = mine.get(path), theirs.get(path)
+        if a == b:
+            continue
+        where = path or "the block"
+        if a is None or b is None:
+            return f"{where} is held by one of them only"
+        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks"), a, b):
+            if x != y:
+                return f"{where}: {what} {x or 'none'} against {y or 'none'}"
+    return None
+
+
+def _name(value: Any) -> str | None:
+    if value is None:
+        return None
+    target = getattr(value, "func", None) or getattr(value, "__func__", None) or value  # partials, bound methods
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__qualname__)}"

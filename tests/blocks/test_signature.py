@@ -1,0 +1,51 @@
+"""What code a block instance runs beyond its class (``regionc/blocks/signature.py``)."""
+
+from __future__ import annotations
+
+import types
+
+from torch import nn
+
+from regionc.blocks.detect import find_repeated_blocks
+from regionc.blocks.signature import difference, held_modules, signature
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.funcs = {"act": nn.Tanh()}  # held, not registered: how the kernels package keeps its modules
+
+    def forward(self, x):
+        return self.funcs["act"](self.lin(x))
+
+
+def _stack(n=3):
+    return nn.Sequential(*(Block() for _ in range(n)))
+
+
+def test_held_modules_are_the_submodules_and_the_modules_in_attribute_containers():
+    assert [path for path, _ in held_modules(Block())] == ["", "funcs['act']", "lin"]
+
+
+def test_blocks_of_one_class_running_other_code_make_a_stack_per_kind():
+    model = _stack()
+    assert signature(model[0]) == signature(model[1]) and difference(model[0], model[1]) is None
+    assert len(find_repeated_blocks(model)) == 1
+
+    changes = {
+        "a module of another class": lambda b: setattr(b, "lin", type("Other", (nn.Linear,), {})(4, 4)),
+        "a forward set on a held module": lambda b: setattr(b.funcs["act"], "forward",
+                                                            types.MethodType(lambda self, x: x, b.funcs["act"])),
+        "a forward hook": lambda b: b.lin.register_forward_hook(lambda m, a, out: out),
+        "a forward pre-hook": lambda b: b.lin.register_forward_pre_hook(lambda m, a: None),
+    }
+    expected = {"a module of another class": "lin: class", "a forward set on a held module": "funcs['act']: forward set on it",
+                "a forward hook": "lin: forward hooks", "a forward pre-hook": "lin: forward pre-hooks"}
+    for what, change in changes.items():
+        model = _stack()
+        change(model[2])
+        assert difference(model[0], model[2]).startswith(expected[what]), what
+        stacks = find_repeated_blocks(model)  # one stack per kind of code, each traced once
+        assert [(s.path, s.instances) for s in stacks] == [("", (model[0], model[1])), ("", (model[2],))], what
+        assert len({s.kind for s in stacks}) == 2 and all(s.kind for s in stacks), what
