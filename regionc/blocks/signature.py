@@ -3,8 +3,8 @@ set on them and their hooks.
 
 Blocks of one class are traced once and that trace is run for all of them, which is right only if
 they run the same code. Three things make one instance run other code than its siblings while its
-class is the same, and neither of torch's ways of tracing a block once sees them: a nested region
-(torch 2.13) is reused over a submodule of another class, a forward set on an instance and a forward
+class is the same, and torch's ways of tracing a block once miss them: its nested regions (torch >= 2.12)
+reuse one block's trace over a submodule of another class, a forward set on an instance and a forward
 hook, and a per-block frame's guards do not cover hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``).
 Each happens in practice: PEFT's LoRA on some layers only (``layers_to_transform``) swaps those layers'
 linears for LoRA modules, accelerate's hooks set ``forward`` on the modules they wrap, and
@@ -62,7 +62,9 @@ def difference(first: nn.Module, other: nn.Module) -> str | None:
 
 
 def _name(value: Any) -> str | None:
+    """A class's or a callable's qualified name (a partial's or a bound method's function's)."""
     if value is None:
         return None
-    target = getattr(value, "func", None) or getattr(value, "__func__", None) or value  # partials, bound methods
-    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
+    if not isinstance(value, type):
+        value = getattr(value, "func", None) or getattr(value, "__func__", None) or value
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"

@@ -46,7 +46,10 @@ def run(name: str, entry: str, depth: int) -> Result:
     forward = compiled.forward
     if not isinstance(forward, CompiledForward):
         return Result(expected, actual, regionc.reports()[before:], [], {}, "full")
-    per_block = {s.path: len(s.instances) for s in forward.stacks} if forward.strategy == "per_block" else {}
+    per_block = {}  # a stack of several kinds of blocks is several Stacks of one path
+    if forward.strategy == "per_block":
+        for stack in forward.stacks:
+            per_block[stack.path] = per_block.get(stack.path, 0) + len(stack.instances)
     return Result(expected, actual, forward.reports, forward.fallbacks, per_block, forward.strategy)
 
 
