@@ -88,12 +88,13 @@ class ModuleGraphs:
     def _run_forward(self, _context: tuple, names: tuple[str, ...], positional: int, *values: Any) -> Any:
         """The forward, run by the runner's warm-up and capture (never by a replay): notes in ``_changed``
         the first piece of Python state it changed."""
+        args, kwargs = values[:positional], dict(zip(names, values[positional:]))
+        self._changed = None
         if self.runner is None or not self.runner.capturable:  # graphs are off: nothing to watch
-            self._changed = None
-            return self.forward(*values[:positional], **dict(zip(names, values[positional:])))
+            return self.forward(*args, **kwargs)
         labels = [f"args[{i}]" for i in range(positional)] + list(names)
         before = python_state(self.module, labels, values)
-        out = self.forward(*values[:positional], **dict(zip(names, values[positional:])))
+        out = self.forward(*args, **kwargs)
         self._changed = first_change(before, python_state(self.module, labels, values))
         return out
 
