@@ -73,9 +73,6 @@ MAX_SPLITS = 64
 #: MAX_SPLITS * this many blocks the split count grows instead
 MAX_BLOCKS_PER_SPLIT = 64
 
-#: 128-byte lines one prefetch program asks L2 for (64 KiB: a 2048 x 2048 bf16 weight is 128 programs)
-PREFETCH_LINES_PER_PROGRAM = 512
-
 _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 
 # --------------------------------------------------------------------------------------
@@ -84,39 +81,22 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 
 if _utils.HAS_TRITON:
 
-    @triton.jit
-    def _prefetch_l2(ptrs, ok):
-        """Ask for the 128-byte lines at ``ptrs`` (where ``ok``) to be brought into L2, kept there
-        ahead of streamed lines (``evict_last``), without waiting for them or holding registers."""
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0; }",
-            "=r,l,r", [ptrs, ok.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS", "PF_ROWS", "PF_NUMEL"])
+    @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
-        Q, K, V, MASK, KV_LEN, PART, OUT, PF, qk_scale,
+        Q, K, V, MASK, KV_LEN, PART, OUT, qk_scale,
         stride_qb, stride_qh, stride_qm,
         stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn,
         stride_mb, stride_mq, stride_mn,
         stride_lb,
         stride_ob, stride_oh, stride_om,
-        HKV, SEQ_K, BLOCKS_PER_SPLIT, N_SPLITS, PF_ROWS, PF_NUMEL,
+        HKV, SEQ_K, BLOCKS_PER_SPLIT, N_SPLITS,
         HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, SINGLE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_P2: tl.constexpr,
         MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr, MASK_FLOOR: tl.constexpr,
-        PF_LINES: tl.constexpr, PF_LINE: tl.constexpr,
     ):
         split = tl.program_id(0)
         bh = tl.program_id(1)
-        if PF_LINES > 0:
-            # the first PF_ROWS rows of programs only prefetch PF (dispatched first, done at once):
-            # program i asks for lines [i * PF_LINES, (i + 1) * PF_LINES) of it
-            if bh < PF_ROWS:
-                line = (bh * N_SPLITS + split).to(tl.int64) * PF_LINES + tl.arange(0, PF_LINES)
-                _prefetch_l2(PF + line * PF_LINE, line * PF_LINE < PF_NUMEL)
-                return
-            bh = bh - PF_ROWS
         b = (bh // HKV).to(tl.int64)
         kvh = (bh % HKV).to(tl.int64)
         # tile row r = (query head kvh * GROUP + r // LQ, query row r % LQ)
@@ -265,7 +245,7 @@ def _mask_floor(mask: torch.Tensor) -> float:
     return float(torch.finfo(mask.dtype).min)
 
 
-def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=None, prefetch=None, *,
+def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=None, *,
                             block_n: int | None = None, num_splits: int | None = None,
                             num_warps: int | None = None, num_stages: int | None = None):
     """Launch the split kernel (and the reduce kernel when there is more than one split).
@@ -275,7 +255,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     benchmark sweeps them)."""
     if _utils.needs_device_switch(q):
         with torch.cuda.device(q.device):
-            return decode_attention_triton(q, k_cache, v_cache, mask, kv_len, scale, prefetch, block_n=block_n,
+            return decode_attention_triton(q, k_cache, v_cache, mask, kv_len, scale, block_n=block_n,
                                            num_splits=num_splits, num_warps=num_warps, num_stages=num_stages)
     q, k_cache, v_cache = _utils.unit_stride_last(q, k_cache, v_cache)
     B, HQ, LQ, D = q.shape
@@ -303,21 +283,20 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
             if splits > 1 else out)
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     qs, ks, vs, os_ = q.stride(), k_cache.stride(), v_cache.stride(), out.stride()
-    pf, pf_rows, pf_lines, pf_line = _prefetch_plan(prefetch, splits)
-    _decode_split_kernel[(splits, pf_rows + B * HKV)](
-        q, k_cache, v_cache, m, lens, part, out, pf if pf is not None else q, sm_scale * LOG2E,
+    _decode_split_kernel[(splits, B * HKV)](
+        q, k_cache, v_cache, m, lens, part, out, sm_scale * LOG2E,
         qs[0], qs[1], qs[2],
         ks[0], ks[1], ks[2],
         vs[0], vs[1], vs[2],
         smb, smq, smn,
         slb,
         os_[0], os_[1], os_[2],
-        HKV, S, per_split, splits, pf_rows, pf.numel() if pf is not None else 0,
+        HKV, S, per_split, splits,
         HEAD_DIM=D, GROUP=group, LQ=LQ, SINGLE=splits == 1,
         BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
         BLOCKS_P2=max(2, _utils.next_power_of_2(per_split)),
         MASK_KIND=kind, HAS_LEN=kv_len is not None, MASK_FLOOR=_mask_floor(m) if kind == _MASK_ADD else 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PF_LINES=pf_lines, PF_LINE=pf_line,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
     )
     if splits > 1:
@@ -326,18 +305,6 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
             HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), num_warps=4,
         )
     return out
-
-
-def _prefetch_plan(prefetch, splits: int):
-    """(tensor, rows of prefetch programs, lines per program, elements per 128-byte line) for the
-    split kernel; none without a CUDA tensor to prefetch (the Triton interpreter, which runs on CPU
-    tensors, has no inline PTX; prefetching changes no value, so the kernel computes the same)."""
-    if prefetch is None or prefetch.numel() == 0 or not prefetch.is_cuda:
-        return None, 0, 0, 1
-    per_line = max(1, 128 // prefetch.element_size())
-    lines = -(-prefetch.numel() // per_line)
-    programs = -(-lines // PREFETCH_LINES_PER_PROGRAM)
-    return prefetch, -(-programs // splits), PREFETCH_LINES_PER_PROGRAM, per_line
 
 
 def triton_supported(q: torch.Tensor) -> bool:
