@@ -33,6 +33,10 @@ class CudaGraphBackend:
     def accepts(self, t: torch.Tensor) -> bool:
         return t.device == self.device
 
+    def capturing(self) -> bool:
+        """Whether the current stream is being captured into a graph (someone else's capture)."""
+        return torch.cuda.is_current_stream_capturing()
+
     def pool_handle(self, private: bool):
         """A new pool, or the one the shared graphs use. A pool lives in the allocator only while a graph
         captured into it does: once they are all gone (a runner dropped its graphs), capturing into the

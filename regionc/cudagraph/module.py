@@ -12,6 +12,10 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 - tensor arguments are copied into the graph's input buffers; each argument's shape, dtype and
   device, every other argument's value, the keyword names, grad mode, inference mode, autocast and
   the module's ``training`` flag choose the graph (a new combination warms up, then captures);
+- a call that autograd records (grad mode on, and a parameter or a tensor argument requires grad)
+  runs without a graph (one log line): a replay would hand back tensors whose backward graph
+  belongs to the capture. So does a call while the forward's compiled code may still change
+  (``settling``: background compiles in flight), so that no graph keeps code about to be replaced;
 - a forward that writes in place to one of its tensor arguments is not graphed (one log line), since
   a replay would lose the write; nor is one whose result (a tensor, nested tuples/lists/dicts, a
   dataclass or a Hugging Face ``ModelOutput``) holds anything but tensors, None and the call's own
@@ -44,22 +48,31 @@ import torch
 from regionc.config import Config
 from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner, should_use_cudagraphs
 from regionc.cudagraph.sizes import as_output_list
+from regionc.logs import log_once
 from regionc.report import new_report
 
 log = logging.getLogger("regionc")
 
 class ModuleGraphs:
-    """``module``'s ``forward`` under one CUDA graph per input key; plain ``forward`` off CUDA."""
+    """``module``'s ``forward`` under one CUDA graph per input key; plain ``forward`` off CUDA.
 
-    def __init__(self, module: torch.nn.Module, forward: Callable[..., Any], config: Config, *, backend=None):
+    ``forward`` may run compiled code that captures CUDA graphs of its own (``regionc.compile``'s
+    whole-forward trace): inside this capture it runs its pieces as they are (the capture records
+    them), and where this forward is not graphed it uses its own graphs as before."""
+
+    def __init__(self, module: torch.nn.Module, forward: Callable[..., Any], config: Config, *, backend=None,
+                 settling: Callable[[], bool] = lambda: False):
         self.module = module
         self.forward = forward
         self.config = config
+        self.settling = settling
         self._backend = backend  # tests pass a fake
         self.runner: PieceGraphRunner | None = None
         self.report = None
         self._addresses: list[int] | None = None
         self._changed: str | None = None  # what the last run of the forward changed (see _run_forward)
+        self._settled = True  # False from a call made while settling until the call after it
+        self._log_key = object()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.runner is None:
@@ -67,6 +80,18 @@ class ModuleGraphs:
             if self._backend is None and not should_use_cudagraphs(self.config, [*args, *kwargs.values()]):
                 return self.forward(*args, **kwargs)
             self._start()
+        if self.settling():
+            self._settled = False
+            return self.forward(*args, **kwargs)
+        if not self._settled:  # the compiles just finished: their code's first run must not be a capture
+            self._settled = True
+            return self.forward(*args, **kwargs)
+        if torch.is_grad_enabled() and self._records_autograd(args, kwargs):
+            log_once((self._log_key, "grad"), "regionc: %s.forward runs without its CUDA graph while autograd "
+                     "records it (grad mode on, parameters or inputs requiring grad): a replay would not build "
+                     "the backward graph; call it under torch.no_grad() or inference_mode()",
+                     type(self.module).__name__)
+            return self.forward(*args, **kwargs)
         if self.config.cudagraph_check_addresses:
             self._check_addresses()
         context = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
@@ -84,6 +109,10 @@ class ModuleGraphs:
             else:
                 self._refuse_what_a_replay_would_break(tensors, versions, values, out)
         return out
+
+    def _records_autograd(self, args: tuple, kwargs: dict) -> bool:
+        return any(v.requires_grad for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)) or \
+            any(p.requires_grad for p in self.module.parameters())
 
     def _run_forward(self, _context: tuple, names: tuple[str, ...], positional: int, *values: Any) -> Any:
         """The forward, run by the runner's warm-up and capture (never by a replay): notes in ``_changed``

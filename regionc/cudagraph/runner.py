@@ -104,7 +104,7 @@ def should_use_cudagraphs(config, example_inputs: Iterable[Any]) -> bool:
 class _Forward:
     size: int | None
     bucket: Any  # padded size N, ABOVE_MAX, or None (nothing dynamic)
-    phase: str  # "warmup" | "capture" | "replay" | "eager"
+    phase: str  # "warmup" | "capture" | "replay" | "eager" | "recorded" (inside a caller's capture)
     instance: Any = None  # which weights this forward runs with (see GraphPool.forward)
 
 
@@ -165,7 +165,12 @@ class GraphPool:
                 bucket = bucket_for(int(size), self.capture_sizes)
             instance = self._instance_of(statics)
             state = self._bucket_state.get((bucket, instance))
-            if bucket == ABOVE_MAX:
+            if self.backend.capturing():
+                # a caller is capturing this forward into its own graph (regionc.compile's one graph
+                # over a model's forward): the pieces run as they are and that graph records them; a
+                # graph cannot be captured inside another, and this pool's lifecycle does not advance
+                phase = "recorded"
+            elif bucket == ABOVE_MAX:
                 phase = "eager"
             elif state is None:
                 phase = "warmup"
@@ -293,6 +298,8 @@ class PieceGraphRunner:
             log_once((self.pool._log_key, "outside"),
                      "regionc: %s called outside GraphPool.forward(); running without CUDA graphs", self.name,
                      level=logging.WARNING)
+            return self.fn(*args)
+        if fwd.phase == "recorded":
             return self.fn(*args)
         if fwd.bucket == ABOVE_MAX:
             return self._eager("above-max", args,

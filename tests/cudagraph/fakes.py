@@ -21,10 +21,18 @@ class FakeGraph:
 
     def replay(self):
         self.backend.replays += 1
-        fresh, _ = as_output_list(self.fn(*self.args))
+        _capturing[0] += 1  # what it runs is the captured work: code inside keeps its own graphs' state
+        try:
+            fresh, _ = as_output_list(self.fn(*self.args))
+        finally:
+            _capturing[0] -= 1
         for kept, new in zip(self.outputs, fresh):
             if isinstance(kept, torch.Tensor) and kept.data_ptr() != new.data_ptr():
                 kept.copy_(new)
+
+
+#: captures under way in any fake backend (a real capture is a property of the stream, seen by every pool)
+_capturing = [0]
 
 
 class FakeBackend:
@@ -37,6 +45,9 @@ class FakeBackend:
 
     def accepts(self, t):
         return self._accepts(t)
+
+    def capturing(self):
+        return _capturing[0] > 0
 
     def pool_handle(self, private):
         return object() if private else self._shared
@@ -51,7 +62,11 @@ class FakeBackend:
             raise self.fail
         written = [*args, *self.state]
         snapshot = [a.clone() if isinstance(a, torch.Tensor) else None for a in written]
-        out = fn(*args)
+        _capturing[0] += 1
+        try:
+            out = fn(*args)
+        finally:
+            _capturing[0] -= 1
         for a, saved in zip(written, snapshot):
             if saved is not None and not torch.equal(a, saved):
                 a.copy_(saved)  # a capture records work, it does not do it

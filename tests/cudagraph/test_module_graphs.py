@@ -12,7 +12,7 @@ from torch import nn
 import regionc
 from regionc.config import Config
 from regionc.cudagraph.module import ModuleGraphs
-from regionc.cudagraph.runner import CudaGraphAddressError
+from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.cudagraph.fakes import FakeBackend
 from tests.helpers import NO_CACHE, assert_close
@@ -42,19 +42,98 @@ def test_replays_one_graph_per_key_and_matches_eager():
     model, reference = Glue(), Glue()
     reference.load_state_dict(model.state_dict())
     run, backend = graphed(model)
-    for step in range(5):
-        x = torch.randn(4, 8)
-        assert_close(run(x), reference(x))  # warm-up, capture, then replays: the buffer update persists
-    assert backend.captures == 1 and backend.replays == 4
-    assert model.steps.item() == reference.steps.item() == 5
-    x = torch.randn(2, 8)  # a new shape: its own warm-up and graph
-    for _ in range(3):
-        assert_close(run(x, scale=2.0), reference(x, scale=2.0))
-    assert_close(run(x, scale=3.0), reference(x, scale=3.0))  # another keyword value: another graph
-    assert backend.captures == 2
-    with torch.enable_grad():
-        assert_close(run(x, scale=2.0), reference(x, scale=2.0))  # grad mode keys the graph too
+    with torch.no_grad():
+        for step in range(5):
+            x = torch.randn(4, 8)
+            assert_close(run(x), reference(x))  # warm-up, capture, then replays: the buffer update persists
+        assert backend.captures == 1 and backend.replays == 4
+        assert model.steps.item() == reference.steps.item() == 5
+        x = torch.randn(2, 8)  # a new shape: its own warm-up and graph
+        for _ in range(3):
+            assert_close(run(x, scale=2.0), reference(x, scale=2.0))
+        assert_close(run(x, scale=3.0), reference(x, scale=3.0))  # another keyword value: another graph
+        assert backend.captures == 2
+    with torch.inference_mode():
+        assert_close(run(x, scale=2.0), reference(x, scale=2.0))  # inference mode keys the graph too
     assert backend.captures == 2 and run.report.cudagraphs["graphs"] == 2
+
+
+def test_calls_autograd_records_run_without_graphs(caplog):
+    """With grad on and weights that require grad, every call runs the forward itself: its output
+    carries a backward graph of this call (a replay's would be the capture's), and backward works
+    call after call."""
+    torch.manual_seed(0)
+    model, reference = Glue(), Glue()
+    reference.load_state_dict(model.state_dict())
+    run, backend = graphed(model)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        for _ in range(4):
+            x = torch.randn(4, 8)
+            out, expected = run(x), reference(x)
+            assert_close(out, expected)
+            out.sum().backward()
+            expected.sum().backward()
+    assert backend.captures == 0 and backend.replays == 0
+    assert_close(model.lin.weight.grad, reference.lin.weight.grad)
+    assert sum("while autograd records it" in r.getMessage() for r in caplog.records) == 1
+    model.requires_grad_(False)
+    for _ in range(3):  # nothing requires grad: graphed with grad mode on
+        assert_close(run(torch.ones(4, 8)), reference(torch.ones(4, 8)))
+    assert backend.captures == 1 and backend.replays == 2  # the capture's own replay, then one
+
+
+def test_no_graph_is_captured_while_the_forward_is_settling():
+    """While background compiles may still replace the forward's code, calls run it as it is; the
+    first call after them too (the new code's first run), then the graph is captured."""
+    settling = [True]
+    model = Glue()
+    backend = FakeBackend(state=list(model.buffers()))
+    run = ModuleGraphs(model, model.forward, Config.build({"cudagraphs": True}, environ={}), backend=backend,
+                       settling=lambda: settling[0])
+    with torch.no_grad():
+        for _ in range(3):
+            run(torch.ones(4, 8))
+        assert backend.captures == 0
+        settling[0] = False
+        run(torch.ones(4, 8))  # the settled code's first run: as it is
+        assert backend.captures == 0
+        for _ in range(3):
+            run(torch.ones(4, 8))
+    assert backend.captures == 1 and backend.replays == 2
+
+
+class GraphsItsOwn(nn.Module):
+    """A forward whose code runs under CUDA graphs of its own (as a ``regionc.compile`` trace's program does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.backend = FakeBackend()
+        self.pool = GraphPool(Config.build({"cudagraphs": True}, environ={}), backend=self.backend)
+        self.piece = PieceGraphRunner(lambda x, w, b: torch.relu(x @ w.T + b), name="piece",
+                                      static_input_indices={1, 2}, pool=self.pool, is_last=True)
+
+    def forward(self, x):
+        with self.pool.forward():
+            return self.piece(x, self.lin.weight, self.lin.bias)
+
+
+def test_code_under_its_own_graphs_is_recorded_by_the_forward_graph_and_graphs_itself_without_it():
+    torch.manual_seed(0)
+    model = GraphsItsOwn()
+    run, outer = graphed(model)
+    expected = lambda x: torch.relu(model.lin(x))  # noqa: E731
+    with torch.no_grad():
+        for step in range(4):
+            x = torch.full((2, 8), float(step))
+            assert_close(run(x), expected(x))
+        # the inner graph warmed up with the forward's warm-up; inside the forward's capture it ran as it is
+        assert outer.captures == 1 and model.backend.captures == 0
+        run.runner.disable("a test", drop=True)  # no graph over the forward: its code's own graphs take over
+        for step in range(3):
+            x = torch.full((2, 8), float(step))
+            assert_close(run(x), expected(x))
+    assert model.backend.captures == 1 and model.backend.replays == 3  # warmed up before: captured at once
 
 
 def test_outputs_are_not_overwritten_by_the_next_replay():
@@ -233,11 +312,12 @@ def test_hf_decode_is_replayed_only_where_the_cache_counts_in_python(name, cache
 def test_address_check_raises_when_a_weight_is_reassigned():
     model = Glue()
     run, _ = graphed(model, cudagraph_check_addresses=True)
-    for _ in range(3):
-        run(torch.randn(4, 8))
-    model.lin.weight = nn.Parameter(torch.randn(8, 8))
-    with pytest.raises(CudaGraphAddressError, match="must stay in place"):
-        run(torch.randn(4, 8))
+    with torch.no_grad():
+        for _ in range(3):
+            run(torch.randn(4, 8))
+        model.lin.weight = nn.Parameter(torch.randn(8, 8))
+        with pytest.raises(CudaGraphAddressError, match="must stay in place"):
+            run(torch.randn(4, 8))
 
 
 def test_regionc_compile_per_block_graphs_the_whole_forward_and_blocks_run_without_graphs():
@@ -255,3 +335,22 @@ def test_regionc_compile_per_block_graphs_the_whole_forward_and_blocks_run_witho
     plain = build_demo_model(LlamaConfig.tiny(n_layers=3))
     regionc.compile(plain, options={**NO_CACHE, "block_tracing": "per_block", "cudagraphs": False})
     assert not isinstance(plain.forward.run, ModuleGraphs)
+
+
+@pytest.mark.parametrize("strategy", ["full", "nested_region"])
+@pytest.mark.parametrize("options, whole", [({}, True), ({"cudagraphs": False}, False),
+                                            ({"cudagraph_mode": "piecewise"}, False)])
+def test_regionc_compile_whole_forward_traces_run_under_the_forward_graph(strategy, options, whole):
+    """A trace of the whole forward is graphed as a whole too (a replay then skips Dynamo's guards and
+    its gathering of the weights), unless graphs are off or piecewise."""
+    from regionc.tracing.compile import nested_regions_reuse_traces
+
+    if strategy == "nested_region" and not nested_regions_reuse_traces():
+        pytest.skip("nested regions need torch >= 2.12")
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    x = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        expected = model(x)
+        compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": strategy, **options})
+        assert isinstance(compiled.forward.run, ModuleGraphs) is whole
+        assert_close(compiled(x), expected)  # on the CPU the forward runs its trace as it is

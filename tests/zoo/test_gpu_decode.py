@@ -124,3 +124,20 @@ def test_generate_gives_eager_tokens(name, cache, entry):
             config = GenerationConfig(**settings)
         actual = model.generate(prompt, generation_config=config)
     assert torch.equal(actual, expected), (actual, expected)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_regionc_compile_decode_replays_one_graph_over_the_forward(name):
+    """HF decoders trace their whole forward under ``regionc.compile`` on torch 2.11 (the per-block
+    trace specializes on ``layer_idx``) and nested regions on >= 2.12: either way a decode step
+    replays one graph over the forward, without Dynamo's guards, and still equals eager."""
+    from regionc.cudagraph.module import ModuleGraphs
+
+    model = widened(name, torch.bfloat16)
+    expected, _ = decode(model, model)
+    compiled = regionc.compile(model)
+    actual, _ = decode(model, compiled)
+    run = compiled.forward.run
+    assert isinstance(run, ModuleGraphs) and run.runner.capturable
+    assert run.report.cudagraphs["graphs"] == 1  # warm-up, capture, then STEPS - 2 replays
+    assert max(relative_error(a, e) for a, e in zip(actual, expected)) <= TOLERANCE[torch.bfloat16]
