@@ -110,6 +110,11 @@ class ModuleGraphs:
                 self._refuse_what_a_replay_would_break(tensors, versions, values, out)
         return out
 
+    def __reduce__(self):
+        # Dynamo pickles the traced model, its forward among its attributes, into a saved trace's guard
+        # state; this process's graphs must not go with it, and no guard reads a module's forward
+        return (type(None), ())
+
     def _records_autograd(self, args: tuple, kwargs: dict) -> bool:
         return any(v.requires_grad for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)) or \
             any(p.requires_grad for p in self.module.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 
 import pytest
 import torch
@@ -48,6 +49,7 @@ def test_replays_one_graph_per_key_and_matches_eager():
             assert_close(run(x), reference(x))  # warm-up, capture, then replays: the buffer update persists
         assert backend.captures == 1 and backend.replays == 4
         assert model.steps.item() == reference.steps.item() == 5
+        assert pickle.loads(pickle.dumps(run)) is None  # a saved trace pickles the model: graphs stay here
         x = torch.randn(2, 8)  # a new shape: its own warm-up and graph
         for _ in range(3):
             assert_close(run(x, scale=2.0), reference(x, scale=2.0))

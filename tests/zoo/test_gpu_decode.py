@@ -139,5 +139,6 @@ def test_regionc_compile_decode_replays_one_graph_over_the_forward(name):
     actual, _ = decode(model, compiled)
     run = compiled.forward.run
     assert isinstance(run, ModuleGraphs) and run.runner.capturable
+    assert run.forward.traces.ordinary is None  # the trace was saved: a restart loads it
     assert run.report.cudagraphs["graphs"] == 1  # warm-up, capture, then STEPS - 2 replays
     assert max(relative_error(a, e) for a, e in zip(actual, expected)) <= TOLERANCE[torch.bfloat16]
