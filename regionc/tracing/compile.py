@@ -234,7 +234,7 @@ class CompiledForward:
         else:  # a nested-region trace is a full graph: it fails before anything runs, or not at all
             run = torch.compile(self.original, fullgraph=strategy == "nested_region", **args)
         # one graph over the forward: a replay skips Dynamo's guards and the gathering of every weight as
-        # an argument (a fifth to a tenth of an 8-row decode step); the trace keeps its own graphs for
+        # an argument (about a tenth of an 8-row decode step on an H200 host); the trace keeps its own graphs for
         # calls this one does not take
         graphed = self.config.cudagraphs is not False and self.config.cudagraph_mode == "full"
         self.run = self._graphed(run) if graphed else run
