@@ -16,6 +16,13 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 - tensor arguments are copied into the graph's input buffers; each argument's shape, dtype and
   device, every other argument's value, the keyword names, grad mode, inference mode, autocast and
   the module's ``training`` flag choose the graph (a new combination warms up, then captures);
+- with ``trace_of`` (``regionc.compile``'s saved traces of the whole forward), the trace whose
+  Dynamo guards the call passes chooses the graph too: what Dynamo would trace again for (a module
+  attribute the forward reads, a LoRA scale, a swapped submodule's class) gets another graph, never
+  a stale replay, and a call no trace fits yet runs the forward (which traces one);
+- weights reassigned (``module.weight = ...``, a submodule swapped: anything that registers a
+  parameter, buffer or submodule, seen by torch's global registration hooks at no cost per call)
+  drop the graphs, which are captured anew over the new tensors;
 - a call that autograd records (grad mode on, and a parameter or a tensor argument requires grad)
   runs without a graph (one log line): a replay would hand back tensors whose backward graph
   belongs to the capture. So does a call while the forward's compiled code may still change
@@ -25,8 +32,9 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   dataclass or a Hugging Face ``ModelOutput``) holds anything but tensors, None and the call's own
   argument objects (an HF cache passed in is handed back as is), since a replay returns what capture saw;
 - weights and buffers (a KV cache among them) are read and written where they were at capture:
-  update them in place (``copy_``), never by assigning new tensors. ``cudagraph_check_addresses``
-  checks this on every call and raises :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
+  update them in place (``copy_``), or assign new ones (above), never swap their storage behind the
+  same tensor (``p.data = ...``). ``cudagraph_check_addresses`` checks every address on every call
+  and raises :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
 - a forward that changes Python state while its graph is captured is not graphed either, and the
   graph is dropped (one log line naming the attribute): a replay runs no Python, so the change would
   not happen again, and what the forward computes from that state would stay as captured. This is
@@ -43,6 +51,7 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -65,17 +74,19 @@ class ModuleGraphs:
     them), and where this forward is not graphed it uses its own graphs as before."""
 
     def __init__(self, module: torch.nn.Module, forward: Callable[..., Any], config: Config, *, backend=None,
-                 settling: Callable[[], bool] = lambda: False):
+                 settling: Callable[[], bool] = lambda: False, trace_of: Callable[..., Any] | None = None):
         self.module = module
         self.forward = forward
         self.config = config
         self.settling = settling
+        self.trace_of = trace_of
         self._backend = backend  # tests pass a fake
         self.runner: PieceGraphRunner | None = None
         self.report = None
         self._addresses: list[int] | None = None
         self._changed: str | None = None  # what the last run of the forward changed (see _run_forward)
         self._settled = True  # False from a call made while settling until the call after it
+        self._registrations = 0  # _registrations[0] when the addresses were taken
         self._log_key = object()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -96,10 +107,17 @@ class ModuleGraphs:
                      "the backward graph; call it under torch.no_grad() or inference_mode()",
                      type(self.module).__name__)
             return self.forward(*args, **kwargs)
+        trace = None
+        if self.trace_of is not None:
+            trace = self.trace_of(*args, **kwargs)
+            if trace is None:  # no trace's guards pass yet: the forward loads or traces one
+                return self.forward(*args, **kwargs)
         if self.config.cudagraph_check_addresses:
             self._check_addresses()
+        if _registrations[0] != self._registrations:
+            self._after_registrations()
         context = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                   torch.is_autocast_enabled(), self.module.training)
+                   torch.is_autocast_enabled(), self.module.training, trace)
         values = (*args, *kwargs.values())
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         versions = [t._version for t in tensors]
@@ -137,14 +155,28 @@ class ModuleGraphs:
         return out
 
     def _start(self) -> None:
-        self.report = new_report()
-        self.report.trace_source = f"{type(self.module).__name__}.forward under one CUDA graph per input shape"
+        if self.report is None:
+            self.report = new_report()
+            self.report.trace_source = f"{type(self.module).__name__}.forward under one CUDA graph per input shape"
         pool = GraphPool(self.config, self.report, backend=self._backend, name="module forward")
         self.runner = PieceGraphRunner(
             self._run_forward, name=f"{type(self.module).__name__}.forward", pool=pool, config=self.config,
             report=self.report, static_input_indices=(), is_last=True)
         self.report.note_cudagraphs(mode="module forward")
+        _watch_registrations()
+        self._registrations = _registrations[0]
         self._addresses = self._current_addresses()
+
+    def _after_registrations(self) -> None:
+        """Something registered a parameter, buffer or submodule since the addresses were taken: if this
+        module's moved, its graphs read the old tensors, so they go and are captured anew (a forward
+        graphs are off for stays off: it reassigns its tensors itself)."""
+        self._registrations = _registrations[0]
+        if not self.runner.capturable or self._current_addresses() == self._addresses:
+            return
+        log.info("regionc: %s's parameters or buffers were reassigned since its CUDA graphs were captured; "
+                 "capturing them anew", type(self.module).__name__)
+        self._start()
 
     def _refuse_what_a_replay_would_break(self, tensors: list[torch.Tensor], versions: list[int],
                                           arguments: tuple, out: Any) -> None:
@@ -167,6 +199,24 @@ class ModuleGraphs:
                 f"regionc: a parameter or buffer of {type(self.module).__name__} moved since its CUDA graphs "
                 "were captured; weights and buffers must stay in place (update them with copy_())")
 
+
+
+# ====================================================================== reassigned weights
+#: parameters, buffers and submodules registered on any module of this process (torch's global hooks)
+_registrations = [0]
+
+
+def _count_registration(*_: Any) -> None:
+    _registrations[0] += 1
+
+
+@functools.cache
+def _watch_registrations() -> None:
+    from torch.nn.modules import module as nn_module
+
+    nn_module.register_module_parameter_registration_hook(_count_registration)
+    nn_module.register_module_buffer_registration_hook(_count_registration)
+    nn_module.register_module_module_registration_hook(_count_registration)
 
 
 # ====================================================================== Python state a replay would not redo

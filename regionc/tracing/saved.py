@@ -84,9 +84,9 @@ class TraceSet:
     def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.ordinary is not None:
             return self.ordinary(module, *args, **kwargs)
-        for entry in self.entries:
-            if entry.check(module, args, kwargs):
-                return entry.fn(module, *args, **kwargs)
+        entry = self.fitting(module, args, kwargs)
+        if entry is not None:
+            return entry.fn(module, *args, **kwargs)
         try:
             entry = self._find_or_trace(module, args, kwargs)
         except _NotSaveable as exc:
@@ -96,6 +96,16 @@ class TraceSet:
             return self.ordinary(module, *args, **kwargs)
         self.entries.append(entry)
         return entry.fn(module, *args, **kwargs)
+
+    def fitting(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry | None:
+        """The trace this call runs: the first one held whose guards pass. None when none does (the call
+        loads or traces another) or when the function compiles the ordinary way (Dynamo checks its guards)."""
+        if self.ordinary is not None:
+            return None
+        for entry in self.entries:
+            if entry.check(module, args, kwargs):
+                return entry
+        return None
 
     # ------------------------------------------------------------------ lookup
     def _find_or_trace(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry:

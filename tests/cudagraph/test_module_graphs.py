@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import pickle
@@ -339,20 +340,64 @@ def test_regionc_compile_per_block_graphs_the_whole_forward_and_blocks_run_witho
     assert not isinstance(plain.forward.run, ModuleGraphs)
 
 
+class Scaled(nn.Module):
+    """Two repeated blocks and a Python float the forward reads (Dynamo guards its value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(Glue() for _ in range(2))
+        self.scale = 1.0
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x * self.scale
+
+
 @pytest.mark.parametrize("strategy", ["full", "nested_region"])
-@pytest.mark.parametrize("options, whole", [({}, True), ({"cudagraphs": False}, False),
-                                            ({"cudagraph_mode": "piecewise"}, False)])
-def test_regionc_compile_whole_forward_traces_run_under_the_forward_graph(strategy, options, whole):
-    """A trace of the whole forward is graphed as a whole too (a replay then skips Dynamo's guards and
-    its gathering of the weights), unless graphs are off or piecewise."""
+def test_regionc_compile_graphs_a_whole_forward_trace_keyed_by_the_trace_its_guards_pick(strategy, tmp_path):
+    """A saved trace of the whole forward runs under one graph per input key and trace: a change that
+    Dynamo's guards see (a float the forward reads) gets a new trace and a new graph, reassigned weights
+    a new capture; every output equals eager's, none is a stale replay."""
     from regionc.tracing.compile import nested_regions_reuse_traces
 
     if strategy == "nested_region" and not nested_regions_reuse_traces():
         pytest.skip("nested regions need torch >= 2.12")
+    torch.manual_seed(0)
+    model = Scaled()
+    reference = copy.deepcopy(model)
+    compiled = regionc.compile(model, options={"cache_dir": str(tmp_path), "strict": True, "block_tracing": strategy})
+    run = compiled.forward.run
+    assert isinstance(run, ModuleGraphs)
+    backend = FakeBackend(state=[b for m in (model,) for b in m.buffers()])
+    run._backend = backend  # the CPU stands in for a GPU
+    x = torch.randn(4, 8)
+
+    def steps(n):
+        for _ in range(n):
+            assert_close(compiled(x), reference(x))
+
+    with torch.no_grad():
+        steps(3)  # warm-up, capture, replay
+        assert backend.captures == 1
+        model.scale = reference.scale = 2.0
+        steps(3)  # traced anew (run as it is), warm-up of the new trace's key, capture
+        assert backend.captures == 2
+        model.blocks[1].lin = nn.Linear(8, 8)
+        reference.blocks[1].lin.load_state_dict(model.blocks[1].lin.state_dict())
+        steps(2)  # the same trace, new weights: warm-up and capture over them
+        assert backend.captures == 3
+
+
+@pytest.mark.parametrize("options, whole", [({}, True), ({"cudagraphs": False}, False),
+                                            ({"cudagraph_mode": "piecewise"}, False), ({"cache": False}, False)])
+def test_regionc_compile_graphs_a_whole_forward_trace_only_when_it_can_check_its_guards(options, whole, tmp_path):
+    """Only a saved trace's guards can be checked apart from running it: without the cache (torch.compile's
+    own guards), or with graphs off or piecewise, the trace runs as it is."""
     model = build_demo_model(LlamaConfig.tiny(n_layers=3))
     x = torch.randint(0, 128, (2, 8))
     with torch.no_grad():
         expected = model(x)
-        compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": strategy, **options})
+        compiled = regionc.compile(model, options={"cache_dir": str(tmp_path), "block_tracing": "full", **options})
         assert isinstance(compiled.forward.run, ModuleGraphs) is whole
         assert_close(compiled(x), expected)  # on the CPU the forward runs its trace as it is
