@@ -7,8 +7,9 @@ for ``backend="regionc"``'s one graph over all pieces (32-layer demo decoder, H1
 ``benchmarks/results/decode/h100-2026-11-25.json``). Capturing the forward as a whole (the way
 vLLM and SGLang capture their model runners) gives one launch per step instead. A trace of the
 whole forward (nested regions, or the full trace an HF decoder falls back to) is graphed the same
-way: its replay skips Dynamo's guard check and the gathering of every weight as an argument, 0.15–0.22
-ms of the host's 0.22–0.33 ms before an 8-row HF Llama step's launch on an H200
+way: its guards still choose the graph, and a replay skips Dynamo's gathering of every weight as an
+argument and the compiled program's per-call work, 0.10–0.15 ms of the host's 0.22–0.33 ms before an
+8-row HF Llama step's launch on an H200
 (``benchmarks/results/decode_profile/h200-2026-12-04-hf-llama-b8-host-split.json``).
 
 A replay runs no Python, so the forward's own checks are skipped. What keeps it correct:
