@@ -208,7 +208,8 @@ _registrations = [0]
 
 
 def _count_registration(*_: Any) -> None:
-    _registrations[0] += 1
+    if not torch.compiler.is_compiling():  # Dynamo would guard on the count: a recompile per registration
+        _registrations[0] += 1
 
 
 @functools.cache

@@ -401,3 +401,31 @@ def test_regionc_compile_graphs_a_whole_forward_trace_only_when_it_can_check_its
         compiled = regionc.compile(model, options={"cache_dir": str(tmp_path), "block_tracing": "full", **options})
         assert isinstance(compiled.forward.run, ModuleGraphs) is whole
         assert_close(compiled(x), expected)  # on the CPU the forward runs its trace as it is
+
+
+def test_watching_registrations_makes_dynamo_compile_nothing_again():
+    """Forward graphs count the parameters, buffers and submodules registered anywhere (torch's global
+    hooks); code Dynamo traces that registers one must not make the count a guard (a recompile per call)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from regionc.cudagraph.module import _watch_registrations
+
+    _watch_registrations()
+
+    class Registers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            self.register_buffer("last", x.detach().clone(), persistent=False)
+            return self.lin(x)
+
+    counter = CompileCounter()
+    compiled = torch.compile(Registers(), backend=counter)
+    for _ in range(2):  # the first call registers the buffer, the second sees it: two traces either way
+        compiled(torch.randn(2, 4))
+    settled = counter.frame_count
+    for _ in range(3):
+        compiled(torch.randn(2, 4))
+    assert counter.frame_count == settled
