@@ -97,6 +97,8 @@ class ModuleGraphs:
                 return self.forward(*args, **kwargs)
             self._start()
         if self.settling():
+            log_once((self._log_key, "settling"), "regionc: %s.forward runs without its CUDA graph while "
+                     "background compiles run (a graph would keep the code they replace)", type(self.module).__name__)
             self._settled = False
             return self.forward(*args, **kwargs)
         if not self._settled:  # the compiles just finished: their code's first run must not be a capture
