@@ -43,6 +43,7 @@ import torch.fx
 from regionc.compiler.combo import sinks_last
 from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
+from regionc.compiler.reductions import persistent_rows
 from regionc.passes.decisions import SMALL_ROWS
 
 log = logging.getLogger("regionc")
@@ -144,10 +145,11 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
     ``passes`` (the ``regionc.passes.PassManager`` in ``config_patches``) did in this compile.
     """
     since = guard_count(example_inputs) if guards_since is None else guards_since
-    if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
-        start_compile_workers()
 
     example_inputs = in_backend_fake_mode(example_inputs)
+    on_cuda = any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs)
+    if on_cuda:
+        start_compile_workers()
 
     def standalone_compile(mode: dict[str, Any]):
         return torch._inductor.standalone_compile(
@@ -155,8 +157,9 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
             options={"config_patches": config_patches}, **mode)
 
     grouping = sinks_last() if config_patches.get("combo_kernels") else nullcontext()
+    rows = persistent_rows() if on_cuda and is_decode_step(gm) else nullcontext()
     try:
-        with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs), grouping:
+        with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs), grouping, rows:
             try:
                 artifact = standalone_compile(_AOT_MODE)
             except RuntimeError as exc:

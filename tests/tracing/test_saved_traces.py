@@ -246,3 +246,45 @@ def test_per_block_traces_of_every_block_class_load_warm(tmp_path):
     cold, warm = sources
     assert len(cold) >= 3 and all(s.startswith(("traced, saved as ", "saved trace ")) for s in cold), cold
     assert len(warm) == len(cold) and all(s.startswith("saved trace ") for s in warm), warm
+
+
+def _closure_forward():
+    scale = 2.0
+
+    def forward(self, *args, **kwargs):
+        return scale
+
+    return forward
+
+
+@pytest.mark.parametrize("fn, calls", [
+    (_closure_forward(), [((), {}), ((1, 2), {"a": 3}), ((), {"past_key_values": None, "use_cache": True})]),
+    (lambda self, x, y=2, *rest, **extra: None, [((1,), {}), ((1, 3, 4), {"k": 5}), ((), {"x": 1, "y": 0})]),
+    (lambda self, x, *rest, z=None: None, [((1,), {})]),
+    (lambda self, x, y=2: None, [((1,), {}), ((), {"x": 1}), ((1,), {"y": 3})]),
+    (lambda self, x, /, y: None, [((1, 2), {})]),
+])
+def test_binding_gives_torch_s_frame_locals(fn, calls):
+    """The guards' frame locals bound without ``inspect`` are those torch's ``prepare_f_locals`` gives
+    (free variables, arguments, defaults, ``*args``/``**kwargs``); what it cannot bind goes to ``inspect``."""
+    import inspect
+
+    from torch._dynamo.aot_compile import bind_locals
+
+    from regionc.tracing.saved import Binding
+
+    code = fn.__code__
+    binding = Binding(inspect.signature(fn), code.co_freevars, fn.__closure__)
+    module = object()
+    for args, kwargs in calls:
+        expected = {name: cell.cell_contents for name, cell in zip(code.co_freevars, fn.__closure__ or ())}
+        expected.update(bind_locals(inspect.signature(fn), module, *args, **kwargs))
+        got = binding(module, args, kwargs)
+        if any(p.kind in (p.POSITIONAL_ONLY, p.KEYWORD_ONLY) for p in inspect.signature(fn).parameters.values()):
+            assert got is None  # positional-only or keyword-only parameters: bound by inspect
+            continue
+        assert got == expected and list(got.get("kwargs", {})) == list(expected.get("kwargs", {}))
+    assert Binding(inspect.signature(lambda self, x: None))(module, (), {}) is None  # missing: inspect raises
+    assert Binding(inspect.signature(lambda self, x: None))(module, (1,), {"x": 1}) is None  # given twice
+    assert Binding(inspect.signature(lambda self: None))(module, (1,), {}) is None  # too many
+    assert Binding(inspect.signature(lambda self: None))(module, (), {"y": 1}) is None  # unknown keyword

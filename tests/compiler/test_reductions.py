@@ -1,0 +1,85 @@
+"""Decode pieces' row reductions in one pass (``regionc/compiler/reductions.py``)."""
+
+from __future__ import annotations
+
+import pytest
+import sympy
+import torch
+from torch._inductor.runtime.hints import ReductionHint
+from torch._inductor.sizevars import SizeVarAllocator
+from torch._inductor.virtualized import V
+
+from regionc.compiler.reductions import MAX_ROW, persistent_rows
+
+
+class _Features:
+    """What Inductor's choice reads of a reduction: its kind and the length of the reduced dim."""
+
+    def __init__(self, numel: int, hint=ReductionHint.INNER):
+        self.reduction_numel = sympy.Integer(numel)
+        self._hint = hint
+
+    def get_reduction_hint(self):
+        return self._hint
+
+
+class _Graph:
+    sizevars = SizeVarAllocator()
+
+
+def _persistent(features) -> bool:
+    return V.choices.should_use_persistent_reduction(features, False)
+
+
+def test_rows_up_to_the_limit_are_reduced_in_one_pass_inside_only():
+    with V.set_graph_handler(_Graph()):
+        assert not _persistent(_Features(2048))  # Inductor's own limit is 1024
+        with persistent_rows():
+            assert _persistent(_Features(2048))
+            assert _persistent(_Features(MAX_ROW))
+            assert _persistent(_Features(512))  # what Inductor made persistent stays so
+            assert not _persistent(_Features(2 * MAX_ROW))
+            assert not _persistent(_Features(2048, ReductionHint.OUTER))  # only rows along the inner dim
+        assert not _persistent(_Features(2048))
+
+
+@pytest.mark.gpu
+def test_hf_decode_norms_are_one_pass_kernels(tmp_path, monkeypatch):
+    """HF Llama 2048 wide decoding on a CUDA StaticCache through the backend: its RMSNorms compile to
+    persistent reductions (``triton_per``), not loops (``triton_red``), and the output equals eager's."""
+    import contextlib
+
+    from transformers import LlamaConfig, LlamaModel, StaticCache
+
+    import regionc.compiler.inductor as inductor
+
+    config = LlamaConfig(hidden_size=2048, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=16,
+                         num_key_value_heads=4, vocab_size=128)
+    torch.manual_seed(0)
+    model = LlamaModel(config).eval().to("cuda", torch.bfloat16)
+
+    def norm_kernels(tag):
+        torch._dynamo.reset()
+        cache = StaticCache(config=config, max_cache_len=64)
+        prompt = torch.randint(0, 128, (8, 5), device="cuda")
+        token = torch.randint(0, 128, (8, 1), device="cuda")
+        fn = torch.compile(model, backend="regionc", options={"cache_dir": str(tmp_path / tag), "cudagraphs": False})
+        with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
+            model(input_ids=prompt, past_key_values=cache)
+            position = torch.tensor([5], device="cuda")
+            fn(input_ids=token, past_key_values=cache, cache_position=position)
+            for layer in cache.layers:
+                layer.cumulative_length.fill_(5)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                out = fn(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
+                torch.cuda.synchronize()
+            for layer in cache.layers:
+                layer.cumulative_length.fill_(5)
+            expected = model(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
+        torch.testing.assert_close(out, expected, rtol=3e-2, atol=3e-2)
+        names = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+        return {n.split("_fused")[0] for n in names if "rsqrt" in n}
+
+    assert "triton_red" not in norm_kernels("one-pass")
+    monkeypatch.setattr(inductor, "persistent_rows", contextlib.nullcontext)
+    assert "triton_red" in norm_kernels("looped")
