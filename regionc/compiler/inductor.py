@@ -157,7 +157,7 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
             options={"config_patches": config_patches}, **mode)
 
     grouping = sinks_last() if config_patches.get("combo_kernels") else nullcontext()
-    rows = persistent_rows() if on_cuda and is_decode_step(gm) else nullcontext()
+    rows = persistent_rows() if on_cuda else nullcontext()
     try:
         with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs), grouping, rows:
             try:

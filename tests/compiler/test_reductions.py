@@ -10,13 +10,15 @@ from torch._inductor.sizevars import SizeVarAllocator
 from torch._inductor.virtualized import V
 
 from regionc.compiler.reductions import MAX_ROW, persistent_rows
+from regionc.passes.decisions import SMALL_ROWS
 
 
 class _Features:
     """What Inductor's choice reads of a reduction: its kind and the length of the reduced dim."""
 
-    def __init__(self, numel: int, hint=ReductionHint.INNER):
+    def __init__(self, numel: int, hint=ReductionHint.INNER, rows: int = 8):
         self.reduction_numel = sympy.Integer(numel)
+        self.numel = sympy.Integer(rows)
         self._hint = hint
 
     def get_reduction_hint(self):
@@ -31,7 +33,7 @@ def _persistent(features) -> bool:
     return V.choices.should_use_persistent_reduction(features, False)
 
 
-def test_rows_up_to_the_limit_are_reduced_in_one_pass_inside_only():
+def test_few_rows_up_to_the_limit_are_reduced_in_one_pass_inside_only():
     with V.set_graph_handler(_Graph()):
         assert not _persistent(_Features(2048))  # Inductor's own limit is 1024
         with persistent_rows():
@@ -40,6 +42,8 @@ def test_rows_up_to_the_limit_are_reduced_in_one_pass_inside_only():
             assert _persistent(_Features(512))  # what Inductor made persistent stays so
             assert not _persistent(_Features(2 * MAX_ROW))
             assert not _persistent(_Features(2048, ReductionHint.OUTER))  # only rows along the inner dim
+            assert _persistent(_Features(2048, rows=SMALL_ROWS))
+            assert not _persistent(_Features(2048, rows=SMALL_ROWS + 1))  # a prefill's rows: Inductor decides
         assert not _persistent(_Features(2048))
 
 
