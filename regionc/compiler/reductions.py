@@ -11,8 +11,8 @@ one pass; anything with more rows is left as Inductor decides, so prefill kernel
 Llama 32 × 2048 decoding 8 rows on an H200: the two norms of a layer take 2.0 and 1.6 µs instead of
 2.6 and 2.0, the step's GPU span 1957 µs instead of 1990
 (benchmarks/results/decode_profile/h200-2026-12-04-hf-llama-b8-persistent-rows.json against
-``...-forward-graph.json``). Every compile runs under Dynamo's compile lock, so no other compile sees
-the change.
+``...-forward-graph.json``). Inductor's choices are per thread, so only the compiles inside the
+context (in the thread that runs them) see the change.
 """
 
 from __future__ import annotations
