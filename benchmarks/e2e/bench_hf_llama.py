@@ -100,7 +100,7 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int, variants=DECODE
             before = len(regionc.reports())
             start = time.perf_counter()
             first[variant] = {"first_call_s": None, "reports": []}
-            _reset(caches[variant], positions_of[variant], positions[0])
+            rewind(caches[variant], positions_of[variant], positions[0])
             runs[variant]()
             torch.cuda.synchronize()
             first[variant]["first_call_s"] = time.perf_counter() - start
@@ -110,14 +110,14 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int, variants=DECODE
             outputs = {}
             for variant, step in runs.items():
                 for _ in range(3):  # warm-up and capture at this position
-                    _reset(caches[variant], positions_of[variant], position)
+                    rewind(caches[variant], positions_of[variant], position)
                     out = step().last_hidden_state
                 outputs[variant] = out.clone()
             times = {v: [] for v in runs}
             for r in range(rounds):
                 order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
                 for variant in order:
-                    _reset(caches[variant], positions_of[variant], position)
+                    rewind(caches[variant], positions_of[variant], position)
                     times[variant].append(cuda_median_ms(runs[variant], warmup=2, iters=20))
             for variant in runs:
                 rows.append({"case": f"decode b{batch} cache{max_len} pos{position}", "variant": variant,
@@ -148,7 +148,7 @@ def decode_step(variant: str, model, cache_dir: str, prompt, max_len: int):
     return step, cache, position
 
 
-def _reset(cache, cache_position, position: int) -> None:
+def rewind(cache, cache_position, position: int) -> None:
     """Put the step's position and every layer's position counter back (in place: CUDA graphs read them
     at their addresses)."""
     cache_position.fill_(position)

@@ -165,18 +165,26 @@ def op_arguments(seen: list[dict]):
         op.decode_attention_triton = launch
 
 
+#: most forwards one measurement of ``main`` runs between two rewinds (``host_hotspots``' calls)
+CALLS_PER_PHASE = 100
+
+
 def decode_runners(args, variant: str, cache_dir: str):
-    """batch -> run(tokens) for one variant of ``args.model``."""
+    """batch -> (run(tokens), rewind()) for one variant of ``args.model``. HF's ``StaticCache`` layers
+    count the tokens they hold, one more each step: ``rewind`` (called between measurements, never
+    inside one) puts every counter back at ``args.position``, so a step always decodes there and never
+    writes past the cache."""
     import torch
 
     if args.model == "hf_llama":
-        from benchmarks.e2e.bench_hf_llama import build, decode_step
+        from benchmarks.e2e.bench_hf_llama import build, decode_step, rewind
 
         model = build(args.layers)
 
         def runner(batch):
             prompt = torch.randint(0, 32000, (batch, args.position), device="cuda")
-            return decode_step(variant, model, cache_dir, prompt, args.cache_len)[0]
+            step, cache, position = decode_step(variant, model, cache_dir, prompt, args.cache_len)
+            return step, lambda: rewind(cache, position, args.position)
 
         return runner
     from benchmarks.e2e.bench_decode import make_runner
@@ -184,7 +192,7 @@ def decode_runners(args, variant: str, cache_dir: str):
 
     model = build_demo_model(LlamaConfig(n_layers=args.layers), dtype=torch.bfloat16, device="cuda")
     run = make_runner(variant, model, cache_dir)
-    return lambda batch: run
+    return lambda batch: (run, lambda: None)
 
 
 def main() -> int:
@@ -202,6 +210,9 @@ def main() -> int:
     parser.add_argument("--options", type=json.loads, default={},
                         help="hf_llama: extra regionc options (JSON) for the regionc variants, as bench_hf_llama.py's")
     args = parser.parse_args()
+    if args.model == "hf_llama" and args.position + max(CALLS_PER_PHASE, args.steps) + 5 > args.cache_len:
+        parser.error(f"--position {args.position} leaves the {args.cache_len}-slot cache too few slots: one "
+                     f"measurement decodes up to {max(CALLS_PER_PHASE, args.steps) + 5} steps from it")
     if args.options:
         from benchmarks.e2e.bench_hf_llama import EXTRA_OPTIONS
 
@@ -224,11 +235,13 @@ def main() -> int:
             runners = decode_runners(args, variant, cache_dir)
             for batch in args.batches:
                 tokens = torch.randint(0, 32000, (batch, 1), device="cuda")
-                run = runners(batch)
+                run, rewind = runners(batch)
                 op_calls: list[dict] = []
+                rewind()
                 with op_arguments(op_calls):  # the first calls run the launcher (later ones replay graphs)
                     ms = cuda_median_ms(lambda: run(tokens), warmup=5, iters=50)
                 torch.cuda.synchronize()
+                rewind()
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                     for _ in range(args.steps):
                         run(tokens)
@@ -236,7 +249,9 @@ def main() -> int:
                 if args.trace:
                     prof.export_chrome_trace(str(Path(args.out) / f"trace_{variant}_b{batch}.json"))
                 kernels, count, gpu_us, span_us, gaps = kernel_table(prof, args.steps)
+                rewind()
                 host_us = host_us_per_call(run, tokens)
+                rewind()
                 before_us, after_us = host_split_us(run, tokens)
                 row = {"variant": variant, "batch": batch, "ms": ms, "kernels_per_step": count,
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
@@ -254,7 +269,8 @@ def main() -> int:
                 for g in gaps[:8]:
                     print(f"      {g['idle_us_per_step']:8.1f} us  x{g['per_step']:5.1f}  {g['before_kernel'][:100]}")
                 if batch == args.batches[0]:
-                    print(host_hotspots(run, tokens))
+                    rewind()
+                    print(host_hotspots(run, tokens, calls=CALLS_PER_PHASE))
                 write_results(args.out, "decode_profile", results)
     return 0
 
