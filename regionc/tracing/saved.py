@@ -242,14 +242,18 @@ def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
     function, the module's class, the arguments' types) and by the guards kept (the values read).
     Guards on the function's own closure variables (``closure``: a decorator's wrapped ``func``) are
     dropped too: a loaded trace is handed no closure to check them against, and the key and the
-    source check cover the function they name."""
+    source check cover the function they name. So are the checks that a module's ``_compiled_call_impl``
+    is unset (whether it was ``.compile()``d, which changes how its forward runs, not what it computes):
+    torch's pickling of a module drops that attribute, so a loaded trace rebuilt the check as a class
+    attribute lookup, and a module checked that way is never skipped while its ``__dict__`` is unchanged
+    (Dynamo's dict-tag matching); see :func:`_guards_context` for what the two changes save."""
     from torch._dynamo.guards import CheckFunctionManager
 
     unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
     local = _through_local_classes(entries)
     keep = [not (e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
                  or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure
-                 or (local is not None and local.search(e.name)))
+                 or (local is not None and local.search(e.name)) or e.name.endswith("._compiled_call_impl"))
             for e in entries]
     return keep
 
@@ -322,13 +326,39 @@ def _pickles(value: Any) -> bool:
     return True
 
 
-def _guards_context():
-    """A throwaway tracing context to load a trace's guards in: a guard source read through an
-    import (``ImportSource``) installs a guard when it is unpickled, which needs a context; what it
-    installs there is discarded (the loaded guard manager carries the guards that are checked)."""
-    from torch._guards import TracingContext, tracing
+@contextlib.contextmanager
+def _guards_context() -> Iterator[None]:
+    """What loading a trace's guards needs to give the guards a fresh trace has.
 
-    return tracing(TracingContext(None))
+    - A throwaway tracing context: a guard source read through an import (``ImportSource``) installs a
+      guard when it is unpickled, which needs a context; what it installs there is discarded (the
+      loaded guard manager carries the guards that are checked).
+    - Parameters seen as parameters. Dynamo leaves parameters out of its check that no two tensor
+      inputs alias (``skip_no_tensor_aliasing_guards_on_parameters``), telling them by their exact
+      type; a loaded guard sees each tensor as a fake one standing for its original type, so every
+      parameter of a module class not in ``torch.nn`` (an HF RMSNorm's weight) got the check, and an
+      aliasing guard also keeps its module from being skipped while its attributes are unchanged
+      (Dynamo's dict-tag matching). With :func:`_saveable`'s ``_compiled_call_impl`` rule, HF Llama
+      32 × 2048's loaded guards check in about 47 µs a call on a 2-core CPU machine, as the same guards
+      traced in the process do, against 67-69 before.
+    """
+    from torch._dynamo import guards
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    exact_type = guards.istype
+
+    def istype(value, types) -> bool:
+        if types is torch.nn.Parameter and isinstance(value, FakeTensor):
+            return value.pytype is torch.nn.Parameter
+        return exact_type(value, types)
+
+    guards.istype = istype
+    try:
+        with tracing(TracingContext(None)):
+            yield
+    finally:
+        guards.istype = exact_type
 
 
 def _hidden_functions(fn: Callable[..., Any]) -> dict[str, Callable[..., Any]]:

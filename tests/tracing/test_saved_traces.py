@@ -288,3 +288,43 @@ def test_binding_gives_torch_s_frame_locals(fn, calls):
     assert Binding(inspect.signature(lambda self, x: None))(module, (1,), {"x": 1}) is None  # given twice
     assert Binding(inspect.signature(lambda self: None))(module, (1,), {}) is None  # too many
     assert Binding(inspect.signature(lambda self: None))(module, (), {"y": 1}) is None  # unknown keyword
+
+
+def test_a_loaded_trace_checks_the_guards_a_fresh_trace_checks(tmp_path):
+    """A trace loaded in another process checks the guards it was traced with, not a costlier set: no
+    aliasing check on parameters of modules outside ``torch.nn`` (an HF RMSNorm's weight), and every
+    module Dynamo may skip while its ``__dict__`` is unchanged skippable (no check of a module's
+    ``_compiled_call_impl``, which torch's pickling of modules drops)."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaModel, StaticCache
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=64)
+    original = LlamaModel(config).eval()
+
+    def guards_of_a_decode_step():
+        model = copy.deepcopy(original)
+        cache = StaticCache(config=config, max_cache_len=16)
+        with torch.no_grad():
+            model(input_ids=torch.randint(0, 64, (2, 4)), past_key_values=cache)
+            for layer in model.layers:  # as a per-block compile leaves it once undone (HF decode on torch 2.11)
+                layer._compiled_call_impl = None
+            regionc.compile(model, options={"cache_dir": str(tmp_path), "block_tracing": "full"})
+            model(input_ids=torch.ones(2, 1, dtype=torch.long), past_key_values=cache,
+                  cache_position=torch.tensor([4]))
+        run = model.forward.run
+        (entry,) = getattr(run, "forward", run).traces.entries
+        return entry.report.trace_source, str(entry.guards)
+
+    fresh_source, fresh = guards_of_a_decode_step()
+    loaded_source, loaded = guards_of_a_decode_step()
+    assert not fresh_source.startswith("saved trace") and loaded_source.startswith("saved trace")
+    for text in (fresh, loaded):
+        assert "._compiled_call_impl is None" not in text  # not read: unpickled modules lack it
+    assert loaded.count("NO_TENSOR_ALIASING") == fresh.count("NO_TENSOR_ALIASING")
+    assert "layernorm']._parameters['weight']" not in "".join(
+        line for line in loaded.splitlines() if "NO_TENSOR_ALIASING" in line)
+    if torch._dynamo.config.use_recursive_dict_tags_for_guards:  # torch 2.11 (2.13 turned the matching off)
+        assert loaded.count("tag_safe=(True, True)") == fresh.count("tag_safe=(True, True)") > 0
