@@ -20,7 +20,9 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 - with ``trace_of`` (``regionc.compile``'s saved traces of the whole forward), the trace whose
   Dynamo guards the call passes chooses the graph too: what Dynamo would trace again for (a module
   attribute the forward reads, a LoRA scale, a swapped submodule's class) gets another graph, never
-  a stale replay, and a call no trace fits yet runs the forward (which traces one);
+  a stale replay, and a call no trace fits yet runs the forward (which traces one). A call that
+  runs rather than replays runs that trace (its ``fn(module, *args, **kwargs)``), so its guards are
+  checked once a call, graphs off included;
 - weights reassigned (``module.weight = ...``, a submodule swapped: anything that registers a
   parameter, buffer or submodule, seen by torch's global registration hooks at no cost per call)
   drop the graphs, which are captured anew over the new tensors;
@@ -144,16 +146,19 @@ class ModuleGraphs:
         return any(v.requires_grad for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)) or \
             any(p.requires_grad for p in self.module.parameters())
 
-    def _run_forward(self, _context: tuple, names: tuple[str, ...], positional: int, *values: Any) -> Any:
-        """The forward, run by the runner's warm-up and capture (never by a replay): notes in ``_changed``
-        the first piece of Python state it changed."""
+    def _run_forward(self, context: tuple, names: tuple[str, ...], positional: int, *values: Any) -> Any:
+        """The forward, run by the runner's warm-up and capture (never by a replay), through the trace the
+        call's guards chose (``context[-1]``) if any: notes in ``_changed`` the first piece of Python state
+        it changed."""
         args, kwargs = values[:positional], dict(zip(names, values[positional:]))
+        trace = context[-1]
+        forward = self.forward if trace is None else functools.partial(trace.fn, self.module)
         self._changed = None
         if self.runner is None or not self.runner.capturable:  # graphs are off: nothing to watch
-            return self.forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         labels = [f"args[{i}]" for i in range(positional)] + list(names)
         before = python_state(self.module, labels, values)
-        out = self.forward(*args, **kwargs)
+        out = forward(*args, **kwargs)
         self._changed = first_change(before, python_state(self.module, labels, values))
         return out
 
