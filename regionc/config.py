@@ -22,9 +22,9 @@ from typing import Any
 
 ENV_PREFIX = "REGIONC_"
 
-#: ``REGIONC_*`` variables that are not options: read by regionc/ops (the C++ extension switch) and
-#: by setup.py (the build). Any other unknown one is a typo.
-OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_NATIVE")
+#: ``REGIONC_*`` variables that are not options: read by regionc/ops (the C++ extension switch, the
+#: programmatic-dependent-launch switch) and by setup.py (the build). Any other unknown one is a typo.
+OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_NO_PDL", "REGIONC_NATIVE")
 
 log = logging.getLogger("regionc")
 

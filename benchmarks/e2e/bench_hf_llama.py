@@ -4,8 +4,10 @@ Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 2
 batch 8 (``max_cache_len`` 4096, positions 512 and 3900) and batch 32 (4096, position 512). Variants in the same run, each on its own
 cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead", fullgraph=True)`` (HF's
 recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
-``regionc.compile(model, mode="reduce-overhead")``, and both regionc entries with the decode ops (decode
-attention, skinny linears) swapped in whatever the decision table says (``*_swap``, its A/B). Each row has ms per step (CUDA events, median of
+``regionc.compile(model, mode="reduce-overhead")``, both regionc entries with the decode ops (decode
+attention, skinny linears) swapped in whatever the decision table says (``*_swap``, its A/B), and
+``regionc.compile`` with programmatic dependent launch off (``regionc_compile_nopdl``, its A/B:
+``regionc/ops/pdl.py``). Each row has ms per step (CUDA events, median of
 interleaved rounds), the relative error of the first step against eager, and regionc's CUDA-graph stats.
 The cache's position counters are reset in place between timing windows, so every window decodes at
 (about) the stated position.
@@ -20,6 +22,7 @@ and ``regionc.compile``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -31,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile", "regionc_backend_swap",
-                   "regionc_compile_swap")
+                   "regionc_compile_swap", "regionc_compile_nopdl")
 PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
 DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)), (32, 4096, (512,)))  # batch, max_cache_len, positions
 
@@ -61,6 +64,8 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
 
     mode = "reduce-overhead" if decode else None
     options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {}), **EXTRA_OPTIONS}
+    if variant.endswith("_nopdl"):  # Inductor's kernels here; regionc's at capture (decode_step)
+        options["inductor_config"] = {**options.get("inductor_config", {}), "triton.enable_pdl": False}
     if variant == "eager":
         return model
     if variant == "reduce_overhead":
@@ -134,15 +139,18 @@ def decode_step(variant: str, model, cache_dir: str, prompt, max_len: int):
     import torch
     from transformers import StaticCache
 
+    from regionc.ops import pdl
+
     instance = copy.deepcopy(model) if variant.startswith("regionc_compile") else model
     cache = StaticCache(config=model.config, max_cache_len=max_len)
     with torch.no_grad():
         model(input_ids=prompt, past_key_values=cache, use_cache=True)  # eager prefill, all variants alike
     fn = compiled(variant, instance, cache_dir, decode=True)
     position = torch.tensor([prompt.shape[1]], device=prompt.device)
+    launch = pdl.turned_off if variant.endswith("_nopdl") else contextlib.nullcontext
 
     def step(tokens):
-        with torch.no_grad():
+        with torch.no_grad(), launch():
             return fn(input_ids=tokens, past_key_values=cache, use_cache=True, cache_position=position)
 
     return step, cache, position

@@ -44,6 +44,7 @@ from regionc.compiler.combo import sinks_last
 from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
 from regionc.compiler.reductions import persistent_rows
+from regionc.ops import pdl
 from regionc.passes.decisions import SMALL_ROWS
 
 log = logging.getLogger("regionc")
@@ -64,7 +65,9 @@ PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
 #: instead of 2241 on an H200 (benchmarks/results/decode_profile/h200-2026-12-03-hf-llama-b8-combo-kernels.log).
 #: Their sinks join the last combo kernel (``regionc/compiler/combo.py``). Prefill pieces keep
 #: Inductor's default: their kernels are large, and combo kernels were not measured there.
-DECODE_DEFAULTS: dict[str, Any] = {"combo_kernels": True}
+#: And Inductor's programmatic dependent launch (Hopper and newer; ``regionc/ops/pdl.py``): each
+#: kernel of the piece is scheduled while the one before it finishes, as regionc's decode kernels are.
+DECODE_DEFAULTS: dict[str, Any] = {"combo_kernels": True, "triton.enable_pdl": pdl.ENABLED}
 
 _LINEARS = frozenset({torch._C._nn.linear, torch.nn.functional.linear, torch.matmul, torch.mm, torch.addmm,
                       operator.matmul})

@@ -53,6 +53,7 @@ import torch
 from regionc.logs import log_once
 from regionc.ops import _utils
 from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
+from regionc.ops.pdl import launches_with_pdl
 
 TRITON_HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
@@ -80,6 +81,7 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 # --------------------------------------------------------------------------------------
 
 if _utils.HAS_TRITON:
+    from regionc.ops.pdl import start
 
     @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
@@ -94,7 +96,9 @@ if _utils.HAS_TRITON:
         HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, SINGLE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_P2: tl.constexpr,
         MASK_KIND: tl.constexpr, HAS_LEN: tl.constexpr, DOT_PRECISION: tl.constexpr, MASK_FLOOR: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        start(PDL)
         split = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // HKV).to(tl.int64)
@@ -191,8 +195,9 @@ if _utils.HAS_TRITON:
     @triton.jit(do_not_specialize=["HQ", "N_SPLITS"])
     def _decode_reduce_kernel(
         PART, OUT, stride_ob, stride_oh, stride_om, HQ, N_SPLITS,
-        HEAD_DIM: tl.constexpr, LQ: tl.constexpr, SPLITS_P2: tl.constexpr,
+        HEAD_DIM: tl.constexpr, LQ: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr,
     ):
+        start(PDL)
         row = tl.program_id(0).to(tl.int64)
         offs_s = tl.arange(0, SPLITS_P2)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -282,6 +287,8 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     part = (torch.empty((B * HQ * LQ, splits, D + 2), dtype=torch.float32, device=q.device)
             if splits > 1 else out)
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    pdl = launches_with_pdl(q)
+    launch = {"launch_pdl": True} if pdl else {}
     qs, ks, vs, os_ = q.stride(), k_cache.stride(), v_cache.stride(), out.stride()
     _decode_split_kernel[(splits, B * HKV)](
         q, k_cache, v_cache, m, lens, part, out, sm_scale * LOG2E,
@@ -296,13 +303,13 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
         BLOCKS_P2=max(2, _utils.next_power_of_2(per_split)),
         MASK_KIND=kind, HAS_LEN=kv_len is not None, MASK_FLOOR=_mask_floor(m) if kind == _MASK_ADD else 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES, **launch,
     )
     if splits > 1:
         _decode_reduce_kernel[(B * HQ * LQ,)](
             part, out, os_[0], os_[1], os_[2], HQ, splits,
-            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), num_warps=4,
+            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), PDL=pdl, num_warps=4, **launch,
         )
     return out
 

@@ -49,6 +49,7 @@ import torch
 from regionc.logs import log_once
 from regionc.ops import _utils
 from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
+from regionc.ops.pdl import launches_with_pdl
 
 #: most rows the Triton kernel takes; more rows are a GEMM's job (cuBLAS)
 MAX_ROWS = 64
@@ -60,12 +61,18 @@ TARGET_PROGRAMS = 512
 #: fewest programs (column blocks × row blocks) ``skinny_swiglu`` is swapped in with: about two per
 #: SM of a 132-SM GPU; below that, ``skinny_linear``'s K split keeps more of HBM busy
 SWIGLU_MIN_PROGRAMS = 256
+#: K-steps of its weight slab a program asks L2 for before it waits for the kernel before it (under
+#: PDL, ``regionc/ops/pdl.py``): two steps of every program of a 2048-wide decoder layer's linears
+#: are 8 to 13 MB, what HBM moves in the 2 to 3 µs of the norm or attention reduce before them,
+#: and well inside L2, so the prefetched lines are still there when the program reads them
+PREFETCH_STEPS = 2
 
 # --------------------------------------------------------------------------------------
 # Triton kernel
 # --------------------------------------------------------------------------------------
 
 if _utils.HAS_TRITON:
+    from regionc.ops.pdl import prefetch_l2, start
 
     @triton.jit
     def _tile(ptrs, rows_ok, k_left, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
@@ -74,6 +81,17 @@ if _utils.HAS_TRITON:
             return tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
         k_ok = tl.arange(0, BLOCK_K) < k_left
         return tl.load(ptrs, mask=rows_ok[:, None] & k_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _prefetch_weight(w, offs_n, n_cols, sw, k_lo, K, BLOCK_K: tl.constexpr, LINES: tl.constexpr,
+                         STEPS: tl.constexpr):
+        """Ask L2 for the first ``STEPS`` K-steps of a program's slab of a weight (one address per
+        128-byte line; ``LINES`` lines a row a step), addresses clamped into the weight."""
+        rows = tl.minimum(offs_n, n_cols - 1).to(tl.int64)
+        lines = tl.arange(0, LINES) * (BLOCK_K // LINES)
+        for s in tl.static_range(STEPS):
+            cols = tl.minimum(k_lo + s * BLOCK_K + lines, K - 1)
+            prefetch_l2(w + rows[:, None] * sw + cols[None, :])
 
     # The per-weight values are chosen at run time by branch, so each must keep one type: a column
     # count may be 1, which Triton would turn into a constant, so those are not specialised. The
@@ -86,6 +104,7 @@ if _utils.HAS_TRITON:
         N0, N1, N2, N3, SW0, SW1, SW2, SW3,
         NUM_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        PDL: tl.constexpr, LINES: tl.constexpr, PREFETCH: tl.constexpr,
     ):
         pid = tl.program_id(0)
         split = tl.program_id(1)
@@ -115,6 +134,9 @@ if _utils.HAS_TRITON:
         offs_k = tl.arange(0, BLOCK_K)
         m_ok = offs_m < M
         n_ok = offs_n < n_cols
+        if PDL:
+            _prefetch_weight(w, offs_n, n_cols, sw, k_lo, K, BLOCK_K, LINES, PREFETCH)
+        start(PDL)
         x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + k_lo + offs_k[None, :]
         w_ptrs = w + offs_n[:, None].to(tl.int64) * sw + k_lo + offs_k[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -131,7 +153,7 @@ if _utils.HAS_TRITON:
     def _swiglu_kernel(
         X, WG, WU, Y, M, N, K, stride_xm, stride_wg, stride_wu, stride_ym,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-        DOT_PRECISION: tl.constexpr,
+        DOT_PRECISION: tl.constexpr, PDL: tl.constexpr, LINES: tl.constexpr, PREFETCH: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -140,6 +162,10 @@ if _utils.HAS_TRITON:
         offs_k = tl.arange(0, BLOCK_K)
         m_ok = offs_m < M
         n_ok = offs_n < N
+        if PDL:
+            _prefetch_weight(WG, offs_n, N, stride_wg, 0, K, BLOCK_K, LINES, PREFETCH)
+            _prefetch_weight(WU, offs_n, N, stride_wu, 0, K, BLOCK_K, LINES, PREFETCH)
+        start(PDL)
         x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
         g_ptrs = WG + offs_n[:, None].to(tl.int64) * stride_wg + offs_k[None, :]
         u_ptrs = WU + offs_n[:, None].to(tl.int64) * stride_wu + offs_k[None, :]
@@ -188,6 +214,14 @@ def splits_for(rows: int, columns: list[int], k: int, most: int) -> int:
     return splits
 
 
+def _pdl_args(x: torch.Tensor, block_k: int) -> dict:
+    """The kernels' PDL arguments: whether to launch with PDL (and prefetch), the 128-byte lines in
+    a row of one ``block_k`` step, the steps prefetched."""
+    on = launches_with_pdl(x)
+    args = {"PDL": on, "LINES": max(1, block_k * x.element_size() // 128), "PREFETCH": PREFETCH_STEPS if on else 0}
+    return {**args, "launch_pdl": True} if on else args
+
+
 def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int, int, int, int] | None = None):
     """Launch ``_skinny_kernel`` over ``weights`` (in launches of at most ``MAX_WEIGHTS``).
 
@@ -206,6 +240,7 @@ def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int,
         return [o.zero_() for o in outs]
     bm, bn, bk, warps, stages = config or _config(M, K)
     k_split = -(-K // (splits * bk)) * bk  # whole BLOCK_K steps per split
+    pdl = _pdl_args(x, bk)
     for lo in range(0, len(weights), MAX_WEIGHTS):
         ws, ys = weights[lo:lo + MAX_WEIGHTS], outs[lo:lo + MAX_WEIGHTS]
         n = len(ws)
@@ -220,7 +255,7 @@ def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int,
             *sizes, *strides,
             NUM_W=n, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
             DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            num_warps=warps, num_stages=stages,
+            num_warps=warps, num_stages=stages, **pdl,
         )
     return outs
 
@@ -249,6 +284,7 @@ def skinny_swiglu_triton(x, w_gate, w_up, *, config: tuple[int, int, int, int, i
         x, w_gate, w_up, out, M, N, K, x.stride(0), w_gate.stride(0), w_up.stride(0), out.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+        **_pdl_args(x, bk),
     )
     return out
 

@@ -42,10 +42,11 @@ def test_decode_step_is_every_linear_at_most_small_rows():
     assert not is_decode_step(_dynamo_graph(torch.nn.LayerNorm(32), torch.randn(2, 1, 32)))  # no linear
 
 
-def test_combo_kernels_only_for_decode_pieces_on_cuda():
+def test_combo_kernels_and_pdl_only_for_decode_pieces_on_cuda():
     decode = _dynamo_graph(_Block(), torch.randn(2, 1, 32))
     prefill = _dynamo_graph(_Block(), torch.randn(2, 128, 32))
     assert piece_defaults(decode, torch.device("cuda")) == {**PIECE_DEFAULTS, **DECODE_DEFAULTS}
     assert DECODE_DEFAULTS["combo_kernels"] is True
+    assert DECODE_DEFAULTS["triton.enable_pdl"] is True  # Inductor emits it on Hopper+ only
     assert piece_defaults(prefill, torch.device("cuda")) == PIECE_DEFAULTS
     assert piece_defaults(decode, torch.device("cpu")) == PIECE_DEFAULTS
