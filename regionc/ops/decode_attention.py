@@ -42,6 +42,10 @@ and the reduce's power-of-two bucket are compiled in, so new batch sizes rarely 
 the launcher reads nothing from the GPU, so it has no host sync, the grid is the same on every
 replay, and the split workspace is one ``torch.empty`` whose size is fixed by the shapes — inside
 a CUDA-graph capture it comes from the graph's pool like any activation. CUDA-graph safe.
+
+On Hopper and newer both kernels launch with programmatic dependent launch (``regionc/ops/pdl.py``)
+and wait for the kernel before them ahead of any load: the reduce's programs are scheduled while the
+split kernel runs, and the next kernel's while the reduce runs.
 """
 
 from __future__ import annotations

@@ -40,6 +40,10 @@ row of its row block, streams that ``BLOCK_N × K / splits`` slab of the weight 
 from ``_config`` (measured by benchmarks/kernels/bench_skinny_linear.py). Past ``MAX_ROWS`` rows
 the op computes with torch's linear, and the launcher launches again for every ``MAX_WEIGHTS``
 weights: the op is correct for any size, fast where it is meant to be.
+
+On Hopper and newer both kernels launch with programmatic dependent launch (``regionc/ops/pdl.py``):
+a program first asks L2 for the first ``PREFETCH_STEPS`` K-steps of its weights, then waits for the
+kernel before it (which writes x) and reads nothing before that.
 """
 
 from __future__ import annotations
