@@ -90,7 +90,8 @@ if _utils.HAS_TRITON:
     def _prefetch_weight(w, offs_n, n_cols, sw, k_lo, K, BLOCK_K: tl.constexpr, LINES: tl.constexpr,
                          STEPS: tl.constexpr):
         """Ask L2 for the first ``STEPS`` K-steps of a program's slab of a weight (one address per
-        128-byte line; ``LINES`` lines a row a step), addresses clamped into the weight."""
+        128-byte line; ``LINES`` lines a row a step), addresses clamped into the weight. The
+        launcher passes ``STEPS`` = 0 (nothing) unless the kernel launches with PDL."""
         rows = tl.minimum(offs_n, n_cols - 1).to(tl.int64)
         lines = tl.arange(0, LINES) * (BLOCK_K // LINES)
         for s in tl.static_range(STEPS):
@@ -138,8 +139,7 @@ if _utils.HAS_TRITON:
         offs_k = tl.arange(0, BLOCK_K)
         m_ok = offs_m < M
         n_ok = offs_n < n_cols
-        if PDL:
-            _prefetch_weight(w, offs_n, n_cols, sw, k_lo, K, BLOCK_K, LINES, PREFETCH)
+        _prefetch_weight(w, offs_n, n_cols, sw, k_lo, K, BLOCK_K, LINES, PREFETCH)
         start(PDL)
         x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + k_lo + offs_k[None, :]
         w_ptrs = w + offs_n[:, None].to(tl.int64) * sw + k_lo + offs_k[None, :]
@@ -166,9 +166,8 @@ if _utils.HAS_TRITON:
         offs_k = tl.arange(0, BLOCK_K)
         m_ok = offs_m < M
         n_ok = offs_n < N
-        if PDL:
-            _prefetch_weight(WG, offs_n, N, stride_wg, 0, K, BLOCK_K, LINES, PREFETCH)
-            _prefetch_weight(WU, offs_n, N, stride_wu, 0, K, BLOCK_K, LINES, PREFETCH)
+        _prefetch_weight(WG, offs_n, N, stride_wg, 0, K, BLOCK_K, LINES, PREFETCH)
+        _prefetch_weight(WU, offs_n, N, stride_wu, 0, K, BLOCK_K, LINES, PREFETCH)
         start(PDL)
         x_ptrs = X + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
         g_ptrs = WG + offs_n[:, None].to(tl.int64) * stride_wg + offs_k[None, :]
