@@ -26,6 +26,11 @@ ENV_PREFIX = "REGIONC_"
 #: programmatic-dependent-launch switch) and by setup.py (the build). Any other unknown one is a typo.
 OTHER_ENV_VARS = ("REGIONC_NO_EXTENSION", "REGIONC_NO_PDL", "REGIONC_NATIVE")
 
+#: ``REGIONC_NO_PDL=1`` turns programmatic dependent launch off: for regionc's decode kernels
+#: (regionc/ops/pdl.py) and as the Inductor default of decode pieces (regionc/compiler/inductor.py).
+#: Read here so that the compiler knows it without importing (and registering) the ops.
+PDL = os.environ.get("REGIONC_NO_PDL") != "1"
+
 log = logging.getLogger("regionc")
 
 #: Fusion passes regionc knows; ``options={"passes": {...}}`` toggles them one by one.

@@ -44,7 +44,7 @@ from regionc.compiler.combo import sinks_last
 from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
 from regionc.compiler.reductions import persistent_rows
-from regionc.ops import pdl
+from regionc.config import PDL
 from regionc.passes.decisions import SMALL_ROWS
 
 log = logging.getLogger("regionc")
@@ -67,7 +67,7 @@ PIECE_DEFAULTS: dict[str, Any] = {"triton.autotune_pointwise": False}
 #: Inductor's default: their kernels are large, and combo kernels were not measured there.
 #: And Inductor's programmatic dependent launch (Hopper and newer; ``regionc/ops/pdl.py``): each
 #: kernel of the piece is scheduled while the one before it finishes, as regionc's decode kernels are.
-DECODE_DEFAULTS: dict[str, Any] = {"combo_kernels": True, "triton.enable_pdl": pdl.ENABLED}
+DECODE_DEFAULTS: dict[str, Any] = {"combo_kernels": True, "triton.enable_pdl": PDL}
 
 _LINEARS = frozenset({torch._C._nn.linear, torch.nn.functional.linear, torch.matmul, torch.mm, torch.addmm,
                       operator.matmul})

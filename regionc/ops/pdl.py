@@ -28,11 +28,12 @@ from collections.abc import Iterator
 
 import torch
 
+from regionc.config import PDL
 from regionc.ops import _utils
 from regionc.ops._utils import tl, triton
 
-#: ``REGIONC_NO_PDL=1``: no kernel of regionc's, and no decode piece's Inductor kernel, launches with PDL
-ENABLED = os.environ.get("REGIONC_NO_PDL") != "1"
+#: whether regionc's kernels launch with PDL where the GPU has it (off under ``REGIONC_NO_PDL=1``)
+ENABLED = PDL
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
