@@ -57,7 +57,7 @@ import torch
 from regionc.logs import log_once
 from regionc.ops import _utils
 from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
-from regionc.ops.pdl import launches_with_pdl
+from regionc.ops.pdl import launch_args
 
 TRITON_HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
@@ -291,8 +291,7 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
     part = (torch.empty((B * HQ * LQ, splits, D + 2), dtype=torch.float32, device=q.device)
             if splits > 1 else out)
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    pdl = launches_with_pdl(q)
-    launch = {"launch_pdl": True} if pdl else {}
+    pdl = launch_args(q)
     qs, ks, vs, os_ = q.stride(), k_cache.stride(), v_cache.stride(), out.stride()
     _decode_split_kernel[(splits, B * HKV)](
         q, k_cache, v_cache, m, lens, part, out, sm_scale * LOG2E,
@@ -307,13 +306,13 @@ def decode_attention_triton(q, k_cache, v_cache, mask=None, kv_len=None, scale=N
         BLOCK_M=max(16, _utils.next_power_of_2(group * LQ)), BLOCK_N=bn,
         BLOCKS_P2=max(2, _utils.next_power_of_2(per_split)),
         MASK_KIND=kind, HAS_LEN=kv_len is not None, MASK_FLOOR=_mask_floor(m) if kind == _MASK_ADD else 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
-        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES, **launch,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES, **pdl,
     )
     if splits > 1:
         _decode_reduce_kernel[(B * HQ * LQ,)](
             part, out, os_[0], os_[1], os_[2], HQ, splits,
-            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), PDL=pdl, num_warps=4, **launch,
+            HEAD_DIM=D, LQ=LQ, SPLITS_P2=max(2, _utils.next_power_of_2(splits)), num_warps=4, **pdl,
         )
     return out
 

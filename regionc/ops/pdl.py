@@ -45,6 +45,13 @@ def launches_with_pdl(t: torch.Tensor) -> bool:
     return ENABLED and idx >= 0 and not _INTERPRETED and _utils.capability(idx)[0] >= 9
 
 
+def launch_args(t: torch.Tensor) -> dict:
+    """The arguments a kernel over ``t`` is launched with: its ``PDL`` constexpr (whether it waits),
+    and Triton's ``launch_pdl`` where it does, so the two never disagree."""
+    on = launches_with_pdl(t)
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
 @contextlib.contextmanager
 def turned_off() -> Iterator[None]:
     """regionc's kernels launch without PDL inside (what a CUDA graph captures inside keeps that):

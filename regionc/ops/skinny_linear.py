@@ -53,7 +53,7 @@ import torch
 from regionc.logs import log_once
 from regionc.ops import _utils
 from regionc.ops._utils import FLOAT_DTYPES, check, tl, triton
-from regionc.ops.pdl import launches_with_pdl
+from regionc.ops.pdl import launch_args
 
 #: most rows the Triton kernel takes; more rows are a GEMM's job (cuBLAS)
 MAX_ROWS = 64
@@ -218,11 +218,11 @@ def splits_for(rows: int, columns: list[int], k: int, most: int) -> int:
 
 
 def _pdl_args(x: torch.Tensor, block_k: int) -> dict:
-    """The kernels' PDL arguments: whether to launch with PDL (and prefetch), the 128-byte lines in
-    a row of one ``block_k`` step, the steps prefetched."""
-    on = launches_with_pdl(x)
-    args = {"PDL": on, "LINES": max(1, block_k * x.element_size() // 128), "PREFETCH": PREFETCH_STEPS if on else 0}
-    return {**args, "launch_pdl": True} if on else args
+    """The kernels' PDL arguments (``pdl.launch_args``), the 128-byte lines in a row of one
+    ``block_k`` step, and the steps prefetched (none without PDL)."""
+    args = launch_args(x)
+    return {**args, "LINES": max(1, block_k * x.element_size() // 128),
+            "PREFETCH": PREFETCH_STEPS if args["PDL"] else 0}
 
 
 def skinny_linear_triton(x, weights, splits: int = 1, *, config: tuple[int, int, int, int, int] | None = None):

@@ -15,8 +15,6 @@ from regionc.ops import decode_attention, pdl, skinny_linear
 
 on = sys.argv[1] == "pdl"
 pdl.launches_with_pdl = lambda t: on  # what an H200 answers for a CUDA tensor (these are CPU tensors)
-for module in (decode_attention, skinny_linear):
-    module.launches_with_pdl = pdl.launches_with_pdl
 
 
 class Compiles:
