@@ -32,6 +32,9 @@ def main() -> int:
     ap.add_argument("--positions", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64])
     ap.add_argument("--stages", type=int, nargs="+", default=[2])
+    ap.add_argument("--splits", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
+    ap.add_argument("--block-ns", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured")
@@ -50,7 +53,7 @@ def main() -> int:
             mask = (torch.arange(CAPACITY, device="cuda") < pos).view(1, 1, 1, -1).expand(b, 1, 1, -1).contiguous()
             best = None
             configs = [None] + [dict(block_n=n, num_splits=s, num_warps=w, num_stages=st) for n, s, w, st in
-                                itertools.product((32, 64, 128), (4, 8, 16, 32, 64, 128), (4, 8), args.stages)
+                                itertools.product(args.block_ns, args.splits, args.warps, args.stages)
                                 if CAPACITY // n >= s]
             for kw in configs:
                 try:

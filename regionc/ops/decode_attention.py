@@ -32,9 +32,7 @@ CUDA kernels (bf16/fp16/fp32, D in {64, 128}; anything else runs the reference, 
   block past ``kv_len`` and every block the mask excludes entirely (the mask of all its blocks is
   read first, in one load: S bytes against 4·D·S bytes of K/V), which is what makes a step cost
   the valid part of the cache, not its capacity. The loop runs over the live blocks only (ranked
-  by a prefix sum), without a branch, so K and V of the next block load while this one computes; the
-  first block's loads go out with the mask's, before it is known to be live. Online softmax in exp2,
-  fp32 accumulation; it
+  by a prefix sum), without a branch, so K and V of the next block load while this one computes. Online softmax in exp2, fp32 accumulation; it
   writes the un-normalised partial output and (max, sum) per row and split.
 * ``_decode_reduce_kernel``: grid ``(B * Hq * Lq)``, combines the splits. With one split the
   first kernel writes the output itself and this launch is skipped.
@@ -89,44 +87,6 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 if _utils.HAS_TRITON:
     from regionc.ops.pdl import start
 
-    @triton.jit
-    def _block_loads(k_base, v_base, m_base, cols, end, row_ok, row_end, stride_kn, stride_vn, stride_mn, offs_d,
-                     HAS_LEN: tl.constexpr, MASK_KIND: tl.constexpr, MASK_FLOOR: tl.constexpr):
-        """One key block's K and V tiles (keys at ``cols``; none read at or past ``end``), which
-        (row, key) pairs may attend, and the additive mask's values (0 for other mask kinds)."""
-        in_range = cols < end
-        valid = row_ok[:, None] & in_range[None, :]
-        if HAS_LEN:
-            valid = valid & (cols[None, :] < row_end[:, None])
-        bias = 0.0
-        if MASK_KIND == 1:
-            mv = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=0)
-            valid = valid & (mv != 0)
-        elif MASK_KIND == 2:
-            bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
-            valid = valid & (bias > MASK_FLOOR)
-        # K and V in flight together: V does not wait for the softmax, so a block costs one memory
-        # latency, not two
-        k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        return k, v, valid, bias
-
-    @triton.jit
-    def _attend(q, k, v, valid, bias, m_i, l_i, acc, qk_scale, MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr):
-        """Online softmax over one key block (exp2, fp32): the running (max, sum, output) after it.
-        A block with no valid pair leaves them as they were."""
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        if MASK_KIND == 2:
-            s = s + bias * 1.4426950408889634
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet: no NaN
-        p = tl.math.exp2(s - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        return m_new, l_i, acc
-
     @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
         Q, K, V, MASK, KV_LEN, PART, OUT, qk_scale,
@@ -165,16 +125,10 @@ if _utils.HAS_TRITON:
         jj = tl.arange(0, BLOCKS_P2)
         blk = split + jj * N_SPLITS
         end = SEQ_K
-        row_end = end
         if HAS_LEN:
             kv_len = tl.load(KV_LEN + b * stride_lb).to(tl.int32)
             end = tl.minimum(end, kv_len)  # no row sees past the last row's length: never loaded
             row_end = kv_len - (LQ - 1 - qi)
-        # the first block's K, V and mask are asked for before the mask of all blocks is read, so the
-        # two loads are in flight together: a program waits one memory latency before its first
-        # block, not two. A first block the mask turns out to exclude is read and not used.
-        k0, v0, valid0, bias0 = _block_loads(k_base, v_base, m_base, split * BLOCK_N + offs_n, end, row_ok, row_end,
-                                             stride_kn, stride_vn, stride_mn, offs_d, HAS_LEN, MASK_KIND, MASK_FLOOR)
         live = (jj < BLOCKS_PER_SPLIT) & (blk * BLOCK_N < end)
         if MASK_KIND != 0:
             # the mask of all of them in one load (S bytes against 4·D·S of K/V): a block no row may
@@ -195,21 +149,40 @@ if _utils.HAS_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        # the first block. Where it is not live no (row, key) pair of it is valid, and its V is zeroed:
-        # the excluded slots of a cache may hold anything, NaN included, and 0 * NaN is NaN
-        first = tl.sum(tl.where(jj == 0, live, 0), 0)  # 1 when it is live
-        v0 = tl.where(first > 0, v0, 0.0)
-        m_i, l_i, acc = _attend(q, k0, v0, valid0, bias0, m_i, l_i, acc, qk_scale, MASK_KIND, DOT_PRECISION)
-        # the other live blocks, in order, with no branch in the loop body, so its loads pipeline:
+        # the live blocks only, in order, with no branch in the loop body, so its loads pipeline:
         # on an H200 batch 32 at position 4096 takes 75 µs against 115 with a branch per block
         # (benchmarks/results/decode_attention/h200-2026-12-03-live-block-loop.json)
         rank = tl.cumsum(live, 0) - live
-        for i in range(first, tl.sum(live, 0)):
+        for i in range(0, tl.sum(live, 0)):
             j = tl.sum(tl.where((rank == i) & (live > 0), jj, 0), 0)
-            k, v, valid, bias = _block_loads(k_base, v_base, m_base, (split + j * N_SPLITS) * BLOCK_N + offs_n, end,
-                                             row_ok, row_end, stride_kn, stride_vn, stride_mn, offs_d, HAS_LEN,
-                                             MASK_KIND, MASK_FLOOR)
-            m_i, l_i, acc = _attend(q, k, v, valid, bias, m_i, l_i, acc, qk_scale, MASK_KIND, DOT_PRECISION)
+            cols = (split + j * N_SPLITS) * BLOCK_N + offs_n
+            in_range = cols < end
+            valid = row_ok[:, None] & in_range[None, :]
+            if HAS_LEN:
+                valid = valid & (cols[None, :] < row_end[:, None])
+            if MASK_KIND == 1:
+                mv = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=0)
+                valid = valid & (mv != 0)
+            elif MASK_KIND == 2:
+                bias = tl.load(m_base + cols[None, :] * stride_mn, mask=valid, other=float("-inf")).to(tl.float32)
+                valid = valid & (bias > MASK_FLOOR)
+            # K and V in flight together: V does not wait for the softmax, so a block costs
+            # one memory latency, not two
+            k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                        mask=in_range[:, None], other=0.0)
+            v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                        mask=in_range[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            if MASK_KIND == 2:
+                s = s + bias * 1.4426950408889634
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet: no NaN
+            p = tl.math.exp2(s - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
 
         if SINGLE:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
