@@ -9,7 +9,8 @@ plus the graph's span on the GPU. Per variant and batch the result gives:
 - kernels per forward, GPU µs per forward, and the first-to-last kernel span (``torch.profiler``);
 - the idle time between kernels inside the span, summed by the kernel that waited;
 - host µs from the call to ``CUDAGraph.replay`` and from there to the return (the replay is
-  what both variants call, so this splits host time at the same point);
+  what both variants call, so this splits host time at the same point), and of the first part the
+  saved trace's guard check (``regionc.compile``);
 - the host functions that take the most time per call (cProfile);
 - what the decode-attention op is handed (``op_calls``: mask dtype, shape, strides, keys it lets through).
 
@@ -64,38 +65,52 @@ def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, lis
     return rows, sum(r["per_step"] for r in rows), sum(r["us_per_step"] for r in rows), span, gaps
 
 
-def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float]:
-    """Median host µs (call -> ``CUDAGraph.replay``, ``replay`` -> return), synchronized per call
-    as the latency measurement is: the GPU idles for the first part."""
+def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float, float]:
+    """Median host µs (call -> ``CUDAGraph.replay``, ``replay`` -> return, and of the first part the
+    saved trace's guard check, ``regionc.compile`` only: NaN otherwise), synchronized per call as the
+    latency measurement is: the GPU idles for the first part."""
     import time
 
     import torch
 
+    from regionc.tracing.saved import _Entry
+
     marks: list[float] = []
-    replay = torch.cuda.CUDAGraph.replay
+    guard_marks: list[float] = []
+    replay, check = torch.cuda.CUDAGraph.replay, _Entry.check
 
     def timed_replay(graph):
         marks.append(time.perf_counter())
         replay(graph)
         marks.append(time.perf_counter())
 
-    before, after = [], []
-    torch.cuda.CUDAGraph.replay = timed_replay
+    def timed_check(entry, *args):
+        start = time.perf_counter()
+        try:
+            return check(entry, *args)
+        finally:
+            guard_marks.append(time.perf_counter() - start)
+
+    before, after, guards = [], [], []
+    torch.cuda.CUDAGraph.replay, _Entry.check = timed_replay, timed_check
     try:
         for _ in range(calls):
             torch.cuda.synchronize()
             marks.clear()
+            guard_marks.clear()
             start = time.perf_counter()
             run(tokens)
             done = time.perf_counter()
             if len(marks) == 2:
                 before.append(marks[0] - start)
                 after.append(done - marks[0])
+                guards.append(sum(guard_marks) if guard_marks else float("nan"))
     finally:
-        torch.cuda.CUDAGraph.replay = replay
+        torch.cuda.CUDAGraph.replay, _Entry.check = replay, check
     torch.cuda.synchronize()
     median = statistics.median
-    return (median(before) * 1e6, median(after) * 1e6) if before else (float("nan"), float("nan"))
+    nan = float("nan")
+    return (median(before) * 1e6, median(after) * 1e6, median(guards) * 1e6) if before else (nan, nan, nan)
 
 
 def host_hotspots(run, tokens, calls: int = 100, top: int = 20) -> str:
@@ -252,15 +267,15 @@ def main() -> int:
                 rewind()
                 host_us = host_us_per_call(run, tokens)
                 rewind()
-                before_us, after_us = host_split_us(run, tokens)
+                before_us, after_us, guards_us = host_split_us(run, tokens)
                 row = {"variant": variant, "batch": batch, "ms": ms, "kernels_per_step": count,
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
-                       "host_us_before_replay": before_us, "host_us_after_replay": after_us,
+                       "host_us_before_replay": before_us, "host_us_after_replay": after_us, "guard_check_us": guards_us,
                        "top_kernels": kernels[:25], "idle_before": gaps[:15], "op_calls": op_calls}
                 results["rows"].append(row)
                 print(f"{variant:>16} b={batch:<3} {ms:6.3f} ms  {count:6.1f} kernels  {gpu_us:8.1f} GPU us/step  "
                       f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call  "
-                      f"before replay {before_us:6.1f} us  after {after_us:6.1f} us", flush=True)
+                      f"before replay {before_us:6.1f} us (guards {guards_us:5.1f})  after {after_us:6.1f} us", flush=True)
                 for call in op_calls:
                     print(f"    decode-attention op: {call}")
                 for k in kernels[:16]:
