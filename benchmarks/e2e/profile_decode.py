@@ -270,12 +270,14 @@ def main() -> int:
                 before_us, after_us, guards_us = host_split_us(run, tokens)
                 row = {"variant": variant, "batch": batch, "ms": ms, "kernels_per_step": count,
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
-                       "host_us_before_replay": before_us, "host_us_after_replay": after_us, "guard_check_us": guards_us,
+                       "host_us_before_replay": before_us, "host_us_after_replay": after_us,
+                       "guard_check_us": guards_us,
                        "top_kernels": kernels[:25], "idle_before": gaps[:15], "op_calls": op_calls}
                 results["rows"].append(row)
                 print(f"{variant:>16} b={batch:<3} {ms:6.3f} ms  {count:6.1f} kernels  {gpu_us:8.1f} GPU us/step  "
                       f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call  "
-                      f"before replay {before_us:6.1f} us (guards {guards_us:5.1f})  after {after_us:6.1f} us", flush=True)
+                      f"before replay {before_us:6.1f} us (guards {guards_us:5.1f})  after {after_us:6.1f} us",
+                      flush=True)
                 for call in op_calls:
                     print(f"    decode-attention op: {call}")
                 for k in kernels[:16]:

@@ -78,8 +78,8 @@ def main() -> int:
                   f"x{row['speedup']:.3f}  diff {row['max_abs_diff']:.1e}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "decode_attention_ab.json").write_text(json.dumps(
-        {"environment": environment(), "capacity": CAPACITY, "heads": [HQ, HKV], "head_dim": D, "rows": rows}, indent=2))
+    payload = {"environment": environment(), "capacity": CAPACITY, "heads": [HQ, HKV], "head_dim": D, "rows": rows}
+    (out / "decode_attention_ab.json").write_text(json.dumps(payload, indent=2))
     return 0
 
 
