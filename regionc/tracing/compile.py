@@ -134,6 +134,14 @@ class CompiledForward:
         with self.first_calls, background.held():
             return self._call(*args, **kwargs)
 
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The model's own forward's signature: callers read it to decide what to pass. HF ``generate``
+        passes ``attention_mask``, ``position_ids`` and ``logits_to_keep`` only to a forward that names
+        them; behind a bare ``(*args, **kwargs)`` it dropped a padded batch's attention mask, and the
+        tokens differed from eager's."""
+        return inspect.signature(self.original)
+
     def __getstate__(self) -> dict[str, Any]:
         # Dynamo pickles the model, this forward among its attributes, into a saved trace's guard state
         return {name: value for name, value in self.__dict__.items() if name != "first_calls"}

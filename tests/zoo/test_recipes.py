@@ -93,6 +93,31 @@ def test_generate_with_a_regionc_compile_config_gives_eager_tokens(name):
     assert all(len({p.fingerprint for p in r.pieces if p.kind == "block"}) == kinds for r in reports)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_on_a_left_padded_batch_under_regionc_compile_gives_eager_tokens(cache):
+    """``generate`` on a left-padded batch with its attention mask: ``regionc.compile``'s forward shows
+    the model's own signature, so ``generate`` passes the mask and positions as it does uncompiled
+    (behind a bare ``(*args, **kwargs)`` it dropped them, and the padded row's tokens changed)."""
+    import copy
+    import inspect
+
+    from transformers import GenerationConfig
+
+    model = _causal_lm("llama")
+    prompt = torch.randint(1, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(prompt)
+    prompt[1, :2], mask[1, :2] = 0, 0  # the second row is two tokens shorter, padded on the left
+    settings = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                cache_implementation="static" if cache == "static" else None)
+    compiled = copy.deepcopy(model)
+    regionc.compile(compiled)
+    assert inspect.signature(compiled.forward) == inspect.signature(model.forward)
+    with torch.no_grad():
+        expected = model.generate(prompt, attention_mask=mask, generation_config=settings)
+        actual = compiled.generate(prompt, attention_mask=mask, generation_config=settings)
+    assert torch.equal(actual, expected)
+
+
 def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
     """A Flux pipeline (prompt embeddings given, latents out) with its transformer compiled."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
