@@ -124,10 +124,15 @@ def fits(src: torch.Tensor, dims: Sequence[int]) -> bool:
     return all(src.stride(k) == 0 or src.shape[k] == 1 for k in dims)
 
 
+def unpadded(dst: torch.Tensor, dims: Sequence[int], n: int | None) -> bool:
+    """Whether ``n`` rows fill ``dst`` along ``dims``: nothing to pad (no dims, or ``n`` is their size)."""
+    return all(dst.shape[d] == n for d in dims)
+
+
 def copy_padded(dst: torch.Tensor, src: torch.Tensor, dims: Sequence[int], n: int, pad_value: float | int = 0) -> None:
     """dst[..n..] = src along ``dims``; the rest of each padded dim is filled with ``pad_value``. A
     broadcast dim of ``dst`` is written once (``src`` must :func:`fits` them)."""
-    if not dims or all(dst.shape[d] == n for d in dims):
+    if unpadded(dst, dims, n):
         _write(dst, src)
         return
     head = dst

@@ -24,6 +24,7 @@ from regionc.cudagraph.sizes import (
     fits,
     padded_int_args,
     padded_shape,
+    unpadded,
 )
 
 
@@ -114,8 +115,7 @@ def copy_in(staged: Sequence[StagedInput], args: Sequence[Any], n: int | None, s
             continue  # already in place (the previous graph's output)
         if not s.owned or (s.broadcast and not fits(a, s.broadcast)):
             return s.index
-        whole = not s.broadcast and all(buffer.shape[d] == n for d in s.dims)
-        (plain if whole else padded).append((s, a))
+        (plain if not s.broadcast and unpadded(buffer, s.dims, n) else padded).append((s, a))
     for s, a in padded:
         copy_padded(s.buffer, a, s.dims, n if s.dims else 0, s.pad_value)
     if plain:
