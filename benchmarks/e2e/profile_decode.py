@@ -7,7 +7,8 @@ around one call, then a sync) is the host time before the graph is launched, whi
 plus the graph's span on the GPU. Per variant and batch the result gives:
 
 - kernels per forward, GPU µs per forward, and the first-to-last kernel span (``torch.profiler``);
-- the idle time between kernels inside the span, summed by the kernel that waited;
+- the idle time between kernels inside the span (no kernel running), summed by the kernel that waited,
+  and one layer's kernels with their start, end and idle time (``layer_timeline``);
 - host µs from the call to ``CUDAGraph.replay`` and from there to the return (the replay is
   what both variants call, so this splits host time at the same point), and of the first part the
   saved trace's guard check (``regionc.compile``);
@@ -51,10 +52,12 @@ def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, lis
         events.append((event.time_range.start, event.time_range.end, event.name))
     events.sort()
     idle: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for (_, end, _), (start, _, name) in zip(events, events[1:]):
-        if 0 < start - end < 50:
+    busy_until = events[0][1] if events else 0.0  # kernels overlap under PDL: idle = no kernel running
+    for start, end, name in events[1:]:
+        if 0 < start - busy_until < 50:
             idle[name][0] += 1
-            idle[name][1] += start - end
+            idle[name][1] += start - busy_until
+        busy_until = max(busy_until, end)
     rows = [{"kernel": name[:120], "per_step": count / steps, "us_per_step": us / steps}
             for name, (count, us) in totals.items()]
     rows.sort(key=lambda r: -r["us_per_step"])
@@ -63,6 +66,25 @@ def kernel_table(prof, steps: int) -> tuple[list[dict], float, float, float, lis
     gaps.sort(key=lambda r: -r["idle_us_per_step"])
     span = (events[-1][1] - events[0][0]) / steps if events else 0.0
     return rows, sum(r["per_step"] for r in rows), sum(r["us_per_step"] for r in rows), span, gaps
+
+
+def layer_timeline(prof, anchor: str = "_decode_split_kernel", before: int = 5, after: int = 8) -> list[dict]:
+    """The kernels around the middle occurrence of ``anchor`` in the profile, in start order: name,
+    start and end in µs from the first of them, and the idle time before each (no kernel running;
+    under PDL a kernel starts while the one before it still runs, and its wait counts in its time)."""
+    events = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                    if str(getattr(e, "device_type", None)) == "DeviceType.CUDA")
+    hits = [i for i, (_, _, name) in enumerate(events) if name == anchor]
+    if not hits:
+        return []
+    mid = hits[len(hits) // 2]
+    window = events[max(0, mid - before):mid + after]
+    t0, busy_until, rows = window[0][0], window[0][0], []
+    for start, end, name in window:
+        rows.append({"kernel": name[:60], "start_us": start - t0, "end_us": end - t0,
+                     "idle_before_us": max(0.0, start - busy_until)})
+        busy_until = max(busy_until, end)
+    return rows
 
 
 def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float, float]:
@@ -264,6 +286,7 @@ def main() -> int:
                 if args.trace:
                     prof.export_chrome_trace(str(Path(args.out) / f"trace_{variant}_b{batch}.json"))
                 kernels, count, gpu_us, span_us, gaps = kernel_table(prof, args.steps)
+                timeline = layer_timeline(prof)
                 rewind()
                 host_us = host_us_per_call(run, tokens)
                 rewind()
@@ -272,7 +295,8 @@ def main() -> int:
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
                        "host_us_before_replay": before_us, "host_us_after_replay": after_us,
                        "guard_check_us": guards_us,
-                       "top_kernels": kernels[:25], "idle_before": gaps[:15], "op_calls": op_calls}
+                       "top_kernels": kernels[:25], "idle_before": gaps[:15], "layer_timeline": timeline,
+                       "op_calls": op_calls}
                 results["rows"].append(row)
                 print(f"{variant:>16} b={batch:<3} {ms:6.3f} ms  {count:6.1f} kernels  {gpu_us:8.1f} GPU us/step  "
                       f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call  "
@@ -285,6 +309,9 @@ def main() -> int:
                 print("    idle before:")
                 for g in gaps[:8]:
                     print(f"      {g['idle_us_per_step']:8.1f} us  x{g['per_step']:5.1f}  {g['before_kernel'][:100]}")
+                print("    one layer (µs: start, end, idle before):")
+                for t in timeline:
+                    print(f"      {t['start_us']:8.2f} {t['end_us']:8.2f} {t['idle_before_us']:6.2f}  {t['kernel']}")
                 if batch == args.batches[0]:
                     rewind()
                     print(host_hotspots(run, tokens, calls=CALLS_PER_PHASE))
