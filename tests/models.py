@@ -212,3 +212,29 @@ class ChannelsLastBetweenBlocks(nn.Module):
         x = self.mix(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
         x = self.blocks[1](x)
         return x.sum(dim=(2, 3)) + x.amax(dim=(2, 3))
+
+
+class CheckpointedLayer(ResidualMLP):
+    """A residual MLP that recomputes its body in backward (``torch.utils.checkpoint``, as HF's
+    ``gradient_checkpointing_enable``): Dynamo traces the body as a higher-order op's subgraph."""
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        super().__init__(dim)
+        self.scale = scale
+
+    def body(self, x):
+        return x + self.scale * self.down(F.gelu(self.up(x)))
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.body, x, use_reentrant=False)
+
+
+class CheckpointedStack(nn.Module):
+    def __init__(self, dim: int = 32, scales=(1.0, 1.0, 1.0)):
+        super().__init__()
+        self.layers = nn.ModuleList(CheckpointedLayer(dim, s) for s in scales)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x

@@ -3,9 +3,12 @@
 Two pieces with equal fingerprints can share one compiled artifact: the artifact is
 called with each piece's own inputs (its weights among them). The fingerprint covers
 ops and targets, constant arguments, graph wiring (by position, never by node name),
-input metadata (dtype, shape, stride, offset, device, requires_grad, symbolic dims)
-and tensor constant values; it never includes node or parameter names, which differ
-per layer. A per-layer Python constant (``layer_idx``, a scale) therefore changes the
+input metadata (dtype, shape, stride, offset, device, requires_grad, symbolic dims),
+tensor constant values, and the code of higher-order ops' subgraphs (a checkpointed
+layer's body), written as the piece's own; it never includes node or parameter names,
+which differ per layer. What it cannot read (a module Dynamo did not inline, an opaque
+constant) it writes by identity, so such a piece is never shared, nor found in the disk
+cache by another process. A per-layer Python constant (``layer_idx``, a scale) changes the
 fingerprint, and :func:`first_difference` names it for the report.
 
 Symbolic sizes are named by where they first appear, not by Dynamo's names: a per-layer
@@ -154,16 +157,22 @@ def _covers(code: Fingerprint, piece: Fingerprint) -> bool:
 
 
 def _lines(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], symbols: _Names):
+    items, names = _graph_lines(gm, example_inputs, symbols)
+    items = [f"grad_mode={torch.is_grad_enabled()}", *items, f"symbols {symbols.facts()}"]
+    return items, ["<context>", *names, "<symbols>"], symbols
+
+
+def _graph_lines(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], symbols: _Names):
     index: dict[torch.fx.Node, int] = {}
-    items: list[str] = [f"grad_mode={torch.is_grad_enabled()}"]
-    names: list[str] = ["<context>"]
+    items: list[str] = []
+    names: list[str] = []
     placeholders = iter(example_inputs)
     for position, node in enumerate(gm.graph.nodes):
         index[node] = position
         if node.op == "placeholder":
             line = f"input {describe_value(next(placeholders, None), symbols)}"
         elif node.op == "get_attr":
-            line = f"constant {_constant(gm, node.target)}"
+            line = f"constant {_constant(gm, node.target, symbols)}"
         elif node.op == "call_module":
             # Not inlined by Dynamo: it carries its own state, so it must never be shared.
             module = gm.get_submodule(node.target)
@@ -173,9 +182,7 @@ def _lines(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], symbols: _Na
             line = f"{node.op} {_target(node.target)} {_canon(node.args, index, symbols)} {_canon(node.kwargs, index, symbols)}"
         items.append(line)
         names.append(node.name)
-    items.append(f"symbols {symbols.facts()}")
-    names.append("<symbols>")
-    return items, names, symbols
+    return items, names
 
 
 def first_difference(reference: Fingerprint, other: Fingerprint) -> str:
@@ -219,12 +226,19 @@ def _canon(arg: Any, index: dict[torch.fx.Node, int], symbols: _Names) -> str:
     return repr(arg)
 
 
-def _constant(gm: torch.fx.GraphModule, target: str) -> str:
+def _constant(gm: torch.fx.GraphModule, target: str, symbols: _Names) -> str:
     value = gm
     for atom in target.split("."):
         value = getattr(value, atom)
     if isinstance(value, torch.Tensor):
         return _tensor_value(value)
+    if isinstance(value, torch.fx.GraphModule):
+        # A higher-order op's body (activation checkpointing's, flex attention's score_mod, cond's
+        # branches): each layer's trace holds its own GraphModule object, so it is written by what
+        # it computes, as the piece itself, with its inputs' metadata from the trace.
+        inputs = [node.meta.get("example_value", node.meta.get("val")) for node in value.graph.find_nodes(op="placeholder")]
+        lines, _ = _graph_lines(value, inputs, symbols)
+        return "graph#" + hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
     return f"{type(value).__qualname__}@{id(value)}"  # opaque objects are never shared
 
 

@@ -11,7 +11,7 @@ from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import split_into_pieces
 from regionc.compiler.graph import piece_example_inputs
 from regionc.models.llama import LlamaConfig, build_demo_model
-from tests.models import PerLayerConstant, PerLayerCounters, TinyDiT
+from tests.models import CheckpointedStack, PerLayerConstant, PerLayerCounters, TinyDiT
 
 
 def dynamo_graph(model, *args, dynamic=False):
@@ -163,3 +163,35 @@ def test_glue_over_a_large_float_input_is_not_recomputed():
 
     gm = dynamo_graph(ScaledInput(), torch.randn(256, 512))
     assert rematerialize_tables(gm.graph, detect_blocks(gm.graph)) == 0
+
+
+def _checkpointed_graph(scales):
+    """Dynamo's graph of a ``CheckpointedStack`` (grad on: its layers' bodies become subgraphs)."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch.manual_seed(0)
+    torch.compile(CheckpointedStack(scales=scales), backend=capture)(torch.randn(4, 32, requires_grad=True))
+    return graphs[0]
+
+
+def test_checkpointed_layers_share_a_fingerprint_written_by_their_bodies():
+    """HF's gradient checkpointing traces each layer's body as its own subgraph object: the layers still
+    share one fingerprint, and a second trace (a new process, for the disk cache) gives the same digest."""
+    first = split_and_fingerprint(_checkpointed_graph((1.0, 1.0, 1.0)))
+    pieces, prints = first[1], first[2]
+    blocks = [fp for piece, fp in zip(pieces, prints) if piece.block]
+    assert len(blocks) == 3 and any("constant graph#" in item for item in blocks[0].items)
+    assert len({fp.digest for fp in blocks}) == 1
+    again = [fp for piece, fp in zip(*split_and_fingerprint(_checkpointed_graph((1.0, 1.0, 1.0)))[1:]) if piece.block]
+    assert again[0].digest == blocks[0].digest
+
+
+def test_a_per_layer_constant_inside_a_checkpointed_body_changes_the_fingerprint():
+    _, pieces, prints = split_and_fingerprint(_checkpointed_graph((1.0, 0.5, 1.0)))
+    blocks = [fp for piece, fp in zip(pieces, prints) if piece.block]
+    assert blocks[0].digest == blocks[2].digest != blocks[1].digest
+    assert "constant graph#" in first_difference(blocks[0], blocks[1])

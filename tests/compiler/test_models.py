@@ -13,6 +13,7 @@ from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
 from tests.models import (
     ChannelsLastBetweenBlocks,
+    CheckpointedStack,
     GraphBreakStack,
     NoRepeats,
     PerLayerConstant,
@@ -207,6 +208,22 @@ def test_training_gradients_match_eager():
     for name, p in model.named_parameters():
         torch.testing.assert_close(compiled_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
     assert block_compiles(regionc.last_report()) == 1
+
+
+def test_activation_checkpointed_layers_compile_one_block_and_match_eager_gradients():
+    """Gradient checkpointing (HF's ``gradient_checkpointing_enable``) gives each layer's body its own
+    subgraph object in Dynamo's graph: the layers still compile once, and the gradients are eager's."""
+    torch.manual_seed(0)
+    model = CheckpointedStack(scales=(1.0, 1.0, 1.0, 1.0))
+    x = torch.randn(4, 32, requires_grad=True)
+    compile_regionc(model)(x).square().mean().backward()
+    compiled_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    report = regionc.last_report()
+    model.zero_grad()
+    model(x).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(compiled_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert block_compiles(report) == 1 and report.count("reused", "block") == 3, report.summary()
 
 
 def test_piece_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
