@@ -268,6 +268,10 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
         for key in value:
             if not hasattr(inductor_config, key.split(".")[0]):
                 raise RegioncConfigError(f"regionc: unknown Inductor config {key!r} in option 'inductor_config'")
+        if value.get("freezing"):
+            raise RegioncConfigError("regionc: option 'inductor_config' cannot turn on 'freezing': a compiled piece "
+                                     "takes its weights as inputs (one code serves every layer, each with its own "
+                                     "weights), so there is nothing to freeze")
         return dict(value)
     raise AssertionError(f"no check for option {name}")  # a new field needs a check
 

@@ -29,6 +29,7 @@ def test_unknown_option_lists_valid_ones():
     ({"passes": {"rmsnorm": False}}, "unknown pass 'rmsnorm'.*valid passes: rms_norm"),
     ({"kernel_choice": "fast"}, "'kernel_choice' must be one of auto, always"),
     ({"inductor_config": {"not_a_setting": 1}}, "unknown Inductor config 'not_a_setting'"),
+    ({"inductor_config": {"freezing": True}}, "cannot turn on 'freezing'"),
 ])
 def test_bad_values_name_the_option(options, match):
     with pytest.raises(RegioncConfigError, match=match):

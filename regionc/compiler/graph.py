@@ -31,7 +31,7 @@ from regionc.blocks.split import Piece, split_into_pieces
 from regionc.compiler import background
 from regionc.compiler.floats import specialize_like
 from regionc.compiler.guards import ShapeGuards, guard_count, guarded
-from regionc.compiler.inductor import CompiledPiece, compile_piece, known_miscompile, load_stored_piece, piece_defaults
+from regionc.compiler.inductor import CompiledPiece, compile_piece, known_miscompile, load_stored_piece, piece_config
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
 
@@ -93,7 +93,7 @@ class GraphCompiler:
 
         def obtain(unique: _Unique, in_background: bool) -> None:
             submodule = split._modules[unique.piece.name]  # the piece's graph, under any eager copy installed over it
-            patches = {**piece_defaults(submodule, device), **self.config.inductor_config, **passes}
+            patches = piece_config(submodule, device, self.config.inductor_config, passes)
             try:
                 unique.fn, guards = self._obtain(unique, submodule, inputs[unique.piece.name], patches,
                                                  guards_since, report)

@@ -45,6 +45,7 @@ from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
 from regionc.compiler.reductions import persistent_rows
 from regionc.config import PDL
+from regionc.logs import log_once
 from regionc.passes.decisions import SMALL_ROWS
 
 log = logging.getLogger("regionc")
@@ -73,6 +74,15 @@ _LINEARS = frozenset({torch._C._nn.linear, torch.nn.functional.linear, torch.mat
                       operator.matmul})
 
 
+#: Inductor settings no piece compiles with, whatever the user's. ``freezing`` folds a graph's
+#: weights into its code; a piece takes its weights as inputs (one compiled code serves every layer,
+#: each with its own), and what freezing compiles cannot be serialized for the disk cache
+#: (``regionc.compile`` could not load it at all). The option is refused by name (``regionc/config.py``);
+#: Inductor's global flag is overridden here, with a log line. Under that flag Dynamo still puts
+#: the weights in its graph as constants: those traces are never shared (``regionc/tracing/saved.py``).
+PIECE_OVERRIDES: dict[str, Any] = {"freezing": False}
+
+
 def piece_defaults(gm: torch.fx.GraphModule, device: torch.device) -> dict[str, Any]:
     """The Inductor settings ``gm`` compiles with before the user's: :data:`PIECE_DEFAULTS`, and
     :data:`DECODE_DEFAULTS` for a decode step's piece (:func:`is_decode_step`) on CUDA."""
@@ -80,6 +90,17 @@ def piece_defaults(gm: torch.fx.GraphModule, device: torch.device) -> dict[str, 
         log.debug("regionc: a decode step's piece: compiling it with %s", DECODE_DEFAULTS)
         return {**PIECE_DEFAULTS, **DECODE_DEFAULTS}
     return PIECE_DEFAULTS
+
+
+def piece_config(gm: torch.fx.GraphModule, device: torch.device, user: dict[str, Any],
+                 passes: dict[str, Any]) -> dict[str, Any]:
+    """The Inductor config patches ``gm`` compiles with: its defaults, then the user's
+    ``inductor_config``, then the passes' own settings, then :data:`PIECE_OVERRIDES`."""
+    if torch._inductor.config.freezing:
+        log_once("freezing", "regionc: Inductor's freezing is on; regionc compiles its pieces without it (what "
+                 "freezing compiles cannot be cached), and a block traced with a layer's weights in its graph "
+                 "runs for that layer only", level=logging.WARNING)
+    return {**piece_defaults(gm, device), **user, **passes, **PIECE_OVERRIDES}
 
 
 #: Whether this torch's Inductor computes a wrong gradient for some pieces that return a non-contiguous

@@ -150,9 +150,13 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
         plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
     keys = {record.name: record.key for record in report.pieces}
     missing = [f"{p.name} ({p.label})" for p in pieces if not keys.get(p.name)]
+    attributes = len(split.graph.find_nodes(op="get_attr"))
     recipe, why = None, ""
     if missing:
         why = f"no cached artifact for {', '.join(missing)} (compiled in memory only, or ran eagerly)"
+    elif attributes:
+        why = (f"the graph reads {attributes} tensor(s) as attributes, not inputs (Dynamo installs weights in "
+               "the graph under Inductor's freezing), and a recipe holds no tensors")
     else:
         recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan,
                         _eager_graphs(split, pieces))

@@ -251,11 +251,22 @@ def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
 
     unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
     local = _through_local_classes(entries)
-    keep = [not (e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
-                 or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure
-                 or (local is not None and local.search(e.name)) or e.name.endswith("._compiled_call_impl"))
+    keep = [_baked_tensor(e) or not (
+                e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
+                or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure
+                or (local is not None and local.search(e.name)) or e.name.endswith("._compiled_call_impl"))
             for e in entries]
     return keep
+
+
+def _baked_tensor(entry) -> bool:
+    """Whether ``entry`` checks a tensor's identity: Dynamo put that tensor in the graph as a constant
+    (weights under Inductor's ``freezing``, a tensor marked static with ``guard=True``), so the trace
+    computes with this one tensor, and must not run for another module (another layer's weights) or
+    in another process. The guard is kept, so the trace is not saved: :meth:`TraceSet._trace` falls
+    back, with a log line."""
+    return entry.has_value and isinstance(entry.value, torch.Tensor) and "ID_MATCH" in (
+        entry.guard_type, *(entry.derived_guard_types or ()))
 
 
 def _through_local_classes(entries) -> re.Pattern | None:

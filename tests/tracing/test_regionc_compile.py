@@ -175,3 +175,22 @@ def test_per_block_frames_compiled_per_layer_give_way_to_the_full_trace(caplog, 
     counts = [int(r.getMessage()[len(message):].split()[0]) for r in caplog.records if r.getMessage().startswith(message)]
     assert len(counts) == 1 and counts[0] < 8, counts  # not one compile per layer
     assert sum("the rest of the first call runs its blocks eagerly" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("entry", ["regionc.compile", "backend"])
+def test_inductor_freezing_on_gives_eager_outputs(entry, caplog, tmp_path, monkeypatch):
+    """Under Inductor's global ``freezing`` (a CPU inference recipe) Dynamo puts each layer's weights in
+    the graph as constants, checked by identity: a block's trace then holds one layer's weights and must
+    not run for the others. Outputs equal eager's, the cache on; the pieces compile without freezing."""
+    monkeypatch.setattr(regionc.logs, "_logged", set())  # the freezing line is said once per process
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3)).eval()
+    x = tokens()
+    with torch.no_grad():
+        expected = model(x)
+        with torch._inductor.config.patch(freezing=True), caplog.at_level(logging.INFO, logger="regionc"):
+            options = {"cache_dir": str(tmp_path)}
+            compiled = (regionc.compile(model, options=options) if entry == "regionc.compile"
+                        else torch.compile(model, backend="regionc", options=options))
+            assert_close(compiled(x), expected)
+            assert_close(compiled(x), expected)
+    assert any("Inductor's freezing is on" in r.getMessage() for r in caplog.records)
