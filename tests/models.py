@@ -238,3 +238,28 @@ class CheckpointedStack(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+class FunctionLayer(nn.Module):
+    """A residual layer that holds its activation as a function attribute, which Dynamo checks by identity."""
+
+    def __init__(self, dim: int, act):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.act = act
+
+    def forward(self, x):
+        return x + self.act(self.lin(x))
+
+
+class PerLayerFunction(nn.Module):
+    """Layers of one class holding different functions: the middle one runs other code."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.layers = nn.ModuleList(FunctionLayer(dim, act) for act in (F.gelu, F.silu, F.gelu))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x

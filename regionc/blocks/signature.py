@@ -1,5 +1,5 @@
 """What code a block instance runs, beyond its class: the classes of the modules it holds, the forwards
-set on them and their hooks.
+set on them, their hooks, and the functions they hold as attributes.
 
 Blocks of one class are traced once and that trace is run for all of them, which is right only if
 they run the same code. Three things make one instance run other code than its siblings while its
@@ -8,7 +8,10 @@ reuse one block's trace over a submodule of another class, a forward set on an i
 hook, and a per-block frame's guards do not cover hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``).
 Each happens in practice: PEFT's LoRA on some layers only (``layers_to_transform``) swaps those layers'
 linears for LoRA modules, accelerate's hooks set ``forward`` on the modules they wrap, and
-``kernels.kernelize`` sets it on the function modules that transformers keeps in dicts.
+``kernels.kernelize`` sets it on the function modules that transformers keeps in dicts. A function held
+as an attribute (``self.act = F.gelu`` in one layer, ``F.silu`` in the next) is a fourth: Dynamo checks
+it by identity, a check a saved trace cannot keep (``regionc/tracing/saved.py``), so it is named here by
+its qualified name and its code (two lambdas of one line differ in their constants).
 
 A module's held modules are its submodules and the modules in its attributes' dicts, lists and
 tuples (how the ``kernels`` package keeps them, unregistered).
@@ -16,6 +19,8 @@ tuples (how the ``kernels`` package keeps them, unregistered).
 
 from __future__ import annotations
 
+import hashlib
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,10 +43,13 @@ def held_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def signature(block: nn.Module) -> tuple:
     """What decides the code ``block`` runs besides its class: each held module's path and class, the
-    forward set on it (by name) and its forward hooks (by name). Equal for instances that run the same code."""
+    forward set on it (by name), its forward hooks (by name) and the functions it holds as attributes (by
+    name and code). Equal for instances that run the same code."""
     return tuple((path, _name(type(sub)), _name(vars(sub).get("forward")),
                   tuple(_name(hook) for hook in sub._forward_pre_hooks.values()),
-                  tuple(_name(hook) for hook in sub._forward_hooks.values()))
+                  tuple(_name(hook) for hook in sub._forward_hooks.values()),
+                  tuple((name, _code(value)) for name, value in vars(sub).items()
+                        if name != "forward" and callable(value) and not isinstance(value, (nn.Module, type))))
                  for path, sub in held_modules(block))
 
 
@@ -55,10 +63,25 @@ def difference(first: nn.Module, other: nn.Module) -> str | None:
         where = path or "the block"
         if a is None or b is None:
             return f"{where} is held by one of them only"
-        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks"), a, b):
+        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks", "functions held"),
+                              a, b):
             if x != y:
                 return f"{where}: {what} {x or 'none'} against {y or 'none'}"
     return None
+
+
+def _code(value: Any) -> str | None:
+    """A callable's qualified name and, for a Python function, a digest of its code and constants."""
+    function = getattr(value, "func", None) or getattr(value, "__func__", None) or value
+    code = getattr(function, "__code__", None)
+    return _name(value) if code is None else f"{_name(value)}#{_code_digest(code)}"
+
+
+def _code_digest(code: types.CodeType) -> str:
+    digest = hashlib.sha256(code.co_code + repr(code.co_names).encode())
+    for const in code.co_consts:  # a nested function's code by its own digest, never by its address
+        digest.update((_code_digest(const) if isinstance(const, types.CodeType) else repr(const)).encode())
+    return digest.hexdigest()[:12]
 
 
 def _name(value: Any) -> str | None:

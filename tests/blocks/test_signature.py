@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import torch
 from torch import nn
 
 from regionc.blocks.detect import find_repeated_blocks
@@ -20,8 +21,16 @@ class Block(nn.Module):
         return self.funcs["act"](self.lin(x))
 
 
+#: two functions of one line, different in a constant only
+LAMBDAS = (lambda x: x * 2, lambda x: x * 3)
+
+
 def _stack(n=3):
-    return nn.Sequential(*(Block() for _ in range(n)))
+    """``n`` blocks, each holding one function as an attribute (``self.act = F.gelu`` in a real model)."""
+    blocks = [Block() for _ in range(n)]
+    for block in blocks:
+        block.lin.act = LAMBDAS[0]
+    return nn.Sequential(*blocks)
 
 
 def test_held_modules_are_the_submodules_and_the_modules_in_attribute_containers():
@@ -39,9 +48,12 @@ def test_blocks_of_one_class_running_other_code_make_a_stack_per_kind():
                                                             types.MethodType(lambda self, x: x, b.funcs["act"])),
         "a forward hook": lambda b: b.lin.register_forward_hook(lambda m, a, out: out),
         "a forward pre-hook": lambda b: b.lin.register_forward_pre_hook(lambda m, a: None),
+        "another function held": lambda b: setattr(b.lin, "act", torch.nn.functional.silu),
+        "a lambda of other constants": lambda b: setattr(b.lin, "act", LAMBDAS[1]),
     }
     expected = {"a module of another class": "lin: class", "a forward set on a held module": "funcs['act']: forward set on it",
-                "a forward hook": "lin: forward hooks", "a forward pre-hook": "lin: forward pre-hooks"}
+                "a forward hook": "lin: forward hooks", "a forward pre-hook": "lin: forward pre-hooks",
+                "another function held": "lin: functions held", "a lambda of other constants": "lin: functions held"}
     for what, change in changes.items():
         model = _stack()
         change(model[2])
