@@ -146,7 +146,7 @@ class TraceSet:
         report.trace_source = "saved trace " + key[:12]
         try:
             with report.phase("total"), loading_programs(self.config, report):
-                trace, modules = pickle.loads(payload)
+                trace, modules, read = pickle.loads(payload)
                 scope = {**self.fn.__globals__, **{name: importlib.import_module(m) for name, m in modules.items()}}
                 with _guards_context():
                     compiled = torch.compiler.load_compiled_function(io.BytesIO(trace), f_globals=scope,
@@ -164,7 +164,7 @@ class TraceSet:
             report.fallbacks.append(f"saved trace {key[:12]} stale: {', '.join(stale)} changed")
             store.remove(key)
             return None
-        return _Entry(compiled, report)
+        return _Entry(compiled, report, self.fn.__globals__, read)
 
     def _trace_and_save(self, store, key: str, base: dict, module, args, kwargs) -> _Entry:
         from torch._dynamo.aot_compile import AOTCompiledFunction
@@ -173,7 +173,7 @@ class TraceSet:
         with entry.report.phase("trace_save"):
             try:
                 trace = AOTCompiledFunction.serialize(entry.compiled, external_data=self.external).serialized_data
-                payload = pickle.dumps((trace, self._installed_modules(entry.compiled)))
+                payload = pickle.dumps((trace, self._installed_modules(entry.compiled), entry.read))
             except Exception as exc:  # noqa: BLE001 - not saveable: it still runs in this process
                 reason = first_line(exc)
                 log.warning("regionc: %s: trace not saved (%s)", _name(self.fn), reason)
@@ -196,7 +196,8 @@ class TraceSet:
             start_compile_workers()  # a trace is followed by a compile: let the workers start meanwhile
         # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
         flag = {"enable_aot_compile": True} if hasattr(torch._dynamo.config, "enable_aot_compile") else {}
-        saveable = functools.partial(_saveable, self.fn.__code__.co_freevars)
+        read: list[str] = []  # the globals whose values the kept guards check, filled by _saveable
+        saveable = functools.partial(_saveable, self.fn.__code__.co_freevars, read)
         options = {**(self.compile_args["options"] or {}), "guard_filter_fn": saveable}
         with torch._dynamo.config.patch(**flag):
             compiled = torch.compile(self.fn, fullgraph=True, **{**self.compile_args, "options": options})
@@ -207,7 +208,7 @@ class TraceSet:
             if self.config.strict or not (self.strategy == "full" or _only_saving_failed(exc)):
                 raise  # regionc.compile tries its next block tracing (regionc/tracing/compile.py)
             raise _NotSaveable(first_line(exc)) from exc
-        return _Entry(traced, last_report())
+        return _Entry(traced, last_report(), self.fn.__globals__, read)
 
     # ------------------------------------------------------------------ key
     def _key(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
@@ -233,13 +234,19 @@ class TraceSet:
         })
 
 
-def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
-    """Dynamo's guards that a saved trace keeps: all but those on Python globals and those whose check
-    is an object's identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``), which mean
-    nothing in another process. ``aot_compile``'s own filter drops the same kinds, but only by a guard's
-    own type, so a guard that merely derives from ``ID_MATCH`` stops the save (every transformers and
-    diffusers model has some). What the dropped guards protected is covered by the trace's key (the
-    function, the module's class, the arguments' types) and by the guards kept (the values read).
+#: a guard's source that is a global of the traced function's module itself (not an attribute of one)
+_GLOBAL = re.compile(r"G\['([^']+)'\]")
+
+
+def _saveable(closure: tuple[str, ...], read: list[str], entries) -> list[bool]:
+    """Dynamo's guards that a saved trace keeps: all but those on Python globals other than their values
+    (``read`` gets the names of the globals whose values are kept: :class:`_Entry` re-reads them) and
+    those whose check is an object's identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``),
+    which mean nothing in another process, except on a tensor (:func:`_baked_tensor`). ``aot_compile``'s
+    own filter drops the same kinds, but only by a guard's own type, so a guard that merely derives from
+    ``ID_MATCH`` stops the save (every transformers and diffusers model has some). What the dropped guards
+    protected is covered by the trace's key (the function, the module's class and the code it holds, the
+    arguments' types) and by the guards kept (the values read).
     Guards on the function's own closure variables (``closure``: a decorator's wrapped ``func``) are
     dropped too: a loaded trace is handed no closure to check them against, and the key and the
     source check cover the function they name. So are the checks that a module's ``_compiled_call_impl``
@@ -252,11 +259,20 @@ def _saveable(closure: tuple[str, ...], entries) -> list[bool]:
     unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
     local = _through_local_classes(entries)
     keep = [_baked_tensor(e) or not (
-                e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
+                (e.is_global and not _global_value(e)) or e.guard_type in unsupported
+                or unsupported & set(e.derived_guard_types or ())
                 or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure
                 or (local is not None and local.search(e.name)) or e.name.endswith("._compiled_call_impl"))
             for e in entries]
+    read.extend(m[1] for e, kept in zip(entries, keep) if kept and e.is_global and (m := _GLOBAL.fullmatch(e.name)))
     return keep
+
+
+def _global_value(entry) -> bool:
+    """Whether ``entry`` checks the value of a global the trace read (a module-level flag or scale, a
+    branch taken on it): kept, so a trace runs only while the global holds that value, in this process
+    and in another (where it may come from the environment)."""
+    return entry.guard_type == "CONSTANT_MATCH" and "ID_MATCH" not in (entry.derived_guard_types or ())
 
 
 def _baked_tensor(entry) -> bool:
@@ -442,9 +458,14 @@ class _NotSaveable(Exception):
 
 
 class _Entry:
-    """One saved (or just traced) trace; calls it after checking its guards."""
+    """One saved (or just traced) trace; calls it after checking its guards.
 
-    def __init__(self, compiled, report: Report):
+    A loaded trace runs in (and checks its guards against) a copy of the traced function's globals made
+    when it loaded (``load_compiled_function``): a global's later value would never reach its guard. So
+    the globals whose values its guards check (``read``) are copied in again from ``live`` (the function's
+    module globals) before each check."""
+
+    def __init__(self, compiled, report: Report, live: dict[str, Any], read: list[str]):
         self.compiled = compiled
         self.report = report
         self.fn = compiled.fn  # Dynamo's bytecode, calling the compiled program
@@ -452,16 +473,23 @@ class _Entry:
         self.guards = artifacts.guard_manager
         self.binding = Binding(artifacts.signature, artifacts.runtime_env.bytecode.co_freevars,
                                artifacts.runtime_env.closure)
+        self.scope, self.live, self.read = self.fn.__globals__, live, read
 
     def f_locals(self, module, args: tuple, kwargs: dict) -> dict[str, Any]:
         values = self.binding(module, args, kwargs)
         return values if values is not None else self.compiled.prepare_f_locals(module, *args, **kwargs)
 
     def check(self, module, args: tuple, kwargs: dict) -> bool:
+        self._read_globals()
         return self.guards.check(self.f_locals(module, args, kwargs))
 
     def why_not(self, module, args: tuple, kwargs: dict) -> str:
+        self._read_globals()
         return str(self.guards.check_verbose(self.f_locals(module, args, kwargs))).splitlines()[0]
+
+    def _read_globals(self) -> None:
+        for name in self.read:
+            self.scope[name] = self.live.get(name)
 
 
 class Binding:

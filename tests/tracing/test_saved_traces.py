@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import logging
@@ -22,6 +23,8 @@ MODEL_SOURCE = '''
 import torch
 from torch import nn
 
+SCALE = 0.5  # a module-level value the forward reads (a flag or a scale, in real models)
+
 
 class Block(nn.Module):
     def __init__(self, dim):
@@ -29,7 +32,7 @@ class Block(nn.Module):
         self.lin = nn.Linear(dim, dim)
 
     def forward(self, x):
-        return x + torch.tanh(self.lin(x)) * 0.5
+        return x + torch.tanh(self.lin(x)) * SCALE
 
 
 def _module_of(fn):
@@ -328,3 +331,23 @@ def test_a_loaded_trace_checks_the_guards_a_fresh_trace_checks(tmp_path):
         line for line in loaded.splitlines() if "NO_TENSOR_ALIASING" in line)
     if torch._dynamo.config.use_recursive_dict_tags_for_guards:  # torch 2.11 (2.13 turned the matching off)
         assert loaded.count("tag_safe=(True, True)") == fresh.count("tag_safe=(True, True)") > 0
+
+
+@pytest.mark.parametrize("tracing", [MODEL_LEVEL, "per_block"])
+def test_a_global_the_forward_reads_is_checked_traced_and_loaded(model_module, tmp_path, tracing):
+    """A module-level value the forward reads is baked into the trace: the trace runs only while the global
+    holds that value, after a trace and after a load (which runs in a copy of the module's globals)."""
+    x = x_of()
+    for run in ("traced", "loaded"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model_module.SCALE = 0.5
+        model = model_module.Net()
+        eager = copy.deepcopy(model)
+        compiled = regionc.compile(model, options={"cache_dir": str(tmp_path / "cache"), "block_tracing": tracing})
+        with torch.no_grad():
+            assert_close(compiled(x), eager(x))
+            assert regionc.last_report().trace_source.startswith("saved trace " if run == "loaded" else "traced"), run
+            for scale in (0.25, 0.5, 0.25):
+                model_module.SCALE = scale
+                assert_close(compiled(x), eager(x))
