@@ -42,7 +42,7 @@ class ShapeGuards:
     """A Python expression over symbol names, and where each symbol's value is read from a call's inputs."""
 
     code: str
-    bindings: tuple[tuple[str, int, str, int], ...]  # (symbol, input index, "int"|"size"|"stride"|"offset", dim)
+    bindings: tuple[tuple[str, int, str, int], ...]  # (symbol, input index, "int"|"float"|"size"|"stride"|"offset", dim)
 
     def holds(self, args: Sequence[Any]) -> bool:
         code, interp = self._compiled
@@ -65,8 +65,10 @@ class ShapeGuards:
         return cls(fields["code"], tuple(tuple(b) for b in fields["bindings"]))
 
 
-def _read(value: Any, kind: str, dim: int) -> int:
+def _read(value: Any, kind: str, dim: int) -> int | float:
     """The value a binding names; on fake inputs, the size they were traced with (reading it adds no guard)."""
+    if kind == "float":
+        return value.node.hint if isinstance(value, torch.SymFloat) else float(value)
     if kind == "int":
         read = value
     elif kind == "size":
@@ -109,9 +111,13 @@ def guards_added(example_inputs: Sequence[Any], since: int) -> ShapeGuards | Non
     return ShapeGuards(PythonPrinter().doprint(sympy.And(*exprs)), tuple(b for b in bindings if b[0] in used))
 
 
-def _symints(value: Any) -> Iterator[tuple[torch.SymInt, str, int]]:
+def _symints(value: Any) -> Iterator[tuple[torch.SymInt | torch.SymFloat, str, int]]:
+    """The symbols an input carries: a symbolic int or float (a Python scalar Dynamo made symbolic,
+    which Inductor may specialize back to the value it was traced with), and a tensor's sizes."""
     if isinstance(value, torch.SymInt):
         yield value, "int", 0
+    elif isinstance(value, torch.SymFloat):
+        yield value, "float", 0
     elif isinstance(value, torch.Tensor):
         yield from ((s, "size", d) for d, s in enumerate(value.shape) if isinstance(s, torch.SymInt))
         yield from ((s, "stride", d) for d, s in enumerate(value.stride()) if isinstance(s, torch.SymInt))

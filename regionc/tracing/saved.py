@@ -234,19 +234,19 @@ class TraceSet:
         })
 
 
-#: a guard's source that is a global of the traced function's module itself (not an attribute of one)
-_GLOBAL = re.compile(r"G\['([^']+)'\]")
+#: a global, or a public attribute of one (``G['config'].FLAG``): the global's name, then the attributes
+_GLOBAL_ATTRIBUTE = re.compile(r"G\['([^']+)'\]((?:\.[A-Za-z]\w*)*)")
 
 
-def _saveable(closure: tuple[str, ...], read: list[str], entries) -> list[bool]:
-    """Dynamo's guards that a saved trace keeps: all but those on Python globals other than their values
-    (``read`` gets the names of the globals whose values are kept: :class:`_Entry` re-reads them) and
-    those whose check is an object's identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``),
-    which mean nothing in another process, except on a tensor (:func:`_baked_tensor`). ``aot_compile``'s
-    own filter drops the same kinds, but only by a guard's own type, so a guard that merely derives from
-    ``ID_MATCH`` stops the save (every transformers and diffusers model has some). What the dropped guards
-    protected is covered by the trace's key (the function, the module's class and the code it holds, the
-    arguments' types) and by the guards kept (the values read).
+def _saveable(closure: tuple[str, ...], read: list, entries) -> list[bool]:
+    """Dynamo's guards that a saved trace keeps: all but those on Python globals (``read`` gets the values
+    of globals they check, which :class:`_Entry` checks itself) and those whose check is an object's
+    identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``), which mean nothing in another
+    process, except on a tensor (:func:`_baked_tensor`). ``aot_compile``'s own filter drops the same kinds,
+    but only by a guard's own type, so a guard that merely derives from ``ID_MATCH`` stops the save (every
+    transformers and diffusers model has some). What the dropped guards protected is covered by the
+    trace's key (the function, the module's class and the code it holds, the arguments' types), by the
+    guards kept (the values read) and by the globals' values.
     Guards on the function's own closure variables (``closure``: a decorator's wrapped ``func``) are
     dropped too: a loaded trace is handed no closure to check them against, and the key and the
     source check cover the function they name. So are the checks that a module's ``_compiled_call_impl``
@@ -259,20 +259,25 @@ def _saveable(closure: tuple[str, ...], read: list[str], entries) -> list[bool]:
     unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
     local = _through_local_classes(entries)
     keep = [_baked_tensor(e) or not (
-                (e.is_global and not _global_value(e)) or e.guard_type in unsupported
-                or unsupported & set(e.derived_guard_types or ())
+                e.is_global or e.guard_type in unsupported or unsupported & set(e.derived_guard_types or ())
                 or re.split(r"[.\[]", e.name.removeprefix("L['"), maxsplit=1)[0].rstrip("']") in closure
                 or (local is not None and local.search(e.name)) or e.name.endswith("._compiled_call_impl"))
             for e in entries]
-    read.extend(m[1] for e, kept in zip(entries, keep) if kept and e.is_global and (m := _GLOBAL.fullmatch(e.name)))
+    read.extend(value for e in entries if (value := _global_value(e)) is not None)
     return keep
 
 
-def _global_value(entry) -> bool:
-    """Whether ``entry`` checks the value of a global the trace read (a module-level flag or scale, a
-    branch taken on it): kept, so a trace runs only while the global holds that value, in this process
-    and in another (where it may come from the environment)."""
-    return entry.guard_type == "CONSTANT_MATCH" and "ID_MATCH" not in (entry.derived_guard_types or ())
+def _global_value(entry) -> tuple[str, tuple[str, ...], Any] | None:
+    """(global, attributes, value) when ``entry`` checks the value of a global the trace read (a
+    module-level flag or scale, a branch taken on it) or of a public attribute of one (a flag in another
+    module); else None. Dynamo's guard on it is not kept: a loaded trace would check it against a copy of
+    the module's globals made at load, or (through a module) not at all; :class:`_Entry` checks the value
+    itself, on the live module, in every process (where the value may come from the environment)."""
+    match = _GLOBAL_ATTRIBUTE.fullmatch(entry.name)
+    if match is None or entry.guard_type != "CONSTANT_MATCH" or not entry.has_value \
+            or not isinstance(entry.value, (type(None), bool, int, float, str)):
+        return None
+    return match[1], tuple(match[2].split(".")[1:]), entry.value
 
 
 def _baked_tensor(entry) -> bool:
@@ -457,15 +462,20 @@ class _NotSaveable(Exception):
     """Dynamo could not trace the function in one graph with saveable guards (the message says why)."""
 
 
+_MISSING = object()
+#: global values a trace's bytecode may read as inputs (a float Dynamo made symbolic after it changed)
+_SCALARS = (bool, int, float, complex)
+
+
 class _Entry:
     """One saved (or just traced) trace; calls it after checking its guards.
 
-    A loaded trace runs in (and checks its guards against) a copy of the traced function's globals made
-    when it loaded (``load_compiled_function``): a global's later value would never reach its guard. So
-    the globals whose values its guards check (``read``) are copied in again from ``live`` (the function's
-    module globals) before each check."""
+    The values of globals the trace read (``read``, from :func:`_global_value`) are checked here, on
+    ``live`` (the traced function's module globals), before Dynamo's guards. Its bytecode reads globals
+    from a copy of ``live`` made when it was built or loaded; the numbers it reads as inputs (a global
+    float Dynamo made symbolic) are copied in again before each check, so it never runs on old ones."""
 
-    def __init__(self, compiled, report: Report, live: dict[str, Any], read: list[str]):
+    def __init__(self, compiled, report: Report, live: dict[str, Any], read: list[tuple[str, tuple[str, ...], Any]]):
         self.compiled = compiled
         self.report = report
         self.fn = compiled.fn  # Dynamo's bytecode, calling the compiled program
@@ -473,23 +483,35 @@ class _Entry:
         self.guards = artifacts.guard_manager
         self.binding = Binding(artifacts.signature, artifacts.runtime_env.bytecode.co_freevars,
                                artifacts.runtime_env.closure)
-        self.scope, self.live, self.read = self.fn.__globals__, live, read
+        self.live, self.read = live, read
+        self.scope = self.fn.__globals__  # a copy of ``live``, made when the trace was built or loaded
+        self.scalars = [name for name in artifacts.runtime_env.used_globals
+                        if self.scope is not live and isinstance(live.get(name), _SCALARS)]
 
     def f_locals(self, module, args: tuple, kwargs: dict) -> dict[str, Any]:
         values = self.binding(module, args, kwargs)
         return values if values is not None else self.compiled.prepare_f_locals(module, *args, **kwargs)
 
     def check(self, module, args: tuple, kwargs: dict) -> bool:
-        self._read_globals()
-        return self.guards.check(self.f_locals(module, args, kwargs))
+        for name in self.scalars:
+            self.scope[name] = self.live.get(name)
+        return self._changed_global() is None and self.guards.check(self.f_locals(module, args, kwargs))
 
     def why_not(self, module, args: tuple, kwargs: dict) -> str:
-        self._read_globals()
+        changed = self._changed_global()
+        if changed is not None:
+            return changed
         return str(self.guards.check_verbose(self.f_locals(module, args, kwargs))).splitlines()[0]
 
-    def _read_globals(self) -> None:
-        for name in self.read:
-            self.scope[name] = self.live.get(name)
+    def _changed_global(self) -> str | None:
+        """Which global the trace read has another value now (in words), or None."""
+        for name, attributes, value in self.read:
+            now = self.live.get(name, _MISSING)
+            for attribute in attributes:
+                now = getattr(now, attribute, _MISSING)
+            if type(now) is not type(value) or now != value:
+                return f"{'.'.join((name, *attributes))} is {now!r}, traced with {value!r}"
+        return None
 
 
 class Binding:

@@ -37,6 +37,18 @@ def test_the_guards_a_compile_adds_are_checked_on_real_sizes():
     assert ShapeGuards.from_bytes(found.to_bytes()) == found
 
 
+def test_a_specialized_float_input_is_checked_on_real_values():
+    """A Python float Dynamo made symbolic (a global that changed) comes to a piece as a SymFloat input;
+    Inductor may specialize it back to its traced value, and the piece's code is then right for that value only."""
+    env = ShapeEnv()
+    symbol = env.create_symbol(0.5, LocalSource("scale"), dynamic_dim=DimDynamic.DYNAMIC)
+    scale = env.create_symfloatnode(symbol, hint=0.5)
+    since = guard_count([scale])
+    assert float(scale) == 0.5  # reading the value: a specialization
+    found = guards_added([scale], since)
+    assert found is not None and found.holds([0.5]) and not found.holds([0.25])
+
+
 def test_a_compile_that_adds_no_guard_carries_none():
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x = fake(mode, 6, "x")

@@ -23,7 +23,10 @@ MODEL_SOURCE = '''
 import torch
 from torch import nn
 
+import types
+
 SCALE = 0.5  # a module-level value the forward reads (a flag or a scale, in real models)
+SETTINGS = types.SimpleNamespace(shift=0.0)  # one read through a global's attribute (a flag of another module)
 
 
 class Block(nn.Module):
@@ -32,7 +35,7 @@ class Block(nn.Module):
         self.lin = nn.Linear(dim, dim)
 
     def forward(self, x):
-        return x + torch.tanh(self.lin(x)) * SCALE
+        return x + torch.tanh(self.lin(x)) * SCALE + SETTINGS.shift
 
 
 def _module_of(fn):
@@ -341,13 +344,14 @@ def test_a_global_the_forward_reads_is_checked_traced_and_loaded(model_module, t
     for run in ("traced", "loaded"):
         torch._dynamo.reset()
         torch.manual_seed(0)
-        model_module.SCALE = 0.5
+        model_module.SCALE, model_module.SETTINGS.shift = 0.5, 0.0
         model = model_module.Net()
         eager = copy.deepcopy(model)
         compiled = regionc.compile(model, options={"cache_dir": str(tmp_path / "cache"), "block_tracing": tracing})
         with torch.no_grad():
             assert_close(compiled(x), eager(x))
             assert regionc.last_report().trace_source.startswith("saved trace " if run == "loaded" else "traced"), run
-            for scale in (0.25, 0.5, 0.25):
-                model_module.SCALE = scale
+            # a global changed twice becomes an input of the next trace (Dynamo's automatic dynamic)
+            for scale, shift in ((0.25, 0.0), (0.5, 0.0), (0.125, 0.0), (0.5, 1.0), (0.25, 2.0), (0.5, 0.0)):
+                model_module.SCALE, model_module.SETTINGS.shift = scale, shift
                 assert_close(compiled(x), eager(x))
