@@ -31,25 +31,38 @@ def held_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(path, module)`` for ``module``, its submodules and the modules in their dict, list and tuple attributes."""
     for path, sub in module.named_modules():
         yield path, sub
-        for name, value in vars(sub).items():
-            if name == "_modules":
-                continue  # the submodules, visited by named_modules
-            items = value.items() if isinstance(value, dict) else enumerate(value) \
-                if isinstance(value, (list, tuple)) else ()
-            for key, item in items:
-                if isinstance(item, nn.Module):
-                    yield f"{path}.{name}[{key!r}]".lstrip("."), item
+        for name, item in _attributes(sub):
+            if isinstance(item, nn.Module) and "[" in name:
+                yield f"{path}.{name}".lstrip("."), item
+
+
+#: torch's own bookkeeping in every module's ``__dict__`` (its submodules, parameters, hooks keyed by a
+#: process-wide counter): read apart, or not at all
+_MODULE_STATE = frozenset(vars(nn.Module())) | {"forward", "_compiled_call_impl"}
+
+
+def _attributes(module: nn.Module) -> Iterator[tuple[str, Any]]:
+    """``(name, value)`` for a module's own attributes and the items of its dict, list and tuple
+    attributes (``name[key]``), torch's bookkeeping and a ``forward`` set on it aside."""
+    for name, value in vars(module).items():
+        if name in _MODULE_STATE:
+            continue
+        yield name, value
+        items = value.items() if isinstance(value, dict) else enumerate(value) \
+            if isinstance(value, (list, tuple)) else ()
+        for key, item in items:
+            yield f"{name}[{key!r}]", item
 
 
 def signature(block: nn.Module) -> tuple:
     """What decides the code ``block`` runs besides its class: each held module's path and class, the
-    forward set on it (by name), its forward hooks (by name) and the functions it holds as attributes (by
-    name and code). Equal for instances that run the same code."""
+    forward set on it (by name), its forward hooks (by name) and the functions it holds as attributes or
+    in their dicts, lists and tuples (by name and code). Equal for instances that run the same code."""
     return tuple((path, _name(type(sub)), _name(vars(sub).get("forward")),
                   tuple(_name(hook) for hook in sub._forward_pre_hooks.values()),
                   tuple(_name(hook) for hook in sub._forward_hooks.values()),
-                  tuple((name, _code(value)) for name, value in vars(sub).items()
-                        if name != "forward" and callable(value) and not isinstance(value, (nn.Module, type))))
+                  tuple((name, _code(value)) for name, value in _attributes(sub)
+                        if callable(value) and not isinstance(value, (nn.Module, type))))
                  for path, sub in held_modules(block))
 
 

@@ -30,7 +30,21 @@ def _stack(n=3):
     blocks = [Block() for _ in range(n)]
     for block in blocks:
         block.lin.act = LAMBDAS[0]
+        block.table = {"act": torch.nn.functional.gelu}
     return nn.Sequential(*blocks)
+
+
+def test_one_hook_on_every_block_keeps_them_one_kind():
+    """torch keys each module's hooks by a process-wide counter: the same hook on every block is one kind."""
+    model = _stack()
+    for block in model:
+        block.lin.register_forward_hook(_identity_hook)
+        block.compile()  # a compiled call set on the instance is not other code
+    assert difference(model[0], model[2]) is None and len(find_repeated_blocks(model)) == 1
+
+
+def _identity_hook(module, args, out):
+    return out
 
 
 def test_held_modules_are_the_submodules_and_the_modules_in_attribute_containers():
@@ -50,10 +64,12 @@ def test_blocks_of_one_class_running_other_code_make_a_stack_per_kind():
         "a forward pre-hook": lambda b: b.lin.register_forward_pre_hook(lambda m, a: None),
         "another function held": lambda b: setattr(b.lin, "act", torch.nn.functional.silu),
         "a lambda of other constants": lambda b: setattr(b.lin, "act", LAMBDAS[1]),
+        "another function in a dict": lambda b: setattr(b, "table", {"act": torch.nn.functional.silu}),
     }
     expected = {"a module of another class": "lin: class", "a forward set on a held module": "funcs['act']: forward set on it",
                 "a forward hook": "lin: forward hooks", "a forward pre-hook": "lin: forward pre-hooks",
-                "another function held": "lin: functions held", "a lambda of other constants": "lin: functions held"}
+                "another function held": "lin: functions held", "a lambda of other constants": "lin: functions held",
+                "another function in a dict": "the block: functions held"}
     for what, change in changes.items():
         model = _stack()
         change(model[2])
