@@ -1,5 +1,6 @@
 """What code a block instance runs, beyond its class: the classes of the modules it holds, the forwards
-set on them, their hooks, and the functions they hold as attributes.
+set on them, their hooks, the functions they hold as attributes, and the values held by modules of
+function-local classes.
 
 Blocks of one class are traced once and that trace is run for all of them, which is right only if
 they run the same code. Three things make one instance run other code than its siblings while its
@@ -11,7 +12,9 @@ linears for LoRA modules, accelerate's hooks set ``forward`` on the modules they
 ``kernels.kernelize`` sets it on the function modules that transformers keeps in dicts. A function held
 as an attribute (``self.act = F.gelu`` in one layer, ``F.silu`` in the next) is a fourth: Dynamo checks
 it by identity, a check a saved trace cannot keep (``regionc/tracing/saved.py``), so it is named here by
-its qualified name and its code (two lambdas of one line differ in their constants).
+its qualified name and its code (two lambdas of one line differ in their constants). And a saved trace
+checks nothing below a module of a function-local class (torch cannot save such a guard), so the plain
+values those modules hold are named too.
 
 A module's held modules are its submodules and the modules in its attributes' dicts, lists and
 tuples (how the ``kernels`` package keeps them, unregistered).
@@ -62,8 +65,20 @@ def signature(block: nn.Module) -> tuple:
                   tuple(_name(hook) for hook in sub._forward_pre_hooks.values()),
                   tuple(_name(hook) for hook in sub._forward_hooks.values()),
                   tuple((name, _code(value)) for name, value in _attributes(sub)
-                        if callable(value) and not isinstance(value, (nn.Module, type))))
+                        if callable(value) and not isinstance(value, (nn.Module, type))),
+                  _local_values(sub))
                  for path, sub in held_modules(block))
+
+
+def _local_values(module: nn.Module) -> tuple:
+    """The plain values (numbers, strings, flags) a module of a function-local class holds. torch cannot
+    save a guard on such a module, so a saved trace checks nothing below it (``regionc/tracing/saved.py``):
+    its values must be the same for every block that runs one trace. Other modules' values are Dynamo's
+    guards' to check (a per-layer ``layer_idx`` among them), not the signature's."""
+    if "<locals>" not in type(module).__qualname__:
+        return ()
+    return tuple((name, value) for name, value in _attributes(module)
+                 if isinstance(value, (type(None), bool, int, float, complex, str, bytes)))
 
 
 def difference(first: nn.Module, other: nn.Module) -> str | None:
@@ -76,8 +91,8 @@ def difference(first: nn.Module, other: nn.Module) -> str | None:
         where = path or "the block"
         if a is None or b is None:
             return f"{where} is held by one of them only"
-        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks", "functions held"),
-                              a, b):
+        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks", "functions held",
+                               "values held by a function-local class"), a, b):
             if x != y:
                 return f"{where}: {what} {x or 'none'} against {y or 'none'}"
     return None

@@ -21,6 +21,20 @@ class Block(nn.Module):
         return self.funcs["act"](self.lin(x))
 
 
+def _local_class():
+    class Scaled(nn.Module):  # defined in a function, as the kernels package wraps functions
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            return x * self.scale
+
+    return Scaled
+
+
+LocalScaled = _local_class()
+
 #: two functions of one line, different in a constant only
 LAMBDAS = (lambda x: x * 2, lambda x: x * 3)
 
@@ -31,6 +45,7 @@ def _stack(n=3):
     for block in blocks:
         block.lin.act = LAMBDAS[0]
         block.table = {"act": torch.nn.functional.gelu}
+        block.scaled = LocalScaled(0.5)
     return nn.Sequential(*blocks)
 
 
@@ -65,11 +80,13 @@ def test_blocks_of_one_class_running_other_code_make_a_stack_per_kind():
         "another function held": lambda b: setattr(b.lin, "act", torch.nn.functional.silu),
         "a lambda of other constants": lambda b: setattr(b.lin, "act", LAMBDAS[1]),
         "another function in a dict": lambda b: setattr(b, "table", {"act": torch.nn.functional.silu}),
+        "another value in a function-local class": lambda b: setattr(b.scaled, "scale", 1.0),
     }
     expected = {"a module of another class": "lin: class", "a forward set on a held module": "funcs['act']: forward set on it",
                 "a forward hook": "lin: forward hooks", "a forward pre-hook": "lin: forward pre-hooks",
                 "another function held": "lin: functions held", "a lambda of other constants": "lin: functions held",
-                "another function in a dict": "the block: functions held"}
+                "another function in a dict": "the block: functions held",
+                "another value in a function-local class": "scaled: values held by a function-local class"}
     for what, change in changes.items():
         model = _stack()
         change(model[2])
