@@ -196,7 +196,7 @@ class TraceSet:
             start_compile_workers()  # a trace is followed by a compile: let the workers start meanwhile
         # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
         flag = {"enable_aot_compile": True} if hasattr(torch._dynamo.config, "enable_aot_compile") else {}
-        read: list[str] = []  # the globals whose values the kept guards check, filled by _saveable
+        read: list[tuple[str, tuple[str, ...], Any]] = []  # the globals' values the trace read, filled by _saveable
         saveable = functools.partial(_saveable, self.fn.__code__.co_freevars, read)
         options = {**(self.compile_args["options"] or {}), "guard_filter_fn": saveable}
         with torch._dynamo.config.patch(**flag):
@@ -238,7 +238,7 @@ class TraceSet:
 _GLOBAL_ATTRIBUTE = re.compile(r"G\['([^']+)'\]((?:\.[A-Za-z]\w*)*)")
 
 
-def _saveable(closure: tuple[str, ...], read: list, entries) -> list[bool]:
+def _saveable(closure: tuple[str, ...], read: list[tuple[str, tuple[str, ...], Any]], entries) -> list[bool]:
     """Dynamo's guards that a saved trace keeps: all but those on Python globals (``read`` gets the values
     of globals they check, which :class:`_Entry` checks itself) and those whose check is an object's
     identity (``ID_MATCH`` and the guards built on it, ``DICT_VERSION``), which mean nothing in another
