@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
@@ -296,6 +297,35 @@ class PerLayerLocalValue(nn.Module):
     def __init__(self, dim: int = 16):
         super().__init__()
         self.layers = nn.ModuleList(LocalScaleLayer(dim, s) for s in (0.5, 1.0, 0.5))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Gate(enum.Enum):
+    TANH = 1
+    SIGMOID = 2
+
+
+class GateLayer(nn.Module):
+    """A residual layer that picks its gate by an enum member, which Dynamo checks by identity."""
+
+    def __init__(self, dim: int, gate: Gate):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.gate = gate
+
+    def forward(self, x):
+        h = self.lin(x)
+        return x + (torch.tanh(h) if self.gate is Gate.TANH else torch.sigmoid(h))
+
+
+class PerLayerEnum(nn.Module):
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.layers = nn.ModuleList(GateLayer(dim, g) for g in (Gate.TANH, Gate.SIGMOID, Gate.TANH))
 
     def forward(self, x):
         for layer in self.layers:

@@ -10,9 +10,10 @@ hook, and a per-block frame's guards do not cover hooks (``torch._dynamo.config.
 Each happens in practice: PEFT's LoRA on some layers only (``layers_to_transform``) swaps those layers'
 linears for LoRA modules, accelerate's hooks set ``forward`` on the modules they wrap, and
 ``kernels.kernelize`` sets it on the function modules that transformers keeps in dicts. A function held
-as an attribute (``self.act = F.gelu`` in one layer, ``F.silu`` in the next) is a fourth: Dynamo checks
-it by identity, a check a saved trace cannot keep (``regionc/tracing/saved.py``), so it is named here by
-its qualified name and its code (two lambdas of one line differ in their constants). And a saved trace
+as an attribute (``self.act = F.gelu`` in one layer, ``F.silu`` in the next) is a fourth, and so are a
+class and an enum member: Dynamo checks them by identity, a check a saved trace cannot keep
+(``regionc/tracing/saved.py``), so they are named here, a function by its qualified name and its code (two
+lambdas of one line differ in their constants). And a saved trace
 checks nothing below a module of a function-local class (torch cannot save such a guard), so the plain
 values those modules hold are named too.
 
@@ -22,6 +23,7 @@ tuples (how the ``kernels`` package keeps them, unregistered).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import types
 from collections.abc import Iterator
@@ -59,13 +61,13 @@ def _attributes(module: nn.Module) -> Iterator[tuple[str, Any]]:
 
 def signature(block: nn.Module) -> tuple:
     """What decides the code ``block`` runs besides its class: each held module's path and class, the
-    forward set on it (by name), its forward hooks (by name) and the functions it holds as attributes or
-    in their dicts, lists and tuples (by name and code). Equal for instances that run the same code."""
+    forward set on it (by name), its forward hooks (by name), the functions, classes and enum members it
+    holds as attributes or in their dicts, lists and tuples (:func:`_identity`), and the plain values of a
+    function-local class (:func:`_local_values`). Equal for instances that run the same code."""
     return tuple((path, _name(type(sub)), _name(vars(sub).get("forward")),
                   tuple(_name(hook) for hook in sub._forward_pre_hooks.values()),
                   tuple(_name(hook) for hook in sub._forward_hooks.values()),
-                  tuple((name, _code(value)) for name, value in _attributes(sub)
-                        if callable(value) and not isinstance(value, (nn.Module, type))),
+                  tuple((name, ident) for name, value in _attributes(sub) if (ident := _identity(value)) is not None),
                   _local_values(sub))
                  for path, sub in held_modules(block))
 
@@ -91,10 +93,23 @@ def difference(first: nn.Module, other: nn.Module) -> str | None:
         where = path or "the block"
         if a is None or b is None:
             return f"{where} is held by one of them only"
-        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks", "functions held",
-                               "values held by a function-local class"), a, b):
+        for what, x, y in zip(("class", "forward set on it", "forward pre-hooks", "forward hooks",
+                               "functions, classes or enum members held", "values held by a function-local class"), a, b):
             if x != y:
                 return f"{where}: {what} {x or 'none'} against {y or 'none'}"
+    return None
+
+
+def _identity(value: Any) -> str | None:
+    """What Dynamo checks by identity in a value a module holds, in words that hold across processes: a
+    function (by name and code), a class (by name), an enum member (by class and name). None for anything
+    else: modules are held modules, and other values are Dynamo's guards' to check."""
+    if isinstance(value, enum.Enum):
+        return f"{_name(type(value))}.{value.name}"
+    if isinstance(value, type):
+        return _name(value)
+    if callable(value) and not isinstance(value, nn.Module):
+        return _code(value)
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import types
 
 import torch
@@ -35,6 +36,11 @@ def _local_class():
 
 LocalScaled = _local_class()
 
+
+class Kind(enum.Enum):
+    SELF = 1
+    CROSS = 2
+
 #: two functions of one line, different in a constant only
 LAMBDAS = (lambda x: x * 2, lambda x: x * 3)
 
@@ -46,6 +52,7 @@ def _stack(n=3):
         block.lin.act = LAMBDAS[0]
         block.table = {"act": torch.nn.functional.gelu}
         block.scaled = LocalScaled(0.5)
+        block.kind, block.norm_cls = Kind.SELF, nn.LayerNorm
     return nn.Sequential(*blocks)
 
 
@@ -81,11 +88,14 @@ def test_blocks_of_one_class_running_other_code_make_a_stack_per_kind():
         "a lambda of other constants": lambda b: setattr(b.lin, "act", LAMBDAS[1]),
         "another function in a dict": lambda b: setattr(b, "table", {"act": torch.nn.functional.silu}),
         "another value in a function-local class": lambda b: setattr(b.scaled, "scale", 1.0),
+        "another enum member": lambda b: setattr(b, "kind", Kind.CROSS),
+        "another class held": lambda b: setattr(b, "norm_cls", nn.RMSNorm),
     }
     expected = {"a module of another class": "lin: class", "a forward set on a held module": "funcs['act']: forward set on it",
                 "a forward hook": "lin: forward hooks", "a forward pre-hook": "lin: forward pre-hooks",
-                "another function held": "lin: functions held", "a lambda of other constants": "lin: functions held",
-                "another function in a dict": "the block: functions held",
+                "another function held": "lin: functions", "a lambda of other constants": "lin: functions",
+                "another function in a dict": "the block: functions", "another enum member": "the block: functions",
+                "another class held": "the block: functions",
                 "another value in a function-local class": "scaled: values held by a function-local class"}
     for what, change in changes.items():
         model = _stack()

@@ -12,7 +12,7 @@ from regionc.blocks.detect import find_repeated_blocks
 from regionc.models.llama import DecoderLayer, LlamaConfig, build_demo_model
 from regionc.tracing.compile import nested_regions_reuse_traces
 from tests.helpers import NO_CACHE, assert_close, block_compiles
-from tests.models import NoRepeats, PerLayerFunction, PerLayerLocalValue, TinyDiT
+from tests.models import NoRepeats, PerLayerEnum, PerLayerFunction, PerLayerLocalValue, TinyDiT
 
 needs_region_reuse = pytest.mark.skipif(not nested_regions_reuse_traces(),
                                         reason=f"torch {torch.__version__} re-traces nested compile regions")
@@ -197,11 +197,11 @@ def test_inductor_freezing_on_gives_eager_outputs(entry, caplog, tmp_path, monke
 
 
 @pytest.mark.parametrize("block_tracing", ["auto", "per_block"])
-@pytest.mark.parametrize("model_cls", [PerLayerFunction, PerLayerLocalValue])
+@pytest.mark.parametrize("model_cls", [PerLayerFunction, PerLayerEnum, PerLayerLocalValue])
 def test_layers_holding_other_functions_or_local_values_run_their_own(model_cls, block_tracing, tmp_path):
-    """A layer that holds another function as an attribute (``self.act``), or another value in a module of
-    a function-local class, runs its own, not the traced layer's: Dynamo checks the function by identity
-    and the module's values below a guard torch cannot save, and a saved trace keeps neither."""
+    """A layer that holds another function or enum member as an attribute (``self.act``), or another value
+    in a module of a function-local class, runs its own, not the traced layer's: Dynamo checks the first
+    two by identity and the module's values below a guard torch cannot save, and a saved trace keeps none."""
     model = model_cls()
     x = torch.randn(4, 16)
     with torch.no_grad():
