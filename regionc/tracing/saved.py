@@ -463,8 +463,16 @@ class _NotSaveable(Exception):
 
 
 _MISSING = object()
-#: global values a trace's bytecode may read as inputs (a float Dynamo made symbolic after it changed)
-_SCALARS = (bool, int, float, complex)
+#: global values a trace's bytecode may read as inputs (a float Dynamo made symbolic after it changed, a
+#: module-level tensor)
+_INPUTS = (bool, int, float, complex, torch.Tensor)
+
+
+def _layout(value: Any) -> tuple:
+    """A global input's type, and a tensor's dtype, shape, stride and device: what its code assumes."""
+    if isinstance(value, torch.Tensor):
+        return (torch.Tensor, value.dtype, tuple(value.shape), value.stride(), value.device, value.requires_grad)
+    return (type(value),)
 
 
 class _Entry:
@@ -472,8 +480,10 @@ class _Entry:
 
     The values of globals the trace read (``read``, from :func:`_global_value`) are checked here, on
     ``live`` (the traced function's module globals), before Dynamo's guards. Its bytecode reads globals
-    from a copy of ``live`` made when it was built or loaded; the numbers it reads as inputs (a global
-    float Dynamo made symbolic) are copied in again before each check, so it never runs on old ones."""
+    from a copy of ``live`` made when it was built or loaded; the numbers and tensors it reads as inputs
+    (a global float Dynamo made symbolic, a module-level tensor) are copied in again before each check, so
+    it never runs on old ones, and a tensor of another dtype, shape, stride or device does not fit (Dynamo's
+    check of it is not kept in a saved trace)."""
 
     def __init__(self, compiled, report: Report, live: dict[str, Any], read: list[tuple[str, tuple[str, ...], Any]]):
         self.compiled = compiled
@@ -485,16 +495,15 @@ class _Entry:
                                artifacts.runtime_env.closure)
         self.live, self.read = live, read
         self.scope = self.fn.__globals__  # a copy of ``live``, made when the trace was built or loaded
-        self.scalars = [name for name in artifacts.runtime_env.used_globals
-                        if self.scope is not live and isinstance(live.get(name), _SCALARS)]
+        used = artifacts.runtime_env.used_globals  # the values the trace read, as it read them
+        self.inputs = {name: _layout(used[name]) for name in used
+                       if self.scope is not live and isinstance(used[name], _INPUTS)}
 
     def f_locals(self, module, args: tuple, kwargs: dict) -> dict[str, Any]:
         values = self.binding(module, args, kwargs)
         return values if values is not None else self.compiled.prepare_f_locals(module, *args, **kwargs)
 
     def check(self, module, args: tuple, kwargs: dict) -> bool:
-        for name in self.scalars:
-            self.scope[name] = self.live.get(name)
         return self._changed_global() is None and self.guards.check(self.f_locals(module, args, kwargs))
 
     def why_not(self, module, args: tuple, kwargs: dict) -> str:
@@ -504,7 +513,13 @@ class _Entry:
         return str(self.guards.check_verbose(self.f_locals(module, args, kwargs))).splitlines()[0]
 
     def _changed_global(self) -> str | None:
-        """Which global the trace read has another value now (in words), or None."""
+        """Which global the trace read has another value (or a tensor another layout) now, in words, or
+        None; the inputs it reads are copied in meanwhile."""
+        for name, layout in self.inputs.items():
+            now = self.live.get(name, _MISSING)
+            if _layout(now) != layout:
+                return f"global {name} is {_layout(now)}, traced with {layout}"
+            self.scope[name] = now
         for name, attributes, value in self.read:
             now = self.live.get(name, _MISSING)
             for attribute in attributes:

@@ -27,6 +27,7 @@ import types
 
 SCALE = 0.5  # a module-level value the forward reads (a flag or a scale, in real models)
 SETTINGS = types.SimpleNamespace(shift=0.0)  # one read through a global's attribute (a flag of another module)
+OFFSET = torch.zeros(32)  # a module-level tensor
 
 
 class Block(nn.Module):
@@ -35,7 +36,7 @@ class Block(nn.Module):
         self.lin = nn.Linear(dim, dim)
 
     def forward(self, x):
-        return x + torch.tanh(self.lin(x)) * SCALE + SETTINGS.shift
+        return x + torch.tanh(self.lin(x)) * SCALE + SETTINGS.shift + OFFSET
 
 
 def _module_of(fn):
@@ -339,12 +340,13 @@ def test_a_loaded_trace_checks_the_guards_a_fresh_trace_checks(tmp_path):
 @pytest.mark.parametrize("tracing", [MODEL_LEVEL, "per_block"])
 def test_a_global_the_forward_reads_is_checked_traced_and_loaded(model_module, tmp_path, tracing):
     """A module-level value the forward reads is baked into the trace: the trace runs only while the global
-    holds that value, after a trace and after a load (which runs in a copy of the module's globals)."""
+    holds that value, after a trace and after a load (which runs in a copy of the module's globals); a
+    module-level tensor reassigned is read anew, and one of another shape gets a trace of its own."""
     x = x_of()
     for run in ("traced", "loaded"):
         torch._dynamo.reset()
         torch.manual_seed(0)
-        model_module.SCALE, model_module.SETTINGS.shift = 0.5, 0.0
+        model_module.SCALE, model_module.SETTINGS.shift, model_module.OFFSET = 0.5, 0.0, torch.zeros(32)
         model = model_module.Net()
         eager = copy.deepcopy(model)
         compiled = regionc.compile(model, options={"cache_dir": str(tmp_path / "cache"), "block_tracing": tracing})
@@ -354,4 +356,7 @@ def test_a_global_the_forward_reads_is_checked_traced_and_loaded(model_module, t
             # a global changed twice becomes an input of the next trace (Dynamo's automatic dynamic)
             for scale, shift in ((0.25, 0.0), (0.5, 0.0), (0.125, 0.0), (0.5, 1.0), (0.25, 2.0), (0.5, 0.0)):
                 model_module.SCALE, model_module.SETTINGS.shift = scale, shift
+                assert_close(compiled(x), eager(x))
+            for offset in (torch.ones(32), torch.ones(1), torch.zeros(32)):  # reassigned: another value, shape
+                model_module.OFFSET = offset
                 assert_close(compiled(x), eager(x))
