@@ -41,6 +41,9 @@ def held_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
                 yield f"{path}.{name}".lstrip("."), item
 
 
+#: values compared by what they are, the same in every process (numbers, strings, flags, None)
+PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes)
+
 #: torch's own bookkeeping in every module's ``__dict__`` (its submodules, parameters, hooks keyed by a
 #: process-wide counter): read apart, or not at all
 _MODULE_STATE = frozenset(vars(nn.Module())) | {"forward", "_compiled_call_impl"}
@@ -79,8 +82,7 @@ def _local_values(module: nn.Module) -> tuple:
     guards' to check (a per-layer ``layer_idx`` among them), not the signature's."""
     if "<locals>" not in type(module).__qualname__:
         return ()
-    return tuple((name, value) for name, value in _attributes(module)
-                 if isinstance(value, (type(None), bool, int, float, complex, str, bytes)))
+    return tuple((name, value) for name, value in _attributes(module) if isinstance(value, PLAIN_VALUES))
 
 
 def difference(first: nn.Module, other: nn.Module) -> str | None:

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from regionc.blocks.signature import signature
+from regionc.blocks.signature import PLAIN_VALUES, signature
 from regionc.cache import open_store
 from regionc.compiler import background
 from regionc.compiler.inductor import start_compile_workers
@@ -275,7 +275,7 @@ def _global_value(entry) -> tuple[str, tuple[str, ...], Any] | None:
     itself, on the live module, in every process (where the value may come from the environment)."""
     match = _GLOBAL_ATTRIBUTE.fullmatch(entry.name)
     if match is None or entry.guard_type != "CONSTANT_MATCH" or not entry.has_value \
-            or not isinstance(entry.value, (type(None), bool, int, float, str)):
+            or not isinstance(entry.value, PLAIN_VALUES):
         return None
     return match[1], tuple(match[2].split(".")[1:]), entry.value
 
