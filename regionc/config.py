@@ -243,6 +243,8 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
             raise bad("a path string")
         return os.fspath(value)
     if kind.startswith("tuple"):
+        if isinstance(value, (str, bytes, Mapping)):  # "16" would read as the sizes 1 and 6
+            raise bad("a non-empty list of positive integers")
         try:
             numbers = [_parse_number(v, int) for v in value]
         except TypeError:

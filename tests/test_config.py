@@ -26,6 +26,7 @@ def test_unknown_option_lists_valid_ones():
     ({"cudagraphs": "yes"}, "'cudagraphs' must be True, False or None"),
     ({"min_instances": 0}, "'min_instances' must be a positive int"),
     ({"capture_sizes": []}, "'capture_sizes' must be a non-empty list"),
+    ({"capture_sizes": "16"}, "'capture_sizes' must be a non-empty list of positive integers, got '16'"),
     ({"passes": {"rmsnorm": False}}, "unknown pass 'rmsnorm'.*valid passes: rms_norm"),
     ({"kernel_choice": "fast"}, "'kernel_choice' must be one of auto, always"),
     ({"inductor_config": {"not_a_setting": 1}}, "unknown Inductor config 'not_a_setting'"),
