@@ -76,8 +76,17 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
 
     ``mode`` and ``options`` are those of ``torch.compile(backend="regionc")``. The model's
     ``forward`` becomes a :class:`CompiledForward`, and its block instances are changed in place
-    (their class, or their compiled call).
+    (their class, or their compiled call). A module's own ``forward`` may be passed instead, as in
+    Hugging Face's ``model.forward = torch.compile(model.forward, ...)``: the module is compiled and
+    its new ``forward`` returned. Blocks are found in a module, so anything else is refused.
     """
+    owner = getattr(model, "__self__", None)
+    if isinstance(owner, nn.Module) and getattr(model, "__func__", None) is getattr(type(owner).forward, "__func__",
+                                                                                     type(owner).forward):
+        return compile(owner, mode=mode, options=options, dynamic=dynamic).forward
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"regionc.compile takes an nn.Module (or its forward), got {type(model).__name__}; "
+                        "compile a function with torch.compile(fn, backend='regionc')")
     config = Config.build(options, mode)
     stacks = find_repeated_blocks(model, config.min_instances)
     strategy = config.block_tracing

@@ -10,7 +10,7 @@ import torch
 import regionc
 from regionc.blocks.detect import find_repeated_blocks
 from regionc.models.llama import DecoderLayer, LlamaConfig, build_demo_model
-from regionc.tracing.compile import nested_regions_reuse_traces
+from regionc.tracing.compile import CompiledForward, nested_regions_reuse_traces
 from tests.helpers import NO_CACHE, assert_close, block_compiles
 from tests.models import NoRepeats, PerLayerEnum, PerLayerFunction, PerLayerLocalValue, TinyDiT
 
@@ -94,6 +94,23 @@ def test_auto_and_models_without_repeats(caplog):
 def test_bad_block_tracing_option_is_named():
     with pytest.raises(regionc.RegioncConfigError, match="'block_tracing' must be one of auto, nested_region"):
         regionc.compile(NoRepeats(), options={"block_tracing": "magic"})
+
+
+def test_a_modules_forward_compiles_the_module_and_anything_else_is_refused():
+    """Hugging Face's recipe compiles ``model.forward``: that compiles the module and hands back its new
+    forward; a function or another method has no blocks to find and is refused by name."""
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    x = tokens()
+    expected = model(x)
+    before = len(regionc.reports())
+    model.forward = regionc.compile(model.forward, options=NO_CACHE)
+    with torch.no_grad():
+        assert_close(model(x), expected)
+    assert isinstance(model.forward, CompiledForward)
+    assert regionc.reports()[before:]  # compiled through the backend, not run eagerly
+    for bad in (lambda x: x, model.state_dict, 3):
+        with pytest.raises(TypeError, match="regionc.compile takes an nn.Module .or its forward., got"):
+            regionc.compile(bad)
 
 
 class AliasingBlock(torch.nn.Module):
