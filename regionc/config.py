@@ -267,9 +267,13 @@ def _check(name: str, field: dataclasses.Field, value: Any) -> Any:
             raise bad("a dict of Inductor config names to values")
         from torch._inductor import config as inductor_config
 
-        for key in value:
-            if not hasattr(inductor_config, key.split(".")[0]):
+        settings = inductor_config.get_config_copy()  # every setting by its dotted name ("triton.enable_pdl")
+        for key, setting in value.items():
+            if key not in settings:
                 raise RegioncConfigError(f"regionc: unknown Inductor config {key!r} in option 'inductor_config'")
+            if isinstance(settings[key], bool) and not isinstance(setting, bool):  # Inductor takes "no" as on
+                raise RegioncConfigError(f"regionc: Inductor config {key!r} in option 'inductor_config' must be "
+                                         f"True or False, got {setting!r}")
         if value.get("freezing"):
             raise RegioncConfigError("regionc: option 'inductor_config' cannot turn on 'freezing': a compiled piece "
                                      "takes its weights as inputs (one code serves every layer, each with its own "

@@ -30,6 +30,8 @@ def test_unknown_option_lists_valid_ones():
     ({"passes": {"rmsnorm": False}}, "unknown pass 'rmsnorm'.*valid passes: rms_norm"),
     ({"kernel_choice": "fast"}, "'kernel_choice' must be one of auto, always"),
     ({"inductor_config": {"not_a_setting": 1}}, "unknown Inductor config 'not_a_setting'"),
+    ({"inductor_config": {"triton.not_a_setting": 1}}, "unknown Inductor config 'triton.not_a_setting'"),
+    ({"inductor_config": {"triton.enable_pdl": "no"}}, "'triton.enable_pdl' in option 'inductor_config' must be True or False, got 'no'"),
     ({"inductor_config": {"freezing": True}}, "cannot turn on 'freezing'"),
 ])
 def test_bad_values_name_the_option(options, match):
