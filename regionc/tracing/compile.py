@@ -81,8 +81,7 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     its new ``forward`` returned. Blocks are found in a module, so anything else is refused.
     """
     owner = getattr(model, "__self__", None)
-    if isinstance(owner, nn.Module) and getattr(model, "__func__", None) is getattr(type(owner).forward, "__func__",
-                                                                                     type(owner).forward):
+    if isinstance(owner, nn.Module) and getattr(model, "__func__", None) is type(owner).forward:
         return compile(owner, mode=mode, options=options, dynamic=dynamic).forward
     if not isinstance(model, nn.Module):
         raise TypeError(f"regionc.compile takes an nn.Module (or its forward), got {type(model).__name__}; "
