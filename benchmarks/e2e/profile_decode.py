@@ -87,10 +87,13 @@ def layer_timeline(prof, anchor: str = "_decode_split_kernel", before: int = 5, 
     return rows
 
 
-def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float, float]:
+def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float, float, float]:
     """Median host µs (call -> ``CUDAGraph.replay``, ``replay`` -> return, and of the first part the
     saved trace's guard check, ``regionc.compile`` only: NaN otherwise), synchronized per call as the
-    latency measurement is: the GPU idles for the first part."""
+    latency measurement is: the GPU idles for the first part. Last, the same check repeated back to
+    back on the last call's arguments: on a 2-core CPU machine an HF Llama trace's check takes 42 µs
+    back to back and 150-200 µs after the host touched 32 MB, so the two tell a check slowed by what the host
+    did since the last step from a slow host."""
     import time
 
     import torch
@@ -106,12 +109,15 @@ def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float, float]:
         replay(graph)
         marks.append(time.perf_counter())
 
+    last: list[tuple] = []
+
     def timed_check(entry, *args):
         start = time.perf_counter()
         try:
             return check(entry, *args)
         finally:
             guard_marks.append(time.perf_counter() - start)
+            last[:] = [(entry, *args)]
 
     before, after, guards = [], [], []
     torch.cuda.CUDAGraph.replay, _Entry.check = timed_replay, timed_check
@@ -130,9 +136,16 @@ def host_split_us(run, tokens, calls: int = 50) -> tuple[float, float, float]:
     finally:
         torch.cuda.CUDAGraph.replay, _Entry.check = replay, check
     torch.cuda.synchronize()
+    warm = []
+    for _ in range(calls if last else 0):
+        start = time.perf_counter()
+        check(*last[0])
+        warm.append(time.perf_counter() - start)
     median = statistics.median
     nan = float("nan")
-    return (median(before) * 1e6, median(after) * 1e6, median(guards) * 1e6) if before else (nan, nan, nan)
+    if not before:
+        return nan, nan, nan, nan
+    return median(before) * 1e6, median(after) * 1e6, median(guards) * 1e6, median(warm) * 1e6 if warm else nan
 
 
 def host_hotspots(run, tokens, calls: int = 100, top: int = 20) -> str:
@@ -284,23 +297,25 @@ def main() -> int:
                         run(tokens)
                     torch.cuda.synchronize()
                 if args.trace:
+                    Path(args.out).mkdir(parents=True, exist_ok=True)
                     prof.export_chrome_trace(str(Path(args.out) / f"trace_{variant}_b{batch}.json"))
                 kernels, count, gpu_us, span_us, gaps = kernel_table(prof, args.steps)
                 timeline = layer_timeline(prof)
                 rewind()
                 host_us = host_us_per_call(run, tokens)
                 rewind()
-                before_us, after_us, guards_us = host_split_us(run, tokens)
+                before_us, after_us, guards_us, warm_us = host_split_us(run, tokens)
                 row = {"variant": variant, "batch": batch, "ms": ms, "kernels_per_step": count,
                        "gpu_us_per_step": gpu_us, "gpu_span_us_per_step": span_us, "host_us_per_call": host_us,
                        "host_us_before_replay": before_us, "host_us_after_replay": after_us,
-                       "guard_check_us": guards_us,
+                       "guard_check_us": guards_us, "guard_check_back_to_back_us": warm_us,
                        "top_kernels": kernels[:25], "idle_before": gaps[:15], "layer_timeline": timeline,
                        "op_calls": op_calls}
                 results["rows"].append(row)
                 print(f"{variant:>16} b={batch:<3} {ms:6.3f} ms  {count:6.1f} kernels  {gpu_us:8.1f} GPU us/step  "
                       f"span {span_us:8.1f} us/step  host {host_us:8.1f} us/call  "
-                      f"before replay {before_us:6.1f} us (guards {guards_us:5.1f})  after {after_us:6.1f} us",
+                      f"before replay {before_us:6.1f} us (guards {guards_us:5.1f}, back to back {warm_us:5.1f})  "
+                      f"after {after_us:6.1f} us",
                       flush=True)
                 for call in op_calls:
                     print(f"    decode-attention op: {call}")
