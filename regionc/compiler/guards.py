@@ -91,20 +91,31 @@ def guards_added(example_inputs: Sequence[Any], since: int) -> ShapeGuards | Non
     """The guards added to the ShapeEnv of ``example_inputs`` after its first ``since`` that bear on
     their symbols (None when there are none). Counted from the moment Dynamo handed the graph over, not
     from this piece's compile: a symbol an earlier piece's compile specialized is a constant in this
-    piece's code too. Raises :class:`UncheckableGuard` when such a guard also names a symbol the inputs
-    do not carry."""
+    piece's code too.
+
+    A guard that also names a symbol found nowhere in the inputs' sizes, strides and offsets came from
+    another piece's compile (every symbol of a piece's code comes from its inputs), and is left to that
+    piece: another layer's ``s1 != 16*s94``, where ``s94`` is that layer's cache length, says nothing
+    this piece's code could have used. Raises :class:`UncheckableGuard` when a guard names a symbol no
+    size of the inputs gives alone (one inside a larger size, ``s0 + s1``, and nowhere by itself)."""
     env = _shape_env(example_inputs)
     if env is None or len(env.guards) <= since:
         return None
     bindings = _bindings(example_inputs, env)
     bound = {b[0] for b in bindings}
-    exprs = [g.expr for g in env.guards[since:] if {str(s) for s in g.expr.free_symbols} & bound]
+    carried = _carried(example_inputs, env)
+
+    def foreign(symbol: sympy.Symbol) -> bool:
+        return str(symbol) not in carried and not {str(s) for s in env.replace(symbol).free_symbols} & carried
+
+    exprs = [g.expr for g in env.guards[since:]
+             if {str(s) for s in g.expr.free_symbols} & carried and not any(map(foreign, g.expr.free_symbols))]
     if not exprs:
         return None
     unbound = {str(s) for e in exprs for s in e.free_symbols} - bound
     if unbound:
-        raise UncheckableGuard(f"Inductor guarded on {', '.join(sorted(unbound))}, which no input of the piece "
-                               f"carries ({'; '.join(map(str, exprs))})")
+        raise UncheckableGuard(f"Inductor guarded on {', '.join(sorted(unbound))}, which no size, stride or offset "
+                               f"of the piece's inputs gives alone ({'; '.join(map(str, exprs))})")
     from torch.utils._sympy.printers import PythonPrinter
 
     used = {str(s) for e in exprs for s in e.free_symbols}
@@ -130,6 +141,17 @@ def _shape_env(example_inputs: Sequence[Any]):
         for symint, _, _ in _symints(value):
             return symint.node.shape_env
     return None
+
+
+def _carried(example_inputs: Sequence[Any], env) -> set[str]:
+    """Every symbol in the inputs' sizes, strides and offsets, alone or inside a larger expression, before
+    and after the ShapeEnv's renaming."""
+    carried: set[str] = set()
+    for value in example_inputs:
+        for symint, _, _ in _symints(value):
+            raw = symint.node._expr
+            carried.update(str(s) for expr in (raw, env.replace(raw)) for s in expr.free_symbols)
+    return carried
 
 
 def _bindings(example_inputs: Sequence[Any], env) -> tuple[tuple[str, int, str, int], ...]:
