@@ -137,6 +137,20 @@ class PerLayerConstant(nn.Module):
         return x
 
 
+class GrowingStages(nn.Module):
+    """Stages of one class and growing width (a CNN's or a Swin's): blocks of one class that take other
+    inputs, never one compiled block for all."""
+
+    def __init__(self, widths=(8, 16, 32)):
+        super().__init__()
+        self.stages = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = F.gelu(stage(x))
+        return x
+
+
 class ResidualMLP(nn.Module):
     def __init__(self, dim: int):
         super().__init__()

@@ -24,7 +24,7 @@ from torch._dynamo.exc import RestartAnalysis
 
 from regionc.blocks.boundaries import fuse_block_boundaries
 from regionc.blocks.detect import detect_blocks, pretty_path
-from regionc.blocks.fingerprint import Fingerprint, fingerprint_piece, first_difference, share
+from regionc.blocks.fingerprint import Fingerprint, fingerprint_piece, first_difference, only_constants_differ, share
 from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
@@ -238,8 +238,9 @@ class GraphCompiler:
     @staticmethod
     def _report_reuse_breakers(pieces: list[Piece], prints: dict[str, Fingerprint], owners: list[int],
                                report: Report) -> None:
-        """Name what makes instances of one stack compile separately: a per-layer constant, or layers of
-        another kind (Gemma's sliding and full attention layers share a class)."""
+        """Name what makes instances of one stack compile separately: a per-layer constant (a warning: the
+        block could be shared without it), or layers of another kind or size (Gemma's sliding and full
+        attention layers, a model's stages of growing width: logged)."""
         first: dict[str, int] = {}
         seen: dict[str, set[int]] = defaultdict(set)
         for i, piece in enumerate(pieces):
@@ -248,9 +249,13 @@ class GraphCompiler:
             stack = piece.block.stack
             reference = first.setdefault(stack, i)
             if owners[i] != owners[reference] and owners[i] not in seen[stack]:
-                message = (f"{piece.label} cannot reuse {pieces[reference].label}'s compiled code: "
-                           f"{first_difference(prints[pieces[reference].name], prints[piece.name])}")
-                log.warning("regionc: %s (a per-layer constant, or a layer of another kind, compiles apart)", message)
+                ref_print, other = prints[pieces[reference].name], prints[piece.name]
+                message = f"{piece.label} cannot reuse {pieces[reference].label}'s compiled code: " \
+                          f"{first_difference(ref_print, other)}"
+                if only_constants_differ(ref_print, other):
+                    log.warning("regionc: %s (a per-layer constant: it compiles apart)", message)
+                else:
+                    log.info("regionc: %s (it takes other inputs or runs other code: it compiles apart)", message)
                 report.reuse_breakers.append(message)
             seen[stack].add(owners[i])
 

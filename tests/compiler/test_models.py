@@ -15,6 +15,7 @@ from tests.models import (
     ChannelsLastBetweenBlocks,
     CheckpointedStack,
     GraphBreakStack,
+    GrowingStages,
     NoRepeats,
     PerLayerConstant,
     PerLayerCounters,
@@ -144,7 +145,19 @@ def test_per_layer_constant_is_named_and_output_still_correct(caplog):
     assert block_compiles(report) == 3  # each layer differs: no reuse possible
     assert len(report.reuse_breakers) == 2
     assert "0.5" in report.reuse_breakers[0] and "1.0" in report.reuse_breakers[0]
-    assert "layers.1 cannot reuse layers.0" in caplog.text
+    assert [r.levelno for r in caplog.records if "layers.1 cannot reuse layers.0" in r.getMessage()] == [logging.WARNING]
+
+
+def test_blocks_of_growing_width_compile_apart_without_a_warning(caplog):
+    """Blocks of one class and other widths differ in their inputs, not in a constant the user could move
+    out of the block: what keeps them apart is logged (and reported), never warned about."""
+    model, x = GrowingStages(), torch.randn(3, 8)
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        assert_close(compile_regionc(model)(x), model(x))
+    report = regionc.last_report()
+    assert block_compiles(report) == 2 and len(report.reuse_breakers) == 1, report.summary()
+    apart = [r for r in caplog.records if "stages.1 cannot reuse stages.0" in r.getMessage()]
+    assert [r.levelno for r in apart] == [logging.INFO], [r.getMessage() for r in apart]
 
 
 def test_dynamic_sizes_share_one_compile():
