@@ -194,9 +194,11 @@ class Report:
 
 
 def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``: an error as one log line or report entry names it."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    """``Type: first line of the message``: an error as one log line or report entry names it. A first line
+    that only introduces the cause (Dynamo's "... Got graph break/error:") is joined by the line after it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text}"
 
 
 _reports: list[Report] = []
