@@ -151,6 +151,39 @@ class GrowingStages(nn.Module):
         return x
 
 
+class VmapLayer(nn.Module):
+    """Ends in a ``torch.vmap`` (HF Mamba's selective scan does): Dynamo records no module for the call
+    that closes the transform, which falls after the block's last node. ``mapped=False``: no transform."""
+
+    def __init__(self, dim: int, mapped: bool = True):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.mapped = mapped
+
+    def forward(self, x):
+        h = self.lin(x)
+        if not self.mapped:
+            return x + h.tanh()
+        return torch.vmap(lambda row, skip: skip + row * row.sum().tanh())(h, x)
+
+
+class VmapLayers(nn.Module):
+    """A stack of :class:`VmapLayer`; ``over_stack`` maps the whole stack (of plain layers) over the batch."""
+
+    def __init__(self, dim: int = 8, n_layers: int = 3, over_stack: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(VmapLayer(dim, mapped=not over_stack) for _ in range(n_layers))
+        self.over_stack = over_stack
+
+    def forward(self, x):
+        return torch.vmap(self._stack)(x) if self.over_stack else self._stack(x)
+
+    def _stack(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 class ResidualMLP(nn.Module):
     def __init__(self, dim: int):
         super().__init__()

@@ -28,6 +28,7 @@ from regionc.blocks.fingerprint import Fingerprint, fingerprint_piece, first_dif
 from regionc.blocks.inline import inline_nested_regions
 from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
+from regionc.blocks.transforms import keep_transforms_whole
 from regionc.compiler import background
 from regionc.compiler.floats import specialize_like
 from regionc.compiler.guards import ShapeGuards, guard_count, guarded
@@ -65,6 +66,7 @@ class GraphCompiler:
             report.rematerialized = rematerialize_tables(gm.graph, owners)
             if self.config.fuse_block_boundaries:
                 report.fused_boundaries = fuse_block_boundaries(gm.graph, owners)
+            keep_transforms_whole(gm.graph, owners)
         with report.phase("split"):
             split, pieces = split_into_pieces(gm, owners)
         report.stacks = dict(Counter(pretty_path(p.block.stack) for p in pieces if p.block))

@@ -20,6 +20,7 @@ from tests.models import (
     PerLayerConstant,
     PerLayerCounters,
     TinyDiT,
+    VmapLayers,
 )
 
 
@@ -158,6 +159,26 @@ def test_blocks_of_growing_width_compile_apart_without_a_warning(caplog):
     assert block_compiles(report) == 2 and len(report.reuse_breakers) == 1, report.summary()
     apart = [r for r in caplog.records if "stages.1 cannot reuse stages.0" in r.getMessage()]
     assert [r.levelno for r in apart] == [logging.INFO], [r.getMessage() for r in apart]
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+@pytest.mark.parametrize("over_stack", [False, True])
+def test_a_functorch_transform_stays_in_one_piece(over_stack, entry, caplog, tmp_path):
+    """``torch.vmap`` traced inline enters and leaves a level of functorch's process-wide stack: split
+    between two pieces, each piece's compile fails or runs at the wrong level. A transform inside each
+    block stays in its block (one compile, reused); one over the whole stack runs in the glue."""
+    torch.manual_seed(0)
+    model, x = VmapLayers(over_stack=over_stack), torch.randn(4, 8)
+    with caplog.at_level(logging.WARNING, logger="regionc"), torch.no_grad():
+        expected = model(x)
+        compiled = compile_regionc(model) if entry == "backend" else \
+            regionc.compile(model, options={"cache_dir": str(tmp_path)})
+        assert_close(compiled(x), expected)
+    report = regionc.last_report()
+    eager = [r.getMessage() for r in caplog.records if r.name == "regionc" and "eager" in r.getMessage()]
+    assert not report.fallbacks and not eager, (report.fallbacks, eager)
+    if entry == "backend":  # one graph (regionc.compile on torch 2.11 compiles each block frame on its own)
+        assert block_compiles(report) == (0 if over_stack else 1), report.summary()
 
 
 def test_dynamic_sizes_share_one_compile():
