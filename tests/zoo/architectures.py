@@ -75,6 +75,8 @@ TRANSFORMERS = [
     Architecture("olmo2", _decoder("Olmo2"), "transformers"),
     Architecture("starcoder2", _decoder("Starcoder2", sliding_window=None), "transformers"),
     Architecture("granite", _decoder("Granite"), "transformers"),
+    Architecture("mamba", _transformers("MambaConfig", "MambaModel", hidden_size=64, state_size=8, vocab_size=128,
+                                        num_hidden_layers=2), "transformers"),
     Architecture("bert", _transformers("BertConfig", "BertModel", hidden_size=64, intermediate_size=128,
                                        num_attention_heads=4, vocab_size=128, max_position_embeddings=64),
                  "transformers"),
