@@ -138,10 +138,10 @@ class PerLayerConstant(nn.Module):
 
 
 class GrowingStages(nn.Module):
-    """Stages of one class and growing width (a CNN's or a Swin's): blocks of one class that take other
-    inputs, never one compiled block for all."""
+    """Stages of one class, each as wide as or wider than the last (a CNN's or a Swin's): blocks that
+    take other inputs than their siblings compile apart; stages that all differ are no repeated blocks."""
 
-    def __init__(self, widths=(8, 16, 32)):
+    def __init__(self, widths=(8, 16, 16, 16)):
         super().__init__()
         self.stages = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
 
@@ -181,6 +181,46 @@ class VmapLayers(nn.Module):
     def _stack(self, x):
         for layer in self.layers:
             x = layer(x)
+        return x
+
+
+class StageLayer(nn.Module):
+    """A residual MLP; a stage's first one also projects its input (as ResNet's first bottleneck does)."""
+
+    def __init__(self, width: int, first: bool):
+        super().__init__()
+        self.up, self.down = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.proj = nn.Linear(width, width) if first else None
+
+    def forward(self, x):
+        skip = x if self.proj is None else self.proj(x)
+        return skip + self.down(F.gelu(self.up(x)))
+
+
+class Stage(nn.Module):
+    def __init__(self, width_in: int, width: int, depth: int):
+        super().__init__()
+        self.down = nn.Linear(width_in, width)
+        self.layers = nn.ModuleList(StageLayer(width, first=i == 0) for i in range(depth))
+
+    def forward(self, x):
+        x = self.down(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class StagedLayers(nn.Module):
+    """Stages of growing width, each a stack of identical layers (ConvNeXt, ResNet, Swin, SegFormer):
+    the stages are no repeated blocks, the layers inside each are."""
+
+    def __init__(self, widths=(8, 16), depth: int = 3):
+        super().__init__()
+        self.stages = nn.ModuleList(Stage(a, b, depth) for a, b in zip((widths[0], *widths), widths))
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = stage(x)
         return x
 
 

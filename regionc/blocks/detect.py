@@ -1,15 +1,18 @@
 """Find repeated blocks: in a module tree before Dynamo runs, and in the graph Dynamo traced.
 
 One rule (:func:`is_repeated`): the children of an ``nn.ModuleList``/``nn.Sequential`` (a *stack*)
-are repeated *blocks* when there are at least ``min_instances`` of them and they share one class.
-A model may have several stacks (Flux: ``transformer_blocks`` and ``single_transformer_blocks``).
+are repeated *blocks* when there are at least ``min_instances`` of them, they share one class, and
+at least two of them are alike: the same code over tensors of the same shapes. A model may have
+several stacks (Flux: ``transformer_blocks`` and ``single_transformer_blocks``). A stack whose
+children all differ (a CNN's or a Swin's stages, each wider than the last) is not one: the repeated
+blocks are the layers inside each stage.
 
 In the module tree (:func:`find_repeated_blocks`, what ``regionc.compile`` marks before tracing) only
 the outermost such stacks count: blocks inside a block are part of it. In a graph
 (:func:`detect_blocks`) Dynamo records, for every node, the stack of modules it was traced under,
 as ``{key: (path, module_class)}`` ordered outermost first, e.g. ``("L['self'].layers.3",
-DecoderLayer)``; a block instance is the outermost path ending in ``.<index>``. Keys carry ``@N`` on
-repeated calls of one module, so only the value path is used.
+DecoderLayer)``; a node's block instance is the outermost path ending in ``.<index>`` whose stack
+holds repeated blocks. Keys carry ``@N`` on repeated calls of one module, so only the value path is used.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ log = logging.getLogger("regionc")
 _INDEXED = re.compile(r"^(?P<stack>.+)\.(?P<index>\d+)$")
 
 
-def is_repeated(classes: list[object], min_instances: int) -> bool:
-    """Whether blocks of these classes, children of one stack, are repeated blocks."""
-    return len(classes) >= min_instances and len(set(classes)) == 1
+def is_repeated(classes: list[object], looks: list[object], min_instances: int) -> bool:
+    """Whether blocks of these classes, children of one stack, are repeated blocks; ``looks`` holds
+    what each block is, past its class (code and tensor shapes), and two of them must be alike."""
+    return len(classes) >= min_instances and len(set(classes)) == 1 and len(set(looks)) < len(looks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,7 @@ def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack
         if any(path == s.path or path.startswith(s.path + ".") for s in stacks):
             continue  # inside a block already found
         children = tuple(module.children())
-        if not is_repeated([type(child) for child in children], min_instances):
+        if not is_repeated([type(child) for child in children], [_looks(child) for child in children], min_instances):
             continue
         kinds: dict[tuple, list[nn.Module]] = defaultdict(list)
         for child in children:
@@ -74,6 +78,12 @@ def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack
             kind = hashlib.sha256(repr(code).encode()).hexdigest()[:8]
             stacks.append(Stack(path, type(children[0]), tuple(members), kind))
     return stacks
+
+
+def _looks(block: nn.Module) -> tuple:
+    """A module's code and the shapes and dtypes of its parameters and buffers."""
+    tensors = [*block.named_parameters(), *block.named_buffers()]
+    return signature(block), tuple((name, tuple(t.shape), t.dtype) for name, t in tensors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,33 +104,53 @@ def pretty_path(path: str) -> str:
     return re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", short) or path
 
 
-def block_of(node: torch.fx.Node) -> BlockInstance | None:
-    """The outermost indexed module a node was traced under, if any."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    for path, cls in stack.values():
+def indexed_modules(node: torch.fx.Node) -> list[BlockInstance]:
+    """The indexed modules a node was traced under, outermost first."""
+    found = []
+    for path, cls in (node.meta.get("nn_module_stack") or {}).values():
         match = _INDEXED.match(path)
         if match:  # a nested region's class stands for its block's (one per kind of code: regionc/tracing/compile.py)
-            return BlockInstance(match["stack"], int(match["index"]), getattr(cls, "regionc_block_class", cls))
-    return None
+            found.append(BlockInstance(match["stack"], int(match["index"]), getattr(cls, "regionc_block_class", cls)))
+    return found
 
 
 def detect_blocks(graph: torch.fx.Graph, min_instances: int = 2) -> dict[torch.fx.Node, BlockInstance]:
     """Map every computing node that belongs to a repeated block to its instance.
 
-    A stack counts when at least ``min_instances`` of its children appear in the
-    graph and all of them share one class; other nodes (and placeholders/outputs,
-    which ``split_module`` routes itself) are glue.
+    A stack counts when at least ``min_instances`` of its children appear in the graph, all of them
+    share one class and two of them run the same operations on tensors of the same shapes; a node
+    belongs to the outermost such stack's instance. Other nodes (and placeholders/outputs, which
+    ``split_module`` routes itself) are glue.
     """
-    owner: dict[torch.fx.Node, BlockInstance] = {}
-    instances: dict[str, set[BlockInstance]] = defaultdict(set)
+    within: dict[torch.fx.Node, list[BlockInstance]] = {}
+    nodes: dict[str, dict[BlockInstance, list[torch.fx.Node]]] = defaultdict(lambda: defaultdict(list))
     for node in graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        block = block_of(node)
+        within[node] = indexed_modules(node)
+        for block in within[node]:
+            nodes[block.stack][block].append(node)
+    repeated = {stack for stack, instances in nodes.items()
+                if is_repeated([b.cls for b in instances], [_operations(n) for n in instances.values()], min_instances)}
+    owners = {}
+    for node, blocks in within.items():
+        block = next((b for b in blocks if b.stack in repeated), None)
         if block is not None:
-            owner[node] = block
-            instances[block.stack].add(block)
-    repeated = {stack for stack, blocks in instances.items() if is_repeated([b.cls for b in blocks], min_instances)}
-    return {node: block for node, block in owner.items() if block.stack in repeated}
+            owners[node] = block
+    return owners
+
+
+def _operations(nodes: list[torch.fx.Node]) -> tuple:
+    """What a block instance computes, for telling instances apart: each node's op and target, and the
+    shapes of what it reads and returns."""
+    return tuple((node.op, _TARGETS.get(node.op, lambda target: "")(node.target),
+                  *(_shape(arg) for arg in node.all_input_nodes), _shape(node)) for node in nodes)
+
+
+#: a node's target by what it calls (a module's or a constant's name differs between instances)
+_TARGETS = {"call_function": lambda target: getattr(target, "__name__", str(target)), "call_method": str}
+
+
+def _shape(node: torch.fx.Node) -> str:
+    value = node.meta.get("example_value", node.meta.get("val"))
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__

@@ -4,13 +4,16 @@ When a block's forward is a nested compile region, Dynamo traces it once and emi
 ``invoke_subgraph(subgraph, name, *operands)`` call per instance, each with that instance's
 weights as operands. Copying the subgraph's nodes in place of each call gives the graph a full
 trace would have produced — at the tracing cost of one block — and the rest of the pipeline
-(detect, split, fingerprint, compile once) runs unchanged. Inlined nodes keep the call's
-``nn_module_stack`` in front of their own, so they are attributed to the right block instance.
+(detect, split, fingerprint, compile once) runs unchanged. The subgraph's nodes carry the
+``nn_module_stack`` of the instance Dynamo traced; each copy gets the call's stack instead, with the
+traced instance's path changed to the call's in the modules below it, so it is attributed to its
+own block instance at every depth (a stage's repeated layers are found below a stack of stages).
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any
 
 import torch
@@ -65,10 +68,31 @@ def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
                 results = node.args[0]
                 break
             copy = gm.graph.node_copy(node, lambda n: env[n])
-            copy.meta = {**node.meta, "nn_module_stack": {**outer_stack, **node.meta.get("nn_module_stack", {})}}
+            copy.meta = {**node.meta, "nn_module_stack": _call_stack(outer_stack, node.meta.get("nn_module_stack", {}))}
             env[node] = copy
     values = [env[v] if isinstance(v, torch.fx.Node) else v for v in results]
     for user in list(call.users):
         user.replace_all_uses_with(values[user.args[1]])
         gm.graph.erase_node(user)
     gm.graph.erase_node(call)
+
+
+def _call_stack(outer: dict[str, tuple], inner: dict[str, tuple]) -> dict[str, tuple]:
+    """A subgraph node's module stack for one call: the call's own stack down to its block instance, then
+    the node's modules below the traced instance, moved under the call's instance."""
+    if not outer or len(inner) < len(outer):
+        return {**outer, **inner}
+    traced, called = list(inner.values())[len(outer) - 1][0], list(outer.values())[-1][0]
+    below = {}
+    for key, (path, cls) in list(inner.items())[len(outer):]:
+        for old, new in ((traced, called), (_relative(traced), _relative(called))):
+            if path == old or path.startswith(old + "."):
+                path = new + path[len(old):]
+                break
+        below[key] = (path, cls)
+    return {**outer, **below}
+
+
+def _relative(path: str) -> str:
+    """``L['self'].layers.3`` -> ``layers.3`` (Dynamo writes some stack paths without the frame local)."""
+    return re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", path)

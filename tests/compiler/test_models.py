@@ -19,6 +19,7 @@ from tests.models import (
     NoRepeats,
     PerLayerConstant,
     PerLayerCounters,
+    StagedLayers,
     TinyDiT,
     VmapLayers,
 )
@@ -150,15 +151,44 @@ def test_per_layer_constant_is_named_and_output_still_correct(caplog):
 
 
 def test_blocks_of_growing_width_compile_apart_without_a_warning(caplog):
-    """Blocks of one class and other widths differ in their inputs, not in a constant the user could move
-    out of the block: what keeps them apart is logged (and reported), never warned about."""
+    """A block of one class and another width differs in its inputs, not in a constant the user could move
+    out of the block: what keeps it apart is logged (and reported), never warned about. Stages that all
+    differ are no repeated blocks: the model compiles as one piece."""
     model, x = GrowingStages(), torch.randn(3, 8)
     with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
         assert_close(compile_regionc(model)(x), model(x))
     report = regionc.last_report()
     assert block_compiles(report) == 2 and len(report.reuse_breakers) == 1, report.summary()
+    assert report.stacks == {"stages": 3}
     apart = [r for r in caplog.records if "stages.1 cannot reuse stages.0" in r.getMessage()]
     assert [r.levelno for r in apart] == [logging.INFO], [r.getMessage() for r in apart]
+
+    all_differ, x = GrowingStages(widths=(8, 16, 32)), torch.randn(3, 8)
+    with torch.no_grad():
+        assert_close(compile_regionc(all_differ)(x), all_differ(x))
+    report = regionc.last_report()
+    assert report.stacks == {} and [p.kind for p in report.pieces] == ["glue"], report.summary()
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+def test_layers_inside_stages_of_growing_width_are_the_repeated_blocks(entry, tmp_path):
+    """Each stage is wider than the last, so no two stages are alike; the layers inside a stage are: one
+    compile serves all of a stage's layers but its first, which projects its input."""
+    torch.manual_seed(0)
+    model, x = StagedLayers(), torch.randn(3, 8)
+    with torch.no_grad():
+        expected = model(x)
+        before = len(regionc.reports())
+        compiled = compile_regionc(model) if entry == "backend" else \
+            regionc.compile(model, options={"cache_dir": str(tmp_path)})
+        assert_close(compiled(x), expected)
+    if entry == "regionc.compile":
+        assert {s.path for s in compiled.forward.stacks} == {"stages.0.layers", "stages.1.layers"}
+    reports = regionc.reports()[before:]
+    if entry == "backend" or compiled.forward.strategy != "per_block":  # one graph: its blocks
+        (report,) = reports
+        assert report.stacks == {"stages.0.layers": 3, "stages.1.layers": 3}, report.summary()
+        assert block_compiles(report) == 4, report.summary()
 
 
 @pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
