@@ -138,8 +138,8 @@ class PerLayerConstant(nn.Module):
 
 
 class GrowingStages(nn.Module):
-    """Stages of one class, each as wide as or wider than the last (a CNN's or a Swin's): blocks that
-    take other inputs than their siblings compile apart; stages that all differ are no repeated blocks."""
+    """Stages of one class, each as wide as or wider than the last: a block that takes other inputs than
+    its siblings compiles apart."""
 
     def __init__(self, widths=(8, 16, 16, 16)):
         super().__init__()

@@ -1,18 +1,19 @@
 """Find repeated blocks: in a module tree before Dynamo runs, and in the graph Dynamo traced.
 
 One rule (:func:`is_repeated`): the children of an ``nn.ModuleList``/``nn.Sequential`` (a *stack*)
-are repeated *blocks* when there are at least ``min_instances`` of them, they share one class, and
-at least two of them are alike: the same code over tensors of the same shapes. A model may have
-several stacks (Flux: ``transformer_blocks`` and ``single_transformer_blocks``). A stack whose
-children all differ (a CNN's or a Swin's stages, each wider than the last) is not one: the repeated
-blocks are the layers inside each stage.
+are repeated *blocks* when there are at least ``min_instances`` of them and they share one class.
+A model may have several stacks (Flux: ``transformer_blocks`` and ``single_transformer_blocks``).
+A stack whose children all differ (:func:`alike`: code and tensor shapes) while a stack inside them
+has children that are alike is passed over for that one: a CNN's or a Swin's stages, each wider than
+the last, are no repeated blocks, the layers inside each stage are.
 
 In the module tree (:func:`find_repeated_blocks`, what ``regionc.compile`` marks before tracing) only
 the outermost such stacks count: blocks inside a block are part of it. In a graph
 (:func:`detect_blocks`) Dynamo records, for every node, the stack of modules it was traced under,
 as ``{key: (path, module_class)}`` ordered outermost first, e.g. ``("L['self'].layers.3",
 DecoderLayer)``; a node's block instance is the outermost path ending in ``.<index>`` whose stack
-holds repeated blocks. Keys carry ``@N`` on repeated calls of one module, so only the value path is used.
+holds repeated blocks and is not passed over. Keys carry ``@N`` on repeated calls of one module, so
+only the value path is used.
 """
 
 from __future__ import annotations
@@ -33,10 +34,20 @@ log = logging.getLogger("regionc")
 _INDEXED = re.compile(r"^(?P<stack>.+)\.(?P<index>\d+)$")
 
 
-def is_repeated(classes: list[object], looks: list[object], min_instances: int) -> bool:
-    """Whether blocks of these classes, children of one stack, are repeated blocks; ``looks`` holds
-    what each block is, past its class (code and tensor shapes), and two of them must be alike."""
-    return len(classes) >= min_instances and len(set(classes)) == 1 and len(set(looks)) < len(looks)
+def is_repeated(classes: list[object], min_instances: int) -> bool:
+    """Whether blocks of these classes, children of one stack, are repeated blocks."""
+    return len(classes) >= min_instances and len(set(classes)) == 1
+
+
+def alike(looks: list[object]) -> bool:
+    """Whether two of a stack's children are alike: ``looks`` holds what each is past its class."""
+    return len(set(looks)) < len(looks)
+
+
+def passed_over(stacks: dict[str, bool]) -> set[str]:
+    """The stacks (path -> whether two children are alike) passed over for a stack of alike children inside them."""
+    return {path for path, two_alike in stacks.items()
+            if not two_alike and any(inner.startswith(path + ".") and stacks[inner] for inner in stacks)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +67,16 @@ def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack
     Children of one class that do not all run the same code (``regionc/blocks/signature.py``: T5's first
     block holds the position bias, LoRA on some layers only, a hook on one layer's module) make one
     :class:`Stack` per kind of code, each traced once; one log line says where they first differ."""
+    candidates = {path: module for path, module in model.named_modules()
+                  if isinstance(module, (nn.ModuleList, nn.Sequential))
+                  and is_repeated([type(child) for child in module.children()], min_instances)}
+    skipped = passed_over({path: alike([_looks(child) for child in module.children()])
+                           for path, module in candidates.items()})
     stacks: list[Stack] = []
-    for path, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-            continue
-        if any(path == s.path or path.startswith(s.path + ".") for s in stacks):
-            continue  # inside a block already found
+    for path, module in candidates.items():
+        if path in skipped or any(path == s.path or path.startswith(s.path + ".") for s in stacks):
+            continue  # passed over, or inside a block already found
         children = tuple(module.children())
-        if not is_repeated([type(child) for child in children], [_looks(child) for child in children], min_instances):
-            continue
         kinds: dict[tuple, list[nn.Module]] = defaultdict(list)
         for child in children:
             kinds[signature(child)].append(child)
@@ -117,10 +129,10 @@ def indexed_modules(node: torch.fx.Node) -> list[BlockInstance]:
 def detect_blocks(graph: torch.fx.Graph, min_instances: int = 2) -> dict[torch.fx.Node, BlockInstance]:
     """Map every computing node that belongs to a repeated block to its instance.
 
-    A stack counts when at least ``min_instances`` of its children appear in the graph, all of them
-    share one class and two of them run the same operations on tensors of the same shapes; a node
-    belongs to the outermost such stack's instance. Other nodes (and placeholders/outputs, which
-    ``split_module`` routes itself) are glue.
+    A stack counts when at least ``min_instances`` of its children appear in the graph and all of them
+    share one class, unless it is passed over (:func:`passed_over`; children are alike when they run
+    the same operations on tensors of the same shapes); a node belongs to the outermost such stack's
+    instance. Other nodes (and placeholders/outputs, which ``split_module`` routes itself) are glue.
     """
     within: dict[torch.fx.Node, list[BlockInstance]] = {}
     nodes: dict[str, dict[BlockInstance, list[torch.fx.Node]]] = defaultdict(lambda: defaultdict(list))
@@ -130,8 +142,9 @@ def detect_blocks(graph: torch.fx.Graph, min_instances: int = 2) -> dict[torch.f
         within[node] = indexed_modules(node)
         for block in within[node]:
             nodes[block.stack][block].append(node)
-    repeated = {stack for stack, instances in nodes.items()
-                if is_repeated([b.cls for b in instances], [_operations(n) for n in instances.values()], min_instances)}
+    candidates = {stack: alike([_operations(n) for n in instances.values()])
+                  for stack, instances in nodes.items() if is_repeated([b.cls for b in instances], min_instances)}
+    repeated = candidates.keys() - passed_over(candidates)
     owners = {}
     for node, blocks in within.items():
         block = next((b for b in blocks if b.stack in repeated), None)
