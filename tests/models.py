@@ -224,6 +224,21 @@ class StagedLayers(nn.Module):
         return x
 
 
+class ScaledBetweenLayers(nn.Module):
+    """A float attribute multiplied in after every layer, in the glue: changed between calls, Dynamo reads
+    it from a 0-d tensor once (``.item()``) and every piece after the first uses it."""
+
+    def __init__(self, dim: int = 8, n_layers: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+        self.scale = 1.0
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x)) * self.scale
+        return x
+
+
 class ResidualMLP(nn.Module):
     def __init__(self, dim: int):
         super().__init__()

@@ -26,7 +26,7 @@ from regionc.blocks.boundaries import fuse_block_boundaries
 from regionc.blocks.detect import detect_blocks, pretty_path
 from regionc.blocks.fingerprint import Fingerprint, fingerprint_piece, first_difference, only_constants_differ, share
 from regionc.blocks.inline import inline_nested_regions
-from regionc.blocks.rematerialize import rematerialize_tables
+from regionc.blocks.rematerialize import copy_float_reads, rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
 from regionc.blocks.transforms import keep_transforms_whole
 from regionc.compiler import background
@@ -67,6 +67,7 @@ class GraphCompiler:
             if self.config.fuse_block_boundaries:
                 report.fused_boundaries = fuse_block_boundaries(gm.graph, owners)
             keep_transforms_whole(gm.graph, owners)
+            copy_float_reads(gm.graph, owners)
         with report.phase("split"):
             split, pieces = split_into_pieces(gm, owners)
         report.stacks = dict(Counter(pretty_path(p.block.stack) for p in pieces if p.block))

@@ -19,6 +19,7 @@ from tests.models import (
     NoRepeats,
     PerLayerConstant,
     PerLayerCounters,
+    ScaledBetweenLayers,
     StagedLayers,
     TinyDiT,
     VmapLayers,
@@ -203,6 +204,24 @@ def test_a_functorch_transform_stays_in_one_piece(over_stack, entry, caplog, tmp
     assert not report.fallbacks and not eager, (report.fallbacks, eager)
     if entry == "backend":  # one graph (regionc.compile on torch 2.11 compiles each block frame on its own)
         assert block_compiles(report) == (0 if over_stack else 1), report.summary()
+
+
+def test_a_float_read_in_the_glue_after_every_layer_compiles_once_for_every_value():
+    """A float attribute set between calls becomes a graph input that Dynamo reads once; each piece that
+    uses it reads it itself (a piece cannot return a float), so every piece compiles, and one compile
+    serves every later value."""
+    torch.manual_seed(0)
+    model, x = ScaledBetweenLayers(), torch.randn(2, 8)
+    compiled = compile_regionc(model, options={"strict": True})
+    with torch.no_grad():
+        for scale in (1.0, 2.0, 3.0, 0.5):
+            model.scale = scale
+            expected = model.forward(x)
+            before = len(regionc.reports())
+            assert_close(compiled(x), expected)
+            if scale == 3.0:
+                assert len(regionc.reports()) == before  # the float is an input: no new compile
+        assert not regionc.last_report().fallbacks
 
 
 def test_dynamic_sizes_share_one_compile():
