@@ -46,7 +46,7 @@ from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
 from regionc.logs import log_once
 from regionc.report import Report, first_line, reports
-from regionc.tracing.saved import TraceSet, traces_can_be_saved
+from regionc.tracing.saved import RecompileRefused, TraceSet, traces_can_be_saved
 
 log = logging.getLogger("regionc")
 
@@ -199,7 +199,7 @@ class CompiledForward:
         return reports()[self.first_report:]
 
     def _may_retry(self, exc: Exception) -> bool:
-        if self.config.strict or not self.next:
+        if self.config.strict or not self.next or isinstance(exc, RecompileRefused):
             return False
         if self.strategy == "per_block":  # block frames run one by one: only a failure before any ran
             return not self.settled and isinstance(exc, torch._dynamo.exc.TorchDynamoException)

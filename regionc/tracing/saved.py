@@ -49,6 +49,7 @@ from regionc.cache import open_store
 from regionc.compiler import background
 from regionc.compiler.inductor import start_compile_workers
 from regionc.config import Config
+from regionc.logs import log_once
 from regionc.report import Report, first_line, last_report, new_report
 
 log = logging.getLogger("regionc")
@@ -84,11 +85,15 @@ class TraceSet:
     def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.ordinary is not None:
             return self.ordinary(module, *args, **kwargs)
+        if stance() == "force_eager":
+            return self.fn(module, *args, **kwargs)
         entry = self.fitting(module, args, kwargs)
         if entry is not None:
             return entry.fn(module, *args, **kwargs)
         try:
             entry = self._find_or_trace(module, args, kwargs)
+        except _RunEagerly:
+            return self.fn(module, *args, **kwargs)
         except _NotSaveable as exc:
             log.warning("regionc: %s cannot be traced for saving (%s); compiling it the ordinary way, "
                         "without a saved trace", _name(self.fn), exc)
@@ -100,8 +105,10 @@ class TraceSet:
     def fitting(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> _Entry | None:
         """The trace this call runs: the first one held whose guards pass. None when none does (the call
         loads or traces another) or when the function compiles the ordinary way (Dynamo checks its guards)."""
-        if self.ordinary is not None:
+        if self.ordinary is not None or stance() == "force_eager":
             return None
+        if len(self.entries) == 1 and _skipping_guards():  # no guard tells traces apart: none is checked
+            return self.entries[0] if self.entries[0]._changed_global() is None else None
         for entry in self.entries:
             if entry.check(module, args, kwargs):
                 return entry
@@ -192,6 +199,14 @@ class TraceSet:
                 if name not in env.used_globals and isinstance(value := self.fn.__globals__.get(name), types.ModuleType)}
 
     def _trace(self, module, args, kwargs) -> _Entry:
+        if stance() == "fail_on_recompile":
+            why = self.entries[0].why_not(module, args, kwargs) if self.entries else "no trace held or saved fits"
+            raise RecompileRefused(f"regionc: {_name(self.fn)} would be traced while torch.compile's stance is "
+                                   f"'fail_on_recompile' ({why})")
+        if stance() == "eager_on_recompile":
+            log_once((self, "eager"), "regionc: %s runs eagerly where it would be traced: torch.compile's stance is "
+                     "'eager_on_recompile'", _name(self.fn))
+            raise _RunEagerly
         if _device_of(module, args, kwargs).type == "cuda":
             start_compile_workers()  # a trace is followed by a compile: let the workers start meanwhile
         # torch 2.11 hands out ``aot_compile`` only under this flag (later versions dropped it)
@@ -456,6 +471,27 @@ def _only_saving_failed(exc: BaseException) -> bool:
     from torch._dynamo.exc import PackageError
 
     return isinstance(exc, (PackageError, pickle.PicklingError)) or type(exc) is TypeError
+
+
+def stance() -> str:
+    """``torch.compiler.set_stance``'s stance. Saved traces run outside Dynamo's frame evaluation, which
+    applies it to everything else, so they honour it here: ``force_eager`` runs the function as it is,
+    ``eager_on_recompile`` runs it as it is where it would be traced, ``fail_on_recompile`` raises there."""
+    return getattr(getattr(torch._dynamo.eval_frame, "_stance", None), "stance", "default")
+
+
+def _skipping_guards() -> bool:
+    """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: only the guards that tell a function's
+    traces apart are checked (with one trace, none: a decode step then skips its guard check)."""
+    return bool(getattr(getattr(torch._dynamo.eval_frame, "_stance", None), "skip_guard_eval_unsafe", False))
+
+
+class RecompileRefused(RuntimeError):
+    """A trace was needed under ``torch.compiler.set_stance("fail_on_recompile")``."""
+
+
+class _RunEagerly(Exception):
+    """A trace was needed under ``torch.compiler.set_stance("eager_on_recompile")``."""
 
 
 class _NotSaveable(Exception):

@@ -360,3 +360,51 @@ def test_a_global_the_forward_reads_is_checked_traced_and_loaded(model_module, t
             for offset in (torch.ones(32), torch.ones(1), torch.zeros(32)):  # reassigned: another value, shape
                 model_module.OFFSET = offset
                 assert_close(compiled(x), eager(x))
+
+
+class _ScaledStack(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))
+        self.scale = 1.0
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x)) * self.scale
+        return x
+
+
+def test_saved_traces_follow_torch_compiler_stances(tmp_path, monkeypatch):
+    """Saved traces run outside Dynamo's frame evaluation, so they honour ``torch.compiler.set_stance`` as
+    Dynamo does for the rest: ``force_eager`` runs the forward as it is, ``fail_on_recompile`` raises where a
+    trace would be made (never falling back to another block tracing), ``eager_on_recompile`` runs the
+    forward as it is there, and ``skip_guard_eval_unsafe`` checks no guard of a function's only trace."""
+    from regionc.tracing import saved
+
+    torch.manual_seed(0)
+    model, x = _ScaledStack(), torch.randn(2, 8)
+    reference = copy.deepcopy(model)
+    compiled = regionc.compile(model, options={"cache_dir": str(tmp_path), "block_tracing": "full"})
+    checks = []
+    check = saved._Entry.check
+    monkeypatch.setattr(saved._Entry, "check", lambda self, *a: checks.append(1) or check(self, *a))
+    with torch.no_grad():
+        assert_close(compiled(x), reference(x))
+        traced = len(regionc.reports())
+        model.scale = reference.scale = 2.0  # the trace's guards fail: a new trace would be made
+        with torch.compiler.set_stance("force_eager"):
+            assert_close(compiled(x), reference(x))
+        with torch.compiler.set_stance("eager_on_recompile"):
+            assert_close(compiled(x), reference(x))
+        with torch.compiler.set_stance("fail_on_recompile"), pytest.raises(RuntimeError, match="fail_on_recompile"):
+            compiled(x)
+        made = [r.trace_source for r in regionc.reports()[traced:] if not r.trace_source.startswith("saved trace")]
+        assert made == [] and compiled.forward.strategy == "full", made  # the saved trace was loaded, never made
+        model.scale = reference.scale = 1.0
+        checks.clear()
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            for _ in range(3):
+                assert_close(compiled(x), reference(x))
+        assert checks == []
+        assert_close(compiled(x), reference(x))
+        assert checks
