@@ -7,7 +7,9 @@ recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
 ``regionc.compile(model, mode="reduce-overhead")``, both regionc entries with the decode ops (decode
 attention, skinny linears) swapped in whatever the decision table says (``*_swap``, its A/B), and
 ``regionc.compile`` with programmatic dependent launch off (``regionc_compile_nopdl``, its A/B:
-``regionc/ops/pdl.py``). Each row has ms per step (CUDA events, median of
+``regionc/ops/pdl.py``), and ``*_skipguards``: steps under
+``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch's unsafe switch that skips the guard
+check of a warmed-up compiled function (not in the default list). Each row has ms per step (CUDA events, median of
 interleaved rounds), the relative error of the first step against eager, and regionc's CUDA-graph stats.
 The cache's position counters are reset in place between timing windows, so every window decodes at
 (about) the stated position.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import statistics
 import sys
@@ -34,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile", "regionc_backend_swap",
-                   "regionc_compile_swap", "regionc_compile_nopdl")
+                   "regionc_compile_swap", "regionc_compile_nopdl", "reduce_overhead_skipguards",
+                   "regionc_backend_skipguards", "regionc_compile_skipguards")
 PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
 DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)), (32, 4096, (512,)))  # batch, max_cache_len, positions
 
@@ -52,6 +56,10 @@ def build(layers: int):
         return transformers.LlamaModel(cfg).to(torch.bfloat16).eval()
 
 
+#: a variant with this suffix runs each step under ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``,
+#: torch's unsafe switch for a warmed-up server (Dynamo's frames and regionc.compile's saved traces alike)
+SKIP_GUARDS = "_skipguards"
+
 #: extra regionc options for every regionc variant (``--options``, an A/B such as Inductor's combo kernels)
 EXTRA_OPTIONS: dict = {}
 
@@ -62,6 +70,7 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
     import regionc
     from benchmarks.common import decode_ops_swapped
 
+    variant = variant.removesuffix(SKIP_GUARDS)  # a stance at each step (decode_step), not a compile option
     mode = "reduce-overhead" if decode else None
     options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {}), **EXTRA_OPTIONS}
     if variant.endswith("_nopdl"):  # Inductor's kernels here; regionc's at capture (decode_step)
@@ -148,9 +157,10 @@ def decode_step(variant: str, model, cache_dir: str, prompt, max_len: int):
     fn = compiled(variant, instance, cache_dir, decode=True)
     position = torch.tensor([prompt.shape[1]], device=prompt.device)
     launch = pdl.turned_off if variant.endswith("_nopdl") else contextlib.nullcontext
+    stance = functools.partial(torch.compiler.set_stance, skip_guard_eval_unsafe=variant.endswith(SKIP_GUARDS))
 
     def step(tokens):
-        with torch.no_grad(), launch():
+        with torch.no_grad(), launch(), stance():
             return fn(input_ids=tokens, past_key_values=cache, use_cache=True, cache_position=position)
 
     return step, cache, position
@@ -200,7 +210,8 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill"])
-    parser.add_argument("--variants", nargs="+", default=list(DECODE_VARIANTS), choices=DECODE_VARIANTS,
+    parser.add_argument("--variants", nargs="+", default=[v for v in DECODE_VARIANTS if not v.endswith(SKIP_GUARDS)],
+                        choices=DECODE_VARIANTS,
                         help="decode variants (eager always runs: it is the reference)")
     parser.add_argument("--batches", type=int, nargs="+", help="decode cases of these batch sizes only")
     parser.add_argument("--options", type=json.loads, default={},
