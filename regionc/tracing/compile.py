@@ -91,13 +91,22 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     strategy = config.block_tracing
     if strategy == "auto":
         strategy = "nested_region" if nested_regions_reuse_traces() else "per_block"
-    described = ", ".join(f"{g.path}×{len(g.instances)}" for g in stacks) or "none"
+    described = _describe(stacks)
     if not stacks:
         strategy = "full"
     log.info("regionc: compile with block_tracing=%s (repeated blocks: %s; torch %s)",
              strategy, described, torch.__version__)
     model.forward = CompiledForward(model, stacks, strategy, config, mode, options, dynamic)
     return model
+
+
+def _describe(stacks: list[Stack]) -> str:
+    """``layers×32, encoder.block×6 (2 kinds)``: each stack's path, its blocks and, if several, its kinds."""
+    kinds: dict[str, list[Stack]] = {}
+    for stack in stacks:
+        kinds.setdefault(stack.path, []).append(stack)
+    return ", ".join(f"{path}×{sum(len(s.instances) for s in group)}" + (f" ({len(group)} kinds)" if len(group) > 1 else "")
+                     for path, group in kinds.items()) or "none"
 
 
 class CompiledForward:

@@ -231,6 +231,7 @@ def test_layers_of_one_class_running_other_code_equal_eager(entry, change, caplo
     if entry != "backend":
         assert any("hold 2 kinds of blocks, each traced once: block 1 runs other code than block 0" in r.getMessage()
                    for r in caplog.records)
+        assert any("layers×3 (2 kinds)" in r.getMessage() for r in caplog.records)
     if getattr(compiled.forward, "strategy", None) != "per_block":  # per-block reports are per frame
         unique = sum(r.count("compiled", "block") + r.count("cache", "block") for r in regionc.reports()[before:])
         assert unique == 2  # compiled now, or by an earlier test of this session's cache
