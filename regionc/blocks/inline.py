@@ -13,11 +13,12 @@ own block instance at every depth (a stage's repeated layers are found below a s
 from __future__ import annotations
 
 import operator
-import re
 from typing import Any
 
 import torch
 import torch.fx
+
+from regionc.blocks.detect import pretty_path
 
 
 def _invoke_subgraph():
@@ -85,14 +86,10 @@ def _call_stack(outer: dict[str, tuple], inner: dict[str, tuple]) -> dict[str, t
     traced, called = list(inner.values())[len(outer) - 1][0], list(outer.values())[-1][0]
     below = {}
     for key, (path, cls) in list(inner.items())[len(outer):]:
-        for old, new in ((traced, called), (_relative(traced), _relative(called))):
+        for old, new in ((traced, called), (pretty_path(traced), pretty_path(called))):
             if path == old or path.startswith(old + "."):
                 path = new + path[len(old):]
                 break
         below[key] = (path, cls)
     return {**outer, **below}
 
-
-def _relative(path: str) -> str:
-    """``L['self'].layers.3`` -> ``layers.3`` (Dynamo writes some stack paths without the frame local)."""
-    return re.sub(r"^L\['[^']+'\](\[\d+\])*\.?", "", path)
