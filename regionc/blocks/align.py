@@ -34,6 +34,7 @@ from collections import defaultdict
 import torch
 import torch.fx
 from torch._prims_common import clone_preserve_strides
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) -> int:
@@ -255,7 +256,8 @@ def _returns_traced_layouts(module: torch.fx.GraphModule, position: int) -> bool
     """Whether the piece, run on fake inputs with a dense copy of input ``position``, returns tensors with
     the strides and offsets Dynamo traced (False when it cannot be run so, to be safe)."""
     inputs = [node.meta.get("example_value") for node in module.graph.find_nodes(op="placeholder")]
-    mode = torch._guards.detect_fake_mode(inputs)
+    # the inputs' own mode: inside a backend, the tracing context's fake mode is another one (compiler/floats.py)
+    mode = next((v.fake_mode for v in inputs if isinstance(v, FakeTensor)), None)
     outputs = _output(module).args[0]
     if mode is None or not isinstance(outputs, tuple):
         return False
