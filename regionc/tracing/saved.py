@@ -477,13 +477,18 @@ def stance() -> str:
     """``torch.compiler.set_stance``'s stance. Saved traces run outside Dynamo's frame evaluation, which
     applies it to everything else, so they honour it here: ``force_eager`` runs the function as it is,
     ``eager_on_recompile`` runs it as it is where it would be traced, ``fail_on_recompile`` raises there."""
-    return getattr(getattr(torch._dynamo.eval_frame, "_stance", None), "stance", "default")
+    return getattr(_dynamo_stance(), "stance", "default")
 
 
 def _skipping_guards() -> bool:
     """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: only the guards that tell a function's
     traces apart are checked (with one trace, none: a decode step then skips its guard check)."""
-    return bool(getattr(getattr(torch._dynamo.eval_frame, "_stance", None), "skip_guard_eval_unsafe", False))
+    return bool(getattr(_dynamo_stance(), "skip_guard_eval_unsafe", False))
+
+
+def _dynamo_stance():
+    """Dynamo's record of the stance (private: read where present)."""
+    return getattr(torch._dynamo.eval_frame, "_stance", None)
 
 
 class RecompileRefused(RuntimeError):
