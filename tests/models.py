@@ -317,6 +317,35 @@ class ChannelsLastBetweenBlocks(nn.Module):
         return x.sum(dim=(2, 3)) + x.amax(dim=(2, 3))
 
 
+class PatchBlock(nn.Module):
+    """A token block that ends in a projection, so it returns a dense tensor whatever it reads."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, scale):
+        return self.proj(self.norm(x)) * scale
+
+
+class PatchEmbeddedStack(nn.Module):
+    """A DiT's entry: a patch embedding's ``flatten(2).transpose(1, 2)`` hands the first block a strided
+    view, and every later block a dense tensor (PixArt, Sana)."""
+
+    def __init__(self, channels: int = 8, dim: int = 16, depth: int = 3):
+        super().__init__()
+        self.patch = nn.Conv2d(channels, dim, 2, stride=2)
+        self.blocks = nn.ModuleList(PatchBlock(dim) for _ in range(depth))
+        self.out = nn.Linear(dim, channels)
+
+    def forward(self, x, scale):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            h = block(h, scale)
+        return self.out(h)
+
+
 class CheckpointedLayer(ResidualMLP):
     """A residual MLP that recomputes its body in backward (``torch.utils.checkpoint``, as HF's
     ``gradient_checkpointing_enable``): Dynamo traces the body as a higher-order op's subgraph."""

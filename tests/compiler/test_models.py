@@ -17,6 +17,7 @@ from tests.models import (
     GraphBreakStack,
     GrowingStages,
     NoRepeats,
+    PatchEmbeddedStack,
     PerLayerConstant,
     PerLayerCounters,
     ScaledBetweenLayers,
@@ -91,6 +92,19 @@ def test_a_block_reading_a_channels_last_view_keeps_its_traced_layout():
         assert_close(compile_regionc(model)(x), model(x))
     report = regionc.last_report()
     assert block_compiles(report) == 2 and len(report.reuse_breakers) == 1, report.summary()
+
+
+def test_a_first_block_reading_a_patch_embeddings_view_shares_the_compile():
+    """The first block reads a transposed view where its siblings read dense tensors: the call copies it
+    dense, after a trial run on fake inputs shows the block still returns the traced layouts. Inside a
+    backend the tracing context holds a fake mode of its own; the trial must run on the inputs' mode."""
+    torch.manual_seed(0)
+    model, x, scale = PatchEmbeddedStack().eval(), torch.randn(2, 8, 8, 8), torch.randn(1, 1, 16)
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x, scale), model(x, scale))
+    report = regionc.last_report()
+    assert report.stacks == {"blocks": 3}
+    assert block_compiles(report) == 1 and report.count("reused", "block") == 2, report.summary()
 
 
 def test_static_kv_cache_decoder_over_decode_steps():
