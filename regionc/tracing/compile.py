@@ -105,27 +105,30 @@ def _describe(stacks: list[Stack]) -> str:
     kinds: dict[str, list[Stack]] = {}
     for stack in stacks:
         kinds.setdefault(stack.path, []).append(stack)
-    return ", ".join(f"{path}×{sum(len(s.instances) for s in group)}" + (f" ({len(group)} kinds)" if len(group) > 1 else "")
-                     for path, group in kinds.items()) or "none"
+    described = []
+    for path, group in kinds.items():
+        blocks = sum(len(stack.instances) for stack in group)
+        described.append(f"{path}×{blocks}" + (f" ({len(group)} kinds)" if len(group) > 1 else ""))
+    return ", ".join(described) or "none"
 
 
 class CompiledForward:
     """A model's ``forward`` under ``regionc.compile``: one block tracing strategy, and the next one when
     Dynamo cannot trace with it.
 
-    Torch's nested regions refuse some real blocks (a block returning two slices of one tensor, or an
-    input; an HF ``StaticCache`` update), Dynamo may not trace a block frame on its own, and so on. Such
-    a failure is raised by Dynamo before the traced code runs (whole-forward traces are full graphs), so
-    the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning naming the
-    error. Calls are made one at a time until one has succeeded (``regionc.warmup`` makes the first in
-    another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one
-    after another, so a failure there is retried only before the first call succeeded (later ones could
-    come after blocks already wrote a cache). Per-block tracing also
-    gives way after its first call if Dynamo compiled the block frame again and again in it (it
-    specializes on a per-layer value): the blocks would compile per layer, or run eagerly past
-    Dynamo's recompile limit. Once that is plain within the first call (more compiles than the three
-    variants per block class), the rest of the call's blocks run eagerly (:class:`_FirstCallGate`)
-    instead of compiling each layer, so the call costs a few block compiles, not one per layer.
+    Torch's nested regions refuse some real blocks (a block returning two slices of one tensor, or an input;
+    an HF ``StaticCache`` setting up its layers in the call), Dynamo may not trace a block frame on its own,
+    and so on. Such a failure is raised by Dynamo before the traced code runs (whole-forward traces are full
+    graphs), so the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning
+    naming the error. Calls are made one at a time until one has succeeded (``regionc.warmup`` makes the first
+    in another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one after
+    another, so a failure there is retried only before the first call succeeded (later ones could come after
+    blocks already wrote a cache). Per-block tracing also gives way after its first call if Dynamo compiled
+    the block frame again and again in it (it specializes on a per-layer value): the blocks would compile per
+    layer, or run eagerly past Dynamo's recompile limit. Once that is plain within the first call (more
+    compiles than the three variants per block class), the rest of the call's blocks run eagerly
+    (:class:`_FirstCallGate`) instead of compiling each layer, so the call costs a few block compiles, not one
+    per layer.
     """
 
     def __init__(self, model: nn.Module, stacks: list[Stack], strategy: str, config: Config,
