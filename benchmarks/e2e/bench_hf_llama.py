@@ -1,18 +1,18 @@
 """Hugging Face ``LlamaModel`` (32 × 2048, 32 / 8 heads, bf16) as its docs run it: StaticCache decode and prefill.
 
-Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 256, position 128) and
-batch 8 (``max_cache_len`` 4096, positions 512 and 3900) and batch 32 (4096, position 512). Variants in the same run, each on its own
-cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead", fullgraph=True)`` (HF's
-recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
+Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 256, position 128) and batch 8
+(``max_cache_len`` 4096, positions 512 and 3900) and batch 32 (4096, position 512). Variants in the same run,
+each on its own cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead",
+fullgraph=True)`` (HF's recipe), ``torch.compile(model, backend="regionc", mode="reduce-overhead")`` and
 ``regionc.compile(model, mode="reduce-overhead")``, both regionc entries with the decode ops (decode
 attention, skinny linears) swapped in whatever the decision table says (``*_swap``, its A/B), and
 ``regionc.compile`` with programmatic dependent launch off (``regionc_compile_nopdl``, its A/B:
-``regionc/ops/pdl.py``), and ``*_skipguards``: steps under
-``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch's unsafe switch that skips the guard
-check of a warmed-up compiled function (not in the default list). Each row has ms per step (CUDA events, median of
-interleaved rounds), the relative error of the first step against eager, and regionc's CUDA-graph stats.
-The cache's position counters are reset in place between timing windows, so every window decodes at
-(about) the stated position.
+``regionc/ops/pdl.py``), and ``*_skipguards``: the timed steps (after the first call and the warm-up steps at
+each position, as torch asks) under ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch's unsafe
+switch that skips the guard check of a warmed-up compiled function (not in the default list). Each row has ms
+per step (CUDA events, median of interleaved rounds), the relative error of the first step against eager, and
+regionc's CUDA-graph stats. The cache's position counters are reset in place between timing windows, so every
+window decodes at (about) the stated position.
 
 Prefill: one 1×2048 forward without a cache (``use_cache=False``; with HF's ``DynamicCache`` each layer's
 frame guards on its own cache layer, so per-block compiles recompile per layer): eager, per-block ``layer.compile()``, ``backend="regionc"``
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import functools
 import json
 import statistics
 import sys
@@ -56,7 +55,7 @@ def build(layers: int):
         return transformers.LlamaModel(cfg).to(torch.bfloat16).eval()
 
 
-#: a variant with this suffix runs each step under ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``,
+#: a variant with this suffix times its steps under ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``,
 #: torch's unsafe switch for a warmed-up server (Dynamo's frames and regionc.compile's saved traces alike)
 SKIP_GUARDS = "_skipguards"
 
@@ -70,7 +69,7 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
     import regionc
     from benchmarks.common import decode_ops_swapped
 
-    variant = variant.removesuffix(SKIP_GUARDS)  # a stance at each step (decode_step), not a compile option
+    variant = variant.removesuffix(SKIP_GUARDS)  # a stance over the timed steps (decode_rows), not a compile option
     mode = "reduce-overhead" if decode else None
     options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {}), **EXTRA_OPTIONS}
     if variant.endswith("_nopdl"):  # Inductor's kernels here; regionc's at capture (decode_step)
@@ -132,7 +131,8 @@ def decode_rows(model, layers: int, cache_dir: str, rounds: int, variants=DECODE
                 order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
                 for variant in order:
                     rewind(caches[variant], positions_of[variant], position)
-                    times[variant].append(cuda_median_ms(runs[variant], warmup=2, iters=20))
+                    with torch.compiler.set_stance(skip_guard_eval_unsafe=variant.endswith(SKIP_GUARDS)):
+                        times[variant].append(cuda_median_ms(runs[variant], warmup=2, iters=20))
             for variant in runs:
                 rows.append({"case": f"decode b{batch} cache{max_len} pos{position}", "variant": variant,
                              "ms": statistics.median(times[variant]), "round_ms": times[variant],
@@ -157,10 +157,9 @@ def decode_step(variant: str, model, cache_dir: str, prompt, max_len: int):
     fn = compiled(variant, instance, cache_dir, decode=True)
     position = torch.tensor([prompt.shape[1]], device=prompt.device)
     launch = pdl.turned_off if variant.endswith("_nopdl") else contextlib.nullcontext
-    stance = functools.partial(torch.compiler.set_stance, skip_guard_eval_unsafe=variant.endswith(SKIP_GUARDS))
 
     def step(tokens):
-        with torch.no_grad(), launch(), stance():
+        with torch.no_grad(), launch():
             return fn(input_ids=tokens, past_key_values=cache, use_cache=True, cache_position=position)
 
     return step, cache, position

@@ -163,11 +163,12 @@ class CompiledForward:
         return inspect.signature(self.original)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Dynamo pickles the model, this forward among its attributes, into a saved trace's guard state
-        return {name: value for name, value in self.__dict__.items() if name != "first_calls"}
+        # Dynamo pickles the model, this forward among its attributes, into a saved trace's guard state;
+        # this process's traces do not go with it (as SavedTraceForward's reduction says)
+        return {name: value for name, value in self.__dict__.items() if name not in ("first_calls", "trace_sets")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, first_calls=threading.RLock())
+        self.__dict__.update(state, first_calls=threading.RLock(), trace_sets=[])
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         while True:
@@ -178,9 +179,14 @@ class CompiledForward:
                     raise
                 self._fall_back(first_line(exc))
                 continue
+            ran = self.strategy
             if not self.settled:
                 self.settled = True
                 self._check_first_call()
+            if not self.warm and self.strategy == ran:  # a whole call ran on these traces (not on given-up ones)
+                self.warm = True
+                for traces in self.trace_sets:
+                    traces.warm = True
             return result
 
     def _specializes_per_layer(self) -> bool:
@@ -229,6 +235,7 @@ class CompiledForward:
     def _apply(self, strategy: str) -> None:
         self.strategy = strategy
         self.first_report = len(reports())
+        self.warm, self.trace_sets = False, []
         args = {"backend": "regionc", "options": self.options, "dynamic": self.dynamic}
         if strategy == "per_block":
             module_graphs = self.config.cudagraphs is not False  # one graph over the whole forward
@@ -243,6 +250,8 @@ class CompiledForward:
                     continue
                 traces = TraceSet(stack.cls.forward, strategy, block_config, options, self.dynamic) \
                     if self.save_traces else None
+                if traces is not None:
+                    self.trace_sets.append(traces)
                 for block in stack.instances:
                     if traces is not None:
                         block.forward = _FirstCallGate(self, SavedTraceForward(traces, block),
@@ -259,8 +268,9 @@ class CompiledForward:
         if not self.save_traces:  # a nested-region trace is a full graph: it fails before anything runs, or not at all
             self.run = torch.compile(self.original, fullgraph=strategy == "nested_region", **args)
             return
-        run = SavedTraceForward(TraceSet(type(self.model).forward, strategy, self.config, self.options, self.dynamic),
-                                self.model)
+        traces = TraceSet(type(self.model).forward, strategy, self.config, self.options, self.dynamic)
+        self.trace_sets.append(traces)
+        run = SavedTraceForward(traces, self.model)
         # one graph over the forward, keyed by the saved trace whose guards the call passes: a replay skips
         # Dynamo's gathering of every weight as an argument and the program's own checks (about 0.1 ms of
         # an 8-row decode step's host time on an H200 host); the trace keeps its own graphs for the calls

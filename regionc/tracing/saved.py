@@ -79,6 +79,9 @@ class TraceSet:
         self.compile_args = {"backend": "regionc", "options": options, "dynamic": dynamic}
         self.dynamic = dynamic
         self.entries: list[_Entry] = []
+        #: set by ``regionc.compile`` once a call of the whole model has run on these traces: only then may
+        #: ``skip_guard_eval_unsafe`` skip them (a block class's first trace is not yet its layers' only one)
+        self.warm = False
         self.ordinary: Callable[..., Any] | None = None  # torch.compile(fn), once a trace could not be saved
         self.external = _hidden_functions(fn)  # saved by name, handed back from this process on load
 
@@ -107,7 +110,7 @@ class TraceSet:
         loads or traces another) or when the function compiles the ordinary way (Dynamo checks its guards)."""
         if self.ordinary is not None or stance() == "force_eager":
             return None
-        if len(self.entries) == 1 and _skipping_guards():  # no guard tells traces apart: none is checked
+        if len(self.entries) == 1 and self.warm and _skipping_guards():  # no guard tells traces apart: none checked
             return self.entries[0] if self.entries[0]._changed_global() is None else None
         for entry in self.entries:
             if entry.check(module, args, kwargs):
@@ -482,7 +485,11 @@ def stance() -> str:
 
 def _skipping_guards() -> bool:
     """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: only the guards that tell a function's
-    traces apart are checked (with one trace, none: a decode step then skips its guard check)."""
+    traces apart are checked (with one trace, none: a decode step then skips its guard check). Torch asks
+    for it after a warm-up; a server may set it first. Dynamo then never checks a second layer against its
+    first layer's frame, so a trace that specializes per layer (HF's ``layer_idx``) ran every layer as
+    layer 0 (writing one cache layer 32 times a step): :attr:`TraceSet.warm` keeps the guards on until a
+    call of the whole model has run."""
     return bool(getattr(_dynamo_stance(), "skip_guard_eval_unsafe", False))
 
 

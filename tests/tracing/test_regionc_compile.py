@@ -195,6 +195,22 @@ def test_per_block_frames_compiled_per_layer_give_way_to_the_full_trace(caplog, 
     assert sum("the rest of the first call runs its blocks eagerly" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_guards_skipped_from_the_first_call_never_run_one_layer_as_another(tmp_path):
+    """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` set before the first call (torch asks for it
+    after a warm-up; a server may set it first). A block frame traced for layer 0 is its class's only trace
+    when layer 1 comes: skipping its guards there ran every layer as layer 0. The guards stay on until a
+    call of the whole model has run, so the per-layer traces are told apart and give way to the full trace."""
+    model = IndexedStack(depth=8)
+    x, table = torch.randn(2, 8), torch.randn(8, 8)
+    expected = model(x, table)
+    options = {"cache_dir": str(tmp_path), "strict": False, "block_tracing": "per_block"}
+    compiled = regionc.compile(model, options=options)
+    with torch.no_grad(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+        for _ in range(3):
+            assert_close(compiled(x, table), expected)
+    assert compiled.forward.strategy == "full"
+
+
 @pytest.mark.parametrize("entry", ["regionc.compile", "backend"])
 def test_inductor_freezing_on_gives_eager_outputs(entry, caplog, tmp_path, monkeypatch):
     """Under Inductor's global ``freezing`` (a CPU inference recipe) Dynamo puts each layer's weights in
