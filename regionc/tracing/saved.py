@@ -486,10 +486,10 @@ def stance() -> str:
 def _skipping_guards() -> bool:
     """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: only the guards that tell a function's
     traces apart are checked (with one trace, none: a decode step then skips its guard check). Torch asks
-    for it after a warm-up; a server may set it first. Dynamo then never checks a second layer against its
-    first layer's frame, so a trace that specializes per layer (HF's ``layer_idx``) ran every layer as
-    layer 0 (writing one cache layer 32 times a step): :attr:`TraceSet.warm` keeps the guards on until a
-    call of the whole model has run."""
+    for it after a warm-up; a server may set it first. Skipping from the first call never checked a second
+    layer against the trace its first layer made, so a trace that specializes per layer (HF's ``layer_idx``)
+    ran every layer as layer 0 (writing one cache layer 32 times a step): :attr:`TraceSet.warm` keeps the
+    guards on until a call of the whole model has run."""
     return bool(getattr(_dynamo_stance(), "skip_guard_eval_unsafe", False))
 
 
