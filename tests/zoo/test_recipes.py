@@ -70,6 +70,40 @@ def test_static_cache_decode_matches_eager_outputs_and_cache(name, entry):
         assert blocks and len({p.fingerprint or p.key for p in blocks}) == kinds, report.reuse_breakers  # a loaded trace: keys
 
 
+def test_static_cache_decode_with_guards_skipped_from_the_first_step_equals_eager(tmp_path):
+    """A server that sets ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` before its first decode
+    step: per-block frames (torch 2.11's default for ``regionc.compile``) specialize on HF's ``layer_idx``,
+    and skipping the guards of a block's only trace ran every layer as layer 0, writing one cache layer."""
+    import copy
+
+    from transformers import StaticCache
+
+    model, _ = ARCHITECTURES["llama"].build(4)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+
+    def decode(step_fn, skip: bool):
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        outputs = []
+        with torch.no_grad():
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)  # an eager prefill, as servers do
+            token = torch.ones(2, 1, dtype=torch.long)
+            for i in range(4):
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=skip):
+                    out = step_fn(input_ids=token, past_key_values=cache, use_cache=True,
+                                  cache_position=torch.tensor([6 + i]))
+                outputs.append(out.last_hidden_state.clone())
+        return outputs, cache
+
+    expected, expected_cache = decode(model, skip=False)
+    compiled = regionc.compile(copy.deepcopy(model), options={"cache_dir": str(tmp_path), "block_tracing": "per_block"})
+    actual, actual_cache = decode(compiled, skip=True)
+    for a, e in zip(actual, expected):
+        assert relative_error(a, e) <= 1e-5
+    for mine, theirs in zip(actual_cache.layers, expected_cache.layers):
+        torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+    assert compiled.forward.strategy == "full"  # the per-layer traces were told apart, then gave way
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2"])
 def test_generate_with_a_regionc_compile_config_gives_eager_tokens(name):
     """HF ``generate`` with a static cache and a compile config (Gemma 2: sliding-window layers between
