@@ -108,7 +108,7 @@ def copy_float_reads(graph: torch.fx.Graph, owners: dict[torch.fx.Node, BlockIns
     """
     copied = 0
     for node in list(graph.nodes):
-        if not isinstance(node.meta.get("example_value", node.meta.get("val")), (float, torch.SymFloat)):
+        if not _is_float(node):
             continue
         reads = _computation(node)
         if not all(n.op == "placeholder" or n.op in ("call_function", "call_method") and target_name(n) in FLOAT_MATH
@@ -133,7 +133,7 @@ def copy_float_reads(graph: torch.fx.Graph, owners: dict[torch.fx.Node, BlockIns
             copied += 1
     for node in reversed(list(graph.nodes)):  # originals no one reads any more, consumers first
         if node.op in ("call_function", "call_method") and not node.users and target_name(node) in FLOAT_MATH \
-                and isinstance(node.meta.get("example_value", node.meta.get("val")), (float, torch.SymFloat)):
+                and _is_float(node):
             owners.pop(node, None)
             graph.erase_node(node)
     return copied
@@ -141,6 +141,10 @@ def copy_float_reads(graph: torch.fx.Graph, owners: dict[torch.fx.Node, BlockIns
 
 #: What a copied float may be computed with: a read of a 0-d input and arithmetic on it.
 FLOAT_MATH = frozenset({"item", "mul", "add", "sub", "truediv", "neg", "pow", "float"})
+
+
+def _is_float(node: torch.fx.Node) -> bool:
+    return isinstance(node.meta.get("example_value", node.meta.get("val")), (float, torch.SymFloat))
 
 
 def _recomputable(node: torch.fx.Node, owners: dict, memo: dict[torch.fx.Node, bool]) -> bool:

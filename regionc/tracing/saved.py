@@ -88,11 +88,11 @@ class TraceSet:
     def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.ordinary is not None:
             return self.ordinary(module, *args, **kwargs)
-        if stance() == "force_eager":
-            return self.fn(module, *args, **kwargs)
         entry = self.fitting(module, args, kwargs)
         if entry is not None:
             return entry.fn(module, *args, **kwargs)
+        if stance() == "force_eager":  # read here, off the path of a call a trace fits (fitting reads it too)
+            return self.fn(module, *args, **kwargs)
         try:
             entry = self._find_or_trace(module, args, kwargs)
         except _RunEagerly:
