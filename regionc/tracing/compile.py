@@ -46,6 +46,7 @@ from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
 from regionc.logs import log_once
 from regionc.report import Report, first_line, reports
+from regionc.tracing.caches import set_up_caches
 from regionc.tracing.saved import RecompileRefused, TraceSet, traces_can_be_saved
 
 log = logging.getLogger("regionc")
@@ -117,7 +118,8 @@ class CompiledForward:
     Dynamo cannot trace with it.
 
     Torch's nested regions refuse some real blocks (a block returning two slices of one tensor, or an input;
-    an HF ``StaticCache`` setting up its layers in the call), Dynamo may not trace a block frame on its own,
+    an HF ``StaticCache`` setting up its layers in the call, where :func:`set_up_caches` cannot set it up
+    first), Dynamo may not trace a block frame on its own,
     and so on. Such a failure is raised by Dynamo before the traced code runs (whole-forward traces are full
     graphs), so the call is simply made again with the next strategy in :data:`FALLBACKS`, with one warning
     naming the error. Calls are made one at a time until one has succeeded (``regionc.warmup`` makes the first
@@ -171,6 +173,7 @@ class CompiledForward:
         self.__dict__.update(state, first_calls=threading.RLock(), trace_sets=[])
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
+        set_up_caches(self.model, args, kwargs, self._log_key)
         while True:
             try:
                 result = self.run(*args, **kwargs)

@@ -153,6 +153,34 @@ def test_assisted_generation_under_regionc_compile_gives_eager_tokens_with_every
     assert not blocks_not_compiled
 
 
+def test_generate_with_a_static_cache_traces_its_blocks_once_under_regionc_compile(caplog):
+    """HF's compiled-generation recipe, ``generate(cache_implementation="static")`` on a ``regionc.compile``d
+    model: ``generate`` makes a fresh ``StaticCache`` each time, which sets itself up in the prefill, inside
+    the nested region (torch refused that, and the model fell back to tracing every layer). regionc sets it
+    up before the call: nested regions hold for the prefill and the decode steps, a second ``generate``
+    traces nothing, and the tokens are eager's. (Torch 2.11's per-block frames specialize per layer on
+    ``layer_idx``, and give way to the full trace as before.)"""
+    import logging
+
+    from regionc.tracing.compile import nested_regions_reuse_traces
+
+    model = _causal_lm("llama", depth=3)
+    prompt = torch.randint(1, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(3))
+    settings = dict(max_new_tokens=5, do_sample=False, cache_implementation="static")
+    with torch.no_grad():
+        expected = model.generate(prompt, **settings)
+        regionc.compile(model)
+        with caplog.at_level(logging.INFO, logger="regionc"):
+            first = model.generate(prompt, **settings)
+            traced = len(regionc.reports())
+            second = model.generate(prompt, **settings)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    if nested_regions_reuse_traces():
+        assert model.forward.strategy == "nested_region", model.forward.fallbacks
+    assert "set up LlamaForCausalLM's StaticCache before the call" in caplog.text
+    assert len(regionc.reports()) == traced  # the second generate's fresh cache fits the traces held
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_generate_on_a_left_padded_batch_under_regionc_compile_gives_eager_tokens(cache):
     """``generate`` on a left-padded batch with its attention mask: ``regionc.compile``'s forward shows
