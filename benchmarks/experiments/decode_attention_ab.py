@@ -5,6 +5,8 @@ private name without registering its op.
 
 Inputs as ``bench_decode_attention``: bf16, 32 query / 8 KV heads, D 64, an HF-style boolean mask over a
 4096-slot cache. Times are device µs per call inside a CUDA graph, the median of ``--rounds`` rounds.
+``--constant NAME --values A B`` times the package's launcher once per value of one of its module
+constants (``current[NAME=A]``, ...) instead of once as it is.
 
     python benchmarks/experiments/decode_attention_ab.py --baseline base.py --out DIR
 """
@@ -38,6 +40,18 @@ def load_baseline(path: str):
     return module
 
 
+def with_constant(module, name: str, value: int):
+    """The module's launcher with its constant ``name`` set to ``value`` for each call (and each capture)."""
+    def launch(*args):
+        before = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return module.decode_attention_triton(*args)
+        finally:
+            setattr(module, name, before)
+    return launch
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", required=True)
@@ -45,6 +59,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--positions", type=int, nargs="+", default=[128, 512, 3900])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--constant", help="a module constant of regionc/ops/decode_attention.py to vary")
+    ap.add_argument("--values", type=int, nargs="+", default=[])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured")
@@ -54,8 +70,12 @@ def main() -> int:
     from benchmarks.common import environment
     from regionc.ops import decode_attention
 
-    kernels = {"baseline": load_baseline(args.baseline).decode_attention_triton,
-               "current": decode_attention.decode_attention_triton}
+    kernels = {"baseline": load_baseline(args.baseline).decode_attention_triton}
+    if args.constant:
+        for value in args.values:
+            kernels[f"current[{args.constant}={value}]"] = with_constant(decode_attention, args.constant, value)
+    else:
+        kernels["current"] = decode_attention.decode_attention_triton
     rows = []
     for b in args.batches:
         torch.manual_seed(0)
@@ -71,11 +91,11 @@ def main() -> int:
                 for name in (list(kernels) if r % 2 == 0 else list(kernels)[::-1]):
                     times[name].append(1e3 * time_in_graph(lambda fn=kernels[name]: fn(q, kc, vc, mask)))
             row = {"batch": b, "pos": pos, **{f"{n}_us": statistics.median(t) for n, t in times.items()},
-                   "max_abs_diff": (outs["current"].float() - outs["baseline"].float()).abs().max().item()}
-            row["speedup"] = row["baseline_us"] / row["current_us"]
+                   "max_abs_diff": max((o.float() - outs["baseline"].float()).abs().max().item()
+                                       for o in outs.values())}
             rows.append(row)
-            print(f"b{b:<3} pos{pos:<6} baseline {row['baseline_us']:7.2f} us  current {row['current_us']:7.2f} us  "
-                  f"x{row['speedup']:.3f}  diff {row['max_abs_diff']:.1e}", flush=True)
+            print(f"b{b:<3} pos{pos:<6}", "  ".join(f"{n} {row[n + '_us']:7.2f} us" for n in kernels),
+                  f"diff {row['max_abs_diff']:.1e}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(), "capacity": CAPACITY, "heads": [HQ, HKV], "head_dim": D, "rows": rows}

@@ -1,7 +1,8 @@
 """Compiles regionc's decode kernels for sm_90 on this (GPU-less) machine through their real
 launchers, with programmatic dependent launch on (``pdl``) or off (``plain``, the first argument),
 and prints one JSON line per kernel: whether it is launched with PDL and where, in its PTX, the
-L2 prefetches, the grid-dependency wait and the first memory access fall. Run in a subprocess by
+L2 prefetches, the grid-dependency wait and the first memory access fall. The decode attention runs a
+second time at batch 32, a grid of several waves (``"case": "waves"``). Run in a subprocess by
 test_pdl.py, as compile_hopper_sm90.py is."""
 
 import json
@@ -33,6 +34,7 @@ class Compiles:
 
             print(json.dumps({
                 "kernel": self.kernel.fn.__name__,
+                "case": case,
                 "launch_pdl": bool(compiled.metadata.launch_pdl),
                 "prefetch": first(r"prefetch\.global\.L2"),
                 "wait": first(r"griddepcontrol\.wait"),
@@ -47,6 +49,7 @@ for module, name in ((skinny_linear, "_skinny_kernel"), (skinny_linear, "_swiglu
                      (decode_attention, "_decode_split_kernel"), (decode_attention, "_decode_reduce_kernel")):
     setattr(module, name, Compiles(getattr(module, name)))
 
+case = "one wave"
 x = torch.empty(8, 2048, dtype=torch.bfloat16)
 w = torch.empty(1024, 2048, dtype=torch.bfloat16)
 with sm90_target():
@@ -55,4 +58,7 @@ with sm90_target():
     q = torch.empty(8, 32, 1, 64, dtype=torch.bfloat16)
     cache = torch.empty(8, 8, 4096, 64, dtype=torch.bfloat16)
     mask = torch.ones(8, 1, 1, 4096, dtype=torch.bool)
+    decode_attention.decode_attention_triton(q, cache, cache, mask)
+    case = "waves"
+    q, cache, mask = (t.new_empty((32, *t.shape[1:])) for t in (q, cache, mask))
     decode_attention.decode_attention_triton(q, cache, cache, mask)
