@@ -57,6 +57,8 @@ log = logging.getLogger("regionc")
 #: Saved traces per key: a function whose guards depend on more than the key (a per-layer
 #: constant read by the block, say) gets several, tried in order.
 MAX_TRACES_PER_KEY = 8
+#: restarts of Dynamo's analysis one trace may take (its frame loop's limit)
+MAX_RESTARTS = 100
 
 
 def traces_can_be_saved() -> bool:
@@ -449,22 +451,28 @@ def _found_by_name(function) -> bool:
     return value is function
 
 
-def _aot_compile(compiled, example: tuple, attempts: int = 3):
-    """``compiled.aot_compile(example)``, again when Dynamo asks to restart its analysis.
+def _aot_compile(compiled, example: tuple):
+    """``compiled.aot_compile(example)``, again for as long as Dynamo asks to restart its analysis and
+    learned something from the attempt.
 
-    ``torch.compile`` restarts once when a Python scalar cannot become a tensor (it caught
-    ``TensorifyScalarRestartAnalysis`` in its frame loop); the AOT path raises it instead, and the
-    next attempt, with what the first one learned, succeeds.
+    When a Python float cannot become a tensor, Dynamo notes its symbol (``TensorifyState``) and raises
+    ``TensorifyScalarRestartAnalysis``; ``torch.compile``'s frame loop catches that and traces again
+    (up to 100 times), the AOT path raises it to the caller. A model may take several restarts, more
+    where earlier compiles of the process left symbols behind (HF Mixtral's decode step took three after
+    a Gemma 2 had compiled): a restart that noted no new symbol would fail the same way again, so that
+    one is raised.
     """
     from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+    from torch._dynamo.symbolic_convert import TensorifyState
 
-    for attempt in range(attempts):
+    for _ in range(MAX_RESTARTS):
+        known = set(TensorifyState.force_specializations)
         try:
             return compiled.aot_compile(example)
         except TensorifyScalarRestartAnalysis:
-            if attempt == attempts - 1:
+            if TensorifyState.force_specializations <= known:
                 raise
-    raise AssertionError("unreachable")
+    return compiled.aot_compile(example)
 
 
 def _only_saving_failed(exc: BaseException) -> bool:

@@ -408,3 +408,40 @@ def test_saved_traces_follow_torch_compiler_stances(tmp_path, monkeypatch):
         assert checks == []
         assert_close(compiled(x), reference(x))
         assert checks
+
+
+class _Restarting:
+    """Stands in for ``torch.compile(fn).aot_compile``: Dynamo's analysis restarts ``restarts`` times, each
+    time noting a new float to specialize (or none, with ``learns=False``), then traces."""
+
+    def __init__(self, restarts: int, learns: bool = True):
+        self.restarts, self.learns, self.calls = restarts, learns, 0
+
+    def aot_compile(self, example):
+        from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+        from torch._dynamo.symbolic_convert import TensorifyState
+
+        self.calls += 1
+        if self.calls <= self.restarts:
+            if self.learns:
+                TensorifyState.specialize(f"zf_restart_{self.calls}")
+            raise TensorifyScalarRestartAnalysis
+        return "traced"
+
+
+def test_a_trace_restarts_dynamos_analysis_for_as_long_as_each_restart_learns_something(monkeypatch):
+    """A model can take several restarts (HF Mixtral's decode step took three after a Gemma 2 had compiled
+    in the process; three attempts made it give up nested regions). A restart that learned nothing would
+    fail again, so it is raised at once."""
+    from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+    from torch._dynamo.symbolic_convert import TensorifyState
+
+    from regionc.tracing.saved import _aot_compile
+
+    monkeypatch.setattr(TensorifyState, "force_specializations", set())
+    patient = _Restarting(restarts=5)
+    assert _aot_compile(patient, ((), {})) == "traced" and patient.calls == 6
+    stuck = _Restarting(restarts=5, learns=False)
+    with pytest.raises(TensorifyScalarRestartAnalysis):
+        _aot_compile(stuck, ((), {}))
+    assert stuck.calls == 1
