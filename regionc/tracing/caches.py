@@ -11,9 +11,11 @@ model's dtype and device and the shapes of ``_get_static_cache_init_shape()``; r
 before a call whose compileable cache is not set up yet.
 
 Where HF would not (the helper's None: layers over several devices, keys and values of other widths,
-heads that do not split over tensor-parallel ranks), and where the keys' dtype may not be the
-weights' (under autocast, or weights of several float dtypes), the cache is left to set itself up
-in the call, with one log line: ``regionc.compile`` then falls back as before (logged).
+heads that do not split over tensor-parallel ranks), where the keys' dtype may not be the weights'
+(under autocast, or weights of several float dtypes), and where the cache has other layers than the
+model runs (set up early, a layer the model never reaches would hold zeros it never asked for), the
+cache is left to set itself up in the call, with one log line: ``regionc.compile`` then falls back as
+before (logged).
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ def _set_up(model: torch.nn.Module, cache: Any, args: tuple, kwargs: dict[str, A
     batch = _batch_size(args, kwargs)
     floats = {(p.dtype, p.device) for p in model.parameters() if p.is_floating_point()}
     shape = _init_shape(model)
+    layers = _decoder_layers(model)
     why = None
-    if batch is None:
+    if layers != len(cache.layers):
+        why = f"it has {len(cache.layers)} layers, the model runs {'an unknown number' if layers is None else layers}"
+    elif batch is None:
         why = "no input_ids or inputs_embeds tells its batch size"
     elif len(floats) != 1:
         why = "the weights are of several float dtypes or on several devices"
@@ -82,6 +87,14 @@ def _batch_size(args: tuple, kwargs: dict[str, Any]) -> int | None:
         if isinstance(value, torch.Tensor) and value.dim() >= 1:
             return value.shape[0]
     return None
+
+
+def _decoder_layers(model: torch.nn.Module) -> int | None:
+    """How many decoder layers the model runs (its config's ``num_hidden_layers``), or None."""
+    try:
+        return int(model.config.get_text_config(decoder=True).num_hidden_layers)
+    except Exception:  # noqa: BLE001 - not a transformers model, or a config without it
+        return None
 
 
 def _init_shape(model: torch.nn.Module) -> tuple[Any, Any] | None:

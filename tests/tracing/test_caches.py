@@ -57,3 +57,17 @@ def test_a_dynamic_cache_and_a_call_without_tokens_are_left_alone(model):
     static = transformers.StaticCache(config=model.config, max_cache_len=16)
     set_up_caches(model, (), {"past_key_values": static, "use_cache": True}, object())
     assert not any(layer.is_initialized for layer in static.layers)
+
+
+def test_a_cache_with_layers_the_model_does_not_run_is_left_to_the_call(model, caplog):
+    """Set up early, a layer the model never reaches would hold zeros where the call leaves it unset (HF
+    sizes a cache by its config's layer types, which a config may list past its layer count)."""
+    import copy
+
+    wider = copy.deepcopy(model.config)
+    wider.num_hidden_layers = model.config.num_hidden_layers + 2
+    cache = transformers.StaticCache(config=wider, max_cache_len=16)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        set_up_caches(model, (), {"input_ids": _prompt(), "past_key_values": cache}, object())
+    assert not any(layer.is_initialized for layer in cache.layers)
+    assert "sets itself up inside the call (it has 5 layers, the model runs 3)" in caplog.text
