@@ -97,13 +97,7 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 # --------------------------------------------------------------------------------------
 
 if _utils.HAS_TRITON:
-    from regionc.ops.pdl import prefetch_l2, start
-
-    @triton.jit
-    def _prefetch_rows(base, rows, stride, SEQ_K, LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
-        """Ask L2 for the ``LINES`` 128-byte lines of each of ``rows`` (clamped into the cache)."""
-        rows = tl.minimum(rows, SEQ_K - 1).to(tl.int64)
-        prefetch_l2(base + rows[:, None] * stride + (tl.arange(0, LINES) * LINE_ELEMS)[None, :])
+    from regionc.ops.pdl import prefetch_l2, prefetch_rows, start
 
     @triton.jit(do_not_specialize=["HKV", "SEQ_K", "BLOCKS_PER_SPLIT", "N_SPLITS"])
     def _decode_split_kernel(
@@ -127,10 +121,11 @@ if _utils.HAS_TRITON:
         offs_n = tl.arange(0, BLOCK_N)
         jj = tl.arange(0, BLOCKS_P2)
         blk = split + jj * N_SPLITS
+        kv_lines = tl.arange(0, KV_LINES) * (HEAD_DIM // KV_LINES)
         for ahead in tl.static_range(PREFETCH):  # hints only (no value read): before the wait
             keys = (split + ahead * N_SPLITS) * BLOCK_N + offs_n
-            _prefetch_rows(K + b * stride_kb + kvh * stride_kh, keys, stride_kn, SEQ_K, KV_LINES, HEAD_DIM // KV_LINES)
-            _prefetch_rows(V + b * stride_vb + kvh * stride_vh, keys, stride_vn, SEQ_K, KV_LINES, HEAD_DIM // KV_LINES)
+            prefetch_rows(K + b * stride_kb + kvh * stride_kh, keys, SEQ_K - 1, stride_kn, kv_lines)
+            prefetch_rows(V + b * stride_vb + kvh * stride_vh, keys, SEQ_K - 1, stride_vn, kv_lines)
         if PREFETCH > 0 and MASK_KIND != 0:
             mcols = blk[:, None] * BLOCK_N + (tl.arange(0, MASK_LINES) * (BLOCK_N // MASK_LINES))[None, :]
             mcols = tl.minimum(mcols, SEQ_K - 1).to(tl.int64)

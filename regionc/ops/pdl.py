@@ -81,3 +81,10 @@ if _utils.HAS_TRITON:
         registers and nothing waits: safe before :func:`start`, since L2 is where writes land."""
         tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False,
                                   pack=1)
+
+    @triton.jit
+    def prefetch_rows(base, rows, last_row, stride, cols):
+        """Ask L2 for columns ``cols`` (one per 128-byte line) of each of ``rows`` of a row-major tensor at
+        ``base``, rows past ``last_row`` clamped to it (an address inside the tensor)."""
+        rows = tl.minimum(rows, last_row).to(tl.int64)
+        prefetch_l2(base + rows[:, None] * stride + cols[None, :])

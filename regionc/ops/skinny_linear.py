@@ -76,7 +76,7 @@ PREFETCH_STEPS = 2
 # --------------------------------------------------------------------------------------
 
 if _utils.HAS_TRITON:
-    from regionc.ops.pdl import prefetch_l2, start
+    from regionc.ops.pdl import prefetch_rows, start
 
     @triton.jit
     def _tile(ptrs, rows_ok, k_left, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
@@ -92,11 +92,9 @@ if _utils.HAS_TRITON:
         """Ask L2 for the first ``STEPS`` K-steps of a program's slab of a weight (one address per
         128-byte line; ``LINES`` lines a row a step), addresses clamped into the weight. The
         launcher passes ``STEPS`` = 0 (nothing) unless the kernel launches with PDL."""
-        rows = tl.minimum(offs_n, n_cols - 1).to(tl.int64)
         lines = tl.arange(0, LINES) * (BLOCK_K // LINES)
         for s in tl.static_range(STEPS):
-            cols = tl.minimum(k_lo + s * BLOCK_K + lines, K - 1)
-            prefetch_l2(w + rows[:, None] * sw + cols[None, :])
+            prefetch_rows(w, offs_n, n_cols - 1, sw, tl.minimum(k_lo + s * BLOCK_K + lines, K - 1))
 
     # The per-weight values are chosen at run time by branch, so each must keep one type: a column
     # count may be 1, which Triton would turn into a constant, so those are not specialised. The
