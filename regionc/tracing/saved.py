@@ -24,6 +24,11 @@ A stale trace must never run. An entry is used only if all of these hold:
 
 Anything else is a miss: regionc traces again, with one log line saying why. Graph breaks cannot
 be saved (the AOT path traces with ``fullgraph=True``); such a model is compiled the ordinary way.
+Once a whole call has run on a function's traces (``warm``), a later call that none fits and that
+cannot be traced in one graph (HF's ``output_hidden_states=True`` collects each layer's output through
+a context variable Dynamo refuses inside a nested region) runs eagerly, as does every later call of
+its kind, with one warning: the traces keep serving the calls they fit, and regionc.compile does not
+give up its block tracing for the whole model over one kind of call.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class TraceSet:
         #: ``skip_guard_eval_unsafe`` skip them (a block class's first trace is not yet its layers' only one)
         self.warm = False
         self.ordinary: Callable[..., Any] | None = None  # torch.compile(fn), once a trace could not be saved
+        self.untraceable: set[str] = set()  # kinds of call (_call_kind) that failed to trace once warm
         self.external = _hidden_functions(fn)  # saved by name, handed back from this process on load
 
     def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -95,9 +101,17 @@ class TraceSet:
             return entry.fn(module, *args, **kwargs)
         if stance() == "force_eager":  # read here, off the path of a call a trace fits (fitting reads it too)
             return self.fn(module, *args, **kwargs)
+        if self.untraceable and _call_kind(args, kwargs) in self.untraceable:
+            return self.fn(module, *args, **kwargs)
         try:
             entry = self._find_or_trace(module, args, kwargs)
         except _RunEagerly:
+            return self.fn(module, *args, **kwargs)
+        except _Untraceable as exc:
+            log.warning("regionc: %s: a call none of its traces fits cannot be traced in one graph under "
+                        "block_tracing=%s (%s); calls like it (these argument types and flags) run eagerly",
+                        _name(self.fn), self.strategy, exc)
+            self.untraceable.add(_call_kind(args, kwargs))
             return self.fn(module, *args, **kwargs)
         except _NotSaveable as exc:
             log.warning("regionc: %s cannot be traced for saving (%s); compiling it the ordinary way, "
@@ -225,9 +239,13 @@ class TraceSet:
             with _builtins_recorded():
                 traced = _aot_compile(compiled, ((module, *args), kwargs))
         except Exception as exc:  # a guard that cannot be saved, a graph break, a region Dynamo refuses
-            if self.config.strict or not (self.strategy == "full" or _only_saving_failed(exc)):
-                raise  # regionc.compile tries its next block tracing (regionc/tracing/compile.py)
-            raise _NotSaveable(first_line(exc)) from exc
+            if self.config.strict:
+                raise
+            if self.strategy == "full" or _only_saving_failed(exc):
+                raise _NotSaveable(first_line(exc)) from exc
+            if self.warm:  # Dynamo ran nothing of this call: it can run eagerly
+                raise _Untraceable(first_line(exc)) from exc
+            raise  # regionc.compile tries its next block tracing (regionc/tracing/compile.py)
         return _Entry(traced, last_report(), self.fn.__globals__, read)
 
     # ------------------------------------------------------------------ key
@@ -518,6 +536,10 @@ class _NotSaveable(Exception):
     """Dynamo could not trace the function in one graph with saveable guards (the message says why)."""
 
 
+class _Untraceable(Exception):
+    """Dynamo could not trace a call of a warm function in one graph (the message says why)."""
+
+
 _MISSING = object()
 #: global values a trace's bytecode may read as inputs (a float Dynamo made symbolic after it changed, a
 #: module-level tensor)
@@ -661,6 +683,13 @@ def _describe(value: Any, dynamic: bool | None) -> Any:
     if isinstance(value, (list, tuple)):
         return [_describe(v, dynamic) for v in value]
     return {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
+
+
+def _call_kind(args: tuple, kwargs: dict) -> str:
+    """A call as :attr:`TraceSet.untraceable` remembers it: its arguments' types, dtypes, devices and
+    ranks and its plain values (flags), not its sizes: whether Dynamo can trace a call in one graph
+    depends on the code it takes, so a call of another length is not traced (and refused) again."""
+    return repr(([_describe(a, True) for a in args], {k: _describe(v, True) for k, v in sorted(kwargs.items())}))
 
 
 def _device_of(module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.device:

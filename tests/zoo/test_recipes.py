@@ -357,3 +357,60 @@ def test_t5_training_gradients_equal_eager(entry, caplog):
         assert relative_error(mine.grad, theirs[name].grad) <= 1e-4, name
     if STRIDED_GRAD_OUTPUT_BUG and entry == "backend":
         assert any("non-contiguous tensor that requires grad" in r.getMessage() for r in caplog.records)
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    """Every tensor of an HF output (caches left out), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for value in output for t in _tensors(value)]
+    if hasattr(output, "keys"):
+        return [t for key in output.keys() if key not in ("past_key_values", "cache") for t in _tensors(output[key])]
+    return []
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_hidden_states_or_attentions_asked_after_plain_calls_equal_eager(name, caplog):
+    """HF collects ``output_hidden_states`` and ``output_attentions`` through a context variable and
+    warns through a logger, which Dynamo refuses inside a nested region or a block frame. Asked for after
+    plain calls settled the model's block tracing, they raised, and the model then raised on every call.
+    Such a call now runs eagerly (one warning), equals eager, and the plain calls keep their block
+    tracing and their trace."""
+    import copy
+    import logging
+
+    torch.manual_seed(0)
+    model, kwargs = ARCHITECTURES[name].build(3)
+    reference = copy.deepcopy(model)
+    compiled = regionc.compile(model)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        assert relative_error(compiled(**kwargs).last_hidden_state, reference(**kwargs).last_hidden_state) <= 1e-5
+        strategy = compiled.forward.strategy
+        for flags in ({"output_hidden_states": True}, {"output_attentions": True}, {"output_hidden_states": True}):
+            expected, actual = _tensors(reference(**kwargs, **flags)), _tensors(compiled(**kwargs, **flags))
+            assert len(actual) == len(expected) > ("output_hidden_states" in flags), flags
+            assert max(relative_error(a, e) for a, e in zip(actual, expected)) <= 1e-5, flags
+        before = len(regionc.reports())
+        assert relative_error(compiled(**kwargs).last_hidden_state, reference(**kwargs).last_hidden_state) <= 1e-5
+    assert compiled.forward.strategy == strategy
+    if strategy != "full":  # nested regions (torch >= 2.12), or per-block frames where they settle
+        assert len(regionc.reports()) == before  # the plain call ran on its trace
+        eager = [r.getMessage() for r in caplog.records if "run eagerly" in r.getMessage()]
+        assert len(eager) == 2, eager  # one per kind of call, not per call
+
+
+def test_a_bad_argument_after_plain_calls_raises_eagers_error_and_keeps_the_block_tracing():
+    """A call HF refuses (both ``input_ids`` and ``inputs_embeds``) raises HF's own error, as eager does;
+    it is the caller's mistake, so the model keeps its block tracing and the plain calls their trace."""
+    model, kwargs = ARCHITECTURES["llama"].build(2)
+    compiled = regionc.compile(model)
+    with torch.no_grad():
+        expected = compiled(**kwargs).last_hidden_state
+        strategy = compiled.forward.strategy
+        with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+            compiled(**kwargs, inputs_embeds=torch.zeros(1, kwargs["input_ids"].shape[1], 64))
+        before = len(regionc.reports())
+        assert relative_error(compiled(**kwargs).last_hidden_state, expected) <= 1e-6
+    assert compiled.forward.strategy == strategy
+    assert len(regionc.reports()) == before or strategy == "full"
