@@ -126,11 +126,12 @@ class CompiledForward:
     in another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one after
     another, so a failure there is retried only before the first call succeeded (later ones could come after
     blocks already wrote a cache). After that, a call no trace fits that Dynamo cannot trace in one graph
-    (HF's ``output_hidden_states``) runs eagerly where it would be traced (:class:`~regionc.tracing.saved.TraceSet`),
-    and an error of the model's own (a bad argument) is raised as eager raises it: neither changes the strategy. Per-block tracing also gives way after its first call if Dynamo compiled
-    the block frame again and again in it (it specializes on a per-layer value): the blocks would compile per
-    layer, or run eagerly past Dynamo's recompile limit. Once that is plain within the first call (more
-    compiles than the three variants per block class), the rest of the call's blocks run eagerly
+    (HF's ``output_hidden_states``) runs eagerly where it would be traced (see
+    :class:`~regionc.tracing.saved.TraceSet`), and an error of the model's own (a bad argument) is raised as
+    eager raises it: neither changes the strategy. Per-block tracing also gives way after its first call if
+    Dynamo compiled the block frame again and again in it (it specializes on a per-layer value): the blocks
+    would compile per layer, or run eagerly past Dynamo's recompile limit. Once that is plain within the first
+    call (more compiles than the three variants per block class), the rest of the call's blocks run eagerly
     (:class:`_FirstCallGate`) instead of compiling each layer, so the call costs a few block compiles, not one
     per layer.
     """
