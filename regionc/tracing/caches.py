@@ -12,10 +12,13 @@ before a call whose compileable cache is not set up yet.
 
 Where HF would not (the helper's None: layers over several devices, keys and values of other widths,
 heads that do not split over tensor-parallel ranks), where the keys' dtype may not be the weights'
-(under autocast, or weights of several float dtypes), and where the cache has other layers than the
-model runs (set up early, a layer the model never reaches would hold zeros it never asked for), the
-cache is left to set itself up in the call, with one log line: ``regionc.compile`` then falls back as
-before (logged).
+(under autocast, or weights of several float dtypes), where the cache has other layers than the
+model runs (set up early, a layer the model never reaches would hold zeros it never asked for), and
+where the first layer's key projection is not as wide as the config's heads say (HF reads
+``num_key_value_heads`` from the config, which a model without grouped heads, GPT-NeoX, ignores: a
+config carrying it got a cache of the wrong width, and the call failed), the cache is left to set
+itself up in the call, with one log line: ``regionc.compile`` then falls back as before (logged).
+Only nested regions refuse the alias, so other block tracings leave every cache to the call.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ def _set_up(model: torch.nn.Module, cache: Any, args: tuple, kwargs: dict[str, A
         why = "autocast is on, so its keys' dtype may not be the weights'"
     elif shape is None:
         why = "transformers gives no shape to set it up with (several devices, tensor parallelism, MLA)"
+    else:
+        why = _key_width_disagrees(model, shape)
     if why is None:
         (dtype, device), = floats
         try:
@@ -95,6 +100,37 @@ def _decoder_layers(model: torch.nn.Module) -> int | None:
         return int(model.config.get_text_config(decoder=True).num_hidden_layers)
     except Exception:  # noqa: BLE001 - not a transformers model, or a config without it
         return None
+
+
+#: (name, the number of head widths it outputs beside the keys'): a layer's key projection, or one that
+#: computes queries, keys and values together (GQA: queries' heads + keys' + values')
+_KEY_PROJECTIONS = {"k_proj": 0, "key": 0, "qkv_proj": None, "query_key_value": None, "c_attn": None, "Wqkv": None}
+
+
+def _key_width_disagrees(model: torch.nn.Module, shape: tuple[Any, Any]) -> str | None:
+    """Why the first key projection the model holds outputs other widths than ``shape`` (KV heads, head
+    dim) gives its keys, or None (it agrees, or no projection of a known name says)."""
+    heads, head_dim = (value[0] if isinstance(value, list) else value for value in shape)
+    try:
+        queries = model.config.get_text_config(decoder=True).num_attention_heads
+    except Exception:  # noqa: BLE001 - no config saying the query heads: only plain key projections tell
+        queries = None
+    for name, module in model.named_modules():
+        kind = name.rsplit(".", 1)[-1]
+        width = getattr(module, "out_features", None) or getattr(module, "nf", None)  # nn.Linear, HF's Conv1D
+        if kind not in _KEY_PROJECTIONS or not isinstance(width, int):
+            continue
+        if _KEY_PROJECTIONS[kind] == 0:
+            expected = heads * head_dim
+        elif queries is None:
+            return None
+        else:
+            expected = (queries + 2 * heads) * head_dim
+        if width == expected:
+            return None
+        return (f"its {name} outputs {width} features, not the {expected} that transformers' {heads} KV heads of "
+                f"{head_dim} give")
+    return None
 
 
 def _init_shape(model: torch.nn.Module) -> tuple[Any, Any] | None:

@@ -176,7 +176,8 @@ class CompiledForward:
         self.__dict__.update(state, first_calls=threading.RLock(), trace_sets=[])
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
-        set_up_caches(self.model, args, kwargs, self._log_key)
+        if self.strategy == "nested_region":
+            set_up_caches(self.model, args, kwargs, self._log_key)
         while True:
             try:
                 result = self.run(*args, **kwargs)

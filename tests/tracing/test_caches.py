@@ -71,3 +71,27 @@ def test_a_cache_with_layers_the_model_does_not_run_is_left_to_the_call(model, c
         set_up_caches(model, (), {"input_ids": _prompt(), "past_key_values": cache}, object())
     assert not any(layer.is_initialized for layer in cache.layers)
     assert "sets itself up inside the call (it has 5 layers, the model runs 3)" in caplog.text
+
+
+def test_a_config_whose_heads_the_model_does_not_use_leaves_the_cache_to_the_call(caplog):
+    """GPT-NeoX has no grouped heads and ignores a ``num_key_value_heads`` its config carries; HF sizes an
+    early cache by it, so a cache set up that way is narrower than the keys and the call failed. The fused
+    key projection's width tells: the cache is left to the call, whose outputs equal eager's."""
+    config = transformers.GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, vocab_size=128)
+    consistent = transformers.GPTNeoXForCausalLM(config).eval()
+    cache = transformers.StaticCache(config=config, max_cache_len=16)
+    set_up_caches(consistent, (), {"input_ids": _prompt(), "past_key_values": cache}, object())
+    assert all(layer.is_initialized for layer in cache.layers)
+
+    config.num_key_value_heads = 2
+    model = transformers.GPTNeoXForCausalLM(config).eval()
+    cache = transformers.StaticCache(config=config, max_cache_len=16)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        set_up_caches(model, (), {"input_ids": _prompt(), "past_key_values": cache}, object())
+    assert not any(layer.is_initialized for layer in cache.layers)
+    assert "sets itself up inside the call (its gpt_neox.layers.0.attention.query_key_value outputs 192 " \
+           "features, not the 128" in caplog.text
+    with torch.no_grad():
+        model(input_ids=_prompt(), past_key_values=cache)  # the call sets it up, at the keys' width
+    assert cache.layers[0].keys.shape[1] == 4
