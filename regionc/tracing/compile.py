@@ -127,13 +127,12 @@ class CompiledForward:
     another, so a failure there is retried only before the first call succeeded (later ones could come after
     blocks already wrote a cache). After that, a call no trace fits that Dynamo cannot trace in one graph
     (HF's ``output_hidden_states``) runs eagerly where it would be traced (see
-    :class:`~regionc.tracing.saved.TraceSet`), and an error of the model's own (a bad argument) is raised as
-    eager raises it: neither changes the strategy. Per-block tracing also gives way after its first call if
-    Dynamo compiled the block frame again and again in it (it specializes on a per-layer value): the blocks
-    would compile per layer, or run eagerly past Dynamo's recompile limit. Once that is plain within the first
-    call (more compiles than the three variants per block class), the rest of the call's blocks run eagerly
-    (:class:`_FirstCallGate`) instead of compiling each layer, so the call costs a few block compiles, not one
-    per layer.
+    :class:`~regionc.tracing.saved.TraceSet`), without changing the strategy. Per-block tracing also gives way
+    after its first call if Dynamo compiled the block frame again and again in it (it specializes on a
+    per-layer value): the blocks would compile per layer, or run eagerly past Dynamo's recompile limit. Once
+    that is plain within the first call (more compiles than the three variants per block class), the rest of
+    the call's blocks run eagerly (:class:`_FirstCallGate`) instead of compiling each layer, so the call costs
+    a few block compiles, not one per layer.
     """
 
     def __init__(self, model: nn.Module, stacks: list[Stack], strategy: str, config: Config,
@@ -226,12 +225,9 @@ class CompiledForward:
     def _may_retry(self, exc: Exception) -> bool:
         if self.config.strict or not self.next or isinstance(exc, RecompileRefused):
             return False
-        traced = isinstance(exc, torch._dynamo.exc.TorchDynamoException)
         if self.strategy == "per_block":  # block frames run one by one: only a failure before any ran
-            return not self.settled and traced
-        # a whole-forward full graph: its trace failed before anything ran; once a call has succeeded, an
-        # error of the model's own (a bad argument) is the caller's, and changes no strategy
-        return not self.settled or traced
+            return not self.settled and isinstance(exc, torch._dynamo.exc.TorchDynamoException)
+        return True  # a whole-forward full graph: its trace failed before anything ran
 
     def _fall_back(self, reason: str) -> None:
         following = self.next.pop(0)

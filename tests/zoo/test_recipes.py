@@ -399,18 +399,3 @@ def test_hidden_states_or_attentions_asked_after_plain_calls_equal_eager(name, c
         eager = [r.getMessage() for r in caplog.records if "run eagerly" in r.getMessage()]
         assert len(eager) == 2, eager  # one per kind of call, not per call
 
-
-def test_a_bad_argument_after_plain_calls_raises_eagers_error_and_keeps_the_block_tracing():
-    """A call HF refuses (both ``input_ids`` and ``inputs_embeds``) raises HF's own error, as eager does;
-    it is the caller's mistake, so the model keeps its block tracing and the plain calls their trace."""
-    model, kwargs = ARCHITECTURES["llama"].build(2)
-    compiled = regionc.compile(model)
-    with torch.no_grad():
-        expected = compiled(**kwargs).last_hidden_state
-        strategy = compiled.forward.strategy
-        with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
-            compiled(**kwargs, inputs_embeds=torch.zeros(1, kwargs["input_ids"].shape[1], 64))
-        before = len(regionc.reports())
-        assert relative_error(compiled(**kwargs).last_hidden_state, expected) <= 1e-6
-    assert compiled.forward.strategy == strategy
-    assert len(regionc.reports()) == before or strategy == "full"
