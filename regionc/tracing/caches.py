@@ -57,7 +57,7 @@ def _set_up(model: torch.nn.Module, cache: Any, args: tuple, kwargs: dict[str, A
     batch = _batch_size(args, kwargs)
     floats = {(p.dtype, p.device) for p in model.parameters() if p.is_floating_point()}
     shape = _init_shape(model)
-    layers = _decoder_layers(model)
+    layers = _text_config(model, "num_hidden_layers")
     why = None
     if layers != len(cache.layers):
         why = f"it has {len(cache.layers)} layers, the model runs {'an unknown number' if layers is None else layers}"
@@ -94,38 +94,35 @@ def _batch_size(args: tuple, kwargs: dict[str, Any]) -> int | None:
     return None
 
 
-def _decoder_layers(model: torch.nn.Module) -> int | None:
-    """How many decoder layers the model runs (its config's ``num_hidden_layers``), or None."""
+def _text_config(model: torch.nn.Module, name: str) -> int | None:
+    """An int of the model's decoder config (``num_hidden_layers``, ``num_attention_heads``), or None."""
     try:
-        return int(model.config.get_text_config(decoder=True).num_hidden_layers)
+        return int(getattr(model.config.get_text_config(decoder=True), name))
     except Exception:  # noqa: BLE001 - not a transformers model, or a config without it
         return None
 
 
-#: (name, the number of head widths it outputs beside the keys'): a layer's key projection, or one that
-#: computes queries, keys and values together (GQA: queries' heads + keys' + values')
-_KEY_PROJECTIONS = {"k_proj": 0, "key": 0, "qkv_proj": None, "query_key_value": None, "c_attn": None, "Wqkv": None}
+#: a layer's key projection, and projections computing queries, keys and values together (GQA: the
+#: queries' heads, then the keys' and the values')
+_KEY_PROJECTIONS = ("k_proj", "key")
+_QKV_PROJECTIONS = ("qkv_proj", "query_key_value", "c_attn", "Wqkv")
 
 
 def _key_width_disagrees(model: torch.nn.Module, shape: tuple[Any, Any]) -> str | None:
     """Why the first key projection the model holds outputs other widths than ``shape`` (KV heads, head
     dim) gives its keys, or None (it agrees, or no projection of a known name says)."""
     heads, head_dim = (value[0] if isinstance(value, list) else value for value in shape)
-    try:
-        queries = model.config.get_text_config(decoder=True).num_attention_heads
-    except Exception:  # noqa: BLE001 - no config saying the query heads: only plain key projections tell
-        queries = None
     for name, module in model.named_modules():
         kind = name.rsplit(".", 1)[-1]
         width = getattr(module, "out_features", None) or getattr(module, "nf", None)  # nn.Linear, HF's Conv1D
-        if kind not in _KEY_PROJECTIONS or not isinstance(width, int):
+        if not isinstance(width, int) or kind not in (*_KEY_PROJECTIONS, *_QKV_PROJECTIONS):
             continue
-        if _KEY_PROJECTIONS[kind] == 0:
-            expected = heads * head_dim
-        elif queries is None:
-            return None
-        else:
-            expected = (queries + 2 * heads) * head_dim
+        expected = heads * head_dim
+        if kind in _QKV_PROJECTIONS:
+            queries = _text_config(model, "num_attention_heads")
+            if queries is None:
+                return None
+            expected += (queries + heads) * head_dim
         if width == expected:
             return None
         return (f"its {name} outputs {width} features, not the {expected} that transformers' {heads} KV heads of "
