@@ -150,7 +150,12 @@ class CompiledForward:
         self.first_calls = threading.RLock()
         self._apply(strategy)
 
+    @torch.compiler.disable(reason="regionc.compile runs this model's compiled code itself")
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Opaque to an outer ``torch.compile`` (HF ``generate`` compiles the model's call by default on
+        CUDA): traced into, regionc's own machinery broke the outer trace in many places and a nested
+        region's trace failed inside it ("'method' object has no attribute '__dict__'"), so the model fell
+        back to per-block frames; the outer compile now calls the model as one opaque call."""
         if self.settled:
             return self._call(*args, **kwargs)
         # one at a time until one succeeded (a call during a warm-up waits for it); background compiles

@@ -182,6 +182,40 @@ def test_generate_with_a_static_cache_traces_its_blocks_once_under_regionc_compi
         assert len(regionc.reports()) == traced  # the second generate's fresh cache fits the traces held
 
 
+def test_generate_compiling_the_call_of_a_regionc_compiled_model_leaves_it_to_regionc():
+    """On CUDA, HF ``generate`` with a static cache compiles the model's call itself (its default
+    ``CompileConfig``). Traced into, ``regionc.compile``'s own machinery broke that outer trace in many
+    places and its nested region failed inside it, so the model fell back to per-block frames (torch 2.13)
+    or gave up its saved trace (2.11). The model's call is opaque to an outer compile now: the outer
+    backend captures none of its operations, regionc keeps its strategy, and the tokens are eager's."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import CompileConfig
+
+    from regionc.tracing.compile import nested_regions_reuse_traces
+
+    outer_graphs = []
+
+    def outer(gm, example_inputs):
+        outer_graphs.append(gm)
+        return gm.forward
+
+    model = _causal_lm("llama", depth=3)
+    prompt = torch.randint(1, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(3))
+    settings = dict(max_new_tokens=5, do_sample=False, cache_implementation="static")
+    compile_config = CompileConfig(backend=outer, mode=None)
+    compile_config._compile_all_devices = True  # generate compiles on accelerators only, unless told
+    with torch.no_grad():
+        expected = model.generate(prompt, generation_config=GenerationConfig(**settings, disable_compile=True))
+        regionc.compile(model)
+        actual = model.generate(prompt, generation_config=GenerationConfig(**settings, compile_config=compile_config))
+    assert torch.equal(actual, expected)
+    captured = [node.target for gm in outer_graphs for node in gm.graph.nodes if node.op == "call_function"]
+    assert not captured, captured
+    if nested_regions_reuse_traces():
+        assert model.forward.strategy == "nested_region", model.forward.fallbacks
+    assert all(traces.ordinary is None for traces in model.forward.trace_sets)  # every trace saved
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_generate_on_a_left_padded_batch_under_regionc_compile_gives_eager_tokens(cache):
     """``generate`` on a left-padded batch with its attention mask: ``regionc.compile``'s forward shows
