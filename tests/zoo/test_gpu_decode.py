@@ -99,7 +99,9 @@ def test_static_cache_decode_equals_eager(name, dtype, entry):
 def test_generate_gives_eager_tokens(name, cache, entry):
     """HF ``generate`` as its docs run it, greedy: its default ``DynamicCache`` (a tensor assigned anew
     each step) with the forward compiled, and a static cache (Gemma 2's sliding layers count tokens in a
-    Python int) with generate's own compile config naming regionc, or the model under ``regionc.compile``."""
+    Python int) with generate's own compile config naming regionc, or the model under ``regionc.compile``
+    (where ``generate`` compiles the model's call with its default Inductor config around it, as it does on
+    CUDA with a static cache: an opaque call)."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import CompileConfig
 
@@ -116,7 +118,7 @@ def test_generate_gives_eager_tokens(name, cache, entry):
         expected = model.generate(prompt, generation_config=GenerationConfig(**settings, disable_compile=True))
         if entry == "regionc.compile":
             regionc.compile(model)
-            config = GenerationConfig(**settings, disable_compile=True)
+            config = GenerationConfig(**settings)
         elif cache == "static":
             config = GenerationConfig(**settings, compile_config=CompileConfig(backend="regionc", mode=None))
         else:
