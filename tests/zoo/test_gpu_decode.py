@@ -99,9 +99,9 @@ def test_static_cache_decode_equals_eager(name, dtype, entry):
 def test_generate_gives_eager_tokens(name, cache, entry):
     """HF ``generate`` as its docs run it, greedy: its default ``DynamicCache`` (a tensor assigned anew
     each step) with the forward compiled, and a static cache (Gemma 2's sliding layers count tokens in a
-    Python int) with generate's own compile config naming regionc, or the model under ``regionc.compile``
-    (where ``generate`` compiles the model's call with its default Inductor config around it, as it does on
-    CUDA with a static cache: an opaque call)."""
+    Python int) with generate's own compile config naming regionc, or the model under ``regionc.compile``,
+    with generate's own compile off and then on (with a static cache on CUDA, ``generate`` compiles the
+    model's call with its default Inductor config: around ``regionc.compile``, an opaque call)."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import CompileConfig
 
@@ -119,6 +119,8 @@ def test_generate_gives_eager_tokens(name, cache, entry):
         if entry == "regionc.compile":
             regionc.compile(model)
             config = GenerationConfig(**settings)
+            off = model.generate(prompt, generation_config=GenerationConfig(**settings, disable_compile=True))
+            assert torch.equal(off, expected), (off, expected)
         elif cache == "static":
             config = GenerationConfig(**settings, compile_config=CompileConfig(backend="regionc", mode=None))
         else:
