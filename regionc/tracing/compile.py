@@ -127,7 +127,8 @@ class CompiledForward:
     another, so a failure there is retried only before the first call succeeded (later ones could come after
     blocks already wrote a cache). After that, a call no trace fits that Dynamo cannot trace in one graph
     (HF's ``output_hidden_states``) runs eagerly where it would be traced (see
-    :class:`~regionc.tracing.saved.TraceSet`), without changing the strategy. Per-block tracing also gives way
+    :class:`~regionc.tracing.saved.TraceSet`), without changing the strategy, and a whole-forward call that
+    fails is run eagerly before any fallback (:meth:`_eager_then_fall_back`). Per-block tracing also gives way
     after its first call if Dynamo compiled the block frame again and again in it (it specializes on a
     per-layer value): the blocks would compile per layer, or run eagerly past Dynamo's recompile limit. Once
     that is plain within the first call (more compiles than the three variants per block class), the rest of
@@ -188,6 +189,8 @@ class CompiledForward:
             except Exception as exc:
                 if not self._may_retry(exc):
                     raise
+                if self.settled:
+                    return self._eager_then_fall_back(exc, args, kwargs)
                 self._fall_back(first_line(exc))
                 continue
             ran = self.strategy
@@ -233,6 +236,21 @@ class CompiledForward:
         if self.strategy == "per_block":  # block frames run one by one: only a failure before any ran
             return not self.settled and isinstance(exc, torch._dynamo.exc.TorchDynamoException)
         return True  # a whole-forward full graph: its trace failed before anything ran
+
+    def _eager_then_fall_back(self, exc: Exception, args: tuple, kwargs: dict) -> Any:
+        """A call of a settled model failed compiled; eager tells whose fault that is. Where eager raises too,
+        the call itself is wrong (a float ``input_ids``, a token past the vocabulary): eager's error is raised
+        and the strategy kept, so one bad request does not cost a serving model its traces (it fell back to
+        per-block frames, for good). Where eager runs, regionc's path failed (a LoRA scale's retrace whose
+        piece cannot run): the call returns eager's result, and later calls take the next strategy."""
+        try:
+            result = self.original(*args, **kwargs)
+        except Exception as eager_exc:
+            log.info("regionc: a call of %s failed compiled (%s) and eagerly; raising eager's error, keeping "
+                     "block_tracing=%s", type(self.model).__name__, first_line(exc), self.strategy)
+            raise eager_exc from None
+        self._fall_back(first_line(exc))
+        return result
 
     def _fall_back(self, reason: str) -> None:
         following = self.next.pop(0)

@@ -216,6 +216,31 @@ def test_generate_compiling_the_call_of_a_regionc_compiled_model_leaves_it_to_re
     assert all(traces.ordinary is None for traces in model.forward.trace_sets)  # every trace saved
 
 
+def test_a_bad_call_after_good_ones_raises_eagers_error_and_keeps_the_traces():
+    """A serving model gets a bad request after good ones (float ``input_ids``, a token past the
+    vocabulary): each raises eager's error, the block tracing is kept (one such call switched a model from
+    nested regions to per-block frames for good), and the next good call traces nothing."""
+    import copy
+
+    model, _ = ARCHITECTURES["llama"].build(3)
+    reference = copy.deepcopy(model)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(4))
+    regionc.compile(model)
+    with torch.no_grad():
+        model(input_ids=tokens)
+        strategy, fallbacks, traced = model.forward.strategy, list(model.forward.fallbacks), len(regionc.reports())
+        for bad in (tokens.float(), tokens + model.config.vocab_size):
+            with pytest.raises(Exception) as eager_error:
+                reference(input_ids=bad)
+            with pytest.raises(type(eager_error.value)) as error:
+                model(input_ids=bad)
+            assert str(error.value) == str(eager_error.value)
+            assert (model.forward.strategy, model.forward.fallbacks) == (strategy, fallbacks)
+        actual = model(input_ids=tokens).last_hidden_state
+    assert len(regionc.reports()) == traced
+    assert relative_error(actual, reference(input_ids=tokens).last_hidden_state) <= 1e-5
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_generate_on_a_left_padded_batch_under_regionc_compile_gives_eager_tokens(cache):
     """``generate`` on a left-padded batch with its attention mask: ``regionc.compile``'s forward shows
