@@ -44,6 +44,12 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
     for call in calls:
         _inline(gm, call)
     if calls:
+        # the regions' alias check (tracing/compile.py) reads the ``_base`` of each block's tensors; the
+        # reads are unused, and each inlined copy names its own instance's tensors, so left in place they
+        # would make every block's code differ from the first's
+        for node in list(gm.graph.find_nodes(op="call_function", target=getattr)):
+            if not node.users:
+                gm.graph.erase_node(node)
         for node in list(gm.graph.find_nodes(op="get_attr")):
             if node.target in subgraphs and not node.users:
                 gm.graph.erase_node(node)

@@ -365,6 +365,42 @@ def nested_regions_reuse_traces() -> bool:
     return region is not None and "max_reuse_entries" in inspect.signature(region).parameters
 
 
+def _unaliased_region(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` as a nested compile region none of whose outputs shares storage with an input or
+    another output.
+
+    Dynamo refuses a region whose outputs alias ("Encountered aliasing during higher order op
+    tracing"), and Flux's and HunyuanVideo's single-stream blocks return the text and image halves
+    of one tensor: such an output is cloned as it leaves the region, so those models keep nested
+    regions instead of falling back to per-block frames. Aliasing is read from the view relation
+    (``_base``), which Dynamo traces; the reads stay in the graph unused until the regions are
+    inlined (blocks/inline.py); views made under ``inference_mode`` keep no ``_base``, so there the
+    region is refused as before. Inputs that alias each other (GPT-J's ``sin`` and ``cos``,
+    CogVideoX's two hidden states) are still refused, and ``regionc.compile`` falls back (logged)."""
+    def body(self, *args: Any, **kwargs: Any) -> Any:
+        inputs = [_root(t) for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        return _unaliased(forward(self, *args, **kwargs), inputs)
+
+    return torch.compiler.nested_compile_region(body)
+
+
+def _root(t: torch.Tensor) -> torch.Tensor:
+    return t if t._base is None else t._base
+
+
+def _unaliased(tree: Any, seen: list[torch.Tensor]) -> Any:
+    """``tree`` with each tensor whose view root is in ``seen`` cloned; the others' roots join ``seen``."""
+    leaves, spec = torch.utils._pytree.tree_flatten(tree)
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            root = _root(leaf)
+            if any(root is other for other in seen):
+                leaves[i] = leaf.clone()
+            else:
+                seen.append(root)
+    return torch.utils._pytree.tree_unflatten(leaves, spec)
+
+
 def _mark_nested_region(stack: Stack) -> None:
     region_class = _REGION_CLASSES.get((stack.cls, stack.kind))
     if region_class is None:
@@ -372,7 +408,7 @@ def _mark_nested_region(stack: Stack) -> None:
         name = "region_of_" + re.sub(r"\W", "_", f"{stack.cls.__module__}.{stack.cls.__qualname__}") \
             + (f"_{stack.kind}" if stack.kind else "")
         region_class = type(name, (stack.cls,), {
-            "forward": torch.compiler.nested_compile_region(stack.cls.forward),
+            "forward": _unaliased_region(stack.cls.forward),
             "regionc_block_class": stack.cls,  # blocks of every kind are one stack in the graph (blocks/detect.py)
             "__module__": __name__,
             "__qualname__": name,
