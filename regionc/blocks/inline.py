@@ -43,19 +43,20 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
     subgraphs = {call.args[0].target for call in calls}
     for call in calls:
         _inline(gm, call)
+    # the regions' alias check (tracing/compile.py) reads the ``_base`` of block outputs; the reads are
+    # unused, and each copy (inlined here, or by Dynamo where a region is called once) names its own
+    # instance's tensors, so left in place they would make every block's code differ from the first's
+    unused = [node for node in gm.graph.find_nodes(op="call_function", target=getattr) if not node.users]
+    for node in unused:
+        gm.graph.erase_node(node)
     if calls:
-        # the regions' alias check (tracing/compile.py) reads the ``_base`` of each block's tensors; the
-        # reads are unused, and each inlined copy names its own instance's tensors, so left in place they
-        # would make every block's code differ from the first's
-        for node in list(gm.graph.find_nodes(op="call_function", target=getattr)):
-            if not node.users:
-                gm.graph.erase_node(node)
         for node in list(gm.graph.find_nodes(op="get_attr")):
             if node.target in subgraphs and not node.users:
                 gm.graph.erase_node(node)
         for target in subgraphs:
             if not any(node.target == target for node in gm.graph.find_nodes(op="get_attr")):
                 delattr(gm, target)
+    if calls or unused:
         gm.graph.lint()
         gm.recompile()
     return len(calls)

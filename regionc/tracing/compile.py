@@ -366,38 +366,38 @@ def nested_regions_reuse_traces() -> bool:
 
 
 def _unaliased_region(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` as a nested compile region none of whose outputs shares storage with an input or
-    another output.
+    """``forward`` as a nested compile region none of whose outputs views what another output views.
 
-    Dynamo refuses a region whose outputs alias ("Encountered aliasing during higher order op
-    tracing"), and Flux's and HunyuanVideo's single-stream blocks return the text and image halves
-    of one tensor: such an output is cloned as it leaves the region, so those models keep nested
+    Dynamo refuses a region whose outputs alias each other ("Encountered aliasing during higher order
+    op tracing"), and Flux's and HunyuanVideo's single-stream blocks return the text and image halves
+    of one tensor: the second half is cloned as it leaves the region, so those models keep nested
     regions instead of falling back to per-block frames. Aliasing is read from the view relation
-    (``_base``), which Dynamo traces; the reads stay in the graph unused until the regions are
-    inlined (blocks/inline.py); views made under ``inference_mode`` keep no ``_base``, so there the
-    region is refused as before. Inputs that alias each other (GPT-J's ``sin`` and ``cos``,
-    CogVideoX's two hidden states) are still refused, and ``regionc.compile`` falls back (logged)."""
+    (``_base``), which Dynamo traces; the reads stay in the graph unused until blocks/inline.py erases
+    them. Views made under ``inference_mode`` keep no ``_base``, so there the region is refused as
+    before. Only outputs computed in the block are looked at: reading an input's ``_base`` would
+    specialize the region on whether the input is a view, and the first block's input (a view made
+    by the code before the blocks) would no longer share the others' trace. Inputs that alias each
+    other (GPT-J's ``sin`` and ``cos``) or an output (T5 blocks hand back the ``position_bias`` they
+    were given) are still refused, and ``regionc.compile`` falls back (logged)."""
     def body(self, *args: Any, **kwargs: Any) -> Any:
-        inputs = [_root(t) for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         return _unaliased(forward(self, *args, **kwargs), inputs)
 
     return torch.compiler.nested_compile_region(body)
 
 
-def _root(t: torch.Tensor) -> torch.Tensor:
-    return t if t._base is None else t._base
-
-
-def _unaliased(tree: Any, seen: list[torch.Tensor]) -> Any:
-    """``tree`` with each tensor whose view root is in ``seen`` cloned; the others' roots join ``seen``."""
+def _unaliased(tree: Any, inputs: list[torch.Tensor]) -> Any:
+    """``tree`` with each tensor computed in the block that views what an earlier one views cloned."""
     leaves, spec = torch.utils._pytree.tree_flatten(tree)
+    roots: list[torch.Tensor] = []
     for i, leaf in enumerate(leaves):
-        if isinstance(leaf, torch.Tensor):
-            root = _root(leaf)
-            if any(root is other for other in seen):
-                leaves[i] = leaf.clone()
-            else:
-                seen.append(root)
+        if not isinstance(leaf, torch.Tensor) or any(leaf is t for t in inputs):
+            continue
+        root = leaf if leaf._base is None else leaf._base
+        if any(root is other for other in roots):
+            leaves[i] = leaf.clone()
+        else:
+            roots.append(root)
     return torch.utils._pytree.tree_unflatten(leaves, spec)
 
 

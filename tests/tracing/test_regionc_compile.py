@@ -114,8 +114,8 @@ def test_a_modules_forward_compiles_the_module_and_anything_else_is_refused():
 
 
 class SlicingBlock(torch.nn.Module):
-    """Returns two slices of one tensor and, last, its input as it came: outputs that alias each other
-    and an input, which torch's nested regions refuse unless the region clones them."""
+    """Returns two slices of one tensor and a third output: outputs that alias each other, which torch's
+    nested regions refuse unless the region clones them."""
 
     def __init__(self):
         super().__init__()
@@ -123,7 +123,7 @@ class SlicingBlock(torch.nn.Module):
 
     def forward(self, x):
         y = self.lin(x).relu()
-        return y[:, :4], y[:, 4:], x
+        return y[:, :4], y[:, 4:], x * 2
 
 
 class SlicingStack(torch.nn.Module):
