@@ -139,7 +139,7 @@ class SlicingStack(torch.nn.Module):
 
 
 @needs_region_reuse
-def test_blocks_returning_views_of_one_tensor_or_their_input_keep_nested_regions():
+def test_blocks_returning_views_of_one_tensor_keep_nested_regions():
     model = SlicingStack()
     x = torch.randn(2, 8)
     with torch.no_grad():
