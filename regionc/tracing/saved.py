@@ -43,6 +43,7 @@ import logging
 import pickle
 import re
 import time
+import traceback
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -493,13 +494,21 @@ def _aot_compile(compiled, example: tuple):
     return compiled.aot_compile(example)
 
 
+#: Dynamo's functions that pickle a trace's guard state, which holds the model: what an object raises
+#: there is raised as it is (a parametrized module's RuntimeError, as in Wav2Vec2's weight-normed
+#: positional convolution; an unpicklable object's TypeError)
+_GUARD_PICKLING = frozenset({"serialize_guards", "pickle_guards_state"})
+
+
 def _only_saving_failed(exc: BaseException) -> bool:
     """Whether Dynamo traced the function but could not package the result (an ordinary compile of it
-    works), rather than failed to trace it. Dynamo wraps what goes wrong while tracing in its own
-    exceptions; a bare ``TypeError`` comes from pickling the guards' state."""
+    works), rather than failed to trace it: a packaging or pickling error, or any error raised while
+    Dynamo pickled the guards' state."""
     from torch._dynamo.exc import PackageError
 
-    return isinstance(exc, (PackageError, pickle.PicklingError)) or type(exc) is TypeError
+    if isinstance(exc, (PackageError, pickle.PicklingError)):
+        return True
+    return any(frame.name in _GUARD_PICKLING for frame in traceback.extract_tb(exc.__traceback__))
 
 
 def stance() -> str:

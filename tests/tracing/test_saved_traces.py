@@ -224,6 +224,19 @@ def test_a_graph_break_falls_back_visibly(model_module, tmp_path, caplog):
         assert any("cannot be traced for saving" in m for m in messages)
 
 
+def test_a_model_whose_guard_state_cannot_be_pickled_is_compiled_unsaved_with_its_block_tracing(
+        model_module, tmp_path, caplog):
+    """A parametrized module (weight norm, as Wav2Vec2's positional convolution) raises a RuntimeError while
+    Dynamo pickles the guards' state: only saving failed, so the trace is compiled the ordinary way, the
+    block tracing kept, and the log says so."""
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        start(model_module, tmp_path / "cache", x_of(), {"strict": False},
+              change=lambda model: torch.nn.utils.parametrizations.weight_norm(model.head))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot be traced for saving (RuntimeError: Serialization of parametrized" in m for m in messages)
+    assert not any("failed for" in m for m in messages)
+
+
 def test_per_block_tracing_saves_one_trace_for_all_blocks(model_module, tmp_path):
     options = {"block_tracing": "per_block"}
     first, traced_graphs = start(model_module, tmp_path / "cache", x_of(), options=options)
