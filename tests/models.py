@@ -346,6 +346,61 @@ class PatchEmbeddedStack(nn.Module):
         return self.out(h)
 
 
+class ModulatedBlock(nn.Module):
+    """A DiT block scaled and shifted by the modulation vectors it is handed."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, modulation):
+        shift, scale = modulation.unbind(1)
+        return x + self.proj(x * (1 + scale[:, None]) + shift[:, None])
+
+
+class SlicedModulations(nn.Module):
+    """Chroma's single blocks: one network computes every block's modulation vectors at once, and each
+    block is handed its own slice of them, a view with the same strides at another offset."""
+
+    def __init__(self, dim: int = 16, depth: int = 3):
+        super().__init__()
+        self.modulations = nn.Linear(dim, 2 * depth * dim)
+        self.blocks = nn.ModuleList(ModulatedBlock(dim) for _ in range(depth))
+
+    def forward(self, x, t):
+        modulations = self.modulations(t).view(t.shape[0], 2 * len(self.blocks), -1)
+        for i, block in enumerate(self.blocks):
+            x = block(x, modulations[:, 2 * i:2 * i + 2])
+        return x
+
+
+class SlotWriter(nn.Module):
+    """A block that stores what it computes in the cache slot it is handed, in place."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, slot):
+        slot.copy_(self.proj(x))
+        return x + slot.sum(0)
+
+
+class SlicedScratch(nn.Module):
+    """One scratch tensor for every layer, made in the forward: each block writes its own slice of it in
+    place, and the forward reads all of it after the last block."""
+
+    def __init__(self, dim: int = 16, depth: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList(SlotWriter(dim) for _ in range(depth))
+
+    def forward(self, x):
+        scratch = x.new_zeros(len(self.blocks), *x.shape)
+        for i, block in enumerate(self.blocks):
+            x = block(x, scratch[i])
+        return x + scratch.sum(0)
+
+
 class CheckpointedLayer(ResidualMLP):
     """A residual MLP that recomputes its body in backward (``torch.utils.checkpoint``, as HF's
     ``gradient_checkpointing_enable``): Dynamo traces the body as a higher-order op's subgraph."""

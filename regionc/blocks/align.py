@@ -4,10 +4,11 @@ Identical blocks can still split into pieces that differ at their edges:
 
 - **An input's layout.** DiT models concatenate text and image tokens and hand the first block a
   slice of the result (CogVideoX: stride 1280 at offset 256) while later blocks get contiguous
-  tensors. Inductor specializes on strides (and regionc's key on the offset), so the first block
-  would compile alone. Here the caller copies such an input to a dense tensor before the call (one
-  copy, once per forward), when the other instances receive it dense and the piece still returns
-  tensors laid out as traced: ops follow their input's layout (a VAE's mid-block resnet reading its
+  tensors; Chroma hands each single block its own slice of one modulation tensor (the same strides
+  at another offset). Inductor specializes on strides (and regionc's key on the offset), so such
+  blocks would compile alone. Here, where the instances' layouts differ, the caller copies each
+  input not laid out densely to a dense tensor before the call (one copy of it per call), unless a
+  piece writes that input in place, and when the piece still returns tensors laid out as traced: ops follow their input's layout (a VAE's mid-block resnet reading its
   attention's channels-last output returns channels-last), and the pieces that read the returned
   tensors were compiled for, and assert, the traced layout.
 - **A size read in two roles.** HF's sliding-window cache keeps a Python int per layer, which Dynamo
@@ -35,6 +36,8 @@ import torch
 import torch.fx
 from torch._prims_common import clone_preserve_strides
 from torch._subclasses.fake_tensor import FakeTensor
+
+from regionc.blocks.writes import mutated_placeholders
 
 
 def align_instances(split: torch.fx.GraphModule, blocks: list[tuple[str, str]]) -> int:
@@ -232,12 +235,13 @@ def _union_outputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModu
 def _contiguous_inputs(split: torch.fx.GraphModule, modules: list[torch.fx.GraphModule],
                        calls: list[torch.fx.Node]) -> int:
     placeholders = [list(module.graph.find_nodes(op="placeholder")) for module in modules]
+    written = set().union(*(mutated_placeholders(module) for module in modules))  # a copy would take the write
     changed = 0
     for position in range(len(placeholders[0])):
         values = [nodes[position].meta.get("example_value") for nodes in placeholders]
-        if not all(isinstance(v, torch.Tensor) for v in values):
+        if not all(isinstance(v, torch.Tensor) for v in values) or position in written:
             continue
-        if len({(v.dtype, v.dim()) for v in values}) != 1 or not any(_dense(v) for v in values):
+        if len({(v.dtype, v.dim()) for v in values}) != 1 or len({_layout(v) for v in values}) == 1:
             continue
         for nodes, module, call, value in zip(placeholders, modules, calls, values):
             if _dense(value) or not _returns_traced_layouts(module, position):

@@ -21,6 +21,8 @@ from tests.models import (
     PerLayerConstant,
     PerLayerCounters,
     ScaledBetweenLayers,
+    SlicedModulations,
+    SlicedScratch,
     StagedLayers,
     TinyDiT,
     VmapLayers,
@@ -105,6 +107,27 @@ def test_a_first_block_reading_a_patch_embeddings_view_shares_the_compile():
     report = regionc.last_report()
     assert report.stacks == {"blocks": 3}
     assert block_compiles(report) == 1 and report.count("reused", "block") == 2, report.summary()
+
+
+def test_blocks_reading_slices_of_one_tensor_at_other_offsets_share_the_compile():
+    """Each block reads its own slice of one modulation tensor (Chroma): the same strides at another
+    offset, which regionc's key tells apart. The calls copy the slices dense, and one compile serves all."""
+    torch.manual_seed(0)
+    model, x, t = SlicedModulations().eval(), torch.randn(2, 5, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x, t), model(x, t))
+    report = regionc.last_report()
+    assert report.stacks == {"blocks": 3}
+    assert block_compiles(report) == 1 and report.count("reused", "block") == 2, report.summary()
+
+
+def test_blocks_writing_slices_of_one_tensor_write_the_tensor():
+    """Each block writes its own slice of one scratch tensor in place, which the forward reads after: a
+    dense copy of a slice would take the write instead, so such an input is passed as it is."""
+    torch.manual_seed(0)
+    model, x = SlicedScratch().eval(), torch.randn(4, 16)
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x), model(x))
 
 
 def test_static_kv_cache_decoder_over_decode_steps():

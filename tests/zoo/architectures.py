@@ -40,9 +40,9 @@ def _transformers(config_name: str, model_name: str, module: str | None = None, 
 
         source = transformers if module is None else __import__(module, fromlist=[model_name])
         cfg = getattr(transformers, config_name)(**config)
-        for attribute in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers"):
-            if attribute in config or hasattr(cfg, attribute) and attribute != "num_layers":
-                setattr(cfg, attribute, depth)
+        depths = {attribute: depth for attribute in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers")
+                  if attribute in config or hasattr(cfg, attribute) and attribute != "num_layers"}
+        cfg = getattr(transformers, config_name)(**{**config, **depths})  # what follows depth (layer_types) with it
         cfg._attn_implementation = "sdpa" if getattr(source, model_name)._supports_sdpa else "eager"
         model = getattr(source, model_name)(cfg).eval()
         return model, (inputs() if inputs else {"input_ids": _ids(cfg.vocab_size)})
@@ -85,6 +85,20 @@ TRANSFORMERS = [
     Architecture("vit", _transformers("ViTConfig", "ViTModel", hidden_size=64, intermediate_size=128,
                                       num_attention_heads=4, image_size=32, patch_size=8,
                                       inputs=lambda: {"pixel_values": _randn(1, 3, 32, 32)}), "transformers"),
+    Architecture("ministral", _decoder("Ministral", head_dim=16, sliding_window=4), "transformers"),
+    Architecture("modernbert", _transformers("ModernBertConfig", "ModernBertModel", hidden_size=64, intermediate_size=128,
+                                             num_attention_heads=4, vocab_size=128, max_position_embeddings=128,
+                                             pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                                             sep_token_id=2, local_attention=4, num_hidden_layers=2),
+                 "transformers"),
+    Architecture("dinov2", _transformers("Dinov2Config", "Dinov2Model", hidden_size=64, intermediate_size=128,
+                                         num_attention_heads=4, image_size=32, patch_size=8, num_hidden_layers=2,
+                                         inputs=lambda: {"pixel_values": _randn(1, 3, 32, 32)}), "transformers"),
+    Architecture("siglip_vision", _transformers("SiglipVisionConfig", "SiglipVisionModel", hidden_size=64,
+                                                intermediate_size=128, num_attention_heads=4, image_size=32,
+                                                patch_size=8, num_hidden_layers=2,
+                                                inputs=lambda: {"pixel_values": _randn(1, 3, 32, 32)}),
+                 "transformers"),
     Architecture("whisper_encoder", _transformers(
         "WhisperConfig", "WhisperEncoder", module="transformers.models.whisper.modeling_whisper", d_model=64,
         encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=16, max_source_positions=16, vocab_size=128,
@@ -152,6 +166,32 @@ DIFFUSERS = [
         sample_size=8, patch_size=1,
         inputs=lambda: {"hidden_states": _randn(1, 4, 8, 8), "encoder_hidden_states": _randn(1, 8, 32, seed=1),
                         "timestep": torch.tensor([500])}), "diffusers"),
+]
+
+DIFFUSERS += [
+    Architecture("qwenimage", _diffusers(
+        "QwenImageTransformer2DModel", patch_size=2, in_channels=16, out_channels=4, attention_head_dim=16,
+        num_attention_heads=4, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+        inputs=lambda: {"hidden_states": _randn(1, 16, 16), "encoder_hidden_states": _randn(1, 8, 16, seed=1),
+                        "encoder_hidden_states_mask": torch.ones(1, 8, dtype=torch.long),
+                        "timestep": torch.tensor([1.0]), "img_shapes": [(1, 4, 4)]}), "diffusers"),
+    Architecture("skyreels_v2", _diffusers(
+        "SkyReelsV2Transformer3DModel", patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+        in_channels=4, out_channels=4, text_dim=16, freq_dim=256, ffn_dim=32, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        inputs=lambda: {"hidden_states": _randn(1, 4, 2, 16, 16), "encoder_hidden_states": _randn(1, 12, 16, seed=1),
+                        "timestep": torch.tensor([500])}), "diffusers"),
+    Architecture("allegro", _diffusers(
+        "AllegroTransformer3DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        cross_attention_dim=16, sample_width=8, sample_height=8, sample_frames=8, caption_channels=8,
+        inputs=lambda: {"hidden_states": _randn(1, 4, 8, 8, 8), "encoder_hidden_states": _randn(1, 16, 8, seed=1),
+                        "timestep": torch.tensor([500])}), "diffusers"),
+    Architecture("cogview4", _diffusers(
+        "CogView4Transformer2DModel", patch_size=2, in_channels=4, attention_head_dim=4, num_attention_heads=4,
+        out_channels=4, text_embed_dim=8, time_embed_dim=8, condition_dim=4,
+        inputs=lambda: {"hidden_states": _randn(1, 4, 8, 8), "encoder_hidden_states": _randn(1, 8, 8, seed=1),
+                        "timestep": torch.tensor([500]), "original_size": torch.tensor([[64, 64]]),
+                        "target_size": torch.tensor([[64, 64]]), "crop_coords": torch.tensor([[0, 0]])}), "diffusers"),
 ]
 
 ARCHITECTURES = {arch.name: arch for arch in TRANSFORMERS + DIFFUSERS}
