@@ -8,9 +8,10 @@ Identical blocks can still split into pieces that differ at their edges:
   at another offset). Inductor specializes on strides (and regionc's key on the offset), so such
   blocks would compile alone. Here, where the instances' layouts differ, the caller copies each
   input not laid out densely to a dense tensor before the call (one copy of it per call), unless a
-  piece writes that input in place, and when the piece still returns tensors laid out as traced: ops follow their input's layout (a VAE's mid-block resnet reading its
-  attention's channels-last output returns channels-last), and the pieces that read the returned
-  tensors were compiled for, and assert, the traced layout.
+  piece writes that input in place (the copy would take the write), and only when the piece still
+  returns tensors laid out as traced: ops follow their input's layout (a VAE's mid-block resnet
+  reading its attention's channels-last output returns channels-last), and the pieces that read the
+  returned tensors were compiled for, and assert, the traced layout.
 - **A size read in two roles.** HF's sliding-window cache keeps a Python int per layer, which Dynamo
   makes a symbolic size from the second step on; layer 0's int is also the position every layer's
   RoPE reads. Layer 0's piece then takes one size input where its siblings take two (the position
