@@ -375,7 +375,7 @@ class SlicedModulations(nn.Module):
 
 
 class SlotWriter(nn.Module):
-    """A block that stores what it computes in the cache slot it is handed, in place."""
+    """A block that stores what it computes in the slot of a shared tensor it is handed, in place."""
 
     def __init__(self, dim: int):
         super().__init__()
