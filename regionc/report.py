@@ -23,7 +23,9 @@ class PieceRecord:
     kind: str  # "block" or "glue"
     block: str | None  # block instance path ("layers.3") or None for glue
     fingerprint: str
-    source: str = ""  # "compiled" | "reused" | "cache" (local) | "remote" (fetched: regionc/cache/remote.py) | "eager"
+    # "compiled" | "reused" | "cache" (local) | "remote" (fetched: regionc/cache/remote.py) | "eager" (fell back)
+    # | "traced" (glue that only moves data, run as traced: regionc/compiler/moves.py)
+    source: str = ""
     reason: str = ""  # why it fell back, when source == "eager"
     pass_matches: dict[str, int] = dataclasses.field(default_factory=dict)  # swaps in its code (compiled or loaded)
     pass_skips: list[str] = dataclasses.field(default_factory=list)  # patterns its compile saw but did not swap
@@ -155,7 +157,7 @@ class Report:
             f"graph {self.graph_index}: blocks [{blocks}]",
             f"{self.unique_block_fingerprints} unique block(s) compiled {self.unique_block_compiles}×, "
             f"{self.count('reused', 'block')} reused",
-            f"{glue} glue piece(s)",
+            f"{glue} glue piece(s)" + (f" ({self.count('traced')} run as traced)" if self.count("traced") else ""),
             f"cache {self.cache['hits']} hit{remote} / {self.cache['misses']} miss",
         ]
         if self.fused_boundaries:

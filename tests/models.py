@@ -374,6 +374,24 @@ class SlicedModulations(nn.Module):
         return x
 
 
+class ConcatenatedModulations(nn.Module):
+    """Chroma's double blocks: every block's modulation vectors come from one network, and each block is
+    handed a ``cat`` of two slices of them, at offsets of its own. The code between blocks only moves data,
+    and its constants differ per layer."""
+
+    def __init__(self, dim: int = 16, depth: int = 3):
+        super().__init__()
+        self.modulations = nn.Linear(dim, 2 * depth * dim)
+        self.blocks = nn.ModuleList(ModulatedBlock(dim) for _ in range(depth))
+
+    def forward(self, x, t):
+        depth = len(self.blocks)
+        modulations = self.modulations(t).view(t.shape[0], 2 * depth, -1)
+        for i, block in enumerate(self.blocks):
+            x = block(x, torch.cat([modulations[:, i:i + 1], modulations[:, depth + i:depth + i + 1]], dim=1))
+        return x
+
+
 class SlotWriter(nn.Module):
     """A block that stores what it computes in the slot of a shared tensor it is handed, in place."""
 

@@ -33,6 +33,7 @@ from regionc.compiler import background
 from regionc.compiler.floats import specialize_like
 from regionc.compiler.guards import ShapeGuards, guard_count, guarded
 from regionc.compiler.inductor import CompiledPiece, compile_piece, known_miscompile, load_stored_piece, piece_config
+from regionc.compiler.moves import moves_data_only
 from regionc.config import Config
 from regionc.report import PieceRecord, Report, first_line
 
@@ -81,13 +82,21 @@ class GraphCompiler:
         self._report_reuse_breakers(pieces, prints, owners, report)
         records = [PieceRecord(p.name, p.kind, p.label if p.block else None, prints[pieces[owner].name].short)
                    for p, owner in zip(pieces, owners)]
-        uniques = {i: _Unique(pieces[i], prints[pieces[i].name], records[i]) for i in sorted(set(owners))}
+        traced = {i for i in set(owners) if pieces[i].kind == "glue"
+                  and moves_data_only(split._modules[pieces[i].name].graph)}
+        uniques = {i: _Unique(pieces[i], prints[pieces[i].name], records[i]) for i in sorted(set(owners) - traced)}
         instances: list[tuple[Piece, PieceRecord, _Unique]] = []
         for i, (piece, record) in enumerate(zip(pieces, records)):
+            report.pieces.append(record)
+            if owners[i] in traced:
+                record.source = "traced"
+                continue
             if owners[i] != i:
                 record.source = "reused"
             instances.append((piece, record, uniques[owners[i]]))
-            report.pieces.append(record)
+        if traced:
+            log.info("regionc: graph %d: %d glue piece(s) only move data (views, slices, cat): they run as traced, "
+                     "without a compile", report.graph_index, report.count("traced"))
         if self._cached:  # the keys before any compile: a background job's program names them in its recipe
             for unique in uniques.values():
                 unique.keyed = self._key(unique.fingerprint, device)

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - older torch: programs are never saved
     SerializableCallable = object  # type: ignore[assignment,misc]
 
 #: Bump when the recipe's layout changes (old saved traces then fail to load and are re-traced).
-RECIPE_FORMAT = 2
+RECIPE_FORMAT = 3
 
 #: The config and report a program being loaded should use (set by the code that loads a trace).
 _loading: contextvars.ContextVar[tuple[Config, Report] | None] = contextvars.ContextVar("regionc_loading", default=None)
@@ -59,6 +59,7 @@ class Recipe:
     stacks: dict[str, int]  # the report's repeated stacks (path -> blocks)
     cudagraph_plan: CudagraphPlan | None  # None: run without CUDA graphs
     eager_graphs: bytes  # the pieces' graphs, to run while they load in the background (b"": not kept)
+    traced: bytes  # the graphs of the glue pieces that run as traced (regionc/compiler/moves.py)
 
 
 class CompiledProgram(SerializableCallable):
@@ -149,17 +150,22 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
     if should_use_cudagraphs(config, example_inputs):
         plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
     keys = {record.name: record.key for record in report.pieces}
-    missing = [f"{p.name} ({p.label})" for p in pieces if not keys.get(p.name)]
+    traced_names = _traced(report)
+    traced = [p for p in pieces if p.name in traced_names]
+    missing = [f"{p.name} ({p.label})" for p in pieces if not keys.get(p.name) and p not in traced]
     attributes = len(split.graph.find_nodes(op="get_attr"))
+    traced_graphs = _graphs(split, traced) if traced else b""
     recipe, why = None, ""
     if missing:
         why = f"no cached artifact for {', '.join(missing)} (compiled in memory only, or ran eagerly)"
     elif attributes:
         why = (f"the graph reads {attributes} tensor(s) as attributes, not inputs (Dynamo installs weights in "
                "the graph under Inductor's freezing), and a recipe holds no tensors")
+    elif traced and not traced_graphs:
+        why = f"the graphs of the glue pieces run as traced ({', '.join(p.name for p in traced)}) cannot be kept"
     else:
         recipe = Recipe(_skeleton(split, pieces), list(pieces), keys, dict(report.stacks), plan,
-                        _eager_graphs(split, pieces))
+                        _graphs(split, pieces), traced_graphs)
     return _program(split, pieces, plan, config, report, recipe, why, job)
 
 
@@ -175,18 +181,21 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     split = pickle.loads(recipe.skeleton)
     report.stacks = dict(recipe.stacks)
     plan = recipe.cudagraph_plan if config.cudagraphs is not False else None
-    records = [PieceRecord(p.name, p.kind, p.label if p.block else None, "", key=recipe.keys[p.name])
-               for p in recipe.pieces]
+    traced = _unpickled(recipe.traced)
+    split.__dict__.update(traced)
+    records = [PieceRecord(p.name, p.kind, p.label if p.block else None, "", key=recipe.keys[p.name],
+                           source="traced" if p.name in traced else "") for p in recipe.pieces]
     report.pieces.extend(records)
 
     @functools.cache
     def eager() -> dict[str, torch.fx.GraphModule]:  # the pieces' graphs, unpickled when first needed
-        graphs = pickle.loads(recipe.eager_graphs) if recipe.eager_graphs else {}
-        return {name: torch.fx.GraphModule(attributes, graph) for name, (graph, attributes) in graphs.items()}
+        return _unpickled(recipe.eager_graphs)
 
     def load_all(state=contextlib.nullcontext) -> None:
         loaded: dict[str, tuple[Callable[..., Any], ShapeGuards | None]] = {}
         for piece, record in zip(recipe.pieces, records):
+            if record.source == "traced":
+                continue
             if record.key in loaded:
                 record.source = "reused"
             else:
@@ -206,7 +215,7 @@ def rebuild(recipe: Recipe, config: Config, report: Report) -> CompiledProgram:
     state = background.callers_state()
     job = background.submit(lambda: load_all(state))
     log.info("regionc: graph %d runs eagerly while %d piece artifact(s) load in the background",
-             report.graph_index, len(set(recipe.keys.values())))
+             report.graph_index, len(set(recipe.keys.values()) - {""}))
     return _program(split, recipe.pieces, plan, config, report, recipe, job=job)
 
 
@@ -236,11 +245,22 @@ def _skeleton(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
     return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, bare_graph(split)))
 
 
-def _eager_graphs(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
-    """Each piece's graph and the tensors it reads as attributes, pickled: what runs while a saved
-    trace's compiled pieces load in the background. Graphs pickle as they are (a pickled
-    ``GraphModule`` is traced again on load, which some piece code does not survive); b"" when a piece
-    calls a submodule, holds large tensors, or does not pickle."""
+def _traced(report: Report) -> set[str]:
+    """The pieces that run as traced (glue that only moves data: regionc/compiler/moves.py)."""
+    return {record.name for record in report.pieces if record.source == "traced"}
+
+
+def _unpickled(graphs: bytes) -> dict[str, torch.fx.GraphModule]:
+    """The graph modules :func:`_graphs` pickled, by piece name."""
+    held = pickle.loads(graphs) if graphs else {}
+    return {name: torch.fx.GraphModule(attributes, graph) for name, (graph, attributes) in held.items()}
+
+
+def _graphs(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
+    """Each piece's graph and the tensors it reads as attributes, pickled: the glue that runs as traced,
+    and what runs while a saved trace's compiled pieces load in the background. Graphs pickle as they are
+    (a pickled ``GraphModule`` is traced again on load, which some piece code does not survive); b"" when
+    a piece calls a submodule, holds large tensors, or does not pickle."""
     graphs: dict[str, tuple[torch.fx.Graph, dict[str, Any]]] = {}
     held = 0
     for piece in pieces:

@@ -226,12 +226,14 @@ def test_the_option_comes_from_the_environment():
 
 
 
-@pytest.mark.parametrize("name,tracing", [("wan", "auto"), ("wan", "per_block"), ("flux", "per_block")])
+@pytest.mark.parametrize("name,tracing", [("wan", "auto"), ("wan", "per_block"), ("flux", "per_block"),
+                                         ("chroma", "auto")])
 def test_diffusers_blocks_compile_and_load_in_the_background(name, tracing, tmp_path, caplog):
     """Wan's block code assigns into tensors, which a GraphModule pickled and re-traced on load cannot
     replay: the recipe must carry the piece graphs themselves, or the warm start traces again. Flux's
     single block is traced and compiled again (dynamic) in the calling thread while the other blocks
-    still compile in the background: neither may break the other."""
+    still compile in the background: neither may break the other. Chroma's glue between blocks runs as
+    traced, compiled by neither."""
     pytest.importorskip("diffusers")
     from regionc.tracing.saved import traces_can_be_saved
     from tests.zoo.architectures import DIFFUSERS

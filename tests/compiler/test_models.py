@@ -13,6 +13,7 @@ from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
 from tests.models import (
     ChannelsLastBetweenBlocks,
+    ConcatenatedModulations,
     CheckpointedStack,
     GraphBreakStack,
     GrowingStages,
@@ -119,6 +120,21 @@ def test_blocks_reading_slices_of_one_tensor_at_other_offsets_share_the_compile(
     report = regionc.last_report()
     assert report.stacks == {"blocks": 3}
     assert block_compiles(report) == 1 and report.count("reused", "block") == 2, report.summary()
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+def test_glue_that_only_moves_data_runs_as_traced_whatever_the_depth(depth):
+    """The code between blocks slices and concatenates with per-layer constants: compiled, it was a piece
+    per layer; run as traced, the compiles do not grow with depth."""
+    torch.manual_seed(0)
+    model, x, t = ConcatenatedModulations(depth=depth).eval(), torch.randn(2, 5, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        assert_close(compile_regionc(model)(x, t), model(x, t))
+    report = regionc.last_report()
+    assert report.stacks == {"blocks": depth}
+    assert report.count("traced", "glue") == depth - 1, report.summary()  # between blocks
+    assert report.count("compiled", "glue") == 1 and block_compiles(report) == 1, report.summary()
+    assert report.fallbacks == [] and f"({depth - 1} run as traced)" in report.summary()
 
 
 def test_blocks_writing_slices_of_one_tensor_write_the_tensor():

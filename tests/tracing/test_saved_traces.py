@@ -134,6 +134,26 @@ def test_second_start_loads_the_trace_and_runs_no_dynamo(model_module, tmp_path)
     assert not {"compile", "serialize", "cache_write", "trace_save"} & set(second.phases)
 
 
+def test_glue_run_as_traced_is_rebuilt_from_the_saved_trace(tmp_path):
+    """The recipe carries the graphs of the glue that only moves data (it has no artifact to load)."""
+    from tests.models import ConcatenatedModulations
+
+    x, t = torch.randn(2, 5, 16), torch.randn(2, 16)
+    runs = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = ConcatenatedModulations(depth=4).eval()
+        options = {"cache_dir": str(tmp_path), "strict": True, "block_tracing": MODEL_LEVEL}
+        with torch.no_grad():
+            assert_close(regionc.compile(model, options=options)(x, t), model(x, t))
+        runs.append(regionc.last_report())
+    cold, warm = runs
+    assert cold.trace_source.startswith("traced, saved as ") and warm.trace_source.startswith("saved trace ")
+    assert [p.source for p in warm.pieces if p.kind == "glue"].count("traced") == 3
+    assert [p.source == "traced" for p in warm.pieces] == [p.source == "traced" for p in cold.pieces]
+
+
 def test_a_changed_model_source_is_traced_again(model_module, tmp_path, caplog):
     start(model_module, tmp_path / "cache", x_of())
     path = tmp_path / "saved_trace_model.py"

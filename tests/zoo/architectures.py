@@ -192,6 +192,14 @@ DIFFUSERS += [
         inputs=lambda: {"hidden_states": _randn(1, 4, 8, 8), "encoder_hidden_states": _randn(1, 8, 8, seed=1),
                         "timestep": torch.tensor([500]), "original_size": torch.tensor([[64, 64]]),
                         "target_size": torch.tensor([[64, 64]]), "crop_coords": torch.tensor([[0, 0]])}), "diffusers"),
+    # each block reads its own slices of one modulation tensor: glue that only moves data, per layer
+    Architecture("chroma", _diffusers(
+        "ChromaTransformer2DModel", layers=("num_layers", "num_single_layers"), patch_size=1, in_channels=4,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 4, 8),
+        approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=3,
+        inputs=lambda: {"hidden_states": _randn(1, 16, 4), "encoder_hidden_states": _randn(1, 8, 32, seed=1),
+                        "img_ids": _randn(16, 3, seed=2), "txt_ids": _randn(8, 3, seed=3),
+                        "timestep": torch.tensor([1.0])}), "diffusers"),
 ]
 
 ARCHITECTURES = {arch.name: arch for arch in TRANSFORMERS + DIFFUSERS}
