@@ -13,8 +13,8 @@ from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close, block_compiles, compile_regionc
 from tests.models import (
     ChannelsLastBetweenBlocks,
-    ConcatenatedModulations,
     CheckpointedStack,
+    ConcatenatedModulations,
     GraphBreakStack,
     GrowingStages,
     NoRepeats,
