@@ -215,6 +215,20 @@ class CompiledForward:
                             "block class(es) in one call: a per-layer value read in the block (HF's layer_idx "
                             "into a cache, say) specializes each trace")
 
+    def check_first_block(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Before the first block of the first call under per-block tracing: a block handed a Hugging Face
+        cache picks its layer's state by its layer number (``layer_idx``), so Dynamo would compile its frame
+        per layer. Nothing of a block has run yet, so the call is made again at once with the next strategy
+        (:class:`PerLayerState`), with no block frame compiled in vain (they were, one per layer until the
+        count gave it away: on torch 2.11, every HF decoder with a cache, ``generate``'s among them)."""
+        if self.settled or self.block_called or self.strategy != "per_block" or not self.next:
+            return
+        self.block_called = True
+        cache = _hf_cache(args, kwargs)
+        if cache is not None:
+            raise PerLayerState(f"its blocks are handed a {cache}, whose layers they pick by their layer number "
+                                "(HF's layer_idx): each block frame would compile per layer")
+
     def eager_rest_of_first_call(self) -> bool:
         """Whether a block frame of the first call should run eagerly: the call has shown the trace
         specializes per layer (it falls back after the call), so compiling the remaining layers one by
@@ -234,7 +248,7 @@ class CompiledForward:
         if self.config.strict or not self.next or isinstance(exc, RecompileRefused):
             return False
         if self.strategy == "per_block":  # block frames run one by one: only a failure before any ran
-            return not self.settled and isinstance(exc, torch._dynamo.exc.TorchDynamoException)
+            return not self.settled and isinstance(exc, (torch._dynamo.exc.TorchDynamoException, PerLayerState))
         return True  # a whole-forward full graph: its trace failed before anything ran
 
     def _eager_then_fall_back(self, exc: Exception, args: tuple, kwargs: dict) -> Any:
@@ -263,6 +277,7 @@ class CompiledForward:
 
     def _apply(self, strategy: str) -> None:
         self.strategy = strategy
+        self.block_called = False
         self.first_report = len(reports())
         self.warm, self.trace_sets = False, []
         args = {"backend": "regionc", "options": self.options, "dynamic": self.dynamic}
@@ -320,6 +335,20 @@ class CompiledForward:
                     block._compiled_call_impl = None
 
 
+class PerLayerState(Exception):
+    """The first block of a first per-block call is handed state it reads per layer (a Hugging Face cache)."""
+
+
+def _hf_cache(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """The class name of the first Hugging Face cache among a block's arguments (a ``*Cache`` of
+    transformers: ``DynamicCache``, ``StaticCache``, ``EncoderDecoderCache``, Mamba's), or None."""
+    for value in (*args, *kwargs.values()):
+        if any(cls.__name__.endswith("Cache") and cls.__module__.startswith("transformers.")
+               for cls in type(value).__mro__):
+            return type(value).__name__
+    return None
+
+
 class _FirstCallGate:
     """A block's compiled call under per-block tracing, or its eager one for the rest of a first call
     that has shown the trace specializes per layer (:meth:`CompiledForward.eager_rest_of_first_call`)."""
@@ -328,6 +357,7 @@ class _FirstCallGate:
         self.owner, self.compiled, self.eager = owner, compiled, eager
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.owner.check_first_block(args, kwargs)
         run = self.eager if self.owner.eager_rest_of_first_call() else self.compiled
         return run(*args, **kwargs)
 

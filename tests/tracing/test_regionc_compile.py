@@ -232,6 +232,30 @@ def test_per_block_frames_compiled_per_layer_give_way_to_the_full_trace(caplog, 
     assert sum("the rest of the first call runs its blocks eagerly" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_per_block_gives_way_at_once_where_blocks_are_handed_a_cache(use_cache):
+    """HF decoder layers pick their cache layer by ``layer_idx``: handed a cache, per-block frames would
+    compile per layer, so the first call takes the full trace before any block frame is compiled."""
+    pytest.importorskip("transformers")
+    from tests.zoo.architectures import ARCHITECTURES
+
+    torch.manual_seed(0)
+    model, inputs = ARCHITECTURES["llama"].build(4)
+    inputs = {**inputs, "use_cache": use_cache}
+    with torch.no_grad():
+        expected = model(**inputs).last_hidden_state
+        first = len(regionc.reports())
+        compiled = regionc.compile(model, options={**NO_CACHE, "strict": False, "block_tracing": "per_block"})
+        assert_close(compiled(**inputs).last_hidden_state, expected)
+    reports = regionc.reports()[first:]
+    if use_cache:
+        assert compiled.forward.strategy == "full" and "DynamicCache" in compiled.forward.fallbacks[0]
+        assert [r.stacks for r in reports] == [{"layers": 4}]  # the full trace's graph, no block frame's
+    else:
+        assert compiled.forward.strategy == "per_block" and compiled.forward.fallbacks == []
+        assert all(r.stacks == {} for r in reports) and len(reports) >= 1
+
+
 def test_guards_skipped_from_the_first_call_never_run_one_layer_as_another(tmp_path):
     """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` set before the first call (torch asks for it
     after a warm-up; a server may set it first). A block frame traced for layer 0 is its class's only trace
