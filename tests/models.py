@@ -151,6 +151,32 @@ class GrowingStages(nn.Module):
         return x
 
 
+class WidthBlock(nn.Module):
+    """A UNet resnet in miniature: a projection to its own width, with a shortcut."""
+
+    def __init__(self, width_in: int, width_out: int):
+        super().__init__()
+        self.proj = nn.Linear(width_in, width_out)
+        self.shortcut = nn.Linear(width_in, width_out, bias=False)
+
+    def forward(self, x):
+        return F.silu(self.proj(x)) + self.shortcut(x)
+
+
+class ManyWidths(nn.Module):
+    """One block class at more widths than torch keeps traces of one nested region by default (8), as a
+    UNet's resnets come at each resolution and skip width."""
+
+    def __init__(self, widths=tuple(range(8, 30, 2))):
+        super().__init__()
+        self.blocks = nn.ModuleList(WidthBlock(a, b) for a, b in zip(widths, widths[1:]))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 class VmapLayer(nn.Module):
     """Ends in a ``torch.vmap`` (HF Mamba's selective scan does): Dynamo records no module for the call
     that closes the transform, which falls after the block's last node. ``mapped=False``: no transform."""

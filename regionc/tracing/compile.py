@@ -67,6 +67,12 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: Traces one nested region may keep in one model trace (torch's default is 8). Blocks of one class come in
+#: as many variants as they have input shapes and kinds: a UNet's resnets at each resolution and skip width
+#: (a tiny ``UNet2DConditionModel`` already needs more than 8, and fell back to per-block frames). A
+#: region traced per layer (a per-layer value) still works, at the cost of the full trace.
+REGION_VARIANTS = 64
+
 #: What ``regionc.compile`` tries next when a strategy's trace fails: never worse than the plain backend.
 FALLBACKS = {"nested_region": ("per_block", "full"), "per_block": ("full",), "full": ()}
 
@@ -413,7 +419,8 @@ def _unaliased_region(forward: Callable[..., Any]) -> Callable[..., Any]:
         inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         return _unaliased(forward(self, *args, **kwargs), inputs)
 
-    return torch.compiler.nested_compile_region(body)
+    limit = {"max_reuse_entries": REGION_VARIANTS} if nested_regions_reuse_traces() else {}  # torch >= 2.12
+    return torch.compiler.nested_compile_region(body, **limit)
 
 
 def _unaliased(tree: Any, inputs: list[torch.Tensor]) -> Any:

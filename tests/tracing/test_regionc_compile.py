@@ -12,7 +12,7 @@ from regionc.blocks.detect import find_repeated_blocks
 from regionc.models.llama import DecoderLayer, LlamaConfig, build_demo_model
 from regionc.tracing.compile import CompiledForward, nested_regions_reuse_traces
 from tests.helpers import NO_CACHE, assert_close, block_compiles
-from tests.models import NoRepeats, PerLayerEnum, PerLayerFunction, PerLayerLocalValue, TinyDiT
+from tests.models import ManyWidths, NoRepeats, PerLayerEnum, PerLayerFunction, PerLayerLocalValue, TinyDiT
 
 needs_region_reuse = pytest.mark.skipif(not nested_regions_reuse_traces(),
                                         reason=f"torch {torch.__version__} re-traces nested compile regions")
@@ -188,6 +188,18 @@ def test_a_block_nested_regions_refuse_falls_back_to_per_block(caplog):
     assert all(type(block) is AliasingBlock for block in model.blocks)  # the region class was taken back
     failed = [r.getMessage() for r in caplog.records if "block_tracing=nested_region failed for AliasingStack" in r.getMessage()]
     assert len(failed) == 1 and "aliasing" in failed[0], failed  # the cause, not only Dynamo's "Got graph break/error:"
+
+
+@needs_region_reuse
+def test_a_block_class_in_many_shapes_keeps_nested_regions():
+    """Ten widths of one block class are ten traces of its region, past torch's default of eight."""
+    model, x = ManyWidths(), torch.randn(2, 8)
+    expected = model(x)
+    compiled = regionc.compile(model, options={**NO_CACHE, "strict": True, "block_tracing": "nested_region"})
+    with torch.no_grad():
+        assert_close(compiled(x), expected)
+    assert compiled.forward.strategy == "nested_region"
+    assert regionc.last_report().stacks == {"blocks": 10}
 
 
 class IndexedBlock(torch.nn.Module):
