@@ -46,6 +46,25 @@ def test_graphs_and_passes_match_eager_over_replays_and_batch_sizes(kernel_choic
         assert {"fused_add_rms_norm", "rope", "attention"} <= set(report.pass_matches), report.pass_matches
 
 
+@pytest.mark.parametrize("mode", ["full", "piecewise"])
+def test_glue_run_as_traced_is_captured_with_the_pieces(mode):
+    """Chroma's pattern: the code between blocks only slices and concatenates (run as traced, not compiled);
+    under CUDA graphs it replays with the compiled blocks, over new inputs each step."""
+    from tests.models import ConcatenatedModulations
+
+    torch.manual_seed(0)
+    model = ConcatenatedModulations(dim=64, depth=4).cuda().eval()
+    compiled = torch.compile(model, backend="regionc", options={
+        "cache": False, "strict": True, "cudagraphs": True, "cudagraph_mode": mode})
+    with torch.no_grad():
+        for _ in range(4):  # warm-up, capture, replays
+            x, t = torch.randn(2, 5, 64, device="cuda"), torch.randn(2, 64, device="cuda")
+            torch.testing.assert_close(compiled(x, t), model(x, t), atol=1e-4, rtol=1e-4)
+    report = regionc.last_report()
+    assert report.count("traced", "glue") == 3 and block_compiles(report) == 1, report.summary()
+    assert report.cudagraphs.get("graphs", 0) > 0, report.cudagraphs
+
+
 def test_outputs_are_not_overwritten_by_the_next_replay():
     model = build_demo_model(CFG, dtype=torch.bfloat16, device="cuda")
     compiled = torch.compile(model, backend="regionc", options={"cache": False, "cudagraphs": True})
