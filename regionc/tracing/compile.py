@@ -225,8 +225,9 @@ class CompiledForward:
         """Before the first block of the first call under per-block tracing: a block handed a Hugging Face
         cache picks its layer's state by its layer number (``layer_idx``), so Dynamo would compile its frame
         per layer. Nothing of a block has run yet, so the call is made again at once with the next strategy
-        (:class:`PerLayerState`), with no block frame compiled in vain (they were, one per layer until the
-        count gave it away: on torch 2.11, every HF decoder with a cache, ``generate``'s among them)."""
+        (:class:`PerLayerState`) and no block frame is compiled for nothing: the compile count of
+        :meth:`_check_first_call` tells only after four of them. On torch 2.11 this is every HF decoder
+        with a cache, ``generate``'s among them. Under ``strict`` the error is raised instead."""
         if self.settled or self.block_called or self.strategy != "per_block" or not self.next:
             return
         self.block_called = True
