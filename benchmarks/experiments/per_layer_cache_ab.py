@@ -6,8 +6,9 @@ HF layers pick their cache layer by ``layer_idx``, so per-block frames handed a 
 specialize per layer. The ``count`` variant turns the first-block check off: the first call compiles
 block frames until the count gives it away, runs the rest eagerly, and the second call takes the full
 trace. Each variant runs in a new process on empty regionc, Inductor and Triton caches, ``count`` first.
-HF ``LlamaModel``, 8 layers × 1024 (16 heads, 4 KV heads), bf16, one 1 × 128 prefill with
-``use_cache=True``, called twice.
+HF ``LlamaModel``, 8 layers × 1024 (16 heads, 4 KV heads), bf16 on a GPU (fp32 on the CPU, where
+Inductor's C++ builds make each compile dearer), one 1 × 128 prefill with ``use_cache=True``, called
+twice.
 
     python benchmarks/experiments/per_layer_cache_ab.py [--out DIR]
 """
@@ -58,20 +59,23 @@ def _first_calls(variant: str) -> dict:
         CompiledForward.check_first_block = lambda self, args, kwargs: None
     config = transformers.LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
                                       num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = transformers.LlamaModel(config).to("cuda", torch.bfloat16).eval()
-    tokens = torch.randint(0, config.vocab_size, (1, 128), device="cuda")
+    model = transformers.LlamaModel(config).to(device, torch.bfloat16 if device == "cuda" else torch.float32).eval()
+    tokens = torch.randint(0, config.vocab_size, (1, 128), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     seconds = []
     with torch.no_grad():
         expected = model(input_ids=tokens, use_cache=True).last_hidden_state
         compiled = regionc.compile(model)
         for _ in range(2):
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             out = compiled(input_ids=tokens, use_cache=True).last_hidden_state
-            torch.cuda.synchronize()
+            sync()
             seconds.append(round(time.perf_counter() - start, 2))
-    return {"variant": variant, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    return {"variant": variant, "device": name, "torch": torch.__version__,
             "first_call_s": seconds[0], "second_call_s": seconds[1], "strategy": compiled.forward.strategy,
             "fallbacks": [f[:160] for f in compiled.forward.fallbacks], "graphs_compiled": len(regionc.reports()),
             "rel_error": ((out.float() - expected.float()).norm() / expected.float().norm()).item()}
