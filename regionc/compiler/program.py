@@ -150,9 +150,9 @@ def make_program(gm: torch.fx.GraphModule, split: torch.fx.GraphModule, pieces: 
     if should_use_cudagraphs(config, example_inputs):
         plan = plan_cudagraphs(gm, split, pieces, example_inputs, config)
     keys = {record.name: record.key for record in report.pieces}
-    traced_names = _traced(report)
+    traced_names = {record.name for record in report.pieces if record.source == "traced"}  # regionc/compiler/moves.py
     traced = [p for p in pieces if p.name in traced_names]
-    missing = [f"{p.name} ({p.label})" for p in pieces if not keys.get(p.name) and p not in traced]
+    missing = [f"{p.name} ({p.label})" for p in pieces if not keys.get(p.name) and p.name not in traced_names]
     attributes = len(split.graph.find_nodes(op="get_attr"))
     traced_graphs = _graphs(split, traced) if traced else b""
     recipe, why = None, ""
@@ -243,11 +243,6 @@ EAGER_TENSOR_BYTES = 1 << 20
 def _skeleton(split: torch.fx.GraphModule, pieces: Sequence[Piece]) -> bytes:
     """``split``'s code with each piece an empty module: it pickles without fake tensors or weights."""
     return pickle.dumps(torch.fx.GraphModule({p.name: torch.nn.Module() for p in pieces}, bare_graph(split)))
-
-
-def _traced(report: Report) -> set[str]:
-    """The pieces that run as traced (glue that only moves data: regionc/compiler/moves.py)."""
-    return {record.name for record in report.pieces if record.source == "traced"}
 
 
 def _unpickled(graphs: bytes) -> dict[str, torch.fx.GraphModule]:
