@@ -227,9 +227,11 @@ class CompiledForward:
         per layer. Nothing of a block has run yet, so the call is made again at once with the next strategy
         (:class:`PerLayerState`) and no block frame is compiled for nothing: the compile count of
         :meth:`_check_first_call` tells only after four of them. On torch 2.11 this is every HF decoder
-        with a cache, ``generate``'s among them (8 × 1024 Llama on the CPU: one graph compiled over two
-        calls instead of seven, 43.9 against 47.7 s; ``benchmarks/experiments/per_layer_cache_ab.py``).
-        Under ``strict`` the error is raised instead."""
+        with a cache, ``generate``'s among them. HF Llama 8 × 1024 over its first two calls: on an H100
+        13.75 against 14.16 s, on the 2-core CPU 43.9 against 47.7 s, half the graphs compiled or fewer
+        (``benchmarks/experiments/per_layer_cache_ab.py``); the first call alone takes longer (13.7 against
+        7.6 s on the H100), since it compiles the full trace where the count would have run the last
+        blocks eagerly and left that compile to the second call. Under ``strict`` the error is raised instead."""
         if self.settled or self.block_called or self.strategy != "per_block" or not self.next:
             return
         self.block_called = True
