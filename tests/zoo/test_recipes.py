@@ -272,6 +272,26 @@ def test_generate_on_a_left_padded_batch_under_regionc_compile_gives_eager_token
     assert torch.equal(actual, expected)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_beam_search_under_regionc_compile_gives_eager_tokens(cache):
+    """Beam search reorders the cache between steps (``reorder_cache``: every layer's keys and values
+    gathered by beam) outside the model, so each step's compiled code must read the cache as it is now,
+    not as a trace or an earlier step left it."""
+    import copy
+
+    model = _causal_lm("llama", depth=3)
+    prompt = torch.randint(1, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(7))
+    settings = dict(max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False, pad_token_id=0,
+                    cache_implementation="static" if cache == "static" else None)
+    compiled = copy.deepcopy(model)
+    regionc.compile(compiled)
+    with torch.no_grad():
+        expected = model.generate(prompt, **settings)
+        actual = compiled.generate(prompt, **settings)
+    assert torch.equal(actual, expected)
+    assert len({tuple(row) for row in expected[:, prompt.shape[1]:].tolist()}) > 1  # the beams differ
+
+
 def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
     """A Flux pipeline (prompt embeddings given, latents out) with its transformer compiled."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
