@@ -47,6 +47,12 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   non-tensor arguments (a cache object and its layers) and the scalars and plain tensor attributes
   of the module's submodules. A change at a key's warm-up only (a cache's lazy initialisation on its
   first call) is allowed: the capture that follows shows whether the forward is settled;
+- tensors the non-tensor arguments hold (a static cache's keys and values) are read and written where
+  they were at capture: a caller that assigns other tensors between calls, as beam search's
+  ``reorder_cache`` does on every step, has the forward's graphs captured anew (one log line; after
+  ``RECAPTURES`` times graphs stop for the forward, one warning), never replayed over the old tensors.
+  What is checked per call is that each holder on the way (the cache, its list of layers, a layer) still
+  holds the same object, about 130 identity checks for a 32-layer HF cache;
 - Python state the forward reads but does not change (other than the above), changed by the caller
   between calls, is frozen into the graph at capture, as in every model-runner CUDA graph: such a
   forward should not be compiled with graphs (``cudagraphs=False``).
@@ -69,6 +75,12 @@ from regionc.report import new_report
 
 log = logging.getLogger("regionc")
 
+#: times a forward's graphs are captured anew because the caller assigned other tensors to what its
+#: arguments hold; then graphs stop for it (beam search reassigns a static cache's tensors every step,
+#: so each capture would serve one call)
+RECAPTURES = 2
+
+
 class ModuleGraphs:
     """``module``'s ``forward`` under one CUDA graph per input key; plain ``forward`` off CUDA.
 
@@ -90,6 +102,10 @@ class ModuleGraphs:
         self._changed: str | None = None  # what the last run of the forward changed (see _run_forward)
         self._settled = True  # False from a call made while settling until the call after it
         self._registrations = 0  # _registrations[0] when the addresses were taken
+        #: per set of holder arguments (by identity): the path from them to each tensor they held when a
+        #: graph was captured (:func:`held_tensors`)
+        self._held: dict[tuple[int, ...], list[tuple]] = {}
+        self._recaptures = 0
         self._log_key = object()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -124,6 +140,10 @@ class ModuleGraphs:
         context = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                    torch.is_autocast_enabled(), self.module.training, trace)
         values = (*args, *kwargs.values())
+        holders = tuple(id(v) for v in values if not isinstance(v, (torch.Tensor, *_SCALARS)))
+        held = self._held.get(holders) if holders else None
+        if held is not None and (moved := moved_tensor(held)) is not None:
+            self._reassigned(moved)
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         versions = [t._version for t in tensors]
         captures = self.runner.captures
@@ -135,6 +155,9 @@ class ModuleGraphs:
                                     "runs no Python, so it would not change it again", drop=True)
             else:
                 self._refuse_what_a_replay_would_break(tensors, versions, values, out)
+                if self.runner.captures > captures and holders:
+                    labels = [f"args[{i}]" for i in range(len(args))] + list(kwargs)
+                    self._held[holders] = held_tensors(labels, values)
         return out
 
     def __reduce__(self):
@@ -174,6 +197,7 @@ class ModuleGraphs:
         _watch_registrations()
         self._registrations = _registrations[0]
         self._addresses = self._current_addresses()
+        self._held.clear()
 
     def _after_registrations(self) -> None:
         """Something registered a parameter, buffer or submodule since the addresses were taken: if this
@@ -184,6 +208,20 @@ class ModuleGraphs:
             return
         log.info("regionc: %s's parameters or buffers were reassigned since its CUDA graphs were captured; "
                  "capturing them anew", type(self.module).__name__)
+        self._start()
+
+    def _reassigned(self, path: str) -> None:
+        """The caller assigned another tensor at ``path`` since a graph reading the old one was captured:
+        the graphs go and are captured anew over the tensors held now, or, past ``RECAPTURES``, stop."""
+        self._held.clear()  # the graphs they describe go either way
+        self._recaptures += 1
+        if self._recaptures > RECAPTURES:
+            self.runner.disable(f"{path} was assigned another tensor between calls {self._recaptures} times (beam "
+                                "search's reorder_cache, say); a graph reads the tensors it was captured with",
+                                drop=True)
+            return
+        log.info("regionc: %s: %s was assigned another tensor since its CUDA graph was captured; capturing anew",
+                 type(self.module).__name__, path)
         self._start()
 
     def _refuse_what_a_replay_would_break(self, tensors: list[torch.Tensor], versions: list[int],
@@ -265,6 +303,51 @@ def first_change(before: dict[str, Any] | None, after: dict[str, Any]) -> str | 
     return None
 
 
+def held_tensors(labels: list[str], values: tuple) -> list[tuple]:
+    """The edges ``(holder, how, key, held, path)`` from the non-tensor arguments down to every tensor
+    they reach (as :func:`python_state` walks them), each holder's edge before those below it: what
+    :func:`moved_tensor` checks on the next calls."""
+    edges: list[tuple] = []
+    seen: set[int] = set()
+
+    def visit(value: Any, path: str, depth: int) -> bool:  # whether a tensor lies at or below value
+        if isinstance(value, torch.Tensor):
+            return True
+        if not _walks_into(value, depth, seen):
+            return False
+        seen.add(id(value))
+        found = False
+        for how, key, child in _children(value):
+            at = len(edges)
+            child_path = _path(path, how, key)
+            if visit(child, child_path, depth - 1):
+                edges.insert(at, (value, how, key, child, child_path))
+                found = True
+        return found
+
+    for label, value in zip(labels, values):
+        if not isinstance(value, (torch.Tensor, *_SCALARS)):
+            visit(value, label, _DEPTH)
+    return edges
+
+
+def moved_tensor(edges: list[tuple]) -> str | None:
+    """The path of the first edge of :func:`held_tensors` whose holder holds another object now, or None."""
+    for holder, how, key, held, path in edges:
+        if how == "attr":
+            now = holder.__dict__.get(key, _MISSING)
+        elif how == "key":
+            now = holder.get(key, _MISSING)
+        else:
+            now = holder[key] if key < len(holder) else _MISSING
+        if now is not held:
+            return path
+    return None
+
+
+_MISSING = object()
+
+
 def _walk(value: Any, path: str, depth: int, state: dict[str, Any], seen: set[int]) -> None:
     if isinstance(value, _SCALARS):
         state[path] = value
@@ -272,18 +355,32 @@ def _walk(value: Any, path: str, depth: int, state: dict[str, Any], seen: set[in
     if isinstance(value, torch.Tensor):
         state[path] = _tensor_identity(value)
         return
-    if depth == 0 or id(value) in seen or isinstance(value, (torch.nn.Module, type)) or callable(value):
+    if not _walks_into(value, depth, seen):
         return
     seen.add(id(value))
+    for how, key, child in _children(value):
+        _walk(child, _path(path, how, key), depth - 1, state, seen)
+
+
+def _walks_into(value: Any, depth: int, seen: set[int]) -> bool:
+    """Whether the walk looks inside ``value`` (not a scalar, a module, a type or a callable; not seen)."""
+    return not (depth == 0 or isinstance(value, _SCALARS) or id(value) in seen
+                or isinstance(value, (torch.nn.Module, type)) or callable(value))
+
+
+def _children(value: Any) -> list[tuple[str, Any, Any]]:
+    """``(how, key, child)`` for what a list, tuple, dict or object holds (``how``: index, key, attr)."""
     if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value[:_WIDTH]):
-            _walk(item, f"{path}[{i}]", depth - 1, state, seen)
-    elif isinstance(value, dict):
-        for key, item in list(value.items())[:_WIDTH]:
-            _walk(item, f"{path}[{key!r}]", depth - 1, state, seen)
-    elif hasattr(value, "__dict__"):
-        for key, item in vars(value).items():
-            _walk(item, f"{path}.{key}", depth - 1, state, seen)
+        return [("index", i, item) for i, item in enumerate(value[:_WIDTH])]
+    if isinstance(value, dict):
+        return [("key", key, item) for key, item in list(value.items())[:_WIDTH]]
+    if hasattr(value, "__dict__"):
+        return [("attr", key, item) for key, item in vars(value).items()]
+    return []
+
+
+def _path(path: str, how: str, key: Any) -> str:
+    return f"{path}.{key}" if how == "attr" else f"{path}[{key!r}]"
 
 
 def _tensor_identity(t: torch.Tensor) -> tuple:

@@ -51,9 +51,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import operator
 import threading
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -100,6 +102,13 @@ def should_use_cudagraphs(config, example_inputs: Iterable[Any]) -> bool:
 
 
 # ====================================================================== the pool
+def _forget_instance(pool_ref: weakref.ref, ids: tuple[int, ...], instance: int, _: Any) -> None:
+    """A tensor of a set of static tensors was freed: the pool forgets the set (if it still knows it)."""
+    pool = pool_ref()
+    if pool is not None and pool._instances.get(ids, (None,))[0] == instance:
+        del pool._instances[ids]
+
+
 @dataclasses.dataclass
 class _Forward:
     size: int | None
@@ -125,8 +134,9 @@ class GraphPool:
         self._backend = backend
         self._lock = threading.RLock()
         self._bucket_state: dict[Any, str] = {}  # (bucket, instance) -> "warmed" | "captured"
-        self._instances: dict[tuple[int, ...], int] = {}  # static tensor ids -> small instance number
-        self._instance_tensors: list[tuple[torch.Tensor, ...]] = []  # kept alive: an id is never reused
+        #: static tensor ids -> (small instance number, weak references to those tensors)
+        self._instances: dict[tuple[int, ...], tuple[int, tuple[weakref.ref, ...]]] = {}
+        self._next_instance = 0
         self._last_instance: tuple[int, tuple[torch.Tensor, ...]] | None = None  # (instance, its tensors)
         self.current: _Forward | None = None  # the forward under way
         self.outputs = GraphOutputs()  # what later pieces may be captured reading in place
@@ -193,19 +203,23 @@ class GraphPool:
         hash fast (a tuple of hundreds of ids, hashed once per piece, cost more than the replays).
 
         Runs before every replay, so the common case (the same tensors as the last forward) is one
-        identity comparison in C; only a different set pays for hashing its ids."""
+        identity comparison in C; only a different set pays for hashing its ids. The pool holds a set's
+        tensors weakly: a set whose tensors are freed is forgotten (its number is never given again), so a
+        caller that hands a new set every call (beam search's reordered static cache) does not keep
+        every old one alive."""
         if not statics:
             return None
         last = self._last_instance
         if last is not None and len(last[1]) == len(statics) and all(map(operator.is_, statics, last[1])):
             return last[0]
         ids = tuple(map(id, statics))
-        instance = self._instances.get(ids)
-        if instance is None:
-            instance = self._instances[ids] = len(self._instance_tensors)
-            self._instance_tensors.append(tuple(statics))
-        self._last_instance = (instance, self._instance_tensors[instance])
-        return instance
+        known = self._instances.get(ids)
+        if known is None or not all(map(operator.is_, statics, (ref() for ref in known[1]))):
+            forget = functools.partial(_forget_instance, weakref.ref(self), ids, self._next_instance)
+            known = self._instances[ids] = (self._next_instance, tuple(weakref.ref(t, forget) for t in statics))
+            self._next_instance += 1
+        self._last_instance = (known[0], tuple(statics))
+        return known[0]
 
     def restart(self) -> None:
         """Forget which buckets were warmed up and captured (runners switched: start their lifecycle over)."""

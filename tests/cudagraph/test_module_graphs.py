@@ -284,6 +284,42 @@ def test_python_state_set_at_the_first_call_only_is_replayed():
     assert backend.captures == 1 and backend.replays == 4 and run.runner.capturable
 
 
+class ReadsTheCache(nn.Module):
+    """Reads a cache layer's tensor, as a static cache's attention does."""
+
+    def forward(self, x, cache):
+        return cache.layers[1].keys * 2 + x
+
+
+def test_tensors_reassigned_between_calls_are_captured_anew_then_graphs_stop(caplog):
+    """Beam search's ``reorder_cache`` assigns every layer new tensors between steps: a graph holds the
+    addresses it was captured with, so a replay would read and write the old ones. The graphs are captured
+    anew over the new tensors (one log line), and after ``RECAPTURES`` times they stop (one warning
+    naming the path). Without reassignment the graph replays. (The fake graph's replay runs Python, so
+    outputs here cannot show the staleness; the GPU beam-search test shows it.)"""
+    from regionc.cudagraph.module import RECAPTURES
+
+    run, backend = graphed(ReadsTheCache())
+    cache, reference = Cache(), Cache()
+    for c in (cache, reference):
+        c.layers[1].keys = torch.zeros(2, 8)
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        for step in range(3):  # warm-up, capture, replay
+            x = torch.full((2, 8), float(step))
+            assert_close(run(x, cache=cache), ReadsTheCache()(x, reference))
+        assert backend.captures == 1 and backend.replays == 2
+        for step in range(3 * (RECAPTURES + 2)):
+            for c in (cache, reference):
+                c.layers[1].keys = c.layers[1].keys.flip(0)  # what reorder_cache does: new tensors, by beam
+            x = torch.full((2, 8), float(step))
+            assert_close(run(x, cache=cache), ReadsTheCache()(x, reference))
+    anew = [r for r in caplog.records if "cache.layers[1].keys was assigned another tensor since" in r.getMessage()]
+    assert len(anew) == RECAPTURES and backend.captures == 1 + RECAPTURES
+    assert not run.runner.capturable
+    assert any("cache.layers[1].keys was assigned another tensor between calls" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
 @pytest.mark.parametrize("name, cache, changed", [
     ("Llama", "static", None),
     ("Gemma2", "static", "past_key_values.layers[0].cumulative_length_int"),

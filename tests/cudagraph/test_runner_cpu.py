@@ -381,3 +381,31 @@ def test_each_set_of_weights_gets_its_own_graphs():
                 torch.testing.assert_close(runner(x, w)[0], torch.relu(x @ w))
     assert backend.captures == 3
     assert all(handle is backend._shared for handle in backend.handles)  # each captured in its own capture forward
+
+
+def test_sets_of_static_tensors_handed_once_are_not_kept_alive():
+    """Beam search's ``reorder_cache`` hands the backend's graphs a new static cache every step: each set
+    is warmed up on its own (never replayed over another set's addresses), and a set the caller has
+    dropped is freed and forgotten, not kept alive by the pool for the process's life."""
+    import weakref
+
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    runner = PieceGraphRunner(linear_relu, name="reads a cache", static_input_indices={1}, pool=pool)
+    x = torch.randn(2, 8)
+    cache = torch.randn(8, 8)
+    freed, instances = [], set()
+    for _ in range(6):
+        with pool.forward(statics=[cache]) as forward:
+            torch.testing.assert_close(runner(x, cache)[0], torch.relu(x @ cache))
+        instances.add(forward.instance)
+        freed.append(weakref.ref(cache))
+        cache = cache.flip(0)  # the reorder: another tensor, the old one dropped
+    assert len(instances) == 6 and backend.captures == 0  # one warm-up per set
+    assert all(ref() is None for ref in freed[:-1])  # the last set is the pool's fast path
+    assert len(pool._instances) <= 2
+    with pool.forward(statics=[cache]) as forward:  # a set handed again warms, then captures
+        runner(x, cache)
+    with pool.forward(statics=[cache]) as again:
+        torch.testing.assert_close(runner(x, cache)[0], torch.relu(x @ cache))
+    assert again.instance == forward.instance and backend.captures == 1

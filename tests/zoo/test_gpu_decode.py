@@ -130,6 +130,34 @@ def test_generate_gives_eager_tokens(name, cache, entry):
     assert torch.equal(actual, expected), (actual, expected)
 
 
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+def test_beam_search_on_a_static_cache_gives_eager_tokens(entry):
+    """Beam search on a static cache: between steps ``generate`` reorders the cache by beam
+    (``reorder_cache`` assigns every layer new key and value tensors), outside the model. A CUDA graph
+    captured over the old tensors must not be replayed over them: the tokens are eager's (through
+    ``regionc.compile`` the forward's graph was once replayed over the old cache, and the beams went wrong)."""
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    base = widened("llama", torch.float32)
+    model = getattr(__import__("transformers"), "LlamaForCausalLM")(base.config).eval().to("cuda")
+    prompt = torch.randint(0, model.config.vocab_size, (2, PROMPT), device="cuda",
+                           generator=torch.Generator(device="cuda").manual_seed(3))
+    settings = dict(max_new_tokens=8, num_beams=3, num_return_sequences=3, do_sample=False, pad_token_id=0,
+                    cache_implementation="static")
+    config = GenerationConfig(**settings, disable_compile=True)
+    with torch.no_grad():
+        expected = model.generate(prompt, generation_config=config)
+        before = len(regionc.reports())
+        if entry == "regionc.compile":
+            regionc.compile(model)
+        else:
+            model.forward = torch.compile(model.forward, backend="regionc")
+        actual = model.generate(prompt, generation_config=config)
+    assert len(regionc.reports()) > before  # the steps ran through regionc
+    assert torch.equal(actual, expected), (actual, expected)
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
 def test_regionc_compile_decode_replays_one_graph_over_the_forward(name):
     """HF decoders trace their whole forward under ``regionc.compile`` on torch 2.11 (the per-block
