@@ -53,6 +53,10 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   ``RECAPTURES`` times graphs stop for the forward, one warning), never replayed over the old tensors.
   What is checked per call is that each holder on the way (the cache, its list of layers, a layer) still
   holds the same object, about 130 identity checks for a 32-layer HF cache;
+- a compiled piece handed a tensor off the graph's device inside this capture fails it (the forward then
+  runs without its graph, one warning): Dynamo hands a Python float it traces as a tensor (a LoRA scale
+  set between calls) as a CPU 0-d tensor the compiled code reads on the host, which a replay would keep
+  at its captured value;
 - Python state the forward reads but does not change (other than the above), changed by the caller
   between calls, is frozen into the graph at capture, as in every model-runner CUDA graph: such a
   forward should not be compiled with graphs (``cudagraphs=False``).

@@ -314,6 +314,7 @@ class PieceGraphRunner:
                      level=logging.WARNING)
             return self.fn(*args)
         if fwd.phase == "recorded":
+            self._refuse_host_inputs(args)
             return self.fn(*args)
         if fwd.bucket == ABOVE_MAX:
             return self._eager("above-max", args,
@@ -351,6 +352,18 @@ class PieceGraphRunner:
         return self._capture(entry, args, n, size, private=entry.late or fwd.phase != "capture")
 
     # ------------------------------------------------------------------ paths
+    def _refuse_host_inputs(self, args: Sequence[Any]) -> None:
+        """Inside another graph's capture (``regionc.compile``'s graph over a forward), a tensor this piece
+        is handed off the graph's device cannot be recorded: Dynamo hands a Python float it traces as a
+        tensor (a LoRA scale set between calls) as a CPU 0-d tensor, which the compiled code reads on the
+        host, so a replay would keep the value it had at capture. Raising fails that capture: the forward
+        runs without its graph, and its pieces' own graphs copy what they are handed."""
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor) and not self.pool.backend.accepts(a):
+                raise RuntimeError(f"{self.name} is handed input {i} on {a.device} inside another CUDA graph's "
+                                   "capture (a Python float traced as a tensor, say): a replay would keep the "
+                                   "value it had at capture")
+
     def _eager(self, why: str, args: Sequence[Any], reason: str) -> Any:
         log_once((self._log_key, why), "regionc: %s runs without a CUDA graph: %s", self.name, reason)
         if self.report is not None:

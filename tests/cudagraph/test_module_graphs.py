@@ -465,3 +465,35 @@ def test_watching_registrations_makes_dynamo_compile_nothing_again():
     for _ in range(3):
         compiled(torch.randn(2, 4))
     assert counter.frame_count == settled
+
+
+class ScaledByAFloat(nn.Module):
+    """A compiled program inside the forward, handed a Python float as Dynamo hands one it traces as a
+    tensor (a LoRA scale set between calls): a CPU 0-d tensor made on every call."""
+
+    def __init__(self, inner: PieceGraphRunner):
+        super().__init__()
+        self.inner, self.scale = inner, 1.0
+
+    def forward(self, x):
+        with self.inner.pool.forward():
+            return self.inner(x, torch.tensor(self.scale))[0]
+
+
+def test_a_float_handed_to_a_piece_inside_the_forward_graph_stops_that_graph(caplog):
+    """The piece reads the float on the host, so a replay of the forward's graph would keep the scale it
+    had at capture: the capture fails (one warning), the forward runs without its graph, and every scale
+    set between calls is used."""
+    accepts = lambda t: t.dim() > 0  # noqa: E731 - the fake graph's device: 0-d tensors stand for host scalars
+    inner_pool = GraphPool(Config.build({"cudagraphs": True}, environ={}), backend=FakeBackend(accepts=accepts))
+    model = ScaledByAFloat(PieceGraphRunner(lambda x, s: (x * s,), name="scaled piece", pool=inner_pool,
+                                             static_input_indices=()))
+    backend = FakeBackend(accepts=accepts)
+    run = ModuleGraphs(model, model.forward, Config.build({"cudagraphs": True}, environ={}), backend=backend)
+    x = torch.ones(2, 8)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        for scale in (1.0, 0.3, 0.7, 0.5):
+            model.scale = scale
+            assert_close(run(x), x * scale)
+    assert backend.captures == 0 and not run.runner.capturable
+    assert any("inside another CUDA graph's capture" in r.getMessage() for r in caplog.records)
