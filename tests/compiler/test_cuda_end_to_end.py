@@ -216,3 +216,28 @@ def test_sliding_window_decode_matches_eager_and_names_why_graphs_stop(caplog):
     for report in regionc.reports()[before:]:
         assert len({p.fingerprint for p in report.pieces if p.kind == "block"}) == 2
     assert any("change from call to call" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+def test_a_lora_scale_set_between_calls_is_used_under_cuda_graphs(entry):
+    """diffusers' ``set_adapters`` sets a LoRA scale, a Python float every attention layer reads, between
+    calls; Dynamo traces it as a tensor made on the host on every call. Each call equals eager with the scale
+    of that call: no graph is replayed with the scale it was captured with."""
+    pytest.importorskip("peft")
+    pytest.importorskip("diffusers")
+    from peft import LoraConfig
+
+    from tests.zoo.architectures import ARCHITECTURES
+
+    torch.manual_seed(0)
+    model, kwargs = ARCHITECTURES["wan"].build(3)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                 init_lora_weights=False), adapter_name="style")
+    model = model.to("cuda").eval()
+    kwargs = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    compiled = torch.compile(model, backend="regionc") if entry == "backend" else regionc.compile(model)
+    with torch.no_grad():
+        for scale in (1.0, 0.3, 0.3, 0.3, 0.7, 0.7, 0.7, 0.5):  # repeats: warm-ups, captures, replays
+            model.set_adapters(["style"], weights=[scale])
+            expected = model(**kwargs)[0]
+            assert relative_error(compiled(**kwargs)[0], expected) <= 1e-4, scale
