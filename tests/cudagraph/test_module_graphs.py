@@ -497,3 +497,22 @@ def test_a_float_handed_to_a_piece_inside_the_forward_graph_stops_that_graph(cap
             assert_close(run(x), x * scale)
     assert backend.captures == 0 and not run.runner.capturable
     assert any("inside another CUDA graph's capture" in r.getMessage() for r in caplog.records)
+
+
+def test_a_holder_replaced_on_the_way_to_a_tensor_is_seen():
+    """The check goes through every holder: a new layer object (or a new list of layers) is a change even
+    though the old one, still alive, holds the old tensors."""
+    from regionc.cudagraph.module import held_tensors, moved_tensor
+
+    cache = Cache()
+    edges = held_tensors(["cache"], (cache,))
+    assert moved_tensor(edges) is None
+    cache.layers[1].keys.add_(1)  # written in place: the same tensor
+    assert moved_tensor(edges) is None
+    old = cache.layers[1]
+    cache.layers[1] = Layer()
+    cache.layers[1].keys = old.keys
+    assert moved_tensor(edges) == "cache.layers[1]"
+    cache.layers[1] = old
+    cache.layers = list(cache.layers)
+    assert moved_tensor(edges) == "cache.layers"
