@@ -144,7 +144,7 @@ class ModuleGraphs:
         context = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                    torch.is_autocast_enabled(), self.module.training, trace)
         values = (*args, *kwargs.values())
-        holders = tuple(id(v) for v in values if not isinstance(v, (torch.Tensor, *_SCALARS)))
+        holders = tuple(id(v) for v in values if not isinstance(v, _LEAVES))
         held = self._held.get(holders) if holders else None
         if held is not None and (moved := moved_tensor(held)) is not None:
             self._reassigned(moved)
@@ -160,8 +160,7 @@ class ModuleGraphs:
             else:
                 self._refuse_what_a_replay_would_break(tensors, versions, values, out)
                 if self.runner.captures > captures and holders:
-                    labels = [f"args[{i}]" for i in range(len(args))] + list(kwargs)
-                    self._held[holders] = held_tensors(labels, values)
+                    self._held[holders] = held_tensors(_labels(len(args), kwargs), values)
         return out
 
     def __reduce__(self):
@@ -183,7 +182,7 @@ class ModuleGraphs:
         self._changed = None
         if self.runner is None or not self.runner.capturable:  # graphs are off: nothing to watch
             return forward(*args, **kwargs)
-        labels = [f"args[{i}]" for i in range(positional)] + list(names)
+        labels = _labels(positional, names)
         before = python_state(self.module, labels, values)
         out = forward(*args, **kwargs)
         self._changed = first_change(before, python_state(self.module, labels, values))
@@ -272,6 +271,8 @@ def _watch_registrations() -> None:
 
 # ====================================================================== Python state a replay would not redo
 _SCALARS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
+#: argument values the walks do not go into: the arguments that hold state are the others (a cache)
+_LEAVES = (torch.Tensor, *_SCALARS)
 #: how far from an argument the walk goes: cache -> its layers list -> a layer -> the layer's attributes
 _DEPTH = 4
 #: elements of one list, tuple or dict the walk looks at
@@ -307,6 +308,11 @@ def first_change(before: dict[str, Any] | None, after: dict[str, Any]) -> str | 
     return None
 
 
+def _labels(positional: int, names) -> list[str]:
+    """How the walks name a call's arguments: ``args[i]``, then the keyword names."""
+    return [f"args[{i}]" for i in range(positional)] + list(names)
+
+
 def held_tensors(labels: list[str], values: tuple) -> list[tuple]:
     """The edges ``(holder, how, key, held, path)`` from the non-tensor arguments down to every tensor
     they reach (as :func:`python_state` walks them), each holder's edge before those below it: what
@@ -330,7 +336,7 @@ def held_tensors(labels: list[str], values: tuple) -> list[tuple]:
         return found
 
     for label, value in zip(labels, values):
-        if not isinstance(value, (torch.Tensor, *_SCALARS)):
+        if not isinstance(value, _LEAVES):
             visit(value, label, _DEPTH)
     return edges
 
