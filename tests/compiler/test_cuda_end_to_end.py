@@ -241,3 +241,35 @@ def test_a_lora_scale_set_between_calls_is_used_under_cuda_graphs(entry):
             model.set_adapters(["style"], weights=[scale])
             expected = model(**kwargs)[0]
             assert relative_error(compiled(**kwargs)[0], expected) <= 1e-4, scale
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+def test_wan_pipeline_with_guidance_and_a_multistep_scheduler_equals_eager(entry):
+    """A diffusers Wan pipeline as its docs run it: classifier-free guidance calls the transformer twice a
+    step with inputs of one shape (the second call's graph replay must not overwrite the first call's
+    output), and the multistep UniPC scheduler keeps earlier steps' outputs. The latents equal eager's."""
+    pytest.importorskip("diffusers")
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    from tests.zoo.architectures import ARCHITECTURES
+
+    torch.manual_seed(0)
+    transformer, _ = ARCHITECTURES["wan"].build(3)
+    transformer = transformer.to("cuda").eval()
+    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(4)).to("cuda")
+    negative = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(5)).to("cuda")
+
+    def run(model):
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                           scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                             flow_shift=3.0))
+        with torch.no_grad():
+            return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, height=64, width=64, num_frames=5,
+                        num_inference_steps=4, guidance_scale=5.0, output_type="latent",
+                        generator=torch.Generator(device="cuda").manual_seed(3)).frames
+
+    expected = run(transformer)
+    before = len(regionc.reports())
+    actual = run(torch.compile(transformer, backend="regionc") if entry == "backend" else regionc.compile(transformer))
+    assert len(regionc.reports()) > before
+    assert relative_error(actual, expected) <= 1e-4

@@ -174,3 +174,62 @@ def test_regionc_compile_decode_replays_one_graph_over_the_forward(name):
     assert run.forward.traces.ordinary is None  # the trace was saved: a restart loads it
     assert run.report.cudagraphs["graphs"] == 1  # warm-up, capture, then STEPS - 2 replays
     assert max(relative_error(a, e) for a, e in zip(actual, expected)) <= TOLERANCE[torch.bfloat16]
+
+
+def _causal_lm_on_cuda(name: str, seed: int = 0):
+    """The zoo's widened two-layer ``name`` as its ``*ForCausalLM``, fp32, on the GPU."""
+    base = widened(name, torch.float32)
+    torch.manual_seed(seed)
+    model = getattr(__import__("transformers"), type(base).__name__.replace("Model", "ForCausalLM"))(base.config)
+    return model.eval().to("cuda")
+
+
+def _compiled(model, entry: str):
+    """``model`` with its forward through ``entry``: ``regionc.compile`` in place, or the backend."""
+    if entry == "regionc.compile":
+        return regionc.compile(model)
+    model.forward = torch.compile(model.forward, backend="regionc")
+    return model
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_on_a_left_padded_batch_gives_eager_tokens(cache, entry):
+    """``generate`` on a batch of prompts of different lengths, padded on the left, with their attention
+    mask: the decode attention's kernel reads the mask (each row starts at its own key) inside the
+    step's CUDA graph, and every row's tokens are eager's."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    model = _causal_lm_on_cuda("llama")
+    generator = torch.Generator(device="cuda").manual_seed(4)
+    prompt = torch.randint(1, model.config.vocab_size, (BATCH, 12), device="cuda", generator=generator)
+    mask = torch.ones_like(prompt)
+    for row in range(BATCH):  # row r is r tokens shorter
+        prompt[row, :row], mask[row, :row] = 0, 0
+    settings = GenerationConfig(max_new_tokens=8, do_sample=False, pad_token_id=0, disable_compile=True,
+                                cache_implementation="static" if cache == "static" else None)
+    compiled = _compiled(copy.deepcopy(model), entry)
+    with torch.no_grad():
+        expected = model.generate(prompt, attention_mask=mask, generation_config=settings)
+        before = len(regionc.reports())
+        actual = compiled.generate(prompt, attention_mask=mask, generation_config=settings)
+    assert len(regionc.reports()) > before
+    assert torch.equal(actual, expected), (actual, expected)
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+def test_assisted_generation_gives_eager_tokens(entry):
+    """Assisted generation on the GPU: a draft model proposes tokens, the model checks several in one
+    call, and ``generate`` crops the cache back to the accepted ones, so the tokens a call checks and the
+    cache length change from call to call. The tokens are eager's."""
+    model = _causal_lm_on_cuda("llama")
+    draft = _causal_lm_on_cuda("llama", seed=5)
+    prompt = torch.randint(1, model.config.vocab_size, (1, 7), device="cuda",
+                           generator=torch.Generator(device="cuda").manual_seed(6))
+    settings = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, assistant_model=draft, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(prompt, **settings)
+        actual = _compiled(model, entry).generate(prompt, **settings)
+    assert torch.equal(actual, expected), (actual, expected)
