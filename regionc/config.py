@@ -82,7 +82,7 @@ class Config:
     #: "full": one CUDA graph per shape over all pieces in a row (one launch per forward), each
     #: piece its own graph if that capture fails; "piecewise": a graph per piece from the start.
     cudagraph_mode: str = "full"
-    #: Check on every replay that static inputs (weights) kept their addresses.
+    #: Raise when a static input (a weight) moved since its graph was captured, instead of capturing anew.
     cudagraph_check_addresses: bool = False
     #: Fusion passes on/off by name (see PASS_NAMES); missing names keep their default (on).
     passes: Mapping[str, bool] = dataclasses.field(default_factory=dict)

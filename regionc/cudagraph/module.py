@@ -24,8 +24,11 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   runs rather than replays runs that trace (its ``fn(module, *args, **kwargs)``), so its guards are
   checked once a call, graphs off included;
 - weights reassigned (``module.weight = ...``, a submodule swapped: anything that registers a
-  parameter, buffer or submodule, seen by torch's global registration hooks at no cost per call)
-  drop the graphs, which are captured anew over the new tensors;
+  parameter, buffer or submodule, seen by torch's global registration hooks at no cost per call) or
+  moved (``p.data = ...``, a CPU-offload round trip: each call checks the weights' addresses, torch's
+  C++ check, as its CUDA graph trees do) drop the graphs, which are captured anew over the new tensors
+  (one log line; after ``RECAPTURES`` times graphs stop for the forward, one warning), or, with
+  ``cudagraph_check_addresses``, raise :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
 - a call that autograd records (grad mode on, and a parameter or a tensor argument requires grad)
   runs without a graph (one log line): a replay would hand back tensors whose backward graph
   belongs to the capture. So does a call while the forward's compiled code may still change
@@ -34,10 +37,6 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   a replay would lose the write; nor is one whose result (a tensor, nested tuples/lists/dicts, a
   dataclass or a Hugging Face ``ModelOutput``) holds anything but tensors, None and the call's own
   argument objects (an HF cache passed in is handed back as is), since a replay returns what capture saw;
-- weights and buffers (a KV cache among them) are read and written where they were at capture:
-  update them in place (``copy_``), or assign new ones (above), never swap their storage behind the
-  same tensor (``p.data = ...``). ``cudagraph_check_addresses`` checks every address on every call
-  and raises :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
 - a forward that changes Python state while its graph is captured is not graphed either, and the
   graph is dropped (one log line naming the attribute): a replay runs no Python, so the change would
   not happen again, and what the forward computes from that state would stay as captured. This is
@@ -72,18 +71,19 @@ from typing import Any
 import torch
 
 from regionc.config import Config
-from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner, should_use_cudagraphs
+from regionc.cudagraph.runner import (
+    RECAPTURES,
+    CudaGraphAddressError,
+    GraphPool,
+    PieceGraphRunner,
+    at_addresses,
+    should_use_cudagraphs,
+)
 from regionc.cudagraph.sizes import as_output_list
 from regionc.logs import log_once
 from regionc.report import new_report
 
 log = logging.getLogger("regionc")
-
-#: times a forward's graphs are captured anew because the caller assigned other tensors to what its
-#: arguments hold; then graphs stop for it (beam search reassigns a static cache's tensors every step,
-#: so each capture would serve one call)
-RECAPTURES = 2
-
 
 class ModuleGraphs:
     """``module``'s ``forward`` under one CUDA graph per input key; plain ``forward`` off CUDA.
@@ -102,7 +102,10 @@ class ModuleGraphs:
         self._backend = backend  # tests pass a fake
         self.runner: PieceGraphRunner | None = None
         self.report = None
-        self._addresses: list[int] | None = None
+        #: the module's parameters and buffers, and their addresses, when the graphs were captured
+        self._statics: list[torch.Tensor] = []
+        self._addresses: list[int] = []
+        self._indices: list[int] = []
         self._changed: str | None = None  # what the last run of the forward changed (see _run_forward)
         self._settled = True  # False from a call made while settling until the call after it
         self._registrations = 0  # _registrations[0] when the addresses were taken
@@ -137,10 +140,8 @@ class ModuleGraphs:
             trace = self.trace_of(*args, **kwargs)
             if trace is None:  # no trace's guards pass yet: the forward loads or traces one
                 return self.forward(*args, **kwargs)
-        if self.config.cudagraph_check_addresses:
-            self._check_addresses()
-        if _registrations[0] != self._registrations:
-            self._after_registrations()
+        if _registrations[0] != self._registrations or not at_addresses(self._statics, self._addresses, self._indices):
+            self._weights_moved()
         context = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                    torch.is_autocast_enabled(), self.module.training, trace)
         values = (*args, *kwargs.values())
@@ -199,32 +200,42 @@ class ModuleGraphs:
         self.report.note_cudagraphs(mode="module forward")
         _watch_registrations()
         self._registrations = _registrations[0]
-        self._addresses = self._current_addresses()
+        self._statics = [*self.module.parameters(), *self.module.buffers()]
+        self._addresses = [t.data_ptr() for t in self._statics]
+        self._indices = list(range(len(self._statics)))
         self._held.clear()
 
-    def _after_registrations(self) -> None:
-        """Something registered a parameter, buffer or submodule since the addresses were taken: if this
-        module's moved, its graphs read the old tensors, so they go and are captured anew (a forward
-        graphs are off for stays off: it reassigns its tensors itself)."""
+    def _weights_moved(self) -> None:
+        """Something registered a parameter, buffer or submodule, or a weight's storage moved, since the
+        addresses were taken: if this module's tensors are elsewhere now, its graphs read the old ones, so
+        they go and are captured anew (a forward graphs are off for stays off: it reassigns its tensors
+        itself)."""
         self._registrations = _registrations[0]
-        if not self.runner.capturable or self._current_addresses() == self._addresses:
+        statics = [*self.module.parameters(), *self.module.buffers()]
+        addresses = [t.data_ptr() for t in statics]
+        if addresses == self._addresses or not self.runner.capturable:
+            self._statics, self._addresses, self._indices = statics, addresses, list(range(len(statics)))
             return
-        log.info("regionc: %s's parameters or buffers were reassigned since its CUDA graphs were captured; "
-                 "capturing them anew", type(self.module).__name__)
-        self._start()
+        if self.config.cudagraph_check_addresses:
+            raise CudaGraphAddressError(
+                f"regionc: a parameter or buffer of {type(self.module).__name__} moved since its CUDA graphs "
+                "were captured; weights and buffers must stay in place (update them with copy_())")
+        self._recapture("its parameters or buffers were reassigned or moved", "p.data = ..., a CPU-offload round trip")
 
     def _reassigned(self, path: str) -> None:
-        """The caller assigned another tensor at ``path`` since a graph reading the old one was captured:
-        the graphs go and are captured anew over the tensors held now, or, past ``RECAPTURES``, stop."""
+        """The caller assigned another tensor at ``path`` since a graph reading the old one was captured."""
+        self._recapture(f"{path} was assigned another tensor", "beam search's reorder_cache, say")
+
+    def _recapture(self, what: str, example: str) -> None:
+        """What a graph reads in place moved (``what``): the graphs go and are captured anew over the tensors
+        there now, or, past ``RECAPTURES``, stop."""
         self._held.clear()  # the graphs they describe go either way
         self._recaptures += 1
         if self._recaptures > RECAPTURES:
-            self.runner.disable(f"{path} was assigned another tensor between calls {self._recaptures} times (beam "
-                                "search's reorder_cache, say); a graph reads the tensors it was captured with",
-                                drop=True)
+            self.runner.disable(f"{what} between calls {self._recaptures} times ({example}); a graph reads the "
+                                "tensors it was captured with", drop=True)
             return
-        log.info("regionc: %s: %s was assigned another tensor since its CUDA graph was captured; capturing anew",
-                 type(self.module).__name__, path)
+        log.info("regionc: %s: %s since its CUDA graph was captured; capturing anew", type(self.module).__name__, what)
         self._start()
 
     def _refuse_what_a_replay_would_break(self, tensors: list[torch.Tensor], versions: list[int],
@@ -238,15 +249,6 @@ class ModuleGraphs:
         if other:
             self.runner.disable(f"the forward returns a {type(other[0]).__name__} computed in Python, which a "
                                 "replay would not recompute; graphs need tensors, None or the call's own arguments")
-
-    def _current_addresses(self) -> list[int]:
-        return [t.data_ptr() for t in (*self.module.parameters(), *self.module.buffers())]
-
-    def _check_addresses(self) -> None:
-        if self._current_addresses() != self._addresses:
-            raise CudaGraphAddressError(
-                f"regionc: a parameter or buffer of {type(self.module).__name__} moved since its CUDA graphs "
-                "were captured; weights and buffers must stay in place (update them with copy_())")
 
 
 

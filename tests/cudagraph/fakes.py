@@ -1,8 +1,8 @@
 """A fake CUDA-graph backend that behaves like the real one, so the runner's logic is testable on the CPU.
 
 ``FakeBackend.capture`` records fn and its static args and, like a real capture, leaves no effect
-on data (it undoes in-place writes); ``FakeGraph.replay`` re-runs fn on the *captured* args and
-writes the results into the *captured* output tensors — so stale inputs, skipped copies, lost
+on data (it undoes in-place writes); ``FakeGraph.replay`` re-runs fn on the *captured* args (their
+storage at capture) and writes the results into the *captured* output tensors — so stale inputs, skipped copies, lost
 in-place updates and overwritten outputs show up exactly as they would on a GPU.
 """
 
@@ -72,7 +72,10 @@ class FakeBackend:
                 a.copy_(saved)  # a capture records work, it does not do it
         self.captures += 1
         outputs, _ = as_output_list(out)
-        return FakeGraph(self, fn, list(args), outputs), out
+        # a graph reads the storage its inputs had at capture: a tensor whose storage is swapped later
+        # (``p.data = ...``) is read where it was, as on a GPU
+        captured = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        return FakeGraph(self, fn, captured, outputs), out
 
     def memory_reserved(self):
         return 1000 * self.captures

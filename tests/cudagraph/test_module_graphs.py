@@ -14,7 +14,7 @@ from torch import nn
 import regionc
 from regionc.config import Config
 from regionc.cudagraph.module import ModuleGraphs
-from regionc.cudagraph.runner import CudaGraphAddressError, GraphPool, PieceGraphRunner
+from regionc.cudagraph.runner import RECAPTURES, CudaGraphAddressError, GraphPool, PieceGraphRunner
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.cudagraph.fakes import FakeBackend
 from tests.helpers import NO_CACHE, assert_close
@@ -297,8 +297,6 @@ def test_tensors_reassigned_between_calls_are_captured_anew_then_graphs_stop(cap
     anew over the new tensors (one log line), and after ``RECAPTURES`` times they stop (one warning
     naming the path). Without reassignment the graph replays. (The fake graph's replay runs Python, so
     outputs here cannot show the staleness; the GPU beam-search test shows it.)"""
-    from regionc.cudagraph.module import RECAPTURES
-
     run, backend = graphed(ReadsTheCache())
     cache, reference = Cache(), Cache()
     for c in (cache, reference):
@@ -346,6 +344,26 @@ def test_hf_decode_is_replayed_only_where_the_cache_counts_in_python(name, cache
     else:
         assert backend.replays == 1 and not run.runner.capturable
         assert any(f"the forward changed {changed}" in r.getMessage() for r in caplog.records)
+
+
+def test_weights_whose_storage_moved_are_captured_anew_then_graphs_stop(caplog):
+    """``p.data = ...`` (or a CPU-offload round trip: ``.to("cpu")`` then back) keeps the parameter but moves
+    its storage, which no registration hook sees: the next call captures the forward's graph anew over the
+    new addresses (a replay would read the old storage); after ``RECAPTURES`` moves graphs stop for it."""
+    model = Glue()
+    run, backend = graphed(model)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="regionc"):
+        for _ in range(3):
+            run(torch.randn(4, 8))
+        assert backend.captures == 1
+        for move in range(1, RECAPTURES + 2):
+            model.lin.weight.data = model.lin.weight.data * 2  # the same parameter, new storage
+            for _ in range(3):  # warm-up, capture, replay
+                run(torch.randn(4, 8))
+            assert backend.captures == 1 + min(move, RECAPTURES)
+    moved = [r for r in caplog.records if "parameters or buffers were reassigned or moved" in r.getMessage()]
+    assert len(moved) == RECAPTURES + 1 and moved[-1].levelno == logging.WARNING
+    assert not run.runner.capturable
 
 
 def test_address_check_raises_when_a_weight_is_reassigned():

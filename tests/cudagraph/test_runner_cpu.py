@@ -13,6 +13,7 @@ import regionc.logs
 from regionc.blocks.writes import mutated_placeholders
 from regionc.config import Config
 from regionc.cudagraph.runner import (
+    RECAPTURES,
     CudaGraphAddressError,
     GraphPool,
     PieceGraphRunner,
@@ -155,12 +156,23 @@ def test_address_check_raises_when_a_static_input_moves():
             runner(x, w.clone())
 
 
-def test_moved_static_input_without_check_replays_captured_address():
-    pool = make_pool()  # check off: the contract says weights must stay in place
+def test_a_static_input_whose_storage_moved_is_captured_anew_then_graphs_stop(caplog):
+    """``p.data = ...`` (or a CPU-offload round trip) keeps the tensor but moves its storage, and a graph
+    reads the address it was captured at (the fake graphs read the storage captured, as a GPU does): the
+    piece warms up and captures anew, every call equal to eager; after ``RECAPTURES`` moves its graphs stop."""
+    backend = FakeBackend()
+    pool = make_pool(backend)
     runner, x, w = captured_linear_relu(pool, "blk")
-    with pool.forward():
-        (out,) = runner(x, w * 2)
-    torch.testing.assert_close(out, torch.relu(x @ w))  # documented: the graph reads the captured weight
+    with caplog.at_level(logging.INFO, logger="regionc"):
+        for _ in range(RECAPTURES + 1):
+            w.data = w.data * 2  # the same tensor, new storage and values
+            for _ in range(3):  # warm-up, capture, replay
+                with pool.forward():
+                    (out,) = runner(x, w)
+                torch.testing.assert_close(out, torch.relu(x @ w))
+    assert backend.captures == 1 + RECAPTURES
+    assert not runner.capturable
+    assert sum("static input 1 of piece blk moved" in r.getMessage() for r in caplog.records) == RECAPTURES + 1
 
 
 def test_capture_failure_falls_back_with_one_log(caplog):
