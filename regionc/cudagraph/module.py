@@ -27,7 +27,7 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   parameter, buffer or submodule, seen by torch's global registration hooks at no cost per call) or
   moved (``p.data = ...``, a CPU-offload round trip: each call checks the weights' addresses, torch's
   C++ check, as its CUDA graph trees do) drop the graphs, which are captured anew over the new tensors
-  (one log line; after ``RECAPTURES`` times graphs stop for the forward, one warning), or, with
+  (one log line; after ``RECAPTURES`` times in a row without paying, graphs stop, one warning), or, with
   ``cudagraph_check_addresses``, raise :class:`~regionc.cudagraph.runner.CudaGraphAddressError`;
 - a call that autograd records (grad mode on, and a parameter or a tensor argument requires grad)
   runs without a graph (one log line): a replay would hand back tensors whose backward graph
@@ -49,8 +49,8 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
 - tensors the non-tensor arguments hold (a static cache's keys and values) are read and written where
   they were at capture: a caller that assigns other tensors between calls, as beam search's
   ``reorder_cache`` does on every step, has the forward's graphs captured anew (one log line; after
-  ``RECAPTURES`` times graphs stop for the forward, one warning), never replayed over the old tensors.
-  What is checked per call is that each holder on the way (the cache, its list of layers, a layer) still
+  ``RECAPTURES`` times in a row without paying, graphs stop for the forward, one warning), never
+  replayed over the old tensors. What is checked per call is that each holder on the way (the cache, its list of layers, a layer) still
   holds the same object, about 130 identity checks for a 32-layer HF cache;
 - a compiled piece handed a tensor off the graph's device inside this capture fails it (the forward then
   runs without its graph, one warning): Dynamo hands a Python float it traces as a tensor (a LoRA scale
@@ -72,6 +72,7 @@ import torch
 
 from regionc.config import Config
 from regionc.cudagraph.runner import (
+    PAYING_REPLAYS,
     RECAPTURES,
     CudaGraphAddressError,
     GraphPool,
@@ -228,12 +229,15 @@ class ModuleGraphs:
 
     def _recapture(self, what: str, example: str) -> None:
         """What a graph reads in place moved (``what``): the graphs go and are captured anew over the tensors
-        there now, or, past ``RECAPTURES``, stop."""
+        there now, or, past ``RECAPTURES`` in a row that did not pay, stop."""
         self._held.clear()  # the graphs they describe go either way
+        if self.runner.replays >= PAYING_REPLAYS:  # the runner is new at each capture anew
+            self._recaptures = 0
         self._recaptures += 1
         if self._recaptures > RECAPTURES:
-            self.runner.disable(f"{what} between calls {self._recaptures} times ({example}); a graph reads the "
-                                "tensors it was captured with", drop=True)
+            self.runner.disable(f"{what} between calls {self._recaptures} times with fewer than {PAYING_REPLAYS} "
+                                f"replays between ({example}); a graph reads the tensors it was captured with",
+                                drop=True)
             return
         log.info("regionc: %s: %s since its CUDA graph was captured; capturing anew", type(self.module).__name__, what)
         self._start()

@@ -23,10 +23,10 @@ shape) is warmed up, then captured into a *private* pool of its own (safe, no me
 Inputs: static inputs (weights, KV caches registered as buffers; indices given by the caller) are
 read and written in place — the graph holds their addresses, so in-place updates persist. Each replay
 checks that they are still there (torch's own C++ check, as its CUDA graph trees do: 19 µs for 291
-weights on an H100 host, 40 µs with the host's caches cold): one whose storage moved (``p.data = ...``, a CPU-offload round trip) has its
-graph dropped and captured anew (one log line; after ``RECAPTURES`` times graphs stop for the
-piece, one warning), or, with ``config.cudagraph_check_addresses``, raises
-:class:`CudaGraphAddressError`. Other tensor args are copied into static buffers
+weights on an H100 host, 40 µs with the host's caches cold): one whose storage moved (``p.data = ...``,
+a CPU-offload round trip) has its graph dropped and captured anew (one log line; after ``RECAPTURES``
+times in a row without paying, graphs stop for the piece, one warning), or, with
+``config.cudagraph_check_addresses``, raises :class:`CudaGraphAddressError`. Other tensor args are copied into static buffers
 (padded with ``pad_value``) unless the arg already *is* that buffer: an output of another graph in
 this pool (the previous piece), in which case the graph was captured reading it in place and no
 copy happens (:mod:`regionc.cudagraph.staging`). A piece that writes in place to a non-static
@@ -87,9 +87,13 @@ class CudaGraphAddressError(RuntimeError):
     """A static input (weight/buffer) moved since its graph was captured (``cudagraph_check_addresses``)."""
 
 
-#: times a graph is captured anew because what it reads in place moved (a weight's storage swapped, a
-#: cache's tensors reassigned); then graphs stop for it, since each capture would serve a few calls
+#: times in a row a graph is captured anew because what it reads in place moved (a weight's storage
+#: swapped, a cache's tensors reassigned on every step by beam search) without paying for its capture
+#: (fewer than ``PAYING_REPLAYS`` replays before the next move); then graphs stop for it. Moves between
+#: which the graphs paid (adapters loaded now and then, a model offloaded between pipeline calls) are
+#: captured anew every time, as torch's CUDA graph trees re-record.
 RECAPTURES = 2
+PAYING_REPLAYS = 8
 
 
 def _python_at_addresses(tensors: Sequence[Any], addresses: Sequence[Any], indices: Sequence[int]) -> bool:
@@ -304,6 +308,8 @@ class PieceGraphRunner:
         self._no_capture: str | None = None
         self._log_key = object()
         self.captures = 0  # graphs captured so far (a caller can tell whether its call captured)
+        self.replays = 0
+        self._replays_at_move = 0
         # A piece known to write nothing in place may warm up padded (and re-run on the real args if
         # that fails); one that may write (unknown counts as may) warms up once, exactly, unpadded.
         self._pure = mutated_inputs is not None and not mutated_inputs
@@ -483,6 +489,7 @@ class PieceGraphRunner:
         if entry.static_indices and not at_addresses(list(args), entry.addresses, entry.static_indices):
             return self._moved(entry, args, n)
         entry.graph.replay()
+        self.replays += 1
         return self._results(entry, n)
 
     def _moved(self, entry: _Entry, args: Sequence[Any], n: int | None) -> Any:
@@ -497,10 +504,14 @@ class PieceGraphRunner:
             raise CudaGraphAddressError(f"regionc: {what}; weights and buffers must stay in place (update them "
                                         "with copy_(), do not reassign their storage)")
         del self._entries[entry.key]
+        if self.replays - self._replays_at_move >= PAYING_REPLAYS:
+            self._recaptures = 0
+        self._replays_at_move = self.replays
         self._recaptures += 1
         if self._recaptures > RECAPTURES:
-            self.disable(f"{what}, {self._recaptures} times (p.data = ..., a CPU-offload round trip); a graph "
-                         "reads the addresses it was captured with", drop=True)
+            self.disable(f"{what}, {self._recaptures} times with fewer than {PAYING_REPLAYS} replays between "
+                         "(p.data = ..., a CPU-offload round trip); a graph reads the addresses it was captured with",
+                         drop=True)
             return self.fn(*args)
         log.info("regionc: %s; capturing anew", what)
         self._entries[entry.key] = _Entry(entry.key, late=True, size=entry.size)

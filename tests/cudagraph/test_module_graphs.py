@@ -14,7 +14,13 @@ from torch import nn
 import regionc
 from regionc.config import Config
 from regionc.cudagraph.module import ModuleGraphs
-from regionc.cudagraph.runner import RECAPTURES, CudaGraphAddressError, GraphPool, PieceGraphRunner
+from regionc.cudagraph.runner import (
+    PAYING_REPLAYS,
+    RECAPTURES,
+    CudaGraphAddressError,
+    GraphPool,
+    PieceGraphRunner,
+)
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.cudagraph.fakes import FakeBackend
 from tests.helpers import NO_CACHE, assert_close
@@ -364,6 +370,20 @@ def test_weights_whose_storage_moved_are_captured_anew_then_graphs_stop(caplog):
     moved = [r for r in caplog.records if "parameters or buffers were reassigned or moved" in r.getMessage()]
     assert len(moved) == RECAPTURES + 1 and moved[-1].levelno == logging.WARNING
     assert not run.runner.capturable
+
+
+def test_weights_moved_after_their_graphs_paid_are_captured_anew_every_time():
+    """Moves with many replays between (adapters loaded now and then, a model offloaded between pipeline
+    calls) never stop the graphs: each capture paid for itself, as torch's CUDA graph trees re-record."""
+    model = Glue()
+    run, backend = graphed(model)
+    with torch.no_grad():
+        for move in range(RECAPTURES + 2):
+            if move:
+                model.lin.weight.data = model.lin.weight.data * 2
+            for _ in range(2 + PAYING_REPLAYS):  # warm-up, capture, then replays that pay for it
+                run(torch.randn(4, 8))
+    assert backend.captures == RECAPTURES + 2 and run.runner.capturable
 
 
 def test_address_check_raises_when_a_weight_is_reassigned():

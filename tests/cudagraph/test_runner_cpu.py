@@ -13,6 +13,7 @@ import regionc.logs
 from regionc.blocks.writes import mutated_placeholders
 from regionc.config import Config
 from regionc.cudagraph.runner import (
+    PAYING_REPLAYS,
     RECAPTURES,
     CudaGraphAddressError,
     GraphPool,
@@ -146,6 +147,22 @@ def captured_linear_relu(pool, name):
         with pool.forward():
             runner(x, w)
     return runner, x, w
+
+
+def test_a_static_input_moved_after_its_graph_paid_is_captured_anew_every_time():
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    runner, x, w = captured_linear_relu(pool, "blk")
+    for _ in range(RECAPTURES + 1):
+        for _ in range(PAYING_REPLAYS):
+            with pool.forward():
+                runner(x, w)
+        w.data = w.data * 2
+        for _ in range(2):  # warm-up, capture
+            with pool.forward():
+                (out,) = runner(x, w)
+            torch.testing.assert_close(out, torch.relu(x @ w))
+    assert backend.captures == 2 + RECAPTURES and runner.capturable
 
 
 def test_address_check_raises_when_a_static_input_moves():
