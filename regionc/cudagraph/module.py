@@ -50,8 +50,9 @@ A replay runs no Python, so the forward's own checks are skipped. What keeps it 
   they were at capture: a caller that assigns other tensors between calls, as beam search's
   ``reorder_cache`` does on every step, has the forward's graphs captured anew (one log line; after
   ``RECAPTURES`` times in a row without paying, graphs stop for the forward, one warning), never
-  replayed over the old tensors. What is checked per call is that each holder on the way (the cache, its list of layers, a layer) still
-  holds the same object, about 130 identity checks for a 32-layer HF cache;
+  replayed over the old tensors. What is checked per call is that each holder on the way (the cache,
+  its list of layers, a layer) still holds the same object, about 130 identity checks for a 32-layer
+  HF cache;
 - a compiled piece handed a tensor off the graph's device inside this capture fails it (the forward then
   runs without its graph, one warning): Dynamo hands a Python float it traces as a tensor (a LoRA scale
   set between calls) as a CPU 0-d tensor the compiled code reads on the host, which a replay would keep

@@ -26,11 +26,11 @@ checks that they are still there (torch's own C++ check, as its CUDA graph trees
 weights on an H100 host, 40 µs with the host's caches cold): one whose storage moved (``p.data = ...``,
 a CPU-offload round trip) has its graph dropped and captured anew (one log line; after ``RECAPTURES``
 times in a row without paying, graphs stop for the piece, one warning), or, with
-``config.cudagraph_check_addresses``, raises :class:`CudaGraphAddressError`. Other tensor args are copied into static buffers
-(padded with ``pad_value``) unless the arg already *is* that buffer: an output of another graph in
-this pool (the previous piece), in which case the graph was captured reading it in place and no
-copy happens (:mod:`regionc.cudagraph.staging`). A piece that writes in place to a non-static
-input is not graphed.
+``config.cudagraph_check_addresses``, raises :class:`CudaGraphAddressError`. Other tensor args are
+copied into static buffers (padded with ``pad_value``) unless the arg already *is* that buffer: an
+output of another graph in this pool (the previous piece), in which case the graph was captured
+reading it in place and no copy happens (:mod:`regionc.cudagraph.staging`). A piece that writes in
+place to a non-static input is not graphed.
 
 Outputs contract: a replay overwrites the same output memory every time. Outputs of intermediate
 pieces are returned as the graph's own tensors (views, sliced back to n) and are valid until the
