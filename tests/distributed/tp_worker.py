@@ -41,6 +41,10 @@ def main(out_prefix: str, cache_dir: str, rdzv: str, rank: str, world_size: str,
         torch.save(out, out_prefix + ".pt")
         with open(out_prefix + ".json", "w") as f:
             json.dump(result, f)
+        # every rank done before any tears gloo down: a rank that destroyed the group while its peer
+        # still held the connection once saw that peer abort at exit ("terminate called without an
+        # active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
