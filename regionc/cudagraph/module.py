@@ -74,10 +74,10 @@ import torch
 from regionc.config import Config
 from regionc.cudagraph.runner import (
     PAYING_REPLAYS,
-    RECAPTURES,
     CudaGraphAddressError,
     GraphPool,
     PieceGraphRunner,
+    Recaptures,
     at_addresses,
     should_use_cudagraphs,
 )
@@ -114,7 +114,7 @@ class ModuleGraphs:
         #: per set of holder arguments (by identity): the path from them to each tensor they held when a
         #: graph was captured (:func:`held_tensors`)
         self._held: dict[tuple[int, ...], list[tuple]] = {}
-        self._recaptures = 0
+        self._recaptures = Recaptures()
         self._log_key = object()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -202,10 +202,16 @@ class ModuleGraphs:
         self.report.note_cudagraphs(mode="module forward")
         _watch_registrations()
         self._registrations = _registrations[0]
-        self._statics = [*self.module.parameters(), *self.module.buffers()]
-        self._addresses = [t.data_ptr() for t in self._statics]
-        self._indices = list(range(len(self._statics)))
+        self._keep_addresses(*self._weights())
         self._held.clear()
+
+    def _weights(self) -> tuple[list[torch.Tensor], list[int]]:
+        """The module's parameters and buffers, and where each one's storage is."""
+        statics = [*self.module.parameters(), *self.module.buffers()]
+        return statics, [t.data_ptr() for t in statics]
+
+    def _keep_addresses(self, statics: list[torch.Tensor], addresses: list[int]) -> None:
+        self._statics, self._addresses, self._indices = statics, addresses, list(range(len(statics)))
 
     def _weights_moved(self) -> None:
         """Something registered a parameter, buffer or submodule, or a weight's storage moved, since the
@@ -213,10 +219,9 @@ class ModuleGraphs:
         they go and are captured anew (a forward graphs are off for stays off: it reassigns its tensors
         itself)."""
         self._registrations = _registrations[0]
-        statics = [*self.module.parameters(), *self.module.buffers()]
-        addresses = [t.data_ptr() for t in statics]
+        statics, addresses = self._weights()
         if addresses == self._addresses or not self.runner.capturable:
-            self._statics, self._addresses, self._indices = statics, addresses, list(range(len(statics)))
+            self._keep_addresses(statics, addresses)
             return
         if self.config.cudagraph_check_addresses:
             raise CudaGraphAddressError(
@@ -230,13 +235,11 @@ class ModuleGraphs:
 
     def _recapture(self, what: str, example: str) -> None:
         """What a graph reads in place moved (``what``): the graphs go and are captured anew over the tensors
-        there now, or, past ``RECAPTURES`` in a row that did not pay, stop."""
+        there now, or, past too many in a row that did not pay (:class:`~regionc.cudagraph.runner.Recaptures`),
+        stop."""
         self._held.clear()  # the graphs they describe go either way
-        if self.runner.replays >= PAYING_REPLAYS:  # the runner is new at each capture anew
-            self._recaptures = 0
-        self._recaptures += 1
-        if self._recaptures > RECAPTURES:
-            self.runner.disable(f"{what} between calls {self._recaptures} times with fewer than {PAYING_REPLAYS} "
+        if self._recaptures.too_many(self.runner.replays):  # the runner is new at each capture anew
+            self.runner.disable(f"{what} between calls {self._recaptures.count} times with fewer than {PAYING_REPLAYS} "
                                 f"replays between ({example}); a graph reads the tensors it was captured with",
                                 drop=True)
             return

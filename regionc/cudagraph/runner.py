@@ -96,6 +96,18 @@ RECAPTURES = 2
 PAYING_REPLAYS = 8
 
 
+class Recaptures:
+    """Counts a graph's captures anew in a row that did not pay (the rule above), for a piece or a forward."""
+
+    def __init__(self):
+        self.count = 0
+
+    def too_many(self, replays_since_capture: int) -> bool:
+        """Note one more capture anew after ``replays_since_capture`` replays: whether graphs should stop."""
+        self.count = 1 if replays_since_capture >= PAYING_REPLAYS else self.count + 1
+        return self.count > RECAPTURES
+
+
 def _python_at_addresses(tensors: Sequence[Any], addresses: Sequence[Any], indices: Sequence[int]) -> bool:
     return all(tensors[i].data_ptr() == addresses[i] for i in indices)
 
@@ -303,7 +315,7 @@ class PieceGraphRunner:
         self.check_addresses = bool(getattr(self.config, "cudagraph_check_addresses", False))
         self._entries: dict[tuple, _Entry] = {}
         self._late_keys = 0
-        self._recaptures = 0
+        self._recaptures = Recaptures()
         self._positions_by_count: dict[int, list[int]] = {}
         self._no_capture: str | None = None
         self._log_key = object()
@@ -447,8 +459,9 @@ class PieceGraphRunner:
             return self.fn(*args)
         entry.aliases_static = pool.outputs.keep(values, [args[i] for i in statics], staged)
         entry.graph, entry.staged, entry.static_indices = capture.graph, staged, statics
-        entry.addresses = [args[i].data_ptr() if i in self.static and isinstance(args[i], torch.Tensor) else None
-                           for i in range(len(args))]
+        entry.addresses = [None] * len(args)
+        for i in statics:
+            entry.addresses[i] = args[i].data_ptr()
         entry.outputs, entry.structure = values, structure
         self.captures += 1
 
@@ -504,12 +517,9 @@ class PieceGraphRunner:
             raise CudaGraphAddressError(f"regionc: {what}; weights and buffers must stay in place (update them "
                                         "with copy_(), do not reassign their storage)")
         del self._entries[entry.key]
-        if self.replays - self._replays_at_move >= PAYING_REPLAYS:
-            self._recaptures = 0
-        self._replays_at_move = self.replays
-        self._recaptures += 1
-        if self._recaptures > RECAPTURES:
-            self.disable(f"{what}, {self._recaptures} times with fewer than {PAYING_REPLAYS} replays between "
+        replays, self._replays_at_move = self.replays - self._replays_at_move, self.replays
+        if self._recaptures.too_many(replays):
+            self.disable(f"{what}, {self._recaptures.count} times with fewer than {PAYING_REPLAYS} replays between "
                          "(p.data = ..., a CPU-offload round trip); a graph reads the addresses it was captured with",
                          drop=True)
             return self.fn(*args)
