@@ -292,6 +292,57 @@ def test_beam_search_under_regionc_compile_gives_eager_tokens(cache):
     assert len({tuple(row) for row in expected[:, prompt.shape[1]:].tolist()}) > 1  # the beams differ
 
 
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe", "falcon", "gpt_neox"])
+def test_static_cache_generate_on_a_left_padded_batch_gives_eager_tokens_across_decoders(name, entry):
+    """Decoders unlike Llama inside a block (MoE routing in Mixtral and Qwen3-MoE, Falcon's fused QKV,
+    GPT-NeoX's partial rotary): ``generate`` on a static cache over a left-padded batch, twice in a row,
+    gives eager's tokens through ``regionc.compile`` and through ``backend="regionc"`` set on the forward
+    as HF's docs do it."""
+    import copy
+
+    model = _causal_lm(name, depth=3)
+    prompt = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(prompt)
+    prompt[1, :2], mask[1, :2] = 0, 0
+    settings = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                    cache_implementation="static")
+    compiled = copy.deepcopy(model)
+    if entry == "regionc.compile":
+        regionc.compile(compiled)
+    else:
+        compiled.forward = torch.compile(compiled.forward, backend="regionc")
+    with torch.no_grad():
+        expected = model.generate(prompt, **settings)
+        before = len(regionc.reports())
+        assert torch.equal(compiled.generate(prompt, **settings), expected)
+        assert len(regionc.reports()) > before  # prefill and decode went through regionc
+        assert torch.equal(compiled.generate(prompt, **settings), expected)
+
+
+@pytest.mark.parametrize("helper", ["diffusers", "accelerate"])
+def test_per_block_compile_helpers_take_regionc_as_their_backend(helper):
+    """The one-line per-block compiles users have, diffusers' ``compile_repeated_blocks`` and accelerate's
+    ``compile_regions``, with ``backend="regionc"``: each block goes through regionc (its reports) and
+    the output equals eager's."""
+    if helper == "diffusers":
+        model, inputs = ARCHITECTURES["flux"].build(2)
+    else:
+        model, inputs = ARCHITECTURES["llama"].build(3)
+    with torch.no_grad():
+        expected = model(**inputs)[0]
+        before = len(regionc.reports())
+        if helper == "diffusers":
+            model.compile_repeated_blocks(backend="regionc")
+            actual = model(**inputs)[0]
+        else:
+            from accelerate.utils import compile_regions
+
+            actual = compile_regions(model, backend="regionc")(**inputs)[0]
+    assert len(regionc.reports()) > before
+    assert relative_error(actual, expected) <= 1e-5
+
+
 def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
     """A Flux pipeline (prompt embeddings given, latents out) with its transformer compiled."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
