@@ -320,6 +320,64 @@ def test_static_cache_generate_on_a_left_padded_batch_gives_eager_tokens_across_
         assert torch.equal(compiled.generate(prompt, **settings), expected)
 
 
+def _generation_case(name: str):
+    """(model, generate's keyword arguments) for a model whose ``generate`` is not a decoder-only
+    language model's, or whose cache is not a plain one."""
+    import transformers
+
+    torch.manual_seed(0)
+    prompt = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    greedy = dict(max_new_tokens=6, do_sample=False)
+    if name == "t5":
+        config = transformers.T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        return transformers.T5ForConditionalGeneration(config).eval(), dict(inputs=prompt, **greedy)
+    if name == "bart":
+        config = transformers.BartConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2,
+                                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                         decoder_ffn_dim=64, max_position_embeddings=64)
+        return transformers.BartForConditionalGeneration(config).eval(), dict(inputs=prompt, num_beams=1, **greedy)
+    if name == "llava":
+        vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=4, image_size=16, patch_size=8)
+        text = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2)
+        config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=120,
+                                          image_seq_length=4, vision_feature_select_strategy="default")
+        ids = torch.cat([torch.full((1, 4), 120), prompt[:1]], 1)  # four image tokens, then text
+        pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+        return transformers.LlavaForConditionalGeneration(config).eval(), dict(input_ids=ids, pixel_values=pixels,
+                                                                                **greedy)
+    config = transformers.MistralConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
+    return transformers.MistralForCausalLM(config).eval(), dict(inputs=prompt, attention_mask=torch.ones_like(prompt),
+                                                                pad_token_id=0, max_new_tokens=10, do_sample=False)
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+@pytest.mark.parametrize("name", ["t5", "bart", "llava", "mistral_sliding_window"])
+def test_generate_gives_eager_tokens_beyond_decoder_only_models(name, entry):
+    """``generate`` as HF runs it for an encoder-decoder (T5, BART: the encoder once, then decoder steps
+    over self- and cross-attention caches), a vision-language model (LLaVA: CLIP blocks, then Llama
+    blocks, image features merged into the prompt), and Mistral with a 4-token sliding window on its
+    default dynamic cache, decoding past the window: twice in a row, through ``regionc.compile`` and
+    through ``backend="regionc"`` set on the forward, eager's tokens."""
+    import copy
+
+    model, settings = _generation_case(name)
+    compiled = copy.deepcopy(model)
+    if entry == "regionc.compile":
+        regionc.compile(compiled)
+    else:
+        compiled.forward = torch.compile(compiled.forward, backend="regionc")
+    with torch.no_grad():
+        expected = model.generate(**settings)
+        before = len(regionc.reports())
+        assert torch.equal(compiled.generate(**settings), expected)
+        assert len(regionc.reports()) > before  # the calls went through regionc
+        assert torch.equal(compiled.generate(**settings), expected)
+
+
 @pytest.mark.parametrize("helper", ["diffusers", "accelerate"])
 def test_per_block_compile_helpers_take_regionc_as_their_backend(helper):
     """The one-line per-block compiles users have, diffusers' ``compile_repeated_blocks`` and accelerate's
