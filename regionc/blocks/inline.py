@@ -8,6 +8,13 @@ trace would have produced — at the tracing cost of one block — and the rest 
 ``nn_module_stack`` of the instance Dynamo traced; each copy gets the call's stack instead, with the
 traced instance's path changed to the call's in the modules below it, so it is attributed to its
 own block instance at every depth (a stage's repeated layers are found below a stack of stages).
+
+A region hands back no output that aliases one of its inputs or another output (torch refuses those),
+so regionc's region wrapper (``tracing/compile.py``) passes such an output through :data:`region_copy`.
+Once the subgraph is copied into the graph the copy has no reason left: where it would not change the
+tensor's layout it is removed, and the graph passes the tensor on as the model's code does (T5's blocks
+hand back the ``position_bias`` they were given; with the copy left in, the last block, whose copy
+nothing reads, compiled apart from the others).
 """
 
 from __future__ import annotations
@@ -17,8 +24,18 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_eq
 
 from regionc.blocks.detect import pretty_path
+
+_LIB = torch.library.Library("regionc", "FRAGMENT")
+_LIB.define("region_copy(Tensor x) -> Tensor")
+# composite: Dynamo records the op as one node, which inlining finds; anything compiled with it left in
+# (a region not inlined) sees ``aten.clone``, autograd included
+_LIB.impl("region_copy", lambda x: x.clone(), "CompositeImplicitAutograd")
+
+#: a copy of a region's output that would alias an input or another output (``regionc::region_copy``)
+region_copy = torch.ops.regionc.region_copy.default
 
 
 def _invoke_subgraph():
@@ -43,6 +60,7 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
     subgraphs = {call.args[0].target for call in calls}
     for call in calls:
         _inline(gm, call)
+    copies = _drop_region_copies(gm)  # in copies made here, or by Dynamo where a region is called once
     # the regions' alias check (tracing/compile.py) reads the ``_base`` of block outputs; the reads are
     # unused, and each copy (inlined here, or by Dynamo where a region is called once) names its own
     # instance's tensors, so left in place they would make every block's code differ from the first's
@@ -56,7 +74,7 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
         for target in subgraphs:
             if not any(node.target == target for node in gm.graph.find_nodes(op="get_attr")):
                 delattr(gm, target)
-    if calls or unused:
+    if calls or unused or copies:
         gm.graph.lint()
         gm.recompile()
     return len(calls)
@@ -83,6 +101,27 @@ def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
         user.replace_all_uses_with(values[user.args[1]])
         gm.graph.erase_node(user)
     gm.graph.erase_node(call)
+
+
+def _drop_region_copies(gm: torch.fx.GraphModule) -> int:
+    """Pass each inlined :data:`region_copy` of a tensor on as the tensor itself where both have one
+    layout (Dynamo traced the code after the copy on a tensor of that layout); the others become the
+    ``clone`` they are, which a recipe can pickle (an op overload does not). The number of nodes changed."""
+    copies = list(gm.graph.find_nodes(op="call_function", target=region_copy))
+    for node in copies:
+        source = node.args[0]
+        mine, theirs = (n.meta.get("example_value") if isinstance(n, torch.fx.Node) else None for n in (node, source))
+        if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor) and all(
+                statically_known_true(sym_eq(a, b)) for a, b in ((mine.shape, theirs.shape),
+                                                                 (mine.stride(), theirs.stride()))):
+            node.replace_all_uses_with(source)
+        else:  # another layout (a slice made contiguous), or one only a guard could tell
+            with gm.graph.inserting_before(node):
+                clone = gm.graph.call_method("clone", (source,))
+            clone.meta = node.meta
+            node.replace_all_uses_with(clone)
+        gm.graph.erase_node(node)
+    return len(copies)
 
 
 def _call_stack(outer: dict[str, tuple], inner: dict[str, tuple]) -> dict[str, tuple]:

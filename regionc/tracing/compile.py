@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from regionc.blocks.detect import Stack, find_repeated_blocks
+from regionc.blocks.inline import region_copy
 from regionc.compiler import background
 from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
@@ -407,19 +408,22 @@ def nested_regions_reuse_traces() -> bool:
 
 
 def _unaliased_region(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` as a nested compile region none of whose outputs views what another output views.
+    """``forward`` as a nested compile region none of whose outputs is an input or views what another
+    output views.
 
-    Dynamo refuses a region whose outputs alias each other ("Encountered aliasing during higher order
-    op tracing"), and Flux's and HunyuanVideo's single-stream blocks return the text and image halves
-    of one tensor: the second half is cloned as it leaves the region, so those models keep nested
-    regions instead of falling back to per-block frames. Aliasing is read from the view relation
-    (``_base``), which Dynamo traces; the reads stay in the graph unused until blocks/inline.py erases
-    them. Views made under ``inference_mode`` keep no ``_base``, so there the region is refused as
-    before. Only outputs computed in the block are looked at: reading an input's ``_base`` would
-    specialize the region on whether the input is a view, and the first block's input (a view made
-    by the code before the blocks) would no longer share the others' trace. Inputs that alias each
-    other (GPT-J's ``sin`` and ``cos``) or an output (T5 blocks hand back the ``position_bias`` they
-    were given) are still refused, and ``regionc.compile`` falls back (logged)."""
+    Dynamo refuses a region whose outputs alias each other or its inputs ("Encountered aliasing during
+    higher order op tracing"): Flux's and HunyuanVideo's single-stream blocks return the text and image
+    halves of one tensor, and T5's blocks hand back the ``position_bias`` they were given. Such an output
+    leaves the region through ``region_copy`` (a clone), so those models keep nested regions instead of
+    falling back to per-block frames; blocks/inline.py removes the copies that would not change a
+    tensor's layout once it has copied the regions into the graph (T5's, not Flux's half). Aliasing is
+    read from the view relation (``_base``), which Dynamo traces; the reads stay in the graph unused until
+    blocks/inline.py erases them. Views made under ``inference_mode`` keep no ``_base``, so there such a
+    region is refused as before. Only outputs computed in the block are looked at: reading an input's
+    ``_base`` would specialize the region on whether the input is a view, and the first block's input (a
+    view made by the code before the blocks) would no longer share the others' trace. Inputs that alias
+    each other (GPT-J's ``sin`` and ``cos``), and outputs that view an input, are still refused, and
+    ``regionc.compile`` falls back (logged)."""
     def body(self, *args: Any, **kwargs: Any) -> Any:
         inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         return _unaliased(forward(self, *args, **kwargs), inputs)
@@ -429,15 +433,18 @@ def _unaliased_region(forward: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _unaliased(tree: Any, inputs: list[torch.Tensor]) -> Any:
-    """``tree`` with each tensor computed in the block that views what an earlier one views cloned."""
+    """``tree`` with each tensor that is one of ``inputs``, or views what an earlier one views, copied."""
     leaves, spec = torch.utils._pytree.tree_flatten(tree)
     roots: list[torch.Tensor] = []
     for i, leaf in enumerate(leaves):
-        if not isinstance(leaf, torch.Tensor) or any(leaf is t for t in inputs):
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        if any(leaf is t for t in inputs):
+            leaves[i] = region_copy(leaf)
             continue
         root = leaf if leaf._base is None else leaf._base
         if any(root is other for other in roots):
-            leaves[i] = leaf.clone()
+            leaves[i] = region_copy(leaf)
         else:
             roots.append(root)
     return torch.utils._pytree.tree_unflatten(leaves, spec)

@@ -152,6 +152,53 @@ def test_blocks_returning_views_of_one_tensor_keep_nested_regions():
     assert block_compiles(report) == 1 and report.count("reused", "block") == 2
 
 
+class PassingBlock(torch.nn.Module):
+    """Hands back an input it was given, as T5's blocks hand back their ``position_bias``: an output that
+    is an input, which torch's nested regions refuse unless the region copies it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x, bias):
+        return self.lin(x).relu() + bias, bias
+
+
+class PassingStack(torch.nn.Module):
+    def __init__(self, depth=3):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(8))
+        self.blocks = torch.nn.ModuleList(PassingBlock() for _ in range(depth))
+
+    def forward(self, x):
+        bias = self.bias * 2
+        for block in self.blocks:
+            x, bias = block(x, bias)
+        return x
+
+
+@needs_region_reuse
+def test_blocks_handing_back_an_input_keep_nested_regions_and_compile_once():
+    """The region copies the input it hands back; once the regions are copied into the graph the copy
+    goes, so the last block (whose copy nothing reads) does not compile apart from the others, and the
+    gradients, which flow through the handed-back input, equal eager's."""
+    model = PassingStack()
+    x = torch.randn(2, 8, requires_grad=True)  # every block's input requires grad, the first's too
+    expected = model(x)
+    expected.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = regionc.compile(model, options={**NO_CACHE, "strict": True, "block_tracing": "nested_region"})
+    actual = compiled(x)
+    assert_close(actual, expected)
+    actual.sum().backward()
+    for mine, theirs in zip(model.parameters(), grads):
+        assert_close(mine.grad, theirs)
+    assert compiled.forward.strategy == "nested_region" and compiled.forward.fallbacks == []
+    report, = compiled.forward.reports
+    assert block_compiles(report) == 1 and report.count("reused", "block") == 2
+
+
 class AliasingBlock(torch.nn.Module):
     """Takes two slices of one tensor: torch's nested regions refuse such a block."""
 
