@@ -13,7 +13,8 @@ Shape classes (see :func:`shape_class`):
   (> 64: prefill-like, bandwidth bound), ``"dynamic"`` (a symbolic size without a hint).
 * skinny_linear: ``"group, rows<=16"``, ``"single, rows<=16"``, ``"group, rows<=64"``, ``"single,
   rows<=64"``: several weights that read one input (q/k/v, gate/up) or one alone, and the static
-  row count (a decode step's tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``).
+  row count (a decode step's tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``); a
+  group past 16 rows whose input is wider than :data:`WIDE_INPUT` is ``"group, rows<=64, wide"``.
 * skinny_swiglu: ``"rows<=16"``, ``"rows<=64"``, with ``", narrow"`` when its column blocks are fewer
   than ``ops.skinny_linear.SWIGLU_MIN_PROGRAMS`` (a gate/up group the pass can fold into one call).
 * attention and decode_attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
@@ -115,10 +116,18 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
               "2.401 -> 2.332 ms at position 512, 2.893 -> 2.824 at 3900, batch 1 2.213 -> 2.144"),
     ("cuda", "skinny_linear", "single, rows<=64"): Decision(
         True, "faster at 32 rows: o 5.5 vs 6.2 us, down 11.8 vs 14.4 (4096-wide 11.7 vs 13.9, 33.1 vs 34.4)"),
+    # At 17-64 rows, end to end on an H100 (torch 2.11.0+cu130, triton 3.6.0, 2026-12-06), ms per step with the
+    # table's swaps and with every decode op swapped (the q/k/v group and the SwiGLU call are the difference):
+    # benchmarks/results/hf_llama/h100-2026-12-06-decode-b32-swap.json,
+    # benchmarks/results/decode/h100-2026-12-06-kv-cache-b8-b32.json.
     ("cuda", "skinny_linear", "group, rows<=64"): Decision(
-        False, "mixed at 32 rows: q/k/v 7.0 vs 17.7 us and gate/up 21.2 vs 23.1 at 2048 wide, but the 4096-wide "
-               "gate/up 89.0 vs 64.9 (its input, re-read by every 32-column program, is as many bytes as the "
-               "weights); HF Llama batch 32 with every linear swapped: 3.202 -> 2.747 ms"),
+        True, "faster at 32 rows with an input up to 2048 wide: q/k/v 7.0 vs 17.7 us, gate/up 21.2 vs 23.1 "
+              "(H200); end to end with the SwiGLU row below, HF Llama 32 x 2048 batch 32 3.404 -> 2.929 ms "
+              "(H100; 3.202 -> 2.747 on an H200), the demo decoder batch 32 2.903 -> 2.425 through "
+              "regionc.compile, 3.029 -> 2.652 through the backend"),
+    ("cuda", "skinny_linear", "group, rows<=64, wide"): Decision(
+        False, "slower at 32 rows on a 4096-wide input: gate/up 89.0 vs 64.9 us on an H200 (its input, re-read "
+               "by every 32-column program, is as many bytes as the weights); not measured end to end"),
     # benchmarks/results/skinny_linear/h200-2026-12-03-swiglu.json (as above); end to end, one H200 host, one
     # process each, HF Llama 32 x 2048 batch 8 at position 512 through backend="regionc" with the swap on and off
     # (benchmarks/results/decode_profile/h200-2026-12-03-hf-llama-b8-swiglu{,-off}.log), 2026-12-03.
@@ -128,9 +137,9 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
               "pointwise launch of its own (4096-wide: 59.3 vs 59.2); HF Llama batch 8: 358 kernels and a "
               "2.035 ms GPU span a step against 390 and 2.112 ms"),
     ("cuda", "skinny_swiglu", "rows<=64"): Decision(
-        False, "a tie at 32 rows, where gate/up stays on cuBLAS (the group row above): 22.3 vs 23.3 us at 2048 wide "
-               "and 66.0 vs 65.2 at 4096 wide, before cuBLAS's pointwise launch for the product; not measured end "
-               "to end"),
+        True, "a tie at 32 rows alone on an H200, 22.3 vs 23.3 us at 2048 wide and 66.0 vs 65.2 at 4096 wide, "
+              "before cuBLAS's pointwise launch for the product, which it saves; end to end with the q/k/v group "
+              "(the group row above), HF Llama batch 32 3.404 -> 2.929 ms on an H100"),
     ("cuda", "decode_attention", "native"): Decision(
         False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
                "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"
@@ -152,12 +161,20 @@ def rows_class(rows: int | None) -> str:
     return "small" if rows <= SMALL_ROWS else "large"
 
 
+#: a group of linears past 16 rows whose input is wider than this is a class of its own: measured faster
+#: than cuBLAS at 2048, slower at 4096 (the table's two ``group, rows<=64`` rows)
+WIDE_INPUT = 2048
+
+
 def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False, weights: int = 1,
-                narrow: bool = False) -> str:
+                narrow: bool = False, width: int = 0) -> str:
     if op in ("attention", "decode_attention"):
         return "gqa_expanded" if gqa_expanded else "native"
     if op == "skinny_linear":
-        return f"{'group' if weights > 1 else 'single'}, " + ("rows<=16" if rows <= 16 else "rows<=64")
+        kind = "group" if weights > 1 else "single"
+        if rows <= 16:
+            return f"{kind}, rows<=16"
+        return f"{kind}, rows<=64" + (", wide" if kind == "group" and width > WIDE_INPUT else "")
     if op == "skinny_swiglu":
         return ("rows<=16" if rows <= 16 else "rows<=64") + (", narrow" if narrow else "")
     return rows_class(rows)

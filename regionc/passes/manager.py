@@ -64,12 +64,13 @@ class _Context:
         self.owner = owner
 
     def allow(self, op: str, desc: str, *, device: torch.device, rows: int | None = None,
-              gqa_expanded: bool = False, weights: int = 1, narrow: bool = False) -> bool:
+              gqa_expanded: bool = False, weights: int = 1, narrow: bool = False, width: int = 0) -> bool:
         owner = self.owner
         if owner.kernel_choice == "always":
             owner._record_match(op)
             return True
-        cls = decisions.shape_class(op, rows=rows, gqa_expanded=gqa_expanded, weights=weights, narrow=narrow)
+        cls = decisions.shape_class(op, rows=rows, gqa_expanded=gqa_expanded, weights=weights, narrow=narrow,
+                                    width=width)
         decision = decisions.decide(device.type, op, cls)
         if decision.swap:
             owner._record_match(op)

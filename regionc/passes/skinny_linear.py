@@ -232,13 +232,14 @@ def run(graph: torch.fx.Graph, ctx, matches) -> None:
     for group, swiglu in zip(matches, swiglus):
         group["x"] = moved.get(group["x"], group["x"])
         device, rows = group["device"], group["rows"]
+        k = _graph.hint(tensor_val(group["x"]).shape[1])
         if swiglu is not None:
-            k = _graph.hint(tensor_val(group["x"]).shape[1])
             narrow = swiglu_programs(rows, group["columns"][0], k) < SWIGLU_MIN_PROGRAMS
             desc = f"{SWIGLU} at x{shape_str(tensor_val(group['x']))} × gate/up of {group['columns'][0]} columns " \
                    f"{_graph.dtype_str(group['dtype'])}"
             if ctx.allow(SWIGLU, desc, device=device, rows=rows, weights=2, narrow=narrow):
                 moved[swiglu[0]] = rewrite_swiglu(graph, group, *swiglu)
                 continue
-        if ctx.on(NAME) and ctx.allow(NAME, group["desc"], device=device, rows=rows, weights=len(group["weights"])):
+        if ctx.on(NAME) and ctx.allow(NAME, group["desc"], device=device, rows=rows, weights=len(group["weights"]),
+                                      width=k):
             rewrite(graph, group)
