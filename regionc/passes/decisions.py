@@ -117,14 +117,15 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
     ("cuda", "skinny_linear", "single, rows<=64"): Decision(
         True, "faster at 32 rows: o 5.5 vs 6.2 us, down 11.8 vs 14.4 (4096-wide 11.7 vs 13.9, 33.1 vs 34.4)"),
     # At 17-64 rows, end to end on an H100 (torch 2.11.0+cu130, triton 3.6.0, 2026-12-06), ms per step with the
-    # table's swaps and with every decode op swapped (the q/k/v group and the SwiGLU call are the difference):
+    # table's swaps and with every decode op swapped but the SwiGLU call (benchmarks/common.py's
+    # decode_ops_swapped: the q/k/v and gate/up groups are the difference):
     # benchmarks/results/hf_llama/h100-2026-12-06-decode-b32-swap.json,
     # benchmarks/results/decode/h100-2026-12-06-kv-cache-b8-b32.json.
     ("cuda", "skinny_linear", "group, rows<=64"): Decision(
         True, "faster at 32 rows with an input up to 2048 wide: q/k/v 7.0 vs 17.7 us, gate/up 21.2 vs 23.1 "
-              "(H200); end to end with the SwiGLU row below, HF Llama 32 x 2048 batch 32 3.404 -> 2.929 ms "
-              "(H100; 3.202 -> 2.747 on an H200), the demo decoder batch 32 2.903 -> 2.425 through "
-              "regionc.compile, 3.029 -> 2.652 through the backend"),
+              "(H200); end to end, HF Llama 32 x 2048 batch 32 3.404 -> 2.929 ms (H100; 3.202 -> 2.747 on an "
+              "H200), the demo decoder batch 32 2.903 -> 2.425 through regionc.compile, 3.029 -> 2.652 through "
+              "the backend"),
     ("cuda", "skinny_linear", "group, rows<=64, wide"): Decision(
         False, "slower at 32 rows on a 4096-wide input: gate/up 89.0 vs 64.9 us on an H200 (its input, re-read "
                "by every 32-column program, is as many bytes as the weights); not measured end to end"),
@@ -137,9 +138,9 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
               "pointwise launch of its own (4096-wide: 59.3 vs 59.2); HF Llama batch 8: 358 kernels and a "
               "2.035 ms GPU span a step against 390 and 2.112 ms"),
     ("cuda", "skinny_swiglu", "rows<=64"): Decision(
-        True, "a tie at 32 rows alone on an H200, 22.3 vs 23.3 us at 2048 wide and 66.0 vs 65.2 at 4096 wide, "
-              "before cuBLAS's pointwise launch for the product, which it saves; end to end with the q/k/v group "
-              "(the group row above), HF Llama batch 32 3.404 -> 2.929 ms on an H100"),
+        False, "a tie at 32 rows: 22.3 vs 23.3 us at 2048 wide and 66.0 vs 65.2 at 4096 wide against cuBLAS, "
+               "before its pointwise launch for the product; not measured end to end (the gate/up group row "
+               "above is)"),
     ("cuda", "decode_attention", "native"): Decision(
         False, "no repeat_kv copy to remove (MHA, or SDPA's enable_gqa): SDPA reads the cache once, at 99-103% "
                "of copy bandwidth at long positions against the op's 70-78% (benchmarks/results/decode_attention/"

@@ -299,25 +299,31 @@ def test_static_cache_generate_on_a_left_padded_batch_gives_eager_tokens_across_
     GPT-NeoX's partial rotary): ``generate`` on a static cache over a left-padded batch, twice in a row,
     gives eager's tokens through ``regionc.compile`` and through ``backend="regionc"`` set on the forward
     as HF's docs do it."""
-    import copy
-
     model = _causal_lm(name, depth=3)
     prompt = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(prompt)
     prompt[1, :2], mask[1, :2] = 0, 0
-    settings = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                    cache_implementation="static")
+    _generates_eager_tokens_twice(model, entry, inputs=prompt, attention_mask=mask, max_new_tokens=6,
+                                  do_sample=False, pad_token_id=0, cache_implementation="static")
+
+
+def _generates_eager_tokens_twice(model, entry: str, **settings) -> None:
+    """``generate(**settings)`` on a copy of ``model`` compiled through ``entry`` (``regionc.compile``, or
+    ``backend="regionc"`` set on the forward as HF's docs do it), twice in a row: eager's tokens, and the
+    calls went through regionc."""
+    import copy
+
     compiled = copy.deepcopy(model)
     if entry == "regionc.compile":
         regionc.compile(compiled)
     else:
         compiled.forward = torch.compile(compiled.forward, backend="regionc")
     with torch.no_grad():
-        expected = model.generate(prompt, **settings)
+        expected = model.generate(**settings)
         before = len(regionc.reports())
-        assert torch.equal(compiled.generate(prompt, **settings), expected)
-        assert len(regionc.reports()) > before  # prefill and decode went through regionc
-        assert torch.equal(compiled.generate(prompt, **settings), expected)
+        assert torch.equal(compiled.generate(**settings), expected)
+        assert len(regionc.reports()) > before
+        assert torch.equal(compiled.generate(**settings), expected)
 
 
 def _generation_case(name: str):
@@ -362,20 +368,8 @@ def test_generate_gives_eager_tokens_beyond_decoder_only_models(name, entry):
     blocks, image features merged into the prompt), and Mistral with a 4-token sliding window on its
     default dynamic cache, decoding past the window: twice in a row, through ``regionc.compile`` and
     through ``backend="regionc"`` set on the forward, eager's tokens."""
-    import copy
-
     model, settings = _generation_case(name)
-    compiled = copy.deepcopy(model)
-    if entry == "regionc.compile":
-        regionc.compile(compiled)
-    else:
-        compiled.forward = torch.compile(compiled.forward, backend="regionc")
-    with torch.no_grad():
-        expected = model.generate(**settings)
-        before = len(regionc.reports())
-        assert torch.equal(compiled.generate(**settings), expected)
-        assert len(regionc.reports()) > before  # the calls went through regionc
-        assert torch.equal(compiled.generate(**settings), expected)
+    _generates_eager_tokens_twice(model, entry, **settings)
 
 
 @pytest.mark.parametrize("helper", ["diffusers", "accelerate"])
