@@ -60,7 +60,7 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
     subgraphs = {call.args[0].target for call in calls}
     for call in calls:
         _inline(gm, call)
-    copies = _drop_region_copies(gm)  # in copies made here, or by Dynamo where a region is called once
+    copies = _drop_region_copies(gm)
     # the regions' alias check (tracing/compile.py) reads the ``_base`` of block outputs; the reads are
     # unused, and each copy (inlined here, or by Dynamo where a region is called once) names its own
     # instance's tensors, so left in place they would make every block's code differ from the first's
@@ -104,13 +104,14 @@ def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
 
 
 def _drop_region_copies(gm: torch.fx.GraphModule) -> int:
-    """Pass each inlined :data:`region_copy` of a tensor on as the tensor itself where both have one
-    layout (Dynamo traced the code after the copy on a tensor of that layout); the others become the
-    ``clone`` they are, which a recipe can pickle (an op overload does not). The number of nodes changed."""
+    """Pass each :data:`region_copy` in ``gm`` (inlined here, or by Dynamo where a region is called once)
+    on as the tensor itself where both have one layout (Dynamo traced the code after the copy on a tensor
+    of that layout); the others become the ``clone`` they are, which a recipe can pickle (an op overload
+    does not). The number of nodes changed."""
     copies = list(gm.graph.find_nodes(op="call_function", target=region_copy))
     for node in copies:
         source = node.args[0]
-        mine, theirs = (n.meta.get("example_value") if isinstance(n, torch.fx.Node) else None for n in (node, source))
+        mine, theirs = node.meta.get("example_value"), getattr(source, "meta", {}).get("example_value")
         if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor) and all(
                 statically_known_true(sym_eq(a, b)) for a, b in ((mine.shape, theirs.shape),
                                                                  (mine.stride(), theirs.stride()))):

@@ -25,6 +25,25 @@ def _causal_lm(name: str, depth: int = 2):
     return cls(base.config).eval()
 
 
+def _generates_eager_tokens_twice(model, entry: str, **settings) -> None:
+    """``generate(**settings)`` on a copy of ``model`` compiled through ``entry`` (``regionc.compile``, or
+    ``backend="regionc"`` set on the forward as HF's docs do it), twice in a row: eager's tokens, and the
+    calls went through regionc."""
+    import copy
+
+    compiled = copy.deepcopy(model)
+    if entry == "regionc.compile":
+        regionc.compile(compiled)
+    else:
+        compiled.forward = torch.compile(compiled.forward, backend="regionc")
+    with torch.no_grad():
+        expected = model.generate(**settings)
+        before = len(regionc.reports())
+        assert torch.equal(compiled.generate(**settings), expected)
+        assert len(regionc.reports()) > before
+        assert torch.equal(compiled.generate(**settings), expected)
+
+
 def _attention_kinds(config) -> int:
     """How many attention types (full, sliding) the model's layers have: its block pieces' distinct codes."""
     return len(set((getattr(config, "layer_types", None) or ["one"])[:config.num_hidden_layers]))
@@ -305,25 +324,6 @@ def test_static_cache_generate_on_a_left_padded_batch_gives_eager_tokens_across_
     prompt[1, :2], mask[1, :2] = 0, 0
     _generates_eager_tokens_twice(model, entry, inputs=prompt, attention_mask=mask, max_new_tokens=6,
                                   do_sample=False, pad_token_id=0, cache_implementation="static")
-
-
-def _generates_eager_tokens_twice(model, entry: str, **settings) -> None:
-    """``generate(**settings)`` on a copy of ``model`` compiled through ``entry`` (``regionc.compile``, or
-    ``backend="regionc"`` set on the forward as HF's docs do it), twice in a row: eager's tokens, and the
-    calls went through regionc."""
-    import copy
-
-    compiled = copy.deepcopy(model)
-    if entry == "regionc.compile":
-        regionc.compile(compiled)
-    else:
-        compiled.forward = torch.compile(compiled.forward, backend="regionc")
-    with torch.no_grad():
-        expected = model.generate(**settings)
-        before = len(regionc.reports())
-        assert torch.equal(compiled.generate(**settings), expected)
-        assert len(regionc.reports()) > before
-        assert torch.equal(compiled.generate(**settings), expected)
 
 
 def _generation_case(name: str):
