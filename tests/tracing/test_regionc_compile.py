@@ -315,6 +315,36 @@ def test_per_block_gives_way_at_once_where_blocks_are_handed_a_cache(use_cache):
         assert all(r.stacks == {} for r in reports) and len(reports) >= 1
 
 
+@needs_region_reuse
+@pytest.mark.parametrize("name, use_cache, block_tracing, strategy, reasons", [
+    ("llama", False, "auto", "per_block", ["route hub kernels through `kernels`"]),
+    ("phi3", True, "auto", "full", ["use_cache is on", "handed a DynamicCache"]),
+    ("llama", False, "nested_region", "nested_region", []),
+])
+def test_auto_gives_way_where_dynamo_would_trace_each_nested_region(name, use_cache, block_tracing, strategy, reasons):
+    """Dynamo reuses a nested region's trace only for blocks without Python side effects whose inputs are
+    tensors: HF Llama's attention routes hub kernels through ``kernels`` (a side effect on every call), and
+    a decoder with ``use_cache`` on updates the cache it makes. There, under ``auto``, the first call takes
+    per-block frames, which trace the block once (and give way to the full trace where the blocks are
+    handed the cache), instead of one region trace per layer; an explicit ``nested_region`` stays."""
+    pytest.importorskip("kernels")
+    from tests.zoo.architectures import ARCHITECTURES
+
+    torch.manual_seed(0)
+    model, inputs = ARCHITECTURES[name].build(4)
+    inputs = {**inputs, "use_cache": use_cache}
+    with torch.no_grad():
+        expected = model(**inputs).last_hidden_state
+        first = len(regionc.reports())
+        compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": block_tracing})
+        assert_close(compiled(**inputs).last_hidden_state, expected)
+    assert compiled.forward.strategy == strategy
+    assert len(compiled.forward.fallbacks) == len(reasons)
+    assert all(why in fallback for why, fallback in zip(reasons, compiled.forward.fallbacks)), compiled.forward.fallbacks
+    if strategy == "per_block":  # one frame per block layout (first, middle, last), not one per layer
+        assert 1 <= len(regionc.reports()) - first <= 3
+
+
 def test_guards_skipped_from_the_first_call_never_run_one_layer_as_another(tmp_path):
     """``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` set before the first call (torch asks for it
     after a warm-up; a server may set it first). A block frame traced for layer 0 is its class's only trace
