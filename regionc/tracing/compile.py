@@ -21,7 +21,9 @@ this helper; the backend underneath is the same. How (option ``block_tracing``):
 - ``full``: plain ``torch.compile(model, backend="regionc")``.
 
 ``auto`` picks ``nested_region`` where Dynamo can reuse a traced region, else ``per_block``;
-a model without repeated blocks is compiled whole. The choice is logged.
+a model without repeated blocks is compiled whole. The choice is logged. A first call that shows
+Dynamo would trace the regions once per block anyway goes on to ``per_block``
+(:meth:`CompiledForward.check_region_reuse`).
 
 With the cache on and ``trace_cache`` (the default), the compiled forward (the model's, or each
 block's under ``per_block``) goes through a :class:`~regionc.tracing.saved.TraceSet`: Dynamo's
