@@ -336,7 +336,7 @@ def test_auto_gives_way_where_dynamo_would_trace_each_nested_region(name, use_ca
     with torch.no_grad():
         expected = model(**inputs).last_hidden_state
         first = len(regionc.reports())
-        compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": block_tracing})
+        compiled = regionc.compile(model, options={**NO_CACHE, "strict": False, "block_tracing": block_tracing})
         assert_close(compiled(**inputs).last_hidden_state, expected)
     assert compiled.forward.strategy == strategy
     assert len(compiled.forward.fallbacks) == len(reasons)
