@@ -248,8 +248,8 @@ class CompiledForward:
     def check_region_reuse(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Before the first call under nested regions: Dynamo reuses a region's trace only for a block without
         Python side effects whose inputs are tensors, and traces the others once per block, which costs more
-        than the full trace (HF Llama 32 layers on the 2-core CPU, torch 2.13: 5.6 against 3.7 s without a
-        cache, 6.3 against 4.3 with one). What tells before anything is traced: a Hugging Face cache handed
+        than the full trace (HF Llama 32 layers on the 2-core CPU, torch 2.13: a trace of 5.5 against 3.7 s
+        without a cache, 6.3 against 4.7 with one; ``benchmarks/experiments/region_reuse_ab.py``). What tells before anything is traced: a Hugging Face cache handed
         to the model (an input Dynamo cannot compare), or made by it for the call (``use_cache``: updating it
         is a side effect), and blocks that route hub kernels through ``kernels`` (transformers'
         ``use_kernelized_func``, on Llama's attention and 113 other models': a global routing table set and
