@@ -248,15 +248,15 @@ class CompiledForward:
     def check_region_reuse(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Before the first call under nested regions: Dynamo reuses a region's trace only for a block without
         Python side effects whose inputs are tensors, and traces the others once per block, which costs more
-        than the full trace (HF Llama 32 layers on the 2-core CPU, torch 2.13: a trace of 5.5 against 3.7 s
-        without a cache, 6.3 against 4.7 with one; ``benchmarks/experiments/region_reuse_ab.py``). What tells before anything is traced: a Hugging Face cache handed
-        to the model (an input Dynamo cannot compare), or made by it for the call (``use_cache``: updating it
-        is a side effect), and blocks that route hub kernels through ``kernels`` (transformers'
-        ``use_kernelized_func``, on Llama's attention and 113 other models': a global routing table set and
-        reset around each call while compiling). Then the call takes the next strategy: per-block frames
-        trace the block once whatever it does, and their first-block check sends a call whose blocks are
-        handed a cache on to the full trace. Only a strategy regionc chose (``auto``) gives way here, and
-        not under ``strict``."""
+        than the full trace (HF Llama 32 layers on the 2-core CPU, torch 2.13: Dynamo 5.5 against 3.7 s
+        without a cache, 6.3 against 4.7 with one; ``benchmarks/experiments/region_reuse_ab.py``). What tells
+        before anything is traced: a Hugging Face cache handed to the model (an input Dynamo cannot compare),
+        or made by it for the call (``use_cache``: updating it is a side effect), and blocks that route hub
+        kernels through ``kernels`` (transformers' ``use_kernelized_func``, on Llama's attention and 113 other
+        models': a global routing table set and reset around each call while compiling). Then the call takes
+        the next strategy: per-block frames trace the block once whatever it does, and their first-block
+        check sends a call whose blocks are handed a cache on to the full trace. Only a strategy regionc
+        chose (``auto``) gives way here, and not under ``strict``."""
         if self.settled or not self.next or self.config.strict or self.config.block_tracing != "auto":
             return
         cache = _hf_cache(args, kwargs)

@@ -177,9 +177,8 @@ def test_generate_with_a_static_cache_under_regionc_compile_traces_once_and_give
     model. The blocks are handed the cache, an input Dynamo cannot reuse a nested region's trace over
     (torch 2.13 traced the region once per layer: more than the full trace), and per-block frames would
     specialize per layer on HF's ``layer_idx``: the first call takes the full trace before tracing anything
-    else. On torch 2.13 a second ``generate``, with its fresh cache, traces nothing; torch 2.11's first
-    call has compiled the per-block frame once before it gives way, so there the second ``generate``
-    traces its prefill once. The tokens are eager's."""
+    else. On torch 2.13 a second ``generate``, with its fresh cache, traces nothing. The tokens are
+    eager's on both torch versions."""
     from regionc.tracing.compile import nested_regions_reuse_traces
 
     model = _causal_lm("llama", depth=3)
@@ -206,7 +205,6 @@ def test_generate_compiling_the_call_of_a_regionc_compiled_model_leaves_it_to_re
     backend captures none of its operations, regionc keeps its strategy, and the tokens are eager's."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import CompileConfig
-
 
     outer_graphs = []
 
