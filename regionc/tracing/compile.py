@@ -171,6 +171,7 @@ class CompiledForward:
         # one at a time until one succeeded (a call during a warm-up waits for it); background compiles
         # start after it, so its later block frames trace without waiting for the first frame's compile
         with self.first_calls, background.held():
+            self.check_region_reuse(args, kwargs)  # may move the first call on to the next strategy
             return self._call(*args, **kwargs)
 
     @property
@@ -190,8 +191,6 @@ class CompiledForward:
         self.__dict__.update(state, first_calls=threading.RLock(), trace_sets=[])
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
-        if self.strategy == "nested_region":
-            self.check_region_reuse(args, kwargs)  # may move the first call on to the next strategy
         if self.strategy == "nested_region":
             set_up_caches(self.model, args, kwargs, self._log_key)
         while True:
@@ -257,28 +256,29 @@ class CompiledForward:
         the next strategy: per-block frames trace the block once whatever it does, and their first-block
         check sends a call whose blocks are handed a cache on to the full trace. Only a strategy regionc
         chose (``auto``) gives way here, and not under ``strict``."""
-        if self.settled or not self.next or self.config.strict or self.config.block_tracing != "auto":
+        if (self.settled or self.strategy != "nested_region" or not self.next or self.config.strict
+                or self.config.block_tracing != "auto"):
             return
-        cache = _hf_cache(args, kwargs)
-        routing = next((stack.path for stack in self.stacks if _routes_hub_kernels(stack.instances[0])), None)
-        if cache is not None:
-            why = f"it is handed a {cache}"
-        elif routing is not None:
-            why = f"the blocks of {routing} route hub kernels through `kernels` (a side effect on every call)"
-        elif self._makes_a_cache(kwargs):
-            why = "use_cache is on, so the model hands its blocks a cache it makes"
-        else:
-            return
-        self._fall_back(f"Dynamo would trace its nested region once per block: {why}")
+        why = self._region_reuse_breaker(args, kwargs)
+        if why is not None:
+            self._fall_back(f"Dynamo would trace its nested region once per block: {why}")
 
-    def _makes_a_cache(self, kwargs: dict[str, Any]) -> bool:
-        """Whether the call is one in which a Hugging Face model makes a cache (``use_cache``, the config's by
-        default). An encoder whose config carries ``use_cache`` (BERT: its cache is a decoder's) answers yes
-        too; it takes per-block frames, which trace its block once as well."""
-        if "use_cache" not in inspect.signature(self.original).parameters:
-            return False
+    def _region_reuse_breaker(self, args: tuple, kwargs: dict[str, Any]) -> str | None:
+        """What makes Dynamo trace this call's regions once per block, or None. ``use_cache`` (the config's
+        by default) counts for a model whose forward takes it: an encoder whose config carries it (BERT: its
+        cache is a decoder's) takes per-block frames too, which trace its block once as well."""
+        cache = _hf_cache(args, kwargs)
+        if cache is not None:
+            return f"it is handed a {cache}"
+        for stack in self.stacks:
+            if _routes_hub_kernels(stack.instances[0]):
+                return f"the blocks of {stack.path} route hub kernels through `kernels` (a side effect on every call)"
         use_cache = kwargs.get("use_cache")
-        return bool(getattr(getattr(self.model, "config", None), "use_cache", False) if use_cache is None else use_cache)
+        if use_cache is None:
+            use_cache = getattr(getattr(self.model, "config", None), "use_cache", False)
+        if use_cache and "use_cache" in inspect.signature(self.original).parameters:
+            return "use_cache is on, so the model hands its blocks a cache it makes"
+        return None
 
     def eager_rest_of_first_call(self) -> bool:
         """Whether a block frame of the first call should run eagerly: the call has shown the trace
