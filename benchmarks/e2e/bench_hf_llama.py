@@ -1,5 +1,9 @@
 """Hugging Face ``LlamaModel`` (32 × 2048, 32 / 8 heads, bf16) as its docs run it: StaticCache decode and prefill.
 
+``--shape`` picks other widths (``SHAPES``): ``llama3_8b`` (4096 wide, 32 / 8 heads of 128, FFN 14336) and
+``qwen25_7b`` (Qwen2 with q/k/v biases, 3584 wide, 28 / 4 heads of 128: seven query heads per cache head,
+FFN 18944), as many layers as ``--layers`` says.
+
 Decode: one token per step on a ``StaticCache``, at batch 1 (``max_cache_len`` 256, position 128) and batch 8
 (``max_cache_len`` 4096, positions 512 and 3900) and batch 32 (4096, position 512). Variants in the same run,
 each on its own cache prefilled eagerly: eager, ``torch.compile(model, mode="reduce-overhead",
@@ -18,7 +22,7 @@ Prefill: one 1×2048 forward without a cache (``use_cache=False``; with HF's ``D
 frame guards on its own cache layer, so per-block compiles recompile per layer): eager, per-block ``layer.compile()``, ``backend="regionc"``
 and ``regionc.compile``.
 
-    python benchmarks/e2e/bench_hf_llama.py --out DIR [--layers 32]
+    python benchmarks/e2e/bench_hf_llama.py --out DIR [--layers 32] [--shape llama3_8b]
 """
 
 from __future__ import annotations
@@ -42,17 +46,27 @@ PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
 DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)), (32, 4096, (512,)))  # batch, max_cache_len, positions
 
 
-def build(layers: int):
+#: model widths: (config class, model class, config fields)
+SHAPES = {
+    "llama_2048": ("LlamaConfig", "LlamaModel", dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                                                     num_key_value_heads=8, vocab_size=32000)),
+    "llama3_8b": ("LlamaConfig", "LlamaModel", dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                                                    num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0)),
+    "qwen25_7b": ("Qwen2Config", "Qwen2Model", dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+                                                    num_key_value_heads=4, vocab_size=152064)),
+}
+
+
+def build(layers: int, shape: str = "llama_2048"):
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
-                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                                   max_position_embeddings=8192)
+    config_class, model_class, fields = SHAPES[shape]
+    cfg = getattr(transformers, config_class)(**fields, num_hidden_layers=layers, max_position_embeddings=8192)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device("cuda"):
-        return transformers.LlamaModel(cfg).to(torch.bfloat16).eval()
+        return getattr(transformers, model_class)(cfg).to(torch.bfloat16).eval()
 
 
 #: a variant with this suffix times its steps under ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``,
@@ -207,6 +221,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama_2048", help="model widths (SHAPES)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill"])
     parser.add_argument("--variants", nargs="+", default=[v for v in DECODE_VARIANTS if not v.endswith(SKIP_GUARDS)],
@@ -225,14 +240,14 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure")
         return 0
-    model = build(args.layers)
+    model = build(args.layers, args.shape)
     rows = []
     with tempfile.TemporaryDirectory(prefix="regionc-hf-") as cache_dir:
         if "prefill" not in args.skip:
             rows += prefill_rows(model, cache_dir, args.rounds)
         if "decode" not in args.skip:
             rows += decode_rows(model, args.layers, cache_dir, args.rounds, args.variants, args.batches)
-    print(write_results(args.out, "hf_llama", {"layers": args.layers, "options": args.options, "rows": rows}))
+    print(write_results(args.out, "hf_llama", {"shape": args.shape, "layers": args.layers, "options": args.options, "rows": rows}))
     return 0
 
 

@@ -15,8 +15,10 @@ Shape classes (see :func:`shape_class`):
   rows<=64"``: several weights that read one input (q/k/v, gate/up) or one alone, and the static
   row count (a decode step's tokens; the pass takes no more than ``ops.skinny_linear.MAX_ROWS``); a
   group past 16 rows whose input is wider than :data:`WIDE_INPUT` is ``"group, rows<=64, wide"``.
-* skinny_swiglu: ``"rows<=16"``, ``"rows<=64"``, with ``", narrow"`` when its column blocks are fewer
-  than ``ops.skinny_linear.SWIGLU_MIN_PROGRAMS`` (a gate/up group the pass can fold into one call).
+* skinny_swiglu: ``"rows<=16"``, ``"rows<=64"``, with ``", wide"`` when its input is wider than
+  :data:`WIDE_INPUT` (each program reads the whole of K, so a wider input is a longer stream per program)
+  and ``", narrow"`` when its column blocks are fewer than ``ops.skinny_linear.SWIGLU_MIN_PROGRAMS`` (a
+  gate/up group the pass can fold into one call).
 * attention and decode_attention: ``"gqa_expanded"`` (the pass removed a ``repeat_interleave``/``repeat_kv`` copy of k
   and v in front of SDPA) or ``"native"`` (SDPA read k/v as they are: MHA or ``enable_gqa``).
 
@@ -135,8 +137,19 @@ DECISIONS: dict[tuple[str, str, str], Decision] = {
     ("cuda", "skinny_swiglu", "rows<=16"): Decision(
         True, "faster: gate/up and the SwiGLU product in one launch, 19.3 us at 8 rows for a 2048-wide layer "
               "(8192 columns each) against 19.7 for the skinny_linear group alone, whose product then takes a "
-              "pointwise launch of its own (4096-wide: 59.3 vs 59.2); HF Llama batch 8: 358 kernels and a "
-              "2.035 ms GPU span a step against 390 and 2.112 ms"),
+              "pointwise launch of its own; HF Llama batch 8: 358 kernels and a 2.035 ms GPU span a step "
+              "against 390 and 2.112 ms"),
+    # End to end on one H200 (torch 2.11.0+cu130, triton 3.6.0, 2026-12-06), 16 layers of an 8B-class model on a
+    # StaticCache of 4096, batch 8, ms per step at positions 512 / 3900, backend="regionc" with the SwiGLU call
+    # (the row above) against every decode op swapped (decode_ops_swapped: gate/up through the skinny_linear
+    # group and the product a pointwise kernel, the only difference at 8 rows); alone, at 4096 wide, the two
+    # were a tie (59.3 against 59.2 us, skinny_linear/h200-2026-12-03-swiglu.json):
+    # benchmarks/results/hf_llama/h200-2026-12-06-decode-llama3-8b-shape-16l.json, -qwen25-7b-shape-16l.json.
+    ("cuda", "skinny_swiglu", "rows<=16, wide"): Decision(
+        False, "slower on an input wider than 2048: Llama-3-8B widths (4096 -> 2 x 14336) 2.597 against 2.439 ms "
+               "at position 512 (3.113 / 3.101 at 3900), Qwen2.5-7B widths (3584 -> 2 x 18944) 2.848 / 3.031 "
+               "against 2.613 / 2.797 (H200): a program streams 2 x 32 columns over the whole of K, where the "
+               "group splits K"),
     ("cuda", "skinny_swiglu", "rows<=64"): Decision(
         False, "a tie at 32 rows: 22.3 vs 23.3 us at 2048 wide and 66.0 vs 65.2 at 4096 wide against cuBLAS, "
                "before its pointwise launch for the product; not measured end to end (the gate/up group row "
@@ -162,8 +175,9 @@ def rows_class(rows: int | None) -> str:
     return "small" if rows <= SMALL_ROWS else "large"
 
 
-#: a group of linears past 16 rows whose input is wider than this is a class of its own: measured faster
-#: than cuBLAS at 2048, slower at 4096 (the table's two ``group, rows<=64`` rows)
+#: an input wider than this makes a class of its own for a group of linears past 16 rows (measured faster than
+#: cuBLAS at 2048, slower at 4096: the table's two ``group, rows<=64`` rows) and for the SwiGLU call (faster
+#: than the group at 2048, slower at 3584 and 4096: its two ``rows<=16`` rows)
 WIDE_INPUT = 2048
 
 
@@ -177,5 +191,6 @@ def shape_class(op: str, *, rows: int | None = None, gqa_expanded: bool = False,
             return f"{kind}, rows<=16"
         return f"{kind}, rows<=64" + (", wide" if kind == "group" and width > WIDE_INPUT else "")
     if op == "skinny_swiglu":
-        return ("rows<=16" if rows <= 16 else "rows<=64") + (", narrow" if narrow else "")
+        return ("rows<=16" if rows <= 16 else "rows<=64") + (", wide" if width > WIDE_INPUT else "") \
+            + (", narrow" if narrow else "")
     return rows_class(rows)

@@ -31,9 +31,10 @@ becomes one ``regionc.skinny_swiglu`` call that returns the product itself (the 
 between the projections and ``down`` goes away). SiLU is recognised by what the elementwise ops
 between the projection and the product compute, evaluated once on a probe, not by their spelling:
 Inductor decomposes it (``x / (1 + exp(-x))`` with dtype casts), models write ``x * sigmoid(x)``,
-and another activation (GELU, say) must not match. Its decision-table class adds ``narrow`` when
-the column blocks alone are fewer than ``SWIGLU_MIN_PROGRAMS`` (the product needs the whole of K in
-one program, so there is no K split to fill the GPU with).
+and another activation (GELU, say) must not match. Its decision-table class adds ``wide`` when its
+input is wider than ``decisions.WIDE_INPUT`` and ``narrow`` when the column blocks alone are fewer than
+``SWIGLU_MIN_PROGRAMS`` (the product needs the whole of K in one program, so there is no K split to
+fill the GPU with, and each program's stream grows with K).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def run(graph: torch.fx.Graph, ctx, matches) -> None:
             narrow = swiglu_programs(rows, group["columns"][0], k) < SWIGLU_MIN_PROGRAMS
             desc = f"{SWIGLU} at x{shape_str(tensor_val(group['x']))} × gate/up of {group['columns'][0]} columns " \
                    f"{_graph.dtype_str(group['dtype'])}"
-            if ctx.allow(SWIGLU, desc, device=device, rows=rows, weights=2, narrow=narrow):
+            if ctx.allow(SWIGLU, desc, device=device, rows=rows, weights=2, narrow=narrow, width=k):
                 moved[swiglu[0]] = rewrite_swiglu(graph, group, *swiglu)
                 continue
         if ctx.on(NAME) and ctx.allow(NAME, group["desc"], device=device, rows=rows, weights=len(group["weights"]),

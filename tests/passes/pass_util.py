@@ -98,7 +98,7 @@ def cuda_hf_decode(transformers, kernel_choice: str, batch: int, max_cache_len: 
     ``backend="regionc"``, each within bf16 noise of eager; returns regionc's last report."""
     import regionc
 
-    model, cfg = hf_decoder(transformers, hidden_size=512, num_attention_heads=8, **sizes)
+    model, cfg = hf_decoder(transformers, **{"hidden_size": 512, "num_attention_heads": 8, **sizes})
     model = model.to("cuda", torch.bfloat16)
     with torch.no_grad():
         eager_cache, compiled_cache = (prefilled_cache(transformers, model, cfg, batch, 6, max_cache_len)

@@ -207,6 +207,21 @@ def test_swiglu_decision_classes():
     for cls in ("rows<=16, narrow", "rows<=64", "rows<=64, narrow"):
         assert not decide("cuda", "skinny_swiglu", cls).swap
     assert not decide("cpu", "skinny_swiglu", "rows<=16").swap
+    assert shape_class("skinny_swiglu", rows=8, width=2048) == "rows<=16"
+    assert shape_class("skinny_swiglu", rows=8, width=4096) == "rows<=16, wide"
+    assert not decide("cuda", "skinny_swiglu", "rows<=16, wide").swap
+
+
+@pytest.mark.parametrize("width, cls", [(2048, "rows<=16, narrow"), (2304, "rows<=16, wide, narrow")])
+def test_swiglu_class_follows_the_input_width(width, cls):
+    """The pass hands the table the SwiGLU's input width: past 2048 a program's stream over the whole of K
+    is long enough that the K-split group wins (a class of its own, kept on CUDA)."""
+    x, wg, wu, wd = (torch.randn(*s) / 8 for s in ((8, width), (64, width), (64, width), (16, 64)))
+    run, pm = compile_fn_with_passes(lambda *a: mlp(F.silu, *a), {"kernel_choice": "auto"})
+    with torch.no_grad():
+        torch.testing.assert_close(run(x, wg, wu, wd), mlp(F.silu, x, wg, wu, wd), atol=1e-4, rtol=1e-4)
+    kept = [s for s in pm.take_skips() if s.startswith("skinny_swiglu at")]
+    assert kept and all(f"kept ({cls})" in s for s in kept), kept
 
 
 def test_computed_weight_is_swapped_alone():
@@ -284,17 +299,18 @@ def test_decision_table_swaps_on_cuda_all_but_groups_past_16_rows_on_a_wide_inpu
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch, kernel_choice, intermediate, swapped, swiglu", [
-    (1, "always", 1024, 3, 1), (8, "always", 1024, 3, 1), (8, "auto", 1024, 4, 0), (8, "auto", 8192, 3, 1),
-    (32, "auto", 8192, 4, 0)])
-def test_cuda_hf_llama_static_cache(batch, kernel_choice, intermediate, swapped, swiglu):
+@pytest.mark.parametrize("batch, kernel_choice, intermediate, hidden, swapped, swiglu", [
+    (1, "always", 1024, 512, 3, 1), (8, "always", 1024, 512, 3, 1), (8, "auto", 1024, 512, 4, 0),
+    (8, "auto", 8192, 512, 3, 1), (8, "auto", 8192, 2560, 4, 0), (32, "auto", 8192, 512, 4, 0)])
+def test_cuda_hf_llama_static_cache(batch, kernel_choice, intermediate, hidden, swapped, swiglu):
     """bf16 decode on the GPU: the pass finds the projections on the GPU's torch and the kernels'
     output stays within bf16 noise of eager through every step; by default (the decision table) all
     four projections are swapped at 8 and 32 rows (a 512-wide input), gate/up at 8 rows as one SwiGLU call
-    where its 8192 columns fill the GPU without a K split (1024 do not), else as a skinny_linear group."""
+    where its 8192 columns fill the GPU without a K split (1024 do not) and its input is at most 2048 wide
+    (2560 is not), else as a skinny_linear group."""
     transformers = pytest.importorskip("transformers")
     report = cuda_hf_decode(transformers, kernel_choice, batch=batch, max_cache_len=64,
-                            intermediate_size=intermediate)
+                            intermediate_size=intermediate, hidden_size=hidden)
     matches = report.pass_matches
     assert (matches.get("skinny_linear", 0), matches.get("skinny_swiglu", 0)) == (swapped, swiglu), \
         (matches, report.pass_skips)
