@@ -43,7 +43,7 @@ def target_name(node: torch.fx.Node) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def _is_view(node: torch.fx.Node) -> bool:
+def is_view(node: torch.fx.Node) -> bool:
     if node.op not in ("call_method", "call_function"):
         return False
     if node.target is operator.getitem:
@@ -53,7 +53,7 @@ def _is_view(node: torch.fx.Node) -> bool:
 
 def base_of(node: torch.fx.Node) -> torch.fx.Node:
     """The value ``node`` is a view of (itself when it is not a view)."""
-    while _is_view(node) and node.args and isinstance(node.args[0], torch.fx.Node):
+    while is_view(node) and node.args and isinstance(node.args[0], torch.fx.Node):
         node = node.args[0]
     return node
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from regionc.blocks.writes import base_of, is_view, written_args
 from regionc.compiler.combo import sinks_last
 from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
 from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
@@ -111,9 +112,23 @@ def piece_config(gm: torch.fx.GraphModule, device: torch.device, user: dict[str,
 STRIDED_GRAD_OUTPUT_BUG = torch.__version__ >= (2, 12)
 
 
+#: Whether this torch's Inductor can compute wrong values for a piece that assigns into a slice of one of its
+#: inputs after reading that input. HF RWKV's block reads its layer's slice of the recurrent state (a tensor
+#: the model makes before the blocks, an input of each block's piece) and assigns the new state into it;
+#: compiled by torch 2.11's Inductor on its own (``compile_fx`` or ``standalone_compile``, regionc not
+#: involved), that piece computed a wrong key at the first time step, and it compiled right without the
+#: assignment; torch 2.13 compiles it right. Smaller pieces of the same shape compiled right, so the check
+#: below is wider than the bug: such a piece runs eagerly. 2.12 is unchecked, so it counts as affected.
+INPUT_SLICE_WRITE_BUG = torch.__version__ < (2, 13)
+
+
 def known_miscompile(gm: torch.fx.GraphModule) -> str | None:
     """Why Inductor would compile ``gm`` (a piece as Dynamo traced it) wrong here, or None: the piece then
-    runs eagerly. A full graph never returns such an intermediate; a split at block boundaries may."""
+    runs eagerly. A full graph never takes such an input or returns such an intermediate; a split at block
+    boundaries may."""
+    if INPUT_SLICE_WRITE_BUG and (name := input_slice_written_after_read(gm)) is not None:
+        return (f"it assigns into a slice of its input {name} after reading it (a recurrent state, as RWKV's), "
+                f"which torch {torch.__version__}'s Inductor can compile wrong")
     if not STRIDED_GRAD_OUTPUT_BUG:
         return None
     from torch.fx.experimental.symbolic_shapes import guard_or_true
@@ -124,6 +139,23 @@ def known_miscompile(gm: torch.fx.GraphModule) -> str | None:
         if isinstance(value, torch.Tensor) and value.requires_grad and not guard_or_true(value.is_contiguous()):
             return (f"output {i} is a non-contiguous tensor that requires grad (strides {tuple(value.stride())}), "
                     f"for which torch {torch.__version__}'s Inductor can compute a wrong gradient")
+    return None
+
+
+def input_slice_written_after_read(gm: torch.fx.GraphModule) -> str | None:
+    """The name of an input that ``gm`` assigns into (``x[...] = y``, directly or through a view) after a node
+    before the assignment read it, or None."""
+    read: set[torch.fx.Node] = set()
+    for node in gm.graph.nodes:
+        written = written_args(node)
+        if node.target is operator.setitem:
+            base = base_of(written[0])
+            if base.op == "placeholder" and base in read:
+                return base.name
+        if is_view(node):
+            continue
+        read.update(base for arg in node.all_input_nodes if arg not in written
+                    and (base := base_of(arg)).op == "placeholder")
     return None
 
 

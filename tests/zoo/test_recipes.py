@@ -541,6 +541,30 @@ def test_t5_training_gradients_equal_eager(entry, caplog):
         assert any("non-contiguous tensor that requires grad" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_rwkv_recurrent_state_equals_eager(entry, caplog):
+    """RWKV's blocks read their layer's slice of a recurrent state the model makes before them, then assign
+    the new state into it. Torch 2.11's Inductor, compiling such a block as a piece of its own, computed it
+    wrong (relative error 0.59): there those pieces run eagerly, one warning each; the output equals eager."""
+    import logging
+
+    import transformers
+
+    from regionc.compiler.inductor import INPUT_SLICE_WRITE_BUG
+
+    config = transformers.RwkvConfig(hidden_size=64, num_hidden_layers=3, vocab_size=128, attention_hidden_size=64,
+                                     intermediate_size=128, context_length=32)
+    torch.manual_seed(0)
+    model = transformers.RwkvModel(config).eval()
+    ids = torch.randint(3, 120, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        expected = model(input_ids=ids).last_hidden_state  # the first eval call rescales weights: before compiling
+        actual = ENTRY_POINTS[entry](model)(input_ids=ids).last_hidden_state
+    assert relative_error(actual, expected) <= 1e-5
+    held_back = [r for r in caplog.records if "assigns into a slice of its input" in r.getMessage()]
+    assert bool(held_back) == INPUT_SLICE_WRITE_BUG, [r.getMessage() for r in held_back]
+
+
 def _tensors(output) -> list[torch.Tensor]:
     """Every tensor of an HF output (caches left out), in order."""
     if isinstance(output, torch.Tensor):
