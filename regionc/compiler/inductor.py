@@ -148,7 +148,7 @@ def input_slice_written_after_read(gm: torch.fx.GraphModule) -> str | None:
     read: set[torch.fx.Node] = set()
     for node in gm.graph.nodes:
         written = written_args(node)
-        if node.target is operator.setitem:
+        if node.target is operator.setitem and isinstance(written[0], torch.fx.Node):
             base = base_of(written[0])
             if base.op == "placeholder" and base in read:
                 return base.name
