@@ -31,7 +31,7 @@ from regionc.blocks.split import Piece, split_into_pieces
 from regionc.blocks.transforms import keep_transforms_whole
 from regionc.compiler import background
 from regionc.compiler.floats import specialize_like
-from regionc.compiler.guards import ShapeGuards, guard_count, guarded
+from regionc.compiler.guards import GuardMark, ShapeGuards, guard_mark, guarded
 from regionc.compiler.inductor import CompiledPiece, compile_piece, known_miscompile, load_stored_piece, piece_config
 from regionc.compiler.moves import moves_data_only
 from regionc.config import Config
@@ -60,7 +60,7 @@ class GraphCompiler:
         """The split module, each piece's forward replaced by its compiled code, the pieces in order,
         and, when the pieces compile in the background, that job (the split module's pieces then run
         eagerly, each until the job installs its compiled code)."""
-        guards_since = guard_count(example_inputs)  # Dynamo's guards; later ones are the pieces' (guards.py)
+        guards_since = guard_mark(example_inputs)  # Dynamo's guards; later ones are the pieces' (guards.py)
         with report.phase("detect"):
             self._inline_nested_regions(gm, report)
             owners = detect_blocks(gm.graph, self.config.min_instances)
@@ -159,7 +159,7 @@ class GraphCompiler:
 
     # ------------------------------------------------------------------ one unique piece
     def _obtain(self, unique: _Unique, submodule: torch.fx.GraphModule, inputs: list[Any], patches: dict,
-                guards_since: int, report: Report) -> tuple[Callable[..., Any] | None, ShapeGuards | None]:
+                guards_since: GuardMark, report: Report) -> tuple[Callable[..., Any] | None, ShapeGuards | None]:
         """Compiled callable for a new fingerprint, from the disk cache, else Inductor (None → eager),
         and the size guards its code carries."""
         piece, record = unique.piece, unique.record

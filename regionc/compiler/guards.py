@@ -8,7 +8,8 @@ the background (Dynamo installed the guards before the compile ran), and a piece
 store (the loading process never ran Inductor, so its ShapeEnv never saw the guard). Torch's own
 FX graph cache keeps such guards with the entry for the same reason (``guards_expr``).
 
-So each compile takes the guards added since Dynamo handed the graph over (:func:`guards_added`),
+So each compile takes the guards added since Dynamo handed the graph over (:func:`guard_mark`,
+:func:`guards_added`),
 the store keeps them with the artifact, and a piece whose code carries any is installed as a
 :class:`GuardedPiece`: each call checks the guards on its inputs' sizes and runs the piece's graph
 eagerly, logged once, when they do not hold. A compile that adds no guard, the common case, installs the compiled code bare.
@@ -80,35 +81,55 @@ def _read(value: Any, kind: str, dim: int) -> int | float:
     return read.node.hint if isinstance(read, torch.SymInt) else int(read)
 
 
-def guard_count(example_inputs: Sequence[Any]) -> int:
-    """How many guards the ShapeEnv of ``example_inputs`` holds now (0 when they have no symbolic size):
-    what :func:`guards_added` counts from."""
+@dataclasses.dataclass(frozen=True)
+class GuardMark:
+    """The ShapeEnv as Dynamo handed a graph over: how many guards it held, and its renamings then (each
+    renamed symbol and what it stood for, resolved).
+
+    The renamings matter because a piece's compile may rename further: a specialization collapses
+    ``s67 -> s40`` (two sizes Dynamo found equal: HF's sliding-window ``cumulative_length`` and its cache
+    length) into ``s67 -> 6``, and the guard that did it names ``s40`` only. A piece handed the int as
+    ``s67`` computed with 6 all the same; what links its input to the guard is the renaming at handover."""
+
+    count: int = 0
+    renamings: dict[sympy.Symbol, sympy.Expr] = dataclasses.field(default_factory=dict)
+
+    def renamed(self, expr: sympy.Expr) -> sympy.Expr:
+        """``expr`` in the symbols it stood for at handover."""
+        return expr.xreplace(self.renamings) if self.renamings else expr
+
+
+def guard_mark(example_inputs: Sequence[Any]) -> GuardMark:
+    """The ShapeEnv of ``example_inputs`` now (an empty mark when they have no symbolic size): what
+    :func:`guards_added` counts from."""
     env = _shape_env(example_inputs)
-    return len(env.guards) if env is not None else 0
+    if env is None:
+        return GuardMark()
+    return GuardMark(len(env.guards), {symbol: env.replace(symbol) for symbol in env.replacements})
 
 
-def guards_added(example_inputs: Sequence[Any], since: int) -> ShapeGuards | None:
-    """The guards added to the ShapeEnv of ``example_inputs`` after its first ``since`` that bear on
-    their symbols (None when there are none). Counted from the moment Dynamo handed the graph over, not
-    from this piece's compile: a symbol an earlier piece's compile specialized is a constant in this
-    piece's code too.
+def guards_added(example_inputs: Sequence[Any], since: GuardMark) -> ShapeGuards | None:
+    """The guards added to the ShapeEnv of ``example_inputs`` after ``since`` that bear on their symbols
+    (None when there are none). Counted from the moment Dynamo handed the graph over, not from this
+    piece's compile: a symbol an earlier piece's compile specialized is a constant in this piece's code too.
 
-    A guard that also names a symbol found nowhere in the inputs' sizes, strides and offsets came from
-    another piece's compile (every symbol of a piece's code comes from its inputs), and is left to that
-    piece: another layer's ``s1 != 16*s94``, where ``s94`` is that layer's cache length, says nothing
-    this piece's code could have used. Raises :class:`UncheckableGuard` when a guard names a symbol no
-    size of the inputs gives alone (one inside a larger size, ``s0 + s1``, and nowhere by itself)."""
+    A guard that also names a symbol found nowhere in the inputs' sizes, strides and offsets (as traced,
+    as renamed at ``since``, as renamed now) came from another piece's compile (every symbol of a piece's
+    code comes from its inputs), and is left to that piece: another layer's ``s1 != 16*s94``, where ``s94``
+    is that layer's cache length, says nothing this piece's code could have used. Raises
+    :class:`UncheckableGuard` when a guard names a symbol no size of the inputs gives alone (one inside a
+    larger size, ``s0 + s1``, and nowhere by itself)."""
     env = _shape_env(example_inputs)
-    if env is None or len(env.guards) <= since:
+    if env is None or len(env.guards) <= since.count:
         return None
-    bindings = _bindings(example_inputs, env)
+    bindings = _bindings(example_inputs, env, since)
     bound = {b[0] for b in bindings}
-    carried = _carried(example_inputs, env)
+    carried = _carried(example_inputs, env, since)
 
     def foreign(symbol: sympy.Symbol) -> bool:
         return str(symbol) not in carried and not {str(s) for s in env.replace(symbol).free_symbols} & carried
 
-    exprs = [g.expr for g in env.guards[since:]
+    exprs = [g.expr for g in env.guards[since.count:]
              if {str(s) for s in g.expr.free_symbols} & carried and not any(map(foreign, g.expr.free_symbols))]
     if not exprs:
         return None
@@ -143,25 +164,28 @@ def _shape_env(example_inputs: Sequence[Any]):
     return None
 
 
-def _carried(example_inputs: Sequence[Any], env) -> set[str]:
-    """Every symbol in the inputs' sizes, strides and offsets, alone or inside a larger expression, before
-    and after the ShapeEnv's renaming."""
+def _names(raw: sympy.Expr, env, since: GuardMark) -> tuple[sympy.Expr, ...]:
+    """An input's size as traced, as renamed when Dynamo handed the graph over, and as renamed now."""
+    return raw, since.renamed(raw), env.replace(raw)
+
+
+def _carried(example_inputs: Sequence[Any], env, since: GuardMark) -> set[str]:
+    """Every symbol in the inputs' sizes, strides and offsets, alone or inside a larger expression, under
+    each of its names."""
     carried: set[str] = set()
     for value in example_inputs:
         for symint, _, _ in _symints(value):
-            raw = symint.node._expr
-            carried.update(str(s) for expr in (raw, env.replace(raw)) for s in expr.free_symbols)
+            carried.update(str(s) for expr in _names(symint.node._expr, env, since) for s in expr.free_symbols)
     return carried
 
 
-def _bindings(example_inputs: Sequence[Any], env) -> tuple[tuple[str, int, str, int], ...]:
-    """Each symbol an input was traced with (and the symbol it was renamed to since), bound to the
-    first input position that carries it."""
+def _bindings(example_inputs: Sequence[Any], env, since: GuardMark) -> tuple[tuple[str, int, str, int], ...]:
+    """Each symbol an input was traced with (and each symbol it was renamed to), bound to the first input
+    position that carries it."""
     bound: dict[str, tuple[str, int, str, int]] = {}
     for index, value in enumerate(example_inputs):
         for symint, kind, dim in _symints(value):
-            raw = symint.node._expr
-            for symbol in (raw, env.replace(raw)):
+            for symbol in _names(symint.node._expr, env, since):
                 if isinstance(symbol, sympy.Symbol) and str(symbol) not in bound:
                     bound[str(symbol)] = (str(symbol), index, kind, dim)
     return tuple(bound.values())

@@ -37,13 +37,14 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import sympy
 import torch
 import torch.fx
 
 from regionc.blocks.writes import base_of, is_view, written_args
 from regionc.compiler.combo import sinks_last
 from regionc.compiler.floats import in_backend_fake_mode, tensorify_own_floats
-from regionc.compiler.guards import ShapeGuards, guard_count, guards_added
+from regionc.compiler.guards import GuardMark, ShapeGuards, guard_mark, guards_added
 from regionc.compiler.reductions import persistent_rows
 from regionc.config import PDL
 from regionc.logs import log_once
@@ -159,6 +160,28 @@ def input_slice_written_after_read(gm: torch.fx.GraphModule) -> str | None:
     return None
 
 
+def bound_as_renamed(example_inputs: Sequence[Any]) -> list[Any]:
+    """Each symbolic int or float input as the symbol the ShapeEnv renamed it to, where that is one symbol.
+
+    Inductor's code binds a symbolic scalar input to the symbol it was traced with (``SymNode._expr``),
+    and computes with the ShapeEnv's renaming of it (two values Dynamo found equal are one symbol). In
+    Dynamo's whole graph some input always carries the renamed symbol too; a piece may get the scalar
+    alone, and its code then reads a symbol nothing bound (``NameError: name 's40' is not defined``:
+    Gemma 2's sliding-window ``cumulative_length``, renamed to its layer's cache length, in the glue that
+    builds the masks). Handed the renamed symbol, Inductor binds it."""
+    inputs = list(example_inputs)
+    for i, value in enumerate(inputs):
+        if not isinstance(value, (torch.SymInt, torch.SymFloat)):
+            continue
+        node = value.node
+        renamed = node.expr
+        if renamed != node._expr and isinstance(renamed, sympy.Symbol):
+            make = node.shape_env.create_symintnode if isinstance(value, torch.SymInt) else \
+                node.shape_env.create_symfloatnode
+            inputs[i] = make(renamed, hint=node.hint)
+    return inputs
+
+
 def is_decode_step(gm: torch.fx.GraphModule) -> bool:
     """Whether ``gm`` (a piece as Dynamo traced it) calls a linear and every linear reads a known
     number of rows, at most the decision table's ``SMALL_ROWS`` (rows: all but the input's last dim)."""
@@ -192,17 +215,18 @@ class CompiledPiece:
 
 
 def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_patches: dict[str, Any],
-                  guards_since: int | None = None, passes=None) -> CompiledPiece:
+                  guards_since: GuardMark | None = None, passes=None) -> CompiledPiece:
     """Compile ``gm`` for inputs like ``example_inputs`` (fake tensors / SymInts of Dynamo's trace).
 
     Symbolic dims come from the ambient Dynamo tracing context, so one artifact serves
-    every size the guards admit. The guards added on them since the ShapeEnv held ``guards_since``
-    (by default: since this call) come back with the artifact, and in its payload; so does what
-    ``passes`` (the ``regionc.passes.PassManager`` in ``config_patches``) did in this compile.
+    every size the guards admit. The guards added on them since ``guards_since`` (by default: since
+    this call) come back with the artifact, and in its payload; so does what ``passes`` (the
+    ``regionc.passes.PassManager`` in ``config_patches``) did in this compile.
     """
-    since = guard_count(example_inputs) if guards_since is None else guards_since
+    since = guard_mark(example_inputs) if guards_since is None else guards_since
+    guards_of = example_inputs  # as traced: the guards bind the symbols the inputs were traced with
 
-    example_inputs = in_backend_fake_mode(example_inputs)
+    example_inputs = bound_as_renamed(in_backend_fake_mode(example_inputs))
     on_cuda = any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs)
     if on_cuda:
         start_compile_workers()
@@ -229,7 +253,7 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
                 artifact = standalone_compile({})
     finally:  # a failed compile's matches are dropped with it: they must not count for the next piece
         notes = {"pass_matches": passes.take_matches(), "pass_skips": passes.take_skips()} if passes else {}
-    guards = guards_added(example_inputs, since)
+    guards = guards_added(guards_of, since)
     start = time.perf_counter()
     payload = _serialize(artifact)
     if payload is not None:

@@ -12,7 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext, guard_int
 
 import regionc
-from regionc.compiler.guards import GuardedPiece, ShapeGuards, UncheckableGuard, guard_count, guards_added
+from regionc.compiler.guards import GuardedPiece, GuardMark, ShapeGuards, UncheckableGuard, guard_mark, guards_added
 from regionc.models.llama import LlamaConfig, build_demo_model
 from tests.helpers import assert_close
 from tests.models import PerLayerCounters
@@ -26,7 +26,7 @@ def fake(mode, rows, name):
 def test_the_guards_a_compile_adds_are_checked_on_real_sizes():
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x, y = fake(mode, 6, "x"), fake(mode, 9, "y")
-    since = guard_count([x, y])
+    since = guard_mark([x, y])
     assert bool(y.shape[0] % 3 == 0)  # a divisibility, as a tiling may assume
     guard_int(x.shape[0])  # a specialization: ShapeEnv's own printer drops this one
     found = guards_added([x, y], since)
@@ -43,7 +43,7 @@ def test_a_specialized_float_input_is_checked_on_real_values():
     env = ShapeEnv()
     symbol = env.create_symbol(0.5, LocalSource("scale"), dynamic_dim=DimDynamic.DYNAMIC)
     scale = env.create_symfloatnode(symbol, hint=0.5)
-    since = guard_count([scale])
+    since = guard_mark([scale])
     assert float(scale) == 0.5  # reading the value: a specialization
     found = guards_added([scale], since)
     assert found is not None and found.holds([0.5]) and not found.holds([0.25])
@@ -52,21 +52,37 @@ def test_a_specialized_float_input_is_checked_on_real_values():
 def test_a_compile_that_adds_no_guard_carries_none():
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x = fake(mode, 6, "x")
-    since = guard_count([x, torch.empty(3)])
+    since = guard_mark([x, torch.empty(3)])
     assert x.shape[0] + 1 == x.shape[0] + 1  # static truth: no guard
     assert guards_added([x, torch.empty(3)], since) is None
-    assert guard_count([torch.empty(3)]) == 0 and guards_added([torch.empty(3)], 0) is None
+    assert guard_mark([torch.empty(3)]) == GuardMark() and guards_added([torch.empty(3)], GuardMark()) is None
 
 
 def test_a_guard_an_earlier_compile_added_counts_for_every_piece_that_carries_its_symbol():
     """A symbol one piece's compile specialized is a constant in the next piece's code as well."""
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x, unrelated = fake(mode, 6, "x"), fake(mode, 4, "unrelated")
-    since = guard_count([x])
+    since = guard_mark([x])
     guard_int(x.shape[0])  # the first piece's compile
     assert guards_added([x], since).holds([torch.empty(6, 4)])
     assert not guards_added([x], since).holds([torch.empty(7, 4)])
     assert guards_added([unrelated], since) is None  # its code does not depend on that symbol
+
+
+def test_a_guard_on_the_symbol_an_input_was_renamed_to_counts_for_the_piece():
+    """Dynamo found an int input equal to a size and made them one symbol (Gemma 2's sliding-window
+    ``cumulative_length`` and its cache length); another piece's compile then specialized that size, which
+    renames the int straight to the constant. A piece handed only the int computed with the constant too,
+    and the guard that says so names the size's symbol, not the int's."""
+    env = ShapeEnv()
+    x = fake(FakeTensorMode(shape_env=env), 6, "x")
+    length = env.create_symintnode(env.create_symbol(6, LocalSource("length"), dynamic_dim=DimDynamic.DYNAMIC),
+                                   hint=6)
+    assert bool(length == x.shape[0])  # Dynamo's trace: the int is renamed to the size's symbol
+    since = guard_mark([x, length])
+    guard_int(x.shape[0])  # another piece's compile
+    found = guards_added([length], since)
+    assert found is not None and found.holds([6]) and not found.holds([7])
 
 
 def test_a_guard_another_piece_added_on_a_symbol_this_piece_lacks_is_left_to_that_piece():
@@ -75,7 +91,7 @@ def test_a_guard_another_piece_added_on_a_symbol_this_piece_lacks_is_left_to_tha
     so it neither stops the piece's compile nor joins its checks; its own guards still do."""
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x, other = fake(mode, 6, "x"), fake(mode, 8, "other")
-    since = guard_count([x])
+    since = guard_mark([x])
     assert bool(x.shape[0] < other.shape[0])  # the other piece's compile
     assert guards_added([x], since) is None
     assert bool(x.shape[0] % 3 == 0)  # this piece's compile
@@ -89,7 +105,7 @@ def test_a_guard_on_a_symbol_carried_only_inside_a_larger_size_cannot_be_checked
     x, y = fake(mode, 6, "x"), fake(mode, 8, "y")
     with mode:
         both = torch.cat([x, y])  # rows s0 + s1: neither size is given alone
-    since = guard_count([both])
+    since = guard_mark([both])
     assert bool(y.shape[0] < 10)
     with pytest.raises(UncheckableGuard, match="no size, stride or offset of the piece's inputs gives alone"):
         guards_added([both], since)
@@ -98,7 +114,7 @@ def test_a_guard_on_a_symbol_carried_only_inside_a_larger_size_cannot_be_checked
 def test_a_guarded_piece_runs_eagerly_where_its_guards_fail(caplog):
     mode = FakeTensorMode(shape_env=ShapeEnv())
     x = fake(mode, 6, "x")
-    since = guard_count([x])
+    since = guard_mark([x])
     guard_int(x.shape[0])
     piece = GuardedPiece(lambda t: "compiled", guards_added([x], since), lambda t: "eager", "submod_0 (layers.0)")
     with caplog.at_level(logging.WARNING, logger="regionc"):

@@ -542,6 +542,29 @@ def test_t5_training_gradients_equal_eager(entry, caplog):
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_decode_loop_on_the_models_own_cache_past_the_sliding_window_equals_eager(entry):
+    """One token a call, handing back the cache the model made (a decode loop written by hand), past Gemma 2's
+    sliding window. Dynamo finds the sliding layer's ``cumulative_length`` (a Python int) equal to its cache
+    length and makes the two one symbol, which the glue building the masks receives only as that int: Inductor
+    bound the int's own symbol and computed with the other (``NameError``). A later piece's compile then
+    specialized that symbol, and the full-attention layer, compiled on that constant, was stored as right for
+    every length; the next length loaded it (a relative error of 4e-4 at the window). Every step equals eager."""
+    import copy
+
+    model = _causal_lm("gemma2")
+    window = model.config.sliding_window
+    compiled = ENTRY_POINTS[entry](copy.deepcopy(model))
+    ids = torch.randint(3, 120, (2, window - 3), generator=torch.Generator().manual_seed(0))  # see above: 3 steps in
+    with torch.no_grad():
+        expected, actual = model(ids, use_cache=True), compiled(ids, use_cache=True)
+        for step in range(4):
+            token = expected.logits[:, -1:].argmax(-1)
+            expected = model(token, past_key_values=expected.past_key_values, use_cache=True)
+            actual = compiled(token, past_key_values=actual.past_key_values, use_cache=True)
+            assert relative_error(actual.logits, expected.logits) <= 1e-5, f"step {step}"
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_rwkv_recurrent_state_equals_eager(entry, caplog):
     """RWKV's blocks read their layer's slice of a recurrent state the model makes before them, then assign
     the new state into it. Torch 2.11's Inductor, compiling such a block as a piece of its own, computed it
