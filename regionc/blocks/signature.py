@@ -67,9 +67,9 @@ def signature(block: nn.Module) -> tuple:
     forward set on it (by name), its forward hooks (by name), the functions, classes and enum members it
     holds as attributes or in their dicts, lists and tuples (:func:`_identity`), and the plain values of a
     function-local class (:func:`_local_values`). Equal for instances that run the same code."""
-    return tuple((path, _name(type(sub)), _name(vars(sub).get("forward")),
-                  tuple(_name(hook) for hook in sub._forward_pre_hooks.values()),
-                  tuple(_name(hook) for hook in sub._forward_hooks.values()),
+    return tuple((path, name_of(type(sub)), name_of(vars(sub).get("forward")),
+                  tuple(name_of(hook) for hook in sub._forward_pre_hooks.values()),
+                  tuple(name_of(hook) for hook in sub._forward_hooks.values()),
                   tuple((name, ident) for name, value in _attributes(sub) if (ident := _identity(value)) is not None),
                   _local_values(sub))
                  for path, sub in held_modules(block))
@@ -107,9 +107,9 @@ def _identity(value: Any) -> str | None:
     function (by name and code), a class (by name), an enum member (by class and name). None for anything
     else: modules are held modules, and other values are Dynamo's guards' to check."""
     if isinstance(value, enum.Enum):
-        return f"{_name(type(value))}.{value.name}"
+        return f"{name_of(type(value))}.{value.name}"
     if isinstance(value, type):
-        return _name(value)
+        return name_of(value)
     if callable(value) and not isinstance(value, nn.Module):
         return _code(value)
     return None
@@ -119,7 +119,7 @@ def _code(value: Any) -> str | None:
     """A callable's qualified name and, for a Python function, a digest of its code and constants."""
     function = getattr(value, "func", None) or getattr(value, "__func__", None) or value
     code = getattr(function, "__code__", None)
-    return _name(value) if code is None else f"{_name(value)}#{_code_digest(code)}"
+    return name_of(value) if code is None else f"{name_of(value)}#{_code_digest(code)}"
 
 
 def _code_digest(code: types.CodeType) -> str:
@@ -129,7 +129,7 @@ def _code_digest(code: types.CodeType) -> str:
     return digest.hexdigest()[:12]
 
 
-def _name(value: Any) -> str | None:
+def name_of(value: Any) -> str | None:
     """A class's or a callable's qualified name (a partial's or a bound method's function's)."""
     if value is None:
         return None

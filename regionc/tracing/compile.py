@@ -44,6 +44,7 @@ from torch import nn
 
 from regionc.blocks.detect import Stack, find_repeated_blocks
 from regionc.blocks.inline import region_copy
+from regionc.blocks.signature import name_of
 from regionc.compiler import background
 from regionc.config import Config, with_mode
 from regionc.cudagraph.module import ModuleGraphs
@@ -134,10 +135,12 @@ class CompiledForward:
     naming the error. Calls are made one at a time until one has succeeded (``regionc.warmup`` makes the first
     in another thread; a call meanwhile waits, then finds the compiled code). Per-block frames run one after
     another, so a failure there is retried only before the first call succeeded (later ones could come after
-    blocks already wrote a cache). After that, a call no trace fits that Dynamo cannot trace in one graph
-    (HF's ``output_hidden_states``) runs eagerly where it would be traced (see
+    blocks already wrote a cache). After that, a call no trace fits whose code Dynamo refuses to trace in one
+    graph (HF's ``output_hidden_states``) runs eagerly where it would be traced (see
     :class:`~regionc.tracing.saved.TraceSet`), without changing the strategy, and a whole-forward call that
-    fails is run eagerly before any fallback (:meth:`_eager_then_fall_back`). Per-block tracing also gives way
+    fails otherwise (Dynamo failing in its own machinery among them) is run eagerly before any fallback
+    (:meth:`_eager_then_fall_back`). A strategy that would run the blocks other than eager does is passed
+    over before it is applied (:meth:`_unusable`). Per-block tracing also gives way
     after its first call if Dynamo compiled the block frame again and again in it (it specializes on a
     per-layer value): the blocks would compile per layer, or run eagerly past Dynamo's recompile limit. Once
     that is plain within the first call (more compiles than the three variants per block class), the rest of
@@ -327,6 +330,17 @@ class CompiledForward:
         self._apply(following)
 
     def _apply(self, strategy: str) -> None:
+        reason = self._unusable(strategy)
+        if reason is not None:
+            if self.config.strict or not self.next:
+                raise RuntimeError(f"regionc: block_tracing={strategy} cannot compile {type(self.model).__name__}: "
+                                   f"{reason}")
+            following = self.next.pop(0)
+            log.warning("regionc: block_tracing=%s cannot be used for %s (%s); using block_tracing=%s",
+                        strategy, type(self.model).__name__, reason, following)
+            self.fallbacks.append(f"{strategy}: {reason}")
+            self._apply(following)
+            return
         self.strategy = strategy
         self.block_called = False
         self.first_report = len(reports())
@@ -372,6 +386,20 @@ class CompiledForward:
         # this one does not take
         graphed = self.config.cudagraphs is not False and self.config.cudagraph_mode == "full"
         self.run = self._graphed(run, run.trace_for) if graphed else run
+
+    def _unusable(self, strategy: str) -> str | None:
+        """Why ``strategy`` would run this model's blocks other than eager does, or None. Per-block frames
+        run a block's class's forward in place of the forward set on an instance, a hook's (diffusers' caches,
+        accelerate's offloading): under diffusers' FirstBlockCache every block then ran, never the cached
+        residual (a relative error of 1e-2 over 5 denoising steps). The full trace runs the hook."""
+        if strategy != "per_block":
+            return None
+        for stack in self.stacks:
+            for block in stack.instances:
+                forward = vars(block).get("forward")
+                if forward is not None and not isinstance(forward, _FirstCallGate):
+                    return f"the blocks of {stack.path} have a forward set on the instance ({name_of(forward)})"
+        return None
 
     def _graphed(self, run: Callable[..., Any], trace_of: Callable[..., Any] | None = None) -> ModuleGraphs:
         return ModuleGraphs(self.model, run, self.config, settling=background.busy, trace_of=trace_of)

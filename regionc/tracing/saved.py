@@ -24,11 +24,14 @@ A stale trace must never run. An entry is used only if all of these hold:
 
 Anything else is a miss: regionc traces again, with one log line saying why. Graph breaks cannot
 be saved (the AOT path traces with ``fullgraph=True``); such a model is compiled the ordinary way.
-Once a whole call has run on a function's traces (``warm``), a later call that none fits and that
-cannot be traced in one graph (HF's ``output_hidden_states=True`` collects each layer's output through
-a context variable Dynamo refuses inside a nested region) runs eagerly, as does every later call of
-its kind, with one warning: the traces keep serving the calls they fit, and regionc.compile does not
-give up its block tracing for the whole model over one kind of call.
+Once a whole call has run on a function's traces (``warm``), a later call that none fits and whose code
+Dynamo refuses to trace in one graph (HF's ``output_hidden_states=True`` collects each layer's output
+through a context variable Dynamo refuses inside a nested region) runs eagerly, as does every later call
+of its kind, with one warning: the traces keep serving the calls they fit, and regionc.compile does not
+give up its block tracing for the whole model over one kind of call. Where Dynamo fails in its own
+machinery instead (:func:`_refused`), the block tracing is at fault, not the call: a whole-forward trace
+raises, and regionc.compile runs the call eagerly and takes its next block tracing for later calls, which
+would otherwise all run eagerly (every new resolution of a diffusers transformer, say).
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ class TraceSet:
                 raise
             if self.strategy == "full" or _only_saving_failed(exc):
                 raise _NotSaveable(first_line(exc)) from exc
-            if self.warm:  # Dynamo ran nothing of this call: it can run eagerly
+            if self.warm and (self.strategy == "per_block" or _refused(exc)):  # Dynamo ran nothing: run it eagerly
                 raise _Untraceable(first_line(exc)) from exc
             raise  # regionc.compile tries its next block tracing (regionc/tracing/compile.py)
         return _Entry(traced, last_report(), self.fn.__globals__, read)
@@ -547,6 +550,14 @@ class _NotSaveable(Exception):
 
 class _Untraceable(Exception):
     """Dynamo could not trace a call of a warm function in one graph (the message says why)."""
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether Dynamo refused the call's code (a graph break, a region it will not capture), which another
+    block tracing would meet too, rather than failing in its own machinery: torch 2.13's reuse of a nested
+    region's trace raised ``KeyError: 4*s98`` at a diffusers transformer's second resolution, and an
+    ``AssertionError`` at a LoRA scale's second value, where per-block frames compile."""
+    return isinstance(exc, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UncapturedHigherOrderOpError))
 
 
 _MISSING = object()

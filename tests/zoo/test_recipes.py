@@ -389,13 +389,25 @@ def test_per_block_compile_helpers_take_regionc_as_their_backend(helper):
     assert relative_error(actual, expected) <= 1e-5
 
 
-def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
-    """A Flux pipeline (prompt embeddings given, latents out) with its transformer compiled."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+@pytest.mark.parametrize("tracing", ["auto", "per_block"])
+@pytest.mark.parametrize("cache", [None, "first_block"])
+def test_diffusers_pipeline_denoises_with_a_regionc_transformer(cache, tracing, caplog):
+    """A Flux pipeline (prompt embeddings given, latents out) with its transformer compiled, bare or under
+    diffusers' FirstBlockCache (hooks set as each block's forward; at this threshold every step after the
+    first reuses the residual of the blocks after the first). Per-block frames would drop those forwards:
+    the model takes the full trace instead, and says so."""
+    import logging
+
+    from diffusers import FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    if cache is None and tracing == "per_block":
+        pytest.skip("per-block frames of a bare transformer are covered by the zoo")
 
     def run(transform):
         torch.manual_seed(0)
         transformer, _ = ARCHITECTURES["flux"].build(2)
+        if cache:
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=1e9))
         pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
                             tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transform(transformer))
         pipe.vae_scale_factor = 1
@@ -407,8 +419,11 @@ def test_diffusers_pipeline_denoises_with_a_regionc_transformer():
                         output_type="latent").images
 
     expected = run(lambda t: t)
-    actual = run(lambda t: regionc.compile(t))
+    with caplog.at_level(logging.WARNING, logger="regionc"):
+        actual = run(lambda t: regionc.compile(t, options={"block_tracing": tracing}))
     assert relative_error(actual, expected) <= 1e-5
+    if cache:
+        assert "block_tracing=per_block cannot be used" in caplog.text
 
 
 #: torch 2.11's ``regionc.compile`` path (per-block tracing, which falls back to the full trace for HF
@@ -487,19 +502,23 @@ def test_lora_scale_set_between_calls_equals_eager(entry):
     """diffusers' ``set_adapters`` sets a LoRA scale, a float in every attention layer, between calls:
     each call equals eager with that scale. Through the backend the block compiles once for all layers,
     and scales after the first change compile nothing (Dynamo makes the float an input)."""
+    import copy
+
     from peft import LoraConfig
 
     torch.manual_seed(0)
     model, kwargs = ARCHITECTURES["wan"].build(3)
     model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
                                  init_lora_weights=False), adapter_name="style")
+    reference = copy.deepcopy(model)  # regionc.compile compiles the model in place
     compiled = ENTRY_POINTS[entry](model)
     reports = []
     with torch.no_grad():
         for scale in (1.0, 0.3, 0.7, 0.5):
             model.set_adapters(["style"], weights=[scale])
+            reference.set_adapters(["style"], weights=[scale])
             before = len(regionc.reports())
-            expected = model(**kwargs)[0]
+            expected = reference(**kwargs)[0]
             assert relative_error(compiled(**kwargs)[0], expected) <= 1e-5, scale
             reports.append(regionc.reports()[before:])
     if entry == "backend":
@@ -507,6 +526,48 @@ def test_lora_scale_set_between_calls_equals_eager(entry):
         assert len(changed) == 1 and changed[0].count("compiled", "block") == 1, [r.summary() for r in changed]
         assert changed[0].count("reused", "block") == 2
         assert reports[2] == reports[3] == []
+
+
+def _runs_eagerly(call, block_class) -> bool:
+    """Whether ``call()`` runs ``block_class.forward``'s own code: compiled code runs Dynamo's bytecode
+    instead (a trace does not run it either)."""
+    import sys
+
+    code, ran = block_class.forward.__code__, []
+    sys.setprofile(lambda frame, event, arg: ran.append(1) if event == "call" and frame.f_code is code else None)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return bool(ran)
+
+
+@pytest.mark.parametrize("name", ["ltx_video", "qwenimage"])
+def test_resolutions_after_the_first_run_compiled_under_regionc_compile(name, caplog):
+    """A diffusers transformer called at one resolution, then others. At the second, torch 2.13's reuse of a
+    nested region's trace fails in Dynamo itself (``KeyError: 4*s98``, once the sizes are symbolic). That
+    call's kind was then marked untraceable, and every later resolution ran eagerly; now the call runs
+    eagerly and the model takes per-block frames, which compile the resolutions after it. Each call equals
+    eager, and a resolution seen before runs compiled code."""
+    import copy
+    import logging
+
+    model, kwargs = ARCHITECTURES[name].build(2)
+    compiled = regionc.compile(copy.deepcopy(model))
+
+    def at(rows: int, cols: int) -> dict:
+        latent = kwargs["hidden_states"].shape[-1]
+        if name == "ltx_video":
+            sizes = {"num_frames": 1, "height": rows, "width": cols}
+        else:
+            sizes = {"img_shapes": [(1, rows, cols)]}
+        return {**kwargs, **sizes, "hidden_states": torch.randn(1, rows * cols, latent, generator=torch.Generator().manual_seed(rows))}
+
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        for rows, cols in ((4, 4), (4, 6), (6, 4), (4, 8), (4, 6)):
+            assert relative_error(compiled(**at(rows, cols))[0], model(**at(rows, cols))[0]) <= 1e-5, (rows, cols)
+        assert not _runs_eagerly(lambda: compiled(**at(4, 8)), type(model.transformer_blocks[0]))
+    assert not [r.getMessage() for r in caplog.records if "run eagerly" in r.getMessage()]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
