@@ -396,9 +396,8 @@ class CompiledForward:
             return None
         for stack in self.stacks:
             for block in stack.instances:
-                forward = vars(block).get("forward")
-                if forward is not None and not isinstance(forward, _FirstCallGate):
-                    return f"the blocks of {stack.path} have a forward set on the instance ({name_of(forward)})"
+                if "forward" in vars(block):  # regionc's own per-block forwards are gone by now (_undo)
+                    return f"the blocks of {stack.path} have a forward set on the instance ({name_of(block.forward)})"
         return None
 
     def _graphed(self, run: Callable[..., Any], trace_of: Callable[..., Any] | None = None) -> ModuleGraphs:
