@@ -686,3 +686,38 @@ def test_hidden_states_or_attentions_asked_after_plain_calls_equal_eager(name, c
         eager = [r.getMessage() for r in caplog.records if "run eagerly" in r.getMessage()]
         assert len(eager) == 2, eager  # one per kind of call, not per call
 
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_flux_with_controlnet_residuals_starts_warm_from_the_cache(entry, tmp_path, caplog):
+    """Flux given ControlNet residuals computes their interval with ``int(np.ceil(...))``, which Dynamo leaves
+    in the graph as unread NumPy calls; AOTAutograd's cache refused the pieces holding them, so they compiled
+    again on every start. Now every piece is saved cold and loaded warm, and both starts equal eager."""
+    import copy
+    import logging
+
+    from diffusers import FluxTransformer2DModel
+
+    _, kwargs = ARCHITECTURES["flux"].build(2)
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                   axes_dims_rope=(4, 6, 6), guidance_embeds=True).eval()
+    kwargs = {**kwargs, "guidance": torch.tensor([3.5]), "controlnet_block_samples": [torch.randn(1, 16, 32)],
+              "controlnet_single_block_samples": [torch.randn(1, 16, 32)]}
+    options = {"cache_dir": str(tmp_path)}
+    compile_with = {"backend": lambda m: torch.compile(m, backend="regionc", options=options),
+                    "regionc.compile": lambda m: regionc.compile(m, options=options)}[entry]
+    with torch.no_grad():
+        expected = model(**kwargs)[0]
+    for start in ("cold", "warm"):
+        torch._dynamo.reset()
+        compiled = compile_with(copy.deepcopy(model))
+        before = len(regionc.reports())
+        caplog.clear()
+        with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+            assert relative_error(compiled(**kwargs)[0], expected) <= 1e-5, start
+        assert not [r.getMessage() for r in caplog.records if "cannot be serialized" in r.getMessage()], start
+        reports = compiled.forward.reports if isinstance(compiled.forward, CompiledForward) else regionc.reports()[before:]
+        sources = {p.source for r in reports for p in r.pieces}
+        assert ("compiled" in sources) if start == "cold" else (sources <= {"cache", "reused", "traced"}), (start, sources)
