@@ -691,8 +691,9 @@ def test_hidden_states_or_attentions_asked_after_plain_calls_equal_eager(name, c
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_flux_with_controlnet_residuals_starts_warm_from_the_cache(entry, tmp_path, caplog):
     """Flux given ControlNet residuals computes their interval with ``int(np.ceil(...))``, which Dynamo leaves
-    in the graph as unread NumPy calls; AOTAutograd's cache refused the pieces holding them, so they compiled
-    again on every start. Now every piece is saved cold and loaded warm, and both starts equal eager."""
+    in the graph as unread NumPy calls. Through the backend, AOTAutograd's cache refused the pieces holding
+    them, so they compiled again on every start (``regionc.compile`` saved them already; checked alike). Now
+    every piece is saved cold and loaded warm, and both starts equal eager."""
     import copy
     import logging
 
