@@ -30,7 +30,7 @@ from regionc.blocks.rematerialize import copy_float_reads, rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
 from regionc.blocks.transforms import keep_transforms_whole
 from regionc.compiler import background
-from regionc.compiler.dead_numpy import drop_dead_numpy_calls
+from regionc.compiler.cacheable import make_cacheable
 from regionc.compiler.floats import specialize_like
 from regionc.compiler.guards import GuardMark, ShapeGuards, guard_mark, guarded
 from regionc.compiler.inductor import CompiledPiece, compile_piece, known_miscompile, load_stored_piece, piece_config
@@ -64,11 +64,11 @@ class GraphCompiler:
         guards_since = guard_mark(example_inputs)  # Dynamo's guards; later ones are the pieces' (guards.py)
         with report.phase("detect"):
             self._inline_nested_regions(gm, report)
-            dropped = drop_dead_numpy_calls(gm.graph)
-            if dropped:
+            changed = make_cacheable(gm.graph)
+            if changed:
                 gm.recompile()
-                log.info("regionc: graph %d: dropped %d unread NumPy call(s) on constants (AOTAutograd's cache "
-                         "cannot save a graph that calls them)", report.graph_index, dropped)
+                log.info("regionc: graph %d: for AOTAutograd's cache, %s", report.graph_index,
+                         ", ".join(f"{n} {what}" for what, n in changed.items()))
             owners = detect_blocks(gm.graph, self.config.min_instances)
             report.rematerialized = rematerialize_tables(gm.graph, owners)
             if self.config.fuse_block_boundaries:

@@ -688,15 +688,7 @@ def test_hidden_states_or_attentions_asked_after_plain_calls_equal_eager(name, c
 
 
 
-@pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_flux_with_controlnet_residuals_starts_warm_from_the_cache(entry, tmp_path, caplog):
-    """Flux given ControlNet residuals computes their interval with ``int(np.ceil(...))``, which Dynamo leaves
-    in the graph as unread NumPy calls. Through the backend, AOTAutograd's cache refused the pieces holding
-    them, so they compiled again on every start (``regionc.compile`` saved them already; checked alike). Now
-    every piece is saved cold and loaded warm, and both starts equal eager."""
-    import copy
-    import logging
-
+def _flux_with_controlnet_residuals():
     from diffusers import FluxTransformer2DModel
 
     _, kwargs = ARCHITECTURES["flux"].build(2)
@@ -706,19 +698,46 @@ def test_flux_with_controlnet_residuals_starts_warm_from_the_cache(entry, tmp_pa
                                    axes_dims_rope=(4, 6, 6), guidance_embeds=True).eval()
     kwargs = {**kwargs, "guidance": torch.tensor([3.5]), "controlnet_block_samples": [torch.randn(1, 16, 32)],
               "controlnet_single_block_samples": [torch.randn(1, 16, 32)]}
-    options = {"cache_dir": str(tmp_path)}
-    compile_with = {"backend": lambda m: torch.compile(m, backend="regionc", options=options),
-                    "regionc.compile": lambda m: regionc.compile(m, options=options)}[entry]
+    return model, kwargs, lambda out: out[0]
+
+
+def _idefics3_with_an_image():
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    image = 150
+    config = Idefics3Config(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"model_type": "llama", "vocab_size": 160, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": 0},
+        scale_factor=2, image_token_id=image)
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    ids = torch.tensor([[5, 6, 7, *[image] * 4, 8, 9]])  # (32 / 8)² patches / 2² = 4 image tokens
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(1, 1, 3, 32, 32)}
+    return model, kwargs, lambda out: out.logits
+
+
+@pytest.mark.parametrize("build", [_flux_with_controlnet_residuals, _idefics3_with_an_image],
+                         ids=["flux_controlnet", "idefics3_image"])
+def test_graphs_aotautograd_refused_start_warm_from_the_cache(build, tmp_path, caplog):
+    """Calls that AOTAutograd's cache refuses, in real models' graphs through the backend: Flux given
+    ControlNet residuals computes their interval with ``int(np.ceil(...))`` (unread NumPy calls), Idefics3
+    splits its image features by sizes read with ``.tolist()`` (``torch.Tensor.split`` as a function). Their
+    pieces compiled again on every start; now every piece is saved cold and loaded warm, both equal to eager."""
+    import copy
+    import logging
+
+    model, kwargs, output = build()
     with torch.no_grad():
-        expected = model(**kwargs)[0]
+        expected = output(model(**kwargs))
     for start in ("cold", "warm"):
         torch._dynamo.reset()
-        compiled = compile_with(copy.deepcopy(model))
+        compiled = torch.compile(copy.deepcopy(model), backend="regionc", options={"cache_dir": str(tmp_path)})
         before = len(regionc.reports())
         caplog.clear()
         with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
-            assert relative_error(compiled(**kwargs)[0], expected) <= 1e-5, start
+            assert relative_error(output(compiled(**kwargs)), expected) <= 1e-5, start
         assert not [r.getMessage() for r in caplog.records if "cannot be serialized" in r.getMessage()], start
-        reports = compiled.forward.reports if isinstance(compiled.forward, CompiledForward) else regionc.reports()[before:]
-        sources = {p.source for r in reports for p in r.pieces}
+        sources = {p.source for r in regionc.reports()[before:] for p in r.pieces}
         assert ("compiled" in sources) if start == "cold" else (sources <= {"cache", "reused", "traced"}), (start, sources)

@@ -1,13 +1,16 @@
-"""Unread NumPy calls on constants leave the graph; any NumPy call that reads the graph's values stays."""
+"""What AOTAutograd's cache refuses in Dynamo's graph: unread NumPy calls on constants leave it (any NumPy call
+that reads the graph's values stays), ``torch.Tensor`` methods called as functions become method calls."""
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 import torch
 import torch.fx
 from torch._dynamo.utils import numpy_method_wrapper, numpy_to_tensor_wrapper
 
-from regionc.compiler.dead_numpy import drop_dead_numpy_calls
+from regionc.compiler.cacheable import make_cacheable
 
 
 def test_only_unread_numpy_calls_on_constants_are_dropped():
@@ -21,10 +24,28 @@ def test_only_unread_numpy_calls_on_constants_are_dropped():
     graph.call_function(torch.neg, (x,))  # unread, not NumPy: not this function's business
     graph.output(total)
 
-    assert drop_dead_numpy_calls(graph) == 2
+    assert make_cacheable(graph) == {"unread NumPy calls dropped": 2}
     kept = [n.target.__name__ for n in graph.nodes if n.op == "call_function"]
     assert kept == ["wrapped_fill", "wrapped_floor", "add", "neg"]
     graph.lint()
+
+
+def test_a_tensor_method_called_as_a_function_becomes_a_method_call():
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    x.meta["example_value"] = torch.randn(4, 2)
+    sizes = graph.placeholder("sizes")  # not a tensor: a call with it first is left alone
+    parts = graph.call_function(torch.Tensor.split, (x, [1, 3]))
+    graph.call_function(torch.Tensor.split, (sizes, 1))
+    graph.output(graph.call_function(operator.getitem, (parts, 1)))
+    module = torch.fx.GraphModule(torch.nn.Module(), graph)
+
+    assert make_cacheable(module.graph) == {"Tensor methods called as functions made method calls": 1}
+    assert [(n.op, n.target) for n in module.graph.nodes][2:4] == [("call_method", "split"),
+                                                                  ("call_function", torch.Tensor.split)]
+    module.recompile()
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(module(x, x), x[1:])
 
 
 def test_a_model_computing_with_numpy_on_constants_saves_every_piece(tmp_path, caplog):

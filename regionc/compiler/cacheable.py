@@ -1,0 +1,64 @@
+"""Calls in Dynamo's graph that AOTAutograd's cache refuses, rewritten or dropped before the split.
+
+AOTAutograd's cache saves a graph only if every call in it is on its allowlist (``check_node_safe``);
+one call off the list and the whole graph is compiled again on every start (plain ``torch.compile``
+bypasses its cache the same way). For a regionc piece, that means a piece that is never cached. Two
+spellings that Dynamo leaves in real models are off the list, though nothing about them needs it:
+
+* unread NumPy calls on constants. Dynamo traces NumPy code through ``torch._numpy`` into the graph
+  and leaves the calls even where it used their value at trace time as a constant: diffusers' Flux
+  computes its ControlNet interval as ``int(np.ceil(len(blocks) / len(samples)))``, which leaves
+  ``wrapped_ceil(2.0)`` and a ``wrapped_item`` of it, with no user, once per block. A NumPy call that
+  nothing reads and that reads only constants (or other such calls) reads no tensor of the graph, so it
+  writes none either: it is dropped. A dead NumPy call on a graph value stays (``ndarray.fill`` and
+  ufuncs with ``out=`` write their input).
+* a ``Tensor`` method as a function. Dynamo records ``x.split(sizes)`` with sizes read by ``.tolist()``
+  as a call of the function ``torch.Tensor.split`` (Idefics3 and SmolVLM split their image features
+  so); the same call as a method on a tensor is on the list, and is what the function does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch._dynamo import utils as dynamo_utils
+
+_NUMPY_WRAPPERS = tuple(getattr(dynamo_utils, name) for name in
+                        ("numpy_to_tensor_wrapper", "numpy_method_wrapper", "numpy_operator_wrapper")
+                        if isinstance(getattr(dynamo_utils, name, None), type))
+_NUMPY_FUNCTIONS = tuple(f for f in (getattr(dynamo_utils, "numpy_attr_wrapper", None),) if f is not None)
+
+
+def make_cacheable(graph: torch.fx.Graph) -> dict[str, int]:
+    """Rewrite ``graph`` in place as above; how many calls of each kind were changed (only kinds seen)."""
+    changed = {"unread NumPy calls dropped": _drop_dead_numpy_calls(graph),
+               "Tensor methods called as functions made method calls": _tensor_methods_as_methods(graph)}
+    return {what: n for what, n in changed.items() if n}
+
+
+def _drop_dead_numpy_calls(graph: torch.fx.Graph) -> int:
+    on_constants: dict[torch.fx.Node, bool] = {}
+    for node in graph.nodes:  # topological: a node's inputs are settled before it
+        on_constants[node] = _is_numpy_call(node) and all(on_constants[n] for n in node.all_input_nodes)
+    dropped = 0
+    for node in reversed(graph.nodes):  # users before the calls they read
+        if on_constants[node] and not node.users:
+            graph.erase_node(node)
+            dropped += 1
+    return dropped
+
+
+def _is_numpy_call(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and (isinstance(node.target, _NUMPY_WRAPPERS) or node.target in _NUMPY_FUNCTIONS)
+
+
+def _tensor_methods_as_methods(graph: torch.fx.Graph) -> int:
+    rewritten = 0
+    for node in graph.nodes:
+        name = getattr(node.target, "__name__", None)
+        if (node.op == "call_function" and name and getattr(torch.Tensor, name, None) is node.target
+                and node.args and isinstance(node.args[0], torch.fx.Node)
+                and isinstance(node.args[0].meta.get("example_value"), torch.Tensor)):
+            node.op, node.target = "call_method", name
+            rewritten += 1
+    return rewritten
