@@ -114,6 +114,44 @@ class NoRepeats(nn.Module):
         return self.c(torch.tanh(self.b(F.relu(self.a(x)))))
 
 
+class HybridLayers(nn.Module):
+    """A hybrid model's layers (Zamba2's Mamba and attention layers): two classes alternating, so no
+    repeated blocks; the second kind holds a list of small adapters of one class, and, like each layer's
+    empty list of dropouts, that is all the repeated blocks there are."""
+
+    class Mixer(nn.Module):
+        def __init__(self, dim: int):
+            super().__init__()
+            self.proj = nn.Linear(dim, dim)
+            self.dropouts = nn.ModuleList([nn.Sequential(), nn.Sequential()])  # weightless: not blocks
+
+        def forward(self, x):
+            for dropout in self.dropouts:
+                x = dropout(x)
+            return x + torch.tanh(self.proj(x))
+
+    class Attention(nn.Module):
+        def __init__(self, dim: int):
+            super().__init__()
+            self.proj = nn.Linear(dim, dim)
+            self.adapters = nn.ModuleList([nn.Linear(dim, dim, bias=False) for _ in range(2)])
+
+        def forward(self, x):
+            h = torch.softmax(self.proj(x), dim=-1)
+            for adapter in self.adapters:
+                h = h + adapter(h)
+            return x + h
+
+    def __init__(self, dim: int = 16, pairs: int = 2):
+        super().__init__()
+        self.layers = nn.ModuleList(kind(dim) for _ in range(pairs) for kind in (self.Mixer, self.Attention))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 class ScaledLayer(nn.Module):
     """A layer whose forward bakes its own index in: reuse across layers is impossible."""
 

@@ -69,7 +69,8 @@ def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack
     :class:`Stack` per kind of code, each traced once; one log line says where they first differ."""
     candidates = {path: module for path, module in model.named_modules()
                   if isinstance(module, (nn.ModuleList, nn.Sequential))
-                  and is_repeated([type(child) for child in module.children()], min_instances)}
+                  and is_repeated([type(child) for child in module.children()], min_instances)
+                  and any(_holds_tensors(child) for child in module.children())}
     skipped = passed_over({path: alike([_looks(child) for child in module.children()])
                            for path, module in candidates.items()})
     stacks: list[Stack] = []
@@ -90,6 +91,13 @@ def find_repeated_blocks(model: nn.Module, min_instances: int = 2) -> list[Stack
             kind = hashlib.sha256(repr(code).encode()).hexdigest()[:8]
             stacks.append(Stack(path, type(children[0]), tuple(members), kind))
     return stacks
+
+
+def _holds_tensors(block: nn.Module) -> bool:
+    """Whether a block has a parameter or buffer. Blocks with none (Zamba2's per-layer lists of empty
+    ``nn.Sequential`` adapters) hold nothing worth compiling once, and taking them as the model's blocks
+    left its real layers, of several classes, to run eagerly between them under per-block frames."""
+    return next(iter(block.parameters()), None) is not None or next(iter(block.buffers()), None) is not None
 
 
 def _looks(block: nn.Module) -> tuple:

@@ -111,6 +111,19 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     return model
 
 
+def _mixed_stack_around(model: nn.Module, path: str) -> str | None:
+    """The innermost ``ModuleList``/``Sequential`` around ``path`` whose children are of several classes (a
+    hybrid model's layers: Zamba2's Mamba and attention layers, whose shared-MLP adapter lists are then its
+    only repeated blocks), or None."""
+    parts = path.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        outer = ".".join(parts[:end])
+        module = model.get_submodule(outer)
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len({type(c) for c in module.children()}) > 1:
+            return outer
+    return None
+
+
 def _describe(stacks: list[Stack]) -> str:
     """``layers×32, encoder.block×6 (2 kinds)``: each stack's path, its blocks and, if several, its kinds."""
     kinds: dict[str, list[Stack]] = {}
@@ -391,13 +404,20 @@ class CompiledForward:
         """Why ``strategy`` would run this model's blocks other than eager does, or None. Per-block frames
         run a block's class's forward in place of the forward set on an instance, a hook's (diffusers' caches,
         accelerate's offloading): under diffusers' FirstBlockCache every block then ran, never the cached
-        residual (a relative error of 1e-2 over 5 denoising steps). The full trace runs the hook."""
+        residual (a relative error of 1e-2 over 5 denoising steps). The full trace runs the hook. Nor do they
+        suit blocks inside layers of several classes (:func:`_mixed_stack_around`): the rest of each layer
+        would run eagerly around them."""
         if strategy != "per_block":
             return None
         for stack in self.stacks:
             for block in stack.instances:
                 if "forward" in vars(block):  # regionc's own per-block forwards are gone by now (_undo)
                     return f"the blocks of {stack.path} have a forward set on the instance ({name_of(block.forward)})"
+        for stack in self.stacks:
+            around = _mixed_stack_around(self.model, stack.path)
+            if around:
+                return (f"its repeated blocks {stack.path} are parts of the layers of {around}, which are of several "
+                        "classes: per-block frames would run the rest of those layers eagerly")
         return None
 
     def _graphed(self, run: Callable[..., Any], trace_of: Callable[..., Any] | None = None) -> ModuleGraphs:

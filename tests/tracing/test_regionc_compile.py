@@ -12,7 +12,15 @@ from regionc.blocks.detect import find_repeated_blocks
 from regionc.models.llama import DecoderLayer, LlamaConfig, build_demo_model
 from regionc.tracing.compile import CompiledForward, nested_regions_reuse_traces
 from tests.helpers import NO_CACHE, assert_close, block_compiles
-from tests.models import ManyWidths, NoRepeats, PerLayerEnum, PerLayerFunction, PerLayerLocalValue, TinyDiT
+from tests.models import (
+    HybridLayers,
+    ManyWidths,
+    NoRepeats,
+    PerLayerEnum,
+    PerLayerFunction,
+    PerLayerLocalValue,
+    TinyDiT,
+)
 
 needs_region_reuse = pytest.mark.skipif(not nested_regions_reuse_traces(),
                                         reason=f"torch {torch.__version__} re-traces nested compile regions")
@@ -28,6 +36,33 @@ def test_find_repeated_blocks_takes_outermost_containers_of_one_class():
     dit = {g.path: len(g.instances) for g in find_repeated_blocks(TinyDiT())}
     assert dit == {"double_blocks": 2, "single_blocks": 3}  # the MLP Sequentials inside blocks do not count
     assert find_repeated_blocks(NoRepeats()) == []
+
+
+@pytest.mark.parametrize("block_tracing", ["auto", "per_block"])
+def test_blocks_inside_layers_of_several_classes_take_the_full_trace(block_tracing, caplog):
+    """A hybrid model's only repeated blocks are small adapters inside some of its layers (its empty lists
+    of dropouts are no blocks at all). Per-block frames would compile the adapters and run every layer
+    eagerly around them; the model takes the full trace instead, with one warning, and no layer runs eagerly."""
+    import sys
+
+    model = HybridLayers().eval()
+    assert [stack.path for stack in find_repeated_blocks(model)] == ["layers.1.adapters", "layers.3.adapters"]
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        expected = model(x)
+    compiled = regionc.compile(model, options={"cache": False, "block_tracing": block_tracing})  # not strict
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        assert_close(compiled(x), expected)
+        layer_code, ran = {type(layer).forward.__code__ for layer in model.layers}, []
+        sys.setprofile(lambda frame, event, arg: ran.append(1) if event == "call" and frame.f_code in layer_code else None)
+        try:
+            assert_close(compiled(x), expected)
+        finally:
+            sys.setprofile(None)
+    assert not ran  # compiled code runs Dynamo's bytecode, not the layers' forwards
+    if block_tracing == "per_block" or not nested_regions_reuse_traces():
+        assert "block_tracing=per_block cannot be used" in caplog.text
+        assert "are parts of the layers of layers, which are of several classes" in caplog.text
 
 
 @needs_region_reuse
