@@ -401,12 +401,11 @@ class CompiledForward:
         self.run = self._graphed(run, run.trace_for) if graphed else run
 
     def _unusable(self, strategy: str) -> str | None:
-        """Why ``strategy`` would run this model's blocks other than eager does, or None. Per-block frames
-        run a block's class's forward in place of the forward set on an instance, a hook's (diffusers' caches,
-        accelerate's offloading): under diffusers' FirstBlockCache every block then ran, never the cached
-        residual (a relative error of 1e-2 over 5 denoising steps). The full trace runs the hook. Nor do they
-        suit blocks inside layers of several classes (:func:`_mixed_stack_around`): the rest of each layer
-        would run eagerly around them."""
+        """Why ``strategy`` does not suit this model, or None. Per-block frames run a block's class's forward
+        in place of the forward set on an instance, a hook's (diffusers' caches, accelerate's offloading):
+        under diffusers' FirstBlockCache every block then ran, never the cached residual (a relative error of
+        1e-2 over 5 denoising steps); the full trace runs the hook. Nor do they suit blocks inside layers of
+        several classes (:func:`_mixed_stack_around`): the rest of each layer would run eagerly around them."""
         if strategy != "per_block":
             return None
         for stack in self.stacks:
