@@ -134,7 +134,8 @@ class HybridLayers(nn.Module):
         def __init__(self, dim: int):
             super().__init__()
             self.proj = nn.Linear(dim, dim)
-            self.adapters = nn.ModuleList([nn.Linear(dim, dim, bias=False) for _ in range(2)])
+            self.adapters = nn.ModuleList([nn.Sequential(nn.Linear(dim, 2, bias=False), nn.Linear(2, dim, bias=False))
+                                           for _ in range(2)])  # low-rank: a small part of the weights
 
         def forward(self, x):
             h = torch.softmax(self.proj(x), dim=-1)
