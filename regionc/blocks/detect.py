@@ -100,6 +100,29 @@ def _holds_tensors(block: nn.Module) -> bool:
     return next(iter(block.parameters()), None) is not None or next(iter(block.buffers()), None) is not None
 
 
+def share_in_blocks(model: nn.Module, stacks: list[Stack]) -> float:
+    """The share of ``model``'s parameter elements that its repeated blocks hold, embedding tables left out
+    (a lookup, however large); each tensor counted once."""
+    tables = {id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()}
+    weights = {id(p): p.numel() for p in model.parameters() if id(p) not in tables}
+    inside = {id(p) for stack in stacks for block in stack.instances for p in block.parameters()}
+    total = sum(weights.values())
+    return sum(n for key, n in weights.items() if key in inside) / total if total else 1.0
+
+
+def mixed_stack_around(model: nn.Module, path: str) -> str | None:
+    """The innermost ``ModuleList``/``Sequential`` around ``path`` whose children are of several classes (a
+    hybrid model's layers: Zamba2's Mamba and attention layers, whose shared-MLP adapter lists are then its
+    only repeated blocks), or None."""
+    parts = path.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        outer = ".".join(parts[:end])
+        module = model.get_submodule(outer)
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len({type(c) for c in module.children()}) > 1:
+            return outer
+    return None
+
+
 def _looks(block: nn.Module) -> tuple:
     """A module's code and the shapes and dtypes of its parameters and buffers."""
     tensors = [*block.named_parameters(), *block.named_buffers()]

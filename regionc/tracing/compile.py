@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regionc.blocks.detect import Stack, find_repeated_blocks
+from regionc.blocks.detect import Stack, find_repeated_blocks, mixed_stack_around, share_in_blocks
 from regionc.blocks.inline import region_copy
 from regionc.blocks.signature import name_of
 from regionc.compiler import background
@@ -115,29 +115,6 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
 #: classes, that is worth it only if they hold most of the weights: a UNet's resnets and attentions do, a
 #: hybrid model's adapters (Zamba2's, about 1% of its weights) do not.
 MIN_SHARE_IN_BLOCKS = 0.5
-
-
-def _share_in_blocks(model: nn.Module, stacks: list[Stack]) -> float:
-    """The share of ``model``'s parameter elements that its repeated blocks hold, embedding tables left out
-    (a lookup, however large); each tensor counted once."""
-    tables = {id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()}
-    weights = {id(p): p.numel() for p in model.parameters() if id(p) not in tables}
-    inside = {id(p) for stack in stacks for block in stack.instances for p in block.parameters()}
-    total = sum(weights.values())
-    return sum(n for key, n in weights.items() if key in inside) / total if total else 1.0
-
-
-def _mixed_stack_around(model: nn.Module, path: str) -> str | None:
-    """The innermost ``ModuleList``/``Sequential`` around ``path`` whose children are of several classes (a
-    hybrid model's layers: Zamba2's Mamba and attention layers, whose shared-MLP adapter lists are then its
-    only repeated blocks), or None."""
-    parts = path.split(".")
-    for end in range(len(parts) - 1, 0, -1):
-        outer = ".".join(parts[:end])
-        module = model.get_submodule(outer)
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len({type(c) for c in module.children()}) > 1:
-            return outer
-    return None
 
 
 def _describe(stacks: list[Stack]) -> str:
@@ -421,19 +398,20 @@ class CompiledForward:
         in place of the forward set on an instance, a hook's (diffusers' caches, accelerate's offloading):
         under diffusers' FirstBlockCache every block then ran, never the cached residual (a relative error of
         1e-2 over 5 denoising steps); the full trace runs the hook. Nor do they suit blocks inside layers of
-        several classes (:func:`_mixed_stack_around`) that hold a small part of the weights: the rest of each
-        layer would run eagerly around them."""
+        several classes (``mixed_stack_around``) that hold a small part of the weights: the rest of each layer
+        would run eagerly around them."""
         if strategy != "per_block":
             return None
         for stack in self.stacks:
             for block in stack.instances:
                 if "forward" in vars(block):  # regionc's own per-block forwards are gone by now (_undo)
                     return f"the blocks of {stack.path} have a forward set on the instance ({name_of(block.forward)})"
-        for stack in self.stacks:
-            around = _mixed_stack_around(self.model, stack.path)
-            if around and (share := _share_in_blocks(self.model, self.stacks)) < MIN_SHARE_IN_BLOCKS:
-                return (f"its repeated blocks {stack.path} are parts of the layers of {around}, which are of several "
-                        f"classes, and hold {share:.0%} of its weights: per-block frames would run the rest eagerly")
+        mixed = [(stack.path, around) for stack in self.stacks
+                 if (around := mixed_stack_around(self.model, stack.path))]
+        if mixed and (share := share_in_blocks(self.model, self.stacks)) < MIN_SHARE_IN_BLOCKS:
+            path, around = mixed[0]
+            return (f"its repeated blocks {path} are parts of the layers of {around}, which are of several "
+                    f"classes, and hold {share:.0%} of its weights: per-block frames would run the rest eagerly")
         return None
 
     def _graphed(self, run: Callable[..., Any], trace_of: Callable[..., Any] | None = None) -> ModuleGraphs:
