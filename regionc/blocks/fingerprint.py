@@ -4,12 +4,13 @@ Two pieces with equal fingerprints can share one compiled artifact: the artifact
 called with each piece's own inputs (its weights among them). The fingerprint covers
 ops and targets, constant arguments, graph wiring (by position, never by node name),
 input metadata (dtype, shape, stride, offset, device, requires_grad, symbolic dims),
-tensor constant values, and the code of higher-order ops' subgraphs (a checkpointed
-layer's body), written as the piece's own; it never includes node or parameter names,
-which differ per layer. What it cannot read (a module Dynamo did not inline, an opaque
-constant) it writes by identity, so such a piece is never shared, nor found in the disk
-cache by another process. A per-layer Python constant (``layer_idx``, a scale) changes the
-fingerprint, and :func:`first_difference` names it for the report.
+the grad mode and autocast state it is compiled under, tensor constant values, and the
+code of higher-order ops' subgraphs (a checkpointed layer's body), written as the piece's
+own; it never includes node or parameter names, which differ per layer. What it cannot
+read (a module Dynamo did not inline, an opaque constant) it writes by identity, so such a
+piece is never shared, nor found in the disk cache by another process. A per-layer Python
+constant (``layer_idx``, a scale) changes the fingerprint, and :func:`first_difference`
+names it for the report.
 
 Symbolic sizes are named by where they first appear, not by Dynamo's names: a per-layer
 int that Dynamo made symbolic (the position counter of each layer of an HF sliding-window
@@ -158,8 +159,22 @@ def _covers(code: Fingerprint, piece: Fingerprint) -> bool:
 
 def _lines(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], symbols: _Names):
     items, names = _graph_lines(gm, example_inputs, symbols)
-    items = [f"grad_mode={torch.is_grad_enabled()}", *items, f"symbols {symbols.facts()}"]
-    return items, ["<context>", *names, "<symbols>"], symbols
+    items = [f"grad_mode={torch.is_grad_enabled()}", f"autocast={autocast_state()}", *items,
+             f"symbols {symbols.facts()}"]
+    return items, ["<context>", "<context>", *names, "<symbols>"], symbols
+
+
+#: the device types whose autocast state a piece's code depends on
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_state() -> str:
+    """Where autocast is on, and to which dtype. AOTAutograd traces a piece under the caller's autocast,
+    so the casts it implies are in the compiled code, though not in Dynamo's graph: the same graph
+    compiled under ``torch.autocast("cuda", torch.bfloat16)`` multiplies in bf16, and without it in fp32."""
+    on = [f"{device}:{torch.get_autocast_dtype(device)}" for device in AUTOCAST_DEVICES
+          if torch.is_autocast_enabled(device)]
+    return ",".join(on) or "off"
 
 
 def _graph_lines(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], symbols: _Names):

@@ -155,3 +155,38 @@ def test_canonical_rejects_unstable_values():
     assert canonical({"b": (1, 2), "a": {torch.float32}}) == {"a": ["torch.float32"], "b": [1, 2]}
     with pytest.raises(TypeError):
         canonical({"x": object()})
+
+
+@pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
+@pytest.mark.parametrize("first", ["autocast", "plain"])
+def test_code_compiled_under_autocast_is_never_loaded_without_it(entry, first, tmp_path):
+    """AOTAutograd traces a piece under the caller's autocast, so the same graph compiles to bf16 matmuls
+    under ``torch.autocast("cpu", bfloat16)`` and fp32 ones without: each state finds only its own code in
+    the cache (the key used to ignore it, and the second state ran the first one's code: 4e-3 off eager)."""
+    import copy
+
+    import regionc
+    from tests.models import ResidualMLP
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(ResidualMLP(16) for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    torch.manual_seed(0)
+    model, x = Stack().eval(), torch.randn(4, 16)
+    for autocast in ([True, False] if first == "autocast" else [False, True]):
+        torch._dynamo.reset()
+        options = {"cache_dir": str(tmp_path)}
+        compiled = copy.deepcopy(model)
+        compiled = (torch.compile(compiled, backend="regionc", options=options) if entry == "backend"
+                    else regionc.compile(compiled, options=options))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}  # fp32's defaults catch a bf16 matmul
+            torch.testing.assert_close(compiled(x), model(x), **tolerance)
+        assert "compiled" in {p.source for p in regionc.last_report().pieces}, autocast
