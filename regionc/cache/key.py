@@ -5,12 +5,13 @@ entry (readable), so ``regionc cache ls --diff A B`` can say why two entries dif
 
 What goes in (see :func:`environment_factors`): torch version and build key, triton version, Python
 version, machine architecture, device type; on CUDA the GPU name, compute capability and CUDA
-version; on the CPU the vector ISA Inductor picks; regionc's version and a hash of the *contents*
-of regionc's piece compiler; a hash of the portable Inductor config. Plus the piece's structural
-fingerprint, its input metadata and regionc's code-generating options, which hold the version of the
-code regionc's passes can insert on this device (``PassManager.uuid``: the sources of the passes
-that may swap a kernel in there, and their kernels'), so editing a kernel that never runs on a
-device leaves that device's entries valid.
+version; on the CPU the vector ISA Inductor picks; the process-wide settings that change what
+compiled code computes (default dtype, deterministic algorithms, matmul precision, the CPU thread
+count); regionc's version and a hash of the *contents* of regionc's piece compiler; a hash of the
+portable Inductor config. Plus the piece's structural fingerprint, its input metadata and regionc's
+code-generating options, which hold the version of the code regionc's passes can insert on this
+device (``PassManager.uuid``: the sources of the passes that may swap a kernel in there, and their
+kernels'), so editing a kernel that never runs on a device leaves that device's entries valid.
 
 What never goes in: hostnames, ports, pids, absolute paths, times, cache directories — anything
 that differs between two hosts (or two restarts) running the same code would defeat reuse.
@@ -220,6 +221,32 @@ def environment_factors(device: torch.device | str) -> dict[str, str]:
     world_size = _world_size()
     if world_size is not None:  # collectives in a piece compile per world size; never the rank
         factors["world_size"] = str(world_size)
+    return {**factors, **_numerics(device)}
+
+
+def _numerics(device: torch.device) -> dict[str, str]:
+    """Process-wide settings that change what a piece's code computes (Inductor's own cache keys on them):
+    the dtype of a factory call that names none (``torch.ones(n)`` compiled under a float64 default makes
+    float64), deterministic algorithms, fp32 matmul precision; on CUDA, reduced-precision reductions; on
+    the CPU, the thread count Inductor writes its C++ kernels for, unless a thread count is configured."""
+    import torch
+    from torch._inductor import config as inductor_config
+
+    factors = {
+        "default_dtype": str(torch.get_default_dtype()),
+        "deterministic": f"{torch.are_deterministic_algorithms_enabled()},"
+                         f"{torch.is_deterministic_algorithms_warn_only_enabled()},"
+                         f"{torch.utils.deterministic.fill_uninitialized_memory}",
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+    if device.type == "cuda":
+        matmul = torch.backends.cuda.matmul
+        factors["cuda_matmul"] = (f"{getattr(matmul, 'fp32_precision', matmul.allow_tf32)},"
+                                  f"{matmul.allow_fp16_reduced_precision_reduction},"
+                                  f"{matmul.allow_bf16_reduced_precision_reduction}")
+    elif device.type == "cpu" and inductor_config.cpp.threads < 1 and not getattr(inductor_config.cpp,
+                                                                                 "dynamic_threads", False):
+        factors["cpu_threads"] = str(torch.get_num_threads())
     return factors
 
 

@@ -1,9 +1,10 @@
-"""Calls in Dynamo's graph that AOTAutograd's cache refuses, rewritten or dropped before the split.
+"""Calls in Dynamo's graph that AOTAutograd's cache refuses or keys too loosely, rewritten before the split.
 
 AOTAutograd's cache saves a graph only if every call in it is on its allowlist (``check_node_safe``);
 one call off the list and the whole graph is compiled again on every start (plain ``torch.compile``
 bypasses its cache the same way). For a regionc piece, that means a piece that is never cached. Three
-spellings that Dynamo leaves in real models are off the list, though nothing about them needs it:
+spellings that Dynamo leaves in real models are off the list, though nothing about them needs it, and
+one is on it but keyed too loosely:
 
 * unread NumPy calls on constants. Dynamo traces NumPy code through ``torch._numpy`` into the graph
   and leaves the calls even where it used their value at trace time as a constant: diffusers' Flux
@@ -19,6 +20,10 @@ spellings that Dynamo leaves in real models are off the list, though nothing abo
   point (off in the caller, which Dynamo guards on and the piece's key records, and off in every
   region around it), the pair changes nothing and is dropped; a pair that turns autocast off inside
   an autocast region stays.
+* a factory call that names no dtype. ``torch.ones(n)`` makes the default dtype, which AOTAutograd's
+  cache on torch 2.11 leaves out of its key: a piece compiled under a float32 default came back from it
+  under a float64 one, float32 where eager makes float64. Each such call is given the dtype it made
+  when Dynamo traced it, so the graph says what it computes.
 * a ``Tensor`` method as a function. Dynamo records ``x.split(sizes)`` with sizes read by ``.tolist()``
   as a call of the function ``torch.Tensor.split`` (Idefics3 and SmolVLM split their image features
   so); the same call as a method on a tensor is on the list, and is what the function does.
@@ -43,6 +48,7 @@ def make_cacheable(graph: torch.fx.Graph) -> dict[str, int]:
     """Rewrite ``graph`` in place as above; how many calls of each kind were changed (only kinds seen)."""
     changed = {"unread NumPy calls dropped": _drop_dead_numpy_calls(graph),
                "autocast regions that change nothing dropped": _drop_idle_autocast(graph),
+               "factory calls given their dtype": _name_factory_dtypes(graph),
                "Tensor methods called as functions made method calls": _tensor_methods_as_methods(graph)}
     return {what: n for what, n in changed.items() if n}
 
@@ -94,6 +100,22 @@ def _drop_idle_autocast(graph: torch.fx.Graph) -> int:
 
 def _only_exited(enter: torch.fx.Node) -> bool:
     return all(user.op == "call_function" and user.target is _exit_autocast for user in enter.users)
+
+
+#: torch functions that make a tensor of the default dtype when given none (and float data or sizes only)
+_FACTORIES = (torch.ones, torch.zeros, torch.empty, torch.full, torch.rand, torch.randn, torch.arange, torch.linspace,
+              torch.logspace, torch.tensor, torch.scalar_tensor, torch.eye, torch.empty_strided)
+
+
+def _name_factory_dtypes(graph: torch.fx.Graph) -> int:
+    named = 0
+    for node in graph.nodes:
+        value = node.meta.get("example_value")
+        if (node.op == "call_function" and node.target in _FACTORIES and "dtype" not in node.kwargs
+                and isinstance(value, torch.Tensor) and (value.dtype.is_floating_point or value.dtype.is_complex)):
+            node.kwargs = {**node.kwargs, "dtype": value.dtype}
+            named += 1
+    return named
 
 
 def _tensor_methods_as_methods(graph: torch.fx.Graph) -> int:

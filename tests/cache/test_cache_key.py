@@ -190,3 +190,53 @@ def test_code_compiled_under_autocast_is_never_loaded_without_it(entry, first, t
             tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}  # fp32's defaults catch a bf16 matmul
             torch.testing.assert_close(compiled(x), model(x), **tolerance)
         assert "compiled" in {p.source for p in regionc.last_report().pieces}, autocast
+
+
+@pytest.mark.parametrize("setting", ["default_dtype", "deterministic", "float32_matmul_precision", "cpu_threads"])
+def test_process_wide_settings_that_change_compiled_code_change_the_environment(setting):
+    base = environment_factors(torch.device("cpu"))
+    restore = {"default_dtype": (torch.set_default_dtype, torch.get_default_dtype()),
+               "deterministic": (torch.use_deterministic_algorithms, torch.are_deterministic_algorithms_enabled()),
+               "float32_matmul_precision": (torch.set_float32_matmul_precision, torch.get_float32_matmul_precision()),
+               "cpu_threads": (torch.set_num_threads, torch.get_num_threads())}[setting]
+    change = {"default_dtype": torch.float64, "deterministic": True, "float32_matmul_precision": "medium",
+              "cpu_threads": torch.get_num_threads() + 1}[setting]
+    try:
+        restore[0](change)
+        changed = environment_factors(torch.device("cpu"))
+    finally:
+        restore[0](restore[1])
+    assert changed[setting] != base[setting]
+    assert environment_factors(torch.device("cpu")) == base
+
+
+def test_code_compiled_under_another_default_dtype_is_never_loaded(tmp_path):
+    """``torch.ones(n)`` in a forward makes the default dtype: the graph is the same under a float64 default,
+    the code is not (it loaded the float32 code and returned float32 where eager returns float64)."""
+    import regionc
+    from tests.models import ResidualMLP
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(ResidualMLP(8) for _ in range(2))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x + torch.ones(8)
+
+    torch.manual_seed(0)
+    model, x = Stack().eval(), torch.randn(2, 8)
+    for dtype in (torch.float32, torch.float64):
+        torch._dynamo.reset()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.no_grad():
+                out = torch.compile(model, backend="regionc", options={"cache_dir": str(tmp_path)})(x)
+                expected = model(x)
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert out.dtype == expected.dtype == dtype
+        torch.testing.assert_close(out, expected)
+        assert "cache" not in {p.source for p in regionc.last_report().pieces}, dtype

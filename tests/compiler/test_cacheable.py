@@ -1,6 +1,6 @@
 """What AOTAutograd's cache refuses in Dynamo's graph: unread NumPy calls on constants leave it (any NumPy call
-that reads the graph's values stays), so do autocast regions turned off where autocast is off, ``torch.Tensor``
-methods called as functions become method calls."""
+that reads the graph's values stays), so do autocast regions turned off where autocast is off, factory calls
+name the dtype they make, ``torch.Tensor`` methods called as functions become method calls."""
 
 from __future__ import annotations
 
@@ -68,6 +68,23 @@ def test_only_autocast_regions_turned_off_where_it_is_off_are_dropped():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # on in the caller: turning it off changes what runs
         assert make_cacheable(graph) == {"autocast regions that change nothing dropped": 1}  # neg's (cuda)
     assert len(_regions(graph)) == 5
+
+
+def test_factory_calls_that_make_the_default_dtype_name_it():
+    graph = torch.fx.Graph()
+    calls = {}
+    for name, target, args, kwargs, value in [
+            ("ones", torch.ones, (8,), {}, torch.ones(8, dtype=torch.float64)),  # the default dtype: named
+            ("tensor", torch.tensor, ([1.5],), {}, torch.tensor([1.5], dtype=torch.float64)),
+            ("arange", torch.arange, (4,), {}, torch.arange(4)),  # int64 whatever the default: left alone
+            ("zeros", torch.zeros, (2,), {"dtype": torch.float16}, torch.zeros(2, dtype=torch.float16))]:
+        calls[name] = graph.call_function(target, args, kwargs)
+        calls[name].meta["example_value"] = value
+    graph.output(tuple(calls.values()))
+
+    assert make_cacheable(graph) == {"factory calls given their dtype": 2}
+    assert {name: node.kwargs.get("dtype") for name, node in calls.items()} == {
+        "ones": torch.float64, "tensor": torch.float64, "arange": None, "zeros": torch.float16}
 
 
 def test_a_tensor_method_called_as_a_function_becomes_a_method_call():
