@@ -157,9 +157,10 @@ def test_canonical_rejects_unstable_values():
         canonical({"x": object()})
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
 @pytest.mark.parametrize("first", ["autocast", "plain"])
-def test_code_compiled_under_autocast_is_never_loaded_without_it(entry, first, tmp_path):
+def test_code_compiled_under_autocast_is_never_loaded_without_it(entry, first, device, tmp_path):
     """AOTAutograd traces a piece under the caller's autocast, so the same graph compiles to bf16 matmuls
     under ``torch.autocast("cpu", bfloat16)`` and fp32 ones without: each state finds only its own code in
     the cache (the key used to ignore it, and the second state ran the first one's code: 4e-3 off eager)."""
@@ -179,17 +180,30 @@ def test_code_compiled_under_autocast_is_never_loaded_without_it(entry, first, t
             return x
 
     torch.manual_seed(0)
-    model, x = Stack().eval(), torch.randn(4, 16)
+    model, x = Stack().eval().to(device), torch.randn(4, 16, device=device)
     for autocast in ([True, False] if first == "autocast" else [False, True]):
         torch._dynamo.reset()
         options = {"cache_dir": str(tmp_path)}
         compiled = copy.deepcopy(model)
         compiled = (torch.compile(compiled, backend="regionc", options=options) if entry == "backend"
                     else regionc.compile(compiled, options=options))
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}  # fp32's defaults catch a bf16 matmul
             torch.testing.assert_close(compiled(x), model(x), **tolerance)
         assert "compiled" in {p.source for p in regionc.last_report().pieces}, autocast
+
+
+@pytest.mark.gpu
+def test_cuda_matmul_settings_change_the_cuda_environment():
+    matmul = torch.backends.cuda.matmul
+    base = environment_factors(torch.device("cuda"))
+    before = matmul.allow_bf16_reduced_precision_reduction
+    try:
+        matmul.allow_bf16_reduced_precision_reduction = not before
+        changed = environment_factors(torch.device("cuda"))
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = before
+    assert changed["cuda_matmul"] != base["cuda_matmul"] and "cpu_threads" not in base
 
 
 @pytest.mark.parametrize("setting", ["default_dtype", "deterministic", "float32_matmul_precision", "cpu_threads"])
