@@ -49,6 +49,7 @@ from regionc.compiler.reductions import persistent_rows
 from regionc.config import PDL
 from regionc.logs import log_once
 from regionc.passes.decisions import SMALL_ROWS
+from regionc.report import first_line
 
 log = logging.getLogger("regionc")
 
@@ -255,7 +256,7 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
         notes = {"pass_matches": passes.take_matches(), "pass_skips": passes.take_skips()} if passes else {}
     guards = guards_added(guards_of, since)
     start = time.perf_counter()
-    payload = _serialize(artifact)
+    payload = _serialize(artifact, gm)
     if payload is not None:
         payload = _bundle(libraries, payload, guards, notes)
     return CompiledPiece(artifact, payload, time.perf_counter() - start, guards, **notes)
@@ -324,7 +325,7 @@ def load_stored_piece(store, key: str, record, report,
     return fn, guards
 
 
-def _serialize(artifact: Any) -> bytes | None:
+def _serialize(artifact: Any, gm: torch.fx.GraphModule) -> bytes | None:
     saveable = getattr(artifact, "is_saveable", None)
     if saveable is not None and not saveable():
         return None
@@ -333,11 +334,26 @@ def _serialize(artifact: Any) -> bytes | None:
         try:
             artifact.save(path=path, format="binary")
         except Exception as exc:  # noqa: BLE001 - not serializable: the caller keeps it in memory only
-            log.warning("regionc: a compiled piece cannot be serialized, so it is not cached (%s: %s)",
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning("regionc: a compiled piece cannot be serialized, so it is not cached (%s)",
+                        _refused_by_aot_cache(gm) or first_line(exc))
             return None
         with open(path, "rb") as f:
             return f.read()
+
+
+def _refused_by_aot_cache(gm: torch.fx.GraphModule) -> str | None:
+    """Why AOTAutograd's cache refuses ``gm`` (a call off its allowlist, named), or None. Without its entry
+    the artifact has nothing to save, and torch's own error says only that (``'NoneType' object is not
+    callable``)."""
+    from torch._functorch._aot_autograd.autograd_cache import BypassAOTAutogradCache, check_cacheable
+
+    try:
+        check_cacheable(gm)
+    except BypassAOTAutogradCache as exc:
+        return f"AOTAutograd's cache refuses it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    except Exception:  # noqa: BLE001 - the check itself failed: the artifact's own error is the message
+        return None
+    return None
 
 
 # ---------------------------------------------------------------------------- C++ libraries in the payload

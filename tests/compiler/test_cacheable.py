@@ -194,3 +194,29 @@ def test_a_model_turning_autocast_off_saves_every_piece_and_keeps_fp32_under_aut
     assert "compiled" in {p.source for p in regionc.last_report().pieces}  # another key: compiled under autocast
     assert out.dtype == expected.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+
+
+@torch._dynamo.allow_in_graph
+def _scaled_in_python(x):
+    """A call Dynamo leaves in the graph as is: off AOTAutograd's cache allowlist."""
+    return x * 2
+
+
+def test_a_piece_the_cache_refuses_is_named_with_the_call_it_refuses(tmp_path, caplog):
+    import logging
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return _scaled_in_python(self.linear(x))
+
+    model = torch.nn.Sequential(*(Block() for _ in range(3))).eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="regionc"):
+        torch.testing.assert_close(torch.compile(model, backend="regionc", options={"cache_dir": str(tmp_path)})(x),
+                                   model(x))
+    refused = [r.getMessage() for r in caplog.records if "cannot be serialized" in r.getMessage()]
+    assert refused and all("AOTAutograd's cache refuses it" in m and "_scaled_in_python" in m for m in refused), refused
