@@ -200,6 +200,12 @@ DIFFUSERS += [
         inputs=lambda: {"hidden_states": _randn(1, 16, 4), "encoder_hidden_states": _randn(1, 8, 32, seed=1),
                         "img_ids": _randn(16, 3, seed=2), "txt_ids": _randn(8, 3, seed=3),
                         "timestep": torch.tensor([1.0])}), "diffusers"),
+    # lists of images and captions; its RoPE runs with CUDA autocast turned off
+    Architecture("z_image", _diffusers(
+        "ZImageTransformer2DModel", layers=("n_layers", "n_refiner_layers"), in_channels=4, dim=64, n_heads=2,
+        n_kv_heads=2, cap_feat_dim=32, axes_dims=[8, 12, 12], axes_lens=[64, 32, 32],
+        inputs=lambda: {"x": [_randn(4, 1, 8, 8)], "t": torch.tensor([0.5]), "cap_feats": [_randn(6, 32, seed=1)]}),
+        "diffusers"),
 ]
 
 ARCHITECTURES = {arch.name: arch for arch in TRANSFORMERS + DIFFUSERS}
