@@ -15,8 +15,8 @@ argument and the compiled program's per-call work, 0.10–0.15 ms of the host's 
 A replay runs no Python, so the forward's own checks are skipped. What keeps it correct:
 
 - tensor arguments are copied into the graph's input buffers; each argument's shape, dtype and
-  device, every other argument's value, the keyword names, grad mode, inference mode, autocast and
-  the module's ``training`` flag choose the graph (a new combination warms up, then captures);
+  device, every other argument's value, the keyword names, grad mode, inference mode, where autocast
+  is on and to which dtype, and the module's ``training`` flag choose the graph (a new combination warms up, then captures);
 - with ``trace_of`` (``regionc.compile``'s saved traces of the whole forward), the trace whose
   Dynamo guards the call passes chooses the graph too: what Dynamo would trace again for (a module
   attribute the forward reads, a LoRA scale, a swapped submodule's class) gets another graph, never
@@ -71,6 +71,7 @@ from typing import Any
 
 import torch
 
+from regionc.blocks.fingerprint import autocast_state
 from regionc.config import Config
 from regionc.cudagraph.runner import (
     PAYING_REPLAYS,
@@ -145,7 +146,7 @@ class ModuleGraphs:
         if _registrations[0] != self._registrations or not at_addresses(self._statics, self._addresses, self._indices):
             self._weights_moved()
         context = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                   torch.is_autocast_enabled(), self.module.training, trace)
+                   autocast_state(), self.module.training, trace)
         values = (*args, *kwargs.values())
         holders = tuple(id(v) for v in values if not isinstance(v, _LEAVES))
         held = self._held.get(holders) if holders else None

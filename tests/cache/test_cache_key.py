@@ -12,6 +12,7 @@ import torch
 from regionc.cache import key as key_mod
 from regionc.cache.key import canonical, environment_factors, inductor_config_hash, piece_key, sources_hash
 from regionc.config import Config
+from tests.models import ResidualMLP
 
 META = [{"shape": [2, "s0", 64], "dtype": torch.float16, "stride": [4096, 64, 1], "dynamic_dims": [1]},
         {"shape": [64, 64], "dtype": torch.float16, "stride": [64, 1], "dynamic_dims": []}]
@@ -157,6 +158,20 @@ def test_canonical_rejects_unstable_values():
         canonical({"x": object()})
 
 
+class _Stack(torch.nn.Module):
+    """Three residual MLPs, then ``+ torch.ones(dim)`` (a factory call that makes the default dtype) if asked."""
+
+    def __init__(self, dim: int, plus_ones: bool = False):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(ResidualMLP(dim) for _ in range(3))
+        self.plus_ones = plus_ones
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x + torch.ones(x.shape[-1]) if self.plus_ones else x
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("entry", ["backend", "regionc.compile"])
 @pytest.mark.parametrize("first", ["autocast", "plain"])
@@ -167,20 +182,9 @@ def test_code_compiled_under_autocast_is_never_loaded_without_it(entry, first, d
     import copy
 
     import regionc
-    from tests.models import ResidualMLP
-
-    class Stack(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.ModuleList(ResidualMLP(16) for _ in range(3))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = layer(x)
-            return x
 
     torch.manual_seed(0)
-    model, x = Stack().eval().to(device), torch.randn(4, 16, device=device)
+    model, x = _Stack(16).eval().to(device), torch.randn(4, 16, device=device)
     for autocast in ([True, False] if first == "autocast" else [False, True]):
         torch._dynamo.reset()
         options = {"cache_dir": str(tmp_path)}
@@ -228,20 +232,9 @@ def test_code_compiled_under_another_default_dtype_is_never_loaded(tmp_path):
     """``torch.ones(n)`` in a forward makes the default dtype: the graph is the same under a float64 default,
     the code is not (it loaded the float32 code and returned float32 where eager returns float64)."""
     import regionc
-    from tests.models import ResidualMLP
-
-    class Stack(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.ModuleList(ResidualMLP(8) for _ in range(2))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = layer(x)
-            return x + torch.ones(8)
 
     torch.manual_seed(0)
-    model, x = Stack().eval(), torch.randn(2, 8)
+    model, x = _Stack(8, plus_ones=True).eval(), torch.randn(2, 8)
     for dtype in (torch.float32, torch.float64):
         torch._dynamo.reset()
         torch.set_default_dtype(dtype)

@@ -554,3 +554,21 @@ def test_a_holder_replaced_on_the_way_to_a_tensor_is_seen():
     cache.layers[1] = old
     cache.layers = list(cache.layers)
     assert moved_tensor(edges) == "cache.layers"
+
+
+def test_each_autocast_state_has_its_own_graph():
+    """A graph captured under bf16 autocast computes in bf16: a call under fp16 autocast, or none, gets
+    its own graph (the key held only whether CUDA autocast was on, so an fp16 call replayed bf16 code)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    run, backend = graphed(model)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        for enabled, dtype in [(True, torch.bfloat16), (True, torch.float16), (False, torch.bfloat16)]:
+            with torch.autocast("cpu", dtype=dtype, enabled=enabled):
+                expected = model(x)
+                for _ in range(3):  # warm-up, capture, replay
+                    out = run(x)
+                    assert out.dtype == expected.dtype
+                    assert_close(out, expected)
+    assert backend.captures == 3
