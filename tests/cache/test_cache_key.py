@@ -245,5 +245,5 @@ def test_code_compiled_under_another_default_dtype_is_never_loaded(tmp_path):
         finally:
             torch.set_default_dtype(torch.float32)
         assert out.dtype == expected.dtype == dtype
-        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(out, expected, rtol=1.3e-6, atol=1e-5)  # the layers compute in fp32 either way
         assert "cache" not in {p.source for p in regionc.last_report().pieces}, dtype
