@@ -32,6 +32,7 @@ trace is saved next to the pieces and the next process loads it instead of traci
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import re
@@ -175,6 +176,10 @@ class CompiledForward:
         CUDA): traced into, regionc's own machinery broke the outer trace in many places and a nested
         region's trace failed inside it ("'method' object has no attribute '__dict__'"), so the model fell
         back to per-block frames; the outer compile now calls the model as one opaque call."""
+        if self.run is None:  # a copy: its first call compiles its own modules
+            with self.first_calls:
+                if self.run is None:
+                    self._rebuild()
         if self.settled:
             return self._call(*args, **kwargs)
         # one at a time until one succeeded (a call during a warm-up waits for it); background compiles
@@ -192,12 +197,21 @@ class CompiledForward:
         return inspect.signature(self.original)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Dynamo pickles the model, this forward among its attributes, into a saved trace's guard state;
-        # this process's traces do not go with it (as SavedTraceForward's reduction says)
-        return {name: value for name, value in self.__dict__.items() if name not in ("first_calls", "trace_sets")}
+        # A copy of the model (copy.deepcopy, pickle; Dynamo pickles the model, this forward among its
+        # attributes, into a saved trace's guard state) takes none of this process's compiled code, graphs
+        # or traces: they run the original's modules
+        return {name: value for name, value in self.__dict__.items() if name not in ("first_calls", "trace_sets", "run")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, first_calls=threading.RLock(), trace_sets=[])
+        self.__dict__.update(state, first_calls=threading.RLock(), trace_sets=[], run=None)
+
+    def _rebuild(self) -> None:
+        """Compile a copy of a compiled model for its own modules, under the strategy the original settled on
+        (the original's saved traces and pieces come from the store). Until then its blocks run eagerly
+        (:meth:`_FirstCallGate.__deepcopy__`). Called while the copy is made, this could not see its modules:
+        a module's attributes are copied into it after the objects they hold."""
+        self._undo()
+        self._apply(self.strategy)
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         if self.strategy == "nested_region":
@@ -461,6 +475,10 @@ class _FirstCallGate:
 
     def __reduce__(self):
         return (type(None), ())  # pickled into a saved trace's guard state as "no forward": see below
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        # a copied model's block runs eagerly until the copy's first call compiles it (CompiledForward._rebuild)
+        return copy.deepcopy(self.eager, memo)
 
 
 class SavedTraceForward:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
 
 import pytest
@@ -97,6 +99,62 @@ def test_per_block_compiles_the_block_frame_once_and_matches_eager():
         assert_close(compiled(x), expected)
         assert_close(compiled(x), expected)
     assert len(regionc.reports()) - before == 1  # one Dynamo frame, one backend call, for all four blocks
+
+
+def _copied(model: torch.nn.Module, how: str) -> torch.nn.Module:
+    if how == "deepcopy":
+        return copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.parametrize("block_tracing", [pytest.param("nested_region", marks=needs_region_reuse), "per_block", "full"])
+def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(block_tracing, cache, how, tmp_path):
+    """A copy of a compiled model (an EMA copy, a reference kept before fine-tuning, ``torch.save`` of the
+    whole model) takes none of the original's compiled code, which runs the original's modules: its first
+    call compiles it for its own (its forward was None: "'NoneType' object is not callable")."""
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    options = {**NO_CACHE, "block_tracing": block_tracing, **({"cache": True, "cache_dir": str(tmp_path)}
+                                                              if cache == "on" else {})}
+    x = tokens()
+    with torch.no_grad():
+        expected = model(x)
+        compiled = regionc.compile(model, options=options)
+        assert_close(compiled(x), expected)
+        twin = _copied(compiled, how)
+        for parameter in twin.parameters():
+            parameter.mul_(0.5)
+        reference = build_demo_model(LlamaConfig.tiny(n_layers=3))
+        reference.load_state_dict(twin.state_dict())
+        assert_close(twin(x), reference(x))
+        assert_close(twin(x), reference(x))
+        hidden, tables = torch.randn(2, 8, reference.cfg.dim), reference.rope_tables(torch.arange(8).expand(2, 8), torch.float32)
+        assert_close(twin.layers[1](hidden, *tables), reference.layers[1](hidden, *tables))
+        assert_close(compiled(x), expected)  # the original keeps its own
+    assert twin.forward.strategy == compiled.forward.strategy == block_tracing
+
+
+@pytest.mark.parametrize("block_tracing", [pytest.param("nested_region", marks=needs_region_reuse), "per_block"])
+def test_a_copy_of_one_compiled_block_computes_with_its_own_weights(block_tracing, tmp_path):
+    """``copy.deepcopy`` of one block of a compiled model (to grow or prune a stack) runs eagerly, on its own
+    weights: its forward was None under per-block frames."""
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": block_tracing, "cache": True,
+                                               "cache_dir": str(tmp_path)})
+    x = tokens()
+    hidden, tables = torch.randn(2, 8, model.cfg.dim), model.rope_tables(torch.arange(8).expand(2, 8), torch.float32)
+    with torch.no_grad():
+        compiled(x)
+        block = copy.deepcopy(model.layers[1])
+        for parameter in block.parameters():
+            parameter.mul_(0.5)
+        reference = DecoderLayer(model.cfg)
+        reference.load_state_dict(block.state_dict())
+        assert_close(block(hidden, *tables), reference(hidden, *tables))
 
 
 def test_the_full_trace_says_once_what_traces_one_block(monkeypatch, caplog):
