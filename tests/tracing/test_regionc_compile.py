@@ -110,17 +110,19 @@ def _copied(model: torch.nn.Module, how: str) -> torch.nn.Module:
     return torch.load(buffer, weights_only=False)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 @pytest.mark.parametrize("cache", ["off", "on"])
 @pytest.mark.parametrize("block_tracing", [pytest.param("nested_region", marks=needs_region_reuse), "per_block", "full"])
-def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(block_tracing, cache, how, tmp_path):
+def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(block_tracing, cache, how, device, tmp_path):
     """A copy of a compiled model (an EMA copy, a reference kept before fine-tuning, ``torch.save`` of the
-    whole model) takes none of the original's compiled code, which runs the original's modules: its first
-    call compiles it for its own (its forward was None: "'NoneType' object is not callable")."""
-    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    whole model) takes none of the original's compiled code, which runs the original's modules (on CUDA,
+    CUDA graphs over them): its first call compiles it for its own (its forward was None: "'NoneType'
+    object is not callable")."""
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3), device=device)
     options = {**NO_CACHE, "block_tracing": block_tracing, **({"cache": True, "cache_dir": str(tmp_path)}
                                                               if cache == "on" else {})}
-    x = tokens()
+    x = tokens().to(device)
     with torch.no_grad():
         expected = model(x)
         compiled = regionc.compile(model, options=options)
@@ -128,11 +130,12 @@ def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(block_tracing,
         twin = _copied(compiled, how)
         for parameter in twin.parameters():
             parameter.mul_(0.5)
-        reference = build_demo_model(LlamaConfig.tiny(n_layers=3))
+        reference = build_demo_model(LlamaConfig.tiny(n_layers=3), device=device)
         reference.load_state_dict(twin.state_dict())
-        assert_close(twin(x), reference(x))
-        assert_close(twin(x), reference(x))
-        hidden, tables = torch.randn(2, 8, reference.cfg.dim), reference.rope_tables(torch.arange(8).expand(2, 8), torch.float32)
+        for _ in range(3):  # on CUDA: warm-up, capture, replay
+            assert_close(twin(x), reference(x))
+        hidden = torch.randn(2, 8, reference.cfg.dim, device=device)
+        tables = reference.rope_tables(torch.arange(8, device=device).expand(2, 8), torch.float32)
         assert_close(twin.layers[1](hidden, *tables), reference.layers[1](hidden, *tables))
         assert_close(compiled(x), expected)  # the original keeps its own
     assert twin.forward.strategy == compiled.forward.strategy == block_tracing
