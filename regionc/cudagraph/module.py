@@ -154,10 +154,12 @@ class ModuleGraphs:
             self._reassigned(moved)
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         versions = [t._version for t in tensors]
-        captures = self.runner.captures
+        captures, replays = self.runner.captures, self.runner.replays
         with self.runner.pool.forward():
             out = self.runner(context, tuple(kwargs), len(args), *values)
-        if self.runner.capturable:  # a replay leaves the arguments alone; an eager run may not
+        if self.runner.replays > replays:  # a replay ran no Python: it wrote no argument and made no output
+            return out
+        if self.runner.capturable:  # an eager run, a warm-up or a capture: what it did decides whether a replay may
             if self.runner.captures > captures and self._changed:
                 self.runner.disable(f"the forward changed {self._changed} while its graph was captured; a replay "
                                     "runs no Python, so it would not change it again", drop=True)
