@@ -99,6 +99,13 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
         raise TypeError(f"regionc.compile takes an nn.Module (or its forward), got {type(model).__name__}; "
                         "compile a function with torch.compile(fn, backend='regionc')")
     config = Config.build(options, mode)
+    previous = vars(model).get("forward")
+    if isinstance(previous, CompiledForward):  # compiled before (a notebook cell run again, a second setup step)
+        if (previous.options, previous.dynamic) == (with_mode(options, mode), dynamic):
+            log.info("regionc: %s is compiled already, with these options; keeping it", type(model).__name__)
+            return model
+        log.info("regionc: %s was compiled with other options; compiling it anew", type(model).__name__)
+        previous.remove()
     stacks = find_repeated_blocks(model, config.min_instances)
     strategy = config.block_tracing
     if strategy == "auto":
@@ -430,6 +437,16 @@ class CompiledForward:
 
     def _graphed(self, run: Callable[..., Any], trace_of: Callable[..., Any] | None = None) -> ModuleGraphs:
         return ModuleGraphs(self.model, run, self.config, settling=background.busy, trace_of=trace_of)
+
+    def remove(self) -> None:
+        """Give the model and its blocks back their own forwards (before the model is compiled anew)."""
+        self._undo()
+        original = self.original
+        if getattr(original, "__self__", None) is self.model and \
+                getattr(original, "__func__", None) is type(self.model).forward:
+            vars(self.model).pop("forward", None)
+        else:
+            self.model.forward = original
 
     def _undo(self) -> None:
         for stack in self.stacks:

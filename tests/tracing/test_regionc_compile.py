@@ -160,6 +160,33 @@ def test_a_copy_of_one_compiled_block_computes_with_its_own_weights(block_tracin
         assert_close(block(hidden, *tables), reference(hidden, *tables))
 
 
+@pytest.mark.parametrize("block_tracing", [pytest.param("nested_region", marks=needs_region_reuse), "per_block", "full"])
+def test_compiling_a_compiled_model_again(block_tracing, caplog, tmp_path):
+    """``regionc.compile`` on a model it compiled (a notebook cell run again): with the same options the model
+    is kept as it is, nothing compiles again; with others it is compiled anew from its own forward. Before,
+    the new forward wrapped the old one, and per-block tracing refused blocks carrying its own forwards."""
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    options = {**NO_CACHE, "block_tracing": block_tracing, "cache": True, "cache_dir": str(tmp_path)}
+    x = tokens()
+    with torch.no_grad():
+        expected = model(x)
+        regionc.compile(model, options=options)
+        model(x)
+        first, before = model.forward, len(regionc.reports())
+        with caplog.at_level(logging.INFO, logger="regionc"):
+            assert regionc.compile(model, options=dict(options)) is model
+        assert model.forward is first and "compiled already" in caplog.text
+        assert_close(model(x), expected)
+        assert len(regionc.reports()) == before
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="regionc"):
+            regionc.compile(model, options={**options, "trace_cache": False})
+            assert_close(model(x), expected)
+        assert model.forward is not first and "compiling it anew" in caplog.text
+        assert model.forward.original == type(model).forward.__get__(model)  # the model's own, not the old wrapper
+        assert model.forward.strategy == block_tracing and not model.forward.fallbacks
+
+
 def test_the_full_trace_says_once_what_traces_one_block(monkeypatch, caplog):
     import regionc.logs
 
