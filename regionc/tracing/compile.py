@@ -98,6 +98,10 @@ def compile(model: nn.Module, *, mode: str | None = None, options: dict[str, Any
     if not isinstance(model, nn.Module):
         raise TypeError(f"regionc.compile takes an nn.Module (or its forward), got {type(model).__name__}; "
                         "compile a function with torch.compile(fn, backend='regionc')")
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # its forward is torch.compile's, not the model's
+        raise TypeError(f"regionc.compile takes the model, not torch.compile's wrapper of it; pass the model "
+                        f"({type(model._orig_mod).__name__}, the wrapper's _orig_mod), or call "
+                        "torch.compile(model, backend='regionc')")
     config = Config.build(options, mode)
     previous = vars(model).get("forward")
     if isinstance(previous, CompiledForward):  # compiled before (a notebook cell run again, a second setup step)

@@ -221,7 +221,8 @@ def test_bad_block_tracing_option_is_named():
 
 def test_a_modules_forward_compiles_the_module_and_anything_else_is_refused():
     """Hugging Face's recipe compiles ``model.forward``: that compiles the module and hands back its new
-    forward; a function or another method has no blocks to find and is refused by name."""
+    forward; a function or another method has no blocks to find and is refused by name, and so is
+    ``torch.compile``'s wrapper of a model."""
     model = build_demo_model(LlamaConfig.tiny(n_layers=3))
     x = tokens()
     expected = model(x)
@@ -234,6 +235,9 @@ def test_a_modules_forward_compiles_the_module_and_anything_else_is_refused():
     for bad in (lambda x: x, model.state_dict, 3):
         with pytest.raises(TypeError, match="regionc.compile takes an nn.Module .or its forward., got"):
             regionc.compile(bad)
+    with pytest.raises(TypeError, match="not torch.compile's wrapper of it; pass the model .LlamaDecoder, the "
+                                        "wrapper's _orig_mod."):  # it fell back twice, then raised NotImplementedError
+        regionc.compile(torch.compile(build_demo_model(LlamaConfig.tiny(n_layers=3))))
 
 
 class SlicingBlock(torch.nn.Module):
