@@ -218,9 +218,9 @@ class CompiledForward:
 
     def _rebuild(self) -> None:
         """Compile a copy of a compiled model for its own modules, under the strategy the original settled on
-        (the original's saved traces and pieces come from the store). Until then its blocks run eagerly
-        (:meth:`_FirstCallGate.__deepcopy__`). Called while the copy is made, this could not see its modules:
-        a module's attributes are copied into it after the objects they hold."""
+        (the original's saved traces and pieces come from the store). Until then a deep copy's blocks run
+        eagerly (:meth:`_FirstCallGate.__deepcopy__`). Called while the copy is made, this could not see its
+        modules: a module's attributes are copied into it after the objects they hold."""
         self._undo()
         self._apply(self.strategy)
 
