@@ -64,3 +64,27 @@ def decode_ops_swapped() -> dict[str, Any]:
 
     return {"kernel_choice": "always",
             "passes": {name: name in ("decode_attention", "skinny_linear") for name in PASS_NAMES}}
+
+
+def compiled_hf_decoder(layers: int):
+    """(model, step): an HF ``LlamaModel`` of ``layers`` narrow layers (a step's host work does not depend on
+    width) on a prefilled ``StaticCache``, under ``regionc.compile`` (its saved traces in a new cache directory),
+    and the keyword arguments of one decode step, not yet run. The experiments on a step's host time use it."""
+    import tempfile
+
+    import torch
+    from transformers import LlamaConfig, LlamaModel, StaticCache
+
+    import regionc
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=layers, vocab_size=128)
+    torch.manual_seed(0)
+    model = LlamaModel(config).eval()
+    cache = StaticCache(config=config, max_cache_len=64)
+    step = dict(input_ids=torch.ones(2, 1, dtype=torch.long), past_key_values=cache, use_cache=True,
+                cache_position=torch.tensor([6]))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 128, (2, 6)), past_key_values=cache, use_cache=True)
+    regionc.compile(model, options={"cache_dir": tempfile.mkdtemp()})
+    return model, step

@@ -19,7 +19,6 @@ import collections
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,21 +41,12 @@ def managers(node):
 
 def measure(layers: int, calls: int = 30) -> dict:
     import torch
-    from transformers import LlamaConfig, LlamaModel, StaticCache
 
-    import regionc
+    from benchmarks.common import compiled_hf_decoder
     from regionc.tracing import saved
 
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                         num_hidden_layers=layers, vocab_size=128)
-    torch.manual_seed(0)
-    model = LlamaModel(config).eval()
-    cache = StaticCache(config=config, max_cache_len=64)
-    step = dict(input_ids=torch.ones(2, 1, dtype=torch.long), past_key_values=cache, use_cache=True,
-                cache_position=torch.tensor([6]))
+    model, step = compiled_hf_decoder(layers)  # saved traces live in the cache
     with torch.no_grad():
-        model(input_ids=torch.randint(0, 128, (2, 6)), past_key_values=cache, use_cache=True)
-        regionc.compile(model, options={"cache_dir": tempfile.mkdtemp()})  # saved traces live in the cache
         for _ in range(4):
             model(**step)
 

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,23 +64,14 @@ def median_us(fn, calls: int) -> float:
 
 def measure(layers: int, calls: int) -> dict:
     import torch
-    from transformers import LlamaConfig, LlamaModel, StaticCache
 
-    import regionc
+    from benchmarks.common import compiled_hf_decoder
     from regionc.cudagraph import module
     from regionc.cudagraph.module import ModuleGraphs, moved_tensor
     from regionc.cudagraph.runner import at_addresses
 
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                         num_hidden_layers=layers, vocab_size=128)
-    torch.manual_seed(0)
-    model = LlamaModel(config).eval()
-    cache = StaticCache(config=config, max_cache_len=64)
-    step = dict(input_ids=torch.ones(2, 1, dtype=torch.long), past_key_values=cache, use_cache=True,
-                cache_position=torch.tensor([6]))
+    model, step = compiled_hf_decoder(layers)
     with torch.no_grad():
-        model(input_ids=torch.randint(0, 128, (2, 6)), past_key_values=cache, use_cache=True)
-        regionc.compile(model, options={"cache_dir": tempfile.mkdtemp()})
         model(**step)
         forward = model.forward
         graphed = forward.run = ModuleGraphs(model, forward.run.forward, forward.config, backend=_NoLaunch(),
