@@ -33,6 +33,7 @@ trace is saved next to the pieces and the next process loads it instead of traci
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import logging
 import re
@@ -63,13 +64,17 @@ _REGION_CLASSES: dict[tuple[type, str], type] = {}
 
 
 def __getattr__(name: str) -> type:
-    """A nested-region subclass by its name: a saved trace's guards name a block's type, so the subclass
-    must be importable from here; it resolves once this process has marked the same block class (the
-    newest subclass of that name: a reloaded model module makes a new class under the same name)."""
+    """A nested-region subclass by its name: a saved trace's guards name a block's type, and a pickled model
+    (``torch.save`` of the whole module) its blocks' class, so the subclass must be importable from here. It is
+    the newest one of that name this process made (a reloaded model module makes a new class under the same
+    name), else it is made now from the block class its name spells (:func:`_region_name`)."""
     for region_class in reversed(_REGION_CLASSES.values()):
         if region_class.__name__ == name:
             return region_class
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    block = _block_class_named(name)
+    if block is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _region_class(*block)
 
 
 #: Traces one nested region may keep in one model trace (torch's default is 8). Blocks of one class come in
@@ -576,19 +581,51 @@ def _unaliased(tree: Any, inputs: list[torch.Tensor]) -> Any:
 
 
 def _mark_nested_region(stack: Stack) -> None:
-    region_class = _REGION_CLASSES.get((stack.cls, stack.kind))
-    if region_class is None:
-        # named after the user's class and the kind: the next process marks the same and finds it by this name
-        name = "region_of_" + re.sub(r"\W", "_", f"{stack.cls.__module__}.{stack.cls.__qualname__}") \
-            + (f"_{stack.kind}" if stack.kind else "")
-        region_class = type(name, (stack.cls,), {
-            "forward": _unaliased_region(stack.cls.forward),
-            "regionc_block_class": stack.cls,  # blocks of every kind are one stack in the graph (blocks/detect.py)
-            "__module__": __name__,
-            "__qualname__": name,
-            "__doc__": stack.cls.__doc__,
-        })
-        _REGION_CLASSES[(stack.cls, stack.kind)] = region_class
+    region_class = _region_class(stack.cls, stack.kind)
     for block in stack.instances:
         if type(block) is stack.cls:
             block.__class__ = region_class
+
+
+def _region_class(cls: type, kind: str) -> type:
+    """The nested-region subclass of block class ``cls`` for blocks of ``kind`` of code, made once."""
+    region_class = _REGION_CLASSES.get((cls, kind))
+    if region_class is None:
+        name = _region_name(cls, kind)  # the next process finds it by this name
+        region_class = type(name, (cls,), {
+            "forward": _unaliased_region(cls.forward),
+            "regionc_block_class": cls,  # blocks of every kind are one stack in the graph (blocks/detect.py)
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": cls.__doc__,
+        })
+        _REGION_CLASSES[(cls, kind)] = region_class
+    return region_class
+
+
+def _region_name(cls: type, kind: str) -> str:
+    """``region_of_`` and the block class's module and qualified name (and kind), written so that
+    :func:`_block_class_named` reads them back: ``_`` as ``_0`` and ``.`` as ``_1``, then ``_2`` before the
+    qualified name and ``_3`` before the kind."""
+    def escaped(text: str) -> str:
+        return text.replace("_", "_0").replace(".", "_1")
+
+    return f"region_of_{escaped(cls.__module__)}_2{escaped(cls.__qualname__)}" + (f"_3{kind}" if kind else "")
+
+
+def _block_class_named(name: str) -> tuple[type, str] | None:
+    """(block class, kind) that :func:`_region_name` wrote as ``name``, or None (another name, a class that
+    cannot be imported: one defined inside a function)."""
+    match = re.fullmatch(r"region_of_(\w+?)_2(\w+?)(?:_3([0-9a-f]+))?", name)
+    if match is None:
+        return None
+    module_name, qualname = (re.sub(r"_([01])", lambda m: "_."[int(m.group(1))], part) for part in match.group(1, 2))
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        return None
+    return found, match.group(3) or ""

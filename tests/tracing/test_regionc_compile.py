@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -158,6 +160,30 @@ def test_a_copy_of_one_compiled_block_computes_with_its_own_weights(block_tracin
         reference = DecoderLayer(model.cfg)
         reference.load_state_dict(block.state_dict())
         assert_close(block(hidden, *tables), reference(hidden, *tables))
+
+
+@needs_region_reuse
+def test_a_model_saved_whole_loads_in_a_new_process(tmp_path):
+    """``torch.save`` of a whole model compiled with nested regions names its blocks' nested-region class, which
+    a new process has not made: loading it raised ``AttributeError: Can't get attribute 'region_of_...'``. The
+    class's name spells the block class it stands for, and loading makes it; the loaded model equals eager."""
+    model = build_demo_model(LlamaConfig.tiny(n_layers=3))
+    regionc.compile(model, options={**NO_CACHE, "block_tracing": "nested_region", "cache": True,
+                                    "cache_dir": str(tmp_path / "cache")})
+    x = tokens()
+    with torch.no_grad():
+        expected = model(x)
+    torch.save({"model": model, "x": x, "expected": expected}, tmp_path / "model.pt")
+    code = ("import sys, torch\n"
+            "saved = torch.load(sys.argv[1], weights_only=False)\n"
+            "with torch.no_grad():\n"
+            "    error = (saved['model'](saved['x']) - saved['expected']).abs().max().item()\n"
+            "print(type(saved['model'].layers[0]).__name__, error)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt")], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    name, error = run.stdout.split()[-2:]
+    assert name == type(model.layers[0]).__name__ and float(error) <= 1e-5
 
 
 @pytest.mark.parametrize("block_tracing", [pytest.param("nested_region", marks=needs_region_reuse), "per_block", "full"])
