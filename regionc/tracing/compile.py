@@ -33,9 +33,9 @@ trace is saved next to the pieces and the next process loads it instead of traci
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import logging
+import pydoc
 import re
 import threading
 from collections.abc import Callable
@@ -619,12 +619,10 @@ def _block_class_named(name: str) -> tuple[type, str] | None:
     match = re.fullmatch(r"region_of_(\w+?)_2(\w+?)(?:_3([0-9a-f]+))?", name)
     if match is None:
         return None
-    module_name, qualname = (re.sub(r"_([01])", lambda m: "_."[int(m.group(1))], part) for part in match.group(1, 2))
+    path = ".".join(re.sub(r"_([01])", lambda m: "_."[int(m.group(1))], part) for part in match.group(1, 2))
     try:
-        found: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError):
+        found = pydoc.locate(path)  # imports the module, then walks the qualified name; None where it is not
+    except pydoc.ErrorDuringImport:
         return None
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
         return None
