@@ -134,19 +134,21 @@ def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(block_tracing,
             parameter.mul_(0.5)
         reference = build_demo_model(LlamaConfig.tiny(n_layers=3), device=device)
         reference.load_state_dict(twin.state_dict())
-        for _ in range(3):  # on CUDA: warm-up, capture, replay
-            assert_close(twin(x), reference(x))
         hidden = torch.randn(2, 8, reference.cfg.dim, device=device)
         tables = reference.rope_tables(torch.arange(8, device=device).expand(2, 8), torch.float32)
+        assert_close(twin.layers[1](hidden, *tables), reference.layers[1](hidden, *tables))  # before its first call
+        for _ in range(3):  # on CUDA: warm-up, capture, replay
+            assert_close(twin(x), reference(x))
         assert_close(twin.layers[1](hidden, *tables), reference.layers[1](hidden, *tables))
         assert_close(compiled(x), expected)  # the original keeps its own
     assert twin.forward.strategy == compiled.forward.strategy == block_tracing
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 @pytest.mark.parametrize("block_tracing", [pytest.param("nested_region", marks=needs_region_reuse), "per_block"])
-def test_a_copy_of_one_compiled_block_computes_with_its_own_weights(block_tracing, tmp_path):
-    """``copy.deepcopy`` of one block of a compiled model (to grow or prune a stack) runs eagerly, on its own
-    weights: its forward was None under per-block frames."""
+def test_a_copy_of_one_compiled_block_computes_with_its_own_weights(block_tracing, how, tmp_path):
+    """A copy of one block of a compiled model (``copy.deepcopy`` to grow or prune a stack, ``torch.save``)
+    runs eagerly, on its own weights: its forward was None under per-block frames."""
     model = build_demo_model(LlamaConfig.tiny(n_layers=3))
     compiled = regionc.compile(model, options={**NO_CACHE, "block_tracing": block_tracing, "cache": True,
                                                "cache_dir": str(tmp_path)})
@@ -154,7 +156,7 @@ def test_a_copy_of_one_compiled_block_computes_with_its_own_weights(block_tracin
     hidden, tables = torch.randn(2, 8, model.cfg.dim), model.rope_tables(torch.arange(8).expand(2, 8), torch.float32)
     with torch.no_grad():
         compiled(x)
-        block = copy.deepcopy(model.layers[1])
+        block = _copied(model.layers[1], how)
         for parameter in block.parameters():
             parameter.mul_(0.5)
         reference = DecoderLayer(model.cfg)
