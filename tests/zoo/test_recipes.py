@@ -1,6 +1,6 @@
 """Hugging Face recipes as their docs run them, through regionc: StaticCache decode, ``generate`` with a
-compile config, assisted generation, a diffusers pipeline, and a PEFT LoRA adapter hot-swapped into a
-compiled model."""
+compile config, assisted generation, a diffusers pipeline, a PEFT LoRA adapter hot-swapped into a
+compiled model, and LoRA fine-tuning."""
 
 from __future__ import annotations
 
@@ -454,6 +454,38 @@ def test_lora_adapter_hot_swapped_into_a_compiled_model(entry):
         hotswap_adapter_from_state_dict(first, weights, adapter_name="default", config=config)
         assert relative_error(compiled(**kwargs), expected_second) <= 1e-5
     assert len(regionc.reports()) == before  # nothing was compiled again
+
+
+@pytest.mark.parametrize("entry", LORA_ENTRIES)
+def test_lora_training_steps_equal_eager(entry):
+    """PEFT LoRA fine-tuning as its docs run it (base weights frozen, a loss from ``labels``, an optimizer
+    stepping the adapter's weights in place): every step's loss and adapter gradients equal eager's, so
+    the compiled model reads the adapter's updated weights and gives gradients to them only."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(10)
+    reference = get_peft_model(_causal_lm("llama", 3), config).train()
+    model = copy.deepcopy(reference)
+    compiled = LORA_ENTRIES[entry](model)
+    tokens = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) for m in (reference, model)]
+    for _ in range(3):
+        expected = reference(input_ids=tokens, labels=tokens).loss
+        loss = compiled(input_ids=tokens, labels=tokens).loss
+        assert relative_error(loss, expected) <= 1e-5
+        expected.backward()
+        loss.backward()
+        theirs = dict(reference.named_parameters())
+        trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        assert trained and all("lora_" in name for name, _ in trained)
+        for name, mine in trained:
+            assert relative_error(mine.grad, theirs[name].grad) <= 1e-4, name
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
 
 
 @pytest.mark.parametrize("entry", LORA_ENTRIES)
