@@ -500,13 +500,9 @@ class _FirstCallGate:
         return run(*args, **kwargs)
 
     def __reduce__(self):
-        # A copy's block runs eagerly until the copy's first call compiles it (CompiledForward._rebuild):
-        # a gate standing for the block's forward is pickled as the block's own forward (looked up on the
-        # block while it is loaded, before its attributes are set: its class's), one standing for its
-        # ``_compiled_call_impl`` as None (not compiled). No guard of a saved trace reads either.
-        if self.eager.__name__ == "forward":
-            return (getattr, (self.eager.__self__, "forward"))
-        return (type(None), ())
+        # pickled as the block's eager call, as __deepcopy__ copies it (looked up on the block while it is
+        # loaded, before its attributes are set: its class's); no guard of a saved trace reads it
+        return (getattr, (self.eager.__self__, self.eager.__name__))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         # a copied model's block runs eagerly until the copy's first call compiles it (CompiledForward._rebuild)
