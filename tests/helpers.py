@@ -35,3 +35,34 @@ def _leaves(value):
     if hasattr(value, "to_tuple"):  # Hugging Face ModelOutput
         return _leaves(value.to_tuple())
     return []
+
+
+def profiled_hf_decode_step(model, cache_dir) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """One 8-row decode step of an HF decoder on a CUDA ``StaticCache`` through the backend (no CUDA graphs,
+    so every launch shows), after a first compiled step at the same position: the names of the step's CUDA
+    kernels, its output and eager's output for the same step."""
+    from transformers import StaticCache
+
+    torch._dynamo.reset()
+    vocab = model.config.vocab_size
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    prompt = torch.randint(0, vocab, (8, 5), device="cuda")
+    token = torch.randint(0, vocab, (8, 1), device="cuda")
+    position = torch.tensor([5], device="cuda")
+    fn = torch.compile(model, backend="regionc", options={"cache_dir": str(cache_dir), "cudagraphs": False})
+
+    def step(call):
+        out = call(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
+        for layer in cache.layers:  # back to position 5 for the next step
+            layer.cumulative_length.fill_(5)
+        return out
+
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
+        model(input_ids=prompt, past_key_values=cache)
+        step(fn)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = step(fn)
+            torch.cuda.synchronize()
+        expected = step(model)
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return kernels, out, expected

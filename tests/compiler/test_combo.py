@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from regionc.compiler import combo
+from tests.helpers import profiled_hf_decode_step
 
 
 class _Scheduler:
@@ -72,7 +73,7 @@ def test_hf_static_cache_counter_shares_the_last_launch_of_each_layer(tmp_path, 
     equal eager's either way."""
     import contextlib
 
-    from transformers import LlamaConfig, LlamaModel, StaticCache
+    from transformers import LlamaConfig, LlamaModel
 
     import regionc.compiler.inductor as inductor
 
@@ -82,25 +83,8 @@ def test_hf_static_cache_counter_shares_the_last_launch_of_each_layer(tmp_path, 
     model = LlamaModel(config).eval().to("cuda", torch.bfloat16)
 
     def launches_per_step(tag):
-        torch._dynamo.reset()
-        cache = StaticCache(config=config, max_cache_len=64)
-        prompt = torch.randint(0, 128, (8, 5), device="cuda")
-        token = torch.randint(0, 128, (8, 1), device="cuda")
-        fn = torch.compile(model, backend="regionc", options={"cache_dir": str(tmp_path / tag), "cudagraphs": False})
-        with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
-            model(input_ids=prompt, past_key_values=cache)
-            position = torch.tensor([5], device="cuda")
-            fn(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
-            for layer in cache.layers:
-                layer.cumulative_length.fill_(5)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                out = fn(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
-                torch.cuda.synchronize()
-            for layer in cache.layers:
-                layer.cumulative_length.fill_(5)
-            expected = model(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
-        kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-        return kernels, out, expected
+        kernels, out, expected = profiled_hf_decode_step(model, tmp_path / tag)
+        return len(kernels), out, expected
 
     grouped, out, expected = launches_per_step("grouped")
     torch.testing.assert_close(out, expected, rtol=3e-2, atol=3e-2)

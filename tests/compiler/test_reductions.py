@@ -11,6 +11,7 @@ from torch._inductor.virtualized import V
 
 from regionc.compiler.reductions import MAX_ROW, persistent_rows
 from regionc.passes.decisions import SMALL_ROWS
+from tests.helpers import profiled_hf_decode_step
 
 
 class _Features:
@@ -53,7 +54,7 @@ def test_hf_decode_norms_are_one_pass_kernels(tmp_path, monkeypatch):
     persistent reductions (``triton_per``), not loops (``triton_red``), and the output equals eager's."""
     import contextlib
 
-    from transformers import LlamaConfig, LlamaModel, StaticCache
+    from transformers import LlamaConfig, LlamaModel
 
     import regionc.compiler.inductor as inductor
 
@@ -63,26 +64,9 @@ def test_hf_decode_norms_are_one_pass_kernels(tmp_path, monkeypatch):
     model = LlamaModel(config).eval().to("cuda", torch.bfloat16)
 
     def norm_kernels(tag):
-        torch._dynamo.reset()
-        cache = StaticCache(config=config, max_cache_len=64)
-        prompt = torch.randint(0, 128, (8, 5), device="cuda")
-        token = torch.randint(0, 128, (8, 1), device="cuda")
-        fn = torch.compile(model, backend="regionc", options={"cache_dir": str(tmp_path / tag), "cudagraphs": False})
-        with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
-            model(input_ids=prompt, past_key_values=cache)
-            position = torch.tensor([5], device="cuda")
-            fn(input_ids=token, past_key_values=cache, cache_position=position)
-            for layer in cache.layers:
-                layer.cumulative_length.fill_(5)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                out = fn(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
-                torch.cuda.synchronize()
-            for layer in cache.layers:
-                layer.cumulative_length.fill_(5)
-            expected = model(input_ids=token, past_key_values=cache, cache_position=position).last_hidden_state
+        kernels, out, expected = profiled_hf_decode_step(model, tmp_path / tag)
         torch.testing.assert_close(out, expected, rtol=3e-2, atol=3e-2)
-        names = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
-        return {n.split("_fused")[0] for n in names if "rsqrt" in n}
+        return {n.split("_fused")[0] for n in kernels if "rsqrt" in n}
 
     assert "triton_red" not in norm_kernels("one-pass")
     monkeypatch.setattr(inductor, "persistent_rows", contextlib.nullcontext)

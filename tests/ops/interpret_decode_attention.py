@@ -1,25 +1,11 @@
-"""Runs the decode-attention Triton kernels through their launcher on CPU tensors under
-TRITON_INTERPRET=1 (tiny shapes) and checks them against float64 SDPA. Executed in a subprocess by
-test_decode_attention.py (the variable must be set before triton is imported). Prints one line per
-case; exits non-zero on failure.
+"""The decode-attention Triton kernels through their launcher under the interpreter (``interpreted.py``),
+against float64 SDPA; fp16/fp32 only (tl.dot)."""
 
-fp16/fp32 only: the interpreter's tl.dot on bfloat16 returns garbage on the CPU (see
-interpret_kernels.py); bf16 is covered by the GPU tests.
-"""
+import torch
+import torch.nn.functional as F
+from interpreted import ATOL, failures, finish, gen
 
-import os
-import sys
-
-assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from regionc.ops.decode_attention import decode_attention_triton  # noqa: E402
-
-ATOL = {torch.float32: 1e-4, torch.float16: 3e-3}
-gen = torch.Generator().manual_seed(0)
-failures = []
+from regionc.ops.decode_attention import decode_attention_triton
 
 
 def sdpa64(q, k, v, mask, kv_len, scale):
@@ -138,7 +124,4 @@ for mkind, splits in (("len", 3), ("mask", 3), ("mask", 1), ("min", 3)):
     expect(f"decode skips unread keys ({mkind}, {splits} splits)", decode_attention_triton(q, kc, vc, mask, kv_len, None,
            block_n=16, num_splits=splits), sdpa64(q, kc.nan_to_num(0.0), vc.nan_to_num(0.0), mask, kv_len, None), ATOL[torch.float16])
 
-if failures:
-    print(f"{len(failures)} FAILED: {failures}")
-    sys.exit(1)
-print("all interpreter checks passed")
+finish()

@@ -1,29 +1,19 @@
-"""Runs regionc's Triton launchers on CPU tensors under TRITON_INTERPRET=1 (tiny shapes) and checks
-them against float64 references. Executed in a subprocess by test_triton_interpret.py because the
-env var must be set before triton is imported. Prints one line per case; exits non-zero on failure.
-
-Known interpreter limitation (triton 3.9): tl.dot on bfloat16 inputs returns garbage on the CPU, so
-attention is checked in fp16/fp32 here; bf16 attention is covered by the GPU tests. The interpreter
-also truncates fp32->bf16 casts (the GPU rounds to nearest even), so bf16 results are compared with
-a tolerance, never bit-exactly.
-"""
+"""rms_norm, rope and attention through their Triton launchers under the interpreter (``interpreted.py``),
+against float64 references, with the launchers' tiling overrides for the multi-row, chunked and ragged-tile
+paths; attention in fp16/fp32 only (tl.dot)."""
 
 import math
-import os
 import sys
 
-assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+import pytest
+import torch
+from interpreted import ATOL, failures, finish, gen
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from regionc.ops.attention import attention_triton  # noqa: E402
-from regionc.ops.rms_norm import rms_norm_triton  # noqa: E402
-from regionc.ops.rope import rope_triton  # noqa: E402
+from regionc.ops.attention import attention_triton
+from regionc.ops.rms_norm import rms_norm_triton
+from regionc.ops.rope import rope_triton
 
 TOL = {torch.float32: 2e-5, torch.float16: 1.5e-3, torch.bfloat16: 1e-2}
-gen = torch.Generator().manual_seed(0)
-failures = []
 
 
 def rel(out, ref):
@@ -123,7 +113,6 @@ def attn64(q, k, v, causal, scale):
     return s.softmax(-1) @ v
 
 
-ATOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 # (B, Hq, Hkv, Sq, Skv, D), fixed launch config, q/k/v as transpose(1, 2) views of [B, S, H, D].
 # Tiny K/V always fit in L2, so causal runs take the grid-wide longest-first order unless the
 # config forces the per-head one (M_MAJOR=0).
@@ -171,7 +160,4 @@ try:
 except ValueError as exc:
     print(f"ok   attention misaligned q, variant='tma' raises: {exc}")
 
-if failures:
-    print(f"{len(failures)} FAILED: {failures}")
-    sys.exit(1)
-print("all interpreter checks passed")
+finish()

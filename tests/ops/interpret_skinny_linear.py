@@ -1,25 +1,11 @@
-"""Runs the skinny-linear and SwiGLU Triton kernels through their launchers on CPU tensors under
-TRITON_INTERPRET=1 (tiny shapes) and checks the summed partials against float64 linears, the SwiGLU
-product against the model's own code (torch's linears and SiLU in the same dtype). Executed
-in a subprocess by test_skinny_linear.py (the variable must be set before triton is imported).
-Prints one line per case; exits non-zero on failure.
+"""The skinny-linear and SwiGLU Triton kernels through their launchers under the interpreter
+(``interpreted.py``): the summed partials against float64 linears, the SwiGLU product against the model's own
+code (torch's linears and SiLU in the same dtype); fp16/fp32 only (tl.dot)."""
 
-fp16/fp32 only: the interpreter's tl.dot on bfloat16 returns garbage on the CPU (see
-interpret_kernels.py); bf16 is covered by the GPU tests.
-"""
+import torch
+from interpreted import ATOL, failures, finish, gen
 
-import os
-import sys
-
-assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-
-import torch  # noqa: E402
-
-from regionc.ops.skinny_linear import skinny_linear_triton, skinny_swiglu_triton  # noqa: E402
-
-ATOL = {torch.float32: 1e-4, torch.float16: 3e-3}
-gen = torch.Generator().manual_seed(0)
-failures = []
+from regionc.ops.skinny_linear import skinny_linear_triton, skinny_swiglu_triton
 
 
 def rand(*shape, dtype):
@@ -91,7 +77,4 @@ for dtype in (torch.float16, torch.float32):
     expect_swiglu(f"swiglu ragged K, row blocks, strided {dtype}",
                   skinny_swiglu_triton(x, g, u, config=(16, 16, 16, 4, 2)), x, g, u, ATOL[dtype])
 
-if failures:
-    print(f"{len(failures)} FAILED: {failures}")
-    sys.exit(1)
-print("all interpreter checks passed")
+finish()

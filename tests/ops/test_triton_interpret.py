@@ -1,7 +1,7 @@
 """The Triton kernels themselves (not the CPU kernels the ops dispatch to on the CPU), run by their
 launchers on tiny CPU tensors under TRITON_INTERPRET=1 in subprocesses (the variable must be set
-before triton is imported). interpret_kernels.py: rms_norm, rope and attention, with the launchers'
-tiling overrides for the multi-row, chunked and ragged-tile paths."""
+before triton is imported): interpret_kernels.py (rms_norm, rope, attention), interpret_decode_attention.py,
+interpret_skinny_linear.py (the skinny linears and SwiGLU); interpreted.py says what they share."""
 
 import os
 import subprocess
@@ -13,7 +13,8 @@ import pytest
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("script", ["interpret_kernels.py"])
+@pytest.mark.parametrize("script", ["interpret_kernels.py", "interpret_decode_attention.py",
+                                    "interpret_skinny_linear.py"])
 def test_triton_kernels_under_interpreter(script):
     pytest.importorskip("triton", reason="triton not installed")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
