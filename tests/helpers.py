@@ -1,4 +1,4 @@
-"""Assertions shared by the end-to-end tests."""
+"""What the end-to-end tests share: assertions, and a profiled decode step of an HF model on the GPU."""
 
 from __future__ import annotations
 
