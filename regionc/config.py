@@ -141,27 +141,51 @@ class Config:
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = _parse_env(name, field, raw)
-        if mode not in (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs"):
-            raise RegioncConfigError(
-                f"regionc: unsupported mode {mode!r}; valid modes: 'default', 'reduce-overhead', "
-                "'max-autotune-no-cudagraphs'")
-        if mode == "reduce-overhead":
-            values["cudagraphs"] = True
-        for name, value in (options or {}).items():
+        values = _merged(values, mode_options(mode))
+        for name in options or {}:
             if name not in valid:
                 raise RegioncConfigError(
                     f"regionc: unknown option {name!r}; valid options: {', '.join(sorted(valid))}")
-            values[name] = value
+        values = _merged(values, options or {})
         for name, value in values.items():
             values[name] = _check(name, valid[name], value)
         return cls(**values)
+
+
+#: ``torch.compile``'s modes, which regionc takes as well
+MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def mode_options(mode: str | None) -> dict[str, Any]:
+    """What ``mode`` means as regionc options: the Inductor settings torch gives that mode
+    (``list_mode_options``: autotuning for both ``max-autotune`` modes) for every piece, and its
+    CUDA graphs as regionc's ``cudagraphs``. Torch hands a custom backend the mode's name only, so
+    without this ``max-autotune`` would compile exactly as ``default``."""
+    if mode not in (None, *MODES):
+        raise RegioncConfigError(f"regionc: unsupported mode {mode!r}; valid modes: {', '.join(map(repr, MODES))}")
+    if mode in (None, "default"):
+        return {}
+    from torch._inductor import list_mode_options
+
+    settings = dict(list_mode_options(mode))
+    options: dict[str, Any] = {"cudagraphs": True} if settings.pop("triton.cudagraphs", False) else {}
+    return {**options, "inductor_config": settings} if settings else options
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over``'s options win over ``base``'s; two ``inductor_config`` mappings merge setting by setting
+    (a mode's autotuning and an explicit ``inductor_config`` both apply)."""
+    merged = {**base, **over}
+    if isinstance(base.get("inductor_config"), Mapping) and isinstance(over.get("inductor_config"), Mapping):
+        merged["inductor_config"] = {**base["inductor_config"], **over["inductor_config"]}
+    return merged
 
 
 def with_mode(options: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
     """``options`` with what ``mode`` means to regionc folded in (explicit options still win), for
     calls that hand both to ``torch.compile``: torch 2.11 refuses a mode and options together."""
     Config.build(options, mode, environ={})  # bad names and values fail here, by name
-    return {**({"cudagraphs": True} if mode == "reduce-overhead" else {}), **(options or {})}
+    return _merged(mode_options(mode), options or {})
 
 
 _warned_env: set[str] = set()

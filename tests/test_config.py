@@ -78,8 +78,38 @@ def test_environment_parsing():
 
 def test_mode_reduce_overhead_turns_graphs_on_and_bad_mode_fails():
     assert Config.build(mode="reduce-overhead", environ={}).cudagraphs is True
-    with pytest.raises(RegioncConfigError, match="unsupported mode 'max-speed'"):
+    with pytest.raises(RegioncConfigError, match="unsupported mode 'max-speed'; valid modes: .*'max-autotune'"):
         Config.build(mode="max-speed", environ={})
+
+
+@pytest.mark.parametrize("mode, cudagraphs", [("max-autotune-no-cudagraphs", None), ("max-autotune", True)])
+def test_max_autotune_modes_take_inductors_settings_of_that_mode(mode, cudagraphs):
+    config = Config.build(mode=mode, environ={})
+    assert config.cudagraphs is cudagraphs
+    assert config.inductor_config == {k: v for k, v in torch._inductor.list_mode_options(mode).items()
+                                      if k != "triton.cudagraphs"}
+    assert config.inductor_config["max_autotune"] is True
+    assert config.codegen_options() != Config.build(environ={}).codegen_options()  # the pieces' keys differ
+    # an explicit inductor_config wins setting by setting, the mode's others stay
+    mixed = Config.build({"inductor_config": {"max_autotune": False}}, mode=mode, environ={})
+    assert mixed.inductor_config == {**config.inductor_config, "max_autotune": False}
+
+
+def test_max_autotune_reaches_the_pieces_inductor_compiles(monkeypatch):
+    """Torch hands a custom backend the mode's name only: the pieces must compile with the mode's settings."""
+    from regionc.compiler import graph
+
+    patches = []
+    compile_piece = graph.compile_piece
+    monkeypatch.setattr(graph, "compile_piece", lambda gm, inputs, config_patches, **kw: (
+        patches.append(config_patches), compile_piece(gm, inputs, config_patches, **kw))[1])
+    monkeypatch.setenv("REGIONC_CACHE", "0")
+    model, x = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), torch.randn(2, 8)
+    for mode, autotune in (("default", None), ("max-autotune-no-cudagraphs", True)):
+        torch._dynamo.reset()
+        patches.clear()
+        torch.testing.assert_close(torch.compile(model, backend="regionc", mode=mode)(x), model(x))
+        assert patches and all(p.get("max_autotune") is autotune for p in patches)
 
 
 def test_codegen_options_exclude_runtime_only_settings():
