@@ -13,9 +13,10 @@ attention, skinny linears) swapped in whatever the decision table says (``*_swap
 ``regionc.compile`` with programmatic dependent launch off (``regionc_compile_nopdl``, its A/B:
 ``regionc/ops/pdl.py``), and ``*_skipguards``: the timed steps (after the first call and the warm-up steps at
 each position, as torch asks) under ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch's unsafe
-switch that skips the guard check of a warmed-up compiled function (not in the default list). Each row has ms
-per step (CUDA events, median of interleaved rounds), the relative error of the first step against eager, and
-regionc's CUDA-graph stats. The cache's position counters are reset in place between timing windows, so every
+switch that skips the guard check of a warmed-up compiled function, and ``*_max_autotune``: ``mode="max-autotune"``
+(Inductor's autotuning of each kernel, CUDA graphs) for ``reduce-overhead`` and ``regionc.compile`` (neither in the
+default list). Each row has ms per step (CUDA events, median of interleaved rounds), the relative error of the
+first step against eager, and regionc's CUDA-graph stats. The cache's position counters are reset in place between timing windows, so every
 window decodes at (about) the stated position.
 
 Prefill: one 1×2048 forward without a cache (``use_cache=False``; with HF's ``DynamicCache`` each layer's
@@ -41,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DECODE_VARIANTS = ("eager", "reduce_overhead", "regionc_backend", "regionc_compile", "regionc_backend_swap",
                    "regionc_compile_swap", "regionc_compile_nopdl", "reduce_overhead_skipguards",
-                   "regionc_backend_skipguards", "regionc_compile_skipguards")
+                   "regionc_backend_skipguards", "regionc_compile_skipguards", "reduce_overhead_max_autotune",
+                   "regionc_compile_max_autotune")
 PREFILL_VARIANTS = ("eager", "per_block", "regionc_backend", "regionc_compile")
 DECODE_CASES = ((1, 256, (128,)), (8, 4096, (512, 3900)), (32, 4096, (512,)))  # batch, max_cache_len, positions
 
@@ -73,6 +75,10 @@ def build(layers: int, shape: str = "llama_2048"):
 #: torch's unsafe switch for a warmed-up server (Dynamo's frames and regionc.compile's saved traces alike)
 SKIP_GUARDS = "_skipguards"
 
+#: a variant with this suffix compiles with ``mode="max-autotune"`` (Inductor's autotuning, CUDA graphs) where the
+#: others take ``reduce-overhead`` (not in the default list: its compile autotunes)
+MAX_AUTOTUNE = "_max_autotune"
+
 #: extra regionc options for every regionc variant (``--options``, an A/B such as Inductor's combo kernels)
 EXTRA_OPTIONS: dict = {}
 
@@ -82,9 +88,11 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
 
     import regionc
     from benchmarks.common import decode_ops_swapped
+    from regionc.config import with_mode
 
     variant = variant.removesuffix(SKIP_GUARDS)  # a stance over the timed steps (decode_rows), not a compile option
-    mode = "reduce-overhead" if decode else None
+    mode = ("max-autotune" if variant.endswith(MAX_AUTOTUNE) else "reduce-overhead") if decode else None
+    variant = variant.removesuffix(MAX_AUTOTUNE)
     options = {"cache_dir": cache_dir, **(decode_ops_swapped() if variant.endswith("_swap") else {}), **EXTRA_OPTIONS}
     if variant.endswith("_nopdl"):  # Inductor's kernels here; regionc's at capture (decode_step)
         options["inductor_config"] = {**options.get("inductor_config", {}), "triton.enable_pdl": False}
@@ -96,8 +104,8 @@ def compiled(variant: str, model, cache_dir: str, decode: bool):
         for layer in model.layers:
             layer.compile()
         return model
-    if variant.startswith("regionc_backend"):  # torch 2.11 takes a mode or options, not both: the option says it
-        return torch.compile(model, backend="regionc", options={**options, "cudagraphs": decode})
+    if variant.startswith("regionc_backend"):  # torch takes a mode or options, not both: the options say it
+        return torch.compile(model, backend="regionc", options={**with_mode(options, mode), "cudagraphs": decode})
     return regionc.compile(model, mode=mode, options=options)
 
 
