@@ -95,6 +95,12 @@ def test_max_autotune_modes_take_inductors_settings_of_that_mode(mode, cudagraph
     assert mixed.inductor_config == {**config.inductor_config, "max_autotune": False}
 
 
+def test_inductor_config_merges_over_the_environments_setting_by_setting():
+    config = Config.build({"inductor_config": {"combo_kernels": True, "max_autotune": False}},
+                          environ={"REGIONC_INDUCTOR_CONFIG": '{"max_autotune": true, "coordinate_descent_tuning": true}'})
+    assert config.inductor_config == {"max_autotune": False, "coordinate_descent_tuning": True, "combo_kernels": True}
+
+
 def test_max_autotune_reaches_the_pieces_inductor_compiles(monkeypatch):
     """Torch hands a custom backend the mode's name only: the pieces must compile with the mode's settings."""
     from regionc.compiler import graph
