@@ -105,10 +105,13 @@ def test_max_autotune_reaches_the_pieces_inductor_compiles(monkeypatch):
     """Torch hands a custom backend the mode's name only: the pieces must compile with the mode's settings."""
     from regionc.compiler import graph
 
-    patches = []
-    compile_piece = graph.compile_piece
-    monkeypatch.setattr(graph, "compile_piece", lambda gm, inputs, config_patches, **kw: (
-        patches.append(config_patches), compile_piece(gm, inputs, config_patches, **kw))[1])
+    patches, compile_piece = [], graph.compile_piece
+
+    def recording(gm, inputs, config_patches, **kw):
+        patches.append(config_patches)
+        return compile_piece(gm, inputs, config_patches, **kw)
+
+    monkeypatch.setattr(graph, "compile_piece", recording)
     monkeypatch.setenv("REGIONC_CACHE", "0")
     model, x = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), torch.randn(2, 8)
     for mode, autotune in (("default", None), ("max-autotune-no-cudagraphs", True)):

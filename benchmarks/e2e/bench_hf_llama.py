@@ -16,8 +16,8 @@ each position, as torch asks) under ``torch.compiler.set_stance(skip_guard_eval_
 switch that skips the guard check of a warmed-up compiled function, and ``*_max_autotune``: ``mode="max-autotune"``
 (Inductor's autotuning of each kernel, CUDA graphs) for ``reduce-overhead`` and ``regionc.compile`` (neither in the
 default list). Each row has ms per step (CUDA events, median of interleaved rounds), the relative error of the
-first step against eager, and regionc's CUDA-graph stats. The cache's position counters are reset in place between timing windows, so every
-window decodes at (about) the stated position.
+first step against eager, and regionc's CUDA-graph stats. The cache's position counters are reset in place
+between timing windows, so every window decodes at (about) the stated position.
 
 Prefill: one 1×2048 forward without a cache (``use_cache=False``; with HF's ``DynamicCache`` each layer's
 frame guards on its own cache layer, so per-block compiles recompile per layer): eager, per-block ``layer.compile()``, ``backend="regionc"``
