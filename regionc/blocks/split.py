@@ -16,6 +16,7 @@ from torch.fx.passes.split_module import split_module
 
 from regionc.blocks.align import align_instances
 from regionc.blocks.detect import BlockInstance, pretty_path
+from regionc.blocks.layouts import traced_layouts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ def split_into_pieces(gm: torch.fx.GraphModule,
     ]
     align_instances(split, [(p.name, p.block.stack) for p in pieces if p.block is not None])
     _canonicalize_outputs(split)
+    traced_layouts(split)
     return split, pieces
 
 
