@@ -12,7 +12,8 @@ So where a piece reads a tensor another piece returned, the split module passes 
 :func:`as_traced`: the tensor itself when its strides are the traced ones (in every dim the assert
 checks, those longer than 1), otherwise a copy laid out as traced, said once in the log. A graph
 input needs no such step (Dynamo guards its layout), nor a tensor whose traced strides are symbolic
-(Inductor's assert is symbolic too).
+(Inductor's assert is symbolic too); an input the piece writes in place keeps the assert (a copy would
+take the write, and later readers would miss it).
 """
 
 from __future__ import annotations
@@ -23,32 +24,36 @@ import operator
 import torch
 import torch.fx
 
+from regionc.blocks.writes import mutated_placeholders
+
 log = logging.getLogger("regionc")
 
 _said: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
 
 
 def traced_layouts(split: torch.fx.GraphModule) -> int:
-    """Route every tensor one piece returns and another reads through :func:`as_traced`; returns how
-    many edges it routed."""
-    routed = 0
+    """Route every tensor one piece returns and another reads through :func:`as_traced`, once per tensor
+    and layout (RoPE tables that every layer reads are checked once); returns how many checks it added.
+    An input the reading piece writes in place is left alone: a copy would take the write."""
+    checks: dict[tuple[torch.fx.Node, tuple[int, ...]], torch.fx.Node] = {}
     for call in list(split.graph.find_nodes(op="call_module")):
-        placeholders = list(split.get_submodule(call.target).graph.find_nodes(op="placeholder"))
-        for position, (argument, placeholder) in enumerate(zip(call.args, placeholders)):
+        module = split.get_submodule(call.target)
+        written = mutated_placeholders(module)
+        for position, (argument, placeholder) in enumerate(zip(call.args, module.graph.find_nodes(op="placeholder"))):
             traced = placeholder.meta.get("example_value")
-            if not (_returned_by_a_piece(argument) and isinstance(traced, torch.Tensor)):
+            if position in written or not (_returned_by_a_piece(argument) and isinstance(traced, torch.Tensor)):
                 continue
-            stride = traced.stride()
+            stride = tuple(traced.stride())
             if not all(isinstance(s, int) for s in (*stride, *traced.shape)):
                 continue
-            with split.graph.inserting_before(call):
-                laid_out = split.graph.call_function(as_traced, (argument, tuple(stride)))
-            laid_out.meta = dict(argument.meta)
-            call.update_arg(position, laid_out)
-            routed += 1
-    if routed:
+            if (argument, stride) not in checks:
+                with split.graph.inserting_after(argument):
+                    checks[argument, stride] = split.graph.call_function(as_traced, (argument, stride))
+                checks[argument, stride].meta = dict(argument.meta)
+            call.update_arg(position, checks[argument, stride])
+    if checks:
         split.recompile()
-    return routed
+    return len(checks)
 
 
 def _returned_by_a_piece(node) -> bool:
@@ -64,7 +69,7 @@ def as_traced(value: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
         return value.tracer.create_proxy("call_function", as_traced, (value, stride), {})
     if value.stride() == stride or all(a == b or size < 2 for a, b, size in zip(value.stride(), stride, value.shape)):
         return value
-    key = (tuple(value.stride()), stride)
+    key = (value.stride(), stride)
     if key not in _said:
         _said.add(key)
         log.info("regionc: a piece returned a %s tensor with strides %s where Dynamo traced %s; it is copied to the "

@@ -71,3 +71,43 @@ def test_a_saved_trace_keeps_the_layout_check(tmp_path):
             assert_close(regionc.compile(copy.deepcopy(model), options=options)(x, 128), expected)
         sources.append(regionc.last_report().trace_source)
     assert sources[0].startswith("traced, saved as ") and sources[1].startswith("saved trace ")
+
+
+class ScaledInPlace(nn.Module):
+    """Each block scales the tensor it is handed in place before reading it."""
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return x + 1
+
+
+class InPlaceStack(nn.Module):
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList(ScaledInPlace() for _ in range(depth))
+
+    def forward(self, x):
+        h = x * 2
+        for block in self.blocks:
+            h = block(h) * 3
+        return h
+
+
+def test_an_input_a_piece_writes_in_place_is_never_replaced_by_a_copy():
+    """A copy would take the write, and the pieces after it would read the unwritten tensor."""
+    from regionc.blocks.detect import detect_blocks
+    from regionc.blocks.layouts import as_traced
+    from regionc.blocks.split import split_into_pieces
+    from regionc.blocks.writes import mutated_placeholders
+
+    graphs = []
+    torch.compile(InPlaceStack(), backend=lambda gm, inputs: graphs.append(gm) or gm, dynamic=False)(torch.randn(4, 8))
+    split, pieces = split_into_pieces(graphs[0], detect_blocks(graphs[0].graph))
+    calls = {node.target: node for node in split.graph.find_nodes(op="call_module")}
+    blocks = [piece for piece in pieces if piece.block is not None]
+    assert len(blocks) == 3
+    for piece in blocks:
+        written = mutated_placeholders(split.get_submodule(piece.name))
+        assert written
+        assert all(calls[piece.name].args[i].target is not as_traced for i in written)
+    assert any(node.target is as_traced for node in split.graph.nodes)  # its other inputs are checked
