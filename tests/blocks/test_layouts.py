@@ -9,6 +9,10 @@ import torch
 from torch import nn
 
 import regionc
+from regionc.blocks.detect import detect_blocks
+from regionc.blocks.layouts import as_traced
+from regionc.blocks.split import split_into_pieces
+from regionc.blocks.writes import mutated_placeholders
 from tests.helpers import assert_close, block_compiles, compile_regionc
 
 
@@ -95,11 +99,6 @@ class InPlaceStack(nn.Module):
 
 def test_an_input_a_piece_writes_in_place_is_never_replaced_by_a_copy():
     """A copy would take the write, and the pieces after it would read the unwritten tensor."""
-    from regionc.blocks.detect import detect_blocks
-    from regionc.blocks.layouts import as_traced
-    from regionc.blocks.split import split_into_pieces
-    from regionc.blocks.writes import mutated_placeholders
-
     graphs = []
     torch.compile(InPlaceStack(), backend=lambda gm, inputs: graphs.append(gm) or gm, dynamic=False)(torch.randn(4, 8))
     split, pieces = split_into_pieces(graphs[0], detect_blocks(graphs[0].graph))
