@@ -33,7 +33,7 @@ _said: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
 
 def traced_layouts(split: torch.fx.GraphModule) -> int:
     """Route every tensor one piece returns and another reads through :func:`as_traced`, once per tensor
-    and layout (RoPE tables that every layer reads are checked once); returns how many checks it added.
+    and layout (an attention mask that every layer reads is checked once); returns how many checks it added.
     An input the reading piece writes in place is left alone: a copy would take the write."""
     checks: dict[tuple[torch.fx.Node, tuple[int, ...]], torch.fx.Node] = {}
     for call in list(split.graph.find_nodes(op="call_module")):
