@@ -267,14 +267,25 @@ def _returns_traced_layouts(module: torch.fx.GraphModule, position: int) -> bool
     if mode is None or not isinstance(outputs, tuple):
         return False
     traced = [node.meta.get("example_value") if isinstance(node, torch.fx.Node) else node for node in outputs]
-    inputs = [clone_preserve_strides(v) if isinstance(v, torch.Tensor) else v for v in inputs]  # nothing written
+    inputs = [_trial_copy(v) if isinstance(v, torch.Tensor) else v for v in inputs]  # nothing written
     inputs[position] = inputs[position].clone(memory_format=torch.contiguous_format)
-    try:
-        with mode, mode.shape_env.suppress_guards() if mode.shape_env is not None else contextlib.nullcontext():
-            returned = torch.fx.Interpreter(module).run(*inputs)  # a trial: its guards are not Dynamo's
+    env = mode.shape_env
+    try:  # a trial: its guards are not Dynamo's, and the symbols it makes are bound nowhere
+        with mode, env.suppress_guards() if env is not None else contextlib.nullcontext(), \
+                env.ignore_fresh_unbacked_symbols() if env is not None else contextlib.nullcontext():
+            returned = torch.fx.Interpreter(module).run(*inputs)
     except Exception:
         return False
     return all(_layout(mine) == _layout(theirs) for mine, theirs in zip(returned, traced))
+
+
+def _trial_copy(value: torch.Tensor) -> torch.Tensor:
+    """A copy with ``value``'s strides and, for a float Dynamo traced as a 0-d tensor, the symbol its
+    ``.item()`` reads (without it, ``.item()`` would make a new one)."""
+    copy = clone_preserve_strides(value)
+    if isinstance(value, FakeTensor) and value.item_memo is not None:
+        copy.item_memo = value.item_memo
+    return copy
 
 
 def _layout(value) -> str:

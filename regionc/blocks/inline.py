@@ -57,6 +57,10 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
             raise NotImplementedError(f"nested region {call.args[0].target} reads module attributes")
         if any(user.target is not operator.getitem for user in call.users):
             raise NotImplementedError(f"the whole result of {call.name} is used, not its items")
+        for placeholder, operand in _numbers_for_tensors(subgraph, call):
+            if any(user.op != "call_method" or user.target != "item" for user in placeholder.users):
+                raise NotImplementedError(f"{call.name} passes the number {operand} for the tensor "
+                                          f"{placeholder.name}, which its region reads other than by .item()")
     subgraphs = {call.args[0].target for call in calls}
     for call in calls:
         _inline(gm, call)
@@ -84,11 +88,13 @@ def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
     subgraph_node, _identifier, *operands = call.args
     subgraph: torch.fx.GraphModule = getattr(gm, subgraph_node.target)
     env: dict[torch.fx.Node, Any] = dict(zip(subgraph.graph.find_nodes(op="placeholder"), operands))
+    for placeholder, operand in _numbers_for_tensors(subgraph, call):
+        env.update(dict.fromkeys(placeholder.users, operand))  # its ``.item()`` reads are the number
     outer_stack = call.meta.get("nn_module_stack", {})
     results: Any = None
     with gm.graph.inserting_before(call):
         for node in subgraph.graph.nodes:
-            if node.op == "placeholder":
+            if node.op == "placeholder" or node in env:
                 continue
             if node.op == "output":
                 results = node.args[0]
@@ -101,6 +107,27 @@ def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
         user.replace_all_uses_with(values[user.args[1]])
         gm.graph.erase_node(user)
     gm.graph.erase_node(call)
+
+
+def _numbers_for_tensors(subgraph: torch.fx.GraphModule, call: torch.fx.Node) -> list[tuple[torch.fx.Node, Any]]:
+    """The (placeholder, operand) pairs where ``call`` passes a number (a Python constant, or a node whose
+    value is a symbolic float) for a tensor its region was traced with.
+
+    Dynamo traces a float attribute that changed between calls as a 0-d tensor input read by ``.item()``
+    (a LoRA scale set with ``set_adapters``). It traces the region on the first block and reuses it for
+    the others, building each one's captured values again: a float it meets there for the first time is
+    specialized (a constant, guarded), one it wrapped before is handed on as its ``.item()``. Either way
+    the region's ``.item()`` reads of that tensor are the number itself.
+    """
+    placeholders = subgraph.graph.find_nodes(op="placeholder")
+    return [(placeholder, operand) for placeholder, operand in zip(placeholders, call.args[2:])
+            if isinstance(placeholder.meta.get("example_value"), torch.Tensor) and _is_number(operand)]
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.fx.Node):
+        value = value.meta.get("example_value")
+    return isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(value, bool)
 
 
 def _drop_region_copies(gm: torch.fx.GraphModule) -> int:

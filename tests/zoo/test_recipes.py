@@ -556,6 +556,36 @@ def test_lora_scale_set_between_calls_equals_eager(entry):
         assert reports[2] == reports[3] == []
 
 
+@pytest.mark.parametrize("entry", LORA_ENTRIES)
+def test_two_lora_adapters_weighted_between_calls_stay_compiled(entry, caplog):
+    """diffusers' ``set_adapters(names, weights)`` over two adapters of a Flux transformer (two stacks of
+    blocks), the weights changed between calls: each call equals eager, and no piece, block or trace
+    falls back. Under nested regions Dynamo hands a stack's second block the new scales as constants
+    (it meets them there first) and, a change later, as the symbolic floats of their ``.item()``, where
+    the region was traced on tensors; and the check of the blocks' input layouts ran the scales'
+    ``.item()`` on copies without their symbols, leaving symbols behind that failed the next compile."""
+    import copy
+    import logging
+
+    from peft import LoraConfig
+
+    model, kwargs = ARCHITECTURES["flux"].build(2)
+    names = ["style", "detail"]
+    for name in names:
+        model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                     init_lora_weights=False), adapter_name=name)
+    reference = copy.deepcopy(model)  # regionc.compile compiles the model in place
+    compiled = LORA_ENTRIES[entry](model)
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        for weights in ([1.0, 1.0], [0.5, 1.5], [1.0, -0.3], [0.2, 0.7]):
+            model.set_adapters(names, weights=weights)
+            reference.set_adapters(names, weights=weights)
+            assert relative_error(compiled(**kwargs)[0], reference(**kwargs)[0]) <= 1e-5, weights
+    fallbacks = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()
+                 or "block_tracing=" in r.getMessage() and " failed " in r.getMessage()]
+    assert fallbacks == []
+
+
 def _runs_eagerly(call, block_class) -> bool:
     """Whether ``call()`` runs ``block_class.forward``'s own code: compiled code runs Dynamo's bytecode
     instead (a trace does not run it either)."""
