@@ -556,7 +556,8 @@ def _refused(exc: Exception) -> bool:
     """Whether Dynamo refused the call's code (a graph break, a region it will not capture), which another
     block tracing would meet too, rather than failing in its own machinery: torch 2.13's reuse of a nested
     region's trace raised ``KeyError: 4*s98`` at a diffusers transformer's second resolution, and an
-    ``AssertionError`` at a LoRA scale's third value, where per-block frames compile."""
+    ``AssertionError`` where the forward rescales LoRA layers (diffusers' ``joint_attention_kwargs``), where
+    per-block frames compile."""
     return isinstance(exc, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UncapturedHigherOrderOpError))
 
 
