@@ -51,19 +51,21 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
     if invoke is None:
         return 0
     calls = list(gm.graph.find_nodes(op="call_function", target=invoke))
+    numbers = {}
     for call in calls:  # check all before changing anything: a refusal leaves gm as it was
         subgraph = getattr(gm, call.args[0].target)
         if any(node.op == "get_attr" for node in subgraph.graph.nodes):
             raise NotImplementedError(f"nested region {call.args[0].target} reads module attributes")
         if any(user.target is not operator.getitem for user in call.users):
             raise NotImplementedError(f"the whole result of {call.name} is used, not its items")
-        for placeholder, operand in _numbers_for_tensors(subgraph, call):
+        numbers[call] = _numbers_for_tensors(subgraph, call)
+        for placeholder, operand in numbers[call]:
             if any(user.op != "call_method" or user.target != "item" for user in placeholder.users):
                 raise NotImplementedError(f"{call.name} passes the number {operand} for the tensor "
                                           f"{placeholder.name}, which its region reads other than by .item()")
     subgraphs = {call.args[0].target for call in calls}
     for call in calls:
-        _inline(gm, call)
+        _inline(gm, call, numbers[call])
     copies = _drop_region_copies(gm)
     # the regions' alias check (tracing/compile.py) reads the ``_base`` of block outputs; the reads are
     # unused, and each copy (inlined here, or by Dynamo where a region is called once) names its own
@@ -84,11 +86,12 @@ def inline_nested_regions(gm: torch.fx.GraphModule) -> int:
     return len(calls)
 
 
-def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node) -> None:
+def _inline(gm: torch.fx.GraphModule, call: torch.fx.Node, numbers: list[tuple[torch.fx.Node, Any]]) -> None:
+    """Copy ``call``'s subgraph in its place; ``numbers``: its :func:`_numbers_for_tensors`."""
     subgraph_node, _identifier, *operands = call.args
     subgraph: torch.fx.GraphModule = getattr(gm, subgraph_node.target)
     env: dict[torch.fx.Node, Any] = dict(zip(subgraph.graph.find_nodes(op="placeholder"), operands))
-    for placeholder, operand in _numbers_for_tensors(subgraph, call):
+    for placeholder, operand in numbers:
         env.update(dict.fromkeys(placeholder.users, operand))  # its ``.item()`` reads are the number
     outer_stack = call.meta.get("nn_module_stack", {})
     results: Any = None
