@@ -8,6 +8,9 @@ import regionc
 
 #: In-memory compiles only: counts in the report are then real Inductor compiles.
 NO_CACHE = {"cache": False, "strict": True}
+#: Whether Inductor's tensorify pass counts a float read only within a product (``scale * scaling``) as
+#: tensorified; torch 2.11's counts the product's expression, so it specializes the float.
+TENSORIFIES_PRODUCTS = torch.__version__ >= (2, 13)
 
 
 def compile_regionc(model, options=None):

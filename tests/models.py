@@ -304,6 +304,40 @@ class ScaledBetweenLayers(nn.Module):
         return x
 
 
+class ScaledPerCall(nn.Module):
+    """diffusers' LoRA scale passed per call (``joint_attention_kwargs={"scale": s}``): the forward scales a
+    float attribute of every layer by ``scale`` on entry and sets it again on exit, to a value that depends
+    on ``scale`` (diffusers divides it back out; this one does not, so a wrong write-back shows).
+    ``by_rows`` adds the input's row count to it: a size, under ``dynamic=True`` a symbol."""
+
+    def __init__(self, dim: int = 8, n_layers: int = 3, by_rows: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(ScaledByAttribute(dim) for _ in range(n_layers))
+        self.by_rows = by_rows
+
+    def forward(self, x, scale: float):
+        for layer in self.layers:
+            layer.scaling["default"] *= scale
+        for layer in self.layers:
+            x = layer(x)
+        for layer in self.layers:
+            layer.scaling["default"] = layer.scaling["default"] / scale + scale * 0.5 \
+                + (x.shape[0] if self.by_rows else 0)
+        return x
+
+
+class ScaledByAttribute(nn.Module):
+    """A residual layer scaled by a float in a dict attribute, as PEFT's LoRA layers keep theirs."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.scaling = {"default": 1.0}
+
+    def forward(self, x):
+        return x + torch.relu(self.lin(x)) * self.scaling["default"]
+
+
 class ResidualMLP(nn.Module):
     def __init__(self, dim: int):
         super().__init__()

@@ -78,7 +78,7 @@ def rematerialize_tables(graph: torch.fx.Graph, owners: dict[torch.fx.Node, Bloc
                 readers[owners[user]].append(user)
         if not readers or not _recomputable(node, owners, cheap):
             continue
-        reads = _computation(node)
+        reads = computation(node)
         start = min((n for n in reads if n.op != "placeholder"), key=position.__getitem__)
         last = max((first_node[block] for block in readers), key=position.__getitem__)
         writer = written_between(graph, reads, start, last)
@@ -97,56 +97,6 @@ def rematerialize_tables(graph: torch.fx.Graph, owners: dict[torch.fx.Node, Bloc
     return len(copied)
 
 
-def copy_float_reads(graph: torch.fx.Graph, owners: dict[torch.fx.Node, BlockInstance]) -> int:
-    """Compute each float the graph reads from its inputs (Dynamo's ``.item()`` of a float attribute that
-    changed between calls) next to every node that uses it; returns how many uses got a copy.
-
-    A float is not a value a piece can hand to another: Inductor's tensorify pass turns float math into
-    tensor math inside one compile, and a compiled piece returns tensors and sizes only. A float computed
-    in the glue and read in later pieces (a ``scale`` multiplied in after every layer) made the first
-    piece fail to compile. A use whose copy would read a value written in between keeps the original.
-    """
-    copied = 0
-    for node in list(graph.nodes):
-        if not _is_float(node):
-            continue
-        reads = _computation(node)
-        if not all(n.op == "placeholder" or n.op in ("call_function", "call_method") and target_name(n) in FLOAT_MATH
-                   for n in reads):
-            continue
-        for user in list(node.users):
-            if written_between(graph, reads, node, user) is not None:
-                continue
-            copies: dict[torch.fx.Node, torch.fx.Node] = {}
-
-            def copy_of(value: torch.fx.Node) -> torch.fx.Node:
-                if value.op == "placeholder":
-                    return value
-                if value not in copies:
-                    copies[value] = graph.node_copy(value, copy_of)
-                    if user in owners:
-                        owners[copies[value]] = owners[user]
-                return copies[value]
-
-            with graph.inserting_before(user):
-                user.replace_input_with(node, copy_of(node))
-            copied += 1
-    for node in reversed(list(graph.nodes)):  # originals no one reads any more, consumers first
-        if node.op in ("call_function", "call_method") and not node.users and target_name(node) in FLOAT_MATH \
-                and _is_float(node):
-            owners.pop(node, None)
-            graph.erase_node(node)
-    return copied
-
-
-#: What a copied float may be computed with: a read of a 0-d input and arithmetic on it.
-FLOAT_MATH = frozenset({"item", "mul", "add", "sub", "truediv", "neg", "pow", "float"})
-
-
-def _is_float(node: torch.fx.Node) -> bool:
-    return isinstance(node.meta.get("example_value", node.meta.get("val")), (float, torch.SymFloat))
-
-
 def _recomputable(node: torch.fx.Node, owners: dict, memo: dict[torch.fx.Node, bool]) -> bool:
     if node in memo:
         return memo[node]
@@ -161,7 +111,7 @@ def _recomputable(node: torch.fx.Node, owners: dict, memo: dict[torch.fx.Node, b
     return ok
 
 
-def _computation(node: torch.fx.Node) -> set[torch.fx.Node]:
+def computation(node: torch.fx.Node) -> set[torch.fx.Node]:
     """``node`` and every value it is computed from, down to graph inputs."""
     seen = {node}
     stack = [node]

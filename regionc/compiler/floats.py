@@ -10,8 +10,8 @@ graph, and regionc compiles a graph's pieces one by one:
   example values (fakes of the trace's mode) into it, without the memo: ``.item()`` becomes
   data-dependent and the compile fails (:func:`in_backend_fake_mode` copies them with it);
 - the pass marks every float symbol of the ShapeEnv that it did not tensorify for specialization
-  and asks Dynamo to trace again: compiling one piece, it would make every other piece's floats
-  constants (:func:`tensorify_own_floats` keeps it to the piece's own);
+  and asks Dynamo to trace again: compiling one piece, it would make every float that piece does not
+  read constants (:func:`tensorify_own_floats` keeps it to the ones the piece reads);
 - where a piece's own float cannot be tensorified, the pieces that run the same code read the same
   floats at the same places, and are specialized with it, so one trace again serves the whole stack
   rather than one per layer (:func:`specialize_like`).
@@ -43,9 +43,10 @@ def in_backend_fake_mode(example_inputs: Sequence[Any]) -> list[Any]:
 
 
 @contextlib.contextmanager
-def tensorify_own_floats(example_inputs: Sequence[Any]) -> Iterator[None]:
-    """While a piece compiles, the ShapeEnv's other float symbols count as specialized already, which the
-    tensorify pass leaves alone; they are taken off the list again after."""
+def tensorify_own_floats(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Iterator[None]:
+    """While ``gm`` compiles, the ShapeEnv's float symbols other than the ones it reads count as specialized
+    already, which the tensorify pass leaves alone; they are taken off the list again after. A float input
+    the piece only passes on as a tensor is not its own: it never specializes it."""
     state = _tensorify_state()
     mode = torch._guards.detect_fake_mode(example_inputs)
     env = mode.shape_env if mode is not None else None
@@ -54,7 +55,10 @@ def tensorify_own_floats(example_inputs: Sequence[Any]) -> Iterator[None]:
         return
     from torch.utils._sympy.symbol import SymT, symbol_is_type
 
-    own = {str(s) for value in example_inputs for s in _float_symbols(value)}
+    placeholders = gm.graph.find_nodes(op="placeholder")
+    own = {str(s) for node, value in zip(placeholders, example_inputs)
+           if isinstance(value, torch.SymFloat) or any(_reads_item(user) for user in node.users)
+           for s in _float_symbols(value)}
     values = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
     others = {str(s) for s in values if symbol_is_type(s, SymT.FLOAT)} - own - state.force_specializations
     state.force_specializations |= others
@@ -86,6 +90,10 @@ def _float_symbols(value: Any) -> set:
     if isinstance(value, torch.SymFloat):
         return set(value.node.expr.free_symbols)
     return set()
+
+
+def _reads_item(node: torch.fx.Node) -> bool:
+    return node.target in ("item", torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
 
 
 def _tensorify_state():

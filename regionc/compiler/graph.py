@@ -25,8 +25,9 @@ from torch._dynamo.exc import RestartAnalysis
 from regionc.blocks.boundaries import fuse_block_boundaries
 from regionc.blocks.detect import detect_blocks, pretty_path
 from regionc.blocks.fingerprint import Fingerprint, fingerprint_piece, first_difference, only_constants_differ, share
+from regionc.blocks.floats import copy_float_reads, return_floats_as_tensors
 from regionc.blocks.inline import inline_nested_regions
-from regionc.blocks.rematerialize import copy_float_reads, rematerialize_tables
+from regionc.blocks.rematerialize import rematerialize_tables
 from regionc.blocks.split import Piece, split_into_pieces
 from regionc.blocks.transforms import keep_transforms_whole
 from regionc.compiler import background
@@ -66,9 +67,14 @@ class GraphCompiler:
             self._inline_nested_regions(gm, report)
             changed = make_cacheable(gm.graph)
             if changed:
-                gm.recompile()
                 log.info("regionc: graph %d: for AOTAutograd's cache, %s", report.graph_index,
                          ", ".join(f"{n} {what}" for what, n in changed.items()))
+            written = return_floats_as_tensors(gm.graph)
+            if written:
+                log.info("regionc: graph %d: %d float(s) it writes back computed as tensors, so that a new value "
+                         "compiles nothing", report.graph_index, written)
+            if changed or written:
+                gm.recompile()
             owners = detect_blocks(gm.graph, self.config.min_instances)
             report.rematerialized = rematerialize_tables(gm.graph, owners)
             if self.config.fuse_block_boundaries:

@@ -240,7 +240,7 @@ def compile_piece(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], confi
     grouping = sinks_last() if config_patches.get("combo_kernels") else nullcontext()
     rows = persistent_rows() if on_cuda else nullcontext()
     try:
-        with _recording_cpp_libraries() as libraries, tensorify_own_floats(example_inputs), grouping, rows:
+        with _recording_cpp_libraries() as libraries, tensorify_own_floats(gm, example_inputs), grouping, rows:
             try:
                 artifact = standalone_compile(_AOT_MODE)
             except RuntimeError as exc:

@@ -10,7 +10,7 @@ import torch
 
 import regionc
 from regionc.models.llama import LlamaConfig, build_demo_model
-from tests.helpers import assert_close, block_compiles, compile_regionc
+from tests.helpers import TENSORIFIES_PRODUCTS, assert_close, block_compiles, compile_regionc
 from tests.models import (
     ChannelsLastBetweenBlocks,
     CheckpointedStack,
@@ -22,6 +22,7 @@ from tests.models import (
     PerLayerConstant,
     PerLayerCounters,
     ScaledBetweenLayers,
+    ScaledPerCall,
     SlicedModulations,
     SlicedScratch,
     StagedLayers,
@@ -275,6 +276,49 @@ def test_a_float_read_in_the_glue_after_every_layer_compiles_once_for_every_valu
             if scale == 3.0:
                 assert len(regionc.reports()) == before  # the float is an input: no new compile
         assert not regionc.last_report().fallbacks
+
+
+def test_a_float_written_back_per_call_compiles_once_for_every_value():
+    """A float passed per call rescales a float attribute of every layer, which the forward sets again on
+    exit (diffusers' LoRA ``scale``): Dynamo writes the attribute back from a ``torch.scalar_tensor`` the
+    graph returns, computed from the float. The piece that returns it reads the float for nothing else;
+    computed as tensor math, a new value compiles nothing, and the attributes written back are eager's.
+    Torch 2.11's tensorify pass specializes a float read only within a product (``scale * scaling``), so
+    there every value compiles, as under plain ``torch.compile``."""
+    import copy
+
+    torch.manual_seed(0)
+    model = ScaledPerCall()
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="regionc", options={"cache": False, "strict": True})
+    counts = []
+    with torch.no_grad():
+        for scale in (0.5, 0.8, 0.3, 0.9):
+            x = torch.randn(2, 8)
+            before = len(regionc.reports())
+            assert_close(compiled(x, scale), reference(x, scale))
+            counts.append(len(regionc.reports()) - before)
+            assert [layer.scaling for layer in model.layers] == [layer.scaling for layer in reference.layers]
+    if TENSORIFIES_PRODUCTS:  # the second value made the float an input; no value after compiles
+        assert counts[2:] == [0, 0], counts
+
+
+def test_a_float_written_back_from_a_size_stays_eager_correct(caplog):
+    """A written-back float computed from a symbolic size too has no tensor form here: it is left as
+    Dynamo traced it, with a log line, and every value written back is still eager's."""
+    import copy
+    import logging
+
+    torch.manual_seed(0)
+    model = ScaledPerCall(by_rows=True)
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="regionc", dynamic=True, options={"cache": False})
+    with caplog.at_level(logging.INFO, logger="regionc"), torch.no_grad():
+        for scale, rows in ((0.5, 2), (0.8, 3), (0.3, 4)):
+            x = torch.randn(rows, 8)
+            assert_close(compiled(x, scale), reference(x, scale))
+            assert [layer.scaling for layer in model.layers] == [layer.scaling for layer in reference.layers]
+    assert any("compiles again for each new value" in r.getMessage() for r in caplog.records)
 
 
 def test_dynamic_sizes_share_one_compile():

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import regionc
-from regionc.tracing.compile import CompiledForward
+from regionc.tracing.compile import CompiledForward, nested_regions_reuse_traces
+from tests.helpers import TENSORIFIES_PRODUCTS
 from tests.zoo.architectures import ARCHITECTURES
 from tests.zoo.test_zoo import ENTRY_POINTS, relative_error
 
@@ -584,6 +585,43 @@ def test_two_lora_adapters_weighted_between_calls_stay_compiled(entry, caplog):
     fallbacks = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()
                  or "block_tracing=" in r.getMessage() and " failed " in r.getMessage()]
     assert fallbacks == []
+
+
+@pytest.mark.parametrize("entry", LORA_ENTRIES)
+def test_lora_scale_passed_per_call_stops_compiling(entry):
+    """diffusers' per-call LoRA scale (``joint_attention_kwargs={"scale": s}``, as a Flux pipeline passes
+    it): the transformer rescales its LoRA layers by ``s`` on entry and back on exit, and Dynamo writes the
+    restored scales back. Each call equals eager and leaves eager's scales behind, and new values stop
+    compiling as they do under ``compile_repeated_blocks``: through the backend and per-block frames
+    after the second value; regionc.compile under nested regions, which Dynamo refuses here (a scale
+    computed outside a region and read inside it), runs one call eagerly and then traces its per-block
+    frames for two values. Torch 2.11's tensorify pass specializes a scale read only within a product, so
+    there the backend compiles every value, as plain ``torch.compile`` does."""
+    import copy
+
+    from peft import LoraConfig
+
+    model, kwargs = ARCHITECTURES["flux"].build(2)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                 init_lora_weights=False), adapter_name="style")
+    reference = copy.deepcopy(model)  # regionc.compile compiles the model in place
+    compiled = LORA_ENTRIES[entry](model)
+    scales = (1.0, 0.5, 0.8, 0.3, 0.9)
+    counts = []
+    with torch.no_grad():
+        for scale in scales:
+            call = {**kwargs, "joint_attention_kwargs": {"scale": scale}}
+            before = len(regionc.reports())
+            assert relative_error(compiled(**call)[0], reference(**call)[0]) <= 1e-5, scale
+            counts.append(len(regionc.reports()) - before)
+            assert _lora_scalings(model) == _lora_scalings(reference), scale
+    settled = 4 if entry == "regionc.compile" and nested_regions_reuse_traces() else 2
+    if entry != "backend" or TENSORIFIES_PRODUCTS:
+        assert counts[settled:] == [0] * (len(scales) - settled), counts
+
+
+def _lora_scalings(model) -> list[dict]:
+    return [module.scaling for module in model.modules() if isinstance(getattr(module, "scaling", None), dict)]
 
 
 def _runs_eagerly(call, block_class) -> bool:
