@@ -46,7 +46,7 @@ def in_backend_fake_mode(example_inputs: Sequence[Any]) -> list[Any]:
 def tensorify_own_floats(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Iterator[None]:
     """While ``gm`` compiles, the ShapeEnv's float symbols other than the ones it reads count as specialized
     already, which the tensorify pass leaves alone; they are taken off the list again after. A float input
-    the piece only passes on as a tensor is not its own: it never specializes it."""
+    the piece only computes with as a tensor is not its own: nothing in it can need the float a constant."""
     state = _tensorify_state()
     mode = torch._guards.detect_fake_mode(example_inputs)
     env = mode.shape_env if mode is not None else None
@@ -55,10 +55,7 @@ def tensorify_own_floats(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
         return
     from torch.utils._sympy.symbol import SymT, symbol_is_type
 
-    placeholders = gm.graph.find_nodes(op="placeholder")
-    own = {str(s) for node, value in zip(placeholders, example_inputs)
-           if isinstance(value, torch.SymFloat) or any(_reads_item(user) for user in node.users)
-           for s in _float_symbols(value)}
+    own = _floats_read(gm)
     values = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
     others = {str(s) for s in values if symbol_is_type(s, SymT.FLOAT)} - own - state.force_specializations
     state.force_specializations |= others
@@ -92,8 +89,14 @@ def _float_symbols(value: Any) -> set:
     return set()
 
 
-def _reads_item(node: torch.fx.Node) -> bool:
-    return node.target in ("item", torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+def _floats_read(gm: torch.fx.GraphModule) -> set[str]:
+    """The symbols a scalar of ``gm``'s graphs (its subgraphs' too) is computed from: among them the floats
+    it reads (a float input's ``.item()``, a SymFloat input, and the math on them)."""
+    return {str(s) for module in gm.modules() if isinstance(module, torch.fx.GraphModule)
+            for node in module.graph.nodes
+            if isinstance(value := node.meta.get("example_value", node.meta.get("val")),
+                          (torch.SymFloat, torch.SymInt, torch.SymBool))
+            for s in value.node.expr.free_symbols}
 
 
 def _tensorify_state():
