@@ -78,16 +78,16 @@ def return_floats_as_tensors(graph: torch.fx.Graph) -> int:
 
     Float64 tensor arithmetic rounds as Python's float arithmetic does, so the value written back is the
     one eager computes. Any other float (one computed from a size, or with a function outside
-    :data:`FLOAT_MATH`) is left as it is: correct, but the piece that returns it is compiled per value.
+    :data:`FLOAT_MATH`) is left as it is, with a log line: correct, but the piece that returns it may
+    compile again for each new value.
     """
-    rewritten = 0
+    rewritten, kept = 0, []
     for node in list(graph.find_nodes(op="call_function", target=torch.scalar_tensor)):
         value = node.args[0] if node.args else None
         if not isinstance(value, torch.fx.Node) or not _is_float(value):
             continue
         if not all(_has_tensor_form(n) for n in computation(value)):
-            log.info("regionc: %s returns a float computed from more than traced floats and their arithmetic; "
-                     "the piece that returns it compiles again for each new value", node.name)
+            kept.append(node.name)
             continue
         tensors: dict[torch.fx.Node, torch.fx.Node] = {}
 
@@ -104,14 +104,17 @@ def return_floats_as_tensors(graph: torch.fx.Graph) -> int:
                     tensors[float_node] = _call(graph, "call_function", float_node.target, args)
             return tensors[float_node]
 
-        dtype = node.kwargs.get("dtype") or torch.get_default_dtype()
-        device = node.kwargs.get("device") or torch.device("cpu")
+        traced = node.meta["example_value"]  # the dtype and device the call gave it, default ones included
         with graph.inserting_before(node):
             written = _call(graph, "call_method", "to", (tensor_of(value),),
-                            {"dtype": dtype, "device": device, "copy": True})
+                            {"dtype": traced.dtype, "device": traced.device, "copy": True})
         node.replace_all_uses_with(written)
         graph.erase_node(node)
         rewritten += 1
+    if kept:
+        log.info("regionc: %d float(s) the graph returns (%s) are computed from more than traced floats and "
+                 "their arithmetic, and stay Python floats: the piece returning them may compile again for "
+                 "each new value", len(kept), ", ".join(kept[:3]) + (", ..." if len(kept) > 3 else ""))
     _erase_unread_float_math(graph, {})
     return rewritten
 

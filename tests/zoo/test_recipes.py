@@ -588,7 +588,8 @@ def test_two_lora_adapters_weighted_between_calls_stay_compiled(entry, caplog):
 
 
 @pytest.mark.parametrize("entry", LORA_ENTRIES)
-def test_lora_scale_passed_per_call_stops_compiling(entry):
+@pytest.mark.parametrize("name,kwarg", [("flux", "joint_attention_kwargs"), ("wan", "attention_kwargs")])
+def test_lora_scale_passed_per_call_stops_compiling(name, kwarg, entry):
     """diffusers' per-call LoRA scale (``joint_attention_kwargs={"scale": s}``, as a Flux pipeline passes
     it): the transformer rescales its LoRA layers by ``s`` on entry and back on exit, and Dynamo writes the
     restored scales back. Each call equals eager and leaves eager's scales behind, and new values stop
@@ -601,7 +602,7 @@ def test_lora_scale_passed_per_call_stops_compiling(entry):
 
     from peft import LoraConfig
 
-    model, kwargs = ARCHITECTURES["flux"].build(2)
+    model, kwargs = ARCHITECTURES[name].build(2)
     model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                                  init_lora_weights=False), adapter_name="style")
     reference = copy.deepcopy(model)  # regionc.compile compiles the model in place
@@ -610,7 +611,7 @@ def test_lora_scale_passed_per_call_stops_compiling(entry):
     counts = []
     with torch.no_grad():
         for scale in scales:
-            call = {**kwargs, "joint_attention_kwargs": {"scale": scale}}
+            call = {**kwargs, kwarg: {"scale": scale}}
             before = len(regionc.reports())
             assert relative_error(compiled(**call)[0], reference(**call)[0]) <= 1e-5, scale
             counts.append(len(regionc.reports()) - before)
