@@ -24,6 +24,11 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-4):
         torch.testing.assert_close(a, e, atol=atol, rtol=rtol)
 
 
+def lora_scalings(model: torch.nn.Module) -> list[dict]:
+    """Every module's ``scaling`` dict (PEFT's LoRA layers keep their scales so), in module order."""
+    return [module.scaling for module in model.modules() if isinstance(getattr(module, "scaling", None), dict)]
+
+
 def block_compiles(report: regionc.Report) -> int:
     return report.count("compiled", "block")
 

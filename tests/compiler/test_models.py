@@ -10,7 +10,7 @@ import torch
 
 import regionc
 from regionc.models.llama import LlamaConfig, build_demo_model
-from tests.helpers import TENSORIFIES_PRODUCTS, assert_close, block_compiles, compile_regionc
+from tests.helpers import TENSORIFIES_PRODUCTS, assert_close, block_compiles, compile_regionc, lora_scalings
 from tests.models import (
     ChannelsLastBetweenBlocks,
     CheckpointedStack,
@@ -298,7 +298,7 @@ def test_a_float_written_back_per_call_compiles_once_for_every_value():
             before = len(regionc.reports())
             assert_close(compiled(x, scale), reference(x, scale))
             counts.append(len(regionc.reports()) - before)
-            assert [layer.scaling for layer in model.layers] == [layer.scaling for layer in reference.layers]
+            assert lora_scalings(model) == lora_scalings(reference)
     if TENSORIFIES_PRODUCTS:  # the second value made the float an input; no value after compiles
         assert counts[2:] == [0, 0], counts
 
@@ -317,7 +317,7 @@ def test_a_float_written_back_from_a_size_stays_eager_correct(caplog):
         for scale, rows in ((0.5, 2), (0.8, 3), (0.3, 4)):
             x = torch.randn(rows, 8)
             assert_close(compiled(x, scale), reference(x, scale))
-            assert [layer.scaling for layer in model.layers] == [layer.scaling for layer in reference.layers]
+            assert lora_scalings(model) == lora_scalings(reference)
     assert any("stay Python floats" in r.getMessage() for r in caplog.records)
 
 

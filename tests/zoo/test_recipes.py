@@ -9,7 +9,7 @@ import torch
 
 import regionc
 from regionc.tracing.compile import CompiledForward, nested_regions_reuse_traces
-from tests.helpers import TENSORIFIES_PRODUCTS
+from tests.helpers import TENSORIFIES_PRODUCTS, lora_scalings
 from tests.zoo.architectures import ARCHITECTURES
 from tests.zoo.test_zoo import ENTRY_POINTS, relative_error
 
@@ -615,14 +615,10 @@ def test_lora_scale_passed_per_call_stops_compiling(name, kwarg, entry):
             before = len(regionc.reports())
             assert relative_error(compiled(**call)[0], reference(**call)[0]) <= 1e-5, scale
             counts.append(len(regionc.reports()) - before)
-            assert _lora_scalings(model) == _lora_scalings(reference), scale
+            assert lora_scalings(model) == lora_scalings(reference), scale
     settled = 4 if entry == "regionc.compile" and nested_regions_reuse_traces() else 2
     if entry != "backend" or TENSORIFIES_PRODUCTS:
         assert counts[settled:] == [0] * (len(scales) - settled), counts
-
-
-def _lora_scalings(model) -> list[dict]:
-    return [module.scaling for module in model.modules() if isinstance(getattr(module, "scaling", None), dict)]
 
 
 def _runs_eagerly(call, block_class) -> bool:
